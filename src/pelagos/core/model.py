@@ -1,0 +1,173 @@
+"""The ``Model`` contract every pelagos model follows.
+
+A model is an ``nn.Module`` with
+
+- physical parameters declared with metadata (:meth:`Model.declare_parameter`), listed by
+  :meth:`Model.parameters_table`, made free in one call (:meth:`Model.select_free`);
+- ``initial_state(...) -> State`` and a *pure* ``step(state, t) -> State``: no in-place change of its inputs,
+  so autograd, ``torch.func.jvp`` and ``torch.func.vmap`` pass through it;
+- ``dt``: the time step in seconds (or model time units), used by :func:`pelagos.core.rollout`.
+
+``State`` is a tensor or a dict/dataclass of tensors with a leading batch dimension where that makes sense.
+Parameters of sub-models (e.g. the biogeochemistry inside a water column) are addressed with dotted names
+``"<submodule path>.<name>"``; the inverse methods only ever see these names and flat vectors.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
+
+import torch
+
+from .errors import ConfigError
+from .params import ParameterStore, format_table
+
+State = Any
+
+
+class Model(torch.nn.Module):
+    """Base class of pelagos models (see module docstring for the contract)."""
+
+    dt: float = 1.0
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.params = ParameterStore()
+
+    # -- the contract ------------------------------------------------------------------------------------
+    def initial_state(self, *args: Any, **kwargs: Any) -> State:
+        raise NotImplementedError
+
+    def step(self, state: State, t: float | torch.Tensor) -> State:
+        raise NotImplementedError
+
+    # -- declaring and reading parameters ----------------------------------------------------------------
+    def declare_parameter(
+        self,
+        name: str,
+        default: float,
+        *,
+        units: str = "-",
+        bounds: tuple[float | None, float | None] = (None, None),
+        description: str = "",
+        transform: str = "auto",
+    ) -> None:
+        self.params.declare(name, default, units=units, bounds=bounds, description=description, transform=transform)
+
+    def param(self, name: str) -> torch.Tensor:
+        """Physical value of this model's own parameter ``name``: shape ``()`` or ``(B,)``."""
+        return self.params.value(name)
+
+    def param_b(self, name: str, ndim: int) -> torch.Tensor:
+        """Value shaped to broadcast against a tensor of ``ndim`` dims whose first dim is the batch."""
+        v = self.params.value(name)
+        return v if v.ndim == 0 else v.reshape(v.shape[0], *([1] * (ndim - 1)))
+
+    # -- all parameters of the model tree, with dotted names ---------------------------------------------
+    def _stores(self) -> dict[str, ParameterStore]:
+        out = {}
+        for path, mod in self.named_modules():
+            if isinstance(mod, Model):
+                out[path] = mod.params
+        return out
+
+    def _resolve(self, name: str) -> tuple[ParameterStore, str]:
+        stores = self._stores()
+        path, _, local = name.rpartition(".")
+        if path in stores and local in stores[path].specs:
+            return stores[path], local
+        raise ConfigError(f"unknown parameter {name!r}; valid: {', '.join(self.parameter_names())}")
+
+    def parameter_names(self) -> list[str]:
+        return [(f"{p}." if p else "") + n for p, s in self._stores().items() for n in s.specs]
+
+    def get_parameter_value(self, name: str) -> torch.Tensor:
+        store, local = self._resolve(name)
+        return store.value(local)
+
+    def set_parameter_value(self, name: str, value: float | torch.Tensor) -> None:
+        store, local = self._resolve(name)
+        store.set(local, value)
+
+    def parameter_spec(self, name: str):  # -> ParameterSpec
+        store, local = self._resolve(name)
+        return store.specs[local]
+
+    def parameters_table(self, as_rows: bool = False) -> str | list[dict]:
+        rows = [r for p, s in self._stores().items() for r in s.table_rows(prefix=f"{p}." if p else "")]
+        return rows if as_rows else format_table(rows)
+
+    def select_free(self, names: Iterable[str] | str | None) -> list[str]:
+        """Free exactly ``names`` (dotted), freeze every other declared parameter; ``"all"`` frees all."""
+        if names == "all":
+            names = self.parameter_names()
+        names = [] if names is None else [names] if isinstance(names, str) else list(names)
+        for n in names:
+            self._resolve(n)
+        for path, store in self._stores().items():
+            pre = f"{path}." if path else ""
+            store.select_free([n for n in store.specs if pre + n in names])
+        return self.free_parameter_names()
+
+    def free_parameter_names(self) -> list[str]:
+        return [(f"{p}." if p else "") + n for p, s in self._stores().items() for n in s.free_names()]
+
+    def free_vector(self) -> torch.Tensor:
+        """Unconstrained values of the free (scalar) parameters, shape ``(p,)``."""
+        vals = []
+        for n in self.free_parameter_names():
+            store, local = self._resolve(n)
+            vals.append(store.raw[local].detach().reshape(()))
+        return torch.stack(vals) if vals else torch.zeros(0)
+
+    def unflatten(self, u: torch.Tensor) -> dict[str, torch.Tensor]:
+        names = self.free_parameter_names()
+        if u.shape[-1] != len(names):
+            raise ConfigError(f"vector has {u.shape[-1]} entries but {len(names)} parameters are free: {names}")
+        return {n: u[..., i] for i, n in enumerate(names)}
+
+    @contextlib.contextmanager
+    def using(self, raw_values: Mapping[str, torch.Tensor] | torch.Tensor) -> Iterator[None]:
+        """Run with these *unconstrained* values of (dotted) parameters; a flat tensor means the free vector.
+
+        Values may carry a batch dim ``(B,)`` (e.g. ensemble members). Pure: nothing is written to the model.
+        """
+        if torch.is_tensor(raw_values):
+            raw_values = self.unflatten(raw_values)
+        by_store: dict[int, tuple[ParameterStore, dict]] = {}
+        for n, v in raw_values.items():
+            store, local = self._resolve(n)
+            by_store.setdefault(id(store), (store, {}))[1][local] = v
+        with contextlib.ExitStack() as stack:
+            for store, vals in by_store.values():
+                stack.enter_context(store.overriding(vals))
+            yield
+
+    def load_free_vector(self, u: torch.Tensor) -> None:
+        """Write unconstrained values ``u`` (shape ``(p,)``) into the free parameters."""
+        for n, ui in self.unflatten(u.detach()).items():
+            store, local = self._resolve(n)
+            with torch.no_grad():
+                store.raw[local].copy_(ui) if store.raw[local].shape == ui.shape else store.raw.__setitem__(
+                    local, torch.nn.Parameter(ui.clone(), requires_grad=True)
+                )
+
+    def prior_nll(self, raw_values: Mapping[str, torch.Tensor] | torch.Tensor | None = None) -> torch.Tensor:
+        """Σ of the Gaussian prior terms of the free parameters (in unconstrained space)."""
+        if torch.is_tensor(raw_values):
+            raw_values = self.unflatten(raw_values)
+        total = torch.zeros(())
+        for n in self.free_parameter_names():
+            store, local = self._resolve(n)
+            spec = store.specs[local]
+            if spec.prior is None:
+                continue
+            u = raw_values[n] if raw_values is not None and n in raw_values else store.raw[local]
+            total = total + spec.prior.nll(u).sum()
+        return total
+
+    def set_prior(self, name: str, mean: float | None = None, std: float = 1.0) -> None:
+        store, local = self._resolve(name)
+        store.set_prior(local, mean, std)

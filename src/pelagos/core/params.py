@@ -1,0 +1,275 @@
+"""Physical parameters: declaration with metadata, free/frozen selection, unconstrained transforms, priors.
+
+A model declares each physical parameter once (name, units, default, bounds, description). The value is stored
+*unconstrained* (``raw``) as an ``nn.Parameter``; the physical value is ``transform.forward(raw)``:
+
+- no bounds            -> identity
+- lower bound only     -> x = lo + exp(u)            ("log")
+- both bounds          -> x = lo + (hi - lo) sigmoid(u) ("logit")
+- upper bound only     -> x = hi - exp(u)
+
+Optimisers therefore never leave the admissible range. A Gaussian prior N(mean, std²) can be attached in the
+unconstrained space. A value is a scalar ``()`` or carries one leading batch dimension ``(B,)`` (one value per
+column / ensemble member / basin); models broadcast it with :meth:`Model.param_b`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+
+import torch
+
+from .errors import ConfigError
+
+
+class Transform:
+    """Map between unconstrained ``u`` and physical ``x``."""
+
+    name = "identity"
+
+    def forward(self, u: torch.Tensor) -> torch.Tensor:
+        return u
+
+    def inverse(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+@dataclass(frozen=True)
+class LowerBounded(Transform):
+    lo: float
+    name = "log"
+
+    def forward(self, u: torch.Tensor) -> torch.Tensor:
+        return self.lo + torch.exp(u)
+
+    def inverse(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.log(x - self.lo)
+
+
+@dataclass(frozen=True)
+class UpperBounded(Transform):
+    hi: float
+    name = "log-upper"
+
+    def forward(self, u: torch.Tensor) -> torch.Tensor:
+        return self.hi - torch.exp(u)
+
+    def inverse(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.log(self.hi - x)
+
+
+@dataclass(frozen=True)
+class Interval(Transform):
+    lo: float
+    hi: float
+    name = "logit"
+
+    def forward(self, u: torch.Tensor) -> torch.Tensor:
+        return self.lo + (self.hi - self.lo) * torch.sigmoid(u)
+
+    def inverse(self, x: torch.Tensor) -> torch.Tensor:
+        s = (x - self.lo) / (self.hi - self.lo)
+        return torch.log(s) - torch.log1p(-s)
+
+
+def make_transform(bounds: tuple[float | None, float | None], kind: str = "auto") -> Transform:
+    """Choose the transform for ``bounds``; ``kind`` may force ``identity``."""
+    lo, hi = bounds
+    if kind == "identity" or (lo is None and hi is None):
+        return Transform()
+    if lo is not None and hi is not None:
+        return Interval(float(lo), float(hi))
+    if lo is not None:
+        return LowerBounded(float(lo))
+    return UpperBounded(float(hi))
+
+
+@dataclass
+class Prior:
+    """Gaussian prior N(mean, std²) on the *unconstrained* value."""
+
+    mean: float
+    std: float
+
+    def nll(self, u: torch.Tensor) -> torch.Tensor:
+        return 0.5 * ((u - self.mean) / self.std) ** 2
+
+
+@dataclass
+class ParameterSpec:
+    """Metadata of one physical parameter."""
+
+    name: str
+    default: float
+    units: str = "-"
+    bounds: tuple[float | None, float | None] = (None, None)
+    description: str = ""
+    transform: Transform = field(default_factory=Transform)
+    prior: Prior | None = None
+
+    def check(self, value: torch.Tensor) -> None:
+        lo, hi = self.bounds
+        v = value.detach()
+        # Bounds are open for log/logit transforms (the transform cannot reach them).
+        open_ = not isinstance(self.transform, Transform) or self.transform.name != "identity"
+        if lo is not None and bool((v < lo).any() or (open_ and (v <= lo).any())):
+            raise ConfigError(
+                f"parameter {self.name!r} = {float(v.min()):g} {self.units} is below its lower bound {lo:g}"
+                f"; choose a value inside {self.bounds}"
+            )
+        if hi is not None and bool((v > hi).any() or (open_ and (v >= hi).any())):
+            raise ConfigError(
+                f"parameter {self.name!r} = {float(v.max()):g} {self.units} is above its upper bound {hi:g}"
+                f"; choose a value inside {self.bounds}"
+            )
+
+
+class ParameterStore(torch.nn.Module):
+    """Holds declared parameters of a model. Mixed into :class:`pelagos.core.Model`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.specs: dict[str, ParameterSpec] = {}
+        self.raw = torch.nn.ParameterDict()
+        self._override: dict[str, torch.Tensor] | None = None
+
+    # -- declaration -------------------------------------------------------------------------------------
+    def declare(
+        self,
+        name: str,
+        default: float,
+        *,
+        units: str = "-",
+        bounds: tuple[float | None, float | None] = (None, None),
+        description: str = "",
+        transform: str = "auto",
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        if name in self.specs:
+            raise ConfigError(f"parameter {name!r} declared twice")
+        spec = ParameterSpec(name, float(default), units, bounds, description, make_transform(bounds, transform))
+        x = torch.as_tensor(float(default), dtype=dtype or torch.get_default_dtype())
+        spec.check(x)
+        self.specs[name] = spec
+        self.raw[name] = torch.nn.Parameter(spec.transform.inverse(x), requires_grad=False)
+
+    # -- values ------------------------------------------------------------------------------------------
+    def _spec(self, name: str) -> ParameterSpec:
+        if name not in self.specs:
+            raise ConfigError(f"unknown parameter {name!r}; valid: {', '.join(self.specs)}")
+        return self.specs[name]
+
+    def value(self, name: str) -> torch.Tensor:
+        spec = self._spec(name)
+        u = self._override[name] if self._override is not None and name in self._override else self.raw[name]
+        return spec.transform.forward(u)
+
+    def set(self, name: str, value: float | torch.Tensor) -> None:
+        spec = self._spec(name)
+        p = self.raw[name]
+        x = torch.as_tensor(value, dtype=p.dtype, device=p.device)
+        spec.check(x)
+        with torch.no_grad():
+            self.raw[name] = torch.nn.Parameter(spec.transform.inverse(x).clone(), requires_grad=p.requires_grad)
+
+    def set_prior(self, name: str, mean: float | None = None, std: float = 1.0) -> None:
+        """Gaussian prior in unconstrained space, centred on the physical ``mean`` (default: the default)."""
+        spec = self._spec(name)
+        m = spec.default if mean is None else mean
+        spec.prior = Prior(float(spec.transform.inverse(torch.tensor(float(m), dtype=torch.float64))), float(std))
+
+    # -- free / frozen -----------------------------------------------------------------------------------
+    def select_free(self, names: Iterable[str] | str | None) -> list[str]:
+        """Make exactly ``names`` free (``requires_grad``), freeze everything else; ``"all"`` frees all."""
+        if names == "all":
+            names = list(self.specs)
+        names = [] if names is None else [names] if isinstance(names, str) else list(names)
+        for n in names:
+            self._spec(n)
+        for n, p in self.raw.items():
+            p.requires_grad_(n in names)
+        return self.free_names()
+
+    def free_names(self) -> list[str]:
+        return [n for n, p in self.raw.items() if p.requires_grad]
+
+    # -- flat vector view (what inverse methods optimise) ------------------------------------------------
+    def free_vector(self) -> torch.Tensor:
+        """Concatenated unconstrained values of the free parameters (scalars only), shape ``(p,)``."""
+        names = self.free_names()
+        if not names:
+            return torch.zeros(0)
+        return torch.stack([self.raw[n].detach().reshape(()) for n in names])
+
+    def unflatten(self, u: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Split ``u`` of shape ``(..., p)`` into ``{name: u[..., i]}`` for the free parameters."""
+        names = self.free_names()
+        if u.shape[-1] != len(names):
+            raise ConfigError(f"vector has {u.shape[-1]} entries but {len(names)} parameters are free: {names}")
+        return {n: u[..., i] for i, n in enumerate(names)}
+
+    @contextlib.contextmanager
+    def overriding(self, raw_values: Mapping[str, torch.Tensor]) -> Iterator[None]:
+        """Temporarily use these unconstrained values (e.g. a batch ``(Ne,)`` per parameter) — pure, no copy."""
+        for n in raw_values:
+            self._spec(n)
+        old = self._override
+        self._override = {**(old or {}), **raw_values}
+        try:
+            yield
+        finally:
+            self._override = old
+
+    def prior_nll(self, raw_values: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """Σ ½((u − m)/s)² over the free parameters that carry a prior."""
+        total = torch.zeros(())
+        for n in self.free_names():
+            spec = self.specs[n]
+            if spec.prior is None:
+                continue
+            u = raw_values[n] if raw_values is not None and n in raw_values else self.raw[n]
+            total = total + spec.prior.nll(u).sum()
+        return total
+
+    # -- reporting ---------------------------------------------------------------------------------------
+    def table_rows(self, prefix: str = "") -> list[dict]:
+        rows = []
+        for n, spec in self.specs.items():
+            v = self.value(n).detach()
+            rows.append(
+                {
+                    "name": prefix + n,
+                    "value": float(v) if v.numel() == 1 else v.tolist(),
+                    "default": spec.default,
+                    "units": spec.units,
+                    "bounds": spec.bounds,
+                    "transform": spec.transform.name,
+                    "free": self.raw[n].requires_grad,
+                    "description": spec.description,
+                }
+            )
+        return rows
+
+
+def format_table(rows: list[dict]) -> str:
+    """Fixed-width text table of parameter rows (as from ``Model.parameters_table(as_rows=True)``)."""
+
+    def fmt(v: object) -> str:
+        if isinstance(v, float):
+            return f"{v:.6g}" if math.isfinite(v) else str(v)
+        if isinstance(v, tuple):
+            return "(" + ", ".join("-" if b is None else f"{b:g}" for b in v) + ")"
+        if isinstance(v, list):
+            return f"[{len(v)} values]"
+        return str(v)
+
+    cols = ["name", "value", "units", "bounds", "free", "description"]
+    cells = [[fmt(r[c]) for c in cols] for r in rows]
+    widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(cols)]
+    line = "  ".join(c.ljust(w) for c, w in zip(cols, widths))
+    out = [line, "  ".join("-" * w for w in widths)]
+    out += ["  ".join(x.ljust(w) for x, w in zip(row, widths)) for row in cells]
+    return "\n".join(out)
