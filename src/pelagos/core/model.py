@@ -67,10 +67,22 @@ class Model(torch.nn.Module):
 
     # -- all parameters of the model tree, with dotted names ---------------------------------------------
     def _stores(self) -> dict[str, ParameterStore]:
+        # Containers that set ``_transparent_name = True`` (e.g. the BGC system inside a column) do not add a
+        # path segment, so users write "npzd.rmax" rather than "bgc.npzd.rmax".
         out = {}
         for path, mod in self.named_modules():
-            if isinstance(mod, Model):
-                out[path] = mod.params
+            if not isinstance(mod, Model):
+                continue
+            keep, m = [], self
+            for part in path.split(".") if path else []:
+                m = getattr(m, part)
+                if not getattr(m, "_transparent_name", False):
+                    keep.append(part)
+            key = ".".join(keep)
+            if key in out and out[key].specs and mod.params.specs:
+                raise ConfigError(f"two sub-models declare parameters under the same name {key!r}")
+            if key not in out or mod.params.specs:
+                out[key] = mod.params
         return out
 
     def _resolve(self, name: str) -> tuple[ParameterStore, str]:

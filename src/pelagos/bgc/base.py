@@ -1,0 +1,253 @@
+"""FABM-style base class for biogeochemical models.
+
+A model declares, in ``__init__``:
+
+- state variables (:meth:`BGCModel.register_state_variable`): units, initial value, minimum, constant vertical
+  movement (m s-1, negative = sinking), specific light extinction, membership of conserved quantities
+  (e.g. ``conserved={"total_nitrogen": 1.0}``), and whether it lives in the interior, at the bottom or surface;
+- parameters (:meth:`BGCModel.register_parameter`): value in the *yaml units* (e.g. d-1) plus a
+  ``scale_factor`` to SI (e.g. 1/86400); these are ``pelagos.core`` parameters, so they can be made free;
+- dependencies on standard environment variables (:meth:`BGCModel.register_dependency`), optionally as a
+  running temporal mean;
+- state dependencies (links to other instances' variables, resolved by fabm.yaml ``coupling:``);
+- diagnostics (:meth:`BGCModel.register_diagnostic_variable`).
+
+and implements pure process functions. All rates are per second (SI), per m3 for interior variables and per m2
+for surface/bottom fluxes. Tensors:
+
+- ``s`` (state view): ``{local name: tensor}``; interior variables have shape ``(..., nz)`` (``nz = 1`` for a
+  box), bottom/surface variables shape ``(...,)``. State dependencies appear under their local name.
+- ``env``: ``{standard name: tensor}``; interior quantities ``(..., nz)``, horizontal ones ``(...,)``,
+  global ones scalars. A temporal mean is under ``f"{standard_name}@mean{period_seconds}"``
+  (see :func:`mean_key`).
+
+Process functions return dicts keyed by local names (own state variables or state dependencies — a source on
+a state dependency is a source on the linked variable of another instance). The host (box or column driver)
+decides how to integrate and transport; the model never does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+
+from ..core.errors import ConfigError
+from ..core.model import Model
+
+Domain = Literal["interior", "bottom", "surface"]
+DepDomain = Literal["interior", "horizontal", "global"]
+
+# FABM standard variable names pelagos hosts know how to provide.
+STANDARD_VARIABLES = {
+    "temperature": ("degC", "interior"),
+    "practical_salinity": ("PSU", "interior"),
+    "density": ("kg m-3", "interior"),
+    "pressure": ("dbar", "interior"),
+    "cell_thickness": ("m", "interior"),
+    "depth": ("m", "interior"),
+    "downwelling_photosynthetic_radiative_flux": ("W m-2", "interior"),
+    "downwelling_shortwave_flux": ("W m-2", "interior"),
+    "attenuation_coefficient_of_photosynthetic_radiative_flux": ("m-1", "interior"),
+    "surface_downwelling_photosynthetic_radiative_flux": ("W m-2", "horizontal"),
+    "surface_downwelling_shortwave_flux": ("W m-2", "horizontal"),
+    "bottom_stress": ("Pa", "horizontal"),
+    "bottom_depth": ("m", "horizontal"),
+    "wind_speed": ("m s-1", "horizontal"),
+    "latitude": ("degree_north", "horizontal"),
+    "longitude": ("degree_east", "horizontal"),
+    "number_of_days_since_start_of_the_year": ("d", "global"),
+}
+
+
+def mean_key(standard_name: str, period: float) -> str:
+    """Key under which a host provides the running mean of ``standard_name`` over ``period`` seconds."""
+    return f"{standard_name}@mean{int(period)}"
+
+
+@dataclass
+class StateVariable:
+    name: str
+    units: str
+    long_name: str = ""
+    initial_value: float = 0.0
+    minimum: float | None = 0.0
+    maximum: float | None = None
+    vertical_movement: float = 0.0  # m s-1, positive up (negative = sinking)
+    specific_light_extinction: float = 0.0  # m-1 per unit concentration
+    domain: Domain = "interior"
+    conserved: dict[str, float] = field(default_factory=dict)  # quantity -> factor (units of quantity per unit)
+    no_river_dilution: bool = False
+    no_precipitation_dilution: bool = False
+
+
+@dataclass
+class Dependency:
+    name: str
+    standard_name: str
+    units: str = ""
+    domain: DepDomain = "interior"
+    required: bool = True
+    mean_period: float | None = None  # seconds: a running temporal mean instead of the instantaneous value
+    mean_resolution: float | None = None  # seconds between samples of that mean
+
+    @property
+    def key(self) -> str:
+        return self.standard_name if self.mean_period is None else mean_key(self.standard_name, self.mean_period)
+
+
+@dataclass
+class StateDependency:
+    name: str
+    units: str = ""
+    long_name: str = ""
+    required: bool = True
+    domain: Domain = "interior"
+
+
+@dataclass
+class DiagnosticVariable:
+    name: str
+    units: str
+    long_name: str = ""
+    domain: DepDomain = "interior"
+
+
+class BGCModel(Model):
+    """Base class of FABM-style biogeochemical models (see module docstring for the contract).
+
+    Subclasses set ``fabm_name`` (e.g. ``"gotm/npzd"``) and register everything in ``__init__``.
+    """
+
+    fabm_name: str = ""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.state_variables: dict[str, StateVariable] = {}
+        self.dependencies: dict[str, Dependency] = {}
+        self.state_dependencies: dict[str, StateDependency] = {}
+        self.diagnostic_variables: dict[str, DiagnosticVariable] = {}
+        self.scale_factors: dict[str, float] = {}
+
+    # -- registration ------------------------------------------------------------------------------------
+    def register_state_variable(self, name: str, units: str, long_name: str = "", **kw) -> StateVariable:
+        self._check_new(name)
+        var = StateVariable(name, units, long_name, **kw)
+        self.state_variables[name] = var
+        return var
+
+    def register_parameter(
+        self,
+        name: str,
+        default: float,
+        units: str = "-",
+        long_name: str = "",
+        *,
+        scale_factor: float = 1.0,
+        minimum: float | None = None,
+        maximum: float | None = None,
+        transform: str = "auto",
+    ) -> None:
+        """Declare a parameter in yaml units; :meth:`p` returns it times ``scale_factor`` (SI)."""
+        self.declare_parameter(
+            name, default, units=units, bounds=(minimum, maximum), description=long_name, transform=transform
+        )
+        self.scale_factors[name] = float(scale_factor)
+
+    def register_dependency(
+        self,
+        name: str,
+        standard_name: str,
+        units: str = "",
+        domain: DepDomain | None = None,
+        *,
+        required: bool = True,
+        mean_period: float | None = None,
+        mean_resolution: float | None = None,
+    ) -> Dependency:
+        if domain is None:
+            if standard_name not in STANDARD_VARIABLES:
+                raise ConfigError(f"dependency {name!r}: give a domain for non-standard variable {standard_name!r}")
+            domain = STANDARD_VARIABLES[standard_name][1]  # type: ignore[assignment]
+        dep = Dependency(name, standard_name, units, domain, required, mean_period, mean_resolution)
+        self.dependencies[name] = dep
+        return dep
+
+    def register_state_dependency(self, name: str, units: str = "", long_name: str = "", **kw) -> StateDependency:
+        self._check_new(name)
+        sd = StateDependency(name, units, long_name, **kw)
+        self.state_dependencies[name] = sd
+        return sd
+
+    def register_diagnostic_variable(
+        self, name: str, units: str, long_name: str = "", domain: DepDomain = "interior"
+    ) -> DiagnosticVariable:
+        d = DiagnosticVariable(name, units, long_name, domain)
+        self.diagnostic_variables[name] = d
+        return d
+
+    def _check_new(self, name: str) -> None:
+        if name in self.state_variables or name in self.state_dependencies:
+            raise ConfigError(f"{type(self).__name__}: variable {name!r} registered twice")
+
+    # -- parameter access --------------------------------------------------------------------------------
+    def p(self, name: str, ndim: int = 0) -> torch.Tensor:
+        """Parameter in SI units (value × scale_factor); ``ndim`` as in :meth:`Model.param_b`."""
+        v = self.param_b(name, ndim) if ndim else self.param(name)
+        return v * self.scale_factors[name]
+
+    # -- processes (override) ----------------------------------------------------------------------------
+    def do(
+        self, s: dict[str, torch.Tensor], env: dict[str, torch.Tensor]
+    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """Interior sources (units s-1 · state units) and interior diagnostics."""
+        return {}, {}
+
+    def do_surface(
+        self, s: dict[str, torch.Tensor], env: dict[str, torch.Tensor]
+    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """Surface fluxes into the water (per m2 per s; positive = into the water) and surface diagnostics.
+
+        Interior variables receive these in the top cell (divided by its thickness); surface-attached
+        variables receive them as their own sources.
+        """
+        return {}, {}
+
+    def do_bottom(
+        self, s: dict[str, torch.Tensor], env: dict[str, torch.Tensor]
+    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """Bottom fluxes into the water (per m2 per s) and bottom-state sources; bottom diagnostics.
+
+        In ``s`` and ``env``, interior quantities are given at the bottom cell only, shape ``(...,)``.
+        """
+        return {}, {}
+
+    def vertical_movement(self, s: dict[str, torch.Tensor], env: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Vertical velocity of interior variables (m s-1, positive up); default: the registered constants."""
+        ref = next(iter(s.values()))
+        out = {}
+        for n, v in self.state_variables.items():
+            if v.domain == "interior" and v.vertical_movement != 0.0:
+                out[n] = torch.full_like(s[n] if n in s else ref, v.vertical_movement)
+        return out
+
+    def light_extinction(self, s: dict[str, torch.Tensor], env: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        """This model's contribution to the PAR attenuation coefficient (m-1), or None.
+
+        Default: Σ specific_light_extinction × concentration. Override to add constant background terms.
+        """
+        total = None
+        for n, v in self.state_variables.items():
+            if v.domain == "interior" and v.specific_light_extinction != 0.0:
+                term = v.specific_light_extinction * s[n]
+                total = term if total is None else total + term
+        return total
+
+    def conserved_quantities(self, s: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Per-cell contributions to conserved quantities (e.g. total_nitrogen) from own state variables."""
+        out: dict[str, torch.Tensor] = {}
+        for n, v in self.state_variables.items():
+            for q, f in v.conserved.items():
+                out[q] = out.get(q, 0.0) + f * s[n]
+        return out
