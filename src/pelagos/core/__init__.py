@@ -11,6 +11,7 @@ from .errors import (
 )
 from .model import Model, State
 from .params import ParameterSpec, Prior
+from .rollout import Trajectory, rollout
 from .tridiagonal import solve_tridiagonal
 
 __all__ = [
@@ -25,5 +26,7 @@ __all__ = [
     "SolverError",
     "StabilityError",
     "State",
+    "Trajectory",
+    "rollout",
     "solve_tridiagonal",
 ]
