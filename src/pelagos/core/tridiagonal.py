@@ -1,26 +1,308 @@
-"""Batched tridiagonal solve (Thomas algorithm). PLACEHOLDER: autograd through the sweep.
+"""Batched tridiagonal solve (Thomas algorithm) with an implicit-differentiation backward.
 
-To be replaced by the implicit-differentiation version (see issue 2). Signature is final:
-``solve_tridiagonal(lower, diag, upper, rhs)``; all broadcast over leading dims, last dim N;
-``lower[..., 0]`` and ``upper[..., N-1]`` are ignored.
+``solve_tridiagonal(lower, diag, upper, rhs)`` solves ``A x = rhs`` where, for each system,
+``A[i, i-1] = lower[i]``, ``A[i, i] = diag[i]``, ``A[i, i+1] = upper[i]``. All four arguments
+broadcast over their leading dimensions; the last dimension is the system size N (in a water
+column: the N layers). ``lower[..., 0]`` and ``upper[..., N-1]`` lie outside the matrix and are
+ignored (their gradients are zero).
+
+Several right-hand sides sharing one matrix (one matrix per column, many tracers): give ``rhs`` the
+shape ``(..., K, N)`` and the matrix diagonals the shape ``(..., 1, N)`` (or ``(..., N)`` with the
+column dims in front). Every dimension along which the matrix is broadcast but ``rhs`` is not is
+treated as "many right-hand sides": the matrix is factorised once and reused for all of them.
+
+No pivoting: the matrix must be diagonally dominant or an M-matrix (as for implicit vertical
+diffusion, ``A = I + dt * D`` with ``dt > 0``, diffusivity >= 0 and layer thickness > 0).
+
+Backward (implicit differentiation, memory O(batch * N), nothing of the sweep is stored):
+``lam = A^-T gx``; ``g_rhs = lam``; ``g_diag = -lam * x``; ``g_lower[i] = -lam[i] x[i-1]``;
+``g_upper[i] = -lam[i] x[i+1]``, each summed back to its input's shape. Forward mode:
+``dx = A^-1 (d_rhs - dA x)``. ``torch.func.vmap``, ``jvp``, ``grad`` and double backward work.
+See docs/tridiagonal.md.
 """
 
 from __future__ import annotations
 
+import os
+from dataclasses import dataclass
+from functools import reduce
+from math import prod
+from types import ModuleType
+
 import torch
 
+from . import _thomas_c, _thomas_torch
+from .errors import ConfigError, ShapeError, SolverError
 
-def solve_tridiagonal(lower: torch.Tensor, diag: torch.Tensor, upper: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
-    shape = torch.broadcast_shapes(lower.shape, diag.shape, upper.shape, rhs.shape)
-    a, b, c, d = (x.expand(shape) for x in (lower, diag, upper, rhs))
-    n = shape[-1]
-    cp = [c[..., 0] / b[..., 0]]
-    dp = [d[..., 0] / b[..., 0]]
-    for i in range(1, n):
-        m = b[..., i] - a[..., i] * cp[-1]
-        cp.append(c[..., i] / m)
-        dp.append((d[..., i] - a[..., i] * dp[-1]) / m)
-    x = [dp[-1]]
-    for i in range(n - 2, -1, -1):
-        x.append(dp[i] - cp[i] * x[-1])
-    return torch.stack(x[::-1], dim=-1)
+__all__ = ["solve_tridiagonal", "tridiagonal_backend"]
+
+_NAMES = ("lower", "diag", "upper", "rhs")
+
+
+# --------------------------------------------------------------------------------------------------
+# Canonical layout: matrices (P, N), right-hand sides (P, K, N)
+# --------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Layout:
+    full: tuple[int, ...]  # broadcast shape of all four arguments (..., N)
+    matrix: tuple[int, ...]  # broadcast shape of lower/diag/upper, left-padded to len(full)
+    perm: tuple[int, ...]  # full -> (matrix dims, rhs-only dims, N)
+    inv_perm: tuple[int, ...]
+    P: int  # number of distinct matrices
+    K: int  # right-hand sides per matrix
+    N: int
+
+    def matrix_in(self, t: torch.Tensor) -> torch.Tensor:
+        return t.expand(self.matrix).reshape(self.P, self.N).contiguous()
+
+    def rhs_in(self, t: torch.Tensor) -> torch.Tensor:
+        t = t.expand(self.full).permute(self.perm)
+        return t.reshape(self.P, self.K, self.N).contiguous()
+
+    def rhs_out(self, x: torch.Tensor) -> torch.Tensor:
+        return x.reshape([self.full[j] for j in self.perm]).permute(self.inv_perm)
+
+    def matrix_out(self, g: torch.Tensor) -> torch.Tensor:
+        return g.reshape(self.matrix)
+
+
+def _layout(sa: torch.Size, sb: torch.Size, sc: torch.Size, sd: torch.Size) -> _Layout:
+    matrix = torch.broadcast_shapes(sa, sb, sc)
+    full = tuple(torch.broadcast_shapes(matrix, sd))
+    matrix = (1,) * (len(full) - len(matrix)) + tuple(matrix)
+    lead = range(len(full) - 1)
+    mdims = [j for j in lead if matrix[j] == full[j]]
+    rdims = [j for j in lead if matrix[j] != full[j]]
+    perm = (*mdims, *rdims, len(full) - 1)
+    inv_perm = tuple(sorted(range(len(perm)), key=perm.__getitem__))
+    P = prod(full[j] for j in mdims)
+    K = prod(full[j] for j in rdims)
+    return _Layout(full, matrix, perm, inv_perm, P, K, full[-1])
+
+
+# --------------------------------------------------------------------------------------------------
+# Backend choice
+# --------------------------------------------------------------------------------------------------
+def _triton() -> ModuleType | None:
+    try:
+        from . import _thomas_triton
+    except Exception:  # triton missing or broken: never break CPU/CI
+        return None
+    return _thomas_triton if _thomas_triton.available() else None
+
+
+def _backend(t: torch.Tensor) -> ModuleType:
+    choice = os.environ.get("PELAGOS_TRIDIAGONAL_BACKEND", "auto").lower()
+    if choice in ("torch", "python"):
+        return _thomas_torch
+    if t.device.type == "cuda":
+        tri = _triton()
+        if tri is not None and tri.supports(t):
+            return tri
+        return _thomas_torch
+    if _thomas_c.supports(t):
+        return _thomas_c
+    return _thomas_torch
+
+
+def tridiagonal_backend(device: str | torch.device = "cpu", dtype: torch.dtype = torch.float64) -> str:
+    """Name of the kernel ``solve_tridiagonal`` uses for tensors on ``device`` with ``dtype``.
+
+    One of ``"c"`` (compiled CPU kernel), ``"triton"`` (CUDA kernel), ``"torch"`` (pure-torch sweep).
+    """
+    mod = _backend(torch.empty(0, device=device, dtype=dtype))
+    return {_thomas_c: "c", _thomas_torch: "torch"}.get(mod, "triton")
+
+
+def _is_wrapped(*ts: torch.Tensor | None) -> bool:
+    """True if any tensor is a functorch wrapper (vmap/grad level): raw-pointer kernels must not see it."""
+    f = getattr(torch._C._functorch, "is_functorch_wrapped_tensor", None)
+    return f is None or any(t is not None and f(t) for t in ts)
+
+
+# --------------------------------------------------------------------------------------------------
+# Checks
+# --------------------------------------------------------------------------------------------------
+def _first_bad(t: torch.Tensor) -> tuple[int, ...]:
+    return tuple(torch.nonzero(~torch.isfinite(t))[0].tolist())
+
+
+def _check_result(x: torch.Tensor, lower, diag, upper, rhs) -> None:
+    """One reduction on the solution; only if it is non-finite do we look for the cause."""
+    if bool(torch.isfinite(x).all()):
+        return
+    parts = (("lower", lower, 1), ("diag", diag, 0), ("upper", upper, 0), ("rhs", rhs, 0))
+    for name, full, shift in parts:
+        # the ignored entries lower[..., 0] and upper[..., N-1] may hold anything
+        t = full[..., 1:] if name == "lower" else full[..., :-1] if name == "upper" else full
+        if t.numel() and not bool(torch.isfinite(t).all()):
+            idx = list(_first_bad(t))
+            idx[-1] += shift
+            raise SolverError(
+                f"solve_tridiagonal: {name} contains NaN/Inf (first at index {tuple(idx)}, shape "
+                f"{tuple(full.shape)}). Fix the input that produced it."
+            )
+    idx = _first_bad(x)
+    raise SolverError(
+        "solve_tridiagonal: zero or near-zero pivot (solution is NaN/Inf) in the system at batch index "
+        f"{idx[:-1]}, row {idx[-1]} (solution shape {tuple(x.shape)}). The Thomas algorithm does not "
+        "pivot: each matrix must be diagonally dominant (|diag| >= |lower| + |upper|, strictly in one row) "
+        "or an M-matrix, as implicit diffusion I + dt*D is for dt > 0, diffusivity >= 0 and layer "
+        "thickness > 0. Check for zero/negative thicknesses or diffusivities, or pass check=False to skip."
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# autograd.Function
+# --------------------------------------------------------------------------------------------------
+def _solve_plain(lower, diag, upper, rhs) -> torch.Tensor:
+    lay = _layout(lower.shape, diag.shape, upper.shape, rhs.shape)
+    a, b, c = (lay.matrix_in(t) for t in (lower, diag, upper))
+    d = lay.rhs_in(rhs)
+    return lay.rhs_out(_backend(d).solve(a, b, c, d))
+
+
+def _adjoint_composable(lower, diag, upper, x, gx, needs):
+    """Backward written with differentiable ops and the solve itself: used for double backward/functorch."""
+    at, ct = _thomas_torch.transpose_diagonals(lower, upper)
+    lam = _SolveTridiagonal.apply(at, diag, ct, gx, False)
+    xm, xp = _thomas_torch.shifted(x)
+    grads = [
+        -(lam * xm) if needs[0] else None,
+        -(lam * x) if needs[1] else None,
+        -(lam * xp) if needs[2] else None,
+        lam if needs[3] else None,
+    ]
+    return grads
+
+
+def _adjoint_fast(lower, diag, upper, x, gx, needs):
+    """Fused kernel: one adjoint sweep that also forms the matrix cotangents (no graph, no copies)."""
+    lay = _layout(lower.shape, diag.shape, upper.shape, x.shape)
+    a, b, c = (lay.matrix_in(t) for t in (lower, diag, upper))
+    g = lay.rhs_in(gx)
+    lam, ga, gb, gc = _backend(g).adjoint(a, b, c, lay.rhs_in(x), g, any(needs[:3]))
+    out = [lay.matrix_out(t) if t is not None and n else None for t, n in zip((ga, gb, gc), needs)]
+    return [*out, lay.rhs_out(lam) if needs[3] else None]
+
+
+class _SolveTridiagonal(torch.autograd.Function):
+    @staticmethod
+    def forward(lower, diag, upper, rhs, check):  # type: ignore[override]
+        x = _solve_plain(lower, diag, upper, rhs)
+        if check:
+            _check_result(x, lower, diag, upper, rhs)
+        return x
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        lower, diag, upper, rhs, _ = inputs
+        # Only the matrix and the solution are kept: O(batch * N), nothing from inside the sweep.
+        ctx.save_for_backward(lower, diag, upper, output)
+        ctx.save_for_forward(lower, diag, upper, output)
+        ctx.rhs_shape = rhs.shape
+
+    @staticmethod
+    def backward(ctx, gx):  # type: ignore[override]
+        lower, diag, upper, x = ctx.saved_tensors
+        needs = ctx.needs_input_grad[:4]
+        if torch.is_grad_enabled() or _is_wrapped(lower, diag, upper, x, gx):
+            grads = _adjoint_composable(lower, diag, upper, x, gx, needs)
+        else:
+            grads = _adjoint_fast(lower, diag, upper, x, gx, needs)
+        shapes = (lower.shape, diag.shape, upper.shape, ctx.rhs_shape)
+        out = [g.sum_to_size(s) if g is not None and g.shape != s else g for g, s in zip(grads, shapes)]
+        return (*out, None)
+
+    @staticmethod
+    def jvp(ctx, d_lower, d_diag, d_upper, d_rhs, _):  # type: ignore[override]
+        lower, diag, upper, x = ctx.saved_tensors
+        xm, xp = _thomas_torch.shifted(x)
+        r = d_rhs if d_rhs is not None else torch.zeros_like(x)
+        for dt, xs in ((d_lower, xm), (d_diag, x), (d_upper, xp)):
+            if dt is not None:
+                r = r - dt * xs
+        return _SolveTridiagonal.apply(lower, diag, upper, r, False)
+
+    @staticmethod
+    def vmap(info, in_dims, lower, diag, upper, rhs, check):
+        args = (lower, diag, upper, rhs)
+        nd = max(t.dim() - (bd is not None) for t, bd in zip(args, in_dims[:4]))
+
+        def batch_first(t: torch.Tensor, bd: int | None) -> torch.Tensor:
+            if bd is None:
+                return t  # broadcasts against the leading batch dim of the others
+            t = t.movedim(bd, 0)
+            return t.reshape(t.shape[0], *([1] * (nd + 1 - t.dim())), *t.shape[1:])
+
+        moved = [batch_first(t, bd) for t, bd in zip(args, in_dims[:4])]
+        return _SolveTridiagonal.apply(*moved, check), 0
+
+
+# --------------------------------------------------------------------------------------------------
+# Public entry point
+# --------------------------------------------------------------------------------------------------
+def _validate(args: tuple) -> tuple[torch.Tensor, ...]:
+    for name, t in zip(_NAMES, args):
+        if not isinstance(t, torch.Tensor):
+            raise ShapeError(
+                f"solve_tridiagonal: {name} must be a torch.Tensor of shape (..., N); got {type(t)}."
+            )
+        if t.dim() == 0:
+            raise ShapeError(f"solve_tridiagonal: {name} is a scalar; it needs a last dimension of size N.")
+    shapes = ", ".join(f"{n}={tuple(t.shape)}" for n, t in zip(_NAMES, args))
+    n = args[1].shape[-1]
+    if any(t.shape[-1] != n for t in args) or n == 0:
+        raise ShapeError(
+            f"solve_tridiagonal: the last dimension (system size N) must be the same and > 0 for all "
+            f"arguments; got {shapes}. lower and upper have length N too: pad lower at index 0 and upper "
+            f"at index N-1 (those entries are ignored)."
+        )
+    try:
+        torch.broadcast_shapes(*(t.shape for t in args))
+    except RuntimeError:
+        raise ShapeError(
+            f"solve_tridiagonal: leading (batch) dimensions do not broadcast: {shapes}. For K right-hand "
+            f"sides sharing one matrix use rhs (..., K, N) with the diagonals (..., 1, N)."
+        ) from None
+    devices = {t.device for t in args}
+    if len(devices) > 1:
+        raise ConfigError(
+            f"solve_tridiagonal: arguments are on different devices {sorted(map(str, devices))}."
+        )
+    dtype = reduce(torch.promote_types, (t.dtype for t in args))
+    if not dtype.is_floating_point:
+        raise ConfigError(
+            "solve_tridiagonal: needs real floating-point tensors; got dtypes "
+            f"{[str(t.dtype) for t in args]}."
+        )
+    return tuple(t if t.dtype == dtype else t.to(dtype) for t in args)
+
+
+def solve_tridiagonal(
+    lower: torch.Tensor, diag: torch.Tensor, upper: torch.Tensor, rhs: torch.Tensor, *, check: bool = True
+) -> torch.Tensor:
+    """Solve the batched tridiagonal systems ``A x = rhs`` (Thomas algorithm, no pivoting).
+
+    Args:
+        lower: sub-diagonal, ``(..., N)``; ``lower[..., i]`` multiplies ``x[..., i-1]``; ``lower[..., 0]``
+            is ignored.
+        diag: main diagonal, ``(..., N)``.
+        upper: super-diagonal, ``(..., N)``; ``upper[..., i]`` multiplies ``x[..., i+1]``;
+            ``upper[..., N-1]`` is ignored.
+        rhs: right-hand side(s), ``(..., N)``. Dimensions along which the matrix is broadcast (size 1 or
+            absent in all three diagonals) are extra right-hand sides sharing one factorisation, e.g.
+            ``rhs (B, K, N)`` with diagonals ``(B, 1, N)``.
+        check: if True (default) one ``isfinite`` reduction on the solution; a non-finite solution raises
+            :class:`~pelagos.core.errors.SolverError` naming the non-finite input or the failing system.
+            ``check=False`` skips it (no host sync on GPU).
+
+    Returns:
+        ``x`` with the broadcast shape of all four arguments, in their promoted floating dtype.
+        Units: those of ``rhs`` divided by those of the matrix.
+
+    The matrix must be diagonally dominant or an M-matrix (no pivoting). Gradients with respect to all
+    four arguments come from one adjoint solve ``A^T lam = grad_x`` (implicit differentiation).
+    """
+    lower, diag, upper, rhs = _validate((lower, diag, upper, rhs))
+    return _SolveTridiagonal.apply(lower, diag, upper, rhs, bool(check))
