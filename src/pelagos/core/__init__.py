@@ -12,6 +12,17 @@ from .errors import (
 from .model import Model, State
 from .params import ParameterSpec, Prior
 from .rollout import Trajectory, rollout
+from .safe import (
+    clamp_st,
+    positive_part,
+    safe_div,
+    safe_pow,
+    safe_sqrt,
+    smooth_max,
+    smooth_min,
+    smooth_step,
+    softclamp,
+)
 from .tridiagonal import solve_tridiagonal
 
 __all__ = [
@@ -27,6 +38,15 @@ __all__ = [
     "StabilityError",
     "State",
     "Trajectory",
+    "clamp_st",
+    "positive_part",
     "rollout",
+    "safe_div",
+    "safe_pow",
+    "safe_sqrt",
+    "smooth_max",
+    "smooth_min",
+    "smooth_step",
+    "softclamp",
     "solve_tridiagonal",
 ]
