@@ -2,15 +2,24 @@
 
 A model declares, in ``__init__``:
 
-- state variables (:meth:`BGCModel.register_state_variable`): units, initial value, minimum, constant vertical
-  movement (m s-1, negative = sinking), specific light extinction, membership of conserved quantities
-  (e.g. ``conserved={"total_nitrogen": 1.0}``), and whether it lives in the interior, at the bottom or surface;
+- state variables (:meth:`BGCModel.register_state_variable`): units, initial value, minimum, constant
+  vertical movement (m s-1, negative = sinking), specific light extinction, membership of conserved
+  quantities (e.g. ``conserved={"total_nitrogen": 1.0}``), and whether it lives in the interior, at the
+  bottom or surface;
 - parameters (:meth:`BGCModel.register_parameter`): value in the *yaml units* (e.g. d-1) plus a
   ``scale_factor`` to SI (e.g. 1/86400); these are ``pelagos.core`` parameters, so they can be made free;
 - dependencies on standard environment variables (:meth:`BGCModel.register_dependency`), optionally as a
   running temporal mean;
 - state dependencies (links to other instances' variables, resolved by fabm.yaml ``coupling:``);
-- diagnostics (:meth:`BGCModel.register_diagnostic_variable`).
+- diagnostics (:meth:`BGCModel.register_diagnostic_variable`);
+- structural options (:meth:`BGCModel.register_option`: booleans/integers/strings such as ``use_chl``; not
+  calibratable), which decide what gets registered.
+
+Configuration (the ``parameters:`` block of a fabm.yaml instance) reaches the model *during* ``__init__``,
+as in FABM's ``get_parameter``: build a configured model with ``Model.from_config({"rmax": 2.0})``; then
+``register_parameter``/``register_option`` return/set the configured value instead of the default, and any key
+the model never asked for is reported by :meth:`BGCModel.unused_config` (the yaml reader turns that into a
+``ConfigError`` with suggestions). ``Model()`` alone gives the defaults.
 
 and implements pure process functions. All rates are per second (SI), per m3 for interior variables and per m2
 for surface/bottom fluxes. Tensors:
@@ -21,6 +30,10 @@ for surface/bottom fluxes. Tensors:
   global ones scalars. A temporal mean is under ``f"{standard_name}@mean{period_seconds}"``
   (see :func:`mean_key`).
 
+Optional :meth:`BGCModel.do_ppdd` returns the same interior sources as production/destruction *transfers*
+``{(source, destination): rate}`` (local names, rate >= 0, ``None`` for "outside the system") for
+positivity-preserving Patankar integrators (Burchard et al. 2003).
+
 Process functions return dicts keyed by local names (own state variables or state dependencies — a source on
 a state dependency is a source on the linked variable of another instance). The host (box or column driver)
 decides how to integrate and transport; the model never does.
@@ -28,8 +41,11 @@ decides how to integrate and transport; the model never does.
 
 from __future__ import annotations
 
+import contextlib
+import difflib
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 
@@ -77,7 +93,9 @@ class StateVariable:
     vertical_movement: float = 0.0  # m s-1, positive up (negative = sinking)
     specific_light_extinction: float = 0.0  # m-1 per unit concentration
     domain: Domain = "interior"
-    conserved: dict[str, float] = field(default_factory=dict)  # quantity -> factor (units of quantity per unit)
+    conserved: dict[str, float] = field(
+        default_factory=dict
+    )  # quantity -> factor (units of quantity per unit)
     no_river_dilution: bool = False
     no_precipitation_dilution: bool = False
 
@@ -94,7 +112,9 @@ class Dependency:
 
     @property
     def key(self) -> str:
-        return self.standard_name if self.mean_period is None else mean_key(self.standard_name, self.mean_period)
+        return (
+            self.standard_name if self.mean_period is None else mean_key(self.standard_name, self.mean_period)
+        )
 
 
 @dataclass
@@ -114,6 +134,29 @@ class DiagnosticVariable:
     domain: DepDomain = "interior"
 
 
+# Configuration handed to the next BGCModel being constructed (see BGCModel.from_config).
+_PENDING_CONFIG: list[dict[str, Any]] = []
+
+
+@contextlib.contextmanager
+def configuring(parameters: Mapping[str, Any] | None) -> Iterator[None]:
+    """Within this block, the next :class:`BGCModel` constructed reads ``parameters`` as its configuration."""
+    _PENDING_CONFIG.append(dict(parameters or {}))
+    try:
+        yield
+    finally:
+        _PENDING_CONFIG.pop()
+
+
+def close_matches(name: str, valid: list[str] | tuple[str, ...]) -> str:
+    """`` (did you mean 'x'?)`` for a near-miss of ``name`` among ``valid``, else ``""``."""
+    m = difflib.get_close_matches(name, list(valid), n=3, cutoff=0.6)
+    if not m:
+        lower = {v.lower(): v for v in valid}
+        m = [lower[name.lower()]] if name.lower() in lower else []
+    return f" (did you mean {' or '.join(repr(x) for x in m)}?)" if m else ""
+
+
 class BGCModel(Model):
     """Base class of FABM-style biogeochemical models (see module docstring for the contract).
 
@@ -129,6 +172,37 @@ class BGCModel(Model):
         self.state_dependencies: dict[str, StateDependency] = {}
         self.diagnostic_variables: dict[str, DiagnosticVariable] = {}
         self.scale_factors: dict[str, float] = {}
+        self.options: dict[str, Any] = {}
+        self.instance_name: str = ""  # set by BGCSystem
+        # Configuration (yaml "parameters:") this model is being built with; entries are ticked off as read.
+        self._config: dict[str, Any] = dict(_PENDING_CONFIG[-1]) if _PENDING_CONFIG else {}
+        self._config_used: set[str] = set()
+
+    @classmethod
+    def from_config(cls, parameters: Mapping[str, Any] | None = None, **kwargs: Any) -> BGCModel:
+        """Build the model with these yaml-unit parameter/option values (FABM ``get_parameter`` semantics).
+
+        Raises ``ConfigError`` naming any key the model does not know (with close matches).
+        """
+        with configuring(parameters):
+            model = cls(**kwargs)
+        unused = model.unused_config()
+        if unused:
+            valid = model.configurable_names()
+            msgs = [f"{k!r}{close_matches(k, valid)}" for k in unused]
+            raise ConfigError(
+                f"model {cls.fabm_name or cls.__name__!r} has no parameter(s) {', '.join(msgs)}; "
+                f"valid: {', '.join(valid) or '(none)'}"
+            )
+        return model
+
+    def unused_config(self) -> list[str]:
+        """Configuration keys given to this model that it never read (i.e. unknown parameters)."""
+        return [k for k in self._config if k not in self._config_used]
+
+    def configurable_names(self) -> list[str]:
+        """Names accepted in the yaml ``parameters:`` block: parameters and options."""
+        return [*self.params.specs, *self.options]
 
     # -- registration ------------------------------------------------------------------------------------
     def register_state_variable(self, name: str, units: str, long_name: str = "", **kw) -> StateVariable:
@@ -148,12 +222,49 @@ class BGCModel(Model):
         minimum: float | None = None,
         maximum: float | None = None,
         transform: str = "auto",
-    ) -> None:
-        """Declare a parameter in yaml units; :meth:`p` returns it times ``scale_factor`` (SI)."""
+    ) -> float:
+        """Declare a parameter in yaml units; :meth:`p` returns it times ``scale_factor`` (SI).
+
+        If the model is being built from configuration holding ``name``, that value is used (the declared
+        ``default`` stays the FABM default shown in tables). Returns the value in yaml units.
+        """
         self.declare_parameter(
             name, default, units=units, bounds=(minimum, maximum), description=long_name, transform=transform
         )
         self.scale_factors[name] = float(scale_factor)
+        if name in self._config:
+            self._config_used.add(name)
+            value = self._config[name]
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ConfigError(
+                    f"parameter {name!r} of {self.fabm_name or type(self).__name__} must be a number "
+                    f"({units}); got {value!r}"
+                )
+            self.params.set(name, float(value))
+            return float(value)
+        return float(default)
+
+    def register_option(self, name: str, default: Any, long_name: str = "", *, choices: Any = None) -> Any:
+        """Declare a structural option (bool/int/str; not calibratable) and return its configured value."""
+        if name in self.options or name in self.params.specs:
+            raise ConfigError(f"{type(self).__name__}: option {name!r} registered twice")
+        value = default
+        if name in self._config:
+            self._config_used.add(name)
+            value = self._config[name]
+            kind = type(default)
+            ok = isinstance(value, kind) and not (kind is not bool and isinstance(value, bool))
+            if kind is float and isinstance(value, int) and not isinstance(value, bool):
+                value, ok = float(value), True
+            if not ok:
+                raise ConfigError(
+                    f"option {name!r} of {self.fabm_name or type(self).__name__} must be a {kind.__name__}; "
+                    f"got {value!r}"
+                )
+            if choices is not None and value not in choices:
+                raise ConfigError(f"option {name!r} = {value!r} is not one of {list(choices)}")
+        self.options[name] = value
+        return value
 
     def register_dependency(
         self,
@@ -168,13 +279,17 @@ class BGCModel(Model):
     ) -> Dependency:
         if domain is None:
             if standard_name not in STANDARD_VARIABLES:
-                raise ConfigError(f"dependency {name!r}: give a domain for non-standard variable {standard_name!r}")
+                raise ConfigError(
+                    f"dependency {name!r}: give a domain for non-standard variable {standard_name!r}"
+                )
             domain = STANDARD_VARIABLES[standard_name][1]  # type: ignore[assignment]
         dep = Dependency(name, standard_name, units, domain, required, mean_period, mean_resolution)
         self.dependencies[name] = dep
         return dep
 
-    def register_state_dependency(self, name: str, units: str = "", long_name: str = "", **kw) -> StateDependency:
+    def register_state_dependency(
+        self, name: str, units: str = "", long_name: str = "", **kw
+    ) -> StateDependency:
         self._check_new(name)
         sd = StateDependency(name, units, long_name, **kw)
         self.state_dependencies[name] = sd
@@ -223,16 +338,32 @@ class BGCModel(Model):
         """
         return {}, {}
 
-    def vertical_movement(self, s: dict[str, torch.Tensor], env: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def do_ppdd(
+        self, s: dict[str, torch.Tensor], env: dict[str, torch.Tensor]
+    ) -> tuple[dict[tuple[str | None, str | None], torch.Tensor], dict[str, torch.Tensor]] | None:
+        """Interior sources as production/destruction transfers, or None if the model does not provide them.
+
+        Returns ``({(source, destination): rate}, diagnostics)``: each rate (>= 0, state units per s) moves
+        matter from local variable ``source`` to ``destination``; ``None`` as source means production from
+        outside the system (e.g. DIC not modelled), as destination a loss to outside. The net of all transfers
+        must equal :meth:`do`.
+        """
+        return None
+
+    def vertical_movement(
+        self, s: dict[str, torch.Tensor], env: dict[str, torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
         """Vertical velocity of interior variables (m s-1, positive up); default: the registered constants."""
         ref = next(iter(s.values()))
         out = {}
         for n, v in self.state_variables.items():
             if v.domain == "interior" and v.vertical_movement != 0.0:
-                out[n] = torch.full_like(s[n] if n in s else ref, v.vertical_movement)
+                out[n] = torch.full_like(s.get(n, ref), v.vertical_movement)
         return out
 
-    def light_extinction(self, s: dict[str, torch.Tensor], env: dict[str, torch.Tensor]) -> torch.Tensor | None:
+    def light_extinction(
+        self, s: dict[str, torch.Tensor], env: dict[str, torch.Tensor]
+    ) -> torch.Tensor | None:
         """This model's contribution to the PAR attenuation coefficient (m-1), or None.
 
         Default: Σ specific_light_extinction × concentration. Override to add constant background terms.
