@@ -1,0 +1,181 @@
+"""The variational problem shared by calibration, 4D-Var and the Laplace approximation.
+
+Control vector ``z = [u, v, w]``:
+
+- ``u`` (p,): unconstrained values of the model's *free* parameters (log/logit space, see core.params);
+- ``v``: whitened initial-state increment, ``x0 = x_b + S_B v`` with ``S_B S_Bᵀ = B`` (only if the state is
+  controlled);
+- ``w``: whitened model-error forcing of weak-constraint 4D-Var, ``η_j = S_Q w_j`` added to the state after
+  every ``model_error_every`` steps.
+
+Cost ``J(z) = ½‖r(z)‖²`` with the whitened residual vector
+``r = [ (H(x(t_i)) − y_i)/σ_i ; v ; w ; (u − μ_prior)/s_prior ]`` — i.e. the observation misfit, the
+background
+term, the model-error term and the Gaussian priors of the parameters (in unconstrained space).
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+from ..core.errors import ConfigError
+from .covariance import Covariance, as_covariance
+from .forward import predict, step_function
+from .observations import ObservationSet
+from .state_tree import flatten, leaves, numel, tree_map, unflatten
+
+
+class VariationalProblem:
+    """Whitened least-squares problem of a Model against an ObservationSet (see module docstring)."""
+
+    def __init__(
+        self,
+        model: object,
+        obs: ObservationSet,
+        state: object,
+        *,
+        t0: float = 0.0,
+        dt: float | None = None,
+        control_params: bool = True,
+        control_state: bool = False,
+        B: Covariance | torch.Tensor | float | dict | None = None,
+        Q: Covariance | torch.Tensor | float | None = None,
+        model_error_every: int = 1,
+        checkpoint: int | None = None,
+    ) -> None:
+        self.model, self.obs, self.xb, self.t0 = model, obs, state, float(t0)
+        self.step, self.dt = step_function(model, dt)
+        self.checkpoint = checkpoint
+        self.dtype = leaves(state)[0].dtype
+        self.param_names: list[str] = []
+        u0 = torch.zeros(0, dtype=self.dtype)
+        if control_params and hasattr(model, "free_parameter_names"):
+            self.param_names = model.free_parameter_names()
+            u0 = model.free_vector().to(self.dtype)
+        self.p = len(self.param_names)
+        self._prior = []
+        for i, n in enumerate(self.param_names):
+            pr = model.parameter_spec(n).prior
+            if pr is not None:
+                self._prior.append((i, pr.mean, pr.std))
+        # background covariance of the initial state
+        self.control_state = control_state
+        self.B = None
+        if control_state:
+            if B is None:
+                raise ConfigError(
+                    "control_state=True needs a background-error covariance B (a Covariance, a matrix, stds, or a "
+                    "dict of these per state variable)"
+                )
+            if isinstance(state, dict):
+                Bd = B if isinstance(B, dict) else dict.fromkeys(state, B)
+                missing = set(state) - set(Bd)
+                if missing:
+                    raise ConfigError(f"B has no entry for state variables {sorted(missing)}")
+                self.B = {k: as_covariance(Bd[k], state[k].shape[-1]) for k in state}
+            else:
+                self.B = as_covariance(B, state.shape[-1])
+        self.nv = numel(state) if control_state else 0
+        # model error (weak constraint)
+        self.Q = None
+        self.every = int(model_error_every)
+        self.nw = 0
+        if Q is not None:
+            if not torch.is_tensor(state):
+                raise ConfigError("weak-constraint 4D-Var needs a tensor state (got a dict)")
+            if self.every < 1:
+                raise ConfigError(f"model_error_every must be >= 1; got {model_error_every}")
+            self.Q = as_covariance(Q, state.shape[-1])
+            n_steps = int(obs.step_indices(self.dt, self.t0).max()) if obs.n_times else 0
+            self.n_blocks = n_steps // self.every
+            self.nw = self.n_blocks * state.numel()
+        self.z0 = torch.cat([u0, torch.zeros(self.nv + self.nw, dtype=self.dtype)])
+
+    # -- control vector ------------------------------------------------------------------------------------
+    @property
+    def size(self) -> int:
+        return int(self.z0.numel())
+
+    def split(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return z[: self.p], z[self.p : self.p + self.nv], z[self.p + self.nv :]
+
+    def initial_state(self, z: torch.Tensor) -> object:
+        """``x0 = x_b + S_B v``."""
+        _, v, _ = self.split(z)
+        if not self.control_state:
+            return self.xb
+        vs = unflatten(v, self.xb)
+        if isinstance(self.xb, dict):
+            return {k: self.xb[k] + self.B[k].sqrt_apply(vs[k]) for k in self.xb}
+        return self.xb + self.B.sqrt_apply(vs)
+
+    def params_context(self, z: torch.Tensor) -> contextlib.AbstractContextManager:
+        u, _, _ = self.split(z)
+        return self.model.using(u) if self.p else contextlib.nullcontext()
+
+    # -- forward ---------------------------------------------------------------------------------------------
+    def predict(self, z: torch.Tensor, *, return_final: bool = False):
+        """``H(x(t_i))`` (n_t, *batch, m) for control ``z`` (and the state at the last observation time)."""
+        x0 = self.initial_state(z)
+        with self.params_context(z):
+            if self.Q is None:
+                return predict(
+                    self.model,
+                    x0,
+                    self.obs,
+                    t0=self.t0,
+                    dt=self.dt,
+                    checkpoint=self.checkpoint,
+                    return_final=return_final,
+                )
+            return self._predict_weak(x0, self.split(z)[2], return_final)
+
+    def _predict_weak(self, x: torch.Tensor, w: torch.Tensor, return_final: bool):
+        idx = self.obs.step_indices(self.dt, self.t0).tolist()
+        eta = self.Q.sqrt_apply(w.reshape(self.n_blocks, *x.shape)) if self.n_blocks else None
+        preds, j = [], 0
+        n_max = idx[-1] if idx else 0
+        for k in range(n_max + 1):
+            while j < len(idx) and idx[j] == k:
+                preds.append(self.obs.operator(x))
+                j += 1
+            if k == n_max:
+                break
+            x = self.step(x, self.t0 + k * self.dt)
+            if (k + 1) % self.every == 0 and (k + 1) // self.every <= self.n_blocks:
+                x = x + eta[(k + 1) // self.every - 1]
+        pred = torch.stack(preds)
+        return (pred, x) if return_final else pred
+
+    def residuals(self, z: torch.Tensor) -> torch.Tensor:
+        """Whitened residual vector r(z); the cost is ½‖r‖²."""
+        u, v, w = self.split(z)
+        r = [self.obs.residual(self.predict(z)).reshape(-1), v, w]
+        if self._prior:
+            i, m, s = zip(*self._prior)
+            r.append((u[list(i)] - torch.tensor(m, dtype=u.dtype)) / torch.tensor(s, dtype=u.dtype))
+        return torch.cat(r)
+
+    def cost(self, z: torch.Tensor) -> torch.Tensor:
+        return 0.5 * self.residuals(z).pow(2).sum()
+
+    def cost_terms(self, z: torch.Tensor) -> dict[str, float]:
+        """Observation, background, model-error and prior parts of J(z)."""
+        with torch.no_grad():
+            u, v, w = self.split(z)
+            out = {
+                "obs": float(self.obs.nll(self.predict(z))),
+                "background": float(0.5 * v.pow(2).sum()),
+                "model_error": float(0.5 * w.pow(2).sum()),
+            }
+            out["prior"] = float(self.cost(z)) - sum(out.values())
+        return out
+
+    def final_state(self, z: torch.Tensor) -> object:
+        with torch.no_grad():
+            return self.predict(z, return_final=True)[1]
+
+    def analysis_state_vector(self, z: torch.Tensor) -> torch.Tensor:
+        return flatten(tree_map(lambda t: t.detach(), self.initial_state(z)))
