@@ -9,6 +9,7 @@ from .errors import (
     SolverError,
     StabilityError,
 )
+from .linsolve import CGInfo, solve_cg
 from .model import Model, State
 from .params import ParameterSpec, Prior
 from .rollout import Trajectory, rollout
@@ -26,6 +27,7 @@ from .safe import (
 from .tridiagonal import solve_tridiagonal
 
 __all__ = [
+    "CGInfo",
     "ConfigError",
     "ForcingError",
     "Model",
@@ -48,5 +50,6 @@ __all__ = [
     "smooth_min",
     "smooth_step",
     "softclamp",
+    "solve_cg",
     "solve_tridiagonal",
 ]
