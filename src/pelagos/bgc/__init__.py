@@ -1,5 +1,31 @@
-"""pelagos.bgc — FABM-style biogeochemical models: base class, registry, fabm.yaml reader, NPZD, ECOSMO."""
+"""pelagos.bgc — FABM-style biogeochemical models: base class, registry, fabm.yaml reader, NPZD, ECOSMO.
+
+Models are imported lazily by the registry; ``BGCSystem.from_yaml(path)`` builds a coupled system.
+"""
 
 from .base import BGCModel, Dependency, DiagnosticVariable, StateDependency, StateVariable, mean_key
+from .fabm_yaml import load_system
+from .integrate import METHODS, ODE_METHODS, integrate_sources
+from .npzd import NPZD
+from .registry import available_models, get_model_class, register_model
+from .system import BGCSystem, DiagnosticInfo, VariableInfo
 
-__all__ = ["BGCModel", "Dependency", "DiagnosticVariable", "StateDependency", "StateVariable", "mean_key"]
+__all__ = [
+    "METHODS",
+    "NPZD",
+    "ODE_METHODS",
+    "BGCModel",
+    "BGCSystem",
+    "Dependency",
+    "DiagnosticInfo",
+    "DiagnosticVariable",
+    "StateDependency",
+    "StateVariable",
+    "VariableInfo",
+    "available_models",
+    "get_model_class",
+    "integrate_sources",
+    "load_system",
+    "mean_key",
+    "register_model",
+]
