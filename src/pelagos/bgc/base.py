@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import inspect
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -172,20 +173,41 @@ class BGCModel(Model):
         self.state_dependencies: dict[str, StateDependency] = {}
         self.diagnostic_variables: dict[str, DiagnosticVariable] = {}
         self.scale_factors: dict[str, float] = {}
-        self.options: dict[str, Any] = {}
+        self.option_values: dict[str, Any] = {}  # structural options (register_option)
         self.instance_name: str = ""  # set by BGCSystem
         # Configuration (yaml "parameters:") this model is being built with; entries are ticked off as read.
+        # FABM matches parameter names case-insensitively (fabm.yaml files write "A" for gotm/light's "a").
         self._config: dict[str, Any] = dict(_PENDING_CONFIG[-1]) if _PENDING_CONFIG else {}
         self._config_used: set[str] = set()
+
+    def _config_key(self, name: str) -> str | None:
+        """The configuration key that sets ``name`` (case-insensitive), ticked off as read; None if absent."""
+        for k in self._config:
+            if k.lower() == name.lower():
+                self._config_used.add(k)
+                return k
+        return None
 
     @classmethod
     def from_config(cls, parameters: Mapping[str, Any] | None = None, **kwargs: Any) -> BGCModel:
         """Build the model with these yaml-unit parameter/option values (FABM ``get_parameter`` semantics).
 
+        Keys naming a keyword argument of the constructor (case-insensitive) are passed to it (structural
+        switches such as ECOSMO's ``use_chl``); the others are read by ``register_parameter`` and
+        ``register_option``.
         Raises ``ConfigError`` naming any key the model does not know (with close matches).
         """
-        with configuring(parameters):
-            model = cls(**kwargs)
+        ctor = cls._constructor_options()
+        config: dict[str, Any] = {}
+        kw: dict[str, Any] = {}
+        for k, v in (parameters or {}).items():
+            if k.lower() in ctor:
+                kw[ctor[k.lower()]] = v
+            else:
+                config[k] = v
+        kw.update(kwargs)
+        with configuring(config):
+            model = cls(**kw)
         unused = model.unused_config()
         if unused:
             valid = model.configurable_names()
@@ -200,9 +222,16 @@ class BGCModel(Model):
         """Configuration keys given to this model that it never read (i.e. unknown parameters)."""
         return [k for k in self._config if k not in self._config_used]
 
+    @classmethod
+    def _constructor_options(cls) -> dict[str, str]:
+        """{lower-case name: name} of the constructor's keyword arguments."""
+        kinds = (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+        params = inspect.signature(cls.__init__).parameters.values()
+        return {p.name.lower(): p.name for p in params if p.kind in kinds and p.name != "self"}
+
     def configurable_names(self) -> list[str]:
-        """Names accepted in the yaml ``parameters:`` block: parameters and options."""
-        return [*self.params.specs, *self.options]
+        """Names accepted in the yaml ``parameters:`` block: parameters, options, constructor switches."""
+        return [*self.params.specs, *self.option_values, *self._constructor_options().values()]
 
     # -- registration ------------------------------------------------------------------------------------
     def register_state_variable(self, name: str, units: str, long_name: str = "", **kw) -> StateVariable:
@@ -232,13 +261,26 @@ class BGCModel(Model):
             name, default, units=units, bounds=(minimum, maximum), description=long_name, transform=transform
         )
         self.scale_factors[name] = float(scale_factor)
-        if name in self._config:
-            self._config_used.add(name)
-            value = self._config[name]
+        key = self._config_key(name)
+        if key is not None:
+            value = self._config[key]
             if isinstance(value, bool) or not isinstance(value, int | float):
                 raise ConfigError(
                     f"parameter {name!r} of {self.fabm_name or type(self).__name__} must be a number "
                     f"({units}); got {value!r}"
+                )
+            if float(value) in (minimum, maximum) and transform == "auto":
+                # A value exactly on a bound (e.g. a rate switched off with 0) cannot be written through the
+                # log/logit transform: keep it with an identity transform (still checked against the bounds).
+                del self.params.specs[name]
+                del self.params.raw[name]
+                self.declare_parameter(
+                    name,
+                    default,
+                    units=units,
+                    bounds=(minimum, maximum),
+                    description=long_name,
+                    transform="identity",
                 )
             self.params.set(name, float(value))
             return float(value)
@@ -246,12 +288,12 @@ class BGCModel(Model):
 
     def register_option(self, name: str, default: Any, long_name: str = "", *, choices: Any = None) -> Any:
         """Declare a structural option (bool/int/str; not calibratable) and return its configured value."""
-        if name in self.options or name in self.params.specs:
+        if name in self.option_values or name in self.params.specs:
             raise ConfigError(f"{type(self).__name__}: option {name!r} registered twice")
         value = default
-        if name in self._config:
-            self._config_used.add(name)
-            value = self._config[name]
+        key = self._config_key(name)
+        if key is not None:
+            value = self._config[key]
             kind = type(default)
             ok = isinstance(value, kind) and not (kind is not bool and isinstance(value, bool))
             if kind is float and isinstance(value, int) and not isinstance(value, bool):
@@ -263,7 +305,7 @@ class BGCModel(Model):
                 )
             if choices is not None and value not in choices:
                 raise ConfigError(f"option {name!r} = {value!r} is not one of {list(choices)}")
-        self.options[name] = value
+        self.option_values[name] = value
         return value
 
     def register_dependency(

@@ -237,7 +237,8 @@ def load_system(
     system.dropped = dropped_info
     system.notes = notes
     for n in notes:
-        warnings.warn(n, stacklevel=2)
+        if "held constant" in n:
+            warnings.warn(n, stacklevel=2)
     return system
 
 
