@@ -276,6 +276,13 @@ def test_bad_arguments(kwargs, match):
         rollout(Decay(), torch.ones(2), n, **args)
 
 
+def test_shape_change_during_run_is_a_clear_error():
+    from pelagos.core import ShapeError
+
+    with pytest.raises(ShapeError, match="changes shape"):
+        rollout(lambda x, t: x.expand(2, -1), torch.ones(3), 2, dt=1.0)
+
+
 def test_step_function_needs_dt_and_model_type_checked():
     with pytest.raises(ConfigError, match="dt is required"):
         rollout(lambda x, t: x, torch.ones(2), 3)

@@ -9,6 +9,7 @@ from .errors import (
     SolverError,
     StabilityError,
 )
+from .gradcheck import GradCheckReport, check_directional, check_jvp_vjp, rollout_gradient_report
 from .linsolve import CGInfo, solve_cg
 from .model import Model, State
 from .params import ParameterSpec, Prior
@@ -30,6 +31,7 @@ __all__ = [
     "CGInfo",
     "ConfigError",
     "ForcingError",
+    "GradCheckReport",
     "Model",
     "ObservationError",
     "ParameterSpec",
@@ -40,9 +42,12 @@ __all__ = [
     "StabilityError",
     "State",
     "Trajectory",
+    "check_directional",
+    "check_jvp_vjp",
     "clamp_st",
     "positive_part",
     "rollout",
+    "rollout_gradient_report",
     "safe_div",
     "safe_pow",
     "safe_sqrt",

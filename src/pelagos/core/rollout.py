@@ -30,7 +30,7 @@ import torch
 import torch.utils._pytree as pytree
 from torch.utils.checkpoint import checkpoint as _checkpoint
 
-from .errors import ConfigError
+from .errors import ConfigError, ShapeError
 from .model import Model
 
 State = Any
@@ -91,7 +91,15 @@ def _stack(items: list[State]) -> State:
             )
         for col, leaf in zip(columns, leaves):
             col.append(leaf)
-    stacked = [torch.stack([torch.as_tensor(x) for x in col]) for col in columns]
+    stacked = []
+    for j, col in enumerate(columns):
+        shapes = {tuple(torch.as_tensor(x).shape) for x in col}
+        if len(shapes) > 1:
+            raise ShapeError(
+                f"rollout: saved leaf {j} changes shape during the run ({sorted(shapes)}); step() must keep "
+                "the state's shape — e.g. with a parameter batch (B,), give the initial state its batch dim B"
+            )
+        stacked.append(torch.stack([torch.as_tensor(x) for x in col]))
     return pytree.tree_unflatten(stacked, spec)
 
 
