@@ -47,6 +47,7 @@ class Flow:
     uh: torch.Tensor
     vh: torch.Tensor
     dqhdt: torch.Tensor | None = None
+    dqh_param: torch.Tensor | None = None  # the parameterization's share of dqhdt
 
     @property
     def grid(self) -> SpectralGrid:
@@ -264,7 +265,8 @@ class SpectralQG(Model):
         dqhdt = dqhdt + c["drag"] * f.ph
         f.dqhdt = dqhdt
         if self.parameterization is not None:
-            f.dqhdt = dqhdt + self.parameterization.spectral_tendency(f)
+            f.dqh_param = self.parameterization.spectral_tendency(f)
+            f.dqhdt = dqhdt + f.dqh_param
         return f
 
     def step(self, state: QGState, t: float | torch.Tensor = 0.0) -> QGState:
