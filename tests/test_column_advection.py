@@ -289,3 +289,22 @@ def test_bad_input_errors():
         advect_center(Y, h, ww, 0.0)
     with pytest.raises(ShapeError, match="broadcast"):
         advect_center(torch.ones(3, 4, dtype=DT), torch.ones(2, 4, dtype=DT), ww, 1.0)
+
+
+def test_jvp_with_automatic_substeps_and_float32():
+    rng = np.random.default_rng(6)
+    Y, h, wc = _smooth_case(rng)
+    wc = wc * 5  # Courant > 1: automatic sub-steps inside jvp (the count is computed from detached values)
+
+    def f(Y, wc):
+        return advect_center(Y, h, face_velocities(wc, h), 900.0)
+
+    assert int(courant_substeps(face_velocities(wc, h), h, 900.0)) > 1
+    tY, tw = torch.tensor(rng.normal(size=Y.shape)), torch.tensor(rng.normal(size=wc.shape)) * 1e-4
+    _, jv = torch.func.jvp(f, (Y, wc), (tY, tw))
+    eps = 1e-6
+    fd = (f(Y + eps * tY, wc + eps * tw) - f(Y - eps * tY, wc - eps * tw)) / (2 * eps)
+    torch.testing.assert_close(jv, fd, rtol=1e-6, atol=1e-9)
+    out32 = advect_center(Y.float(), h.float(), face_velocities(wc, h).float(), 900.0)
+    assert out32.dtype == torch.float32
+    torch.testing.assert_close(out32.double(), f(Y, wc), rtol=1e-5, atol=1e-6)

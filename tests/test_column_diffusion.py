@@ -367,3 +367,27 @@ def test_bad_input_errors():
         diffuse_center(Y, h, nu, 10.0, cnpar=1.5)
     with pytest.raises(ConfigError, match="taur"):
         diffuse_center(Y, h, nu, 10.0, taur=torch.ones(5, dtype=DT))
+
+
+def test_relaxation_and_dirichlet_gradients_fd_and_float32():
+    rng = np.random.default_rng(13)
+    N = 7
+    Y = torch.tensor(rng.uniform(0.2, 1.0, N))
+    h = torch.tensor(rng.uniform(0.5, 2.0, N))
+    nuh = torch.tensor(rng.uniform(1e-4, 1e-3, N + 1))
+    taur = torch.tensor(rng.uniform(1e3, 1e4, N))
+    Yobs = torch.tensor(rng.uniform(0, 1, N))
+
+    def f(Y, h, nuh, taur, Yobs, top):
+        return diffuse_center(Y, h, nuh, 1800.0, cnpar=0.5, taur=taur, Yobs=Yobs, bc_up=("dirichlet", top))
+
+    prim = (Y, h, nuh, taur, Yobs, torch.tensor(0.3, dtype=DT))
+    tang = tuple(torch.tensor(rng.normal(size=x.shape)) * x.abs().mean() for x in prim)
+    _, jv = torch.func.jvp(f, prim, tang)
+    eps = 1e-6
+    plus = f(*(p + eps * t for p, t in zip(prim, tang)))
+    minus = f(*(p - eps * t for p, t in zip(prim, tang)))
+    torch.testing.assert_close(jv, (plus - minus) / (2 * eps), rtol=1e-6, atol=1e-10)
+    out32 = f(*(x.float() for x in prim))
+    assert out32.dtype == torch.float32
+    torch.testing.assert_close(out32.double(), f(*prim), rtol=1e-5, atol=1e-6)

@@ -11,6 +11,7 @@ import math
 from dataclasses import dataclass
 
 import torch
+from torch._C._functorch import is_functorch_wrapped_tensor
 
 from ..core.errors import ConfigError, ShapeError, check_finite
 
@@ -24,6 +25,8 @@ def check_thickness(h: torch.Tensor, name: str = "h") -> None:
         raise ShapeError(
             f"{name} (layer thickness) must be a tensor of shape (..., nz) with nz >= 1; got {shape}."
         )
+    if is_functorch_wrapped_tensor(h):  # inside vmap/jvp/grad: values are abstract, skip value checks
+        return
     check_finite(name, h)
     if bool((h <= 0).any()):
         raise ConfigError(
