@@ -1,0 +1,571 @@
+"""The water-column model: FABM-style biogeochemistry transported and lit as GOTM does, driven by physics.
+
+One step ``t -> t + dt`` (GOTM+FABM's ``do_gotm_fabm`` order, watercolumn.md §2.6):
+
+1. forcing: ``h``, ``temp``, ``salt``, ``I_0`` (and ``bottom_stress``) at ``t + dt`` (GOTM updates the mean
+   flow before the biology), ``nuh`` at ``t`` (GOTM's biology diffuses with the turbulence of the previous
+   step: the ``nuh`` written at time t is used for the step t -> t+dt; ``nuh_lag=False`` uses ``t + dt``);
+2. sinking/rising of every variable with a vertical velocity: ``advect_center`` (P2_PDM by default,
+   conservative), face velocities interpolated from the centres with **zero at the surface and bottom faces**;
+3. diffusion of all interior variables with ``nuh_scale · nuh`` (one tridiagonal matrix for all tracers),
+   ``cnpar = 1``, no-flux Neumann boundaries, ``posconc`` for variables with minimum >= 0;
+4. (optional) repair: clip to the variables' minimum;
+5. light: ``gotm_light`` with the bio-extinction of the current state (Jerlov I by default:
+   A = 0.58, g1 = 0.35 m, g2 = 23 m); surface PAR handed to the biology = ``I_0`` (GOTM's quirk);
+6. running means of PAR / surface PAR (if the biology asks for them) updated to ``t + dt``;
+7. sources: interior rates + surface fluxes / h_top in the top layer + bottom fluxes / h_bottom in the
+   bottom layer, integrated over ``dt`` with the chosen scheme (``bgc.integrate.integrate_sources``:
+   ``euler`` as GOTM's default, ``rk2``, ``rk4``, ``mp``, ...). Light is recomputed at every stage.
+
+The state is a dict: ``{global name: (B, nz)}`` for interior variables, ``(B,)`` for bottom/surface ones, and,
+when needed, ``"_means": {key: buffer}`` (see :mod:`pelagos.column.running_mean`). Batch ``B`` = columns.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..core.errors import ConfigError, ForcingError
+from ..core.model import Model
+from .forcing import ColumnForcing
+from .running_mean import running_mean_init, running_mean_update
+
+__all__ = ["ColumnModel", "run_column", "to_dataset"]
+
+_PAR = "downwelling_photosynthetic_radiative_flux"
+_PAR0 = "surface_downwelling_photosynthetic_radiative_flux"
+_SWR0 = "surface_downwelling_shortwave_flux"
+
+
+def _numerics():
+    """The column numerics (advection, diffusion, light), imported on first use."""
+    from . import advection, diffusion, light
+
+    return advection, diffusion, light
+
+
+class ColumnModel(Model):
+    """A batch of ``B`` water columns carrying a :class:`~pelagos.bgc.system.BGCSystem` (see module doc).
+
+    Args:
+        bgc: a ``BGCSystem``, or a fabm.yaml path / dict (read with ``BGCSystem.from_yaml``).
+        forcing: a :class:`ColumnForcing` (its ``n_columns`` is 1 = shared, or ``B``).
+        dt: time step (s). GOTM's NNS case uses 3600.
+        ode_method: source integrator name understood by ``bgc.integrate.integrate_sources``.
+        sinking_method: advection limiter for sinking (``"P2_PDM"`` as FABM's default ``w_adv_discr``).
+        cnpar: implicitness of diffusion (1 = GOTM default).
+        light: Jerlov type name (``"I"``, ``"IA"``, ...) or ``(A, g1, g2)``; default Jerlov I, what the
+            GOTM nns_annual run used (its ``light_extinction.method`` is ``jerlov-i``).
+        nuh_lag: use the forcing's ``nuh`` at the start of the step (GOTM) instead of at its end.
+        repair: clip to the variables' minimum after transport (GOTM's ``repair_state``).
+        split_factor: number of source sub-steps per step (GOTM's ``split_factor``).
+
+    Parameters (declared, so they can be made free and batched with ``using``): ``nuh_scale`` (factor on the
+    forcing's ``nuh``) and ``I0_scale`` (factor on ``I_0``), both 1 by default; the BGC parameters appear as
+    ``"<instance>.<name>"`` (e.g. ``"npzd.rmax"``).
+    """
+
+    def __init__(
+        self,
+        bgc: Any,
+        forcing: ColumnForcing,
+        *,
+        dt: float = 3600.0,
+        ode_method: str = "euler",
+        sinking_method: str = "P2_PDM",
+        cnpar: float = 1.0,
+        light: str | tuple[float, float, float] = "I",
+        nuh_lag: bool = True,
+        repair: bool = False,
+        split_factor: int = 1,
+    ) -> None:
+        super().__init__()
+        if isinstance(bgc, (str, os.PathLike, Mapping)):
+            from ..bgc.system import BGCSystem
+
+            bgc = BGCSystem.from_yaml(Path(bgc) if isinstance(bgc, str) else bgc)
+        self.bgc = bgc
+        if not isinstance(forcing, ColumnForcing):
+            raise ForcingError(
+                "forcing must be a ColumnForcing (from_gotm, from_dataset, constant, ...); got "
+                f"{type(forcing)}"
+            )
+        self.forcing = forcing
+        self.dt = float(dt)
+        if not self.dt > 0:
+            raise ConfigError(f"dt must be > 0 s; got {dt!r}")
+        from ..bgc.integrate import method_name
+
+        self.ode_method = method_name(ode_method)
+        self.sinking_method = sinking_method
+        self.cnpar = float(cnpar)
+        if isinstance(light, str):
+            from .light import jerlov
+
+            light = jerlov(light)
+        self.A, self.g1, self.g2 = (float(x) for x in light)
+        self.nuh_lag = bool(nuh_lag)
+        self.repair = bool(repair)
+        if int(split_factor) < 1:
+            raise ConfigError(f"split_factor must be >= 1; got {split_factor}")
+        self.split_factor = int(split_factor)
+        self.declare_parameter(
+            "nuh_scale",
+            1.0,
+            units="-",
+            bounds=(0.0, None),
+            description="factor on the forcing's diffusivity nuh",
+        )
+        self.declare_parameter(
+            "I0_scale", 1.0, units="-", bounds=(0.0, None), description="factor on the surface shortwave I_0"
+        )
+        self._setup_variables()
+
+    # -- variables and what the biology needs -------------------------------------------------------------
+    def _setup_variables(self) -> None:
+        bgc = self.bgc
+        self.interior = list(bgc.interior_names)
+        self.bottom = list(bgc.bottom_names)
+        self.surface = list(bgc.surface_names)
+        info = {v.name: v for v in bgc.variables} if hasattr(bgc, "variables") else {}
+        self._minimum = {
+            n: getattr(info.get(n), "minimum", 0.0) for n in self.interior + self.bottom + self.surface
+        }
+        self.posconc = all(self._minimum[n] is not None and self._minimum[n] >= 0 for n in self.interior)
+        req = dict(getattr(bgc, "required_env", {}) or {})
+        self.required_env = req
+        # running means: keys "standard_name@meanPERIOD"
+        self.means: dict[str, tuple[str, float, float]] = {}
+        resolution = {}
+        for m in getattr(bgc, "models", {}).values():
+            for dep in getattr(m, "dependencies", {}).values():
+                if getattr(dep, "mean_period", None):
+                    resolution[dep.key] = float(dep.mean_resolution or 3600.0)
+        for key in req:
+            if "@mean" in key:
+                std, _, per = key.partition("@mean")
+                self.means[key] = (std, float(per), resolution.get(key, 3600.0))
+        if "bottom_stress" in req and not self.forcing.has_bottom_stress:
+            raise ForcingError(
+                f"the biology needs 'bottom_stress' (Pa) but forcing {self.forcing.name!r} has none (no "
+                "'taub' in the "
+                "file); pass bottom_stress=<Pa, constant or series> to "
+                "ColumnForcing.from_gotm/ColumnForcing(...)"
+            )
+
+    @property
+    def nz(self) -> int:
+        return self.forcing.nz
+
+    # -- environment -------------------------------------------------------------------------------------
+    def _physics(self, t: float, *, for_step: bool) -> dict[str, torch.Tensor]:
+        """Forcing for the step starting at ``t`` (for_step) or at the instant ``t``; scaled by parameters."""
+        f = self.forcing
+        t1 = t + self.dt if for_step else t
+        names = ["h", "temp", "salt", "I_0"] + (["bottom_stress"] if f.has_bottom_stress else [])
+        phys = f.sample(t1, names)
+        phys["nuh"] = f.sample(t if (for_step and self.nuh_lag) else t1, ["nuh"])["nuh"]
+        phys["nuh"] = phys["nuh"] * self.param_b("nuh_scale", 2)
+        phys["I_0"] = phys["I_0"] * self.param_b("I0_scale", 1)
+        phys["doy"] = torch.tensor(f.day_of_year(t1), dtype=phys["h"].dtype)
+        return phys
+
+    def _light(self, state: Mapping[str, torch.Tensor], phys: Mapping[str, torch.Tensor], env: dict) -> dict:
+        k_bio = self.bgc.light_extinction(state, env)
+        if k_bio is None:
+            k_bio = torch.zeros_like(phys["h"])
+        _, _, light = _numerics()
+        return light.gotm_light(phys["I_0"], phys["h"], k_bio, A=self.A, g1=self.g1, g2=self.g2)
+
+    def _base_env(self, phys: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        from .grid import centre_depth
+
+        h = phys["h"]
+        depth = centre_depth(h)
+        env = {
+            "temperature": phys["temp"],
+            "practical_salinity": phys["salt"],
+            "cell_thickness": h,
+            "depth": depth,
+            # hydrostatic estimate with rho0 = 1027 kg m-3, g = 9.81 m s-2 (GOTM integrates rho instead)
+            "pressure": depth * (1027.0 * 9.81 / 1e4),
+            "bottom_depth": h.sum(-1),
+            _PAR0: phys["I_0"],  # GOTM links surface PAR to I_0 (total shortwave), see watercolumn.md §2.7
+            _SWR0: phys["I_0"],
+            "number_of_days_since_start_of_the_year": phys["doy"],
+        }
+        if "bottom_stress" in phys:
+            env["bottom_stress"] = phys["bottom_stress"]
+        f = self.forcing
+        if f.latitude is not None:
+            env["latitude"] = f.latitude
+        if f.longitude is not None:
+            env["longitude"] = f.longitude
+        return env
+
+    def _full_env(self, state: Mapping[str, torch.Tensor], phys: Mapping, means: Mapping | None) -> dict:
+        env = self._base_env(phys)
+        lt = self._light(state, phys, env)
+        env[_PAR] = lt["PAR"]
+        env["downwelling_shortwave_flux"] = lt["SWR"]
+        env["attenuation_coefficient_of_photosynthetic_radiative_flux"] = lt["k_par"]
+        if means:
+            for key, buf in means.items():
+                env[key] = buf["mean"]
+        return env
+
+    # -- sources -----------------------------------------------------------------------------------------
+    def _rates(self, s: Mapping[str, torch.Tensor], phys: Mapping, means: Mapping | None):
+        """Source rates of every state variable (per s) and the diagnostics, light recomputed from ``s``."""
+        bgc = self.bgc
+        env = self._full_env(s, phys, means)
+        rates, diag = bgc.interior_sources(s, env)
+        rates = dict(rates)
+        h = phys["h"]
+        if self.surface or self._has_surface:
+            top = {n: s[n][..., -1] for n in self.interior} | {n: s[n] for n in self.surface}
+            etop = {
+                k: (v[..., -1] if torch.is_tensor(v) and v.ndim >= 1 and v.shape[-1] == h.shape[-1] else v)
+                for k, v in env.items()
+            }
+            fl, d2 = bgc.surface_fluxes(top, etop)
+            self._add_boundary(rates, fl, h[..., -1], -1)
+            diag = {**diag, **d2}
+        if self.bottom or self._has_bottom:
+            bot = {n: s[n][..., 0] for n in self.interior} | {n: s[n] for n in self.bottom}
+            ebot = {
+                k: (v[..., 0] if torch.is_tensor(v) and v.ndim >= 1 and v.shape[-1] == h.shape[-1] else v)
+                for k, v in env.items()
+            }
+            fl, d2 = bgc.bottom_fluxes(bot, ebot)
+            self._add_boundary(rates, fl, h[..., 0], 0)
+            diag = {**diag, **d2}
+        for n in self.interior + self.bottom + self.surface:
+            if n not in rates:
+                rates[n] = torch.zeros_like(s[n])
+        return rates, diag, env
+
+    @property
+    def _has_surface(self) -> bool:
+        return bool(getattr(self.bgc, "has_surface_fluxes", True))
+
+    @property
+    def _has_bottom(self) -> bool:
+        return bool(getattr(self.bgc, "has_bottom_fluxes", True))
+
+    def _add_boundary(self, rates: dict, fluxes: Mapping, h_cell: torch.Tensor, k: int) -> None:
+        nz = self.nz
+        for n, F in fluxes.items():
+            if n in self.interior:
+                onehot = torch.zeros(nz, dtype=h_cell.dtype, device=h_cell.device)
+                onehot[k] = 1.0
+                rates[n] = rates[n] + (F / h_cell).unsqueeze(-1) * onehot
+            else:  # bottom/surface-attached variable: its own source
+                rates[n] = rates[n] + F if n in rates else F
+
+    # -- the contract ------------------------------------------------------------------------------------
+    def initial_state(
+        self,
+        n_columns: int | None = None,
+        *,
+        profiles: Mapping[str, Any] | None = None,
+        t0: float = 0.0,
+        dtype: torch.dtype | None = None,
+    ) -> dict:
+        """Initial state from the BGC initial values (+ ``profiles``: name -> scalar, (nz,) or (B, nz)).
+
+        ``n_columns`` defaults to the forcing's column count. ``t0`` (s) is where running means start.
+        """
+        f = self.forcing
+        B = int(n_columns or f.n_columns)
+        if f.n_columns not in (1, B):
+            raise ForcingError(f"forcing has {f.n_columns} columns but the model runs {B}; give 1 or {B}")
+        dtype = dtype or f.dtype
+        state = dict(self.bgc.initial_state(batch_shape=(B,), nz=self.nz, dtype=dtype, device=f.device))
+        for n, v in (profiles or {}).items():
+            if n not in state:
+                raise ConfigError(f"initial profile for unknown variable {n!r}; valid: {', '.join(state)}")
+            v = torch.as_tensor(v, dtype=dtype)
+            state[n] = torch.broadcast_to(v, state[n].shape).clone() if v.shape != state[n].shape else v
+        if self.means:
+            phys = self._physics(float(t0), for_step=False)
+            env = self._full_env(state, phys, None)
+            state["_means"] = {}
+            for key, (std, period, res) in self.means.items():
+                x = torch.broadcast_to(env[std], (B, *env[std].shape[1:]))
+                state["_means"][key] = running_mean_init(x, period=period, resolution=res)
+        return state
+
+    def step(self, state: dict, t: float | torch.Tensor) -> dict:
+        """Advance all columns from ``t`` to ``t + dt`` (pure: returns a new dict)."""
+        advection, diffusion, _ = _numerics()
+        t = float(t)
+        dt = self.dt
+        phys = self._physics(t, for_step=True)
+        h = phys["h"]
+        names = self.interior
+        Y = torch.stack([state[n] for n in names], dim=1)  # (B, V, nz)
+        env0 = self._base_env(phys)
+        # 2. sinking / rising
+        ws = self.bgc.vertical_velocities(state, env0)
+        moving = [i for i, n in enumerate(names) if n in ws]
+        if moving:
+            w_c = torch.stack(
+                [torch.broadcast_to(ws[names[i]], state[names[i]].shape) for i in moving], dim=1
+            )
+            ww = advection.face_velocities(w_c, h.unsqueeze(1))
+            Ys = advection.advect_center(
+                Y[:, moving], h.unsqueeze(1), ww, dt, method=self.sinking_method, mode="conservative"
+            )
+            if len(moving) == len(names):
+                Y = Ys
+            else:
+                idx = torch.tensor(moving, device=Y.device)
+                Y = Y.index_copy(1, idx, Ys)
+        # 3. diffusion of every tracer with the same matrix
+        Y = diffusion.diffuse_center(
+            Y, h.unsqueeze(1), phys["nuh"].unsqueeze(1), dt, cnpar=self.cnpar, posconc=self.posconc
+        )
+        new = {n: Y[:, i] for i, n in enumerate(names)}
+        for n in self.bottom + self.surface:
+            new[n] = state[n]
+        # 4. repair
+        if self.repair:
+            for n in new:
+                lo = self._minimum.get(n)
+                if lo is not None:
+                    new[n] = torch.clamp(new[n], min=lo)
+        # 6. running means of the light seen after transport
+        means = None
+        if self.means:
+            env = self._full_env(new, phys, None)
+            means = {
+                key: running_mean_update(
+                    state["_means"][key],
+                    torch.broadcast_to(env[std], state["_means"][key]["last"].shape),
+                    t + dt,
+                    t,
+                    period=per,
+                    resolution=res,
+                )
+                for key, (std, per, res) in self.means.items()
+            }
+        # 7. sources
+        new = self._integrate(new, phys, means)
+        if means is not None:
+            new["_means"] = means
+        return new
+
+    def _integrate(self, s: dict, phys: Mapping, means: Mapping | None) -> dict:
+        from ..bgc.integrate import integrate_sources
+
+        svars = {n: s[n] for n in self.interior + self.bottom + self.surface}
+
+        def rhs(x: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+            return self._rates(x, phys, means)[0]
+
+        ppdd = None
+        if self.ode_method in ("mp", "mprk2"):
+            pd = getattr(self.bgc, "production_destruction", None)
+            if pd is None:
+                raise ConfigError(f"ode_method {self.ode_method!r} needs bgc.production_destruction")
+
+            def ppdd(x):
+                return pd(x, self._full_env(x, phys, means))
+
+        sub = self.dt / self.split_factor
+        for _ in range(self.split_factor):
+            svars = integrate_sources(rhs, svars, sub, method=self.ode_method, ppdd=ppdd)
+        return dict(svars)
+
+    # -- outputs -----------------------------------------------------------------------------------------
+    def output(self, state: Mapping[str, Any], t: float) -> dict[str, torch.Tensor]:
+        """Named fields at model time ``t`` for writing: state variables (FABM global names, ``(B, nz)`` or
+        ``(B,)``), BGC diagnostics (e.g. ``npzd_PPR``) evaluated on this state with the light of this state,
+        the physics (``h``, ``temp``, ``salt``, ``nuh``, ``I_0``), ``PAR`` and the conserved column totals
+        (``total_<quantity>``, per m2). Diagnostics are recomputed here rather than carried in the state."""
+        phys = self._physics(float(t), for_step=False)
+        svars = {n: state[n] for n in self.interior + self.bottom + self.surface}
+        means = state.get("_means") if isinstance(state, Mapping) else None
+        with torch.no_grad() if not torch.is_grad_enabled() else contextlib.nullcontext():
+            _, diag, env = self._rates(svars, phys, means)
+        B = next(iter(svars.values())).shape[0]
+
+        def full(x: torch.Tensor) -> torch.Tensor:
+            x = torch.as_tensor(x)
+            return torch.broadcast_to(x, (B, *x.shape[1:])) if x.ndim >= 1 else x
+
+        out = {n: svars[n] for n in svars}
+        out.update({k: full(v) for k, v in diag.items()})
+        out["h"] = full(phys["h"])
+        out["temp"] = full(phys["temp"])
+        out["salt"] = full(phys["salt"])
+        out["nuh"] = full(phys["nuh"])
+        out["I_0"] = full(phys["I_0"])
+        out["PAR"] = full(env[_PAR])
+        for q, v in self.totals(state, t).items():
+            out[q if q.startswith("total_") else f"total_{q}"] = v
+        return out
+
+    def totals(self, state: Mapping[str, Any], t: float) -> dict[str, torch.Tensor]:
+        """Column totals of the conserved quantities (per m2), shape ``(B,)``, using ``h`` at time ``t``."""
+        h = self.forcing.sample(float(t), ["h"])["h"]
+        svars = {n: state[n] for n in self.interior + self.bottom + self.surface}
+        return dict(self.bgc.conserved_quantities(svars, h=h))
+
+    def coordinates(self, t: float) -> dict[str, torch.Tensor]:
+        """GOTM's ``z`` (layer centres) and ``zi`` (interfaces), m, negative down, (Bf, nz) / (Bf, nz+1)."""
+        h = self.forcing.sample(float(t), ["h"])["h"]
+        zi = torch.cat([torch.zeros_like(h[..., :1]), torch.cumsum(h, -1)], -1)
+        zi = zi - zi[..., -1:]
+        return {"z": 0.5 * (zi[..., 1:] + zi[..., :-1]), "zi": zi}
+
+
+OutputHook = Callable[[float, dict], None]
+
+
+def run_column(
+    forcing: ColumnForcing | str | os.PathLike,
+    bgc: Any,
+    *,
+    start: float | str = 0.0,
+    stop: float | str | None = None,
+    dt: float = 3600.0,
+    output_every: float | None = None,
+    n_columns: int | None = None,
+    parameters: Mapping[str, Any] | None = None,
+    profiles: Mapping[str, Any] | None = None,
+    state: dict | None = None,
+    checkpoint: int | str | None = None,
+    on_output: OutputHook | None = None,
+    as_xarray: bool = True,
+    **options: Any,
+) -> Any:
+    """Run a batch of water columns and return the outputs every ``output_every`` seconds.
+
+    Args:
+        forcing: a :class:`ColumnForcing` or a GOTM NetCDF path.
+        bgc: a ``BGCSystem`` or fabm.yaml path/dict.
+        start, stop: model times (s on the forcing's clock, or ISO dates if the forcing has an epoch);
+            ``stop`` defaults to the end of the forcing.
+        dt: time step (s). ``output_every``: output interval (s, a multiple of ``dt``; default ``dt``).
+        n_columns: batch size (default: the forcing's column count).
+        parameters: physical values ``{"npzd.rmax": value or (B,) tensor, "nuh_scale": ...}`` applied for this
+            run only (through ``model.using``); the model itself is not changed.
+        profiles: initial profiles ``{global name: value, (nz,) or (B, nz)}`` over the BGC initial values.
+        state: start from this state instead (e.g. a restart); overrides ``profiles``.
+        checkpoint: passed to :func:`pelagos.core.rollout` within each output interval.
+        on_output: ``on_output(t, outputs)`` called at ``start`` and after every output interval with the dict
+            of
+            :meth:`ColumnModel.output` (e.g. an incremental NetCDF writer); runs before the next interval.
+        as_xarray: return an ``xarray.Dataset`` (dims time, column, z, zi), else a dict of stacked tensors.
+        **options: numerics options of :class:`ColumnModel` (``ode_method``, ``sinking_method``, ``cnpar``,
+            ``light``, ``nuh_lag``, ``repair``, ``split_factor``).
+
+    Returns:
+        ``xarray.Dataset`` of the outputs, or (``as_xarray=False``) a dict with ``"time"`` (s, float64), every
+        output stacked on a leading time dim, and ``"final_state"`` (to continue or write a restart).
+    """
+    from ..core.rollout import rollout
+
+    if not isinstance(forcing, ColumnForcing):
+        forcing = ColumnForcing.from_gotm(forcing)
+    model = ColumnModel(bgc, forcing, dt=dt, **options)
+    t0 = forcing.seconds(start)
+    t1 = forcing.t_stop if stop is None else forcing.seconds(stop)
+    every = float(output_every or dt)
+    n_per = round(every / dt)
+    n_steps = round((t1 - t0) / dt)
+    if n_per < 1 or abs(n_per * dt - every) > 1e-6 * dt:
+        raise ConfigError(f"output_every ({every:g} s) must be a positive multiple of dt ({dt:g} s)")
+    if n_steps < 0 or abs(n_steps * dt - (t1 - t0)) > 1e-6 * dt:
+        raise ConfigError(f"stop - start ({t1 - t0:g} s) must be a non-negative multiple of dt ({dt:g} s)")
+    forcing.check_covers(t0, t1)
+    raw = {}
+    for name, value in (parameters or {}).items():
+        spec = model.parameter_spec(name)
+        raw[name] = spec.transform.inverse(torch.as_tensor(value, dtype=forcing.dtype))
+    with model.using(raw) if raw else contextlib.nullcontext():
+        s = state if state is not None else model.initial_state(n_columns, profiles=profiles, t0=t0)
+        outs = [model.output(s, t0)]
+        times = [t0]
+        if on_output is not None:
+            on_output(t0, outs[-1])
+        k = 0
+        while k < n_steps:
+            n = min(n_per, n_steps - k)
+            tk = t0 + k * dt
+            s = rollout(
+                model, s, n, t0=tk, dt=dt, save_every=n, checkpoint=checkpoint, include_initial=False
+            ).final
+            k += n
+            t = t0 + k * dt
+            outs.append(model.output(s, t))
+            times.append(t)
+            if on_output is not None:
+                on_output(t, outs[-1])
+    stacked = {k: torch.stack([o[k] for o in outs]) for k in outs[0]}
+    if not as_xarray:
+        return {"time": torch.tensor(times, dtype=torch.float64), **stacked, "final_state": s}
+    return to_dataset(model, times, stacked)
+
+
+def to_dataset(model: ColumnModel, times: list[float], stacked: Mapping[str, torch.Tensor]) -> Any:
+    """Outputs stacked in time as an ``xarray.Dataset``: dims ``time``, ``column``, ``z`` (centres), ``zi``;
+    coordinates ``z``/``zi`` of the first output time (GOTM's, m, negative down); units/long names from the
+    BGC metadata where known."""
+    import numpy as np
+    import xarray as xr
+
+    nz = model.nz
+    meta = {}
+    for v in getattr(model.bgc, "variables", []):
+        meta[v.name] = {"units": getattr(v, "units", ""), "long_name": getattr(v, "long_name", "")}
+    for d in getattr(model.bgc, "diagnostics", []) or []:
+        if hasattr(d, "name"):
+            meta[d.name] = {"units": getattr(d, "units", ""), "long_name": getattr(d, "long_name", "")}
+    meta.update(
+        {
+            "h": {"units": "m", "long_name": "layer thickness"},
+            "temp": {"units": "degC", "long_name": "temperature"},
+            "salt": {"units": "PSU", "long_name": "practical salinity"},
+            "nuh": {"units": "m2 s-1", "long_name": "turbulent diffusivity of heat (as used, scaled)"},
+            "I_0": {"units": "W m-2", "long_name": "net shortwave radiation entering the water"},
+            "PAR": {"units": "W m-2", "long_name": "photosynthetically active radiation"},
+        }
+    )
+    data = {}
+    for k, v in stacked.items():
+        a = v.detach().cpu().numpy()
+        if a.ndim == 3 and a.shape[-1] == nz:
+            dims = ("time", "column", "z")
+        elif a.ndim == 3 and a.shape[-1] == nz + 1:
+            dims = ("time", "column", "zi")
+        elif a.ndim == 2:
+            dims = ("time", "column")
+        else:
+            dims = ("time", *[f"{k}_dim{i}" for i in range(1, a.ndim)])
+        data[k] = (dims, a, meta.get(k, {}))
+    c = model.coordinates(times[0])
+    epoch = model.forcing.epoch
+    tunits = f"seconds since {epoch:%Y-%m-%d %H:%M:%S}" if epoch else "seconds since start"
+    coords = {
+        "time": ("time", np.asarray(times), {"units": tunits}),
+        "z": (
+            "z",
+            c["z"][0].detach().cpu().numpy(),
+            {"units": "m", "positive": "up", "long_name": "layer centre"},
+        ),
+        "zi": (
+            "zi",
+            c["zi"][0].detach().cpu().numpy(),
+            {"units": "m", "positive": "up", "long_name": "interface"},
+        ),
+    }
+    return xr.Dataset(data, coords=coords, attrs={"source": "pelagos.column.run_column", "dt": model.dt})
