@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from .errors import ConfigError
-from .params import ParameterStore, format_table
+from .params import ParameterStore, format_table, unknown_parameter_message
 
 State = Any
 
@@ -54,7 +54,9 @@ class Model(torch.nn.Module):
         description: str = "",
         transform: str = "auto",
     ) -> None:
-        self.params.declare(name, default, units=units, bounds=bounds, description=description, transform=transform)
+        self.params.declare(
+            name, default, units=units, bounds=bounds, description=description, transform=transform
+        )
 
     def param(self, name: str) -> torch.Tensor:
         """Physical value of this model's own parameter ``name``: shape ``()`` or ``(B,)``."""
@@ -90,7 +92,7 @@ class Model(torch.nn.Module):
         path, _, local = name.rpartition(".")
         if path in stores and local in stores[path].specs:
             return stores[path], local
-        raise ConfigError(f"unknown parameter {name!r}; valid: {', '.join(self.parameter_names())}")
+        raise ConfigError(unknown_parameter_message(name, self.parameter_names()))
 
     def parameter_names(self) -> list[str]:
         return [(f"{p}." if p else "") + n for p, s in self._stores().items() for n in s.specs]
@@ -137,7 +139,9 @@ class Model(torch.nn.Module):
     def unflatten(self, u: torch.Tensor) -> dict[str, torch.Tensor]:
         names = self.free_parameter_names()
         if u.shape[-1] != len(names):
-            raise ConfigError(f"vector has {u.shape[-1]} entries but {len(names)} parameters are free: {names}")
+            raise ConfigError(
+                f"vector has {u.shape[-1]} entries but {len(names)} parameters are free: {names}"
+            )
         return {n: u[..., i] for i, n in enumerate(names)}
 
     @contextlib.contextmanager

@@ -16,6 +16,7 @@ column / ensemble member / basin); models broadcast it with :meth:`Model.param_b
 from __future__ import annotations
 
 import contextlib
+import difflib
 import math
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -113,6 +114,10 @@ class ParameterSpec:
     def check(self, value: torch.Tensor) -> None:
         lo, hi = self.bounds
         v = value.detach()
+        if v.is_floating_point() and not bool(torch.isfinite(v).all()):
+            raise ConfigError(
+                f"parameter {self.name!r} value contains NaN/Inf; give a finite value in {self.units}"
+            )
         # Bounds are open for log/logit transforms (the transform cannot reach them).
         open_ = not isinstance(self.transform, Transform) or self.transform.name != "identity"
         if lo is not None and bool((v < lo).any() or (open_ and (v <= lo).any())):
@@ -150,7 +155,17 @@ class ParameterStore(torch.nn.Module):
     ) -> None:
         if name in self.specs:
             raise ConfigError(f"parameter {name!r} declared twice")
-        spec = ParameterSpec(name, float(default), units, bounds, description, make_transform(bounds, transform))
+        if not isinstance(name, str) or not name.isidentifier():
+            raise ConfigError(
+                f"parameter name {name!r} must be a Python identifier (no dots: sub-model parameters get "
+                "their dotted prefix from the module tree)"
+            )
+        lo, hi = bounds
+        if lo is not None and hi is not None and not float(lo) < float(hi):
+            raise ConfigError(f"parameter {name!r}: lower bound {lo} must be below upper bound {hi}")
+        spec = ParameterSpec(
+            name, float(default), units, bounds, description, make_transform(bounds, transform)
+        )
         x = torch.as_tensor(float(default), dtype=dtype or torch.get_default_dtype())
         spec.check(x)
         self.specs[name] = spec
@@ -159,7 +174,7 @@ class ParameterStore(torch.nn.Module):
     # -- values ------------------------------------------------------------------------------------------
     def _spec(self, name: str) -> ParameterSpec:
         if name not in self.specs:
-            raise ConfigError(f"unknown parameter {name!r}; valid: {', '.join(self.specs)}")
+            raise ConfigError(unknown_parameter_message(name, list(self.specs)))
         return self.specs[name]
 
     def value(self, name: str) -> torch.Tensor:
@@ -172,14 +187,28 @@ class ParameterStore(torch.nn.Module):
         p = self.raw[name]
         x = torch.as_tensor(value, dtype=p.dtype, device=p.device)
         spec.check(x)
+        u = spec.transform.inverse(x)
         with torch.no_grad():
-            self.raw[name] = torch.nn.Parameter(spec.transform.inverse(x).clone(), requires_grad=p.requires_grad)
+            if u.shape == p.shape:
+                p.copy_(u)  # in place: optimisers and references holding ``p`` keep seeing it
+            else:  # e.g. a batch of values (B,) replacing a scalar
+                self.raw[name] = torch.nn.Parameter(u.clone(), requires_grad=p.requires_grad)
 
     def set_prior(self, name: str, mean: float | None = None, std: float = 1.0) -> None:
         """Gaussian prior in unconstrained space, centred on the physical ``mean`` (default: the default)."""
         spec = self._spec(name)
         m = spec.default if mean is None else mean
-        spec.prior = Prior(float(spec.transform.inverse(torch.tensor(float(m), dtype=torch.float64))), float(std))
+        if not (math.isfinite(std) and std > 0):
+            raise ConfigError(
+                f"prior of {name!r}: std must be finite and > 0 (unconstrained units); got {std!r}"
+            )
+        try:
+            spec.check(torch.tensor(float(m), dtype=torch.float64))
+        except ConfigError as err:
+            raise ConfigError(f"prior mean of {name!r} is not admissible: {err}") from None
+        spec.prior = Prior(
+            float(spec.transform.inverse(torch.tensor(float(m), dtype=torch.float64))), float(std)
+        )
 
     # -- free / frozen -----------------------------------------------------------------------------------
     def select_free(self, names: Iterable[str] | str | None) -> list[str]:
@@ -208,12 +237,14 @@ class ParameterStore(torch.nn.Module):
         """Split ``u`` of shape ``(..., p)`` into ``{name: u[..., i]}`` for the free parameters."""
         names = self.free_names()
         if u.shape[-1] != len(names):
-            raise ConfigError(f"vector has {u.shape[-1]} entries but {len(names)} parameters are free: {names}")
+            raise ConfigError(
+                f"vector has {u.shape[-1]} entries but {len(names)} parameters are free: {names}"
+            )
         return {n: u[..., i] for i, n in enumerate(names)}
 
     @contextlib.contextmanager
     def overriding(self, raw_values: Mapping[str, torch.Tensor]) -> Iterator[None]:
-        """Temporarily use these unconstrained values (e.g. a batch ``(Ne,)`` per parameter) — pure, no copy."""
+        """Temporarily use these unconstrained values (e.g. a batch ``(Ne,)`` each); pure, no copy."""
         for n in raw_values:
             self._spec(n)
         old = self._override
@@ -252,6 +283,13 @@ class ParameterStore(torch.nn.Module):
                 }
             )
         return rows
+
+
+def unknown_parameter_message(name: str, valid: list[str]) -> str:
+    """``unknown parameter 'x'; did you mean 'y'? valid: ...`` (the hint only when a name is close)."""
+    close = difflib.get_close_matches(name, valid, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ";"
+    return f"unknown parameter {name!r}{hint} valid: {', '.join(valid)}"
 
 
 def format_table(rows: list[dict]) -> str:
