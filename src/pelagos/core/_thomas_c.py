@@ -8,14 +8,17 @@ If no compiler is available, or compilation fails, or ``PELAGOS_TRIDIAGONAL_BACK
 
 Canonical layout (made by the caller): the matrices ``a, b, c`` are ``(P, N)`` C-contiguous, the
 right-hand sides ``d`` and solutions ``x`` are ``(P, K, N)``: ``K`` right-hand sides share matrix ``p``,
-so each matrix is factorised once. Systems are processed in interleaved blocks of ``BLOCK`` so that
-the serial division chains of independent systems overlap in the CPU pipeline.
+so each matrix is factorised once. Systems go in blocks of one vector width (8 float64 or 16
+float32 systems): a block is copied level-major into a small cache-resident workspace, so that each
+level of the sweep is one SIMD operation (the serial recurrence runs along the levels, the vector
+lanes across systems). GCC builds AVX-512, AVX2 and SSE2 clones and picks one at load time.
 """
 
 from __future__ import annotations
 
 import ctypes
 import hashlib
+import math
 import os
 import platform
 import shutil
@@ -27,99 +30,103 @@ from pathlib import Path
 
 import torch
 
-BLOCK = 8  # systems interleaved per block (must match the C source)
+VBYTES = 64  # bytes per vector of the C kernel: 8 float64 or 16 float32 systems per block
+_LANES = {torch.float64: VBYTES // 8, torch.float32: VBYTES // 4}
 
 # The kernel body is written once with REAL/SFX placeholders and instantiated for double and float.
 _BODY = r"""
-/* Solve A x = d for P matrices (P,N) and K right-hand sides each (P,K,N). work: 2*BLOCK*N. */
-void thomas_solve_SFX(long P, long K, long N, const REAL *a, const REAL *b, const REAL *c,
-                      const REAL *d, REAL *x, REAL *work)
+typedef REAL V_SFX __attribute__((vector_size(VBYTES)));
+#define L_SFX (VBYTES / (long)sizeof(REAL))  /* systems per block = vector lanes */
+
+/* Copy rows p0..p0+nb-1 (row length N, row stride `stride`) of src into level-major vectors dst[i];
+   lanes past nb get `pad`. */
+static inline void gather_SFX(long N, long nb, long stride, const REAL *src, V_SFX *dst, REAL pad)
 {
-    REAL *inv = work;              /* 1 / pivot, [i*BLOCK + j] */
-    REAL *cp = work + BLOCK * N;   /* upper / pivot            */
-    for (long p0 = 0; p0 < P; p0 += BLOCK) {
-        long nb = (P - p0 < BLOCK) ? P - p0 : BLOCK;
-        for (long j = 0; j < nb; j++) {
-            long o = (p0 + j) * N;
-            REAL r = (REAL)1 / b[o];
-            inv[j] = r;
-            cp[j] = c[o] * r;
-        }
-        for (long i = 1; i < N; i++) {
-            for (long j = 0; j < nb; j++) {
-                long o = (p0 + j) * N + i;
-                REAL r = (REAL)1 / (b[o] - a[o] * cp[(i - 1) * BLOCK + j]);
-                inv[i * BLOCK + j] = r;
-                cp[i * BLOCK + j] = c[o] * r;
-            }
-        }
-        for (long k = 0; k < K; k++) {
-            for (long j = 0; j < nb; j++) {
-                long o = ((p0 + j) * K + k) * N;
-                x[o] = d[o] * inv[j];
-            }
-            for (long i = 1; i < N; i++) {
-                for (long j = 0; j < nb; j++) {
-                    long o = ((p0 + j) * K + k) * N + i;
-                    x[o] = (d[o] - a[(p0 + j) * N + i] * x[o - 1]) * inv[i * BLOCK + j];
-                }
-            }
-            for (long i = N - 2; i >= 0; i--) {
-                for (long j = 0; j < nb; j++) {
-                    long o = ((p0 + j) * K + k) * N + i;
-                    x[o] -= cp[i * BLOCK + j] * x[o + 1];
-                }
-            }
+    REAL *t = (REAL *)dst;
+    for (long j = 0; j < L_SFX; j++) {
+        if (j < nb) {
+            const REAL *s = src + j * stride;
+            for (long i = 0; i < N; i++) t[i * L_SFX + j] = s[i];
+        } else {
+            for (long i = 0; i < N; i++) t[i * L_SFX + j] = pad;
         }
     }
+}
+
+static inline void scatter_SFX(long N, long nb, long stride, const V_SFX *src, REAL *dst)
+{
+    const REAL *t = (const REAL *)src;
+    for (long j = 0; j < nb; j++) {
+        REAL *s = dst + j * stride;
+        for (long i = 0; i < N; i++) s[i] = t[i * L_SFX + j];
+    }
+}
+
+/* Solve A x = d for P matrices (P,N) and K right-hand sides each (P,K,N).
+   work: 4*N vectors; flag: L entries, set to sum(x*0), which is NaN iff some x is NaN/Inf. */
+MV void thomas_solve_SFX(long P, long K, long N, const REAL *a, const REAL *b, const REAL *c,
+                         const REAL *d, REAL *x, V_SFX *work, REAL *flag)
+{
+    V_SFX *al = work, *inv = work + N, *cp = work + 2 * N, *xl = work + 3 * N;
+    V_SFX acc = {0};
+    for (long p0 = 0; p0 < P; p0 += L_SFX) {
+        long nb = (P - p0 < L_SFX) ? P - p0 : L_SFX;
+        /* missing lanes of a short last block are identity rows */
+        gather_SFX(N, nb, N, a + p0 * N, al, 0);
+        gather_SFX(N, nb, N, b + p0 * N, inv, 1);
+        gather_SFX(N, nb, N, c + p0 * N, cp, 0);
+        /* factorise in place: inv <- 1/pivot, cp <- upper/pivot */
+        inv[0] = 1 / inv[0];
+        cp[0] *= inv[0];
+        for (long i = 1; i < N; i++) {
+            inv[i] = 1 / (inv[i] - al[i] * cp[i - 1]);
+            cp[i] *= inv[i];
+        }
+        for (long k = 0; k < K; k++) {
+            gather_SFX(N, nb, K * N, d + (p0 * K + k) * N, xl, 0);
+            xl[0] *= inv[0];
+            for (long i = 1; i < N; i++) xl[i] = (xl[i] - al[i] * xl[i - 1]) * inv[i];
+            acc += xl[N - 1] * 0;
+            for (long i = N - 2; i >= 0; i--) {
+                xl[i] -= cp[i] * xl[i + 1];
+                acc += xl[i] * 0;
+            }
+            scatter_SFX(N, nb, K * N, xl, x + (p0 * K + k) * N);
+        }
+    }
+    for (long j = 0; j < L_SFX; j++) flag[j] = acc[j];
 }
 
 /* Adjoint: lam = A^-T g for each (p,k); if ga/gb/gc are non-NULL also the matrix cotangents
    ga_i = -sum_k lam_i x_{i-1}, gb_i = -sum_k lam_i x_i, gc_i = -sum_k lam_i x_{i+1} (zero at the
    ignored entries ga_0 and gc_{N-1}). A^T has sub-diagonal c_{i-1}, super-diagonal a_{i+1} and
-   the same pivots as A. */
-void thomas_adjoint_SFX(long P, long K, long N, const REAL *a, const REAL *b, const REAL *c,
-                        const REAL *x, const REAL *g, REAL *lam, REAL *ga, REAL *gb, REAL *gc,
-                        REAL *work)
+   the same pivots as A. work: 5*N vectors. */
+MV void thomas_adjoint_SFX(long P, long K, long N, const REAL *a, const REAL *b, const REAL *c,
+                           const REAL *x, const REAL *g, REAL *lam, REAL *ga, REAL *gb, REAL *gc,
+                           V_SFX *work)
 {
-    REAL *inv = work;
-    REAL *cpt = work + BLOCK * N;  /* a_{i+1} / pivot_i */
-    for (long p0 = 0; p0 < P; p0 += BLOCK) {
-        long nb = (P - p0 < BLOCK) ? P - p0 : BLOCK;
-        for (long j = 0; j < nb; j++) {
-            long o = (p0 + j) * N;
-            inv[j] = (REAL)1 / b[o];
-        }
+    V_SFX *al = work, *inv = work + N, *cl = work + 2 * N, *cpt = work + 3 * N, *ll = work + 4 * N;
+    for (long p0 = 0; p0 < P; p0 += L_SFX) {
+        long nb = (P - p0 < L_SFX) ? P - p0 : L_SFX;
+        gather_SFX(N, nb, N, a + p0 * N, al, 0);
+        gather_SFX(N, nb, N, b + p0 * N, inv, 1);
+        gather_SFX(N, nb, N, c + p0 * N, cl, 0);
+        /* pivots of A (= pivots of A^T); cpt_i = a_{i+1} / pivot_i is A^T's scaled super-diagonal */
+        inv[0] = 1 / inv[0];
         for (long i = 1; i < N; i++) {
-            for (long j = 0; j < nb; j++) {
-                long o = (p0 + j) * N + i;
-                REAL rprev = inv[(i - 1) * BLOCK + j];
-                REAL t = a[o] * rprev;
-                cpt[(i - 1) * BLOCK + j] = t;
-                inv[i * BLOCK + j] = (REAL)1 / (b[o] - t * c[o - 1]);
-            }
+            cpt[i - 1] = al[i] * inv[i - 1];
+            inv[i] = 1 / (inv[i] - cpt[i - 1] * cl[i - 1]);
         }
         for (long k = 0; k < K; k++) {
-            for (long j = 0; j < nb; j++) {
-                long o = ((p0 + j) * K + k) * N;
-                lam[o] = g[o] * inv[j];
-            }
-            for (long i = 1; i < N; i++) {
-                for (long j = 0; j < nb; j++) {
-                    long o = ((p0 + j) * K + k) * N + i;
-                    lam[o] = (g[o] - c[(p0 + j) * N + i - 1] * lam[o - 1]) * inv[i * BLOCK + j];
-                }
-            }
-            for (long i = N - 2; i >= 0; i--) {
-                for (long j = 0; j < nb; j++) {
-                    long o = ((p0 + j) * K + k) * N + i;
-                    lam[o] -= cpt[i * BLOCK + j] * lam[o + 1];
-                }
-            }
+            gather_SFX(N, nb, K * N, g + (p0 * K + k) * N, ll, 0);
+            ll[0] *= inv[0];
+            for (long i = 1; i < N; i++) ll[i] = (ll[i] - cl[i - 1] * ll[i - 1]) * inv[i];
+            for (long i = N - 2; i >= 0; i--) ll[i] -= cpt[i] * ll[i + 1];
+            scatter_SFX(N, nb, K * N, ll, lam + (p0 * K + k) * N);
             if (gb == 0) continue;
             for (long j = 0; j < nb; j++) {
-                const REAL *xs = x + ((p0 + j) * K + k) * N;
-                const REAL *ls = lam + ((p0 + j) * K + k) * N;
+                long o = ((p0 + j) * K + k) * N;
+                const REAL *ls = lam + o, *xs = x + o;
                 REAL *gas = ga + (p0 + j) * N, *gbs = gb + (p0 + j) * N, *gcs = gc + (p0 + j) * N;
                 if (k == 0) {
                     gas[0] = 0;
@@ -138,11 +145,20 @@ void thomas_adjoint_SFX(long P, long K, long N, const REAL *a, const REAL *b, co
 }
 """
 
-_SOURCE = f"#define BLOCK {BLOCK}\n" + "".join(
+_HEADER = f"""#define VBYTES {VBYTES}
+#if defined(PELAGOS_MV) && defined(__x86_64__)
+/* AVX-512 / AVX2+FMA clones chosen at load time on CPUs that have them, SSE2 otherwise */
+#define MV __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define MV
+#endif
+"""
+_SOURCE = _HEADER + "".join(
     _BODY.replace("REAL", real).replace("SFX", sfx) for real, sfx in (("double", "f64"), ("float", "f32"))
 )
 _FLAGS = ["-O3", "-std=c99", "-shared", "-fPIC", "-fno-math-errno"]
 _SUFFIX = {torch.float64: "f64", torch.float32: "f32"}
+_CTYPE = {torch.float64: ctypes.c_double, torch.float32: ctypes.c_float}
 _PARALLEL_MIN = 1 << 16  # elements (P*K*N) below which one thread is faster than a thread pool
 
 _lock = threading.Lock()
@@ -156,28 +172,32 @@ def _cache_dir() -> Path:
     return Path(root)
 
 
+def _compile(cc: str, flags: list[str], lib: Path) -> None:
+    lib.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=lib.parent) as tmp:
+        src = Path(tmp) / "thomas.c"
+        src.write_text(_SOURCE)
+        out = Path(tmp) / "thomas.so"
+        subprocess.run([cc, *flags, str(src), "-o", str(out)], check=True, capture_output=True, timeout=120)
+        os.replace(out, lib)  # atomic: concurrent first uses never see a half-written file
+
+
 def _build() -> ctypes.CDLL:
     """Compile (once, cached by source hash) and load the shared library. Raises on any failure."""
     cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if not cc:
         raise RuntimeError("no C compiler found (set CC)")
     key = hashlib.sha256((_SOURCE + " ".join(_FLAGS) + platform.machine()).encode()).hexdigest()[:16]
-    cache = _cache_dir()
-    lib = cache / f"thomas-{key}.so"
+    lib = _cache_dir() / f"thomas-{key}.so"
     if not lib.exists():
-        cache.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=cache) as tmp:
-            src = Path(tmp) / "thomas.c"
-            src.write_text(_SOURCE)
-            out = Path(tmp) / "thomas.so"
-            subprocess.run(
-                [cc, *_FLAGS, str(src), "-o", str(out)], check=True, capture_output=True, timeout=120
-            )
-            os.replace(out, lib)  # atomic: concurrent first uses do not see a half-written file
+        try:  # with AVX2 function multi-versioning (gcc on x86-64), else portable
+            _compile(cc, [*_FLAGS, "-DPELAGOS_MV"], lib)
+        except (subprocess.CalledProcessError, OSError):
+            _compile(cc, _FLAGS, lib)
     dll = ctypes.CDLL(str(lib))
     for sfx in _SUFFIX.values():
         f = getattr(dll, f"thomas_solve_{sfx}")
-        f.argtypes = [ctypes.c_long] * 3 + [ctypes.c_void_p] * 6
+        f.argtypes = [ctypes.c_long] * 3 + [ctypes.c_void_p] * 7
         f.restype = None
         g = getattr(dll, f"thomas_adjoint_{sfx}")
         g.argtypes = [ctypes.c_long] * 3 + [ctypes.c_void_p] * 10
@@ -225,14 +245,21 @@ def _pool() -> ThreadPoolExecutor:
     return pool  # type: ignore[return-value]
 
 
-def _chunks(P: int, work: int) -> list[tuple[int, int]]:
-    """Split ``P`` matrices into contiguous ranges (multiples of BLOCK) for the thread pool."""
+def _chunks(P: int, work: int, lanes: int) -> list[tuple[int, int]]:
+    """Split ``P`` matrices into contiguous ranges (multiples of ``lanes``) for the thread pool."""
     n = max(1, torch.get_num_threads())
-    if n == 1 or work < _PARALLEL_MIN or P < 2 * BLOCK:
+    if n == 1 or work < _PARALLEL_MIN or lanes * 2 > P:
         return [(0, P)]
     step = -(-P // n)
-    step = -(-step // BLOCK) * BLOCK
+    step = -(-step // lanes) * lanes
     return [(s, min(P, s + step)) for s in range(0, P, step)]
+
+
+def _workspace(n: int, vectors: int) -> tuple[torch.Tensor, list[int]]:
+    """``n`` scratch areas of ``vectors`` 64-byte-aligned vectors each (the C vector type needs it)."""
+    buf = torch.empty(n * vectors * VBYTES + VBYTES, dtype=torch.uint8)
+    base = -(-buf.data_ptr() // VBYTES) * VBYTES
+    return buf, [base + w * vectors * VBYTES for w in range(n)]
 
 
 def _run(calls: list) -> None:
@@ -243,22 +270,24 @@ def _run(calls: list) -> None:
         f.result()
 
 
-def solve(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
-    """x with A x = d; a, b, c: (P, N), d: (P, K, N), all C-contiguous, same dtype, CPU."""
+def solve(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, d: torch.Tensor) -> tuple[torch.Tensor, bool]:
+    """x with A x = d, and whether x is all finite; a, b, c: (P, N), d: (P, K, N), C-contiguous, CPU."""
     P, K, N = d.shape
     x = torch.empty_like(d)
     fn = getattr(kernels(), f"thomas_solve_{_SUFFIX[d.dtype]}")
-    chunks = _chunks(P, P * K * N)
-    work = torch.empty(len(chunks), 2 * BLOCK * N, dtype=d.dtype)
+    lanes = _LANES[d.dtype]
+    chunks = _chunks(P, P * K * N, lanes)
+    _buf, work = _workspace(len(chunks), 4 * N)
+    flag = (_CTYPE[d.dtype] * (lanes * len(chunks)))()  # read back without a torch op
     es = d.element_size()
     calls = []
     for w, (s, e) in enumerate(chunks):
         m, r = s * N * es, s * K * N * es
         ptrs = (a.data_ptr() + m, b.data_ptr() + m, c.data_ptr() + m, d.data_ptr() + r, x.data_ptr() + r)
-        ptrs += (work[w].data_ptr(),)
+        ptrs += (work[w], ctypes.addressof(flag) + w * lanes * es)
         calls.append(lambda s=s, e=e, p=ptrs: fn(e - s, K, N, *p))
     _run(calls)
-    return x
+    return x, math.isfinite(sum(flag))
 
 
 def adjoint(
@@ -271,15 +300,15 @@ def adjoint(
     if matrix_grads:
         ga, gb, gc = (torch.empty(P, N, dtype=g.dtype) for _ in range(3))
     fn = getattr(kernels(), f"thomas_adjoint_{_SUFFIX[g.dtype]}")
-    chunks = _chunks(P, P * K * N)
-    work = torch.empty(len(chunks), 2 * BLOCK * N, dtype=g.dtype)
+    chunks = _chunks(P, P * K * N, _LANES[g.dtype])
+    _buf, work = _workspace(len(chunks), 5 * N)
     es = g.element_size()
     calls = []
     for w, (s, e) in enumerate(chunks):
         m, r = s * N * es, s * K * N * es
         gptr = (ga.data_ptr() + m, gb.data_ptr() + m, gc.data_ptr() + m) if matrix_grads else (None,) * 3
         ptrs = (a.data_ptr() + m, b.data_ptr() + m, c.data_ptr() + m, x.data_ptr() + r, g.data_ptr() + r)
-        ptrs += (lam.data_ptr() + r, *gptr, work[w].data_ptr())
+        ptrs += (lam.data_ptr() + r, *gptr, work[w])
         calls.append(lambda s=s, e=e, p=ptrs: fn(e - s, K, N, *p))
     _run(calls)
     return lam, ga, gb, gc

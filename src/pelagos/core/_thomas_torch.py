@@ -38,12 +38,12 @@ def _sweep(a: torch.Tensor, inv: torch.Tensor, cp: torch.Tensor, d: torch.Tensor
     return x
 
 
-def solve(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
-    """x with A x = d; a, b, c: (P, N), d: (P, K, N). Returns (P, K, N)."""
+def solve(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, d: torch.Tensor) -> tuple[torch.Tensor, None]:
+    """x with A x = d; a, b, c: (P, N), d: (P, K, N). Returns (x (P, K, N), None: finiteness not known)."""
     at, bt, ct = (t.t().contiguous() for t in (a, b, c))
     inv, cp = _factor(at, bt, ct)
     x = _sweep(at, inv, cp, d.permute(2, 1, 0).contiguous())
-    return x.permute(2, 1, 0).contiguous()
+    return x.permute(2, 1, 0).contiguous(), None
 
 
 def transpose_diagonals(a: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -63,7 +63,7 @@ def adjoint(
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
     """lam = A^-T g and (optionally) the cotangents of a, b, c summed over K; canonical shapes."""
     at, ct = transpose_diagonals(a, c)
-    lam = solve(at, b, ct, g)
+    lam = solve(at, b, ct, g)[0]
     if not matrix_grads:
         return lam, None, None, None
     xm, xp = shifted(x)
