@@ -380,7 +380,7 @@ class ECOSMO(BGCModel):
         sw = self.sw
         w_ox = sw.step(oxy, 0.0, "oxygen", inclusive=False)
         w_no3 = sw.step(no3, 0.0, "nitrate", inclusive=False)
-        oxp = torch.clamp(oxy, min=0.0)  # = oxy wherever the oxic branch is on in FABM
+        oxp = sw.max(oxy, 0.0, kind="oxygen")  # = oxy wherever FABM's oxic branch is on; smooth if smooth
         bioom1 = w_ox * (0.1 / DAY) * torch.exp(0.11 * temp) * oxp / (o_nitr + oxp)
         bioom5 = 5.0 * (1.0 - w_ox) * w_no3
         bioom6 = w_ox
@@ -641,7 +641,7 @@ class ECOSMO(BGCModel):
 
         # phosphate: oxic release reduced by O2 (Neumann et al. 2002, O2/375); anoxic: full release
         r_sa_p = 2.0 * base
-        y = torch.clamp(oxy, min=0.0) / 375.0
+        y = oxy / 375.0  # only used (weight w_ox) in the oxic branch
         release = r_sa_p * (1.0 - w_ox * p["RelSEDp1"] * y**2 / (p["RelSEDp2"] ** 2 + y**2)) * sed3
         src["pho"] = release
         src["sed3"] = 2.0 * r_sa * sed1 + r_sdenit * sed1 - release
