@@ -1,8 +1,8 @@
 """Incremental CF-style NetCDF output: one record per output time, flushed to disk as it is written.
 
 A long run that fails keeps every record already written. On restart the writer reopens the file and continues
-at a given record index, overwriting any records written after the restart point, so the final file equals that
-of an uninterrupted run.
+at a given record index, overwriting any records written after the restart point, so the final file
+equals that of an uninterrupted run.
 """
 
 from __future__ import annotations
@@ -78,11 +78,15 @@ class NetCDFWriter:
             self.record = 0
         else:
             if not os.path.exists(self.path):
-                raise ConfigError(f"cannot continue output: {self.path} does not exist; start a new run instead")
+                raise ConfigError(
+                    f"cannot continue output: {self.path} does not exist; start a new run instead"
+                )
             self.ds = netCDF4.Dataset(self.path, "a")
             missing = [n for n in self.variables if n not in self.ds.variables]
             if missing:
-                raise ConfigError(f"{self.path} lacks variables {missing}; it was written by another configuration")
+                raise ConfigError(
+                    f"{self.path} lacks variables {missing}; it was written by another configuration"
+                )
             self.record = int(start_record)
         self.ds.sync()
 

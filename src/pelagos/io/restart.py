@@ -21,13 +21,27 @@ def config_fingerprint(config: Any) -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
-def save_restart(path: str | os.PathLike, *, step: int, time: float, state: Any, record: int, fingerprint: str,
-                 extra: dict | None = None) -> None:
+def save_restart(
+    path: str | os.PathLike,
+    *,
+    step: int,
+    time: float,
+    state: Any,
+    record: int,
+    fingerprint: str,
+    extra: dict | None = None,
+) -> None:
     path = os.fspath(path)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = path + ".tmp"
-    payload = {"step": int(step), "time": float(time), "state": state, "record": int(record),
-               "fingerprint": fingerprint, "extra": extra or {}}
+    payload = {
+        "step": int(step),
+        "time": float(time),
+        "state": state,
+        "record": int(record),
+        "fingerprint": fingerprint,
+        "extra": extra or {},
+    }
     torch.save(payload, tmp)
     os.replace(tmp, path)
 
