@@ -10,6 +10,7 @@ Canonical inputs as in :mod:`pelagos.core._thomas_c`: a, b, c (P, N); d (P, K, N
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 
 def _factor(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -48,14 +49,12 @@ def solve(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, d: torch.Tensor) ->
 
 def transpose_diagonals(a: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Sub- and super-diagonal of A^T: (c_{i-1}, a_{i+1}), zero-padded at the ignored ends."""
-    z = torch.zeros_like(a[..., :1])
-    return torch.cat([z, c[..., :-1]], -1), torch.cat([a[..., 1:], z], -1)
+    return F.pad(c[..., :-1], (1, 0)), F.pad(a[..., 1:], (0, 1))
 
 
 def shifted(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(x_{i-1}, x_{i+1}) along the last dim, zero outside the column."""
-    z = torch.zeros_like(x[..., :1])
-    return torch.cat([z, x[..., :-1]], -1), torch.cat([x[..., 1:], z], -1)
+    return F.pad(x[..., :-1], (1, 0)), F.pad(x[..., 1:], (0, 1))
 
 
 def adjoint(
