@@ -108,3 +108,15 @@ def test_jerlov_lookup_and_errors():
         gotm_light(1.0, h, g2=0.0)
     with pytest.raises(ConfigError, match="h"):
         gotm_light(1.0, -h)
+
+
+def test_vmap_over_columns():
+    rng = np.random.default_rng(2)
+    h = torch.tensor(rng.uniform(0.5, 2.0, (3, 5)))
+    k = torch.tensor(rng.uniform(0, 0.3, (3, 5)))
+    I0 = torch.tensor([100.0, 200.0, 300.0], dtype=DT)
+
+    def f(I0, h, k):
+        return gotm_light(I0, h, k)["PAR"]
+
+    torch.testing.assert_close(torch.func.vmap(f)(I0, h, k), f(I0, h, k), rtol=1e-15, atol=0)
