@@ -13,7 +13,7 @@ import torch
 import yaml
 
 from pelagos.bgc.base import mean_key
-from pelagos.bgc.ecosmo import ECOSMO
+from pelagos.bgc.ecosmo import ECOSMO, FABM_SWITCHES, PELAGOS_OPTIONS
 from pelagos.core.errors import ConfigError
 
 YAML = "/work/shared/data/fabm/fabm-nersc-ecosmo.yaml"
@@ -55,7 +55,7 @@ UNIT_SCALE = {
 
 def test_yaml_parameters_accepted_with_values_and_scale_factors():
     eco = _yaml_eco()
-    m = ECOSMO.from_yaml_parameters(eco["parameters"])
+    m = ECOSMO.from_config(eco["parameters"])
     assert (m.use_chl, m.use_cyanos, m.couple_co2, m.use_chl_in_PI_curve, m.additional_diagnostics) == (
         True,
         False,
@@ -63,7 +63,7 @@ def test_yaml_parameters_accepted_with_values_and_scale_factors():
         True,
         True,
     )
-    switches = set(ECOSMO.options)
+    switches = {*FABM_SWITCHES, *PELAGOS_OPTIONS}
     given = {k: v for k, v in eco["parameters"].items() if k not in switches}
     assert len(given) == len(m.params.specs) == 73  # the test case sets every parameter
     for key, value in given.items():
@@ -87,7 +87,7 @@ def test_yaml_parameters_accepted_with_values_and_scale_factors():
 
 def test_bad_configuration_is_named():
     with pytest.raises(ConfigError, match="EXfoo"):
-        ECOSMO.from_yaml_parameters({"EXfoo": 1.0})
+        ECOSMO.from_config({"EXfoo": 1.0})
     with pytest.raises(ConfigError, match="use_chl"):
         ECOSMO(use_chl="yes")  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="sharpness"):
@@ -455,7 +455,7 @@ def test_interior_sources_match_numpy_reference(opts):
     m = ECOSMO(turn_on_additional_diagnostics=True, **opts).double()
     eco = _yaml_eco()
     for k, v in eco["parameters"].items():  # the test-case values, plus nonzero zpr and det preferences
-        if k not in ECOSMO.options:
+        if k not in FABM_SWITCHES:
             m.set_parameter_value(m.canonical_parameter_name(k), float(v))
     m.set_parameter_value("zpr", 0.002)
     x, e, _, _ = random_case(rng)

@@ -155,8 +155,6 @@ class ECOSMO(BGCModel):
 
     fabm_name = "nersc/ecosmo_operational"
     fabm_aliases = ("nersc_ecosmo_operational",)
-    # Keys of fabm.yaml ``parameters:`` that are constructor options rather than parameters.
-    options = (*FABM_SWITCHES, *PELAGOS_OPTIONS, "switch_scales")
 
     def __init__(
         self,
@@ -338,26 +336,7 @@ class ECOSMO(BGCModel):
             self.register_state_dependency("dic_target", "mmol m-3", "dic budget", required=False)
             self.register_state_dependency("alk_target", "mmol m-3", "alkalinity budget", required=False)
 
-    # -- construction from fabm.yaml -------------------------------------------------------------------------
-    @classmethod
-    def from_yaml_parameters(cls, parameters: Mapping[str, object] | None) -> ECOSMO:
-        """Build from a fabm.yaml ``parameters:`` mapping.
-
-        Switches/options go to the constructor, the rest are parameter values in yaml units. Keys are
-        case-insensitive (as in FABM: ``EXphy`` = ``Exphy``).
-        """
-        options = {o.lower(): o for o in cls.options}
-        kw, values = {}, {}
-        for key, value in (parameters or {}).items():
-            if key.lower() in options:
-                kw[options[key.lower()]] = value
-            else:
-                values[key] = value
-        model = cls(**kw)
-        for key, value in values.items():
-            model.set_parameter_value(model.canonical_parameter_name(key), float(value))  # type: ignore[arg-type]
-        return model
-
+    # -- names ------------------------------------------------------------------------------------------
     def canonical_parameter_name(self, name: str) -> str:
         """Registered spelling of a parameter name given in any case (FABM ignores case in names)."""
         lower = {n.lower(): n for n in self.params.specs}
@@ -365,14 +344,17 @@ class ECOSMO(BGCModel):
             raise ConfigError(
                 f"nersc/ecosmo_operational: unknown parameter {name!r}; valid parameters: "
                 f"{', '.join(lower.values())}"
-                f"; options: {', '.join(self.options)}"
             )
         return lower[name.lower()]
 
     # -- helpers ---------------------------------------------------------------------------------------------
-    def _params(self, ndim: int) -> dict[str, torch.Tensor]:
-        """All parameters in SI units, shaped to broadcast against tensors of ``ndim`` dims."""
-        return {n: self.p(n, ndim) for n in self.params.specs}
+    def _params(self, ref: torch.Tensor) -> dict[str, torch.Tensor]:
+        """All parameters in SI units, shaped to broadcast against ``ref`` and in its dtype.
+
+        Casting matters for conservation: with float32 parameters and float64 states, ``1 − frr`` would be
+        rounded in float32 and the detritus/DOM split would leak mass at the 1e-8 level.
+        """
+        return {n: self.p(n, ref.ndim).to(ref.dtype) for n in self.params.specs}
 
     def _oxygen_regime(self, oxy: torch.Tensor, no3: torch.Tensor, temp: torch.Tensor, o_nitr: float):
         """FABM's bioom1/5/6/7: nitrification rate (s-1) if O2 > 0; else denitrification weight 5 if NO3 > 0;
@@ -405,7 +387,7 @@ class ECOSMO(BGCModel):
         fla, dia, zs, zl = s["fla"], s["dia"], s["microzoo"], s["mesozoo"]
         det, dom, opa = s["det"], s["dom"], s["opa"]
         bg = s["bg"] if self.use_cyanos else torch.zeros_like(fla)
-        p = self._params(fla.ndim)
+        p = self._params(fla)
         temp, salt, par = env["temperature"], env["practical_salinity"], env[PAR]
         mean_par = env[mean_key(PAR, MEAN_PERIOD)]
         mean_spar = _col(env[mean_key(SURFACE_PAR, MEAN_PERIOD)])
@@ -576,7 +558,7 @@ class ECOSMO(BGCModel):
 
     # -- surface ---------------------------------------------------------------------------------------------
     def do_surface(self, s, env):
-        p = self._params(s["oxy"].ndim)
+        p = self._params(s["oxy"])
         temp, salt = env["temperature"], env["practical_salinity"]
         tr = 1.0 / (temp + 273.15)
         # O2 saturation (µmol/l = mmol m-3), Benson & Krause (1984)
@@ -598,7 +580,7 @@ class ECOSMO(BGCModel):
         sw = self.sw
         temp, oxy, no3 = env["temperature"], s["oxy"], s["no3"]
         det, opa, sed1, sed2, sed3 = s["det"], s["opa"], s["sed1"], s["sed2"], s["sed3"]
-        p = self._params(sed1.ndim)
+        p = self._params(sed1)
         tbs = env["bottom_stress"] if self.not_0d else torch.zeros_like(sed1)  # no stress in a 0-D box
 
         # FABM's sediment nitrification uses a half-saturation of 0.1 ml/l (0.01 ml/l in the water column)
@@ -659,7 +641,7 @@ class ECOSMO(BGCModel):
     def vertical_movement(self, s, env):
         """Sinking of diatoms, detritus and opal, rising cyanobacteria (m s-1, positive up); Chl follows C."""
         ref = s["det"]
-        p = self._params(ref.ndim)
+        p = self._params(ref)
         w = {
             "dia": -p["sinkDia"],
             "det": -p["sinkDet"],
@@ -676,7 +658,7 @@ class ECOSMO(BGCModel):
     def light_extinction(self, s, env):
         """EXw + Exphy·(Σ Chl | Σ phytoplankton C) + Exdet·det + Exdom·dom (m-1), as FABM's ECOSMO."""
         ref = s["det"]
-        p = self._params(ref.ndim)
+        p = self._params(ref)
         if self.use_chl:
             phy = s["diachl"] + s["flachl"] + (s["bgchl"] if self.use_cyanos else 0.0)
         else:
