@@ -9,6 +9,8 @@ Canonical inputs as in :mod:`pelagos.core._thomas_c`: a, b, c (P, N); d (P, K, N
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 
@@ -58,11 +60,21 @@ def shifted(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def adjoint(
-    a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, x: torch.Tensor, g: torch.Tensor, matrix_grads: bool
+    a: torch.Tensor,
+    b: torch.Tensor,
+    c: torch.Tensor,
+    x: torch.Tensor,
+    g: torch.Tensor,
+    matrix_grads: bool,
+    kernel: Callable[..., torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
-    """lam = A^-T g and (optionally) the cotangents of a, b, c summed over K; canonical shapes."""
+    """lam = A^-T g and (optionally) the cotangents of a, b, c summed over K; canonical shapes.
+
+    ``kernel(a, b, c, d) -> x`` is the forward solve to reuse (default: this module's sweep).
+    """
     at, ct = transpose_diagonals(a, c)
-    lam = solve(at, b, ct, g)[0]
+    at, ct = at.contiguous(), ct.contiguous()
+    lam = kernel(at, b, ct, g) if kernel is not None else solve(at, b, ct, g)[0]
     if not matrix_grads:
         return lam, None, None, None
     xm, xp = shifted(x)
