@@ -4,7 +4,8 @@ Usage: ``.venv/bin/python benchmarks/column_numerics.py [--B 256] [--V 10] [--nz
 
 Reports the minimum over ``--repeat`` runs (the machine is shared: the minimum is the least disturbed) of one
 call on B columns x V tracers x nz layers, float64 and float32, forward and forward+backward, and the cost per
-column-tracer. As a reference point it also times the literal per-element GOTM ports used by the tests
+column-tracer. Default one torch thread: on a loaded 2-core machine two threads were up to 20x slower
+(spinning threads). As a reference point it also times the literal per-element GOTM ports used by the tests
 (pure Python loops, one column at a time) on a few columns: that ratio says how much batching buys over a
 straightforward port, not how we compare with compiled Fortran (not available here).
 """
@@ -38,7 +39,9 @@ def main() -> None:
     ap.add_argument("--V", type=int, default=10)
     ap.add_argument("--nz", type=int, default=110)
     ap.add_argument("--repeat", type=int, default=7)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (1: robust on a shared machine)")
     a = ap.parse_args()
+    torch.set_num_threads(a.threads)
     B, V, nz = a.B, a.V, a.nz
     rng = np.random.default_rng(0)
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, B={B} V={V} nz={nz}")

@@ -184,6 +184,9 @@ def _flux_terms(F, Yb, hb, dt, pos):
     leaves the right-hand side; otherwise it stays explicit, ``F/h_b``. The unused branch is computed on safe
     values so that it never produces NaN gradients.
     """
+    patankar = pos & (F < 0)
+    if concrete(patankar) and not bool(patankar.any()):
+        return None, F / hb  # no Patankar row anywhere: the matrix stays shared by all tracers
     F = torch.broadcast_to(F, torch.broadcast_shapes(F.shape, Yb.shape)) if F.dim() else F
     patankar = pos & (F < 0)
     Ysafe = torch.where(patankar, Yb, torch.ones_like(Yb)).clamp_min(torch.finfo(Yb.dtype).tiny)
@@ -207,7 +210,8 @@ def _boundary_row(kind, value, Yb, Yn, hb, k, lb, Qb, dt, theta, pos):
     if lb is not None:
         bu = bu - lb
     dpat, src = _flux_terms(value, Yb, hb, dt, pos)
-    bu = bu + dpat
+    if dpat is not None:
+        bu = bu + dpat
     if Qb is not None:
         src = Qb + src
     du = Yb + dt * src + (1.0 - theta) * k * (Yn - Yb)
@@ -225,4 +229,7 @@ def _single_layer(kind_up, v_up, kind_dw, v_dw, Yb, hb, lb, Qb, dt, pos):
     d1, s1 = _flux_terms(v_up, Yb, hb, dt, pos)
     d2, s2 = _flux_terms(v_dw, Yb, hb, dt, pos)
     src = s1 + s2 if Qb is None else Qb + s1 + s2
-    return (bu + d1 + d2)[..., None], (Yb + dt * src)[..., None]
+    for d in (d1, d2):
+        if d is not None:
+            bu = bu + d
+    return bu[..., None], (Yb + dt * src)[..., None]
