@@ -350,9 +350,28 @@ class BGCModel(Model):
 
     # -- parameter access --------------------------------------------------------------------------------
     def p(self, name: str, ndim: int = 0) -> torch.Tensor:
-        """Parameter in SI units (value × scale_factor); ``ndim`` as in :meth:`Model.param_b`."""
+        """Parameter in SI units (value × scale_factor); ``ndim`` as in :meth:`Model.param_b`.
+
+        Without autograd (``torch.no_grad``, e.g. a plain forward run) the value is cached until the
+        unconstrained tensor is replaced or modified in place; with autograd it is recomputed every call so
+        that every graph, jvp or vmap sees its own parameter tensors.
+        """
+        if torch.is_grad_enabled():
+            v = self.param_b(name, ndim) if ndim else self.param(name)
+            return v * self.scale_factors[name]
+        store = self.__dict__.get("_store_ref")
+        if store is None:
+            store = self.__dict__["_store_ref"] = self.params
+        ov = store._override
+        u = ov[name] if ov is not None and name in ov else store.raw._parameters[name]
+        cache = self.__dict__.setdefault("_p_cache", {})
+        hit = cache.get((name, ndim))
+        if hit is not None and hit[0] is u and hit[1] == u._version:
+            return hit[2]
         v = self.param_b(name, ndim) if ndim else self.param(name)
-        return v * self.scale_factors[name]
+        v = v * self.scale_factors[name]
+        cache[(name, ndim)] = (u, u._version, v)
+        return v
 
     # -- processes (override) ----------------------------------------------------------------------------
     def do(

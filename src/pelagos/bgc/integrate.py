@@ -147,13 +147,26 @@ def _stack_state(state: State, names: list[str]) -> torch.Tensor:
     ts = [
         t.reshape(*t.shape, *([1] * (nd - t.ndim))) for t in ts
     ]  # bottom/surface (...,) as (..., 1): box only
-    shape = torch.broadcast_shapes(*(t.shape for t in ts))
+    shape = _broadcast_shape([tuple(t.shape) for t in ts])
     for n, t in zip(names, ts):
         if t.ndim == nd and t.shape != shape and t.numel() != 1 and state[n].ndim < nd and shape[-1] != 1:
             raise ConfigError(
                 f"mp: variable {n!r} of shape {tuple(state[n].shape)} cannot join cells {shape}"
             )
     return torch.stack([t.expand(shape) for t in ts], dim=-1)  # (..., V)
+
+
+def _broadcast_shape(shapes: list[tuple[int, ...]]) -> tuple[int, ...]:
+    # Same rule as torch.broadcast_shapes (equal ranks here), without its per-call overhead.
+    out = list(shapes[0])
+    for sh in shapes[1:]:
+        for i, n in enumerate(sh):
+            if n != out[i]:
+                if out[i] == 1:
+                    out[i] = n
+                elif n != 1:
+                    raise ConfigError(f"mp: state shapes {shapes} do not broadcast")
+    return tuple(out)
 
 
 def _safe_ratio(r: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
@@ -166,34 +179,42 @@ def _mp_solve(
 ) -> torch.Tensor:
     """Solve (I + dt Σ_t w_t (e_src − e_dst) e_srcᵀ) c' = c0 + dt·(outside production).
 
-    ``w_t = r_t / cden_src``: cden is c0 for MP1 and the first stage for MPRK2.
+    ``w_t = r_t / cden_src``: cden is c0 for MP1 and the first stage for MPRK2. The transfer structure goes
+    into constant incidence matrices so that the per-cell work is one einsum and one batched solve.
     """
     V = len(names)
     idx = {n: i for i, n in enumerate(names)}
     shape = c0.shape[:-1]
-    A = torch.zeros(*shape, V, V, dtype=c0.dtype, device=c0.device)
+    opts = {"dtype": c0.dtype, "device": c0.device}
+
+    def cells(r: torch.Tensor) -> torch.Tensor:
+        r = torch.as_tensor(r, **opts)
+        r = r.reshape(*r.shape, *([1] * (len(shape) - r.ndim)))  # bottom (...,) in a box: (..., 1)
+        return torch.broadcast_to(r, shape)
+
+    out_keys = [(a, b) for (a, b) in transfers if a is not None and a != b]
+    in_keys = [(a, b) for (a, b) in transfers if a is None and b is not None]
     b = c0
-    eye = torch.eye(V, dtype=c0.dtype, device=c0.device)
-    cols_a, cols_b = [], []
-    for (src, dst), r in transfers.items():
-        if src == dst:
-            continue
-        r = torch.as_tensor(r, dtype=c0.dtype, device=c0.device)
-        if src is None:
-            cols_b.append(
-                r.reshape(*r.shape, *([1] * (len(shape) - r.ndim))).expand(shape).unsqueeze(-1)
-                * eye[idx[dst]]
-            )
-            continue
-        i = idx[src]
-        w = _safe_ratio(r.reshape(*r.shape, *([1] * (len(shape) - r.ndim))).expand(shape), cden[..., i])
-        vec = eye[i] - (eye[idx[dst]] if dst is not None else 0.0)  # column i of the contribution
-        cols_a.append((i, w.unsqueeze(-1) * vec))
-    for i, col in cols_a:
-        A = A + col.unsqueeze(-1) * eye[i]  # place the vector in column i
-    if cols_b:
-        b = b + dt * sum(cols_b)
-    A = eye + dt * A
+    if in_keys:
+        Q = torch.zeros(V, len(in_keys), **opts)
+        for t, (_, dst) in enumerate(in_keys):
+            Q[idx[dst], t] = 1.0
+        Rin = torch.stack([cells(transfers[k]) for k in in_keys], -1)
+        b = b + dt * (Rin @ Q.T)
+    if not out_keys:
+        return b
+    T = len(out_keys)
+    M = torch.zeros(V, T, **opts)  # column t: +1 at the source, -1 at the destination
+    S = torch.zeros(T, V, **opts)  # row t: selects the source
+    src = torch.tensor([idx[a] for a, _ in out_keys], device=c0.device)
+    for t, (a, d) in enumerate(out_keys):
+        M[idx[a], t] = 1.0
+        S[t, idx[a]] = 1.0
+        if d is not None:
+            M[idx[d], t] = -1.0
+    R = torch.stack([cells(transfers[k]) for k in out_keys], -1)
+    W = _safe_ratio(R, cden.index_select(-1, src))
+    A = torch.eye(V, **opts) + dt * ((M * W.unsqueeze(-2)) @ S)  # Σ_t M[:, t] W_t S[t, :]
     return torch.linalg.solve(A, b.unsqueeze(-1)).squeeze(-1)
 
 

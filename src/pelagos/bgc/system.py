@@ -142,7 +142,7 @@ class BGCSystem(Model):
 
     @property
     def models(self) -> dict[str, BGCModel]:
-        return {n: getattr(self, n) for n in self.instance_names}
+        return {n: self._modules[n] for n in self.instance_names}  # type: ignore[misc]
 
     def _build_variables(self) -> None:
         self.variables: list[VariableInfo] = []
@@ -323,7 +323,7 @@ class BGCSystem(Model):
 
     # -- views ---------------------------------------------------------------------------------------------
     def _view(self, inst: str, state: Mapping[str, Tensor], domains: tuple[str, ...]) -> dict[str, Tensor]:
-        m = self.models[inst]
+        m = self._modules[inst]
         s: dict[str, Tensor] = {}
         ref = None
         for local, g in self._local_to_global[inst].items():
@@ -347,7 +347,7 @@ class BGCSystem(Model):
     def _env_view(
         self, inst: str, env: Mapping[str, Tensor], state: Mapping[str, Tensor]
     ) -> Mapping[str, Tensor]:
-        m = self.models[inst]
+        m = self._modules[inst]
         extra = {}
         for name, (kind, tgt) in self._env_links[inst].items():
             key = m.dependencies[name].key
@@ -361,7 +361,7 @@ class BGCSystem(Model):
 
     def _call(self, inst: str, fn: str, *args: Any) -> Any:
         try:
-            return getattr(self.models[inst], fn)(*args)
+            return getattr(self._modules[inst], fn)(*args)
         except KeyError as e:
             key = e.args[0] if e.args else "?"
             raise ForcingError(

@@ -1,0 +1,389 @@
+"""0-D (box) driver: run a :class:`BGCSystem` alone, as FABM's ``fabm0d`` does.
+
+The box is one well-mixed layer of thickness ``depth`` whose biogeochemistry sits at its centre (depth/2).
+Each step n (time t_n = start + n·dt) FABM's 0-D driver
+
+1. reads the environment at t_n (linear interpolation of the forcing file in time),
+2. computes light from the state at the start of the step — with ``swr`` the surface shortwave (W m-2):
+
+       PAR_sf = par_fraction · swr
+       k      = k_bio(state) + background_extinction        (k_bio only if apply_self_shading)
+       PAR    = PAR_sf · exp(−k · depth/2)                  (the box centre)
+
+   (this light is held fixed through the stages of a multi-stage integrator, as in FABM),
+3. integrates the sources over dt with the chosen scheme: interior rates plus (surface + bottom fluxes)/depth
+   for interior variables, bottom/surface fluxes as own sources for bottom/surface variables.
+
+FABM's default test case (``env_nns_annual.dat``, the Northern North Sea in 1998) uses depth 10 m, background
+extinction 0.05 m-1, par_fraction 1, dt 1800 s. Its run.nml says ``swr_method = 0``, with which fabm0d would
+*replace* the file's radiation by a clear-sky astronomical value; pelagos always uses the file's measured
+shortwave (FABM's ``swr_method = 1``), the documented meaning of that column.
+
+If the system holds a ``gotm/light`` instance, PAR and surface PAR come from it instead (one layer of
+thickness ``depth``, see :mod:`pelagos.bgc.gotm_light`). Running means (``mean_key``) that models request
+are moving averages over the past ``period`` seconds of the per-step values (fewer samples during the first
+period).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..core.errors import ConfigError, ForcingError
+from .base import STANDARD_VARIABLES, BGCModel, mean_key
+from .integrate import integrate_sources, merge_transfers, method_name, transfers_from_rates
+from .system import BGCSystem
+
+PAR = "downwelling_photosynthetic_radiative_flux"
+SURFACE_PAR = "surface_downwelling_photosynthetic_radiative_flux"
+SWR_SF = "surface_downwelling_shortwave_flux"
+EXTINCTION = "attenuation_coefficient_of_photosynthetic_radiative_flux"
+FORCING_COLUMNS = (SWR_SF, "temperature", "practical_salinity")
+
+
+def read_env_file(path: str | Path) -> dict[str, np.ndarray]:
+    """FABM 0-D forcing: lines ``YYYY-MM-DD hh:mm:ss swr temperature salinity``.
+
+    Returns ``time`` (datetime64[s]) and float64 arrays under the standard names of the three columns.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise ForcingError(f"0-D forcing file {str(p)!r} does not exist")
+    times, rows = [], []
+    for i, line in enumerate(p.read_text().splitlines(), 1):
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        parts = line.split()
+        if len(parts) < 5:
+            raise ForcingError(f"{p}:{i}: expected 'date time swr temperature salinity', got {line!r}")
+        try:
+            times.append(np.datetime64(f"{parts[0]}T{parts[1]}", "s"))
+            rows.append([float(x) for x in parts[2:5]])
+        except ValueError as e:
+            raise ForcingError(f"{p}:{i}: cannot parse {line!r}: {e}") from None
+    t = np.array(times)
+    if len(t) < 2 or np.any(np.diff(t) <= np.timedelta64(0, "s")):
+        raise ForcingError(f"{p}: times must be at least two and strictly increasing")
+    a = np.array(rows)
+    return {"time": t, **{k: a[:, j] for j, k in enumerate(FORCING_COLUMNS)}}
+
+
+def _interp(times_s: np.ndarray, t_file: np.ndarray, values: np.ndarray, name: str) -> np.ndarray:
+    if times_s[0] < t_file[0] or times_s[-1] > t_file[-1]:
+        raise ForcingError(
+            f"forcing {name!r} covers {t_file[0]:g}..{t_file[-1]:g} s but the run needs "
+            f"{times_s[0]:g}..{times_s[-1]:g}"
+            " s; shorten the run or extend the forcing"
+        )
+    return np.interp(times_s, t_file, values)
+
+
+class BoxDriver:
+    """Step a BGCSystem in a 0-D box (see module docstring). ``env`` values are per-step tensors."""
+
+    def __init__(
+        self,
+        system: BGCSystem,
+        *,
+        depth: float = 10.0,
+        background_extinction: float = 0.05,
+        par_fraction: float = 1.0,
+        apply_self_shading: bool = True,
+        method: str | int = "euler",
+        dt: float = 1800.0,
+    ) -> None:
+        if depth <= 0:
+            raise ConfigError(f"box depth must be > 0 m; got {depth}")
+        if dt <= 0:
+            raise ConfigError(f"dt must be > 0 s; got {dt}")
+        self.system = system
+        self.depth = float(depth)
+        self.background_extinction = float(background_extinction)
+        self.par_fraction = float(par_fraction)
+        self.apply_self_shading = bool(apply_self_shading)
+        self.method = method
+        self.dt = float(dt)
+        self.means = {k: _parse_mean(k) for k in system.required_env if "@mean" in k}
+        method_name(method)  # fail early on a bad name
+        self.last_diagnostics: dict[str, torch.Tensor] | None = None
+        # Skip the surface/bottom calls when no instance implements them.
+        self._has_boundary = any(
+            type(m).do_surface is not BGCModel.do_surface or type(m).do_bottom is not BGCModel.do_bottom
+            for m in system.models.values()
+        )
+
+    # -- environment at one step ---------------------------------------------------------------------------
+    def environment(self, state: Mapping[str, torch.Tensor], forcing: Mapping[str, torch.Tensor]) -> dict:
+        """Box environment (interior ``(..., 1)``, horizontal ``(...,)``) from one step's forcing values."""
+        ref = state[self.system.interior_names[0]]
+        f = {k: torch.as_tensor(v, dtype=ref.dtype, device=ref.device) for k, v in forcing.items()}
+        col = lambda x: x.unsqueeze(-1)  # noqa: E731 - horizontal (...,) -> interior (..., 1)
+        env: dict[str, Any] = {k: (col(v) if _domain(k) == "interior" else v) for k, v in f.items()}
+        k_bio = self.system.light_extinction(state, env) if self.apply_self_shading else torch.zeros_like(ref)
+        light = self.system.light_model
+        if PAR not in f:
+            if SWR_SF not in f and SURFACE_PAR not in f:
+                raise ForcingError(f"box forcing needs {SWR_SF!r} (W m-2) or {PAR!r}")
+            if light is not None:
+                h = torch.full_like(ref, self.depth)
+                out = light.column_light(f[SWR_SF], h, k_bio)
+                env.setdefault(SURFACE_PAR, out["par0"])
+                env[PAR] = out["par"]
+                env["downwelling_shortwave_flux"] = out["swr"]
+            else:
+                par_sf = f[SURFACE_PAR] if SURFACE_PAR in f else self.par_fraction * f[SWR_SF]
+                env.setdefault(SURFACE_PAR, par_sf)
+                k = k_bio + self.background_extinction
+                env[PAR] = col(par_sf) * torch.exp(-0.5 * self.depth * k)
+        env[EXTINCTION] = k_bio + self.background_extinction
+        env.setdefault("cell_thickness", torch.full_like(ref, self.depth))
+        env.setdefault("depth", torch.full_like(ref, 0.5 * self.depth))
+        env.setdefault("pressure", torch.full_like(ref, 0.5 * self.depth))  # dbar ~ m, as fabm0d
+        env.setdefault("bottom_depth", torch.full_like(ref[..., 0], self.depth))
+        return env
+
+    # -- sources of one step -------------------------------------------------------------------------------
+    def _rates(
+        self, st: Mapping[str, torch.Tensor], env: Mapping[str, torch.Tensor]
+    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        sysm = self.system
+        rates, dg = sysm.interior_sources(st, env)
+        if self._has_boundary:
+            for k, v in self._boundary_rates(st, env).items():
+                rates[k] = rates[k] + v if k in rates else v
+        return rates, dg
+
+    def _boundary_rates(self, st, env):
+        sysm = self.system
+        top = {k: (v[..., 0] if k in sysm.interior_names else v) for k, v in st.items()}
+        env_b = {
+            k: (v[..., 0] if _domain(k) == "interior" and torch.is_tensor(v) else v) for k, v in env.items()
+        }
+        out: dict[str, torch.Tensor] = {}
+        for fn in (sysm.surface_fluxes, sysm.bottom_fluxes):
+            fl, _ = fn(top, env_b)
+            for k, v in fl.items():
+                if k in sysm.interior_names:
+                    v = v.unsqueeze(-1) / self.depth  # flux per m2 into the one layer
+                out[k] = out[k] + v if k in out else v
+        return out
+
+    def step(
+        self, state: Mapping[str, torch.Tensor], env: Mapping[str, torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
+        """One source step over ``dt`` with a fixed environment (light already in ``env``).
+
+        The interior diagnostics at the start of the step are left in ``self.last_diagnostics``.
+        """
+        self.last_diagnostics = None
+
+        def rhs(st):
+            rates, dg = self._rates(st, env)
+            if self.last_diagnostics is None:
+                self.last_diagnostics = dg
+            return rates
+
+        ppdd = None
+        if method_name(self.method) in ("mp", "mprk2"):
+
+            def ppdd(st):
+                t = self.system.production_destruction(st, env)
+                if not self._has_boundary:
+                    return t
+                return merge_transfers(t, transfers_from_rates(self._boundary_rates(st, env)))
+
+        return integrate_sources(rhs, dict(state), self.dt, self.method, ppdd=ppdd)
+
+    def simulate(
+        self,
+        state0: Mapping[str, torch.Tensor],
+        forcing: Mapping[str, torch.Tensor],
+        n_steps: int,
+        *,
+        save_every: int = 1,
+        diagnostics: bool = True,
+    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """Run ``n_steps``; ``forcing[k]`` is ``(n_steps, ...)`` (step n uses index n-1) or a constant.
+
+        Returns (states stacked over the saved times ``(n_save, ...)`` including the initial state,
+        diagnostics with PAR and surface PAR at the saved steps ``(n_save - 1, ...)``). Differentiable
+        w.r.t. state0, forcing and the system's parameters.
+        """
+        for k, v in forcing.items():
+            t = torch.as_tensor(v)
+            if t.ndim and t.shape[0] != n_steps:
+                raise ForcingError(
+                    f"forcing {k!r} has {t.shape[0]} steps; expected {n_steps} (or a constant)"
+                )
+        state = dict(state0)
+        saved = {k: [v] for k, v in state.items()}
+        diag_out: dict[str, list[torch.Tensor]] = {}
+        history: dict[str, list[torch.Tensor]] = {}
+        for n in range(n_steps):
+            f_n = {k: (torch.as_tensor(v)[n] if torch.as_tensor(v).ndim else v) for k, v in forcing.items()}
+            env = self.environment(state, f_n)
+            self._add_means(env, history)
+            new = self.step(state, env)
+            if (n + 1) % save_every == 0:
+                for k, v in new.items():
+                    saved[k].append(v)
+                if diagnostics:
+                    dg = self.last_diagnostics
+                    if dg is None:  # Patankar schemes do not call rhs
+                        _, dg = self.system.interior_sources(state, env)
+                    for k, v in {**dg, "PAR": env[PAR], "surface_PAR": env[SURFACE_PAR]}.items():
+                        diag_out.setdefault(k, []).append(v)
+            state = new
+        traj = {k: torch.stack(v) for k, v in saved.items()}
+        return traj, {k: torch.stack(v) for k, v in diag_out.items()}
+
+    def _add_means(self, env: dict, history: dict[str, list[torch.Tensor]]) -> None:
+        for key, (base, period) in self.means.items():
+            if base not in env:
+                raise ForcingError(f"running mean {key!r} needs {base!r} in the box environment")
+            h = history.setdefault(key, [])
+            h.append(env[base])
+            n_w = max(1, round(period / self.dt))
+            if len(h) > n_w:
+                del h[0]
+            env[key] = torch.stack(h).mean(0)
+
+
+def _parse_mean(key: str) -> tuple[str, float]:
+    base, _, period = key.partition("@mean")
+    return base, float(period)
+
+
+def _domain(key: str) -> str:
+    """interior | horizontal | global of an environment key (running means as their variable)."""
+    base = key.partition("@mean")[0]
+    return STANDARD_VARIABLES.get(base, ("", "interior"))[1]
+
+
+def run_box(
+    system: BGCSystem,
+    forcing: str | Path | Mapping[str, Any] | None = None,
+    *,
+    dt: float = 1800.0,
+    n_steps: int | None = None,
+    start: str | np.datetime64 | None = None,
+    stop: str | np.datetime64 | None = None,
+    depth: float = 10.0,
+    background_extinction: float = 0.05,
+    par_fraction: float = 1.0,
+    apply_self_shading: bool = True,
+    method: str | int = "euler",
+    state0: Mapping[str, torch.Tensor] | None = None,
+    save_every: int = 1,
+    dtype: torch.dtype = torch.float64,
+    extra_env: Mapping[str, Any] | None = None,
+):
+    """Run the box and return an ``xarray.Dataset`` of the trajectory.
+
+    ``forcing``: a FABM 0-D env file (default: none; then pass tensors), or a dict of per-step tensors
+    ``(n_steps, ...)``/constants keyed by standard names (``surface_downwelling_shortwave_flux``,
+    ``temperature``, ``practical_salinity``, or PAR directly). ``extra_env`` adds constants/tensors such as
+    ``bottom_stress``. Times: from the file (``start``/``stop`` default to its first/last record) or
+    ``n_steps`` steps of ``dt`` seconds.
+    """
+
+    times = None
+    if forcing is None:
+        raise ConfigError("run_box needs forcing: a FABM 0-D env file path or a dict of tensors")
+    if isinstance(forcing, str | Path):
+        data = read_env_file(forcing)
+        t_file = data["time"]
+        t0 = np.datetime64(start, "s") if start is not None else t_file[0]
+        t1 = np.datetime64(stop, "s") if stop is not None else t_file[-1]
+        if n_steps is None:
+            n_steps = int((t1 - t0) / np.timedelta64(1, "s") // dt)
+        if n_steps < 1:
+            raise ConfigError(f"run_box: start {t0} .. stop {t1} holds no step of {dt} s")
+        sec = lambda t: (t - t_file[0]) / np.timedelta64(1, "s")  # noqa: E731
+        step_s = sec(t0) + dt * np.arange(1, n_steps + 1)
+        f_file = sec(t_file).astype(float)
+        forcing_t = {
+            k: torch.tensor(_interp(step_s, f_file, data[k], k), dtype=dtype) for k in FORCING_COLUMNS
+        }
+        times = t0 + (dt * np.arange(0, n_steps + 1)).astype("timedelta64[s]")
+        doy = (times[1:] - times[1:].astype("datetime64[Y]")) / np.timedelta64(1, "D")
+        forcing_t["number_of_days_since_start_of_the_year"] = torch.tensor(doy.astype(float), dtype=dtype)
+    else:
+        forcing_t = {k: torch.as_tensor(v, dtype=dtype) for k, v in forcing.items()}
+        if n_steps is None:
+            lens = {int(v.shape[0]) for v in forcing_t.values() if v.ndim}
+            if len(lens) != 1:
+                raise ConfigError("run_box: give n_steps (forcing tensors have no common length)")
+            n_steps = lens.pop()
+    for k, v in (extra_env or {}).items():
+        forcing_t[k] = torch.as_tensor(v, dtype=dtype)
+    driver = BoxDriver(
+        system,
+        depth=depth,
+        background_extinction=background_extinction,
+        par_fraction=par_fraction,
+        apply_self_shading=apply_self_shading,
+        method=method,
+        dt=dt,
+    )
+    if state0 is None:
+        state0 = system.initial_state((), nz=1, dtype=dtype)
+    with torch.no_grad():
+        traj, diags = driver.simulate(state0, forcing_t, n_steps, save_every=save_every)
+    return to_dataset(system, traj, diags, driver, times, save_every)
+
+
+def to_dataset(system: BGCSystem, traj, diags, driver: BoxDriver, times, save_every: int):
+    """Box trajectory as an ``xarray.Dataset`` (CF-style attributes, global FABM names)."""
+    import xarray as xr
+
+    n_save = next(iter(traj.values())).shape[0]
+    if times is not None:
+        tcoord = times[::save_every][:n_save]
+    else:
+        tcoord = driver.dt * save_every * np.arange(n_save)
+    ds = xr.Dataset(coords={"time": tcoord})
+    if times is None:
+        ds["time"].attrs["units"] = "s"
+
+    squeeze = {*system.interior_names, *(d.name for d in system.diagnostics if d.domain == "interior"), "PAR"}
+
+    def put(name, x, attrs, t):
+        a = x.detach().cpu().numpy()
+        if a.ndim >= 2 and a.shape[-1] == 1 and name in squeeze:
+            a = a[..., 0]
+        dims = ("time", *[f"batch{i}" for i in range(a.ndim - 1)])
+        ds[name] = xr.DataArray(a, dims=dims, coords={"time": t}, attrs=attrs)
+
+    for v in system.variables:
+        put(v.name, traj[v.name], {"units": v.units, "long_name": v.long_name or v.local}, tcoord)
+    dinfo = {d.name: d for d in system.diagnostics}
+    for k, x in diags.items():
+        d = dinfo.get(k)
+        attrs = {"units": d.units, "long_name": d.long_name} if d else {"units": "W m-2"}
+        put(k, x, attrs, tcoord[1:])
+    h = torch.full_like(traj[system.interior_names[0]], driver.depth)
+    for q, tot in system.conserved_quantities(traj, h=h).items():
+        put(
+            f"{q}_total", tot, {"units": "per m2 (state units x m)", "long_name": f"box total of {q}"}, tcoord
+        )
+    ds.attrs.update(
+        {
+            "title": "pelagos 0-D box run",
+            "depth_m": driver.depth,
+            "dt_s": driver.dt,
+            "method": str(driver.method),
+            "background_extinction_per_m": driver.background_extinction,
+            "par_fraction": driver.par_fraction,
+        }
+    )
+    return ds
+
+
+__all__ = ["BoxDriver", "mean_key", "read_env_file", "run_box", "to_dataset"]
