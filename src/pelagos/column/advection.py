@@ -47,38 +47,59 @@ def _method_name(method: str | int) -> str:
     return name
 
 
+def _limiter_coeffs(c: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The parts of the limiters that depend on the Courant number only (computed once per call)."""
+    x = (1.0 - 2.0 * c) / 6.0
+    return {
+        "1-c": 1.0 - c,
+        "x+": 0.5 + x,
+        "x-": 0.5 - x,
+        "2/(1-c)": 2.0 / (1.0 - c),
+        "c+eps": c + 1e-10,
+        "1/(1-c)": 1.0 / (1.0 - c),
+        "one": torch.ones_like(c),
+        "two": torch.full_like(c, 2.0),
+    }
+
+
 def face_reconstruct(
-    method: str | int, c: torch.Tensor, Yu: torch.Tensor, Yc: torch.Tensor, Yd: torch.Tensor
-):
+    method: str | int,
+    c: torch.Tensor,
+    Yu: torch.Tensor,
+    Yc: torch.Tensor,
+    Yd: torch.Tensor,
+    coeffs: dict[str, torch.Tensor] | None = None,
+) -> torch.Tensor:
     """Face value from upstream ``Yu``, central ``Yc``, downstream ``Yd`` values and Courant number ``c``.
 
     ``Df = Yd - Yc``, ``Dfu = Yc - Yu``. Where ``Df*Dfu > 0`` (monotone): ``Yc + 1/2 Phi(r, c) (1 - c) Df``
     with ``r = Dfu/Df``; elsewhere first-order upstream ``Yc`` (P2 and CENTRAL keep their unlimited formulas).
+    ``coeffs`` (from ``_limiter_coeffs(c)``) may be passed to reuse the Courant-only parts across sub-steps.
     """
     name = _method_name(method)
     if name == "UPSTREAM":
         return Yc
+    k = coeffs if coeffs is not None else _limiter_coeffs(c)
     df = Yd - Yc
     dfu = Yc - Yu
     mono = df * dfu > 0
-    r = dfu / torch.where(mono, df, torch.ones_like(df))  # safe in the unused branch (no NaN gradients)
+    r = dfu / torch.where(mono, df, k["one"])  # safe in the unused branch (no NaN gradients)
     if name == "CENTRAL":
-        return torch.where(mono, Yc + 0.5 * (1.0 / (1.0 - c)) * (1.0 - c) * df, 0.5 * (Yc + Yd))
-    x = (1.0 - 2.0 * c) / 6.0
-    phi = (0.5 + x) + (0.5 - x) * r
+        return torch.where(mono, Yc + 0.5 * k["1/(1-c)"] * k["1-c"] * df, 0.5 * (Yc + Yd))
+    phi = k["x+"] + k["x-"] * r
     if name == "P2":
-        return torch.where(mono, Yc + 0.5 * phi * (1.0 - c) * df,
-                           Yc + 0.5 * (1.0 - c) * ((0.5 + x) * df + (0.5 - x) * dfu))  # fmt: skip
-    two = torch.full_like(r, 2.0)
+        return torch.where(mono, Yc + 0.5 * phi * k["1-c"] * df,
+                           Yc + 0.5 * k["1-c"] * (k["x+"] * df + k["x-"] * dfu))  # fmt: skip
+    two = k["two"]
     if name == "SUPERBEE":
-        lim = torch.maximum(torch.minimum(2.0 * r, torch.ones_like(r)), torch.minimum(r, two))
+        lim = torch.maximum(torch.minimum(2.0 * r, k["one"]), torch.minimum(r, two))
     elif name == "MUSCL":
         lim = torch.minimum(2.0 * r, torch.minimum(0.5 * (1.0 + r), two))
     elif name == "SPLMAX13":
         lim = torch.minimum(2.0 * r, torch.minimum(torch.maximum(1.0 + 2.0 * r, 2.0 + r) / 3.0, two))
     else:  # P2_PDM ("ULTIMATE QUICKEST")
-        lim = torch.minimum(2.0 * r / (c + 1e-10), torch.minimum(phi, 2.0 / (1.0 - c)))
-    return torch.where(mono, Yc + 0.5 * lim * (1.0 - c) * df, Yc)
+        lim = torch.minimum(2.0 * r / k["c+eps"], torch.minimum(phi, k["2/(1-c)"]))
+    return torch.where(mono, Yc + 0.5 * lim * k["1-c"] * df, Yc)
 
 
 def face_velocities(w_center: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
@@ -231,15 +252,28 @@ def advect_center(
     pos = w_int > 0
     cour = w_int.abs() / itb * dtb / (0.5 * (h[..., :-1] + h[..., 1:]))
     dw = ww[..., 1:] - ww[..., :-1]  # only for the non-conservative form
+    coeffs = _limiter_coeffs(cour) if name != "UPSTREAM" else None
+    fac = 1.0 / itb * dtb  # GOTM: Y - 1/it*dt*(...)
+    # one direction everywhere (e.g. sinking) needs no per-face selection
+    direction = None
+    if concrete(pos):
+        direction = "down" if not bool(pos.any()) else ("up" if bool(pos.all()) else None)
     for step in range(n_loop):
         if nz >= 2:
             Ylo, Yhi = Y[..., :-1], Y[..., 1:]
-            Yu_pos = torch.cat([Y[..., :1], Y[..., :-2]], -1)  # below the lower layer (itself at bed face)
-            Yu_neg = torch.cat([Y[..., 2:], Y[..., -1:]], -1)  # above the upper layer (itself at top face)
-            Yc = torch.where(pos, Ylo, Yhi)
-            Yd = torch.where(pos, Yhi, Ylo)
-            Yu = torch.where(pos, Yu_pos, Yu_neg)
-            F_int = w_int * face_reconstruct(name, cour, Yu, Yc, Yd)
+            if direction != "down":
+                Yu_pos = torch.cat([Y[..., :1], Y[..., :-2]], -1)  # below lower layer (itself at bed face)
+            if direction != "up":
+                Yu_neg = torch.cat([Y[..., 2:], Y[..., -1:]], -1)  # above upper layer (itself at top face)
+            if direction == "down":
+                Yc, Yd, Yu = Yhi, Ylo, Yu_neg
+            elif direction == "up":
+                Yc, Yd, Yu = Ylo, Yhi, Yu_pos
+            else:
+                Yc = torch.where(pos, Ylo, Yhi)
+                Yd = torch.where(pos, Yhi, Ylo)
+                Yu = torch.where(pos, Yu_pos, Yu_neg)
+            F_int = w_int * face_reconstruct(name, cour, Yu, Yc, Yd, coeffs)
         else:
             F_int = Y[..., :0]
         top, bot = _boundary_fluxes(kind_up, v_up, kind_dw, v_dw, F_int, ww, Y)
@@ -248,7 +282,7 @@ def advect_center(
         div = (F[..., 1:] - F[..., :-1]) / h
         if not conservative:
             div = div - Y * dw / h
-        Y_new = Y - 1.0 / itb * dtb * div
+        Y_new = Y - fac * div
         if it_col is None:
             Y = Y_new
         else:
