@@ -270,6 +270,10 @@ def ref_interior(x, e, P, o):
         r["alk_target"] = (amm - nit) / 12.01 / 6.625 - 0.5 * ox * (1 - b6)
     diag["primprod"] = Prod + P["muBG"] * bg * Bfix
     diag["secprod"] = Zlp * Zl + Zsp * Zs
+    if o["use_chl"]:
+        diag["total_chlorophyll"] = x["diachl"] + x["flachl"] + (x["bgchl"] if cy else 0.0)
+    else:
+        diag["total_chlorophyll"] = (dia + fla + bg) / 60.0
     diag["denit"] = (frem * det * b5 + fdom * dom * b5) / 6.625 / 12.01
     # budget terms (mgC m-3 s-1): N fixation, zooplankton extra loss, water-column denitrification
     budget = {
@@ -467,7 +471,13 @@ def test_interior_sources_match_numpy_reference(opts):
     assert set(rates) == expected
     for k in expected:
         _close(k, rates[k], want[k])
-    for k in ("primprod", "secprod", "denit", *(c for c in wdiag if c.startswith("c2chl"))):
+    for k in (
+        "primprod",
+        "secprod",
+        "denit",
+        "total_chlorophyll",
+        *(c for c in wdiag if c.startswith("c2chl")),
+    ):
         _close(k, diags[k], wdiag[k])
 
 

@@ -301,6 +301,8 @@ class ECOSMO(BGCModel):
         # -- diagnostics -------------------------------------------------------------------------------------
         self.register_diagnostic_variable("primprod", "mgC/m**3/s", "primary production rate")
         self.register_diagnostic_variable("secprod", "mgC/m**3/s", "secondary production rate")
+        # FABM's aggregate total_chlorophyll (Σ Chl, or phytoplankton C/60 without use_chl), as a diagnostic
+        self.register_diagnostic_variable("total_chlorophyll", "mg/m**3", "total chlorophyll")
         if turn_on_additional_diagnostics:
             self.register_diagnostic_variable(
                 "parmean", "W/m**2", "daily-mean photosynthetically active radiation"
@@ -539,6 +541,10 @@ class ECOSMO(BGCModel):
 
         diags["primprod"] = prod + p["muBG"] * bg * bg_fix
         diags["secprod"] = zl_prod * zl + zs_prod * zs
+        if self.use_chl:
+            diags["total_chlorophyll"] = s["diachl"] + s["flachl"] + (s["bgchl"] if self.use_cyanos else 0.0)
+        else:
+            diags["total_chlorophyll"] = (dia + fla + (s["bg"] if self.use_cyanos else 0.0)) / 60.0
         if self.additional_diagnostics:
             diags["parmean"] = mean_par
             diags["denit"] = remin * bioom5 / N2C
