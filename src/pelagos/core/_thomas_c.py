@@ -97,7 +97,7 @@ MV void thomas_solve_SFX(long P, long K, long N, const REAL *a, const REAL *b, c
     for (long j = 0; j < L_SFX; j++) flag[j] = acc[j];
 }
 
-/* Adjoint: lam = A^-T g for each (p,k); if ga/gb/gc are non-NULL also the matrix cotangents
+/* Adjoint: lam = A^-T g for each (p,k); for each of ga/gb/gc that is non-NULL the matrix cotangent
    ga_i = -sum_k lam_i x_{i-1}, gb_i = -sum_k lam_i x_i, gc_i = -sum_k lam_i x_{i+1} (zero at the
    ignored entries ga_0 and gc_{N-1}). A^T has sub-diagonal c_{i-1}, super-diagonal a_{i+1} and
    the same pivots as A. work: 5*N vectors. */
@@ -123,21 +123,22 @@ MV void thomas_adjoint_SFX(long P, long K, long N, const REAL *a, const REAL *b,
             for (long i = 1; i < N; i++) ll[i] = (ll[i] - cl[i - 1] * ll[i - 1]) * inv[i];
             for (long i = N - 2; i >= 0; i--) ll[i] -= cpt[i] * ll[i + 1];
             scatter_SFX(N, nb, K * N, ll, lam + (p0 * K + k) * N);
-            if (gb == 0) continue;
+            if (ga == 0 && gb == 0 && gc == 0) continue;
             for (long j = 0; j < nb; j++) {
                 long o = ((p0 + j) * K + k) * N;
                 const REAL *ls = lam + o, *xs = x + o;
-                REAL *gas = ga + (p0 + j) * N, *gbs = gb + (p0 + j) * N, *gcs = gc + (p0 + j) * N;
+                long m = (p0 + j) * N;
                 if (k == 0) {
-                    gas[0] = 0;
-                    gcs[N - 1] = 0;
-                    for (long i = 0; i < N; i++) gbs[i] = -ls[i] * xs[i];
-                    for (long i = 1; i < N; i++) gas[i] = -ls[i] * xs[i - 1];
-                    for (long i = 0; i < N - 1; i++) gcs[i] = -ls[i] * xs[i + 1];
+                    if (ga) { ga[m] = 0; for (long i = 1; i < N; i++) ga[m + i] = -ls[i] * xs[i - 1]; }
+                    if (gb) for (long i = 0; i < N; i++) gb[m + i] = -ls[i] * xs[i];
+                    if (gc) {
+                        gc[m + N - 1] = 0;
+                        for (long i = 0; i < N - 1; i++) gc[m + i] = -ls[i] * xs[i + 1];
+                    }
                 } else {
-                    for (long i = 0; i < N; i++) gbs[i] -= ls[i] * xs[i];
-                    for (long i = 1; i < N; i++) gas[i] -= ls[i] * xs[i - 1];
-                    for (long i = 0; i < N - 1; i++) gcs[i] -= ls[i] * xs[i + 1];
+                    if (ga) for (long i = 1; i < N; i++) ga[m + i] -= ls[i] * xs[i - 1];
+                    if (gb) for (long i = 0; i < N; i++) gb[m + i] -= ls[i] * xs[i];
+                    if (gc) for (long i = 0; i < N - 1; i++) gc[m + i] -= ls[i] * xs[i + 1];
                 }
             }
         }
@@ -291,14 +292,18 @@ def solve(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, d: torch.Tensor) ->
 
 
 def adjoint(
-    a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, x: torch.Tensor, g: torch.Tensor, matrix_grads: bool
+    a: torch.Tensor,
+    b: torch.Tensor,
+    c: torch.Tensor,
+    x: torch.Tensor,
+    g: torch.Tensor,
+    matrix_grads: bool | tuple[bool, bool, bool],
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
-    """lam = A^-T g and (if ``matrix_grads``) the cotangents of a, b, c summed over the K right-hand sides."""
+    """lam = A^-T g and the cotangents of a, b, c (those flagged in ``matrix_grads``) summed over K."""
     P, K, N = g.shape
+    need = (matrix_grads,) * 3 if isinstance(matrix_grads, bool) else tuple(matrix_grads)
     lam = torch.empty_like(g)
-    ga = gb = gc = None
-    if matrix_grads:
-        ga, gb, gc = (torch.empty(P, N, dtype=g.dtype) for _ in range(3))
+    grads = [torch.empty(P, N, dtype=g.dtype) if n else None for n in need]
     fn = getattr(kernels(), f"thomas_adjoint_{_SUFFIX[g.dtype]}")
     chunks = _chunks(P, P * K * N, _LANES[g.dtype])
     _buf, work = _workspace(len(chunks), 5 * N)
@@ -306,9 +311,9 @@ def adjoint(
     calls = []
     for w, (s, e) in enumerate(chunks):
         m, r = s * N * es, s * K * N * es
-        gptr = (ga.data_ptr() + m, gb.data_ptr() + m, gc.data_ptr() + m) if matrix_grads else (None,) * 3
+        gptr = tuple(None if t is None else t.data_ptr() + m for t in grads)
         ptrs = (a.data_ptr() + m, b.data_ptr() + m, c.data_ptr() + m, x.data_ptr() + r, g.data_ptr() + r)
         ptrs += (lam.data_ptr() + r, *gptr, work[w])
         calls.append(lambda s=s, e=e, p=ptrs: fn(e - s, K, N, *p))
     _run(calls)
-    return lam, ga, gb, gc
+    return lam, grads[0], grads[1], grads[2]

@@ -65,7 +65,7 @@ def adjoint(
     c: torch.Tensor,
     x: torch.Tensor,
     g: torch.Tensor,
-    matrix_grads: bool,
+    matrix_grads: bool | tuple[bool, bool, bool],
     kernel: Callable[..., torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
     """lam = A^-T g and (optionally) the cotangents of a, b, c summed over K; canonical shapes.
@@ -75,7 +75,11 @@ def adjoint(
     at, ct = transpose_diagonals(a, c)
     at, ct = at.contiguous(), ct.contiguous()
     lam = kernel(at, b, ct, g) if kernel is not None else solve(at, b, ct, g)[0]
-    if not matrix_grads:
-        return lam, None, None, None
-    xm, xp = shifted(x)
-    return lam, -(lam * xm).sum(1), -(lam * x).sum(1), -(lam * xp).sum(1)
+    need = (matrix_grads,) * 3 if isinstance(matrix_grads, bool) else tuple(matrix_grads)
+    xm, xp = shifted(x) if need[0] or need[2] else (None, None)
+    return (
+        lam,
+        -(lam * xm).sum(1) if need[0] else None,
+        -(lam * x).sum(1) if need[1] else None,
+        -(lam * xp).sum(1) if need[2] else None,
+    )

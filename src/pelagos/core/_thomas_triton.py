@@ -116,6 +116,11 @@ def solve(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, d: torch.Tensor) ->
 
 
 def adjoint(
-    a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, x: torch.Tensor, g: torch.Tensor, matrix_grads: bool
+    a: torch.Tensor,
+    b: torch.Tensor,
+    c: torch.Tensor,
+    x: torch.Tensor,
+    g: torch.Tensor,
+    matrix_grads: bool | tuple[bool, bool, bool],
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
     return _thomas_torch.adjoint(a, b, c, x, g, matrix_grads, kernel=_launch)

@@ -197,7 +197,7 @@ def _adjoint_fast(lower, diag, upper, x, gx, needs):
     lay = _layout(lower.shape, diag.shape, upper.shape, x.shape)
     a, b, c = (lay.matrix_in(t) for t in (lower, diag, upper))
     g = lay.rhs_in(gx)
-    lam, ga, gb, gc = _backend(g).adjoint(a, b, c, lay.rhs_in(x), g, any(needs[:3]))
+    lam, ga, gb, gc = _backend(g).adjoint(a, b, c, lay.rhs_in(x), g, tuple(needs[:3]))
     out = [lay.matrix_out(t) if t is not None and n else None for t, n in zip((ga, gb, gc), needs)]
     return [*out, lay.rhs_out(lam) if needs[3] else None]
 
