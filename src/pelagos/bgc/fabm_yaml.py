@@ -50,6 +50,16 @@ INSTANCE_KEYS = ("model", "long_name", "use", "parameters", "initialization", "c
 UNSUPPORTED_INSTANCE_KEYS = ("background", "schedule")
 
 
+def packaged_yaml(name: str = "fabm-gotm-npzd.yaml") -> Path:
+    """Path of a fabm.yaml shipped with pelagos (``src/pelagos/data/fabm/``; FABM's published test cases)."""
+    from importlib.resources import files
+
+    p = Path(str(files("pelagos") / "data" / "fabm" / name))
+    if not p.exists():
+        raise ConfigError(f"no packaged fabm.yaml {name!r}; available: fabm-gotm-npzd.yaml")
+    return p
+
+
 def read_yaml(source: str | Path | Mapping[str, Any]) -> dict[str, Any]:
     """The yaml as a dict: ``source`` is a path, yaml text, or a dict already."""
     if isinstance(source, Mapping):

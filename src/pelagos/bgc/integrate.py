@@ -145,7 +145,7 @@ def _stack_state(state: State, names: list[str]) -> torch.Tensor:
     ts = [state[n] for n in names]
     nd = max(t.ndim for t in ts)
     ts = [
-        t.reshape(*t.shape, *([1] * (nd - t.ndim))) for t in ts
+        t.reshape(tuple(t.shape) + (1,) * (nd - t.ndim)) for t in ts
     ]  # bottom/surface (...,) as (..., 1): box only
     shape = _broadcast_shape([tuple(t.shape) for t in ts])
     for n, t in zip(names, ts):
@@ -189,7 +189,7 @@ def _mp_solve(
 
     def cells(r: torch.Tensor) -> torch.Tensor:
         r = torch.as_tensor(r, **opts)
-        r = r.reshape(*r.shape, *([1] * (len(shape) - r.ndim)))  # bottom (...,) in a box: (..., 1)
+        r = r.reshape(tuple(r.shape) + (1,) * (len(shape) - r.ndim))  # bottom (...,) in a box: (..., 1)
         return torch.broadcast_to(r, shape)
 
     out_keys = [(a, b) for (a, b) in transfers if a is not None and a != b]

@@ -103,7 +103,7 @@ class BGCSystem(Model):
         self.dropped: list[tuple[str, str, str]] = []  # (instance, model, reason), filled by the yaml reader
         self.notes: list[str] = []
         self._build_variables()
-        self._resolve(dict(couplings or {}))
+        self._resolve_couplings(dict(couplings or {}))
         self._initial = {v.name: v.initial_value for v in self.variables}
         for key, value in (initialization or {}).items():
             self._initial[self._global_state_name(key, "initialization")] = float(value)
@@ -209,7 +209,7 @@ class BGCSystem(Model):
             f"{what}: unknown state variable {key!r}{close_matches(key, valid)}; valid: {', '.join(valid)}"
         )
 
-    def _resolve(self, couplings: dict[str, Any]) -> None:
+    def _resolve_couplings(self, couplings: dict[str, Any]) -> None:
         self._links: dict[str, dict[str, Link]] = {n: {} for n in self.instance_names}
         self._env_links: dict[str, dict[str, Link]] = {n: {} for n in self.instance_names}
         for key, target in couplings.items():
