@@ -120,11 +120,14 @@ def face_velocities(w_center: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
 def courant_substeps(ww: torch.Tensor, h: torch.Tensor, dt: float | torch.Tensor, max_substeps: int = ITMAX):
     """GOTM's sub-step count per column, ``it = min(max_substeps, int(cmax) + 1)``, as an int64 tensor.
 
-    ``cmax = max_k |w_k| dt / ((h_k + h_{k+1})/2)`` over the interior interfaces; computed without gradient.
+    ``cmax = max_k |w_k| dt / ((h_k + h_{k+1})/2)`` over the interior interfaces; computed without gradient
+    and in float64.
     """
     with torch.no_grad():
-        ww, h = ww.detach(), as_tensor(h, ww).detach()
-        dt_t = as_tensor(dt, ww).detach()
+        # in float64 (as GOTM) so that float32 inputs give the same count wherever their values do
+        wide = torch.float64 if ww.device.type != "mps" else ww.dtype
+        ww = ww.detach().to(wide)
+        h, dt_t = as_tensor(h, ww).detach(), as_tensor(dt, ww).detach()
         dtb = dt_t[..., None] if dt_t.dim() > 0 else dt_t
         if ww.shape[-1] <= 2:
             shape = torch.broadcast_shapes(ww.shape[:-1], h.shape[:-1], dt_t.shape)
