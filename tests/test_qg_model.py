@@ -27,9 +27,29 @@ def rel(a, b):
 def test_two_layer_1000_steps_matches_pyqg_nx64():
     s, d = load("two_layer_nx64")
     m = QGModel(**s)
-    traj = rollout(m, m.state_from_q(torch.tensor(d["q0"])[None]), 1000, save_every=1000)
+    with torch.no_grad():  # the fused no-autograd path
+        traj = rollout(m, m.state_from_q(torch.tensor(d["q0"])[None]), 1000, save_every=1000)
     assert rel(traj.final["q"][0], d["q1000"]) < 1e-10
     assert float(traj.times[-1]) == 1000 * 3600.0
+
+
+def test_fast_path_equals_general_path_with_mixed_bootstrap_levels():
+    m = QGModel(nx=32, dt=3600.0)
+    a = m.initial_state(batch=1, seed=1)
+    for _ in range(4):
+        a = m.step(a)
+    b = m.initial_state(batch=1, seed=2)  # level 0 next to level 2 in one batch
+    mixed = {k: torch.cat([a[k], b[k]]) for k in a}
+    general = mixed
+    for _ in range(3):
+        general = m.step(general)  # grad mode: general path
+    with torch.no_grad():
+        fast = mixed
+        for _ in range(3):
+            fast = m.step(fast)
+    for k in ("q", "qh", "dqhdt_p", "ablevel"):
+        assert torch.allclose(fast[k], general[k], rtol=1e-13, atol=1e-13 * float(general[k].abs().max())), k
+    assert fast["ablevel"].tolist() == [2.0, 2.0]
 
 
 def test_two_layer_bootstrap_steps_match_pyqg_nx32():
