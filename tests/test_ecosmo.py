@@ -85,6 +85,14 @@ def test_yaml_parameters_accepted_with_values_and_scale_factors():
     assert float(fixed.p("Exphy")) == pytest.approx(0.04)
 
 
+def test_documented_option_defaults_are_the_constructor_defaults():
+    import inspect
+
+    sig = inspect.signature(ECOSMO.__init__).parameters
+    for name, default in {**FABM_SWITCHES, **PELAGOS_OPTIONS}.items():
+        assert sig[name].default == default, name
+
+
 def test_bad_configuration_is_named():
     with pytest.raises(ConfigError, match="EXfoo"):
         ECOSMO.from_config({"EXfoo": 1.0})

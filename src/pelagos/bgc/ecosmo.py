@@ -154,7 +154,6 @@ class ECOSMO(BGCModel):
     """
 
     fabm_name = "nersc/ecosmo_operational"
-    fabm_aliases = ("nersc_ecosmo_operational",)
 
     def __init__(
         self,
