@@ -16,6 +16,7 @@ from pelagos.core import ConfigError, Model, rollout
 def _float64():
     old = torch.get_default_dtype()
     torch.set_default_dtype(torch.float64)
+    torch.manual_seed(1234)  # deterministic random inputs whatever ran before
     yield
     torch.set_default_dtype(old)
 
