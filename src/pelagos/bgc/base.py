@@ -415,8 +415,10 @@ class BGCModel(Model):
         self, s: dict[str, torch.Tensor], env: dict[str, torch.Tensor]
     ) -> dict[str, torch.Tensor]:
         """Vertical velocity of interior variables (m s-1, positive up); default: the registered constants."""
-        ref = next(iter(s.values()))
-        out = {}
+        ref = next(iter(s.values()), None)
+        out: dict[str, torch.Tensor] = {}
+        if ref is None:  # a model without state (e.g. gotm/light) moves nothing
+            return out
         for n, v in self.state_variables.items():
             if v.domain == "interior" and v.vertical_movement != 0.0:
                 out[n] = torch.full_like(s.get(n, ref), v.vertical_movement)
