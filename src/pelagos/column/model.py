@@ -138,6 +138,8 @@ class ColumnModel(Model):
             n: getattr(info.get(n), "minimum", 0.0) for n in self.interior + self.bottom + self.surface
         }
         self.posconc = all(self._minimum[n] is not None and self._minimum[n] >= 0 for n in self.interior)
+        self._surface_flag = self._overrides("do_surface")
+        self._bottom_flag = self._overrides("do_bottom")
         req = dict(getattr(bgc, "required_env", {}) or {})
         self.required_env = req
         # running means: keys "standard_name@meanPERIOD"
@@ -171,7 +173,7 @@ class ColumnModel(Model):
         names = ["h", "temp", "salt", "I_0"] + (["bottom_stress"] if f.has_bottom_stress else [])
         phys = f.sample(t1, names)
         phys["nuh"] = f.sample(t if (for_step and self.nuh_lag) else t1, ["nuh"])["nuh"]
-        phys["nuh"] = phys["nuh"] * self.param_b("nuh_scale", 2)
+        phys["nuh"] = phys["nuh"] * self.param_b("nuh_scale", 2)  # (Bf or B, nz+1)
         phys["I_0"] = phys["I_0"] * self.param_b("I0_scale", 1)
         phys["doy"] = torch.tensor(f.day_of_year(t1), dtype=phys["h"].dtype)
         return phys
@@ -180,6 +182,11 @@ class ColumnModel(Model):
         k_bio = self.bgc.light_extinction(state, env)
         if k_bio is None:
             k_bio = torch.zeros_like(phys["h"])
+        lm = getattr(self.bgc, "light_model", None)
+        if lm is not None:  # a FABM gotm/light instance computes the light (and surface PAR = (1-a) I_0)
+            lt = lm.column_light(phys["I_0"], phys["h"], k_bio)
+            g2 = lm.p("g2", k_bio.ndim)
+            return {"PAR": lt["par"], "SWR": lt["swr"], "k_par": 1.0 / g2 + k_bio, "PAR0": lt["par0"]}
         _, _, light = _numerics()
         return light.gotm_light(phys["I_0"], phys["h"], k_bio, A=self.A, g1=self.g1, g2=self.g2)
 
@@ -215,6 +222,8 @@ class ColumnModel(Model):
         env[_PAR] = lt["PAR"]
         env["downwelling_shortwave_flux"] = lt["SWR"]
         env["attenuation_coefficient_of_photosynthetic_radiative_flux"] = lt["k_par"]
+        if "PAR0" in lt:
+            env[_PAR0] = lt["PAR0"]
         if means:
             for key, buf in means.items():
                 env[key] = buf["mean"]
@@ -251,13 +260,22 @@ class ColumnModel(Model):
                 rates[n] = torch.zeros_like(s[n])
         return rates, diag, env
 
+    def _overrides(self, fn: str) -> bool:
+        """Whether any BGC instance implements ``fn`` (``do_surface``/``do_bottom``); skipped otherwise."""
+        from ..bgc.base import BGCModel
+
+        models = getattr(self.bgc, "models", None)
+        if not models:
+            return True
+        return any(getattr(type(m), fn, None) is not getattr(BGCModel, fn) for m in models.values())
+
     @property
     def _has_surface(self) -> bool:
-        return bool(getattr(self.bgc, "has_surface_fluxes", True))
+        return self._surface_flag
 
     @property
     def _has_bottom(self) -> bool:
-        return bool(getattr(self.bgc, "has_bottom_fluxes", True))
+        return self._bottom_flag
 
     def _add_boundary(self, rates: dict, fluxes: Mapping, h_cell: torch.Tensor, k: int) -> None:
         nz = self.nz
@@ -304,37 +322,11 @@ class ColumnModel(Model):
 
     def step(self, state: dict, t: float | torch.Tensor) -> dict:
         """Advance all columns from ``t`` to ``t + dt`` (pure: returns a new dict)."""
-        advection, diffusion, _ = _numerics()
         t = float(t)
         dt = self.dt
         phys = self._physics(t, for_step=True)
-        h = phys["h"]
-        names = self.interior
-        Y = torch.stack([state[n] for n in names], dim=1)  # (B, V, nz)
-        env0 = self._base_env(phys)
-        # 2. sinking / rising
-        ws = self.bgc.vertical_velocities(state, env0)
-        moving = [i for i, n in enumerate(names) if n in ws]
-        if moving:
-            w_c = torch.stack(
-                [torch.broadcast_to(ws[names[i]], state[names[i]].shape) for i in moving], dim=1
-            )
-            ww = advection.face_velocities(w_c, h.unsqueeze(1))
-            Ys = advection.advect_center(
-                Y[:, moving], h.unsqueeze(1), ww, dt, method=self.sinking_method, mode="conservative"
-            )
-            if len(moving) == len(names):
-                Y = Ys
-            else:
-                idx = torch.tensor(moving, device=Y.device)
-                Y = Y.index_copy(1, idx, Ys)
-        # 3. diffusion of every tracer with the same matrix
-        Y = diffusion.diffuse_center(
-            Y, h.unsqueeze(1), phys["nuh"].unsqueeze(1), dt, cnpar=self.cnpar, posconc=self.posconc
-        )
-        new = {n: Y[:, i] for i, n in enumerate(names)}
-        for n in self.bottom + self.surface:
-            new[n] = state[n]
+        svars = {n: state[n] for n in self.interior + self.bottom + self.surface}
+        new = self._transport(svars, phys)
         # 4. repair
         if self.repair:
             for n in new:
@@ -361,6 +353,55 @@ class ColumnModel(Model):
         if means is not None:
             new["_means"] = means
         return new
+
+    def _transport(self, svars: dict, phys: Mapping) -> dict:
+        """Sinking/rising then diffusion of the interior variables; bottom/surface ones are carried over."""
+        advection, _, _ = _numerics()
+        h, dt = phys["h"], self.dt
+        env0 = self._base_env(phys)
+        # Tracers are stacked as (V, B, nz): each variable is then a contiguous (B, nz) block, and h/nuh of
+        # shape (Bf, nz) broadcast over V, so one tridiagonal matrix per column serves every tracer.
+        # 2. sinking / rising (only the variables that move)
+        ws = self.bgc.vertical_velocities(svars, env0)
+        moving = [n for n in self.interior if n in ws]
+        still = [n for n in self.interior if n not in ws]
+        parts = []
+        if moving:
+            Ym = torch.stack([svars[n] for n in moving])
+            w_c = torch.stack([torch.broadcast_to(ws[n], svars[n].shape) for n in moving])
+            ww = advection.face_velocities(w_c, h)
+            parts.append(
+                advection.advect_center(Ym, h, ww, dt, method=self.sinking_method, mode="conservative")
+            )
+        if still:
+            parts.append(torch.stack([svars[n] for n in still]))
+        Y = torch.cat(parts) if len(parts) > 1 else parts[0]
+        # 3. diffusion of every tracer with the same matrix
+        Y = self._diffuse(Y, h, phys["nuh"])
+        new = {n: Y[i] for i, n in enumerate(moving + still)}
+        for n in self.bottom + self.surface:
+            new[n] = svars[n]
+        return new
+
+    def _diffuse(self, Y: torch.Tensor, h: torch.Tensor, nuh: torch.Tensor) -> torch.Tensor:
+        """GOTM's diff_center with no-flux boundaries for all tracers ``Y`` (V, B, nz).
+
+        With ``cnpar = 1`` (GOTM's default) the step is ``A Y_new = Y`` with A built from
+        :func:`~pelagos.column.diffusion.diffusion_matrix`; the matrix is laid out contiguously per system,
+        which the compiled Thomas kernel solves fastest. The Patankar boundary variant (``posconc``) only acts
+        on outgoing fluxes, so it does nothing here. Other ``cnpar`` go through ``diffuse_center``.
+        """
+        _, diffusion, _ = _numerics()
+        if self.cnpar != 1.0:
+            return diffusion.diffuse_center(Y, h, nuh, self.dt, cnpar=self.cnpar, posconc=self.posconc)
+        from ..core.tridiagonal import solve_tridiagonal
+
+        a, c = diffusion.diffusion_matrix(h, nuh, self.dt)
+        shape = torch.broadcast_shapes(Y.shape, a.shape)
+        lower = (-a).expand(shape).contiguous()
+        upper = (-c).expand(shape).contiguous()
+        diag = (1.0 + a + c).expand(shape).contiguous()
+        return solve_tridiagonal(lower, diag, upper, Y.expand(shape))
 
     def _integrate(self, s: dict, phys: Mapping, means: Mapping | None) -> dict:
         from ..bgc.integrate import integrate_sources
