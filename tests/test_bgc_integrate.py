@@ -61,7 +61,9 @@ def test_conservation_to_round_off(method):
 
 def test_mp_positive_where_euler_goes_negative():
     dt = 2.0e5  # dt K = 4
-    se = integrate_sources(decay_rhs, {"a": torch.tensor(1.0), "b": torch.tensor(0.0), "c": torch.tensor(0.0)}, dt)
+    se = integrate_sources(
+        decay_rhs, {"a": torch.tensor(1.0), "b": torch.tensor(0.0), "c": torch.tensor(0.0)}, dt
+    )
     assert float(se["a"]) < 0.0
     for m in ("mp", "mprk2"):
         s = run(m, dt, 20 * dt)

@@ -1,4 +1,4 @@
-"""gotm/npzd and the examples/npzd components against an independent numpy transcription of FABM's equations."""
+"""gotm/npzd and the examples/npzd components against a numpy transcription of FABM's equations."""
 
 import numpy as np
 import pytest
@@ -13,7 +13,6 @@ SPAR = "surface_downwelling_photosynthetic_radiative_flux"
 DAY = 86400.0
 
 
-
 @pytest.fixture(autouse=True)
 def float64_parameters():
     # Parameters are stored in the default dtype at construction: build models in float64 so that the
@@ -26,14 +25,31 @@ def float64_parameters():
 
 # FABM defaults of gotm/npzd (src/models/gotm/npzd.F90), rates in d-1
 DEFAULTS = dict(
-    p0=0.0225, z0=0.0225, kc=0.03, i_min=25.0, rmax=1.0, gmax=0.5, iv=1.1, alpha=0.3, rpn=0.01, rzn=0.01,
-    rdn=0.003, rpdu=0.02, rpdl=0.1, rzd=0.02, w_p=-1.0, w_d=-5.0,
+    p0=0.0225,
+    z0=0.0225,
+    kc=0.03,
+    i_min=25.0,
+    rmax=1.0,
+    gmax=0.5,
+    iv=1.1,
+    alpha=0.3,
+    rpn=0.01,
+    rzn=0.01,
+    rdn=0.003,
+    rpdu=0.02,
+    rpdl=0.1,
+    rzd=0.02,
+    w_p=-1.0,
+    w_d=-5.0,
 )
 
 
 def fabm_npzd_numpy(n, p, z, d, par, I0, q):
     """dN, dP, dZ, dD (mmol m-3 s-1) and PPR, NPR (mmol m-3 d-1) written from the published equations."""
-    r = {k: (v / DAY if k in ("rmax", "gmax", "rpn", "rzn", "rdn", "rpdu", "rpdl", "rzd") else v) for k, v in q.items()}
+    r = {
+        k: (v / DAY if k in ("rmax", "gmax", "rpn", "rzn", "rdn", "rpdu", "rpdl", "rzd") else v)
+        for k, v in q.items()
+    }
     iopt = np.maximum(0.25 * I0, r["i_min"])
     rpd = np.where(par >= r["i_min"], r["rpdu"], r["rpdl"])
     primprod = r["rmax"] * par / iopt * np.exp(1.0 - par / iopt) * n / (r["alpha"] + n) * (p + r["p0"])
@@ -82,7 +98,9 @@ def test_npzd_rates_match_hand_computation(seed):
     np.testing.assert_allclose(w["npzd_phy"].numpy(), q["w_p"] / DAY)
     np.testing.assert_allclose(w["npzd_det"].numpy(), q["w_d"] / DAY)
     assert set(w) == {"npzd_phy", "npzd_det"}
-    np.testing.assert_allclose(system.light_extinction(st, env).numpy(), q["kc"] * (p + d + q["p0"]), rtol=1e-13)
+    np.testing.assert_allclose(
+        system.light_extinction(st, env).numpy(), q["kc"] * (p + d + q["p0"]), rtol=1e-13
+    )
 
 
 def test_npzd_ppdd_equals_do_and_is_nonnegative():

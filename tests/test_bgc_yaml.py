@@ -1,4 +1,4 @@
-"""fabm.yaml reader and registry: the shared FABM files load; malformed files give errors naming the problem."""
+"""fabm.yaml reader and registry: the shared FABM files load; malformed files give errors naming it."""
 
 import importlib.util
 from pathlib import Path
@@ -13,7 +13,9 @@ from pelagos.bgc.registry import UnsupportedModelError, get_model_class
 from pelagos.core.errors import ConfigError
 
 DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "fabm"
-needs_data = pytest.mark.skipif(not DATA.is_dir(), reason="shared FABM data (../shared/data/fabm) not present")
+needs_data = pytest.mark.skipif(
+    not DATA.is_dir(), reason="shared FABM data (../shared/data/fabm) not present"
+)
 
 
 def test_packaged_gotm_npzd_yaml_loads():
@@ -92,19 +94,28 @@ def test_text_and_dict_sources_and_overrides():
 @pytest.mark.parametrize(
     "text,pattern",
     [
-        (CASE.replace("rmax: 1.5", "rmx: 1.5"), r"no parameter\(s\) 'rmx' \(did you mean 'rmax'\?\).*valid: p0, z0"),
+        (
+            CASE.replace("rmax: 1.5", "rmx: 1.5"),
+            r"no parameter\(s\) 'rmx' \(did you mean 'rmax'\?\).*valid: p0, z0",
+        ),
         (CASE.replace("gotm/npzd", "gotm/npdz"), r"unknown model 'gotm/npdz' \(did you mean 'gotm/npzd'\?\)"),
         (CASE.replace("    model: gotm/npzd\n", ""), r"instance 'npzd' has no 'model:' key"),
         (CASE.replace("nut: 3.0", "nutr: 3.0"), r"no state variable 'nutr' \(did you mean 'nut'\?\)"),
         (CASE.replace("instances:", "instance:"), r"unknown key 'instance' \(did you mean 'instances'\?\)"),
-        (CASE.replace("    parameters:", "    parameter:"), r"unknown key 'parameter' \(did you mean 'parameters'\?\)"),
+        (
+            CASE.replace("    parameters:", "    parameter:"),
+            r"unknown key 'parameter' \(did you mean 'parameters'\?\)",
+        ),
         (CASE.replace("rmax: 1.5", "rmax: fast"), r"'rmax'.*must be a number"),
         (CASE.replace("rmax: 1.5", "rmax: -1.0"), r"'rmax' = -1 d-1 is below its lower bound"),
         (CASE + "    coupling:\n      dic: carb/c\n", r"unknown instance 'carb'"),
         (CASE + "    coupling:\n      dic: npzd/dic\n", r"no state variable 'dic'"),
         (CASE + "    coupling:\n      dicc: npzd/nut\n", r"no dependency 'dicc' \(did you mean 'dic'\?\)"),
         ("instances: {}\n", r"no instances"),
-        (CASE + "require_initialization: true\n", r"no initial value is given for: npzd_phy, npzd_zoo, npzd_det"),
+        (
+            CASE + "require_initialization: true\n",
+            r"no initial value is given for: npzd_phy, npzd_zoo, npzd_det",
+        ),
     ],
 )
 def test_malformed_yaml_errors_name_the_problem(text, pattern):
@@ -144,18 +155,26 @@ def test_dropped_instance_couplings_follow_the_documented_rules():
     s2 = load_system(text, drop=("nut",), couplings={"det/mineralisation_target": 1.0})
     assert s2._links["det"]["mineralisation_target"] == ("const", 1.0)
     # no value known -> error naming the coupling
-    with pytest.raises(ConfigError, match=r"det/mineralisation_target is coupled to 'nut/c' of dropped instance"):
+    with pytest.raises(
+        ConfigError, match=r"det/mineralisation_target is coupled to 'nut/c' of dropped instance"
+    ):
         load_system(COMPONENTS.format(target="nut/c"), drop=("nut",))
     # use: false counts as dropped; unknown drop names are errors
     with pytest.raises(ConfigError, match="dropped instance 'nut' \\(use: false\\)"):
-        load_system(COMPONENTS.format(target="nut/c").replace("model: examples/npzd_nut", "model: examples/npzd_nut\n    use: false"))
+        load_system(
+            COMPONENTS.format(target="nut/c").replace(
+                "model: examples/npzd_nut", "model: examples/npzd_nut\n    use: false"
+            )
+        )
     with pytest.raises(ConfigError, match=r"drop: no instance 'nutt' \(did you mean 'nut'\?\)"):
         load_system(text, drop=("nutt",))
 
 
 def test_unsupported_model_error_and_drop_unsupported():
     text = CASE + "  CO2:\n    model: pml/carbonate\n    parameters:\n      alk_param: false\n"
-    with pytest.raises(UnsupportedModelError, match=r"'pml/carbonate' \(carbonate chemistry.*drop=\('CO2',\)"):
+    with pytest.raises(
+        UnsupportedModelError, match=r"'pml/carbonate' \(carbonate chemistry.*drop=\('CO2',\)"
+    ):
         load_system(text)
     s = load_system(text, drop_unsupported=True)
     assert s.instance_names == ["npzd"] and s.dropped[0][:2] == ("CO2", "pml/carbonate")
