@@ -12,7 +12,7 @@ box = pytest.importorskip(
 )
 from pelagos.bgc.fabm_yaml import load_system  # noqa: E402
 
-DATA = Path("/work/shared/data/fabm")
+DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "fabm"
 YAML, ENV = DATA / "fabm-nersc-ecosmo.yaml", DATA / "env_nns_annual.dat"
 
 

@@ -11,7 +11,7 @@ column = pytest.importorskip("pelagos.column.model", reason="the column driver i
 from pelagos.bgc.fabm_yaml import load_system  # noqa: E402
 from pelagos.column.forcing import ColumnForcing  # noqa: E402
 
-YAML = Path("/work/shared/data/fabm/fabm-nersc-ecosmo.yaml")
+YAML = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "fabm" / "fabm-nersc-ecosmo.yaml"
 NZ, H = 20, 4.0
 
 
