@@ -19,8 +19,7 @@ def _model(bottom_stress: float, **eco):
     if not YAML.exists():
         pytest.skip(f"shared test case {YAML} not available")
     params = {"burialRt": 0.0, "reminSED": 0.0, "use_cyanos": True, "zpr": 0.0, "sinkDia": 2.0, **eco}
-    # the column computes light itself; gotm/light (no state) trips BGCModel.vertical_movement (reported)
-    system = load_system(YAML, drop=("CO2", "light"), parameters={"ECO": params})
+    system = load_system(YAML, drop=("CO2",), parameters={"ECO": params})
     nuh = torch.full((NZ + 1,), 1e-4, dtype=torch.float64)
     forcing = ColumnForcing.constant(
         torch.full((NZ,), H, dtype=torch.float64),
