@@ -351,7 +351,12 @@ class BGCSystem(Model):
         extra = {}
         for name, (kind, tgt) in self._env_links[inst].items():
             key = m.dependencies[name].key
-            if kind == "env" and tgt != key and tgt in env:
+            if kind == "env" and tgt != key:
+                if tgt not in env:
+                    raise ForcingError(
+                        f"instance {inst!r} ({m.fabm_name}) needs {tgt!r} (its dependency {name!r} is "
+                        f"coupled to it); the host must provide it"
+                    )
                 extra[key] = env[tgt]
             elif kind == "state":
                 extra[key] = state[tgt]
