@@ -204,3 +204,57 @@ def test_box_errors():
         drv.environment(system.initial_state(()), {"temperature": torch.tensor(1.0)})
     with pytest.raises(ForcingError, match="has 3 steps; expected 5"):
         drv.simulate(system.initial_state(()), {"surface_downwelling_shortwave_flux": torch.ones(3)}, 5)
+
+
+def numpy_box_npzd_euler(forcing, dt, n_steps, q, x0, depth=10.0, bg=0.05):
+    """An independent float64 numpy 0-D NPZD (FABM equations + fabm0d light), forward Euler."""
+    n, p, z, d = x0
+    per_day = {k: q[k] / 86400.0 for k in ("rmax", "gmax", "rpn", "rzn", "rdn", "rpdu", "rpdl", "rzd")}
+    out = [(n, p, z, d)]
+    for i in range(n_steps):
+        swr = forcing[i]
+        kbio = q["kc"] * (p + d + q["p0"])
+        par = swr * np.exp(-0.5 * depth * (kbio + bg))
+        iopt = max(0.25 * swr, q["i_min"])
+        rpd = per_day["rpdu"] if par >= q["i_min"] else per_day["rpdl"]
+        pp = per_day["rmax"] * par / iopt * np.exp(1 - par / iopt) * n / (q["alpha"] + n) * (p + q["p0"])
+        g = per_day["gmax"] * (1 - np.exp(-(q["iv"] ** 2) * p * p)) * (z + q["z0"])
+        dn = -pp + per_day["rpn"] * p + per_day["rzn"] * z + per_day["rdn"] * d
+        dp = pp - g - per_day["rpn"] * p - rpd * p
+        dz = g - per_day["rzn"] * z - per_day["rzd"] * z
+        dd = rpd * p + per_day["rzd"] * z - per_day["rdn"] * d
+        n, p, z, d = n + dt * dn, p + dt * dp, z + dt * dz, d + dt * dd
+        out.append((n, p, z, d))
+    return np.array(out)
+
+
+def test_box_matches_independent_numpy_npzd_over_60_days():
+    system = npzd_system()
+    dt = 1800.0
+    n_steps = 60 * 48
+    t = dt * np.arange(1, n_steps + 1)
+    swr = np.maximum(0.0, 500.0 * np.sin(2 * np.pi * t / 86400.0))
+    q = {
+        k: float(system.get_parameter_value(f"npzd.{k}"))
+        for k in (
+            "p0",
+            "z0",
+            "kc",
+            "i_min",
+            "rmax",
+            "gmax",
+            "iv",
+            "alpha",
+            "rpn",
+            "rzn",
+            "rdn",
+            "rpdu",
+            "rpdl",
+            "rzd",
+        )
+    }
+    ref = numpy_box_npzd_euler(swr, dt, n_steps, q, (4.5, 1e-15, 1e-15, 4.5))
+    ds = run_box(system, {"surface_downwelling_shortwave_flux": torch.tensor(swr)}, dt=dt, method="euler")
+    got = np.stack([ds[k].values for k in ("npzd_nut", "npzd_phy", "npzd_zoo", "npzd_det")], -1)
+    assert ref[:, 1].max() > 0.5  # the phytoplankton bloom is inside the compared window
+    np.testing.assert_allclose(got, ref, rtol=1e-9, atol=1e-12)
