@@ -164,6 +164,7 @@ _PARALLEL_MIN = 1 << 16  # elements (P*K*N) below which one thread is faster tha
 
 _lock = threading.Lock()
 _state: dict[str, object] = {}
+_fns: dict[tuple[str, torch.dtype], ctypes._CFuncPtr] = {}  # filled when the library is loaded
 
 
 def _cache_dir() -> Path:
@@ -196,13 +197,14 @@ def _build() -> ctypes.CDLL:
         except (subprocess.CalledProcessError, OSError):
             _compile(cc, _FLAGS, lib)
     dll = ctypes.CDLL(str(lib))
-    for sfx in _SUFFIX.values():
+    for dtype, sfx in _SUFFIX.items():
         f = getattr(dll, f"thomas_solve_{sfx}")
         f.argtypes = [ctypes.c_long] * 3 + [ctypes.c_void_p] * 7
         f.restype = None
         g = getattr(dll, f"thomas_adjoint_{sfx}")
         g.argtypes = [ctypes.c_long] * 3 + [ctypes.c_void_p] * 10
         g.restype = None
+        _fns[("solve", dtype)], _fns[("adjoint", dtype)] = f, g
     return dll
 
 
@@ -271,15 +273,19 @@ def _run(calls: list) -> None:
         f.result()
 
 
-def solve(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, d: torch.Tensor) -> tuple[torch.Tensor, bool]:
-    """x with A x = d, and whether x is all finite; a, b, c: (P, N), d: (P, K, N), C-contiguous, CPU."""
-    P, K, N = d.shape
-    x = torch.empty_like(d)
-    fn = getattr(kernels(), f"thomas_solve_{_SUFFIX[d.dtype]}")
-    lanes = _LANES[d.dtype]
+def solve_into(P: int, K: int, N: int, a, b, c, d, x) -> bool:
+    """Solve into the preallocated ``x``; a, b, c hold (P, N) and d, x hold (P, K, N) elements, each
+    C-contiguous (any tensor shape with that memory layout). Returns whether x is all finite."""
+    dtype = d.dtype
+    fn = _fns[("solve", dtype)]
+    lanes = _LANES[dtype]
     chunks = _chunks(P, P * K * N, lanes)
+    if len(chunks) == 1:  # small problems: no thread pool, reuse this thread's scratch
+        local = _local_scratch(dtype, 4 * N, lanes)
+        fn(P, K, N, a.data_ptr(), b.data_ptr(), c.data_ptr(), d.data_ptr(), x.data_ptr(), *local[1:])
+        return math.isfinite(sum(local[2]))
     _buf, work = _workspace(len(chunks), 4 * N)
-    flag = (_CTYPE[d.dtype] * (lanes * len(chunks)))()  # read back without a torch op
+    flag = (_CTYPE[dtype] * (lanes * len(chunks)))()  # read back without a torch op
     es = d.element_size()
     calls = []
     for w, (s, e) in enumerate(chunks):
@@ -288,7 +294,28 @@ def solve(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, d: torch.Tensor) ->
         ptrs += (work[w], ctypes.addressof(flag) + w * lanes * es)
         calls.append(lambda s=s, e=e, p=ptrs: fn(e - s, K, N, *p))
     _run(calls)
-    return x, math.isfinite(sum(flag))
+    return math.isfinite(sum(flag))
+
+
+def solve(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, d: torch.Tensor) -> tuple[torch.Tensor, bool]:
+    """x with A x = d, and whether x is all finite; a, b, c: (P, N), d: (P, K, N), C-contiguous, CPU."""
+    x = torch.empty_like(d)
+    return x, solve_into(*d.shape, a, b, c, d, x)
+
+
+_tls = threading.local()
+
+
+def _local_scratch(dtype: torch.dtype, vectors: int, lanes: int) -> tuple:
+    """This thread's cached (buffer, aligned pointer, flag array), grown when a larger N comes."""
+    cache = _tls.__dict__.setdefault("scratch", {})
+    hit = cache.get(dtype)
+    if hit is None or hit[3] < vectors:
+        buf, (ptr,) = _workspace(1, vectors)
+        flag = (_CTYPE[dtype] * lanes)()
+        hit = (buf, ptr, flag, vectors)
+        cache[dtype] = hit
+    return hit
 
 
 def adjoint(
@@ -304,7 +331,7 @@ def adjoint(
     need = (matrix_grads,) * 3 if isinstance(matrix_grads, bool) else tuple(matrix_grads)
     lam = torch.empty_like(g)
     grads = [torch.empty(P, N, dtype=g.dtype) if n else None for n in need]
-    fn = getattr(kernels(), f"thomas_adjoint_{_SUFFIX[g.dtype]}")
+    fn = _fns[("adjoint", g.dtype)]
     chunks = _chunks(P, P * K * N, _LANES[g.dtype])
     _buf, work = _workspace(len(chunks), 5 * N)
     es = g.element_size()

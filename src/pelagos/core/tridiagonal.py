@@ -38,6 +38,7 @@ from .errors import ConfigError, ShapeError, SolverError
 __all__ = ["solve_tridiagonal", "tridiagonal_backend"]
 
 _NAMES = ("lower", "diag", "upper", "rhs")
+_C_DTYPES = (torch.float32, torch.float64)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -103,9 +104,10 @@ def _triton() -> ModuleType | None:
 
 
 def _backend(t: torch.Tensor) -> ModuleType:
-    choice = os.environ.get("PELAGOS_TRIDIAGONAL_BACKEND", "auto").lower()
-    if choice in ("torch", "python"):
+    if os.environ.get("PELAGOS_TRIDIAGONAL_BACKEND", "auto").lower() in ("torch", "python"):
         return _thomas_torch
+    if t.device.type == "cpu":
+        return _thomas_c if t.dtype in _C_DTYPES and _thomas_c.kernels() is not None else _thomas_torch
     if t.device.type == "cuda":
         tri = _triton()
         if tri is not None and tri.supports(t):
@@ -125,9 +127,12 @@ def tridiagonal_backend(device: str | torch.device = "cpu", dtype: torch.dtype =
     return {_thomas_c: "c", _thomas_torch: "torch"}.get(mod, "triton")
 
 
+_IS_WRAPPED = getattr(torch._C._functorch, "is_functorch_wrapped_tensor", None)
+
+
 def _is_wrapped(*ts: torch.Tensor | None) -> bool:
     """True if any tensor is a functorch wrapper (vmap/grad level): raw-pointer kernels must not see it."""
-    f = getattr(torch._C._functorch, "is_functorch_wrapped_tensor", None)
+    f = _IS_WRAPPED
     return f is None or any(t is not None and f(t) for t in ts)
 
 
@@ -167,15 +172,36 @@ def _check_result(x: torch.Tensor, finite: bool | None, lower, diag, upper, rhs)
 # --------------------------------------------------------------------------------------------------
 # autograd.Function
 # --------------------------------------------------------------------------------------------------
-def _solve_plain(lower, diag, upper, rhs, check: bool) -> torch.Tensor:
-    lay = _layout(lower.shape, diag.shape, upper.shape, rhs.shape)
-    a, b, c = (lay.matrix_in(t) for t in (lower, diag, upper))
-    d = lay.rhs_in(rhs)
-    x, finite = _backend(d).solve(a, b, c, d)
-    x = lay.rhs_out(x)
+def _solve_plain(lower, diag, upper, rhs, check: bool, lay: _Layout | None = None) -> torch.Tensor:
+    if lay is None:
+        lay = _layout(lower.shape, diag.shape, upper.shape, rhs.shape)
+    backend = _backend(rhs)
+    if backend is _thomas_c and lay.identity and _dense_layout(lay, lower, diag, upper, rhs):
+        # common case (no broadcasting to materialise): hand the memory straight to the kernel
+        x = torch.empty(lay.full, dtype=rhs.dtype)
+        finite = _thomas_c.solve_into(lay.P, lay.K, lay.N, lower, diag, upper, rhs, x)
+    else:
+        a, b, c = (lay.matrix_in(t) for t in (lower, diag, upper))
+        d = lay.rhs_in(rhs)
+        x, finite = backend.solve(a, b, c, d)
+        x = lay.rhs_out(x)
     if check:
         _check_result(x, finite, lower, diag, upper, rhs)
     return x
+
+
+def _dense_layout(lay: _Layout, lower, diag, upper, rhs) -> bool:
+    pn = lay.P * lay.N
+    return (
+        lower.numel() == pn
+        and diag.numel() == pn
+        and upper.numel() == pn
+        and rhs.numel() == pn * lay.K
+        and lower.is_contiguous()
+        and diag.is_contiguous()
+        and upper.is_contiguous()
+        and rhs.is_contiguous()
+    )
 
 
 def _adjoint_composable(lower, diag, upper, x, gx, needs):
@@ -255,18 +281,25 @@ class _SolveTridiagonal(torch.autograd.Function):
 # --------------------------------------------------------------------------------------------------
 # Public entry point
 # --------------------------------------------------------------------------------------------------
-def _validate(args: tuple) -> tuple[torch.Tensor, ...]:
+def _validate(args: tuple) -> tuple[tuple[torch.Tensor, ...], _Layout]:
+    """Check shapes/dtypes/devices (cached per metadata) and return the promoted tensors and layout."""
     try:
-        key = tuple((t.shape, t.dtype, t.device) for t in args)
-    except AttributeError:
+        a, b, c, d = args
+        key = (a.shape, b.shape, c.shape, d.shape, a.dtype, b.dtype, c.dtype, d.dtype)
+        key += (a.device, b.device, c.device, d.device)
+    except (AttributeError, ValueError):
         key = None
-    dtype = _validate_meta(args) if key is None else _validated.get(key) or _validate_meta(args)
-    if key is not None and len(_validated) < 256:
-        _validated[key] = dtype
-    return tuple(t if t.dtype == dtype else t.to(dtype) for t in args)
+    hit = _validated.get(key) if key is not None else None
+    if hit is None:
+        dtype = _validate_meta(args)
+        hit = (dtype, _layout(*(t.shape for t in args)))
+        if key is not None and len(_validated) < 512:
+            _validated[key] = hit
+    dtype = hit[0]
+    return tuple(t if t.dtype == dtype else t.to(dtype) for t in args), hit[1]
 
 
-_validated: dict[tuple, torch.dtype] = {}  # metadata already checked -> promoted dtype
+_validated: dict[tuple, tuple] = {}  # metadata already checked -> (promoted dtype, layout)
 
 
 def _validate_meta(args: tuple) -> torch.dtype:
@@ -331,13 +364,16 @@ def solve_tridiagonal(
     The matrix must be diagonally dominant or an M-matrix (no pivoting). Gradients with respect to all
     four arguments come from one adjoint solve ``A^T lam = grad_x`` (implicit differentiation).
     """
-    args = _validate((lower, diag, upper, rhs))
+    args, lay = _validate((lower, diag, upper, rhs))
     if _plain_call(args):  # nothing to differentiate: skip the autograd.Function machinery (~20 us)
-        return _solve_plain(*args, bool(check))
+        return _solve_plain(*args, bool(check), lay)
     return _SolveTridiagonal.apply(*args, bool(check))
 
 
 def _plain_call(args: tuple[torch.Tensor, ...]) -> bool:
-    if torch.is_grad_enabled() and any(t.requires_grad for t in args):
+    """True when no autograd/functorch transform can see this call (so the Function can be skipped)."""
+    a, b, c, d = args
+    if torch.is_grad_enabled() and (a.requires_grad or b.requires_grad or c.requires_grad or d.requires_grad):
         return False
-    return forward_ad._current_level < 0 and not _is_wrapped(*args)
+    f = _IS_WRAPPED
+    return forward_ad._current_level < 0 and f is not None and not (f(a) or f(b) or f(c) or f(d))
