@@ -4,7 +4,9 @@ Models are imported lazily by the registry; ``BGCSystem.from_yaml(path)`` builds
 """
 
 from .base import BGCModel, Dependency, DiagnosticVariable, StateDependency, StateVariable, mean_key
-from .fabm_yaml import load_system
+from .box import BoxDriver, run_box
+from .fabm_yaml import load_system, packaged_yaml
+from .gotm_light import GotmLight
 from .integrate import METHODS, ODE_METHODS, integrate_sources
 from .npzd import NPZD
 from .registry import available_models, get_model_class, register_model
@@ -16,9 +18,11 @@ __all__ = [
     "ODE_METHODS",
     "BGCModel",
     "BGCSystem",
+    "BoxDriver",
     "Dependency",
     "DiagnosticInfo",
     "DiagnosticVariable",
+    "GotmLight",
     "StateDependency",
     "StateVariable",
     "VariableInfo",
@@ -27,5 +31,7 @@ __all__ = [
     "integrate_sources",
     "load_system",
     "mean_key",
+    "packaged_yaml",
     "register_model",
+    "run_box",
 ]
