@@ -491,3 +491,16 @@ def test_triton_kernel_in_interpreter():
         [sys.executable, "-c", _TRITON_CHECK], env=env, capture_output=True, text=True, timeout=300
     )
     assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-2000:]
+
+
+def test_default_device_does_not_leak_into_cpu_kernel():
+    """Scratch and outputs of the CPU kernel are placed on the CPU whatever the default device."""
+    a, b, c = dominant((3, 5))
+    d = torch.randn(3, 5, dtype=F64)
+    ref = solve_tridiagonal(a, b, c, d)
+    with torch.device("meta"):
+        x = solve_tridiagonal(a, b, c, d)
+        req = [t.clone().requires_grad_() for t in (a, b, c, d)]
+        grads = torch.autograd.grad(solve_tridiagonal(*req).sum(), req)
+    assert x.device.type == "cpu" and all(g.device.type == "cpu" for g in grads)
+    torch.testing.assert_close(x, ref)

@@ -260,7 +260,7 @@ def _chunks(P: int, work: int, lanes: int) -> list[tuple[int, int]]:
 
 def _workspace(n: int, vectors: int) -> tuple[torch.Tensor, list[int]]:
     """``n`` scratch areas of ``vectors`` 64-byte-aligned vectors each (the C vector type needs it)."""
-    buf = torch.empty(n * vectors * VBYTES + VBYTES, dtype=torch.uint8)
+    buf = torch.empty(n * vectors * VBYTES + VBYTES, dtype=torch.uint8, device="cpu")
     base = -(-buf.data_ptr() // VBYTES) * VBYTES
     return buf, [base + w * vectors * VBYTES for w in range(n)]
 
@@ -330,7 +330,7 @@ def adjoint(
     P, K, N = g.shape
     need = (matrix_grads,) * 3 if isinstance(matrix_grads, bool) else tuple(matrix_grads)
     lam = torch.empty_like(g)
-    grads = [torch.empty(P, N, dtype=g.dtype) if n else None for n in need]
+    grads = [torch.empty(P, N, dtype=g.dtype, device="cpu") if n else None for n in need]
     fn = _fns[("adjoint", g.dtype)]
     chunks = _chunks(P, P * K * N, _LANES[g.dtype])
     _buf, work = _workspace(len(chunks), 5 * N)

@@ -178,7 +178,7 @@ def _solve_plain(lower, diag, upper, rhs, check: bool, lay: _Layout | None = Non
     backend = _backend(rhs)
     if backend is _thomas_c and lay.identity and _dense_layout(lay, lower, diag, upper, rhs):
         # common case (no broadcasting to materialise): hand the memory straight to the kernel
-        x = torch.empty(lay.full, dtype=rhs.dtype)
+        x = torch.empty(lay.full, dtype=rhs.dtype, device="cpu")
         finite = _thomas_c.solve_into(lay.P, lay.K, lay.N, lower, diag, upper, rhs, x)
     else:
         a, b, c = (lay.matrix_in(t) for t in (lower, diag, upper))
