@@ -133,3 +133,18 @@ def test_configuration_errors():
         Oxygen.from_config({"K2": 1.0})
     m = Oxygen.from_config({"K": 0.0})  # case-insensitive (FABM); a value on its bound is accepted
     assert float(m.param("k")) == 0.0
+
+
+def test_parameter_cache_follows_dtype_changes_and_new_values():
+    from pelagos.bgc import NPZD
+
+    m = NPZD()
+    with torch.no_grad():
+        a = m.p("rmax")
+        assert m.p("rmax") is a  # cached without autograd
+        m.double()
+        assert m.p("rmax").dtype == torch.float64  # .double() swaps .data: the cache notices
+        m.set_parameter_value("rmax", 2.0)
+        assert float(m.p("rmax")) * 86400 == pytest.approx(2.0)
+    r = m.p("rmax")
+    assert r is not m.p("rmax")  # with autograd every call builds its own graph

@@ -365,12 +365,14 @@ class BGCModel(Model):
         ov = store._override
         u = ov[name] if ov is not None and name in ov else store.raw._parameters[name]
         cache = self.__dict__.setdefault("_p_cache", {})
+        # .to()/.double() swap a parameter's .data without bumping its version: key on the storage too.
+        sig = (u._version, u.data_ptr(), u.dtype, u.device)
         hit = cache.get((name, ndim))
-        if hit is not None and hit[0] is u and hit[1] == u._version:
+        if hit is not None and hit[0] is u and hit[1] == sig:
             return hit[2]
         v = self.param_b(name, ndim) if ndim else self.param(name)
         v = v * self.scale_factors[name]
-        cache[(name, ndim)] = (u, u._version, v)
+        cache[(name, ndim)] = (u, sig, v)
         return v
 
     # -- processes (override) ----------------------------------------------------------------------------

@@ -67,7 +67,9 @@ def read_yaml(source: str | Path | Mapping[str, Any]) -> dict[str, Any]:
     text: str
     where = "<text>"
     if isinstance(source, Path) or (
-        isinstance(source, str) and "\n" not in source and source.endswith((".yaml", ".yml"))
+        isinstance(source, str)
+        and "\n" not in source
+        and (source.endswith((".yaml", ".yml")) or _is_file(source))
     ):
         p = Path(source)
         if not p.exists():
@@ -82,6 +84,13 @@ def read_yaml(source: str | Path | Mapping[str, Any]) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: the top level must be a mapping with an 'instances:' section")
     return data
+
+
+def _is_file(text: str) -> bool:
+    try:
+        return Path(text).is_file()
+    except (OSError, ValueError):  # e.g. a long one-line yaml text is no file name
+        return False
 
 
 def _number(v: Any) -> Any:
