@@ -51,21 +51,32 @@ def plot_sections(
 def plot_integrals(
     source, variables: Sequence[str] | None = None, *, column: int = 0, out: str | os.PathLike | None = None
 ):
-    """Depth-integrated (Σ h·c, per m2) time series of each profile variable; returns the figure."""
+    """Depth-integrated (Σ h·c, per m2) time series of the state variables, one panel each."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     ds = _ds(source)
-    names = [n for n in (variables or profile_variables(ds)) if n not in ("h", "temp", "salt", "PAR")]
-    fig, ax = plt.subplots(figsize=(9, 4))
+    if variables is None:
+        roles = {n: ds[n].attrs.get("pelagos_role") for n in profile_variables(ds)}
+        variables = [n for n, r in roles.items() if r == "state"] or [
+            n for n, r in roles.items() if r != "physics"
+        ]
+    names = list(variables)
+    ncol = min(3, max(1, len(names)))
+    nrow = -(-len(names) // ncol)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(4.2 * ncol, 2.4 * nrow + 0.4), sharex=True, squeeze=False)
     h = ds["h"].isel(column=column).values
-    for n in names:
+    for ax, n in zip(axes.flat, names):
         v = ds[n].isel(column=column).values
-        ax.plot(ds["time"].values, np.sum(v * h, axis=-1), label=n)
-    ax.set_ylabel("depth integral (units · m)")
-    ax.legend(fontsize=8, ncol=2)
+        ax.plot(ds["time"].values, np.sum(v * h, axis=-1), lw=1.2)
+        ax.set_title(n, fontsize=9)
+        ax.set_ylabel(f"{ds[n].attrs.get('units', '')} · m", fontsize=8)
+        ax.tick_params(labelsize=7)
+    for ax in list(axes.flat)[len(names) :]:
+        ax.set_visible(False)
+    fig.autofmt_xdate()
     fig.tight_layout()
     if out is not None:
         fig.savefig(out, dpi=110)

@@ -65,6 +65,7 @@ def _output_meta(model, sample: Mapping[str, torch.Tensor]) -> tuple[dict, dict[
         if hasattr(d, "name"):
             meta[d.name] = (getattr(d, "units", ""), getattr(d, "long_name", ""))
     meta.update(_PHYS_META)
+    state_names = {v.name for v in getattr(model.bgc, "variables", [])}
     dims: dict[str, int] = {}
     variables = {}
     for name, x in sample.items():
@@ -80,7 +81,8 @@ def _output_meta(model, sample: Mapping[str, torch.Tensor]) -> tuple[dict, dict[
         units, long_name = meta.get(name, ("", ""))
         if name.startswith("total_"):
             units, long_name = units or "per m2", long_name or f"column integral of {name[6:]}"
-        variables[name] = VariableMeta(d, units, long_name)
+        role = "state" if name in state_names else "physics" if name in _PHYS_META else "diagnostic"
+        variables[name] = VariableMeta(d, units, long_name, {"pelagos_role": role})
         dims.update({"column": shape[0], "z": nz, "zi": nz + 1})
     return dims, variables
 
