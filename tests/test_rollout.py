@@ -71,6 +71,8 @@ def test_forward_matches_analytic_and_times():
     torch.testing.assert_close(tr.states, expect, rtol=1e-13, atol=0)
     torch.testing.assert_close(tr.final, expect[-1], rtol=1e-13, atol=0)
     assert len(tr) == 4
+    torch.testing.assert_close(tr.at(-1), tr.final, rtol=0, atol=0)
+    torch.testing.assert_close(tr.at(0), x0, rtol=0, atol=0)
 
 
 def test_times_passed_to_step_and_no_initial():
@@ -110,6 +112,7 @@ def test_pytree_states(kind, ckpt):
     u = tr.states["u"] if kind == "dict" else tr.states.u
     v = tr.final["v"] if kind == "dict" else tr.final.v
     assert u.shape == (11, 4)
+    assert type(tr.at(3)) is type(s0)
     # rotation (plus small tanh) nearly conserves u²+v²; exact rotation without the tweak would conserve it
     ref = {"u": u0, "v": v0}
     for _ in range(10):
@@ -257,6 +260,8 @@ def test_zero_steps():
     assert tr.steps == [0] and tr.final is x0
     tr = rollout(Decay(), x0, 0, include_initial=False)
     assert tr.states is None and len(tr.times) == 0
+    with pytest.raises(IndexError, match="saved nothing"):
+        tr.at(0)
 
 
 @pytest.mark.parametrize(

@@ -59,6 +59,12 @@ class Trajectory:
     def __len__(self) -> int:
         return len(self.steps)
 
+    def at(self, i: int) -> State:
+        """The ``i``-th saved entry (negative ``i`` counts from the end), with the structure of the state."""
+        if self.states is None:
+            raise IndexError("rollout saved nothing (include_initial=False and no save_every step reached)")
+        return pytree.tree_map(lambda x: x[i], self.states)
+
 
 # -- pytree helpers ------------------------------------------------------------------------------------------
 def _register_dataclasses(tree: Any) -> None:
