@@ -258,3 +258,27 @@ def test_box_matches_independent_numpy_npzd_over_60_days():
     got = np.stack([ds[k].values for k in ("npzd_nut", "npzd_phy", "npzd_zoo", "npzd_det")], -1)
     assert ref[:, 1].max() > 0.5  # the phytoplankton bloom is inside the compared window
     np.testing.assert_allclose(got, ref, rtol=1e-9, atol=1e-12)
+
+
+def test_running_mean_dependency_follows_fabm_temporal_mean():
+    from pelagos.bgc import BGCModel
+    from pelagos.bgc.base import mean_key
+
+    class Seen(BGCModel):
+        def __init__(self):
+            super().__init__()
+            self.register_state_variable("c", "-", initial_value=0.0, minimum=None)
+            self.register_dependency("pm", PAR, mean_period=86400.0, mean_resolution=3600.0)
+
+        def do(self, s, env):  # dc/dt = daily-mean PAR: c integrates the mean
+            return {"c": env[mean_key(PAR, 86400.0)] + 0.0 * s["c"]}, {}
+
+    system = BGCSystem({"m": Seen()})
+    drv = BoxDriver(system, dt=3600.0)
+    n = 72
+    par = torch.cat([torch.full((24,), 10.0), torch.full((48,), 34.0)])
+    traj, _ = drv.simulate(system.initial_state(()), {PAR: par}, n, diagnostics=False)
+    rate = (traj["m_c"][1:, 0] - traj["m_c"][:-1, 0]) / 3600.0  # the mean used at each step
+    assert float(rate[0]) == pytest.approx(10.0) and float(rate[23]) == pytest.approx(10.0)
+    assert float(rate[24]) == pytest.approx(11.0)  # one of 24 hourly samples has switched to 34
+    assert float(rate[47]) == pytest.approx(34.0) and float(rate[-1]) == pytest.approx(34.0)

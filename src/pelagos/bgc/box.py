@@ -21,8 +21,8 @@ shortwave (FABM's ``swr_method = 1``), the documented meaning of that column.
 
 If the system holds a ``gotm/light`` instance, PAR and surface PAR come from it instead (one layer of
 thickness ``depth``, see :mod:`pelagos.bgc.gotm_light`). Running means (``mean_key``) that models request
-are moving averages over the past ``period`` seconds of the per-step values (fewer samples during the first
-period).
+follow FABM's ``temporal_mean`` (samples every ``resolution`` seconds on the run clock, started from the first
+value; :mod:`pelagos.column.running_mean`).
 """
 
 from __future__ import annotations
@@ -109,7 +109,12 @@ class BoxDriver:
         self.apply_self_shading = bool(apply_self_shading)
         self.method = method
         self.dt = float(dt)
-        self.means = {k: _parse_mean(k) for k in system.required_env if "@mean" in k}
+        # Running means the models ask for: key -> (variable, period, resolution) (FABM temporal_mean).
+        self.means: dict[str, tuple[str, float, float]] = {}
+        for m in system.models.values():
+            for dep in m.dependencies.values():
+                if dep.mean_period is not None:
+                    self.means[dep.key] = (dep.standard_name, dep.mean_period, dep.mean_resolution or 3600.0)
         method_name(method)  # fail early on a bad name
         self.last_diagnostics: dict[str, torch.Tensor] | None = None
         # Skip the surface/bottom calls when no instance implements them.
@@ -224,11 +229,11 @@ class BoxDriver:
         state = dict(state0)
         saved = {k: [v] for k, v in state.items()}
         diag_out: dict[str, list[torch.Tensor]] = {}
-        history: dict[str, list[torch.Tensor]] = {}
+        mean_buffers: dict = {}
         for n in range(n_steps):
             f_n = {k: (torch.as_tensor(v)[n] if torch.as_tensor(v).ndim else v) for k, v in forcing.items()}
             env = self.environment(state, f_n)
-            self._add_means(env, history)
+            self._add_means(env, mean_buffers, self.dt * (n + 1))
             new = self.step(state, env)
             if (n + 1) % save_every == 0:
                 for k, v in new.items():
@@ -237,27 +242,33 @@ class BoxDriver:
                     dg = self.last_diagnostics
                     if dg is None:  # Patankar schemes do not call rhs
                         _, dg = self.system.interior_sources(state, env)
-                    for k, v in {**dg, "PAR": env[PAR], "surface_PAR": env[SURFACE_PAR]}.items():
+                    extra = {"PAR": env[PAR]}
+                    if SURFACE_PAR in env:
+                        extra["surface_PAR"] = env[SURFACE_PAR]
+                    for k, v in {**dg, **extra}.items():
                         diag_out.setdefault(k, []).append(v)
             state = new
         traj = {k: torch.stack(v) for k, v in saved.items()}
         return traj, {k: torch.stack(v) for k, v in diag_out.items()}
 
-    def _add_means(self, env: dict, history: dict[str, list[torch.Tensor]]) -> None:
-        for key, (base, period) in self.means.items():
+    def _add_means(self, env: dict, buffers: dict, t: float) -> None:
+        """Running means at time ``t`` (s): FABM's temporal_mean (pelagos.column.running_mean)."""
+        if not self.means:
+            return
+        from ..column.running_mean import running_mean_init, running_mean_update
+
+        for key, (base, period, res) in self.means.items():
             if base not in env:
                 raise ForcingError(f"running mean {key!r} needs {base!r} in the box environment")
-            h = history.setdefault(key, [])
-            h.append(env[base])
-            n_w = max(1, round(period / self.dt))
-            if len(h) > n_w:
-                del h[0]
-            env[key] = torch.stack(h).mean(0)
-
-
-def _parse_mean(key: str) -> tuple[str, float]:
-    base, _, period = key.partition("@mean")
-    return base, float(period)
+            if key not in buffers:
+                buffers[key] = (running_mean_init(env[base], period=period, resolution=res), t)
+            else:
+                buf, t_prev = buffers[key]
+                buffers[key] = (
+                    running_mean_update(buf, env[base], t, t_prev, period=period, resolution=res),
+                    t,
+                )
+            env[key] = buffers[key][0]["mean"]
 
 
 def _domain(key: str) -> str:
