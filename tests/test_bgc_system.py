@@ -148,3 +148,23 @@ def test_parameter_cache_follows_dtype_changes_and_new_values():
         assert float(m.p("rmax")) * 86400 == pytest.approx(2.0)
     r = m.p("rmax")
     assert r is not m.p("rmax")  # with autograd every call builds its own graph
+
+
+def test_vmap_through_sources_and_integrators_equals_loop():
+    from pelagos.bgc import packaged_yaml
+    from pelagos.bgc.integrate import integrate_sources
+
+    s = BGCSystem.from_yaml(packaged_yaml()).double()
+    env = {
+        "downwelling_photosynthetic_radiative_flux": torch.full((3,), 60.0, dtype=torch.float64),
+        "surface_downwelling_photosynthetic_radiative_flux": torch.tensor(200.0, dtype=torch.float64),
+    }
+
+    def f(x):
+        st = {k: x[i] for i, k in enumerate(s.interior_names)}
+        out = integrate_sources(lambda q: s.interior_sources(q, env)[0], st, 3600.0, "rk2")
+        out = integrate_sources(None, out, 3600.0, "mprk2", ppdd=lambda q: s.production_destruction(q, env))
+        return torch.stack([out[k] for k in s.interior_names])
+
+    X = torch.rand(5, 4, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) + 0.1
+    torch.testing.assert_close(torch.func.vmap(f)(X), torch.stack([f(x) for x in X]), rtol=1e-13, atol=1e-15)
