@@ -22,6 +22,7 @@ def test_packaged_gotm_npzd_yaml_loads():
     system = BGCSystem.from_yaml(packaged_yaml())
     assert system.interior_names == ["npzd_nut", "npzd_phy", "npzd_zoo", "npzd_det"]
     assert system.initial_values() == {"npzd_nut": 4.5, "npzd_phy": 1e-15, "npzd_zoo": 1e-15, "npzd_det": 4.5}
+    assert [v.initial_value for v in system.variables] == [4.5, 1e-15, 1e-15, 4.5]
     # yaml values differing from the FABM defaults: gmax 0.2 (default 0.5), alpha 1.35 (0.3)
     assert float(system.get_parameter_value("npzd.gmax")) == pytest.approx(0.2)
     assert float(system.get_parameter_value("npzd.alpha")) == pytest.approx(1.35)

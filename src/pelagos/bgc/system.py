@@ -17,6 +17,7 @@ state dependency go to the linked variable; on a constant or an unlinked optiona
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -114,6 +115,9 @@ class BGCSystem(Model):
                 raise ConfigError(
                     f"require_initialization is true but no initial value is given for: {', '.join(missing)}"
                 )
+        # The infos hosts read carry the configured initial values.
+        self.variables = [dataclasses.replace(v, initial_value=self._initial[v.name]) for v in self.variables]
+        self._var = {v.name: v for v in self.variables}
 
     # -- construction --------------------------------------------------------------------------------------
     @classmethod
