@@ -18,9 +18,14 @@ iterate ``x*``) and whose derivative is ``A⁻¹`` (backward and jvp are CG solv
 parameters. The gradients are those of the exact solution ``A⁻¹ b``, accurate to about the solver
 tolerance ``rtol``.
 
-Limitations: first derivatives only — with ``create_graph=True`` (Hessians, forward-over-reverse) the
-adjoint solution is a constant, so second derivatives are incomplete. The forward solve applies ``A`` once
-more than the iterations (the residual at ``x0`` and the differentiable residual at ``x*``).
+Second derivatives: by default the adjoint solution is a constant in the graph, so Hessians are
+incomplete. ``second_order=True`` adds one more residual correction ``x ← x + S₂(b − A(x))`` whose ``S₂``
+has *differentiable* backward/jvp solves; then ``d²x = −2A⁻¹ dA dx`` exactly (a backward costs two CG
+solves). Tested with autograd ``create_graph=True``, ``torch.func.grad∘grad`` and ``jacrev∘jacrev``.
+Forward-over-reverse compositions of ``torch.func`` (``jvp∘grad``, ``jacfwd∘jacrev``, ``torch.func.hessian``)
+fail inside PyTorch with a functorch level assertion, because the operator closes over tensors of the
+inner transform: use ``jacrev∘jacrev`` or autograd instead. The forward solve applies ``A`` once more than
+the iterations (the residual at ``x0``) plus once for the differentiable residual at ``x*``.
 
 Batches: ``batch_dims`` leading dims index independent systems (each has its own CG scalars and its own
 convergence test); ``A`` maps a tensor of the shape of ``b`` to the same shape. Under ``torch.func.vmap``
@@ -188,6 +193,38 @@ class _InverseOfResidual(torch.autograd.Function):
         return x_dot
 
 
+class _DifferentiableInverseOfResidual(torch.autograd.Function):
+    """As :class:`_InverseOfResidual`, but backward and jvp are differentiable solves (second order)."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(r: torch.Tensor, A: Operator, opt: _Options) -> torch.Tensor:
+        return torch.zeros_like(r)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        _, ctx.A, ctx.opt = inputs
+
+    @staticmethod
+    def backward(ctx, grad_x: torch.Tensor):
+        return _solve_first_order(ctx.A, grad_x, ctx.opt), None, None
+
+    @staticmethod
+    def jvp(ctx, r_dot: torch.Tensor, _A_dot, _opt_dot) -> torch.Tensor:
+        return _solve_first_order(ctx.A, r_dot, ctx.opt)
+
+
+def _solve_first_order(A: Operator, b: torch.Tensor, opt: _Options) -> torch.Tensor:
+    """A⁻¹ b with exact first derivatives (w.r.t. b and what A closes over)."""
+    with _untracked():
+        x_star, _ = _cg(A, b.detach(), None, opt)
+    x_star = x_star.detach()
+    if not _tracking_active():
+        return x_star
+    return x_star + _InverseOfResidual.apply(b - A(x_star), A, opt)
+
+
 def _tracking_active() -> bool:
     return (
         torch.is_grad_enabled()
@@ -208,6 +245,7 @@ def solve_cg(
     batch_dims: int = 0,
     check: bool = True,
     return_info: bool = False,
+    second_order: bool = False,
 ) -> torch.Tensor | tuple[torch.Tensor, CGInfo]:
     """Solve ``A(x) = b`` for a symmetric positive definite linear operator ``A`` by conjugate gradients.
 
@@ -225,6 +263,8 @@ def solve_cg(
         check: raise :class:`SolverError` if a system has not converged after ``max_iter`` iterations
             (not possible under ``torch.func.vmap``).
         return_info: also return a :class:`CGInfo`.
+        second_order: make second derivatives exact too (Hessians, ``create_graph=True``, forward-over-
+            reverse): one more differentiable residual correction, so a backward costs two CG solves.
 
     Returns:
         ``x`` (shape of ``b``), or ``(x, info)``.
@@ -250,6 +290,10 @@ def solve_cg(
     if _tracking_active():
         # value: exactly x*; derivative: A⁻¹ (db − dA x*), to b and to everything A closes over
         x = x_star + _InverseOfResidual.apply(b - A(x_star), A, opt)
+        if second_order:
+            # x1 = x has exact first derivatives; one more correction x1 + A⁻¹(b − A x1) whose A⁻¹ is itself
+            # differentiable gives d²x = −2 A⁻¹ dA dx (the d²x1 terms cancel), i.e. exact second derivatives
+            x = x + _DifferentiableInverseOfResidual.apply(b - A(x), A, opt)
     else:
         x = x_star
     return (x, info) if return_info else x
