@@ -197,3 +197,10 @@ def test_register_user_model_and_case_insensitive_parameters():
     assert float(s.get_parameter_value("t.Decay")) == pytest.approx(0.5)
     with pytest.raises(ConfigError, match="already registered"):
         register_model("test/tracer_yaml", Tracer)
+
+
+def test_dtype_option_stores_parameters_in_float64():
+    s = load_system(CASE, dtype=torch.float64)
+    assert s.get_parameter_value("npzd.rmax").dtype == torch.float64
+    assert float(s.get_parameter_value("npzd.rmax")) == 1.5  # exact: no float32 rounding
+    assert torch.get_default_dtype() == torch.float32

@@ -38,6 +38,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 
 from ..core.errors import ConfigError
@@ -126,6 +127,7 @@ def load_system(
     drop_unsupported: bool = False,
     couplings: Mapping[str, Any] | None = None,
     parameters: Mapping[str, Mapping[str, Any]] | None = None,
+    dtype: torch.dtype | None = None,
 ) -> BGCSystem:
     """Build a :class:`BGCSystem` from a fabm.yaml (path, text or dict).
 
@@ -134,7 +136,22 @@ def load_system(
         drop_unsupported: leave out every instance whose model pelagos does not have.
         couplings: extra/overriding couplings ``{"instance/dependency": target or constant}``.
         parameters: overriding parameter values ``{instance: {name: value}}`` (yaml units).
+        dtype: dtype the parameters are stored in (default: torch's default dtype). Give ``torch.float64``
+            for float64 runs: converting afterwards with ``.double()`` keeps float32-rounded values.
     """
+    if dtype is not None:
+        old = torch.get_default_dtype()
+        torch.set_default_dtype(dtype)
+        try:
+            return load_system(
+                source,
+                drop=drop,
+                drop_unsupported=drop_unsupported,
+                couplings=couplings,
+                parameters=parameters,
+            )
+        finally:
+            torch.set_default_dtype(old)
     cfg = read_yaml(source)
     _check_keys("fabm.yaml", cfg, TOP_KEYS)
     instances_cfg = _as_mapping("fabm.yaml 'instances'", cfg.get("instances"))
