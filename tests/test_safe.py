@@ -207,3 +207,17 @@ def test_softclamp_bad_bounds():
 
     with pytest.raises(ConfigError, match="lo < hi"):
         softclamp(torch.zeros(2), 1.0, 0.0, 3.0)
+
+
+def test_hessians_equal_plain_ops_away_from_singular_points():
+    """Second derivatives (torch.func.hessian = forward-over-reverse, and autograd) match the plain ops."""
+    x = torch.tensor([0.5, 2.0, 3.0], dtype=D)
+    pairs = [
+        (lambda z: safe_sqrt(z).sum(), lambda z: torch.sqrt(z).sum()),
+        (lambda z: safe_pow(z, 0.3).sum(), lambda z: torch.pow(z, 0.3).sum()),
+        (lambda z: safe_pow(z, z[0]).sum(), lambda z: torch.pow(z, z[0]).sum()),
+        (lambda z: safe_div(z, z[1:2] + 1).sum(), lambda z: (z / (z[1:2] + 1)).sum()),
+    ]
+    for safe_f, plain_f in pairs:
+        H = torch.func.hessian(safe_f)(x)
+        torch.testing.assert_close(H, torch.autograd.functional.hessian(plain_f, x), rtol=1e-12, atol=1e-14)
