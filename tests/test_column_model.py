@@ -91,6 +91,11 @@ def test_batched_columns_equal_loop_over_columns():
     }
     with model.using(raw):
         s = rollout(model, model.initial_state(B), 30).final
+    chunked = ColumnModel(npzd_system(), fb, chunk_columns=2)  # chunks of columns: same numbers
+    with chunked.using(raw):
+        sc = rollout(chunked, chunked.initial_state(B), 30).final
+    for k in s:
+        torch.testing.assert_close(sc[k], s[k], rtol=1e-13, atol=1e-15)
     for i in range(B):
         mi = ColumnModel(npzd_system(), forcings[i])
         with mi.using({k: v[i] for k, v in raw.items()}):  # the same unconstrained values, one column

@@ -65,6 +65,8 @@ class ColumnModel(Model):
         nuh_lag: use the forcing's ``nuh`` at the start of the step (GOTM) instead of at its end.
         repair: clip to the variables' minimum after transport (GOTM's ``repair_state``).
         split_factor: number of source sub-steps per step (GOTM's ``split_factor``).
+        chunk_columns: advance the columns in chunks of this many (same result; keeps each chunk's working set
+            in cache: about 1000 is fastest on one CPU core for the NNS case). ``None``: all at once.
 
     Parameters (declared, so they can be made free and batched with ``using``): ``nuh_scale`` (factor on the
     forcing's ``nuh``) and ``I0_scale`` (factor on ``I_0``), both 1 by default; the BGC parameters appear as
@@ -84,6 +86,7 @@ class ColumnModel(Model):
         nuh_lag: bool = True,
         repair: bool = False,
         split_factor: int = 1,
+        chunk_columns: int | None = None,
     ) -> None:
         super().__init__()
         if isinstance(bgc, (str, os.PathLike, Mapping)):
@@ -115,6 +118,9 @@ class ColumnModel(Model):
         if int(split_factor) < 1:
             raise ConfigError(f"split_factor must be >= 1; got {split_factor}")
         self.split_factor = int(split_factor)
+        if chunk_columns is not None and int(chunk_columns) < 1:
+            raise ConfigError(f"chunk_columns must be >= 1 or None; got {chunk_columns}")
+        self.chunk_columns = None if chunk_columns is None else int(chunk_columns)
         self.declare_parameter(
             "nuh_scale",
             1.0,
@@ -323,8 +329,41 @@ class ColumnModel(Model):
     def step(self, state: dict, t: float | torch.Tensor) -> dict:
         """Advance all columns from ``t`` to ``t + dt`` (pure: returns a new dict)."""
         t = float(t)
-        dt = self.dt
         phys = self._physics(t, for_step=True)
+        B = state[(self.interior + self.bottom + self.surface)[0]].shape[0]
+        c = self.chunk_columns
+        if c is None or c >= B:
+            return self._step_columns(state, t, phys)
+        # Columns in chunks: the working set of a chunk stays in cache. Batched parameter values and
+        # per-column forcing are sliced along with the state; chunks are independent: same result.
+        stores = [(st, st._override) for st in self._stores().values()]
+
+        def cut(x: Any, sl: slice) -> Any:
+            if isinstance(x, Mapping):
+                return {k: cut(v, sl) for k, v in x.items()}
+            return x[sl] if torch.is_tensor(x) and x.ndim >= 1 and x.shape[0] == B else x
+
+        outs = []
+        try:
+            for a in range(0, B, c):
+                sl = slice(a, min(a + c, B))
+                for st, ov in stores:
+                    if ov:
+                        st._override = cut(ov, sl)
+                outs.append(self._step_columns(cut(state, sl), t, cut(phys, sl)))
+        finally:
+            for st, ov in stores:
+                st._override = ov
+
+        def join(parts: list) -> Any:
+            if isinstance(parts[0], Mapping):
+                return {k: join([p[k] for p in parts]) for k in parts[0]}
+            return torch.cat(parts, dim=0)
+
+        return join(outs)
+
+    def _step_columns(self, state: dict, t: float, phys: Mapping) -> dict:
+        dt = self.dt
         svars = {n: state[n] for n in self.interior + self.bottom + self.surface}
         new = self._transport(svars, phys)
         # 4. repair
