@@ -9,8 +9,10 @@ References (same random diagonally dominant systems, same dtype):
   loop    autograd recorded through a plain Python Thomas loop (forward + backward).
   memcpy  ``copy_`` of the four input arrays into preallocated buffers: the memory-bandwidth floor
           (a solver must at least read them; ours also allocates and writes its output).
-Timings are the minimum over a few repeats (the machine is shared; ratios measured side by side are
-more trustworthy than absolute times). Memory: bytes autograd keeps for backward, counted exactly with
+Timings are the minimum over a few repeats, with one torch thread by default (``--threads``): the
+machine is shared, and under oversubscription multi-threaded kernels (including torch's own copies)
+stall for whole scheduler slices. Ratios measured side by side are more trustworthy than absolute
+times. Memory: bytes autograd keeps for backward, counted exactly with
 ``torch.autograd.graph.saved_tensors_hooks`` (distinct storages), ours vs the recorded loop.
 
 Run:  python benchmarks/tridiagonal.py [--quick]
@@ -304,7 +306,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--lapack-systems", type=int, default=1000, help="LAPACK systems timed per case")
     p.add_argument("--loop-max", type=int, default=2 * 10**6, help="largest batch*N for the autograd loop")
     p.add_argument("--no-lapack", action="store_true")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads (default 1: on a shared, oversubscribed machine multi-threaded copies stall)",
+    )
     opts = p.parse_args(argv)
+    torch.set_num_threads(opts.threads)
 
     ns, batches = ((16, 64), (100, 10_000)) if opts.quick else (NS, BATCHES)
     devices = [d for d in opts.device.split(",") if d == "cpu" or (d == "cuda" and torch.cuda.is_available())]

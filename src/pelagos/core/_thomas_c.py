@@ -38,27 +38,63 @@ _BODY = r"""
 typedef REAL V_SFX __attribute__((vector_size(VBYTES)));
 #define L_SFX (VBYTES / (long)sizeof(REAL))  /* systems per block = vector lanes */
 
-/* Copy rows p0..p0+nb-1 (row length N, row stride `stride`) of src into level-major vectors dst[i];
-   lanes past nb get `pad`. */
-static inline void gather_SFX(long N, long nb, long stride, const REAL *src, V_SFX *dst, REAL pad)
+/* Copy L rows (row length N, row stride `stride`) of src into level-major vectors dst[i]. */
+static inline void gather_SFX(long N, long stride, const REAL *src, V_SFX *dst)
 {
     REAL *t = (REAL *)dst;
     for (long j = 0; j < L_SFX; j++) {
-        if (j < nb) {
-            const REAL *s = src + j * stride;
-            for (long i = 0; i < N; i++) t[i * L_SFX + j] = s[i];
-        } else {
-            for (long i = 0; i < N; i++) t[i * L_SFX + j] = pad;
-        }
+        const REAL *s = src + j * stride;
+        for (long i = 0; i < N; i++) t[i * L_SFX + j] = s[i];
     }
 }
 
-static inline void scatter_SFX(long N, long nb, long stride, const V_SFX *src, REAL *dst)
+static inline void scatter_SFX(long N, long stride, const V_SFX *src, REAL *dst)
 {
     const REAL *t = (const REAL *)src;
-    for (long j = 0; j < nb; j++) {
+    for (long j = 0; j < L_SFX; j++) {
         REAL *s = dst + j * stride;
         for (long i = 0; i < N; i++) s[i] = t[i * L_SFX + j];
+    }
+}
+
+/* Matrix cotangents of one system from lam and x (first right-hand side sets, others add). */
+static inline void cotangents_SFX(long N, int first, const REAL *ls, const REAL *xs, REAL *ga, REAL *gb,
+                                  REAL *gc)
+{
+    if (first) {
+        if (ga) { ga[0] = 0; for (long i = 1; i < N; i++) ga[i] = -ls[i] * xs[i - 1]; }
+        if (gb) for (long i = 0; i < N; i++) gb[i] = -ls[i] * xs[i];
+        if (gc) { gc[N - 1] = 0; for (long i = 0; i < N - 1; i++) gc[i] = -ls[i] * xs[i + 1]; }
+    } else {
+        if (ga) for (long i = 1; i < N; i++) ga[i] -= ls[i] * xs[i - 1];
+        if (gb) for (long i = 0; i < N; i++) gb[i] -= ls[i] * xs[i];
+        if (gc) for (long i = 0; i < N - 1; i++) gc[i] -= ls[i] * xs[i + 1];
+    }
+}
+
+/* One system, scalar (used for the systems that do not fill a vector block, e.g. a single one). */
+static void solve_one_SFX(long K, long N, const REAL *a, const REAL *b, const REAL *c, const REAL *d,
+                          REAL *x, REAL *inv, REAL *cp, REAL *acc)
+{
+    REAL r = 1 / b[0];
+    inv[0] = r;
+    cp[0] = c[0] * r;
+    for (long i = 1; i < N; i++) {
+        r = 1 / (b[i] - a[i] * cp[i - 1]);
+        inv[i] = r;
+        cp[i] = c[i] * r;
+    }
+    for (long k = 0; k < K; k++) {
+        const REAL *ds = d + k * N;
+        REAL *xs = x + k * N, s = 0;
+        xs[0] = ds[0] * inv[0];
+        for (long i = 1; i < N; i++) xs[i] = (ds[i] - a[i] * xs[i - 1]) * inv[i];
+        s += xs[N - 1] * 0;
+        for (long i = N - 2; i >= 0; i--) {
+            xs[i] -= cp[i] * xs[i + 1];
+            s += xs[i] * 0;
+        }
+        *acc += s;
     }
 }
 
@@ -69,12 +105,12 @@ MV void thomas_solve_SFX(long P, long K, long N, const REAL *a, const REAL *b, c
 {
     V_SFX *al = work, *inv = work + N, *cp = work + 2 * N, *xl = work + 3 * N;
     V_SFX acc = {0};
-    for (long p0 = 0; p0 < P; p0 += L_SFX) {
-        long nb = (P - p0 < L_SFX) ? P - p0 : L_SFX;
-        /* missing lanes of a short last block are identity rows */
-        gather_SFX(N, nb, N, a + p0 * N, al, 0);
-        gather_SFX(N, nb, N, b + p0 * N, inv, 1);
-        gather_SFX(N, nb, N, c + p0 * N, cp, 0);
+    REAL acc1 = 0;
+    long p0 = 0;
+    for (; p0 + L_SFX <= P; p0 += L_SFX) {
+        gather_SFX(N, N, a + p0 * N, al);
+        gather_SFX(N, N, b + p0 * N, inv);
+        gather_SFX(N, N, c + p0 * N, cp);
         /* factorise in place: inv <- 1/pivot, cp <- upper/pivot */
         inv[0] = 1 / inv[0];
         cp[0] *= inv[0];
@@ -83,7 +119,7 @@ MV void thomas_solve_SFX(long P, long K, long N, const REAL *a, const REAL *b, c
             cp[i] *= inv[i];
         }
         for (long k = 0; k < K; k++) {
-            gather_SFX(N, nb, K * N, d + (p0 * K + k) * N, xl, 0);
+            gather_SFX(N, K * N, d + (p0 * K + k) * N, xl);
             xl[0] *= inv[0];
             for (long i = 1; i < N; i++) xl[i] = (xl[i] - al[i] * xl[i - 1]) * inv[i];
             acc += xl[N - 1] * 0;
@@ -91,10 +127,32 @@ MV void thomas_solve_SFX(long P, long K, long N, const REAL *a, const REAL *b, c
                 xl[i] -= cp[i] * xl[i + 1];
                 acc += xl[i] * 0;
             }
-            scatter_SFX(N, nb, K * N, xl, x + (p0 * K + k) * N);
+            scatter_SFX(N, K * N, xl, x + (p0 * K + k) * N);
         }
     }
+    for (; p0 < P; p0++)
+        solve_one_SFX(K, N, a + p0 * N, b + p0 * N, c + p0 * N, d + p0 * K * N, x + p0 * K * N,
+                      (REAL *)work, (REAL *)work + N, &acc1);
     for (long j = 0; j < L_SFX; j++) flag[j] = acc[j];
+    flag[0] += acc1;
+}
+
+static void adjoint_one_SFX(long K, long N, const REAL *a, const REAL *b, const REAL *c, const REAL *x,
+                            const REAL *g, REAL *lam, REAL *ga, REAL *gb, REAL *gc, REAL *inv, REAL *cpt)
+{
+    inv[0] = 1 / b[0];
+    for (long i = 1; i < N; i++) {
+        cpt[i - 1] = a[i] * inv[i - 1];
+        inv[i] = 1 / (b[i] - cpt[i - 1] * c[i - 1]);
+    }
+    for (long k = 0; k < K; k++) {
+        const REAL *gs = g + k * N;
+        REAL *ls = lam + k * N;
+        ls[0] = gs[0] * inv[0];
+        for (long i = 1; i < N; i++) ls[i] = (gs[i] - c[i - 1] * ls[i - 1]) * inv[i];
+        for (long i = N - 2; i >= 0; i--) ls[i] -= cpt[i] * ls[i + 1];
+        cotangents_SFX(N, k == 0, ls, x + k * N, ga, gb, gc);
+    }
 }
 
 /* Adjoint: lam = A^-T g for each (p,k); for each of ga/gb/gc that is non-NULL the matrix cotangent
@@ -106,11 +164,12 @@ MV void thomas_adjoint_SFX(long P, long K, long N, const REAL *a, const REAL *b,
                            V_SFX *work)
 {
     V_SFX *al = work, *inv = work + N, *cl = work + 2 * N, *cpt = work + 3 * N, *ll = work + 4 * N;
-    for (long p0 = 0; p0 < P; p0 += L_SFX) {
-        long nb = (P - p0 < L_SFX) ? P - p0 : L_SFX;
-        gather_SFX(N, nb, N, a + p0 * N, al, 0);
-        gather_SFX(N, nb, N, b + p0 * N, inv, 1);
-        gather_SFX(N, nb, N, c + p0 * N, cl, 0);
+    int want = ga || gb || gc;
+    long p0 = 0;
+    for (; p0 + L_SFX <= P; p0 += L_SFX) {
+        gather_SFX(N, N, a + p0 * N, al);
+        gather_SFX(N, N, b + p0 * N, inv);
+        gather_SFX(N, N, c + p0 * N, cl);
         /* pivots of A (= pivots of A^T); cpt_i = a_{i+1} / pivot_i is A^T's scaled super-diagonal */
         inv[0] = 1 / inv[0];
         for (long i = 1; i < N; i++) {
@@ -118,30 +177,22 @@ MV void thomas_adjoint_SFX(long P, long K, long N, const REAL *a, const REAL *b,
             inv[i] = 1 / (inv[i] - cpt[i - 1] * cl[i - 1]);
         }
         for (long k = 0; k < K; k++) {
-            gather_SFX(N, nb, K * N, g + (p0 * K + k) * N, ll, 0);
+            gather_SFX(N, K * N, g + (p0 * K + k) * N, ll);
             ll[0] *= inv[0];
             for (long i = 1; i < N; i++) ll[i] = (ll[i] - cl[i - 1] * ll[i - 1]) * inv[i];
             for (long i = N - 2; i >= 0; i--) ll[i] -= cpt[i] * ll[i + 1];
-            scatter_SFX(N, nb, K * N, ll, lam + (p0 * K + k) * N);
-            if (ga == 0 && gb == 0 && gc == 0) continue;
-            for (long j = 0; j < nb; j++) {
-                long o = ((p0 + j) * K + k) * N;
-                const REAL *ls = lam + o, *xs = x + o;
-                long m = (p0 + j) * N;
-                if (k == 0) {
-                    if (ga) { ga[m] = 0; for (long i = 1; i < N; i++) ga[m + i] = -ls[i] * xs[i - 1]; }
-                    if (gb) for (long i = 0; i < N; i++) gb[m + i] = -ls[i] * xs[i];
-                    if (gc) {
-                        gc[m + N - 1] = 0;
-                        for (long i = 0; i < N - 1; i++) gc[m + i] = -ls[i] * xs[i + 1];
-                    }
-                } else {
-                    if (ga) for (long i = 1; i < N; i++) ga[m + i] -= ls[i] * xs[i - 1];
-                    if (gb) for (long i = 0; i < N; i++) gb[m + i] -= ls[i] * xs[i];
-                    if (gc) for (long i = 0; i < N - 1; i++) gc[m + i] -= ls[i] * xs[i + 1];
-                }
+            scatter_SFX(N, K * N, ll, lam + (p0 * K + k) * N);
+            if (!want) continue;
+            for (long j = 0; j < L_SFX; j++) {
+                long o = ((p0 + j) * K + k) * N, m = (p0 + j) * N;
+                cotangents_SFX(N, k == 0, lam + o, x + o, ga ? ga + m : 0, gb ? gb + m : 0, gc ? gc + m : 0);
             }
         }
+    }
+    for (; p0 < P; p0++) {
+        long m = p0 * N, r = p0 * K * N;
+        adjoint_one_SFX(K, N, a + m, b + m, c + m, x + r, g + r, lam + r, ga ? ga + m : 0, gb ? gb + m : 0,
+                        gc ? gc + m : 0, (REAL *)work, (REAL *)work + N);
     }
 }
 """
