@@ -69,7 +69,8 @@ def summarize(
         res.initial_state = problem.initial_state(z)
     if uncertainty and names:
         C = laplace_covariance(
-            problem.cost, z, method=uncertainty, indices=range(problem.p), residuals=problem.residuals
+            problem.cost, z, method=uncertainty, indices=range(problem.p), residuals=problem.residuals,
+            jacobian=problem.jacobian,
         )
         sd = C.diagonal().clamp(min=0).sqrt()
         for i, n in enumerate(names):
@@ -138,7 +139,7 @@ def calibrate(
         lr=lr,
         gtol=gtol,
         ftol=ftol,
-        residuals=problem.residuals,
+        residuals=problem.residuals, jacobian=problem.jacobian,
         progress=progress,
         desc="calibrate",
     )

@@ -74,6 +74,7 @@ def fourdvar(
     ftol: float = 1e-14,
     uncertainty: str | None = None,
     checkpoint: int | None = None,
+    jacobian: str = "forward",
     progress: bool = False,
 ) -> FourDVarResult:
     """Strong- (``Q=None``) or weak-constraint 4D-Var over the window ``[t0, last observation time]``.
@@ -95,6 +96,7 @@ def fourdvar(
         Q=Q,
         model_error_every=model_error_every,
         checkpoint=checkpoint,
+        jacobian=jacobian,
     )
     opt = minimize(
         problem.cost,
@@ -103,7 +105,7 @@ def fourdvar(
         max_iter=max_iter,
         gtol=gtol,
         ftol=ftol,
-        residuals=problem.residuals,
+        residuals=problem.residuals, jacobian=problem.jacobian,
         progress=progress,
         desc="4D-Var",
         keep_iterates=params,
@@ -162,6 +164,7 @@ def cycled_fourdvar(
     max_iter: int = 100,
     gtol: float = 1e-9,
     ftol: float = 1e-14,
+    jacobian: str = "forward",
     progress: bool = False,
 ) -> CycledResult:
     """Cycled strong-constraint 4D-Var over all of ``obs`` (tensor states; see module docstring)."""
@@ -197,7 +200,7 @@ def cycled_fourdvar(
         sub = obs.select(range(first, e + 1))
         ta, _ = time_of(a)
         r = fourdvar(
-            model, sub, x_bg, B, t0=ta, dt=dt_, method=method, max_iter=max_iter, gtol=gtol, ftol=ftol
+            model, sub, x_bg, B, t0=ta, dt=dt_, method=method, max_iter=max_iter, gtol=gtol, ftol=ftol, jacobian=jacobian,
         )
         out.n_evals += r.n_evals
         out.iterations.append(r.n_iter)
@@ -210,3 +213,44 @@ def cycled_fourdvar(
     out.analyses = torch.stack(analyses)
     out.wall_time = time.perf_counter() - t_start
     return out
+
+
+def var3d(
+    model: object,
+    obs: ObservationSet,
+    xb: torch.Tensor,
+    B: Covariance | torch.Tensor | float,
+    *,
+    t0: float = 0.0,
+    dt: float | None = None,
+    method: str = "gauss-newton",
+    max_iter: int = 10,
+    jacobian: str = "forward",
+    progress: bool = False,
+) -> CycledResult:
+    """Cycled 3D-Var with a static B: forecast to each observation time, then minimise
+    ½‖v‖² + ½‖(H(x_f + S_B v) − y)/σ‖² there (one Gauss–Newton step is exact for a linear H)."""
+    if not torch.is_tensor(xb):
+        raise ConfigError("var3d needs a tensor state")
+    _, dt_ = step_function(model, dt)
+    steps = obs.step_indices(dt_, t0).tolist()
+    t_start = time.perf_counter()
+    x, k, out, n_evals, iters = xb.detach(), 0, [], 0, []
+    rng = range(obs.n_times)
+    bar = tqdm(rng, desc="3D-Var", leave=False) if (progress and tqdm is not None) else rng
+    for i in bar:
+        with torch.no_grad():
+            x = propagate(model, x, steps[i] - k, t0=t0 + k * dt_, dt=dt_)
+        k = steps[i]
+        r = fourdvar(
+            model, obs.select([i]), x, B, t0=t0 + k * dt_, dt=dt_, method=method, max_iter=max_iter,
+            ftol=1e-10, jacobian=jacobian,
+        )
+        x = r.analysis
+        out.append(x)
+        n_evals += r.n_evals
+        iters.append(r.n_iter)
+    return CycledResult(
+        times=obs.times.clone(), analyses=torch.stack(out), n_evals=n_evals,
+        wall_time=time.perf_counter() - t_start, iterations=iters,
+    )

@@ -74,6 +74,7 @@ def laplace_covariance(
     method: str = "hessian",
     indices: Sequence[int] | None = None,
     residuals: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    jacobian: Callable[[torch.Tensor], torch.Tensor] | None = None,
     cg_tol: float = 1e-10,
 ) -> torch.Tensor:
     """Posterior covariance block ``(H⁻¹)[indices, indices]`` of the control at ``z`` (default: all)."""
@@ -93,7 +94,7 @@ def laplace_covariance(
     if method == "gauss-newton":
         if residuals is None:
             raise ConfigError("laplace method 'gauss-newton' needs the residual function")
-        Jm = torch.func.jacfwd(residuals)(z.detach())
+        Jm = jacobian(z.detach()) if jacobian is not None else torch.func.jacfwd(residuals)(z.detach())
         H = Jm.T @ Jm
     else:
         H = hessian(cost, z)

@@ -192,17 +192,26 @@ class ObservationSet:
             raise ShapeError(
                 f"predictions have shape {tuple(pred.shape)}; expected (n_t={self.n_times}, *batch, m={self.m})"
             )
-        y = self.values.to(pred)
-        mask = self.mask.to(pred.device)
+        extra = pred.ndim - self.values.ndim  # leading batch dims of pred (ensemble members) not in values
+        if extra < 0:
+            raise ShapeError(f"predictions {tuple(pred.shape)} have fewer dims than values {tuple(self.values.shape)}")
+
+        def lift(t: torch.Tensor) -> torch.Tensor:
+            return t.reshape(t.shape[0], *([1] * extra), *t.shape[1:])
+
+        y = lift(self.values.to(pred))
+        mask = lift(self.mask.to(pred.device))
         y0 = torch.where(mask, y, torch.zeros((), dtype=pred.dtype))
         d = self.transform(pred) - self.transform(y0)
         if self.cov is not None:
             L = self._chol.to(pred)
             if L.ndim == 3:
                 L = L.reshape(L.shape[0], *([1] * (d.ndim - 2)), *L.shape[1:])
+            else:
+                L = L.expand(*d.shape[:-1], *L.shape)
             r = torch.linalg.solve_triangular(L, d.unsqueeze(-1), upper=False).squeeze(-1)
             return r
-        r = d / self.sigma.to(pred)
+        r = d / lift(self.sigma.to(pred))
         return torch.where(torch.broadcast_to(mask, r.shape), r, torch.zeros((), dtype=r.dtype))
 
     def nll(self, pred: torch.Tensor, *, batch_dims: int = 0) -> torch.Tensor:

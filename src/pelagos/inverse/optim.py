@@ -68,6 +68,7 @@ def minimize(
     ftol: float = 1e-12,
     history_size: int = 20,
     residuals: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    jacobian: Callable[[torch.Tensor], torch.Tensor] | None = None,
     progress: bool = False,
     desc: str = "minimise",
     keep_iterates: bool = True,
@@ -159,10 +160,11 @@ def minimize(
             raise ConfigError("method='gauss-newton' needs the residual function (J = ½‖r‖²)")
         Jc = J0
         for it in range(max_iter):
-            r = residuals(z).detach()
-            Jm = torch.func.jacfwd(residuals)(z).detach()
+            # Exact gradient (reverse mode); the Jacobian only shapes the Gauss–Newton metric JᵀJ, so an
+            # approximate ("bundle") Jacobian changes the path but not the optimum.
+            _, g = f.value_and_grad(z)
+            Jm = (jacobian(z) if jacobian is not None else torch.func.jacfwd(residuals)(z)).detach()
             f.n += 1
-            g = Jm.T @ r
             H = Jm.T @ Jm
             H = H + 1e-12 * H.diagonal().abs().max().clamp(min=1.0) * torch.eye(H.shape[0], dtype=H.dtype)
             dz = -torch.linalg.solve(H, g)
