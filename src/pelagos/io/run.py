@@ -43,8 +43,10 @@ def build_model(cfg: Mapping[str, Any]):
     forcing = ColumnForcing.from_gotm(fpath, bottom_stress=cfg["forcing"]["bottom_stress"], dtype=dtype)
     b = cfg["bgc"]
     source: Any = resolve_path(b["fabm_yaml"], base) if b["fabm_yaml"] else {"instances": b["instances"]}
+    # Parameters are stored in the run's dtype from the start: a float32 value cast to float64 later keeps its
+    # float32 rounding (0.0225 -> 0.02250000089...).
     bgc = BGCSystem.from_yaml(
-        source, drop=tuple(b["drop"] or ()), drop_unsupported=bool(b["drop_unsupported"])
+        source, drop=tuple(b["drop"] or ()), drop_unsupported=bool(b["drop_unsupported"]), dtype=dtype
     )
     num = {k: v for k, v in cfg["numerics"].items() if k not in ("dtype", "columns")}
     if isinstance(num.get("light"), list):
