@@ -241,7 +241,18 @@ def _build() -> ctypes.CDLL:
     if not cc:
         raise RuntimeError("no C compiler found (set CC)")
     key = hashlib.sha256((_SOURCE + " ".join(_FLAGS) + platform.machine()).encode()).hexdigest()[:16]
-    lib = _cache_dir() / f"thomas-{key}.so"
+    name = f"thomas-{key}.so"
+    lib = _cache_dir() / name
+    if not lib.exists():
+        try:
+            lib.parent.mkdir(parents=True, exist_ok=True)
+            writable = os.access(lib.parent, os.W_OK)
+        except OSError:
+            writable = False
+        if not writable:  # read-only home: build in a private temporary directory instead
+            lib = (
+                Path(tempfile.gettempdir()) / f"pelagos-{os.getuid() if hasattr(os, 'getuid') else 0}" / name
+            )
     if not lib.exists():
         try:  # with AVX2 function multi-versioning (gcc on x86-64), else portable
             _compile(cc, [*_FLAGS, "-DPELAGOS_MV"], lib)
