@@ -33,13 +33,11 @@ def fd(f, x, v, eps):
     return (f(x + eps * v) - f(x - eps * v)) / (2 * eps)
 
 
-@pytest.mark.parametrize("name,eps", [("rek", 1e-12), ("beta", 1e-16), ("rd", 1e-4), ("U1", 1e-6)])
+@pytest.mark.parametrize("name,eps", [("rek", 1e-5), ("beta", 1e-16), ("rd", 1e-4), ("U1", 1e-6)])
 def test_parameter_gradient_matches_central_fd(name, eps):
     m, q0 = make(parameterization=Smagorinsky(0.1))
     m.select_free([name])
-    x0 = m.params.raw[name].detach().clone() if name in ("rek", "beta", "U1") else None
-    if x0 is None:  # log-transformed parameter: differentiate w.r.t. the raw (unconstrained) value
-        x0 = m.params.raw[name].detach().clone()
+    x0 = m.params.raw[name].detach().clone()  # unconstrained value (log for rek, rd; identity for beta, U1)
     x = x0.clone().requires_grad_(True)
     loss = loss_of(m, q0, {name: x})
     (g,) = torch.autograd.grad(loss, x)
@@ -64,7 +62,7 @@ def test_jvp_wrt_parameter_equals_vjp():
     m, q0 = make()
     m.select_free(["rek", "beta"])
     u = torch.stack([m.params.raw["rek"].detach(), m.params.raw["beta"].detach()])
-    v = torch.tensor([3e-7, 2e-12], dtype=torch.float64)
+    v = torch.tensor([0.5, 2e-12], dtype=torch.float64)
 
     def f(u):
         return loss_of(m, q0, {"rek": u[0], "beta": u[1]})

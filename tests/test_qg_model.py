@@ -106,7 +106,10 @@ def test_layered_with_two_layers_equals_qgmodel():
 def test_is_model_with_parameters_and_batch_of_trajectories():
     m = QGModel(nx=16)
     assert isinstance(m, Model)
-    names = [r["name"] for r in m.parameters_table(as_rows=True)]
+    rows = {r["name"]: r for r in m.parameters_table(as_rows=True)}
+    assert rows["rek"]["transform"] == "log" and rows["rek"]["units"] == "s-1"
+    assert QGModel(nx=16, rek=0.0).parameters_table(as_rows=True)[0]["transform"] == "identity"
+    names = list(rows)
     for n in ("rek", "beta", "rd", "delta", "H1", "U1", "U2", "filterfac"):
         assert n in names
     assert m.select_free(["rek", "beta"]) == ["rek", "beta"]
@@ -143,7 +146,7 @@ def test_parameter_batch_equals_separate_runs():
     m = QGModel(nx=16, dt=3600.0)
     q = m.random_q(2, seed=3)
     rek = torch.tensor([1e-7, 9e-7], dtype=torch.float64)
-    with m.using({"rek": rek}):  # identity transform: raw value = physical value
+    with m.using({"rek": torch.log(rek)}):  # rek > 0 is stored as log(rek)
         st = m.state_from_q(q)
         for _ in range(30):
             st = m.step(st)

@@ -109,7 +109,9 @@ class SpectralQG(Model):
     # -- parameters ----------------------------------------------------------------------------------------
     def _declare(self, name: str, default: float, units: str, bounds: tuple, description: str) -> None:
         """Declare in float64 whatever the working dtype (coefficients are formed in float64, as pyqg-jax)."""
-        transform = "identity" if bounds[0] == 0.0 or bounds == (None, None) else "auto"
+        # positive parameters are optimised in log space; a lower bound of 0 that is actually requested
+        # (rek = 0: no drag, filterfac = 0: no filter) keeps the identity transform so 0 stays allowed
+        transform = "identity" if bounds == (None, None) or (bounds[0] == 0.0 and default == 0.0) else "auto"
         self.params.declare(
             name,
             default,

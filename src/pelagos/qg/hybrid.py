@@ -1,0 +1,350 @@
+"""Hybrid physics–ML QG: training data from high-res runs, offline and online closure training, evaluation.
+
+Pipeline (:func:`run_pipeline`, driven by ``pelagos qg train-closure|evaluate CONFIG.yaml``):
+
+1. :func:`make_data` — spin up a batch of high-res two-layer runs from seeded initial conditions, then keep
+   the coarse-grained PV q̄ at every step (the online "truth") and (q̄, S_q) pairs every few steps (offline);
+2. :func:`train_offline` — a priori: fit the CNN to S_q from q̄ (MSE on normalised fields);
+3. :func:`train_online` — a posteriori: unroll the low-res model with the closure for n steps from q̄(t₀),
+   loss = mean over the unrolled trajectory of the normalised squared PV error against q̄(t₀ + k dt),
+   backpropagate through the solver (checkpointed rollout), curriculum n = 2, 4, 8, …;
+4. :func:`evaluate` — low-res with no closure / Smagorinsky / BackscatterBiharmonic / offline / online CNN vs
+   the coarse-grained truth: short-term error, long-run stability, KE spectra and energy-budget distances, and
+   pyqg-style similarity scores 1 − d(model, truth)/d(no closure, truth).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from ..core.errors import ConfigError, StabilityError
+from ..core.rollout import rollout
+from ..nn.qg_closure import QGClosureCNN
+from .coarsen import Coarsener, lowres_like
+from .diagnostics import calc_ispec, diagnostics
+from .models import QGModel
+from .parameterizations import BackscatterBiharmonic, NeuralClosure, Smagorinsky
+
+DAY = 86400.0
+YEAR = 360 * DAY
+
+
+@dataclass
+class HybridConfig:
+    """Settings of the hybrid pipeline; the defaults train on 2 CPU cores in minutes (see ``gpu()``)."""
+
+    nx_hr: int = 64
+    nx_lr: int = 16
+    dt: float = 7200.0  # s, both resolutions
+    model: dict = field(default_factory=dict)  # QGModel keyword arguments (pyqg defaults otherwise)
+    coarsen: str = "spectral"
+    n_train: int = 4  # high-res trajectories for training
+    n_test: int = 1  # held-out trajectories (other seeds)
+    spinup_years: float = 4.0
+    data_years: float = 1.0
+    pair_every: int = 6  # steps between offline (q̄, S) pairs
+    hidden: int = 32
+    layers: int = 4
+    kernel: int = 5
+    offline_iters: int = 600
+    offline_batch: int = 32
+    offline_lr: float = 2e-3
+    online_iters: int = 200
+    online_batch: int = 8
+    online_lr: float = 3e-4
+    curriculum: list = field(default_factory=lambda: [2, 4, 8, 16])
+    checkpoint: str | int | None = "sqrt"
+    eval_days: list = field(default_factory=lambda: [1, 5, 10, 30])
+    eval_starts: int = 6
+    eval_years: float = 3.0
+    seed: int = 0
+    device: str = "cpu"
+
+    @classmethod
+    def gpu(cls) -> HybridConfig:
+        """A larger configuration for a GPU: 256² → 64² (Ross et al. 2023 'eddy'), longer training."""
+        return cls(
+            nx_hr=256,
+            nx_lr=64,
+            dt=3600.0,
+            n_train=16,
+            n_test=4,
+            spinup_years=10.0,
+            data_years=2.0,
+            hidden=64,
+            layers=6,
+            offline_iters=5000,
+            online_iters=2000,
+            curriculum=[2, 4, 8, 16, 32],
+            eval_years=10.0,
+            device="cuda",
+        )
+
+    @classmethod
+    def from_dict(cls, d: dict) -> HybridConfig:
+        names = {f for f in cls.__dataclass_fields__}
+        unknown = set(d) - names
+        if unknown:
+            raise ConfigError(f"unknown hybrid config keys {sorted(unknown)}; valid: {sorted(names)}")
+        return cls(**d)
+
+
+# -- data ---------------------------------------------------------------------------------------------------
+def make_models(cfg: HybridConfig) -> tuple[QGModel, QGModel, Coarsener]:
+    hi = QGModel(nx=cfg.nx_hr, dt=cfg.dt, device=cfg.device, **cfg.model)
+    lo = lowres_like(hi, cfg.nx_lr)
+    return hi, lo, Coarsener(hi, lo, cfg.coarsen)
+
+
+@torch.no_grad()
+def make_data(cfg: HybridConfig, log=print) -> dict:
+    """High-res runs → coarse truth q̄ every step (T, B, nz, ny, nx), offline pairs and truth diagnostics."""
+    hi, lo, C = make_models(cfg)
+    B = cfg.n_train + cfg.n_test
+    st = hi.initial_state(batch=B, seed=cfg.seed)
+    n_spin = int(round(cfg.spinup_years * YEAR / cfg.dt))
+    t0 = time.time()
+    for k in range(0, n_spin, 1000):
+        st = rollout(hi, st, min(1000, n_spin - k), save_every=10**9, include_initial=False).final
+        hi.check_cfl(st)
+    log(f"spin-up: {n_spin} steps of {cfg.nx_hr}² x {B} in {time.time() - t0:.0f} s")
+    n_data = int(round(cfg.data_years * YEAR / cfg.dt))
+    truth, pairs_q, pairs_S, diags = [], [], [], []
+    names = ["KEspec", "KEflux_div", "APEflux_div", "APEgenspec", "KEfrictionspec", "Dissspec", "EKE"]
+    for k in range(n_data):
+        truth.append(C(st["q"]))
+        if k % cfg.pair_every == 0:
+            qb, S = C.subgrid_forcing(st)
+            pairs_q.append(qb[: cfg.n_train])
+            pairs_S.append(S[: cfg.n_train])
+        if k % (4 * cfg.pair_every) == 0:
+            diags.append(diagnostics(hi, st, names))
+        st = hi.step(st)
+    hi.check_cfl(st)
+    log(f"data: {n_data} steps, {len(pairs_q) * cfg.n_train} offline pairs, in {time.time() - t0:.0f} s")
+    mean_diag = {n: torch.stack([d[n] for d in diags]).mean(0) for n in names}
+    return {
+        "truth": torch.stack(truth),  # (T, B, nz, ny, nx) on the low-res grid
+        "pairs_q": torch.cat(pairs_q),
+        "pairs_S": torch.cat(pairs_S),
+        "truth_diags_hr": mean_diag,  # time means of the high-res diagnostics (train and test runs)
+        "config": asdict(cfg),
+    }
+
+
+def scales(data: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-layer standard deviations of q̄ and S_q (nz, 1, 1), used to normalise the network's in/outputs."""
+    sq = data["pairs_q"].std(dim=(0, 2, 3))[:, None, None]
+    sS = data["pairs_S"].std(dim=(0, 2, 3))[:, None, None]
+    return sq, sS
+
+
+def make_closure(cfg: HybridConfig, data: dict) -> NeuralClosure:
+    sq, sS = scales(data)
+    net = QGClosureCNN(nz=data["pairs_q"].shape[1], hidden=cfg.hidden, layers=cfg.layers, kernel=cfg.kernel)
+    net = net.to(cfg.device)
+    return NeuralClosure(net, inputs="q", kind="q", input_scale=sq, output_scale=sS).to(cfg.device)
+
+
+# -- training ------------------------------------------------------------------------------------------------
+def train_offline(cfg: HybridConfig, data: dict, closure: NeuralClosure | None = None, log=print):
+    """A priori training: minimise ‖net(q̄/σ_q) − S/σ_S‖² over the offline pairs. Returns (closure, curve)."""
+    closure = make_closure(cfg, data) if closure is None else closure
+    g = torch.Generator().manual_seed(cfg.seed)
+    x = (data["pairs_q"] / closure.input_scale).float()
+    y = (data["pairs_S"] / closure.output_scale).float()
+    n_val = max(1, x.shape[0] // 10)
+    xv, yv, xt, yt = x[:n_val], y[:n_val], x[n_val:], y[n_val:]
+    opt = torch.optim.Adam(closure.net.parameters(), lr=cfg.offline_lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.offline_iters)
+    curve = []
+    for it in range(cfg.offline_iters):
+        idx = torch.randint(0, xt.shape[0], (cfg.offline_batch,), generator=g)
+        loss = ((closure.net(xt[idx]) - yt[idx]) ** 2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+        if it % 50 == 0 or it == cfg.offline_iters - 1:
+            with torch.no_grad():
+                val = float(((closure.net(xv) - yv) ** 2).mean())
+            curve.append({"iter": it, "train": loss.item(), "val": val})
+            log(f"offline {it:5d}  train {loss.item():.4f}  val {val:.4f}  (R² = {1 - val:.3f})")
+    return closure, curve
+
+
+def _windows(truth: torch.Tensor, n: int, batch: int, gen: torch.Generator, n_train: int):
+    """Random training windows: initial q̄ (batch, nz, ny, nx) and targets (n, batch, nz, ny, nx)."""
+    T = truth.shape[0]
+    t0 = torch.randint(0, T - n, (batch,), generator=gen)
+    b = torch.randint(0, n_train, (batch,), generator=gen)
+    idx = t0[None, :] + torch.arange(n + 1)[:, None]  # (n+1, batch)
+    seq = truth[idx, b[None, :]]
+    return seq[0], seq[1:]
+
+
+def train_online(cfg: HybridConfig, data: dict, closure: NeuralClosure, log=print):
+    """A posteriori training through the low-res solver with a curriculum on the unroll length."""
+    _, lo, _ = make_models(cfg)
+    lo.parameterization = closure
+    sq = closure.input_scale
+    g = torch.Generator().manual_seed(cfg.seed + 1)
+    opt = torch.optim.Adam(closure.net.parameters(), lr=cfg.online_lr)
+    stages = list(cfg.curriculum)
+    per = max(1, cfg.online_iters // len(stages))
+    curve = []
+    truth = data["truth"]
+    it = 0
+    for n in stages:
+        for _ in range(per):
+            q0, target = _windows(truth, n, cfg.online_batch, g, cfg.n_train)
+            traj = rollout(lo, lo.state_from_q(q0), n, checkpoint=cfg.checkpoint, include_initial=False)
+            pred = traj.states["q"]  # (n, batch, nz, ny, nx)
+            if not bool(torch.isfinite(pred).all()):
+                log(f"online {it}: non-finite rollout skipped (n = {n})")
+                continue
+            loss = (((pred - target) / sq) ** 2).mean()
+            opt.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(closure.net.parameters(), 1.0)
+            opt.step()
+            if it % 20 == 0:
+                curve.append({"iter": it, "n": n, "loss": loss.item()})
+                log(f"online {it:5d}  n = {n:3d}  trajectory loss {loss.item():.4f}")
+            it += 1
+    lo.parameterization = None
+    return closure, curve
+
+
+# -- evaluation ----------------------------------------------------------------------------------------------
+def _ispec_layers(model, spec: torch.Tensor) -> torch.Tensor:
+    """Isotropic spectra of a (…, nl, nk) density (layers kept), mean over the batch dim if present."""
+    return calc_ispec(model, spec)[1]
+
+
+@torch.no_grad()
+def evaluate(cfg: HybridConfig, data: dict, closures: dict, log=print) -> dict:
+    """Scores of each low-res closure against the coarse-grained high-res truth (held-out runs)."""
+    hi, lo, _ = make_models(cfg)
+    truth = data["truth"][:, cfg.n_train :]  # held-out trajectories (T, n_test, nz, ny, nx)
+    T = truth.shape[0]
+    steps_day = int(round(DAY / cfg.dt))
+    horizons = [d for d in cfg.eval_days if d * steps_day < T]
+    n_max = max(horizons) * steps_day if horizons else 0
+    starts = torch.linspace(0, T - 1 - n_max, cfg.eval_starts).long() if horizons else torch.zeros(0).long()
+    sigma = truth.std(dim=(0, 1, 3, 4))[:, None, None]
+    names = ["KEspec", "KEflux_div", "APEflux_div", "APEgenspec", "KEfrictionspec", "Dissspec", "EKE"]
+    kr_lo, _ = calc_ispec(lo, torch.zeros(lo.grid.nl, lo.grid.nk, dtype=torch.float64))
+    nkr = kr_lo.numel()
+    hr = data["truth_diags_hr"]
+
+    def iso(model, d, name):
+        x = d[name].mean(0)  # over trajectories
+        if name == "EKE":
+            return x
+        return _ispec_layers(model, x)[..., :nkr]
+
+    target = {n: iso(hi, hr, n) for n in names}
+    results = {}
+    for label, closure in closures.items():
+        lo.parameterization = closure
+        # short-term error: normalised RMSE of q after d days, averaged over starts and test runs
+        err = {}
+        if horizons:
+            q0 = torch.cat([truth[s] for s in starts])
+            tgt = torch.stack([torch.cat([truth[s + d * steps_day] for s in starts]) for d in horizons])
+            traj = rollout(lo, lo.state_from_q(q0), n_max, save_every=steps_day, include_initial=False)
+            for i, d in enumerate(horizons):
+                pred = traj.states["q"][d - 1]
+                err[d] = float(((((pred - tgt[i]) / sigma) ** 2).mean()).sqrt())
+        # long run from the first held-out state: stability and time-mean diagnostics of the last half
+        st = lo.state_from_q(truth[0])
+        n_long = int(round(cfg.eval_years * YEAR / cfg.dt))
+        stable_years, acc, count = cfg.eval_years, {n: 0 for n in names}, 0
+        for k in range(0, n_long, 100):
+            st = rollout(lo, st, min(100, n_long - k), save_every=10**9, include_initial=False).final
+            try:
+                lo.check_cfl(st)
+            except StabilityError:
+                stable_years = (k + 100) * cfg.dt / YEAR
+                break
+            if k >= n_long // 2 and k % 300 == 0:
+                d = diagnostics(lo, st, names)
+                acc = {n: acc[n] + d[n] for n in names}
+                count += 1
+        res = {"rmse_days": err, "stable_years": stable_years, "blew_up": stable_years < cfg.eval_years}
+        if count:
+            mean = {n: acc[n] / count for n in names}
+            dist = {}
+            for n in names:
+                m_iso = iso(lo, mean, n)
+                dist[n] = float(((m_iso - target[n]) ** 2).mean().sqrt())
+            res["distance"] = dist
+            res["ke_ispec"] = iso(lo, mean, "KEspec").tolist()
+        results[label] = res
+        log(f"{label:>22s}: rmse {err}  stable {stable_years:.2f} yr")
+    lo.parameterization = None
+    base = results.get("no closure", {}).get("distance")
+    for res in results.values():
+        if base and "distance" in res:
+            res["similarity"] = {n: 1 - res["distance"][n] / base[n] for n in base if base[n] > 0}
+    results["_truth_ke_ispec"] = target["KEspec"].tolist()
+    results["_kr"] = kr_lo.tolist()
+    return results
+
+
+def baseline_closures() -> dict:
+    return {
+        "no closure": None,
+        "Smagorinsky": Smagorinsky(0.15),
+        "BackscatterBiharmonic": BackscatterBiharmonic(0.08, 0.99),
+    }
+
+
+def run_pipeline(cfg: HybridConfig, log=print) -> dict:
+    """Everything: data, offline CNN, online CNN (started from the offline one), evaluation."""
+    torch.manual_seed(cfg.seed)
+    data = make_data(cfg, log)
+    offline, curve_off = train_offline(cfg, data, log=log)
+    online, curve_on = train_online(cfg, data, copy.deepcopy(offline), log=log)
+    closures = {**baseline_closures(), "offline CNN": offline, "online CNN": online}
+    results = evaluate(cfg, data, closures, log=log)
+    return {
+        "config": asdict(cfg),
+        "curves": {"offline": curve_off, "online": curve_on},
+        "results": results,
+        "closures": {"offline": offline, "online": online},
+        "data": data,
+    }
+
+
+def summary_table(results: dict) -> str:
+    """Markdown table: short-term error, stability, similarity of KE spectrum and energy budget."""
+    labels = [k for k in results if not k.startswith("_")]
+    days = sorted({d for k in labels for d in results[k]["rmse_days"]})
+    head = [
+        "closure",
+        *[f"RMSE {d} d" for d in days],
+        "stable yr",
+        "sim KEspec",
+        "sim KEflux",
+        "sim APEgen",
+        "sim EKE",
+    ]
+    rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for k in labels:
+        r = results[k]
+        sim = r.get("similarity", {})
+
+        def f(x):
+            return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.3g}"
+
+        cells = [k, *[f(r["rmse_days"].get(d)) for d in days], f(r["stable_years"])]
+        cells += [f(sim.get(n)) for n in ("KEspec", "KEflux_div", "APEgenspec", "EKE")]
+        rows.append("| " + " | ".join(cells) + " |")
+    return "\n".join(rows)
