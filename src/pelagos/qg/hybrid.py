@@ -104,16 +104,16 @@ def make_models(cfg: HybridConfig) -> tuple[QGModel, QGModel, Coarsener]:
 @torch.no_grad()
 def make_data(cfg: HybridConfig, log=print) -> dict:
     """High-res runs → coarse truth q̄ every step (T, B, nz, ny, nx), offline pairs and truth diagnostics."""
-    hi, lo, C = make_models(cfg)
+    hi, _lo, C = make_models(cfg)
     B = cfg.n_train + cfg.n_test
     st = hi.initial_state(batch=B, seed=cfg.seed)
-    n_spin = int(round(cfg.spinup_years * YEAR / cfg.dt))
+    n_spin = round(cfg.spinup_years * YEAR / cfg.dt)
     t0 = time.time()
     for k in range(0, n_spin, 1000):
         st = rollout(hi, st, min(1000, n_spin - k), save_every=10**9, include_initial=False).final
         hi.check_cfl(st)
     log(f"spin-up: {n_spin} steps of {cfg.nx_hr}² x {B} in {time.time() - t0:.0f} s")
-    n_data = int(round(cfg.data_years * YEAR / cfg.dt))
+    n_data = round(cfg.data_years * YEAR / cfg.dt)
     truth, pairs_q, pairs_S, diags = [], [], [], []
     names = ["KEspec", "KEflux_div", "APEflux_div", "APEgenspec", "KEfrictionspec", "Dissspec", "EKE"]
     for k in range(n_data):
@@ -233,7 +233,7 @@ def evaluate(cfg: HybridConfig, data: dict, closures: dict, log=print) -> dict:
     hi, lo, _ = make_models(cfg)
     truth = data["truth"][:, cfg.n_train :]  # held-out trajectories (T, n_test, nz, ny, nx)
     T = truth.shape[0]
-    steps_day = int(round(DAY / cfg.dt))
+    steps_day = round(DAY / cfg.dt)
     horizons = [d for d in cfg.eval_days if d * steps_day < T]
     n_max = max(horizons) * steps_day if horizons else 0
     starts = torch.linspace(0, T - 1 - n_max, cfg.eval_starts).long() if horizons else torch.zeros(0).long()
@@ -264,7 +264,7 @@ def evaluate(cfg: HybridConfig, data: dict, closures: dict, log=print) -> dict:
                 err[d] = float(((((pred - tgt[i]) / sigma) ** 2).mean()).sqrt())
         # long run from the first held-out state: stability and time-mean diagnostics of the last half
         st = lo.state_from_q(truth[0])
-        n_long = int(round(cfg.eval_years * YEAR / cfg.dt))
+        n_long = round(cfg.eval_years * YEAR / cfg.dt)
         stable_years, acc, count = cfg.eval_years, {n: 0 for n in names}, 0
         for k in range(0, n_long, 100):
             st = rollout(lo, st, min(100, n_long - k), save_every=10**9, include_initial=False).final
