@@ -1,0 +1,37 @@
+"""``pelagos qg run CONFIG.yaml``: NetCDF output, plot, clear configuration errors."""
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from pelagos.cli import main
+from pelagos.core import ConfigError
+from pelagos.qg import config
+
+
+def test_qg_run_writes_netcdf_and_plot(tmp_path):
+    cfg = tmp_path / "qg.yaml"
+    cfg.write_text(
+        "model: {type: QGModel, nx: 16, dt: 7200.0, rek: 1.0e-6}\n"
+        "closure: {type: BackscatterBiharmonic}\n"
+        "run: {years: 0.02, save_every_days: 2}\n"
+        "output: {dir: out, name: t}\n"
+    )
+    assert main(["qg", "run", str(cfg)]) == 0
+    ds = xr.open_dataset(tmp_path / "out" / "t.nc")
+    assert ds["q"].dims == ("time", "run", "lev", "y", "x")
+    assert ds.sizes["time"] == 4 and np.isfinite(ds["q"]).all()
+    assert float(ds.attrs["rek"]) == pytest.approx(1e-6)
+    assert "KEspec_mean" in ds and (tmp_path / "out" / "t.png").exists()
+
+
+def test_config_errors_name_the_problem(tmp_path):
+    with pytest.raises(ConfigError, match="sections"):
+        config.load({"modle": {}})
+    with pytest.raises(ConfigError, match="model type"):
+        config.build_model({"model": {"type": "SQG"}})
+    with pytest.raises(ConfigError, match="closure type"):
+        config.build_model({"model": {"nx": 16}, "closure": {"type": "Leith"}})
+    with pytest.raises(ConfigError, match="model section"):
+        config.build_model({"model": {"nx": 16, "rekk": 1.0}})
+    assert main(["qg", "run", str(tmp_path / "missing.yaml")]) == 1
