@@ -1,0 +1,299 @@
+"""Flagship twin experiment (``make demo``): 4D-Var recovers NPZD parameters and the initial state of the
+Northern North Sea 1998 spring bloom from sparse, noisy observations.
+
+- Model: FABM's gotm/npzd in the pelagos water column, driven by the GOTM NNS 1998 physics (the compact
+  22 × 5 m hourly forcing shipped with pelagos), coarsened to 11 layers of 10 m and a 6-hour step (the step's
+  mean forcing; see docs/flagship.md for why this is sound and what it costs).
+- Truth: the FABM test-case parameters; spun up from 1 January to the window start (1 March).
+- Observations over 1 March – 1 June (92 days, 368 steps): weekly surface phytoplankton and monthly nutrient
+  profiles (5, 25, 50, 75, 100 m), 20 % log-normal noise.
+- First guess: six parameters wrong by 30–60 % (rmax, gmax, iv, alpha, i_min, w_d) and an initial state spun
+  up with those wrong parameters and with 20 % less nutrient; Gaussian priors centred on the first guess,
+  background covariance with a 20 m Gaussian vertical correlation.
+- 4D-Var (L-BFGS on parameters + whitened initial-state increment, gradient by autograd through the column),
+  then the Laplace (Gauss–Newton) posterior std of the parameters.
+
+Prints truth / prior / estimate ± std and writes results/flagship_*.png and results/flagship_nns_twin.json.
+Run: ``python examples/flagship_nns_twin.py`` (``--quick`` for a 4-week window).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from pelagos.column import ColumnForcing, ColumnModel, compact_forcing_path
+from pelagos.column.background import ColumnBackground
+from pelagos.column.coarsen import coarsen_forcing
+from pelagos.column.observe import SamplingPattern, synthetic_observations
+from pelagos.column.stacked import StackedColumn
+from pelagos.inverse.fourdvar import fourdvar
+from pelagos.io.config import resolve_path
+
+DAY = 86400.0
+TRUTH = {  # FABM's fabm-gotm-npzd.yaml values
+    "npzd.rmax": 1.0,
+    "npzd.gmax": 0.2,
+    "npzd.iv": 1.1,
+    "npzd.alpha": 1.35,
+    "npzd.i_min": 25.0,
+    "npzd.w_d": -5.0,
+}
+FIRST_GUESS = {
+    "npzd.rmax": 0.7,
+    "npzd.gmax": 0.3,
+    "npzd.iv": 1.6,
+    "npzd.alpha": 2.0,
+    "npzd.i_min": 35.0,
+    "npzd.w_d": -3.0,
+}
+PRIOR_REL_STD = 0.5  # prior std of each parameter ≈ 50 % of its first-guess value (in unconstrained space)
+
+
+def raw_std_for(model, name: str, value: float, rel: float) -> float:
+    """Unconstrained-space std equivalent to ``rel·|value|`` at ``value`` (delta method)."""
+    tr = model.parameter_spec(name).transform
+    u = tr.inverse(torch.tensor(float(value), dtype=torch.float64)).requires_grad_(True)
+    (dx,) = torch.autograd.grad(tr.forward(u), u)
+    return float(rel * abs(value) / abs(float(dx)))
+
+
+def build(window_days: float = 92.0, layers: int = 2, dt: float = 6 * 3600.0):
+    """Coarse NNS forcing and the stacked NPZD column; returns (model, t_start, t_end)."""
+    fine = ColumnForcing.from_gotm(compact_forcing_path())
+    t0 = fine.seconds("1998-03-01")
+    t1 = t0 + window_days * DAY
+    forcing = coarsen_forcing(fine, layers=layers, dt=dt, start=0.0, stop=t1)
+    col = ColumnModel(resolve_path("builtin:fabm/fabm-gotm-npzd.yaml", None), forcing, dt=dt)
+    return StackedColumn(col), t0, t1
+
+
+def spin_up(model, params: dict[str, float], t_end: float, nut_factor: float = 1.0) -> torch.Tensor:
+    """State at ``t_end`` from the BGC initial values on 1 January with these parameter values."""
+    for n, v in params.items():
+        model.set_parameter_value(n, v)
+    x = model.initial_state()[0]
+    x = x * torch.tensor([nut_factor, 1.0, 1.0, 1.0], dtype=x.dtype)[:, None]
+    with torch.no_grad():
+        for k in range(round(t_end / model.dt)):
+            x = model.step(x, k * model.dt)
+    return x
+
+
+def trajectory(model, x0: torch.Tensor, t0: float, n_steps: int, every: int = 1) -> torch.Tensor:
+    """(n_steps/every + 1, V, nz) states."""
+    out = [x0]
+    x = x0
+    with torch.no_grad():
+        for k in range(n_steps):
+            x = model.step(x, t0 + k * model.dt)
+            if (k + 1) % every == 0:
+                out.append(x)
+    return torch.stack(out)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="4-week window (a smoke run)")
+    ap.add_argument("--out", default="results", help="output folder")
+    ap.add_argument("--max-iter", type=int, default=60)
+    ap.add_argument("--seed", type=int, default=1998)
+    args = ap.parse_args(argv)
+    torch.set_default_dtype(torch.float64)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    cpu0, wall0 = time.process_time(), time.perf_counter()
+
+    days = 28.0 if args.quick else 92.0
+    model, t0, t1 = build(days)
+    n_steps = round((t1 - t0) / model.dt)
+    print(
+        f"NNS 1998 NPZD twin: {model.nz} layers of {float(model.forcing.fields['h'][0, 0, 0]):g} m, "
+        f"dt = {model.dt / 3600:g} h, window 1998-03-01 + {days:g} d ({n_steps} steps)"
+    )
+    names = list(TRUTH)
+    x_true = spin_up(model, TRUTH, t0)
+    obs = synthetic_observations(
+        model,
+        x_true,
+        [
+            SamplingPattern("npzd_phy", ["surface"], 7 * DAY),
+            SamplingPattern(
+                "npzd_nut", [5.0, 25.0, 50.0, 75.0, 100.0], 30 * DAY if not args.quick else 14 * DAY
+            ),
+        ],
+        t0=t0,
+        t_end=t1,
+        noise="lognormal",
+        rel=0.2,
+        generator=torch.Generator().manual_seed(args.seed),
+    )
+    print(f"observations: {obs.n_obs} values at {obs.n_times} times (20 % log-normal noise)")
+
+    # first guess: wrong parameters, initial state spun up with them and 20 % less nutrient
+    xb = spin_up(model, FIRST_GUESS, t0, nut_factor=0.8)
+    model.select_free(names)
+    for n in names:
+        model.set_prior(n, FIRST_GUESS[n], raw_std_for(model, n, FIRST_GUESS[n], PRIOR_REL_STD))
+    z_centres = torch.flip(torch.cumsum(torch.flip(model.forcing.fields["h"][0, 0], [0]), 0), [0])
+    z_centres = z_centres - 0.5 * model.forcing.fields["h"][0, 0]
+    std = 0.3 * xb.abs() + torch.tensor([0.1, 1e-3, 1e-4, 0.05])[:, None]
+    B = ColumnBackground(std, z_centres, length_scale=20.0)
+
+    res = fourdvar(
+        model,
+        obs,
+        xb,
+        B,
+        t0=t0,
+        params=True,
+        max_iter=args.max_iter if not args.quick else 25,
+        gtol=1e-6,
+        ftol=1e-10,
+        uncertainty="gauss-newton",
+        progress=False,
+    )
+    p = res.params
+    # table
+    rows = []
+    print(
+        f"\n4D-Var: cost {res.history[0]:.1f} -> {res.cost:.1f} in {res.n_iter} iterations, {res.n_evals} "
+        f"forward+adjoint runs, {res.wall_time:.0f} s ({res.message})"
+    )
+    print(
+        f"\n{'parameter':14s} {'truth':>9s} {'prior':>9s} {'estimate':>9s} {'± std':>8s}"
+        f"  {'95% interval':>20s}  ±2σ"
+    )
+    for n in names:
+        est, sd = p.estimates[n], p.std.get(n, float("nan"))
+        lo, hi = p.interval95.get(n, (float("nan"), float("nan")))
+        within = abs(est - TRUTH[n]) <= 2 * sd
+        rows.append(
+            {
+                "name": n,
+                "truth": TRUTH[n],
+                "prior": FIRST_GUESS[n],
+                "estimate": est,
+                "std": sd,
+                "interval95": [lo, hi],
+                "within_2std": bool(within),
+            }
+        )
+        print(
+            f"{n:14s} {TRUTH[n]:9.4g} {FIRST_GUESS[n]:9.4g} {est:9.4g} {sd:8.2g}  [{lo:8.4g}, {hi:8.4g}]  "
+            f"{'yes' if within else 'NO'}"
+        )
+    # initial-state error
+    rmse = {}
+    for i, v in enumerate(model.variables):
+        eb = float((xb[i] - x_true[i]).pow(2).mean().sqrt())
+        ea = float((res.analysis[i] - x_true[i]).pow(2).mean().sqrt())
+        rmse[v] = {"background": eb, "analysis": ea}
+    print(
+        "\ninitial-state RMSE (background -> analysis): "
+        + ", ".join(f"{v} {d['background']:.3g} -> {d['analysis']:.3g}" for v, d in rmse.items())
+    )
+
+    # trajectories for plots
+    every = 1
+    with model.using(
+        torch.tensor([model.parameter_spec(n).transform.inverse(torch.tensor(TRUTH[n])) for n in names])
+    ):
+        tr_true = trajectory(model, x_true, t0, n_steps, every)
+    with model.using(torch.tensor([model.parameter_spec(n).prior.mean for n in names])):
+        tr_fg = trajectory(model, xb, t0, n_steps, every)
+    with model.using(p.z[: len(names)]):
+        tr_an = trajectory(model, res.analysis, t0, n_steps, every)
+    cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
+    print(f"\ntotal: {wall:.0f} s wall, {cpu:.0f} s CPU (torch threads: {torch.get_num_threads()})")
+    files = plot_all(out, model, obs, p, names, tr_true, tr_fg, tr_an, t0, res)
+    summary = {
+        "window": {"start": "1998-03-01", "days": days, "dt_s": model.dt, "nz": model.nz, "steps": n_steps},
+        "observations": {"n": obs.n_obs, "times": obs.n_times, "noise": "lognormal 20 %"},
+        "parameters": rows,
+        "initial_state_rmse": rmse,
+        "cost_history": res.history,
+        "n_iter": res.n_iter,
+        "n_evals": res.n_evals,
+        "wall_time_s": wall,
+        "cpu_time_s": cpu,
+        "converged": res.converged,
+        "message": res.message,
+        "plots": [str(f) for f in files],
+    }
+    (out / "flagship_nns_twin.json").write_text(json.dumps(summary, indent=2))
+    print("wrote " + ", ".join(str(f) for f in [*files, out / "flagship_nns_twin.json"]))
+    return summary
+
+
+def plot_all(out, model, obs, p, names, tr_true, tr_fg, tr_an, t0, res) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    files = []
+    days = (torch.arange(tr_true.shape[0]) * model.dt / DAY).numpy()
+    # cost history and parameter trajectories
+    fig, axes = plt.subplots(1, 1 + len(names), figsize=(3.0 * (1 + len(names)), 3.0))
+    axes[0].semilogy(res.history, marker=".")
+    axes[0].set_xlabel("iteration")
+    axes[0].set_ylabel("cost J")
+    axes[0].set_title("4D-Var cost")
+    p.plot_parameters(truth=TRUTH, axes=axes[1:])
+    fig.tight_layout()
+    files.append(out / "flagship_cost_parameters.png")
+    fig.savefig(files[-1], dpi=110)
+    plt.close(fig)
+    # observations vs model, before/after
+    od = ((obs.times - t0) / DAY).numpy()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    ax = axes[0]
+    j = 0  # surface phytoplankton column
+    for tr, lab, st in ((tr_true, "truth", "k-"), (tr_fg, "first guess", "C1--"), (tr_an, "analysis", "C0-")):
+        ax.plot(days, tr[:, 1, -1].numpy(), st, label=lab)
+    ok = torch.isfinite(obs.values[:, j])
+    ax.plot(od[ok.numpy()], obs.values[ok, j].numpy(), "ko", mfc="none", label="observed")
+    ax.set_yscale("log")
+    ax.set_xlabel("days after 1998-03-01")
+    ax.set_ylabel("surface phytoplankton (mmol N m-3)")
+    ax.legend(fontsize=8)
+    ax = axes[1]
+    zc = model.forcing.fields["h"][0, 0].flip(0).cumsum(0) - 0.5 * model.forcing.fields["h"][0, 0].flip(0)
+    k_last = tr_true.shape[0] - 1
+    ax.plot(tr_true[k_last, 0].flip(0).numpy(), zc.numpy(), "k-", label="truth (end)")
+    ax.plot(tr_fg[k_last, 0].flip(0).numpy(), zc.numpy(), "C1--", label="first guess (end)")
+    ax.plot(tr_an[k_last, 0].flip(0).numpy(), zc.numpy(), "C0-", label="analysis (end)")
+    last = max(i for i in range(obs.n_times) if bool(torch.isfinite(obs.values[i, 1:]).any()))
+    depths = [w for _, w in obs.columns[1:]]
+    ax.plot(obs.values[last, 1:].numpy(), depths, "ko", mfc="none", label=f"observed day {od[last]:.0f}")
+    ax.invert_yaxis()
+    ax.set_xlabel("nutrient (mmol N m-3)")
+    ax.set_ylabel("depth (m)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    files.append(out / "flagship_obs_vs_model.png")
+    fig.savefig(files[-1], dpi=110)
+    plt.close(fig)
+    # depth-time sections of phytoplankton
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6), sharey=True)
+    vmax = float(tr_true[:, 1].max())
+    for ax, tr, title in zip(axes, (tr_true, tr_fg, tr_an), ("truth", "first guess", "analysis")):
+        im = ax.pcolormesh(days, zc.numpy(), tr[:, 1].flip(-1).T.numpy(), vmin=0, vmax=vmax, shading="auto")
+        ax.set_title(f"phytoplankton: {title}")
+        ax.set_xlabel("days after 1998-03-01")
+    axes[0].invert_yaxis()
+    axes[0].set_ylabel("depth (m)")
+    fig.colorbar(im, ax=axes, label="mmol N m-3")
+    files.append(out / "flagship_sections.png")
+    fig.savefig(files[-1], dpi=110)
+    plt.close(fig)
+    return files
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,88 @@
+"""A :class:`ColumnModel` seen with a single-tensor state, for the inverse methods.
+
+The column's state is a dict ``{name: (B, nz)}``; several inverse tools (batched forward-mode Jacobians,
+ensembles of initial states, vertical-correlation B matrices) want one tensor. :class:`StackedColumn` wraps a
+column model whose state has only interior variables (no running means, no bottom/surface pools) and steps a
+tensor ``x`` of shape ``(..., V, nz)`` — ``V`` interior variables in ``variables`` order, index 0 = bottom.
+All leading dims are flattened into the model's column batch for the step, so an ensemble ``(Ne, V, nz)``
+with parameters of shape ``(Ne,)`` runs as ``Ne`` columns in one call; a single column ``(V, nz)`` stepped
+with parameters of shape ``(Ne,)`` comes back as ``(Ne, V, nz)``. Everything else (parameters,
+``using``, ``select_free``, ``dt``, ``forcing``, ...) is the wrapped model's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+from ..core.errors import ConfigError, ShapeError
+from .model import ColumnModel
+
+__all__ = ["StackedColumn"]
+
+
+class StackedColumn:
+    """Tensor-state view ``(..., V, nz)`` of a :class:`ColumnModel` (see module docstring)."""
+
+    def __init__(self, model: ColumnModel) -> None:
+        if model.means or model.bottom or model.surface:
+            raise ConfigError(
+                "StackedColumn needs a biology with interior variables only and no running means; it has "
+                f"bottom={model.bottom}, surface={model.surface}, means={list(model.means)} — use the dict "
+                "state of the ColumnModel directly"
+            )
+        self.model = model
+        self.variables = list(model.interior)
+        self._stores = list(model._stores().values())
+
+    def __getattr__(self, name: str) -> Any:  # delegate parameters, dt, forcing, ...
+        if name in ("model", "_stores"):
+            raise AttributeError(name)
+        return getattr(self.model, name)
+
+    @property
+    def V(self) -> int:
+        return len(self.variables)
+
+    def stack(self, state: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """dict state ``{name: (B, nz)}`` -> ``(B, V, nz)``."""
+        missing = [n for n in self.variables if n not in state]
+        if missing:
+            raise ConfigError(f"state lacks variables {missing}; expected {self.variables}")
+        return torch.stack([state[n] for n in self.variables], dim=-2)
+
+    def unstack(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``(..., V, nz)`` -> dict ``{name: (..., nz)}``."""
+        if x.ndim < 2 or x.shape[-2] != self.V:
+            raise ShapeError(
+                f"stacked column state has shape {tuple(x.shape)}; expected (..., V={self.V}, nz)"
+            )
+        return {n: x[..., i, :] for i, n in enumerate(self.variables)}
+
+    def initial_state(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        return self.stack(self.model.initial_state(*args, **kwargs))
+
+    def step(self, x: torch.Tensor, t: float) -> torch.Tensor:
+        lead = x.shape[:-2]
+        flat = x.reshape(-1, *x.shape[-2:])
+        if flat.shape[0] == 1:  # one column, maybe parameters batched by `using`: run one column per value
+            nb = self._parameter_batch()
+            if nb > 1:
+                flat = flat.expand(nb, *flat.shape[1:])
+        new = self.stack(self.model.step(self.unstack(flat), t))
+        if new.shape[0] != x.reshape(-1, *x.shape[-2:]).shape[0]:  # parameter batch: members lead
+            return new
+        return new.reshape(*lead, *x.shape[-2:])
+
+    def _parameter_batch(self) -> int:
+        nb = 1
+        for st in self._stores:
+            for v in (st._override or {}).values():
+                if torch.is_tensor(v) and v.ndim >= 1:
+                    nb = max(nb, int(v.shape[0]))
+        return nb
+
+    def output(self, x: torch.Tensor, t: float) -> dict[str, torch.Tensor]:
+        return self.model.output(self.unstack(x.reshape(-1, *x.shape[-2:])), t)
