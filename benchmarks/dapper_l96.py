@@ -142,8 +142,14 @@ def main(argv: list[str] | None = None) -> dict:
     out = {"benchmark": "DAPPER Lorenz96/sakov2008", "T": args.T, "burn_in": args.burn, "seed": args.seed,
            "machine": f"{platform.machine()} {platform.processor() or ''} torch {torch.__version__}, 1 thread",
            "results": rows}
-    if not args.only:
-        Path(args.out).write_text(json.dumps(out, indent=2))
+    path = Path(args.out)
+    if args.only and path.exists():  # update the rows just re-run, keep the others
+        old = json.loads(path.read_text())
+        names = {r["method"] for r in rows}
+        out["results"] = [r for r in old["results"] if r["method"] not in names] + rows
+        order = [e[0] for e in EXPERIMENTS + TUNED]
+        out["results"].sort(key=lambda r: order.index(r["method"]) if r["method"] in order else len(order))
+    path.write_text(json.dumps(out, indent=2))
     return out
 
 

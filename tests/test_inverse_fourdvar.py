@@ -172,3 +172,13 @@ def test_impossible_configurations_raise():
         VariationalProblem(model, obs, xb, control_state=True, B=None)
     with pytest.raises(ConfigError, match="positive definite"):
         MatrixCovariance(-torch.eye(3))
+
+
+def test_checkpointed_gradient_equals_plain():
+    model, A, H, B, xb, obs = _setup(seed=8)
+    p1 = VariationalProblem(model, obs, xb, control_state=True, B=B)
+    p2 = VariationalProblem(model, obs, xb, control_state=True, B=B, checkpoint=2)
+    z = torch.randn(p1.size, generator=torch.Generator().manual_seed(0)).requires_grad_(True)
+    (g1,) = torch.autograd.grad(p1.cost(z), z)
+    (g2,) = torch.autograd.grad(p2.cost(z), z)
+    assert torch.allclose(g1, g2, atol=1e-12)

@@ -34,8 +34,12 @@ def summarize(
     *,
     method: str,
     uncertainty: str | None = "hessian",
+    covariance: torch.Tensor | None = None,
 ) -> CalibrationResult:
-    """Build a :class:`CalibrationResult` from an optimisation of ``problem`` (shared by calibrate/4D-Var)."""
+    """Build a :class:`CalibrationResult` from an optimisation of ``problem`` (shared by calibrate/4D-Var).
+
+    ``covariance``: a precomputed (p, p) posterior covariance of the unconstrained parameters (else Laplace).
+    """
     names = problem.param_names
     z = opt.z
     u = z[: problem.p]
@@ -67,8 +71,8 @@ def summarize(
     res.cost_terms = problem.cost_terms(z)
     if problem.control_state:
         res.initial_state = problem.initial_state(z)
-    if uncertainty and names:
-        C = laplace_covariance(
+    if (uncertainty or covariance is not None) and names:
+        C = covariance if covariance is not None else laplace_covariance(
             problem.cost, z, method=uncertainty, indices=range(problem.p), residuals=problem.residuals,
             jacobian=problem.jacobian,
         )

@@ -1,11 +1,9 @@
-"""Run a model and sample it at observation times — the one forward map every inverse method differentiates.
+"""Run a model and sample it at observation times — the forward map every inverse method differentiates.
 
-Only the ``Model`` contract is used: ``model.step(state, t)`` (pure) and ``model.dt``. Memory: the graph of
-every
-step is kept for the backward pass unless ``checkpoint`` is given, in which case the steps between two
-observation
-times are recomputed in the backward pass in segments of ``checkpoint`` steps (memory O(T/checkpoint +
-checkpoint)).
+Only the ``Model`` contract is used: ``model.step(state, t)`` (pure) and ``model.dt``, through
+:func:`pelagos.core.rollout`. Memory: the graph of every step is kept for the backward pass unless
+``checkpoint`` is given (an int segment length or ``"sqrt"``); then the steps between two observation times are
+recomputed in the backward pass segment by segment, as ``rollout`` does.
 """
 
 from __future__ import annotations
@@ -13,9 +11,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-from torch.utils.checkpoint import checkpoint as _ckpt
 
 from ..core.errors import ConfigError
+from ..core.rollout import rollout
 from .observations import ObservationSet
 
 StepFn = Callable[[object, float], object]
@@ -39,25 +37,18 @@ def propagate(
     *,
     t0: float = 0.0,
     dt: float | None = None,
-    checkpoint: int | None = None,
+    checkpoint: int | str | None = None,
 ) -> object:
-    """State after ``n_steps`` steps from time ``t0``."""
+    """State after ``n_steps`` steps from time ``t0`` (:func:`pelagos.core.rollout`, nothing saved on the way)."""
+    if n_steps == 0:
+        return state
     step, dt = step_function(model, dt)
-    k = 0
-    while k < n_steps:
-        n = n_steps - k if not checkpoint else min(int(checkpoint), n_steps - k)
-        if checkpoint and torch.is_grad_enabled():
-            state = _ckpt(_segment, step, state, t0 + k * dt, dt, n, use_reentrant=False)
-        else:
-            state = _segment(step, state, t0 + k * dt, dt, n)
-        k += n
-    return state
-
-
-def _segment(step: StepFn, state: object, t: float, dt: float, n: int) -> object:
-    for i in range(n):
-        state = step(state, t + i * dt)
-    return state
+    target = model if hasattr(model, "step") else step
+    traj = rollout(
+        target, state, int(n_steps), t0=t0, dt=dt, save_every=int(n_steps), checkpoint=checkpoint,
+        include_initial=False, observe=lambda s: torch.zeros(()),
+    )
+    return traj.final
 
 
 def predict(

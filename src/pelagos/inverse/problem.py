@@ -46,6 +46,7 @@ class VariationalProblem:
         checkpoint: int | None = None,
         jacobian: str = "forward",
         bundle_step: float = 1e-5,
+        include_prior: bool = True,
     ) -> None:
         check_choice("jacobian", jacobian, ["forward", "bundle"])
         self.jacobian_mode, self.bundle_step = jacobian, float(bundle_step)
@@ -62,7 +63,7 @@ class VariationalProblem:
         self._prior = []
         for i, n in enumerate(self.param_names):
             pr = model.parameter_spec(n).prior
-            if pr is not None:
+            if pr is not None and include_prior:
                 self._prior.append((i, pr.mean, pr.std))
         # background covariance of the initial state
         self.control_state = control_state
