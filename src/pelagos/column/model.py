@@ -50,6 +50,19 @@ def _numerics():
     return advection, diffusion, light
 
 
+def _shared_rows(w: torch.Tensor) -> torch.Tensor:
+    """``w`` (B, nz) reduced to (1, nz) when every column has the same values and no gradient flows through it
+    (constant sinking speeds): advection then works on one velocity row instead of B. Kept whole otherwise,
+    so gradients to per-column parameters are never merged."""
+    from ._checks import concrete
+
+    if w.ndim >= 2 and w.shape[-2] > 1 and not w.requires_grad and concrete(w):
+        first = w[..., :1, :]
+        if torch.equal(w, first.expand_as(w)):
+            return first
+    return w
+
+
 class ColumnModel(Model):
     """A batch of ``B`` water columns carrying a :class:`~pelagos.bgc.system.BGCSystem` (see module doc).
 
@@ -407,7 +420,9 @@ class ColumnModel(Model):
         parts = []
         if moving:
             Ym = torch.stack([svars[n] for n in moving])
-            w_c = torch.stack([torch.broadcast_to(ws[n], svars[n].shape) for n in moving])
+            w_rows = [_shared_rows(ws[n]) for n in moving]
+            shape = torch.broadcast_shapes(*(w.shape for w in w_rows))
+            w_c = torch.stack([torch.broadcast_to(w, shape) for w in w_rows])
             ww = advection.face_velocities(w_c, h)
             parts.append(
                 advection.advect_center(Ym, h, ww, dt, method=self.sinking_method, mode="conservative")
