@@ -1,5 +1,6 @@
-"""`make demo`: the pelagos demo. For now the core demo (diffusivity recovery through an implicit diffusion
-model, see examples/core_diffusivity_demo.py); the water-column flagship will take its place."""
+"""`make demo`: the pelagos flagship — a 4D-Var twin experiment on the Northern North Sea NPZD water column
+(examples/flagship_nns_twin.py, described in docs/flagship.md). The core demo (diffusivity recovery through an
+implicit diffusion model) is still there: `python examples/core_diffusivity_demo.py`."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from core_diffusivity_demo import main
+from flagship_nns_twin import main
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

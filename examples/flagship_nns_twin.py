@@ -100,7 +100,10 @@ def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="4-week window (a smoke run)")
     ap.add_argument("--out", default="results", help="output folder")
-    ap.add_argument("--max-iter", type=int, default=60)
+    ap.add_argument("--max-iter", type=int, default=None)
+    ap.add_argument(
+        "--method", default="gauss-newton", choices=["gauss-newton", "lbfgs"], help="4D-Var minimiser"
+    )
     ap.add_argument("--seed", type=int, default=1998)
     args = ap.parse_args(argv)
     torch.set_default_dtype(torch.float64)
@@ -151,7 +154,8 @@ def main(argv: list[str] | None = None) -> dict:
         B,
         t0=t0,
         params=True,
-        max_iter=args.max_iter if not args.quick else 25,
+        method=args.method,
+        max_iter=args.max_iter or (15 if args.method == "gauss-newton" else 60),
         gtol=1e-6,
         ftol=1e-10,
         uncertainty="gauss-newton",

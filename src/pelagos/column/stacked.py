@@ -18,29 +18,40 @@ from typing import Any
 import torch
 
 from ..core.errors import ConfigError, ShapeError
+from ..core.model import Model
 from .model import ColumnModel
 
 __all__ = ["StackedColumn"]
 
 
-class StackedColumn:
-    """Tensor-state view ``(..., V, nz)`` of a :class:`ColumnModel` (see module docstring)."""
+class StackedColumn(Model):
+    """Tensor-state view ``(..., V, nz)`` of a :class:`ColumnModel` (see module docstring).
+
+    A :class:`~pelagos.core.model.Model` itself (so ``rollout``, checkpointing and ``using`` treat it as one);
+    the wrapped column is a transparent sub-model: parameter names stay ``"npzd.rmax"``, ``"nuh_scale"``.
+    """
 
     def __init__(self, model: ColumnModel) -> None:
+        super().__init__()
         if model.means or model.bottom or model.surface:
             raise ConfigError(
                 "StackedColumn needs a biology with interior variables only and no running means; it has "
                 f"bottom={model.bottom}, surface={model.surface}, means={list(model.means)} — use the dict "
                 "state of the ColumnModel directly"
             )
+        model._transparent_name = True  # "npzd.rmax", not "model.npzd.rmax"
         self.model = model
+        self.dt = model.dt
         self.variables = list(model.interior)
-        self._stores = list(model._stores().values())
+        self._param_stores = list(model._stores().values())
 
-    def __getattr__(self, name: str) -> Any:  # delegate parameters, dt, forcing, ...
-        if name in ("model", "_stores"):
-            raise AttributeError(name)
-        return getattr(self.model, name)
+    def __getattr__(self, name: str) -> Any:  # nn.Module lookup first, then the column (forcing, nz, ...)
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name == "model" or "model" not in self.__dict__.get("_modules", {}):
+                raise
+            return getattr(self._modules["model"], name)
 
     @property
     def V(self) -> int:
@@ -78,11 +89,20 @@ class StackedColumn:
 
     def _parameter_batch(self) -> int:
         nb = 1
-        for st in self._stores:
+        for st in self._param_stores:
             for v in (st._override or {}).values():
                 if torch.is_tensor(v) and v.ndim >= 1:
                     nb = max(nb, int(v.shape[0]))
         return nb
+
+    def observation_operator(self, columns: list) -> Any:
+        """:class:`~pelagos.column.observe.ColumnObservationOperator` for ``[(variable, depth | "surface" |
+        "integral"), ...]`` on this column's grid (the hook ``pelagos.inverse.config`` looks for)."""
+        from .observe import ColumnObservationOperator, _fixed_h
+
+        return ColumnObservationOperator(
+            columns, self.variables, _fixed_h(self.forcing, [self.forcing.t_start])
+        )
 
     def output(self, x: torch.Tensor, t: float) -> dict[str, torch.Tensor]:
         return self.model.output(self.unstack(x.reshape(-1, *x.shape[-2:])), t)
