@@ -304,9 +304,10 @@ def supports(*tensors: torch.Tensor) -> bool:
 def _pool() -> ThreadPoolExecutor:
     n = max(1, torch.get_num_threads())
     pool = _state.get("pool")
-    if pool is None or _state.get("pool_size") != n:
+    # a new pool after a fork (the parent's worker threads do not exist in the child) or a resize
+    if pool is None or _state.get("pool_key") != (n, os.getpid()):
         pool = ThreadPoolExecutor(max_workers=n, thread_name_prefix="pelagos-thomas")
-        _state["pool"], _state["pool_size"] = pool, n
+        _state["pool"], _state["pool_key"] = pool, (n, os.getpid())
     return pool  # type: ignore[return-value]
 
 
