@@ -62,6 +62,12 @@ class Flow:
         return self.u + self.model.coefficients()["Ubg"]
 
 
+def _flush_tiny(filtr: torch.Tensor, floor: float = 1e-60) -> torch.Tensor:
+    """Zero filter factors below ``floor``: the modes they multiply would otherwise decay into subnormal
+    numbers, which make FFTs several times slower on x86 (pyqg keeps them; the difference is < 1e-60)."""
+    return torch.where(filtr < floor, torch.zeros_like(filtr), filtr)
+
+
 def _plain(x: torch.Tensor) -> bool:
     """True outside torch.func transforms (vmap/jvp/grad), where reading values into Python is allowed."""
     return not torch._C._functorch.is_functorch_wrapped_tensor(x)
@@ -181,7 +187,7 @@ class SpectralQG(Model):
             "Ubg": Ubg[..., None, None].to(rdt),
             "ikQy": ikQy.to(cdt),
             "drag": drag.to(rdt),
-            "filtr": g.exp_filter(self.param("filterfac")).to(rdt),
+            "filtr": _flush_tiny(g.exp_filter(self.param("filterfac"))).to(rdt),
             "ik": ik,
             "il": il,
             # stacked operators: velocities from ph, and the divergence of (uq, vq)
@@ -348,6 +354,17 @@ class SpectralQG(Model):
             self._ws = ws
         return ws
 
+    def _irfft2_into(self, xh: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """Unnormalised inverse rFFT into ``out``; field by field on large grids, where batched c2r
+        transforms run several times slower than a loop here (measured: 4 × 256², 11 vs 2.9 ms)."""
+        s = (self.ny, self.nx)
+        if self.grid.M < 40000 or xh.device.type != "cpu":
+            return torch.fft.irfft2(xh, s=s, norm="forward", out=out)
+        xf, of = xh.reshape(-1, *xh.shape[-2:]), out.view(-1, *out.shape[-2:])
+        for i in range(xf.shape[0]):
+            torch.fft.irfft2(xf[i], s=s, norm="forward", out=of[i])
+        return out
+
     @torch.no_grad()
     def _step_fast(self, state: QGState, c: dict[str, torch.Tensor]) -> QGState:
         """Numerically the same step as the general path (to rounding); about half the memory traffic."""
@@ -359,7 +376,7 @@ class SpectralQG(Model):
             levels = int(ab[0])
         qh, q, p, pp = state["qh"], state["q"], state["dqhdt_p"], state["dqhdt_pp"]
         ws = self._workspace(qh)
-        nz, s = self.nz, (self.ny, self.nx)
+        nz = self.nz
         # ph = a·qh on real views
         qr, phr, a_r = torch.view_as_real(qh), torch.view_as_real(ws["ph"]), c["a_r"]
         for i in range(nz):
@@ -368,7 +385,7 @@ class SpectralQG(Model):
                 phr[:, i].addcmul_(a_r[i, j], qr[:, j])
         ph = ws["ph"]
         torch.mul(ph.unsqueeze(1), c["vel_M"], out=ws["uvh"])
-        uv = torch.fft.irfft2(ws["uvh"], s=s, norm="forward", out=ws["uv"])
+        uv = self._irfft2_into(ws["uvh"], ws["uv"])
         flux = uv.add_(c["Ubg_uv"]).mul_(q.unsqueeze(1))
         fh = torch.fft.rfft2(flux, out=ws["fh"])
         d = torch.mul(c["lin"], ph).addcmul_(c["mik"], fh[:, 0]).addcmul_(c["mil"], fh[:, 1])
@@ -385,7 +402,7 @@ class SpectralQG(Model):
             ab_new = ab if levels == 2 else torch.full_like(ab, levels + 1)
         torch.view_as_real(new).mul_(c["filtr_r"])
         torch.view_as_real(ws["qs"]).copy_(torch.view_as_real(new)).mul_(1.0 / self.grid.M)
-        q_new = torch.fft.irfft2(ws["qs"], s=s, norm="forward")
+        q_new = self._irfft2_into(ws["qs"], torch.empty_like(q))
         return {"q": q_new, "qh": new, "dqhdt_p": d, "dqhdt_pp": p, "ablevel": ab_new}
 
     # -- stability -------------------------------------------------------------------------------------------

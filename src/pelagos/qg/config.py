@@ -170,7 +170,10 @@ def hybrid_config(cfg: Mapping[str, Any]):
     base = HybridConfig.gpu() if h.pop("gpu_defaults", False) else HybridConfig()
     merged = {**base.__dict__, **h}
     if cfg.get("model"):
-        merged["model"] = {k: v for k, v in cfg["model"].items() if k not in ("type", "nx", "dt")}
+        merged["model"] = {
+            **merged["model"],
+            **{k: v for k, v in cfg["model"].items() if k not in ("type", "nx", "dt")},
+        }
     return HybridConfig.from_dict(merged)
 
 
