@@ -44,6 +44,9 @@ static inline void gather_SFX(long N, long stride, const REAL *src, V_SFX *dst)
     REAL *t = (REAL *)dst;
     for (long j = 0; j < L_SFX; j++) {
         const REAL *s = src + j * stride;
+        /* the same row of the next block: fetched now, used one block later (prefetch never faults) */
+        const char *nx = (const char *)(s + L_SFX * stride);
+        for (long q = 0; q < N * (long)sizeof(REAL); q += 64) __builtin_prefetch(nx + q, 0, 3);
         for (long i = 0; i < N; i++) t[i * L_SFX + j] = s[i];
     }
 }
