@@ -293,17 +293,6 @@ def build_error() -> str | None:
     return _state.get("error")  # type: ignore[return-value]
 
 
-def supports(*tensors: torch.Tensor) -> bool:
-    """True if the compiled kernels can handle these tensors (CPU, float32/64, plain strided)."""
-    t0 = tensors[0]
-    return (
-        t0.device.type == "cpu"
-        and t0.dtype in _SUFFIX
-        and all(t.layout == torch.strided and not t.is_conj() for t in tensors)
-        and kernels() is not None
-    )
-
-
 def _pool() -> ThreadPoolExecutor:
     n = max(1, torch.get_num_threads())
     pool = _state.get("pool")

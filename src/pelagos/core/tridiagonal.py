@@ -112,9 +112,6 @@ def _backend(t: torch.Tensor) -> ModuleType:
         tri = _triton()
         if tri is not None and tri.supports(t):
             return tri
-        return _thomas_torch
-    if _thomas_c.supports(t):
-        return _thomas_c
     return _thomas_torch
 
 
