@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -250,3 +251,30 @@ def test_driver_diffusion_equals_gotm_diff_center():
     ref = diffuse_center(Y, h, nuh, model.dt, cnpar=1.0, posconc=True)
     torch.testing.assert_close(model._diffuse(Y, h, nuh), ref, rtol=1e-13, atol=1e-15)
     torch.testing.assert_close((model._diffuse(Y, h, nuh) * h).sum(-1), (Y * h).sum(-1), rtol=1e-13, atol=0)
+
+
+ECOSMO_YAML = Path(__file__).resolve().parents[2] / "shared" / "data" / "fabm" / "fabm-nersc-ecosmo.yaml"
+
+
+@pytest.mark.skipif(not ECOSMO_YAML.exists(), reason="shared ECOSMO yaml not present")
+def test_ecosmo_column_bottom_stress_and_running_means():
+    from pelagos.column.running_mean import running_mean_init, running_mean_update
+
+    f = ColumnForcing.from_gotm(compact_forcing_path(), stop=2 * 86400.0)
+    with pytest.raises(ForcingError, match="bottom_stress"):
+        ColumnModel(BGCSystem.from_yaml(ECOSMO_YAML, drop_unsupported=True), f)
+    f = ColumnForcing.from_gotm(compact_forcing_path(), stop=2 * 86400.0, bottom_stress=0.05)
+    model = ColumnModel(BGCSystem.from_yaml(ECOSMO_YAML, drop_unsupported=True), f)
+    key = "surface_downwelling_photosynthetic_radiative_flux@mean86400"
+    assert key in model.means
+    t0 = 6 * 3600.0
+    s = rollout(model, model.initial_state(2, t0=t0), 8, t0=t0).final
+    assert all(bool(torch.isfinite(v).all()) for k, v in s.items() if k != "_means")
+    # with the yaml's gotm/light instance, surface PAR = (1 - a) I_0, averaged FABM-style from t0 on
+    a = float(model.bgc.light_model.get_parameter_value("a"))
+    par0 = [(1 - a) * f.sample(t0 + k * 3600.0)["I_0"] for k in range(9)]
+    buf = running_mean_init(par0[0])
+    for k in range(1, 9):
+        buf = running_mean_update(buf, par0[k], t0 + k * 3600.0, t0 + (k - 1) * 3600.0)
+    torch.testing.assert_close(s["_means"][key]["mean"], buf["mean"].expand(2), rtol=1e-12, atol=1e-12)
+    assert float(buf["mean"].max()) > 0.0
