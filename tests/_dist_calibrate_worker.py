@@ -9,10 +9,9 @@ import torch
 import torch.distributed as dist
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
-from _inverse_models import DecayModel  # noqa: E402
-
-from pelagos.inverse.distributed import distributed_calibrate  # noqa: E402
-from pelagos.inverse.obsio import synthetic_observations  # noqa: E402
+from _inverse_models import DecayModel
+from pelagos.inverse.distributed import distributed_calibrate
+from pelagos.inverse.obsio import synthetic_observations
 
 
 def stations():
@@ -44,7 +43,9 @@ def main(out: str) -> None:
     res = distributed_calibrate(fresh_model(), obs_r, x0[mine])
     if rank == 0:
         with open(out, "w") as fh:
-            json.dump({"estimates": res.estimates, "std": res.std, "cost": res.cost, "n_iter": res.n_iter}, fh)
+            json.dump(
+                {"estimates": res.estimates, "std": res.std, "cost": res.cost, "n_iter": res.n_iter}, fh
+            )
     dist.destroy_process_group()
 
 

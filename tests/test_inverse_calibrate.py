@@ -6,8 +6,8 @@ import json
 
 import pytest
 import torch
-from _inverse_models import DecayModel
 
+from _inverse_models import DecayModel
 from pelagos.core.errors import ConfigError
 from pelagos.inverse.calibrate import calibrate
 from pelagos.inverse.ensemble import esmda, sample_prior
@@ -58,7 +58,10 @@ def test_l63_twin_noisy_within_posterior_std():
     res = calibrate(model, obs, x0, max_iter=200, uncertainty="hessian")
     for n, v in TRUE63.items():
         # 3σ: with 3 parameters a 1σ check would fail for ~2/3 of noise draws even if all is right
-        assert abs(res.raw[n] - float(model.parameter_spec(n).transform.inverse(torch.tensor(v)))) < 3 * res.raw_std[n]
+        assert (
+            abs(res.raw[n] - float(model.parameter_spec(n).transform.inverse(torch.tensor(v))))
+            < 3 * res.raw_std[n]
+        )
         assert res.interval95[n][0] < res.estimates[n] < res.interval95[n][1]
     C = torch.tensor(res.correlation)
     assert torch.allclose(C.diagonal(), torch.ones(3)) and bool((C.abs() <= 1 + 1e-12).all())
@@ -94,7 +97,9 @@ def _decay_twin(seed=0, n_stations=1):
     x0 = torch.tensor([[1.0, 0.2], [0.1, 0.9], [0.5, 0.5]])[:n_stations]
     x0 = x0[0] if n_stations == 1 else x0
     times = torch.arange(1, 13) * truth.dt
-    obs, _ = synthetic_observations(truth, x0, times, sigma=0.02, generator=torch.Generator().manual_seed(seed))
+    obs, _ = synthetic_observations(
+        truth, x0, times, sigma=0.02, generator=torch.Generator().manual_seed(seed)
+    )
     model = DecayModel()
     model.set_parameter_value("k", 0.5)
     model.set_parameter_value("s", 0.5)
@@ -141,7 +146,7 @@ def test_result_serialisation_and_plots(tmp_path):
     res.plot_cost()
     res.plot_parameters(truth={"k": 0.3, "s": 0.2})
     assert "k" in res.summary()
-    with pytest.raises(ConfigError, match="json or .yaml"):
+    with pytest.raises(ConfigError, match=r"json or \.yaml"):
         res.save(tmp_path / "r.txt")
 
 

@@ -17,14 +17,17 @@ def _cfg(tmp_path, text):
 
 def test_calibrate_cli_twin(tmp_path, capsys):
     out = tmp_path / "res.json"
-    cfg = _cfg(tmp_path, f"""
+    cfg = _cfg(
+        tmp_path,
+        f"""
 model: {{factory: "pelagos.models:Lorenz63"}}
 observations: {{synthetic: {{n: 8, every: 5, sigma: 0.5, seed: 1}}}}
 free: [rho]
 priors: {{rho: {{mean: 25.0, std: 0.5}}}}
 optimizer: {{name: lbfgs, max_iter: 50}}
 output: {out}
-""")
+""",
+    )
     assert main(["calibrate", str(cfg)]) == 0
     d = json.loads(out.read_text())
     assert abs(d["estimates"]["rho"] - 28.0) < 3 * d["std"]["rho"]
@@ -34,13 +37,16 @@ output: {out}
 
 def test_assimilate_cli_enkf(tmp_path):
     out = tmp_path / "a.json"
-    cfg = _cfg(tmp_path, f"""
+    cfg = _cfg(
+        tmp_path,
+        f"""
 model: {{factory: "pelagos.models:Lorenz96", args: {{nx: 10}}}}
 observations: {{synthetic: {{n: 40, every: 1, sigma: 1.0}}}}
 method: enkf
 ensemble: {{N: 10, infl: 1.05, spread: 1.0}}
 output: {out}
-""")
+""",
+    )
     assert main(["assimilate", str(cfg)]) == 0
     d = json.loads(out.read_text())
     assert len(d["spread"]) == 40 and 0 < d["spread"][-1] < 1.5
@@ -52,8 +58,10 @@ output: {out}
         ("model: {factory: 'pelagos.models:Nope'}\n", "cannot be imported"),
         ("modle: {}\n", "unknown key"),
         ("model: {factory: 'pelagos.models:Lorenz63'}\nobservations: {file: x.csv}\n", "start"),
-        ("model: {factory: 'pelagos.models:Lorenz63'}\nobservations: {synthetic: {n: 3}}\nfree: [gamma]\n",
-         "unknown parameter 'gamma'"),
+        (
+            "model: {factory: 'pelagos.models:Lorenz63'}\nobservations: {synthetic: {n: 3}}\nfree: [gamma]\n",
+            "unknown parameter 'gamma'",
+        ),
     ],
 )
 def test_bad_configs_give_clear_errors(tmp_path, capsys, text, match):

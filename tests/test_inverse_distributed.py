@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from _dist_calibrate_worker import fresh_model, stations
 
+from _dist_calibrate_worker import fresh_model, stations
 from pelagos.inverse.calibrate import calibrate
 from pelagos.inverse.distributed import distributed_calibrate
 
@@ -54,8 +54,16 @@ def test_two_processes_equal_single_process(tmp_path):
     out = tmp_path / "dist.json"
     worker = Path(__file__).parent / "_dist_calibrate_worker.py"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
-           f"--master_port={_free_port()}", str(worker), str(out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        "--master_addr=127.0.0.1",
+        f"--master_port={_free_port()}",
+        str(worker),
+        str(out),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     d = json.loads(out.read_text())

@@ -14,7 +14,6 @@ from pelagos.inverse.operators import LinearOperator
 from pelagos.inverse.problem import VariationalProblem
 
 
-
 @pytest.fixture(autouse=True)
 def _float64():
     old = torch.get_default_dtype()
@@ -91,7 +90,7 @@ def test_4dvar_with_missing_values_equals_closed_form_on_observed_subset():
 
 
 def test_cost_gradient_matches_finite_differences():
-    model, A, H, B, xb, obs = _setup(seed=3)
+    model, _, _, B, xb, obs = _setup(seed=3)
     obs_log = ObservationSet(
         obs.times, obs.values.abs() + 0.5, obs.sigma, operator=lambda x: x[..., :3] ** 2 + 0.1, log=True
     )
@@ -165,7 +164,7 @@ def test_cycled_disjoint_windows_equal_kalman_filter_for_linear_model():
 
 
 def test_impossible_configurations_raise():
-    model, A, H, B, xb, obs = _setup()
+    model, _, _, B, xb, obs = _setup()
     with pytest.raises(ConfigError, match="lag"):
         cycled_fourdvar(model, obs, xb, B, lag=2, shift=3)
     with pytest.raises(ConfigError, match="covariance"):
@@ -175,7 +174,7 @@ def test_impossible_configurations_raise():
 
 
 def test_checkpointed_gradient_equals_plain():
-    model, A, H, B, xb, obs = _setup(seed=8)
+    model, _, _, B, xb, obs = _setup(seed=8)
     p1 = VariationalProblem(model, obs, xb, control_state=True, B=B)
     p2 = VariationalProblem(model, obs, xb, control_state=True, B=B, checkpoint=2)
     z = torch.randn(p1.size, generator=torch.Generator().manual_seed(0)).requires_grad_(True)

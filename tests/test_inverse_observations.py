@@ -6,11 +6,11 @@ from datetime import datetime
 
 import pytest
 import torch
-from _inverse_models import DecayModel
 
+from _inverse_models import DecayModel
 from pelagos.core.errors import ObservationError, ShapeError
-from pelagos.inverse.obsio import read_observations, synthetic_observations, write_csv, write_netcdf
 from pelagos.inverse.observations import ObservationSet
+from pelagos.inverse.obsio import read_observations, synthetic_observations, write_csv, write_netcdf
 from pelagos.inverse.operators import IndexOperator, ProfileOperator, interpolate_profile
 
 
@@ -78,14 +78,18 @@ def test_validation_errors():
 def test_profile_operator_interpolates_and_differentiates():
     z = torch.tensor([0.5, 1.5, 2.5, 3.5])  # centre depths, m
     prof = torch.tensor([[10.0, 20.0, 30.0, 40.0], [1.0, 2.0, 3.0, 4.0]], requires_grad=True)
-    assert torch.allclose(interpolate_profile(prof, z, torch.tensor([1.0, 0.0, 5.0])).detach(),
-                          torch.tensor([[15.0, 10.0, 40.0], [1.5, 1.0, 4.0]]))
+    assert torch.allclose(
+        interpolate_profile(prof, z, torch.tensor([1.0, 0.0, 5.0])).detach(),
+        torch.tensor([[15.0, 10.0, 40.0], [1.5, 1.0, 4.0]]),
+    )
     op = ProfileOperator([("phy", 2.0), ("nut", 0.5), ("phy", 3.0)], lambda s, v: s[v], z)
     out = op({"phy": prof, "nut": 2 * prof})
     assert torch.allclose(out.detach(), torch.tensor([[25.0, 20.0, 35.0], [2.5, 2.0, 3.5]]))
     # gradient = interpolation weights (forward == reverse mode)
     d = torch.randn(2, 4, generator=torch.Generator().manual_seed(1))
-    _, jv = torch.func.jvp(lambda p: interpolate_profile(p, z, torch.tensor([2.2])).sum(), (prof.detach(),), (d,))
+    _, jv = torch.func.jvp(
+        lambda p: interpolate_profile(p, z, torch.tensor([2.2])).sum(), (prof.detach(),), (d,)
+    )
     (g,) = torch.autograd.grad(interpolate_profile(prof, z, torch.tensor([2.2])).sum(), prof)
     assert torch.allclose(jv, (g * d).sum())
     assert torch.allclose(g[0], torch.tensor([0.0, 0.3, 0.7, 0.0]))
@@ -98,11 +102,14 @@ def _write(tmp_path, text):
 
 
 def test_csv_roundtrip_and_dense_table(tmp_path):
-    p = _write(tmp_path, "time,depth,variable,value,sigma\n"
-                         "2002-03-01T06:00:00,5,npzd_phy,0.5,0.05\n"
-                         "2002-03-01T06:00:00,10,npzd_phy,0.4,0.05\n"
-                         "2002-03-02T00:00:00,5,npzd_phy,0.7,0.07\n"
-                         "2002-03-02T00:00:00,,npzd_sfc,1.0,0.1\n")
+    p = _write(
+        tmp_path,
+        "time,depth,variable,value,sigma\n"
+        "2002-03-01T06:00:00,5,npzd_phy,0.5,0.05\n"
+        "2002-03-01T06:00:00,10,npzd_phy,0.4,0.05\n"
+        "2002-03-02T00:00:00,5,npzd_phy,0.7,0.07\n"
+        "2002-03-02T00:00:00,,npzd_sfc,1.0,0.1\n",
+    )
     obs = read_observations(p, start="2002-03-01", variables=["npzd_phy", "npzd_sfc"])
     assert obs.times.tolist() == [6 * 3600.0, 24 * 3600.0]
     assert obs.columns[:2] == [("npzd_phy", 5.0), ("npzd_phy", 10.0)] and obs.columns[2][0] == "npzd_sfc"
@@ -139,8 +146,11 @@ def test_missing_column_and_drop_option(tmp_path):
     p = _write(tmp_path, "time,depth,variable,value\n2002-03-01T06:00:00,5,npzd_phy,0.5\n")
     with pytest.raises(ObservationError, match=r"missing column\(s\) \['sigma'\]"):
         read_observations(p, start=START)
-    p = _write(tmp_path, "time,depth,variable,value,sigma\n2002-03-01T06:00:00,5,phy,nan,0.1\n"
-                         "2002-03-01T07:00:00,5,phy,1.0,0.1\n")
+    p = _write(
+        tmp_path,
+        "time,depth,variable,value,sigma\n2002-03-01T06:00:00,5,phy,nan,0.1\n"
+        "2002-03-01T07:00:00,5,phy,1.0,0.1\n",
+    )
     assert read_observations(p, start=START, missing="drop").n_obs == 1
 
 

@@ -9,7 +9,6 @@ from pelagos.core.errors import ConfigError, ShapeError
 from pelagos.models import Lorenz63, Lorenz96
 
 
-
 @pytest.fixture(autouse=True)
 def _float64():
     old = torch.get_default_dtype()

@@ -1,4 +1,5 @@
-"""``pelagos assimilate CONFIG.yaml``: state estimation (4D-Var window or an ensemble filter) for tensor states.
+"""``pelagos assimilate CONFIG.yaml``: state estimation (4D-Var window or an ensemble filter) for tensor
+states.
 
 Skeleton of the generic driver; the water-column wiring (dict states, profile operators, forcing) will add its
 own model factory and observation operator. Example::
@@ -46,28 +47,51 @@ def run(args: argparse.Namespace) -> int:
     if method == "fourdvar":
         b = cfg.get("background") or {}
         n = x_true.shape[-1]
-        B = (CorrelatedCovariance(torch.arange(n, dtype=torch.float64), b.get("std", 1.0), b["length_scale"])
-             if "length_scale" in b else DiagonalCovariance(b.get("std", 1.0), n))
+        B = (
+            CorrelatedCovariance(torch.arange(n, dtype=torch.float64), b.get("std", 1.0), b["length_scale"])
+            if "length_scale" in b
+            else DiagonalCovariance(b.get("std", 1.0), n)
+        )
         g = torch.Generator().manual_seed(int(b.get("seed", 0)))
         xb = x_true + B.sqrt_apply(torch.randn(x_true.shape, generator=g, dtype=x_true.dtype))
         r = fourdvar(model, obs, xb, B, progress=args.progress)
-        out.update(cost=r.cost, history=r.history, n_evals=r.n_evals, analysis=r.analysis.tolist(),
-                   analysis_rmse=float((r.analysis - x_true).pow(2).mean().sqrt()),
-                   background_rmse=float((xb - x_true).pow(2).mean().sqrt()))
+        out.update(
+            cost=r.cost,
+            history=r.history,
+            n_evals=r.n_evals,
+            analysis=r.analysis.tolist(),
+            analysis_rmse=float((r.analysis - x_true).pow(2).mean().sqrt()),
+            background_rmse=float((xb - x_true).pow(2).mean().sqrt()),
+        )
     elif method in ("enkf", "sqrt", "pertobs", "letkf"):
         e = cfg.get("ensemble") or {}
         g = torch.Generator().manual_seed(int(e.get("seed", 0)))
         N = int(e.get("N", 20))
-        E0 = x_true + float(e.get("spread", 1.0)) * torch.randn(N, *x_true.shape, generator=g, dtype=x_true.dtype)
+        E0 = x_true + float(e.get("spread", 1.0)) * torch.randn(
+            N, *x_true.shape, generator=g, dtype=x_true.dtype
+        )
         kind = "sqrt" if method == "enkf" else method
         loc = None
         if kind == "letkf":
             c = torch.arange(x_true.shape[-1], dtype=torch.float64)
             idx = getattr(obs.operator, "index", torch.arange(obs.m)).to(torch.float64)
-            loc = {"state_coords": c, "obs_coords": idx, "radius": float(e.get("radius", 4.0)),
-                   "period": float(x_true.shape[-1]) if e.get("periodic", True) else None}
-        r = ensemble_filter(model, obs, E0, method=kind, infl=float(e.get("infl", 1.0)), rot=bool(e.get("rot", False)),
-                            localization=loc, generator=g, progress=args.progress)
+            loc = {
+                "state_coords": c,
+                "obs_coords": idx,
+                "radius": float(e.get("radius", 4.0)),
+                "period": float(x_true.shape[-1]) if e.get("periodic", True) else None,
+            }
+        r = ensemble_filter(
+            model,
+            obs,
+            E0,
+            method=kind,
+            infl=float(e.get("infl", 1.0)),
+            rot=bool(e.get("rot", False)),
+            localization=loc,
+            generator=g,
+            progress=args.progress,
+        )
         out.update(times=r.times.tolist(), spread=r.spread.tolist(), final_mean=r.mean[-1].tolist())
     else:
         raise ConfigError(f"unknown method {method!r}; valid: fourdvar, enkf, pertobs, letkf")

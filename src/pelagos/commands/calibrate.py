@@ -1,6 +1,7 @@
 """``pelagos calibrate CONFIG.yaml``: gradient calibration of a model's parameters against observations.
 
-Generic over models (``model.factory: module:callable``); the water-column specific parts (observation operator
+Generic over models (``model.factory: module:callable``); the water-column specific parts (observation
+operator
 for ``npzd_phy``-like variables, forcing) come from the model itself. Example::
 
     model: {factory: pelagos.models:Lorenz63}
@@ -48,9 +49,16 @@ def run(args: argparse.Namespace) -> int:
                 first_guess = model.parameter_spec(name).transform.forward(torch.tensor(pr.mean))
                 model.set_parameter_value(name, float(first_guess))
     opt = cfg.get("optimizer") or {}
-    res = calibrate(model, obs, state, optimizer=opt.get("name", "lbfgs"), max_iter=int(opt.get("max_iter", 100)),
-                    lr=float(opt.get("lr", 0.05)), uncertainty=cfg.get("uncertainty", "hessian"),
-                    progress=args.progress)
+    res = calibrate(
+        model,
+        obs,
+        state,
+        optimizer=opt.get("name", "lbfgs"),
+        max_iter=int(opt.get("max_iter", 100)),
+        lr=float(opt.get("lr", 0.05)),
+        uncertainty=cfg.get("uncertainty", "hessian"),
+        progress=args.progress,
+    )
     print(res.summary())
     out = args.output or cfg.get("output")
     if out:

@@ -63,7 +63,7 @@ def summarize(
     res.parameter_history = {
         n: [float(_physical(model, n, zz[i])) for zz in opt.z_history] for i, n in enumerate(names)
     }
-    for i, n in enumerate(names):
+    for n in names:
         pr = model.parameter_spec(n).prior
         if pr is not None:
             m = torch.tensor(pr.mean, dtype=torch.float64)
@@ -72,9 +72,17 @@ def summarize(
     if problem.control_state:
         res.initial_state = problem.initial_state(z)
     if (uncertainty or covariance is not None) and names:
-        C = covariance if covariance is not None else laplace_covariance(
-            problem.cost, z, method=uncertainty, indices=range(problem.p), residuals=problem.residuals,
-            jacobian=problem.jacobian,
+        C = (
+            covariance
+            if covariance is not None
+            else laplace_covariance(
+                problem.cost,
+                z,
+                method=uncertainty,
+                indices=range(problem.p),
+                residuals=problem.residuals,
+                jacobian=problem.jacobian,
+            )
         )
         sd = C.diagonal().clamp(min=0).sqrt()
         for i, n in enumerate(names):
@@ -143,7 +151,8 @@ def calibrate(
         lr=lr,
         gtol=gtol,
         ftol=ftol,
-        residuals=problem.residuals, jacobian=problem.jacobian,
+        residuals=problem.residuals,
+        jacobian=problem.jacobian,
         progress=progress,
         desc="calibrate",
     )

@@ -13,12 +13,26 @@ from pathlib import Path
 import torch
 
 from ..core.errors import ConfigError
-from .obsio import read_observations, synthetic_observations
 from .observations import ObservationSet
+from .obsio import read_observations, synthetic_observations
 from .operators import IndexOperator
 
-KNOWN = {"model", "initial_state", "observations", "free", "priors", "set", "optimizer", "uncertainty", "output",
-         "method", "background", "ensemble", "dtype", "window"}
+KNOWN = {
+    "model",
+    "initial_state",
+    "observations",
+    "free",
+    "priors",
+    "set",
+    "optimizer",
+    "uncertainty",
+    "output",
+    "method",
+    "background",
+    "ensemble",
+    "dtype",
+    "window",
+}
 
 
 def load_config(path: str | Path) -> dict:
@@ -40,7 +54,9 @@ def load_config(path: str | Path) -> dict:
 def build_model(cfg: dict):
     m = cfg.get("model")
     if not isinstance(m, dict) or "factory" not in m:
-        raise ConfigError("model: give a mapping with factory: 'module:callable' (e.g. pelagos.models:Lorenz63)")
+        raise ConfigError(
+            "model: give a mapping with factory: 'module:callable' (e.g. pelagos.models:Lorenz63)"
+        )
     mod, _, fn = str(m["factory"]).partition(":")
     try:
         factory = getattr(importlib.import_module(mod), fn)
@@ -86,9 +102,15 @@ def build_observations(cfg: dict, model, state) -> tuple[ObservationSet, dict | 
         path = Path(cfg.get("_dir", ".")) / o["file"]
         if "start" not in o:
             raise ConfigError("observations.start (ISO date-time of model time 0) is required for a file")
-        obs = read_observations(path, start=str(o["start"]), end=o.get("end"), variables=o.get("variables"),
-                                log=log, operator=lambda cols: default_operator(model, cols),
-                                missing=o.get("missing", "error"))
+        obs = read_observations(
+            path,
+            start=str(o["start"]),
+            end=o.get("end"),
+            variables=o.get("variables"),
+            log=log,
+            operator=lambda cols: default_operator(model, cols),
+            missing=o.get("missing", "error"),
+        )
         return obs, None
     if "synthetic" in o:
         s = o["synthetic"]
@@ -97,8 +119,14 @@ def build_observations(cfg: dict, model, state) -> tuple[ObservationSet, dict | 
         times = torch.arange(1, int(s["n"]) + 1, dtype=torch.float64) * every * dt
         truth = {n: float(model.get_parameter_value(n).detach()) for n in model.parameter_names()}
         op = IndexOperator(s["index"]) if "index" in s else None
-        obs, _ = synthetic_observations(model, state, times, op, sigma=float(s.get("sigma", 1.0)),
-                                        noise=s.get("noise", "gaussian"),
-                                        generator=torch.Generator().manual_seed(int(s.get("seed", 0))))
+        obs, _ = synthetic_observations(
+            model,
+            state,
+            times,
+            op,
+            sigma=float(s.get("sigma", 1.0)),
+            noise=s.get("noise", "gaussian"),
+            generator=torch.Generator().manual_seed(int(s.get("seed", 0))),
+        )
         return obs, truth
     raise ConfigError("observations: give file: PATH (+ start) or synthetic: {n, every, sigma, ...}")

@@ -72,7 +72,8 @@ class MatrixCovariance(Covariance):
             L, info = torch.linalg.cholesky_ex(B)
             if int(info) != 0:
                 raise ConfigError(
-                    "covariance is not positive definite (Cholesky failed); add jitter=... or use sqrt='symmetric'"
+                    "covariance is not positive definite (Cholesky failed); add jitter=... or use "
+                    "sqrt='symmetric'"
                 )
             self.S = L
         else:

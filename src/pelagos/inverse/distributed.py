@@ -98,14 +98,18 @@ def distributed_calibrate(
     z0 = local.z0.clone()
     if dist.is_available() and dist.is_initialized():
         dist.broadcast(z0, src=0)
-    opt = minimize(cost, z0, method=optimizer, max_iter=max_iter, lr=lr, gtol=gtol, ftol=ftol, desc="calibrate")
+    opt = minimize(
+        cost, z0, method=optimizer, max_iter=max_iter, lr=lr, gtol=gtol, ftol=ftol, desc="calibrate"
+    )
     C = None
     if uncertainty:
         H = _all_reduce(hessian(local.cost, opt.z))
         if prior_idx:
             H[prior_idx, prior_idx] += 1.0 / prior_s**2
         C = torch.linalg.inv(H)
-    res = summarize(model, full, opt, method=f"distributed-calibrate[{optimizer}]", uncertainty=None, covariance=C)
+    res = summarize(
+        model, full, opt, method=f"distributed-calibrate[{optimizer}]", uncertainty=None, covariance=C
+    )
     res.cost = opt.cost
     res.cost_terms = {"obs": float(opt.cost - prior(opt.z)), "prior": float(prior(opt.z))}
     if write_back:

@@ -1,7 +1,8 @@
 """Ensemble Kalman methods: EnKF (perturbed observations, square root / ETKF), LETKF, ES-MDA.
 
 Ensembles are batches: a state with leading dim ``Ne`` and, for parameter estimation, unconstrained parameter
-values ``U`` of shape ``(Ne, p)`` passed to the model with ``model.using`` (each member runs with its own values
+values ``U`` of shape ``(Ne, p)`` passed to the model with ``model.using`` (each member runs with its own
+values
 in one batched call). Analyses are done in the whitened observation space (y/σ) and, where possible, in the
 ensemble space (N × N systems), so the cost does not grow with the number of observations squared.
 
@@ -68,7 +69,9 @@ def post_process(
     return mu + A
 
 
-def _observed(obs: ObservationSet, i: int, HE: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _observed(
+    obs: ObservationSet, i: int, HE: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Whitened (transformed) predictions and observation at time i, keeping only non-missing entries.
 
     Returns ``HEw (N, m_i)``, ``yw (m_i,)``: both divided by σ (or premultiplied by L⁻¹).
@@ -100,7 +103,8 @@ def enkf_analysis(
     method: str = "sqrt",
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """One EnKF analysis of E (N, n) given whitened predictions HEw (N, m) and whitened observation yw (m,)."""
+    """One EnKF analysis of E (N, n) given whitened predictions HEw (N, m) and whitened observation yw
+    (m,)."""
     check_choice("EnKF method", method, ["sqrt", "pertobs"])
     N = E.shape[0]
     if N < 2:
@@ -125,7 +129,9 @@ def gaspari_cohn(r: torch.Tensor) -> torch.Tensor:
     r = r.abs()
     r2, r3, r4, r5 = r**2, r**3, r**4, r**5
     inner = -0.25 * r5 + 0.5 * r4 + 0.625 * r3 - 5.0 / 3.0 * r2 + 1.0
-    outer = r5 / 12.0 - 0.5 * r4 + 0.625 * r3 + 5.0 / 3.0 * r2 - 5.0 * r + 4.0 - 2.0 / (3.0 * r.clamp(min=1e-12))
+    outer = (
+        r5 / 12.0 - 0.5 * r4 + 0.625 * r3 + 5.0 / 3.0 * r2 - 5.0 * r + 4.0 - 2.0 / (3.0 * r.clamp(min=1e-12))
+    )
     return torch.where(r <= 1, inner, torch.where(r < 2, outer, torch.zeros_like(r)))
 
 
@@ -140,7 +146,8 @@ def localization_taper(
     """Taper (n, m) between state and observation positions (1-D or (·, k) coordinates).
 
     Convention of DAPPER: the Gaspari–Cohn half-width is c = 1.82 · radius (so the taper is ≈ exp(−½) at
-    ``radius``, like a Gaussian of std ``radius``), it vanishes beyond 2c; values below ``cutoff`` are set to 0.
+    ``radius``, like a Gaussian of std ``radius``), it vanishes beyond 2c; values below ``cutoff`` are set
+    to 0.
     """
     if radius <= 0:
         raise ConfigError(f"localisation radius must be > 0; got {radius}")
@@ -224,7 +231,8 @@ def ensemble_filter(
     if params is not None:
         if params.shape != (Ne, len(model.free_parameter_names())):
             raise ShapeError(
-                f"params has shape {tuple(params.shape)}; expected (Ne={Ne}, p={len(model.free_parameter_names())})"
+                f"params has shape {tuple(params.shape)}; expected (Ne={Ne}, "
+                f"p={len(model.free_parameter_names())})"
                 f" for free parameters {model.free_parameter_names()}"
             )
         if method == "letkf":
@@ -234,7 +242,9 @@ def ensemble_filter(
         if not localization:
             raise ConfigError("method='letkf' needs localization={'state_coords', 'obs_coords', 'radius'}")
         taper = localization_taper(
-            localization["state_coords"], localization["obs_coords"], localization["radius"],
+            localization["state_coords"],
+            localization["obs_coords"],
+            localization["radius"],
             period=localization.get("period"),
         )
     t_start = time.perf_counter()
@@ -244,7 +254,7 @@ def ensemble_filter(
     it = range(len(steps))
     bar = tqdm(it, desc=f"EnKF[{method}]", leave=False) if (progress and tqdm is not None) else it
     for i in bar:
-        with torch.no_grad(), (model.using(U) if p else _null()):
+        with torch.no_grad(), model.using(U) if p else _Null():
             E = propagate(model, E, steps[i] - k, t0=t0 + k * dt_, dt=dt_)
             HE = obs.operator(E)
         k = steps[i]
@@ -266,13 +276,18 @@ def ensemble_filter(
         if p:
             Us.append(U.clone())
     return EnsembleResult(
-        times=obs.times.clone(), mean=torch.stack(means), spread=torch.stack(spreads),
-        forecast_mean=torch.stack(fmeans), final=E, params=torch.stack(Us) if p else None,
-        param_names=model.free_parameter_names() if p else [], wall_time=time.perf_counter() - t_start,
+        times=obs.times.clone(),
+        mean=torch.stack(means),
+        spread=torch.stack(spreads),
+        forecast_mean=torch.stack(fmeans),
+        final=E,
+        params=torch.stack(Us) if p else None,
+        param_names=model.free_parameter_names() if p else [],
+        wall_time=time.perf_counter() - t_start,
     )
 
 
-class _null:
+class _Null:
     def __enter__(self):
         return None
 
@@ -315,7 +330,8 @@ def esmda(
 
     ``params`` (Ne, p): prior ensemble of the unconstrained free parameters (draw it from the priors, see
     :func:`sample_prior`); ``state``: initial state with leading dim Ne (updated too if ``control_state``).
-    ``alphas``: inflation coefficients with Σ 1/α = 1 (an int n means n × α = n). Each iteration runs the whole
+    ``alphas``: inflation coefficients with Σ 1/α = 1 (an int n means n × α = n). Each iteration runs the
+    whole
     window for all members at once, perturbs the observations with √α σ ε and applies the Kalman update with
     covariances estimated from the ensemble.
     """
@@ -366,12 +382,16 @@ def esmda(
     hist.append(float(0.5 * (((h.mean(0) - yt) / s) ** 2).sum()))
     phys = torch.stack([model.parameter_spec(n).transform.forward(U[:, i]) for i, n in enumerate(names)], 1)
     return ESMDAResult(
-        params=U, param_names=names, physical=phys,
+        params=U,
+        param_names=names,
+        physical=phys,
         mean={n: float(phys[:, i].mean()) for i, n in enumerate(names)},
         std={n: float(phys[:, i].std()) for i, n in enumerate(names)},
         raw_mean={n: float(U[:, i].mean()) for i, n in enumerate(names)},
         raw_std={n: float(U[:, i].std()) for i, n in enumerate(names)},
-        initial_state=X0 if control_state else None, history=hist, n_evals=n_evals + 1,
+        initial_state=X0 if control_state else None,
+        history=hist,
+        n_evals=n_evals + 1,
         wall_time=time.perf_counter() - t_start,
     )
 

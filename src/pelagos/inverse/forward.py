@@ -2,7 +2,8 @@
 
 Only the ``Model`` contract is used: ``model.step(state, t)`` (pure) and ``model.dt``, through
 :func:`pelagos.core.rollout`. Memory: the graph of every step is kept for the backward pass unless
-``checkpoint`` is given (an int segment length or ``"sqrt"``); then the steps between two observation times are
+``checkpoint`` is given (an int segment length or ``"sqrt"``); then the steps between two observation times
+are
 recomputed in the backward pass segment by segment, as ``rollout`` does.
 """
 
@@ -39,14 +40,22 @@ def propagate(
     dt: float | None = None,
     checkpoint: int | str | None = None,
 ) -> object:
-    """State after ``n_steps`` steps from time ``t0`` (:func:`pelagos.core.rollout`, nothing saved on the way)."""
+    """State after ``n_steps`` steps from time ``t0`` (:func:`pelagos.core.rollout`, nothing saved on the
+    way)."""
     if n_steps == 0:
         return state
     step, dt = step_function(model, dt)
     target = model if hasattr(model, "step") else step
     traj = rollout(
-        target, state, int(n_steps), t0=t0, dt=dt, save_every=int(n_steps), checkpoint=checkpoint,
-        include_initial=False, observe=lambda s: torch.zeros(()),
+        target,
+        state,
+        int(n_steps),
+        t0=t0,
+        dt=dt,
+        save_every=int(n_steps),
+        checkpoint=checkpoint,
+        include_initial=False,
+        observe=lambda s: torch.zeros(()),
     )
     return traj.final
 

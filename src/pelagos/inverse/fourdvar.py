@@ -105,7 +105,8 @@ def fourdvar(
         max_iter=max_iter,
         gtol=gtol,
         ftol=ftol,
-        residuals=problem.residuals, jacobian=problem.jacobian,
+        residuals=problem.residuals,
+        jacobian=problem.jacobian,
         progress=progress,
         desc="4D-Var",
         keep_iterates=params,
@@ -200,7 +201,17 @@ def cycled_fourdvar(
         sub = obs.select(range(first, e + 1))
         ta, _ = time_of(a)
         r = fourdvar(
-            model, sub, x_bg, B, t0=ta, dt=dt_, method=method, max_iter=max_iter, gtol=gtol, ftol=ftol, jacobian=jacobian,
+            model,
+            sub,
+            x_bg,
+            B,
+            t0=ta,
+            dt=dt_,
+            method=method,
+            max_iter=max_iter,
+            gtol=gtol,
+            ftol=ftol,
+            jacobian=jacobian,
         )
         out.n_evals += r.n_evals
         out.iterations.append(r.n_iter)
@@ -243,14 +254,25 @@ def var3d(
             x = propagate(model, x, steps[i] - k, t0=t0 + k * dt_, dt=dt_)
         k = steps[i]
         r = fourdvar(
-            model, obs.select([i]), x, B, t0=t0 + k * dt_, dt=dt_, method=method, max_iter=max_iter,
-            ftol=1e-10, jacobian=jacobian,
+            model,
+            obs.select([i]),
+            x,
+            B,
+            t0=t0 + k * dt_,
+            dt=dt_,
+            method=method,
+            max_iter=max_iter,
+            ftol=1e-10,
+            jacobian=jacobian,
         )
         x = r.analysis
         out.append(x)
         n_evals += r.n_evals
         iters.append(r.n_iter)
     return CycledResult(
-        times=obs.times.clone(), analyses=torch.stack(out), n_evals=n_evals,
-        wall_time=time.perf_counter() - t_start, iterations=iters,
+        times=obs.times.clone(),
+        analyses=torch.stack(out),
+        n_evals=n_evals,
+        wall_time=time.perf_counter() - t_start,
+        iterations=iters,
     )

@@ -101,7 +101,8 @@ def laplace_covariance(
     L, info = torch.linalg.cholesky_ex(H)
     if int(info) != 0:
         raise SolverError(
-            "the Hessian is not positive definite at the optimum; the parameters may not be identifiable from "
+            "the Hessian is not positive definite at the optimum; the parameters may not be "
+            "identifiable from "
             "these observations — add priors (model.set_prior) or more observations"
         )
     C = torch.cholesky_inverse(L)

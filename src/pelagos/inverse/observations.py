@@ -53,7 +53,8 @@ class ObservationSet:
         self.times = torch.as_tensor(self.times, dtype=torch.float64).flatten()
         if self.values.ndim < 2 or self.values.shape[0] != self.times.numel():
             raise ShapeError(
-                f"observation values have shape {tuple(self.values.shape)}; expected (n_t={self.times.numel()}, "
+                f"observation values have shape {tuple(self.values.shape)}; expected "
+                f"(n_t={self.times.numel()}, "
                 "*batch, m) — one row per observation time"
             )
         if self.times.numel() > 1 and not bool((self.times[1:] > self.times[:-1]).all()):
@@ -71,7 +72,8 @@ class ObservationSet:
                 )
             if bool(torch.isnan(self.values).any()):
                 raise ObservationError(
-                    "missing values (NaN) cannot be combined with a full error covariance; use sigma, or fill them"
+                    "missing values (NaN) cannot be combined with a full error covariance; use "
+                    "sigma, or fill them"
                 )
             self._chol = torch.linalg.cholesky(self.cov)
         else:
@@ -89,7 +91,8 @@ class ObservationSet:
             if bool(bad.any()):
                 i = tuple(torch.nonzero(bad)[0].tolist())
                 raise ObservationError(
-                    f"observation error sigma must be finite and > 0 where a value is given; got {float(s[i])} at "
+                    f"observation error sigma must be finite and > 0 where a value is given; got "
+                    f"{float(s[i])} at "
                     f"index {i} (time {float(self.times[i[0]]):g})"
                 )
             self.sigma = s
@@ -124,7 +127,8 @@ class ObservationSet:
         if bool(off.any()):
             i = int(torch.nonzero(off)[0])
             raise ObservationError(
-                f"observation time {float(self.times[i]):g} (row {i}) is not a multiple of the model step dt={dt:g}"
+                f"observation time {float(self.times[i]):g} (row {i}) is not a multiple of the "
+                f"model step dt={dt:g}"
                 f" after t0={t0:g}; move it to the step grid or change dt"
             )
         before = kr < 0
@@ -190,11 +194,14 @@ class ObservationSet:
         """
         if pred.shape[0] != self.n_times or pred.shape[-1] != self.m:
             raise ShapeError(
-                f"predictions have shape {tuple(pred.shape)}; expected (n_t={self.n_times}, *batch, m={self.m})"
+                f"predictions have shape {tuple(pred.shape)}; expected (n_t={self.n_times}, *batch, "
+                f"m={self.m})"
             )
         extra = pred.ndim - self.values.ndim  # leading batch dims of pred (ensemble members) not in values
         if extra < 0:
-            raise ShapeError(f"predictions {tuple(pred.shape)} have fewer dims than values {tuple(self.values.shape)}")
+            raise ShapeError(
+                f"predictions {tuple(pred.shape)} have fewer dims than values {tuple(self.values.shape)}"
+            )
 
         def lift(t: torch.Tensor) -> torch.Tensor:
             return t.reshape(t.shape[0], *([1] * extra), *t.shape[1:])
@@ -236,7 +243,8 @@ class ObservationSet:
         for i, s in enumerate(sets):
             if s.m != m or s.values.ndim != 2 or s.cov is not None:
                 raise ObservationError(
-                    f"set {i}: stacking needs values of shape (n_t, m={m}) with sigma; got {tuple(s.values.shape)}"
+                    f"set {i}: stacking needs values of shape (n_t, m={m}) with sigma; got "
+                    f"{tuple(s.values.shape)}"
                 )
         times = torch.unique(torch.cat([s.times for s in sets]))
         dtype = sets[0].values.dtype
@@ -258,9 +266,11 @@ class ObservationSet:
         )
 
     def __repr__(self) -> str:
+        t_first = float(self.times[0]) if self.n_times else 0.0
+        t_last = float(self.times[-1]) if self.n_times else 0.0
         return (
             f"ObservationSet(n_times={self.n_times}, values={tuple(self.values.shape)}, n_obs={self.n_obs}, "
-            f"t=[{float(self.times[0]) if self.n_times else 0:g}, {float(self.times[-1]) if self.n_times else 0:g}],"
+            f"t=[{t_first:g}, {t_last:g}],"
             f" log={self.log if isinstance(self.log, bool) else 'per-column'}, "
             f"errors={'cov' if self.cov is not None else 'sigma'})"
         )

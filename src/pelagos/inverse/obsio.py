@@ -87,7 +87,9 @@ def from_records(
     start = _as_datetime(start, "start")
     end = _as_datetime(end, "end")
     if start is None:
-        raise ObservationError("reading dated observations needs the run start (start=datetime or ISO string)")
+        raise ObservationError(
+            "reading dated observations needs the run start (start=datetime or ISO string)"
+        )
     valid = None if variables is None else set(variables)
     rows: dict[tuple[float, str, float], tuple[float, float]] = {}
     for j, (t, depth, var, val, sig) in enumerate(records):
@@ -126,7 +128,13 @@ def from_records(
     columns = [(v, float("nan") if d == -1.0 else d) for v, d in cols]
     op = operator(columns) if operator is not None else UnboundOperator(columns)
     return ObservationSet(
-        torch.tensor(times, dtype=torch.float64), vals, sigs, operator=op, log=log, columns=columns, start=start,
+        torch.tensor(times, dtype=torch.float64),
+        vals,
+        sigs,
+        operator=op,
+        log=log,
+        columns=columns,
+        start=start,
         meta={"source": source},
     )
 
@@ -202,14 +210,19 @@ def write_netcdf(obs: ObservationSet, path: str | Path, *, start: datetime | Non
             "value": ("obs", np.array(v, dtype=float)),
             "sigma": ("obs", np.array(s, dtype=float), {"long_name": "observation error standard deviation"}),
         },
-        attrs={"Conventions": "CF-1.8", "featureType": "point", "title": "pelagos observations (long format)"},
+        attrs={
+            "Conventions": "CF-1.8",
+            "featureType": "point",
+            "title": "pelagos observations (long format)",
+        },
     )
     ds.to_netcdf(path)
     return Path(path)
 
 
 def read_netcdf(path: str | Path, *, start: datetime | str, **kwargs) -> ObservationSet:
-    """Read a file written by :func:`write_netcdf` (variables time, depth, variable, value, sigma along ``obs``)."""
+    """Read a file written by :func:`write_netcdf` (variables time, depth, variable, value, sigma along
+    ``obs``)."""
     import numpy as np
     import xarray as xr
 
@@ -219,12 +232,19 @@ def read_netcdf(path: str | Path, *, start: datetime | str, **kwargs) -> Observa
     with xr.open_dataset(path) as ds:
         miss = [c for c in ("time", "variable", "value", "sigma") if c not in ds]
         if miss:
-            raise ObservationError(f"{path}: missing variable(s) {miss}; expected {', '.join(COLUMNS)} along obs")
+            raise ObservationError(
+                f"{path}: missing variable(s) {miss}; expected {', '.join(COLUMNS)} along obs"
+            )
         times = ds["time"].values.astype("datetime64[us]").astype(datetime)
         depth = ds["depth"].values if "depth" in ds else np.full(len(times), np.nan)
         recs = [
-            (times[i], float(depth[i]), str(ds["variable"].values[i]), float(ds["value"].values[i]),
-             float(ds["sigma"].values[i]))
+            (
+                times[i],
+                float(depth[i]),
+                str(ds["variable"].values[i]),
+                float(ds["value"].values[i]),
+                float(ds["sigma"].values[i]),
+            )
             for i in range(len(times))
         ]
     return from_records(recs, start=start, source=str(path), **kwargs)

@@ -71,7 +71,8 @@ class VariationalProblem:
         if control_state:
             if B is None:
                 raise ConfigError(
-                    "control_state=True needs a background-error covariance B (a Covariance, a matrix, stds, or a "
+                    "control_state=True needs a background-error covariance B (a Covariance, a "
+                    "matrix, stds, or a "
                     "dict of these per state variable)"
                 )
             if isinstance(state, dict):
@@ -198,7 +199,9 @@ class VariationalProblem:
         if self.jacobian_mode == "bundle":
             # Central differences of all nz directions in one batched run: error O(h²) ≈ 1e-10 (float64).
             h = self.bundle_step
-            zb = torch.cat([z.detach() + h * torch.eye(n, dtype=z.dtype), z.detach() - h * torch.eye(n, dtype=z.dtype)])
+            zb = torch.cat(
+                [z.detach() + h * torch.eye(n, dtype=z.dtype), z.detach() - h * torch.eye(n, dtype=z.dtype)]
+            )
             with torch.no_grad():
                 r = self.residuals(zb)
             return ((r[:n] - r[n:]) / (2 * h)).T.contiguous()
@@ -222,7 +225,7 @@ class VariationalProblem:
     def cost_terms(self, z: torch.Tensor) -> dict[str, float]:
         """Observation, background, model-error and prior parts of J(z)."""
         with torch.no_grad():
-            u, v, w = self.split(z)
+            _, v, w = self.split(z)
             out = {
                 "obs": float(self.obs.nll(self.predict(z))),
                 "background": float(0.5 * v.pow(2).sum()),

@@ -92,9 +92,8 @@ class CalibrationResult:
         ]
         for n in self.names:
             s = f" ± {self.std[n]:.4g}" if n in self.std else ""
-            lines.append(
-                f"  {n:30s} {self.estimates[n]:.6g}{s}   (first guess {self.initial.get(n, float('nan')):.6g})"
-            )
+            first = self.initial.get(n, float("nan"))
+            lines.append(f"  {n:30s} {self.estimates[n]:.6g}{s}   (first guess {first:.6g})")
         return "\n".join(lines)
 
     # -- plots -------------------------------------------------------------------------------------------

@@ -57,7 +57,8 @@ class Lorenz96(Model):
         return rk4_step(self.tendency, state, self.dt)
 
     def initial_state(self, batch: tuple[int, ...] = (), *, dtype: torch.dtype | None = None) -> torch.Tensor:
-        """The first unit vector e_0 (DAPPER's x0 for ``Lorenz96/sakov2008``); chaos takes over within ~10 time
+        """The first unit vector e_0 (DAPPER's x0 for ``Lorenz96/sakov2008``); chaos takes over within ~10
+        time
         units, which is why statistics skip a burn-in."""
         x = torch.zeros((*batch, self.nx), dtype=dtype or torch.get_default_dtype())
         x[..., 0] = 1.0
