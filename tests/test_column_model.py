@@ -278,3 +278,29 @@ def test_ecosmo_column_bottom_stress_and_running_means():
         buf = running_mean_update(buf, par0[k], t0 + k * 3600.0, t0 + (k - 1) * 3600.0)
     torch.testing.assert_close(s["_means"][key]["mean"], buf["mean"].expand(2), rtol=1e-12, atol=1e-12)
     assert float(buf["mean"].max()) > 0.0
+
+
+def test_run_column_restart_continues_exactly_and_half_hour_steps():
+    f = analytic_forcing(hours=24)
+    full = run_column(f, npzd_system(), start=0.0, stop=24 * 3600.0, output_every=6 * 3600.0, as_xarray=False)
+    first = run_column(
+        f, npzd_system(), start=0.0, stop=12 * 3600.0, output_every=6 * 3600.0, as_xarray=False
+    )
+    second = run_column(
+        f,
+        npzd_system(),
+        start=12 * 3600.0,
+        stop=24 * 3600.0,
+        output_every=6 * 3600.0,
+        as_xarray=False,
+        state=first["final_state"],
+    )
+    for k in ("npzd_phy", "npzd_det", "npzd_PPR", "total_nitrogen"):
+        torch.testing.assert_close(second[k][-1], full[k][-1], rtol=0, atol=0)
+    # dt = 1800 s on hourly records: forcing interpolated in time, nitrogen still conserved
+    half = run_column(
+        f, npzd_system(), start=0.0, stop=24 * 3600.0, dt=1800.0, output_every=6 * 3600.0, as_xarray=False
+    )
+    tn = half["total_nitrogen"]
+    torch.testing.assert_close(tn[-1], tn[0], rtol=1e-13, atol=0)
+    assert float((half["npzd_phy"][-1] - full["npzd_phy"][-1]).abs().max()) > 0  # a different discretisation
