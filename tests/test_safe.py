@@ -221,3 +221,17 @@ def test_hessians_equal_plain_ops_away_from_singular_points():
     for safe_f, plain_f in pairs:
         H = torch.func.hessian(safe_f)(x)
         torch.testing.assert_close(H, torch.autograd.functional.hessian(plain_f, x), rtol=1e-12, atol=1e-14)
+
+
+def test_smooth_min_max_with_infinite_argument_returns_the_other():
+    # e.g. a ratio that is +inf at night entering smooth_min: the result must be the finite argument, not NaN.
+    from pelagos.core.safe import smooth_max, smooth_min
+
+    x = torch.tensor([-2.0, 0.5, 3.0], dtype=torch.float64, requires_grad=True)
+    inf = torch.tensor(float("inf"), dtype=torch.float64)
+    lo = smooth_min(x, inf, 10.0)
+    hi = smooth_max(x, -inf, 10.0)
+    assert torch.equal(lo, x) and torch.equal(hi, x)
+    (g,) = torch.autograd.grad((lo + hi).sum(), x)
+    assert torch.equal(g, torch.full_like(x, 2.0))
+    assert torch.isinf(smooth_max(x, inf, 10.0)).all()

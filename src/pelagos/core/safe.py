@@ -201,7 +201,9 @@ def smooth_max(a: Tensorish, b: Tensorish, sharpness: float) -> torch.Tensor:
     [0, 1] and summing to 1.
     """
     a, b = torch.as_tensor(a), torch.as_tensor(b)
-    return b + F.softplus(a - b, beta=sharpness, threshold=30.0)
+    # Written around max(a, b) rather than b + softplus(a − b), so that an infinite argument gives the other
+    # argument or ±inf instead of inf − inf = NaN (e.g. a Chl:C ratio that is infinite at night).
+    return torch.maximum(a, b) + F.softplus(-torch.abs(a - b), beta=sharpness)
 
 
 def smooth_min(a: Tensorish, b: Tensorish, sharpness: float) -> torch.Tensor:
