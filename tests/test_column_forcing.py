@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from pelagos.column.forcing import ColumnForcing, compact_forcing_path
-from pelagos.column.running_mean import running_mean_init, running_mean_update
 from pelagos.core.errors import ForcingError
+from pelagos.core.running_mean import running_mean_init, running_mean_update
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "gotm_nns_annual" / "physics_hourly.nc"
 if not SHARED.exists():

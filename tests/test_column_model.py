@@ -258,7 +258,7 @@ ECOSMO_YAML = Path(__file__).resolve().parents[2] / "shared" / "data" / "fabm" /
 
 @pytest.mark.skipif(not ECOSMO_YAML.exists(), reason="shared ECOSMO yaml not present")
 def test_ecosmo_column_bottom_stress_and_running_means():
-    from pelagos.column.running_mean import running_mean_init, running_mean_update
+    from pelagos.core.running_mean import running_mean_init, running_mean_update
 
     f = ColumnForcing.from_gotm(compact_forcing_path(), stop=2 * 86400.0)
     with pytest.raises(ForcingError, match="bottom_stress"):

@@ -22,7 +22,7 @@ shortwave (FABM's ``swr_method = 1``), the documented meaning of that column.
 If the system holds a ``gotm/light`` instance, PAR and surface PAR come from it instead (one layer of
 thickness ``depth``, see :mod:`pelagos.bgc.gotm_light`). Running means (``mean_key``) that models request
 follow FABM's ``temporal_mean`` (samples every ``resolution`` seconds on the run clock, started from the first
-value; :mod:`pelagos.column.running_mean`).
+value; :mod:`pelagos.core.running_mean`).
 """
 
 from __future__ import annotations
@@ -252,10 +252,10 @@ class BoxDriver:
         return traj, {k: torch.stack(v) for k, v in diag_out.items()}
 
     def _add_means(self, env: dict, buffers: dict, t: float) -> None:
-        """Running means at time ``t`` (s): FABM's temporal_mean (pelagos.column.running_mean)."""
+        """Running means at time ``t`` (s): FABM's temporal_mean (pelagos.core.running_mean)."""
         if not self.means:
             return
-        from ..column.running_mean import running_mean_init, running_mean_update
+        from ..core.running_mean import running_mean_init, running_mean_update
 
         for key, (base, period, res) in self.means.items():
             if base not in env:

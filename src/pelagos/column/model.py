@@ -18,7 +18,7 @@ One step ``t -> t + dt`` (GOTM+FABM's ``do_gotm_fabm`` order, watercolumn.md §2
    ``euler`` as GOTM's default, ``rk2``, ``rk4``, ``mp``, ...). Light is recomputed at every stage.
 
 The state is a dict: ``{global name: (B, nz)}`` for interior variables, ``(B,)`` for bottom/surface ones, and,
-when needed, ``"_means": {key: buffer}`` (see :mod:`pelagos.column.running_mean`). Batch ``B`` = columns.
+when needed, ``"_means": {key: buffer}`` (see :mod:`pelagos.core.running_mean`). Batch ``B`` = columns.
 """
 
 from __future__ import annotations
@@ -33,8 +33,8 @@ import torch
 
 from ..core.errors import ConfigError, ForcingError
 from ..core.model import Model
+from ..core.running_mean import running_mean_init, running_mean_update
 from .forcing import ColumnForcing
-from .running_mean import running_mean_init, running_mean_update
 
 __all__ = ["ColumnModel", "run_column", "to_dataset"]
 

@@ -21,7 +21,7 @@ import math
 
 import torch
 
-from ..core.errors import ConfigError
+from .errors import ConfigError
 
 __all__ = ["running_mean_init", "running_mean_update"]
 
