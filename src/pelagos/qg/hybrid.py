@@ -47,7 +47,8 @@ class HybridConfig:
     coarsen: str = "spectral"
     n_train: int = 4  # high-res trajectories for training
     n_test: int = 1  # held-out trajectories (other seeds)
-    spinup_years: float = 2.0
+    spinup_years: float = 3.0
+    ic_amplitude: float = 3e-6  # s-1, rms of the initial white-noise PV
     data_years: float = 0.5
     pair_every: int = 6  # steps between offline (q̄, S) pairs
     hidden: int = 32
@@ -110,7 +111,10 @@ def make_data(cfg: HybridConfig, log=print) -> dict:
     """High-res runs → coarse truth q̄ every step (T, B, nz, ny, nx), offline pairs and truth diagnostics."""
     hi, _lo, C = make_models(cfg)
     B = cfg.n_train + cfg.n_test
-    st = hi.initial_state(batch=B, seed=cfg.seed)
+    # broadband noise in both layers (pyqg's weak top-layer stripes take ~3 model years to saturate)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    q0 = cfg.ic_amplitude * torch.randn(B, hi.nz, hi.ny, hi.nx, dtype=torch.float64, generator=gen)
+    st = hi.state_from_q(q0.to(hi.dtype).to(hi.device))
     n_spin = round(cfg.spinup_years * YEAR / cfg.dt)
     t0 = time.time()
     for k in range(0, n_spin, 1000):
