@@ -181,3 +181,22 @@ def test_checkpointed_gradient_equals_plain():
     (g1,) = torch.autograd.grad(p1.cost(z), z)
     (g2,) = torch.autograd.grad(p2.cost(z), z)
     assert torch.allclose(g1, g2, atol=1e-12)
+
+
+def test_joint_state_and_parameter_4dvar_on_lorenz63():
+    from pelagos.inverse.obsio import synthetic_observations
+    from pelagos.models import Lorenz63
+
+    truth = Lorenz63()
+    x_true = truth.initial_state()
+    times = torch.arange(1, 11) * 5 * truth.dt
+    g = torch.Generator().manual_seed(0)
+    obs, _ = synthetic_observations(truth, x_true, times, sigma=0.5, generator=g)
+    model = Lorenz63(rho=24.0)
+    model.select_free(["rho"])
+    model.set_prior("rho", mean=24.0, std=0.5)
+    xb = x_true + torch.tensor([0.8, -0.6, 0.7])
+    r = fourdvar(model, obs, xb, 1.0, params=True, uncertainty="hessian")
+    assert r.params is not None and r.params.names == ["rho"]
+    assert abs(r.params.estimates["rho"] - 28.0) < 3 * r.params.std["rho"] < 3.0
+    assert float((r.analysis - x_true).norm()) < 0.5 * float((xb - x_true).norm())
