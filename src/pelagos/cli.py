@@ -17,7 +17,9 @@ COMMANDS = ["run", "plot", "gradcheck", "calibrate", "assimilate", "qg", "bench"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="pelagos", description="Differentiable ocean and geoscience models.")
+    parser = argparse.ArgumentParser(
+        prog="pelagos", description="Differentiable ocean and geoscience models."
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
         try:

@@ -45,7 +45,9 @@ def check_finite(name: str, x: torch.Tensor, *, fix: str = "") -> torch.Tensor:
     if x.is_floating_point() and not bool(torch.isfinite(x).all()):
         bad = torch.nonzero(~torch.isfinite(x))[0].tolist()
         hint = f" {fix}" if fix else ""
-        raise ForcingError(f"{name} contains NaN/Inf (first at index {tuple(bad)}, shape {tuple(x.shape)}).{hint}")
+        raise ForcingError(
+            f"{name} contains NaN/Inf (first at index {tuple(bad)}, shape {tuple(x.shape)}).{hint}"
+        )
     return x
 
 
@@ -61,7 +63,7 @@ def check_positive(name: str, x: torch.Tensor | float, *, strict: bool = True, f
 
 
 def check_shape(name: str, x: torch.Tensor, expected: Sequence[int | None], *, fix: str = "") -> None:
-    """Check ``x.shape`` against ``expected`` (``None`` = any size); the leading dims may be extra batch dims."""
+    """Check ``x.shape`` against ``expected`` (``None`` = any size); leading dims may be extra batch dims."""
     shape = tuple(x.shape)
     k = len(expected)
     tail = shape[-k:] if k else ()
