@@ -128,6 +128,8 @@ def test_to_dataset_like_pyqg(tmp_path):
     m = QGModel(nx=16, dt=3600.0)
     st = m.initial_state(batch=2, seed=0)
     ds = to_dataset(m, st, time=3600.0, diagnostics=True)
+    assert m.to_dataset(st).identical(to_dataset(m, st))
+    assert set(m.diagnostics(st, ["EKE"])) == {"EKE"}
     assert ds["q"].dims == ("run", "lev", "y", "x") and ds["q"].shape == (2, 2, 16, 16)
     for v in ("u", "v", "p", "ufull", "KEspec", "EKE"):
         assert v in ds

@@ -416,6 +416,19 @@ class SpectralQG(Model):
         q_new = self._irfft2_into(ws["qs"], torch.empty_like(q))
         return {"q": q_new, "qh": new, "dqhdt_p": d, "dqhdt_pp": p, "ablevel": ab_new}
 
+    # -- pyqg-style conveniences -------------------------------------------------------------------------
+    def to_dataset(self, state: QGState, time: float | None = None, diagnostics: bool | list[str] = False):
+        """xarray Dataset of ``state`` in pyqg's layout (see :func:`pelagos.qg.dataset.to_dataset`)."""
+        from .dataset import to_dataset
+
+        return to_dataset(self, state, time=time, diagnostics=diagnostics)
+
+    def diagnostics(self, state: QGState, names: list[str] | None = None) -> dict[str, torch.Tensor]:
+        """pyqg's diagnostics of ``state`` (see :func:`pelagos.qg.diagnostics.diagnostics`)."""
+        from .diagnostics import diagnostics
+
+        return diagnostics(self, state, names)
+
     # -- stability -------------------------------------------------------------------------------------------
     def cfl(self, state: QGState) -> torch.Tensor:
         """Courant number ``max(|u + Ubg|, |v|)·dt/dx`` per trajectory, shape (B,) (pyqg ``_calc_cfl``)."""
