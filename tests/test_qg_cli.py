@@ -35,3 +35,25 @@ def test_config_errors_name_the_problem(tmp_path):
     with pytest.raises(ConfigError, match="model section"):
         config.build_model({"model": {"nx": 16, "rekk": 1.0}})
     assert main(["qg", "run", str(tmp_path / "missing.yaml")]) == 1
+
+
+def test_train_closure_and_evaluate_tiny(tmp_path):
+    cfg = tmp_path / "hy.yaml"
+    cfg.write_text(
+        "model: {type: QGModel, L: 5.0e5}\n"
+        "hybrid: {nx_hr: 32, nx_lr: 16, spinup_years: 0.05, data_years: 0.03, offline_iters: 20,\n"
+        "         online_iters: 4, curriculum: [2, 3], eval_days: [1], eval_starts: 2, eval_years: 0.02,\n"
+        "         n_train: 2, n_test: 1}\n"
+        "output: {dir: out, name: tiny}\n"
+    )
+    assert main(["qg", "evaluate", str(cfg)]) == 1  # nothing trained yet: a clear error
+    assert main(["qg", "train-closure", str(cfg)]) == 0
+    out = tmp_path / "out"
+    table = (out / "tiny_evaluation.md").read_text()
+    for label in ("no closure", "Smagorinsky", "BackscatterBiharmonic", "offline CNN", "online CNN"):
+        assert label in table
+    assert main(["qg", "evaluate", str(cfg)]) == 0
+    import json
+
+    curves = json.loads((out / "tiny_training.json").read_text())["curves"]
+    assert len(curves["offline"]) >= 1 and curves["online"][0]["n"] == 2
