@@ -43,3 +43,21 @@ def test_point_observer_psi_is_inverse_of_q():
     q = torch.stack([q1, q2], 1)
     qmean = st["q"] - st["q"].mean(dim=(-2, -1), keepdim=True)  # the κ = 0 mode is not inverted
     assert torch.allclose(q, qmean, rtol=0, atol=1e-12 * float(qmean.abs().max()))
+
+
+def test_interval_model_tensor_state_and_observer():
+    from pelagos.qg.interval import QGInterval
+
+    m = QGModel(nx=16, dt=3600.0)
+    q = m.random_q(2, seed=4)
+    T = QGInterval(m, 3)
+    assert T.dt == 3 * 3600.0
+    st = m.state_from_q(q)
+    for _ in range(3):
+        st = m.step(st)
+    assert torch.equal(T.step(q), st["q"])
+    H = PointObserver.random(m, 10, seed=0)
+    assert torch.allclose(H(q), H(m.state_from_q(q)), rtol=0, atol=0)
+    shift = torch.nn.Conv2d(2, 2, 1, bias=False).double()
+    torch.nn.init.zeros_(shift.weight)
+    assert torch.equal(QGInterval(m, 3, correction=shift.float()).step(q), st["q"])  # zero correction

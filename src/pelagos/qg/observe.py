@@ -22,7 +22,10 @@ class PointObserver:
         n = model.nz * model.ny * model.nx
         return cls(model, torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:m], field)
 
-    def __call__(self, state: QGState) -> torch.Tensor:
+    def __call__(self, state: QGState | torch.Tensor) -> torch.Tensor:
+        """``state``: a QG state dict, or a PV tensor q (B, nz, ny, nx) (e.g. from :class:`QGInterval`)."""
+        if torch.is_tensor(state):
+            state = {"q": state, "qh": self.model.fft(state)}
         if self.field == "q":
             x = state["q"]
         else:

@@ -1,0 +1,32 @@
+"""A QG model seen through a tensor state: one step = ``n_sub`` pyqg steps from a fresh AB3 bootstrap.
+
+``pelagos.inverse`` (4D-Var, EnKF) works on tensor states; the QG state carries AB3 history. ``QGInterval``
+makes q (B, nz, ny, nx) the whole state and advances it by ``n_sub · dt`` per step, restarting pyqg's
+forward-Euler/AB2 bootstrap each interval (a small, documented change of the time scheme), optionally adding a
+learned correction ``dq = correction(q)`` per interval (model-error learning from analysis increments).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..core.model import Model
+from .base import SpectralQG
+
+
+class QGInterval(Model):
+    """Wrap ``qg`` so that ``step(q, t)`` returns q after ``n_sub`` steps (+ ``correction(q)`` if given)."""
+
+    def __init__(self, qg: SpectralQG, n_sub: int, correction: torch.nn.Module | None = None) -> None:
+        super().__init__()
+        self.qg, self.n_sub, self.correction = qg, int(n_sub), correction
+        self.dt = qg.dt * self.n_sub
+
+    def step(self, q: torch.Tensor, t: float | torch.Tensor = 0.0) -> torch.Tensor:
+        st = self.qg.state_from_q(q)
+        for _ in range(self.n_sub):
+            st = self.qg.step(st)
+        out = st["q"]
+        if self.correction is not None:
+            out = out + self.correction(q.to(torch.float32)).to(out.dtype)
+        return out
