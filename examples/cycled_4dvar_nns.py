@@ -57,7 +57,8 @@ def main(argv: list[str] | None = None) -> dict:
     )
     h = model.forcing.fields["h"][0, 0]
     z = torch.flip(torch.cumsum(torch.flip(h, [0]), 0), [0]) - 0.5 * h
-    B = ColumnBackground(0.3 * xb.abs() + torch.tensor([0.1, 1e-3, 1e-4, 0.05])[:, None], z, 20.0)
+    rel = torch.tensor([0.3, 0.5, 0.5, 0.05])[:, None]  # as the flagship (docs/flagship.md)
+    B = ColumnBackground(rel * xb.abs() + torch.tensor([0.1, 1e-3, 1e-4, 0.01])[:, None], z, 20.0)
     res = cycled_fourdvar(model, obs, xb, B, lag=args.lag, t0=t0, max_iter=40, gtol=1e-6, ftol=1e-10)
     steps = round((t1 - t0) / model.dt)
     tr_true = trajectory(model, x_true, t0, steps)
