@@ -28,6 +28,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..io.inverse_config import is_column_config, run_inverse_cli
+
+    if is_column_config(args.config):  # a water-column run configuration (docs/column_inverse.md)
+        return run_inverse_cli(args.config, mode="assimilate", progress=getattr(args, "progress", False))
+
     import torch
 
     from ..core.errors import ConfigError

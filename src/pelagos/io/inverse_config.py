@@ -192,7 +192,7 @@ def _set_priors(model, method: Mapping) -> None:
             raise ConfigError(
                 f"method.priors.{n}: unknown keys {sorted(bad)}; use mean, std (unconstrained) or rel_std"
             )
-        mean = float(given.get("mean", model.get_parameter_value(n)))
+        mean = float(given.get("mean", model.get_parameter_value(n).detach()))
         if "std" in given:
             std = float(given["std"])
         else:
@@ -523,3 +523,28 @@ def _plots(folder: Path, result: Mapping, obs, before, after, t0: float, truth, 
 
         files += list(plot_output(nc_path, folder))
     return files
+
+
+def is_column_config(path: str | os.PathLike) -> bool:
+    """True for a water-column run configuration (a top-level ``forcing:`` section) — what `pelagos calibrate`
+    / `pelagos assimilate` hand to :func:`run_inverse`."""
+    try:
+        raw = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError):
+        return False
+    return isinstance(raw, Mapping) and "forcing" in raw
+
+
+def run_inverse_cli(path: str | os.PathLike, *, mode: str, progress: bool = False) -> int:
+    """Run :func:`run_inverse` and print a short summary (the CLI entry point)."""
+    res = run_inverse(path, mode=mode, progress=progress)
+    print(
+        f"{res['method']}: misfit {res['misfit']['before']:.4g} -> {res['misfit']['after']:.4g} "
+        f"({res['n_obs']} observations), {res.get('n_evals', '?')} model runs, {res['wall_time']:.1f} s"
+    )
+    for n in res.get("names", []):
+        sd = res.get("std", {}).get(n)
+        print(f"  {n:24s} {res['estimates'][n]:.6g}" + (f" ± {sd:.3g}" if sd is not None else ""))
+    for f in res.get("files", []):
+        print(f"wrote {f}")
+    return 0
