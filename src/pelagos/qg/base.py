@@ -188,7 +188,9 @@ class SpectralQG(Model):
             "Ubg": Ubg[..., None, None].to(rdt),
             "ikQy": ikQy.to(cdt),
             "drag": drag.to(rdt),
-            "filtr": _flush_tiny(g.exp_filter(self.param("filterfac"))).to(rdt),
+            "filtr": _flush_tiny(
+                g.exp_filter(self.param("filterfac")), 1e-60 if rdt == torch.float64 else 1e-30
+            ).to(rdt),
             "ik": ik,
             "il": il,
             # stacked operators: velocities from ph, and the divergence of (uq, vq)
