@@ -225,23 +225,6 @@ class ParameterStore(torch.nn.Module):
     def free_names(self) -> list[str]:
         return [n for n, p in self.raw.items() if p.requires_grad]
 
-    # -- flat vector view (what inverse methods optimise) ------------------------------------------------
-    def free_vector(self) -> torch.Tensor:
-        """Concatenated unconstrained values of the free parameters (scalars only), shape ``(p,)``."""
-        names = self.free_names()
-        if not names:
-            return torch.zeros(0)
-        return torch.stack([self.raw[n].detach().reshape(()) for n in names])
-
-    def unflatten(self, u: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Split ``u`` of shape ``(..., p)`` into ``{name: u[..., i]}`` for the free parameters."""
-        names = self.free_names()
-        if u.shape[-1] != len(names):
-            raise ConfigError(
-                f"vector has {u.shape[-1]} entries but {len(names)} parameters are free: {names}"
-            )
-        return {n: u[..., i] for i, n in enumerate(names)}
-
     @contextlib.contextmanager
     def overriding(self, raw_values: Mapping[str, torch.Tensor]) -> Iterator[None]:
         """Temporarily use these unconstrained values (e.g. a batch ``(Ne,)`` each); pure, no copy."""
@@ -253,17 +236,6 @@ class ParameterStore(torch.nn.Module):
             yield
         finally:
             self._override = old
-
-    def prior_nll(self, raw_values: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:
-        """Σ ½((u − m)/s)² over the free parameters that carry a prior."""
-        total = torch.zeros(())
-        for n in self.free_names():
-            spec = self.specs[n]
-            if spec.prior is None:
-                continue
-            u = raw_values[n] if raw_values is not None and n in raw_values else self.raw[n]
-            total = total + spec.prior.nll(u).sum()
-        return total
 
     # -- reporting ---------------------------------------------------------------------------------------
     def table_rows(self, prefix: str = "") -> list[dict]:
