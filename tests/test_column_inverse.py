@@ -318,6 +318,16 @@ def test_inverse_config_calibrate_and_esmda(tmp_path):
     }
     res2 = run_inverse(cfg2, mode="assimilate")
     assert abs(res2["estimates"]["npzd.rmax"] - 1.0) < 2 * res2["std"]["npzd.rmax"] + 0.02
+    cfg3 = {
+        **base,
+        "initial": {"npzd_nut": 4.0, "npzd_phy": 0.2, "npzd_zoo": 0.01, "npzd_det": 2.0},  # a wrong state
+        "observations": {"file": str(csv_path)},
+        "method": {"kind": "4dvar", "free": ["npzd.rmax"], "max_iter": 40,
+                   "background": {"rel_std": 0.3, "floor": 0.01, "length_scale": 50.0}},
+    }  # fmt: skip
+    res3 = run_inverse(cfg3, mode="assimilate")
+    assert res3["misfit"]["after"] < 0.05 * res3["misfit"]["before"]
+    assert abs(res3["estimates"]["npzd.rmax"] - 1.0) < 2 * res3["std"]["npzd.rmax"]
     with pytest.raises(Exception, match=r"method\.kind"):
         load_inverse_config(
             {**base, "observations": {"file": "x.csv"}, "method": {"kind": "magic", "free": ["a"]}}
