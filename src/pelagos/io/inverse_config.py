@@ -456,7 +456,8 @@ def _analysed_run(run: Mapping, col, stacked, x_an, names, model) -> Path:
 
     cfg = copy.deepcopy(dict(run))
     cfg.pop("_coarsen_layers", None)
-    cfg["parameters"] = {**cfg["parameters"], **{n: float(model.get_parameter_value(n).detach()) for n in names}}
+    estimates = {n: float(model.get_parameter_value(n).detach()) for n in names}
+    cfg["parameters"] = {**cfg["parameters"], **estimates}
     if stacked is not None:
         cfg["initial"] = {v: x_an[i].tolist() for i, v in enumerate(stacked.variables)}
     cfg["restart"] = {"file": None, "every": None}
