@@ -304,3 +304,19 @@ def test_run_column_restart_continues_exactly_and_half_hour_steps():
     tn = half["total_nitrogen"]
     torch.testing.assert_close(tn[-1], tn[0], rtol=1e-13, atol=0)
     assert float((half["npzd_phy"][-1] - full["npzd_phy"][-1]).abs().max()) > 0  # a different discretisation
+
+
+def test_shared_velocity_rows_keep_forward_mode_tangents():
+    # Equal sinking speeds in every column are merged into one row only when no derivative flows through them;
+    # a forward-mode dual tensor has requires_grad False but carries a tangent that must survive.
+    import torch.autograd.forward_ad as fwAD
+
+    from pelagos.column.model import _shared_rows
+
+    w = torch.full((3, 4), -1e-5, dtype=torch.float64)
+    assert _shared_rows(w).shape == (1, 4)
+    tangent = torch.randn(3, 4, dtype=torch.float64)
+    with fwAD.dual_level():
+        out = _shared_rows(fwAD.make_dual(w, tangent))
+        assert out.shape == (3, 4)
+        assert torch.equal(fwAD.unpack_dual(out).tangent, tangent)

@@ -51,12 +51,14 @@ def _numerics():
 
 
 def _shared_rows(w: torch.Tensor) -> torch.Tensor:
-    """``w`` (B, nz) reduced to (1, nz) when every column has the same values and no gradient flows through it
-    (constant sinking speeds): advection then works on one velocity row instead of B. Kept whole otherwise,
+    """``w`` (B, nz) reduced to (1, nz) when every column has the same values and no derivative flows through
+    it (constant sinking speeds): advection then works on one velocity row instead of B. Kept whole otherwise,
     so gradients to per-column parameters are never merged."""
     from ._checks import concrete
 
-    if w.ndim >= 2 and w.shape[-2] > 1 and not w.requires_grad and concrete(w):
+    # A forward-mode dual tensor (torch.autograd.forward_ad) has requires_grad False but carries a tangent.
+    has_tangent = torch.autograd.forward_ad.unpack_dual(w).tangent is not None
+    if w.ndim >= 2 and w.shape[-2] > 1 and not w.requires_grad and not has_tangent and concrete(w):
         first = w[..., :1, :]
         if torch.equal(w, first.expand_as(w)):
             return first
