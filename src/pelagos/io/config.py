@@ -66,22 +66,28 @@ def resolve_path(value: str | os.PathLike, base: Path | None) -> Path:
     return p if p.is_absolute() or base is None else (base / p)
 
 
+def read_yaml_mapping(source: str | os.PathLike | Mapping[str, Any], what: str) -> tuple[dict, Path | None]:
+    """A YAML file (or an already parsed mapping, deep-copied) as a dict, and the file's folder (or None).
+
+    ``what`` names the kind of file in error messages ("a run configuration", ...).
+    """
+    if isinstance(source, Mapping):
+        return copy.deepcopy(dict(source)), None
+    path = Path(source)
+    if not path.exists():
+        raise ConfigError(f"configuration file {str(path)!r} does not exist")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from e
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{path}: {what} must be a YAML mapping at the top level")
+    return dict(raw), path.resolve().parent
+
+
 def load_config(source: str | os.PathLike | Mapping[str, Any]) -> dict[str, Any]:
     """Read (if a path), validate and complete a run configuration; adds ``_base`` (the file's folder)."""
-    base: Path | None = None
-    if isinstance(source, Mapping):
-        raw = copy.deepcopy(dict(source))
-    else:
-        path = Path(source)
-        if not path.exists():
-            raise ConfigError(f"configuration file {str(path)!r} does not exist")
-        try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: not valid YAML: {e}") from e
-        base = path.resolve().parent
-    if not isinstance(raw, Mapping):
-        raise ConfigError("a run configuration must be a YAML mapping at the top level")
+    raw, base = read_yaml_mapping(source, "a run configuration")
     if "_base" in raw:  # an already loaded configuration
         given_base = raw.pop("_base")
         base = Path(given_base) if given_base else base

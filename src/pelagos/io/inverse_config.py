@@ -47,7 +47,7 @@ import torch
 import yaml
 
 from ..core.errors import ConfigError
-from .config import load_config, resolve_path
+from .config import load_config, read_yaml_mapping, resolve_path
 
 __all__ = ["METHOD_DEFAULTS", "OBSERVATION_DEFAULTS", "load_inverse_config", "run_inverse"]
 
@@ -92,20 +92,8 @@ def _check_keys(section: str, given: Mapping, defaults: Mapping) -> dict:
 
 def load_inverse_config(source: str | os.PathLike | Mapping[str, Any]) -> dict[str, Any]:
     """Read and validate an inverse configuration -> ``{"run": cfg, "observations": ..., "method": ...}``."""
-    base = None
-    if isinstance(source, Mapping):
-        raw = copy.deepcopy(dict(source))
-    else:
-        path = Path(source)
-        if not path.exists():
-            raise ConfigError(f"configuration file {str(path)!r} does not exist")
-        try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: not valid YAML: {e}") from e
-        base = str(path.resolve().parent)
-    if not isinstance(raw, Mapping):
-        raise ConfigError("an inverse configuration must be a YAML mapping at the top level")
+    raw, base_path = read_yaml_mapping(source, "an inverse configuration")
+    base = str(base_path) if base_path is not None else None
     obs = raw.pop("observations", None)
     meth = raw.pop("method", None)
     if obs is None:
