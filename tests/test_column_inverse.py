@@ -334,3 +334,32 @@ def test_inverse_config_calibrate_and_esmda(tmp_path):
         )
     with pytest.raises(Exception, match="use `pelagos calibrate`"):
         run_inverse(cfg, mode="assimilate")
+
+
+def test_weak_constraint_4dvar_absorbs_model_error_on_the_column(small):
+    # Truth grows phytoplankton faster (rmax 1.3) than the model used for assimilation (rmax 1.0): a model
+    # error. Strong-constraint 4D-Var can only move the initial state; weak-constraint 4D-Var also adds a
+    # model-error forcing every 2 days (Q) and must fit the observations better and end closer to the truth.
+    from pelagos.inverse.fourdvar import fourdvar
+
+    model, x0, t0 = small
+    _reset(model)
+    model.select_free([])
+    model.set_parameter_value("npzd.rmax", 1.3)
+    pattern = [SamplingPattern("phy", ["surface", 60.0], 2 * DAY), SamplingPattern("nut", [5.0], 2 * DAY)]
+    obs = synthetic_observations(model, x0, pattern, t0=t0, t_end=t0 + 16 * DAY, noise="none")
+    _, truth_end = predict(model, x0, obs, t0=t0, return_final=True)
+    truth_end = truth_end.reshape(-1)
+    _reset(model)
+    obs.sigma = 0.05 * obs.values.abs() + 1e-3
+    B = ColumnBackground(0.2 * x0 + 1e-3, torch.tensor([82.5, 27.5]), 30.0)
+    Q = ColumnBackground(0.1 * x0 + 1e-3, torch.tensor([82.5, 27.5]), 30.0)
+    strong = fourdvar(model, obs, x0, B, t0=t0, max_iter=60)
+    weak = fourdvar(model, obs, x0, B, t0=t0, Q=Q, model_error_every=4, max_iter=60)
+    assert weak.model_error is not None and weak.model_error.abs().sum() > 0
+    assert weak.cost_terms["obs"] < 0.5 * strong.cost_terms["obs"]
+
+    def err(final):
+        return float((final.reshape(-1) - truth_end).norm() / truth_end.norm())
+
+    assert err(weak.final) < err(strong.final)
