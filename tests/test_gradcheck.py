@@ -164,3 +164,13 @@ def test_toy_parameters_batch_and_interpolation():
     assert not torch.allclose(cb[1], cb[0])
     with pytest.raises(ConfigError, match="nlev"):
         ImplicitDiffusion1D(nlev=1)
+
+
+@pytest.mark.parametrize("model", ["npzd-column", "lorenz96", "qg"])
+def test_cli_gradcheck_real_models(model, capsys):
+    # The real models registered for `pelagos gradcheck`: reverse mode vs central differences and jvp vs vjp
+    # over 1, 2 and 4 steps (the water column with NPZD, Lorenz-96, two-layer QG with complex spectral state).
+    rc = cli_main(["gradcheck", "--model", model, "--steps", "1", "2", "4", "--directions", "1"])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert out.count("PASSED") == 2

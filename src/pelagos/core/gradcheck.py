@@ -85,6 +85,15 @@ class GradCheckReport:
 
 
 # -- helpers ----------------------------------------------------------------------------------------------
+def promote64(t: Any) -> Any:
+    """Detached double-precision copy of a tensor (float64, or complex128 for complex); others unchanged."""
+    if not torch.is_tensor(t):
+        return t
+    if t.is_complex():
+        return t.detach().to(torch.complex128)
+    return t.detach().to(torch.float64) if t.is_floating_point() else t.detach()
+
+
 def _as_tuple(x: Inputs) -> tuple[torch.Tensor, ...]:
     xs = (x,) if torch.is_tensor(x) else tuple(x)
     for i, t in enumerate(xs):
@@ -197,9 +206,15 @@ def check_jvp_vjp(
     rows = []
     for k in range(n_directions):
         vs = tuple(_directions(xs, gen))
-        ws = [torch.randn(leaf.shape, generator=gen, dtype=leaf.dtype) for leaf in leaves]
+        # random real weights on real leaves; complex and integer outputs get zero weight (real pairing only)
+        ws = [
+            torch.randn(leaf.shape, generator=gen, dtype=leaf.dtype)
+            if leaf.is_floating_point()
+            else torch.zeros_like(leaf)
+            for leaf in leaves
+        ]
         _, jv = torch.func.jvp(fn, xs, vs)
-        fwd = float(sum((w * t).sum() for w, t in zip(ws, pytree.tree_leaves(jv))))
+        fwd = float(sum((w * t).sum() for w, t in zip(ws, pytree.tree_leaves(jv)) if t.is_floating_point()))
         cot = vjp_fn(pytree.tree_unflatten(ws, spec))
         rev = float(sum((c * v).sum() for c, v in zip(cot, vs) if c is not None))
         rows.append(
@@ -220,8 +235,15 @@ def check_jvp_vjp(
 
 
 def _default_loss(traj: Any) -> torch.Tensor:
-    """½ Σ over every saved entry and leaf of the squared state."""
-    return 0.5 * sum((leaf**2).sum() for leaf in pytree.tree_leaves(traj.states))
+    """½ Σ over every saved entry and leaf of the squared state (|z|² for complex leaves; integer leaves,
+    such as step counters, are left out)."""
+    total = 0.0
+    for leaf in pytree.tree_leaves(traj.states):
+        if leaf.is_complex():
+            total = total + (leaf.real**2 + leaf.imag**2).sum()
+        elif leaf.is_floating_point():
+            total = total + (leaf**2).sum()
+    return 0.5 * total
 
 
 def rollout_gradient_report(
@@ -263,10 +285,15 @@ def rollout_gradient_report(
             f"with some of {m.parameter_names()} or use wrt='state'"
         )
     leaves, spec = pytree.tree_flatten(state)
-    leaves = [t.detach().to(torch.float64) for t in leaves]
+    leaves = [promote64(t) for t in leaves]
     u0 = m.free_vector().to(torch.float64)
     loss = loss or _default_loss
     use_p, use_s = wrt in ("params", "both"), wrt in ("state", "both")
+    if use_s and not all(torch.is_tensor(t) and t.is_floating_point() for t in leaves):
+        raise ConfigError(
+            "rollout_gradient_report: the state has complex or integer leaves (e.g. spectral fields, step "
+            "counters), which finite differences cannot perturb; use wrt='params'"
+        )
 
     rows: list[dict[str, Any]] = []
     for T in steps:
