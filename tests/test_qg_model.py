@@ -60,14 +60,22 @@ def test_fast_path_equals_general_path_with_mixed_bootstrap_levels():
     assert torch.allclose(f1["q"], g1["q"], rtol=0, atol=1e-13 * float(g1["q"].abs().max()))
 
 
-def test_two_layer_bootstrap_steps_match_pyqg_nx32():
+@pytest.mark.parametrize("path", ["fast", "one-node", "recorded"])
+def test_two_layer_bootstrap_steps_match_pyqg_nx32(path):
+    """Each step implementation against pyqg: the no-grad fused path, the one-autograd-node step with its
+    hand-written adjoint (qg/adjoint.py), and the op-by-op recorded graph."""
     s, d = load("two_layer_nx32")
     m = QGModel(**s)
-    st = m.state_from_q(torch.tensor(d["q0"])[None])
+    m.fused_backward = path != "recorded"
+    q0 = torch.tensor(d["q0"])[None].requires_grad_(path != "fast")
+    st = m.state_from_q(q0)
     for n in range(1, 101):
         st = m.step(st, 0.0)
         if f"q{n}" in d.files:  # steps 1, 2, 3 exercise FE, AB2, first AB3
             assert rel(st["q"][0], d[f"q{n}"]) < 1e-12, n
+    assert st["q"].requires_grad == (path != "fast")
+    if path == "one-node":
+        assert type(st["q"].grad_fn).__name__ == "QGStepBackward"
 
 
 def test_spun_up_state_10_steps_matches_pyqg_nondefault_params():

@@ -22,9 +22,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.autograd.forward_ad as fwAD
 
 from ..core.errors import ConfigError, ShapeError, StabilityError
 from ..core.model import Model
+from .adjoint import QGStep, step_constants
+from .fftops import adjoint_weights, divergence, rfft2, velocities
 from .grid import SpectralGrid
 
 QGState = dict[str, torch.Tensor]
@@ -243,6 +246,11 @@ class SpectralQG(Model):
         M = float(g.M)
         c["vel_M"] = c["vel"] / M
         c["mik"], c["mil"] = -ik, -il
+        c["mdiv"] = -c["div"]
+        # their adjoints for the hand-written backward rules of qg/fftops.py
+        w = adjoint_weights(g.nx, g.nk, rdt, self.device)
+        c["vel_M_adj"], c["mdiv_adj"] = c["vel_M"].conj() / w, c["mdiv"].conj() * w
+        c["c2r_adj"] = (1.0 / w) / M  # adjoint of the normalised irfft2 giving q from qh
         dt = self.dt
         c["ab"] = torch.tensor(
             [
@@ -261,7 +269,7 @@ class SpectralQG(Model):
 
     # -- transforms -----------------------------------------------------------------------------------------
     def fft(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.fft.rfft2(x)
+        return rfft2(x)  # torch.fft.rfft2 with a cheaper backward (see qg/fftops.py)
 
     def ifft(self, xh: torch.Tensor) -> torch.Tensor:
         return torch.fft.irfft2(xh, s=(self.ny, self.nx))
@@ -329,17 +337,16 @@ class SpectralQG(Model):
         qh = state["qh"]
         ph = self._invert(qh, c)
         # (B, 2, nz, ny, nx): u, v; 1/M folded into the operator, so no normalisation pass
-        uv = torch.fft.irfft2(ph.unsqueeze(-4) * c["vel_M"], s=(self.ny, self.nx), norm="forward")
+        uv = velocities(ph, c["vel_M"], c["vel_M_adj"], (self.ny, self.nx))
         q = state["q"].unsqueeze(1)
         closure = self.parameterization
         if closure is None and not torch.is_grad_enabled():
             flux = torch.add(uv, c["Ubg_uv"]).mul_(q)  # a fresh tensor: safe to update in place
         else:
             flux = (uv + c["Ubg_uv"]) * q
-        fh = self.fft(flux)
         f = Flow(self, state["q"], qh, ph, uv[:, 0], uv[:, 1], None, None)
         # −(ik FFT((u+U)q) + il FFT(vq)) + lin·ph
-        f.dqhdt = torch.addcmul(torch.addcmul(c["mik"] * fh[:, 0], c["mil"], fh[:, 1]), c["lin"], ph)
+        f.dqhdt = torch.addcmul(divergence(flux, c["mdiv"], c["mdiv_adj"]), c["lin"], ph)
         if closure is not None:
             f.dqh_param = closure.spectral_tendency(f)
             f.dqhdt = f.dqhdt + f.dqh_param
@@ -350,6 +357,24 @@ class SpectralQG(Model):
         c = self.coefficients()
         if self._can_run_fast(state, c):
             return self._step_fast(state, c)
+        level = self._uniform_level(state)
+        if level is not None and self._can_run_adjoint(state, c):
+            # one autograd node per step, with the hand-written adjoint (qg/adjoint.py)
+            ws = tuple(c["ab"][level].tolist())
+            q, qh, d = QGStep.apply(
+                state["qh"],
+                state["q"],
+                state["dqhdt_p"],
+                state["dqhdt_pp"],
+                c["a"],
+                c["lin"],
+                c["Ubg_uv"],
+                c["filtr"],
+                step_constants(self, c, ws),
+            )
+            ab = state["ablevel"]
+            ab_new = ab if level == 2 else torch.full_like(ab, level + 1)
+            return {"q": q, "qh": qh, "dqhdt_p": d, "dqhdt_pp": state["dqhdt_p"], "ablevel": ab_new}
         f = self.tendency(state, c)
         qh, d, p, pp, ab = state["qh"], f.dqhdt, state["dqhdt_p"], state["dqhdt_pp"], state["ablevel"]
         if _plain(ab) and bool((ab == ab[0]).all()):
@@ -368,6 +393,28 @@ class SpectralQG(Model):
             ab_new = torch.clamp(ab + 1, max=2)
         qh_new = torch.view_as_complex(torch.view_as_real(new) * c["filtr_r"])
         return {"q": self.ifft(qh_new), "qh": qh_new, "dqhdt_p": d, "dqhdt_pp": p, "ablevel": ab_new}
+
+    # -- one autograd node per step (no closure, unbatched parameters, plain tensors) -------------------
+    fused_backward: bool = True  # False: record every operation (the reference the tests compare with)
+
+    @staticmethod
+    def _uniform_level(state: QGState) -> int | None:
+        ab = state["ablevel"]
+        if not _plain(ab) or not bool((ab == ab[0]).all()):
+            return None
+        return int(ab[0])
+
+    def _can_run_adjoint(self, state: QGState, c: dict[str, torch.Tensor]) -> bool:
+        if not self.fused_backward or self.parameterization is not None or c["a"].ndim != 4:
+            return False
+        leaves = (state["q"], state["qh"], state["dqhdt_p"], state["dqhdt_pp"])
+        if torch._C._are_functorch_transforms_active():
+            return False  # torch.func transforms: the recorded path (its rules compose with vmap/jvp)
+        if fwAD._current_level >= 0:  # forward-mode dual numbers: QGStep has no jvp rule
+            coeffs = (c["a"], c["lin"], c["Ubg_uv"], c["filtr"])
+            if any(fwAD.unpack_dual(x).tangent is not None for x in leaves + coeffs):
+                return False
+        return True
 
     # -- the same step without autograd: fused in-place kernels and reused work buffers ----------------------
     def _can_run_fast(self, state: QGState, c: dict[str, torch.Tensor]) -> bool:

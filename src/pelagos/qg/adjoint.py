@@ -1,0 +1,113 @@
+"""One QG step as a single autograd node with a hand-written backward (the adjoint of the step).
+
+Recorded operation by operation, a step leaves ~25 nodes in the autograd graph; at 64² their backward
+kernels are so small that launch overhead, broadcast reductions and zero-filled gradients of views cost more
+than the FFTs. Every piece of the step is linear in the state except the flux ``(u + U)·q``, so its adjoint
+is a short, fixed sequence of the same operators conjugated (the transforms' adjoints are in
+:mod:`pelagos.qg.fftops`):
+
+forward                                       backward (ḡ = incoming gradient, PyTorch's complex convention)
+ψ̂ = a q̂  (per wavenumber, a real)            q̂̄ += aᵀ ψ̄,            ā = Σ_B Re(ψ̄ conj(q̂))
+(u, v) = irfft2(op_v ψ̂)                       ψ̄ += Σ_c conj(op_v)_c ·2· rfft2(ū_c)   (interior columns ×2)
+F = ((u, v) + U)·q                             ū = F̄·q,  q̄ = Σ_c F̄_c (u_c + U_c),  Ū = Σ F̄·q
+D = Σ_c op_d,c rfft2(F_c)                      F̄ = irfft2(conj(op_d)·w D̄)           (interior columns ×½)
+d = D + lin ψ̂                                 D̄ = d̄,  ψ̄ += conj(lin) d̄,  l̄in = Σ_B conj(ψ̂) d̄
+q̂⁺ = filtr·(q̂ + w₀d + w₁p + w₂pp)             (the AB3 sum and filter: transposes of real scalings)
+q⁺ = irfft2(q̂⁺)                               q̂̄⁺ += rfft2(q̄⁺)·(2 on interior columns)/M
+
+Used only where it is exact and simple: no closure, unbatched parameters, one bootstrap level for the whole
+batch, plain tensors (outside torch.func transforms and forward-mode dual numbers, which take the recorded
+path). Tests compare its gradients with the recorded path and with finite differences.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def _reduce_to(x: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """Sum ``x`` over the leading/broadcast dims so that it has ``shape`` (gradient of a broadcast input)."""
+    lead = x.ndim - len(shape)
+    if lead:
+        x = x.sum(tuple(range(lead)))
+    dims = tuple(i for i, n in enumerate(shape) if n == 1 and x.shape[i] != 1)
+    return x.sum(dims, keepdim=True) if dims else x
+
+
+class QGStep(torch.autograd.Function):
+    """``(q⁺, q̂⁺, d) = step(q̂, q, p, pp; a, lin, U, filtr)`` for fixed AB weights (w₀, w₁, w₂)."""
+
+    @staticmethod
+    def forward(ctx, qh, q, p, pp, a, lin, Ubg_uv, filtr, k):
+        """``k``: the model's constant operators and sizes (a dict: vel_M, mdiv, their adjoints, w, shape)."""
+        ny, nx = k["shape"]
+        nz = qh.shape[-3]
+        # ψ̂ = a q̂ on real views (a is real): no complex promotion of a
+        qr, a_r = torch.view_as_real(qh), a[..., None]
+        phr = a_r[:, 0] * qr[:, 0:1]
+        for j in range(1, nz):
+            phr = phr.addcmul_(a_r[:, j], qr[:, j : j + 1])
+        ph = torch.view_as_complex(phr)
+        uvU = torch.fft.irfft2(ph.unsqueeze(1) * k["vel_M"], s=(ny, nx), norm="forward").add_(Ubg_uv)
+        flux = uvU * q.unsqueeze(1)
+        d = (torch.fft.rfft2(flux) * k["mdiv"]).sum(1).addcmul_(lin, ph)
+        w0, w1, w2 = k["w"]
+        new = torch.add(qh, d, alpha=w0)
+        if w1:
+            new.add_(p, alpha=w1)
+        if w2:
+            new.add_(pp, alpha=w2)
+        qh_new = torch.view_as_complex(torch.view_as_real(new) * filtr[..., None])
+        q_new = torch.fft.irfft2(qh_new, s=(ny, nx))
+        ctx.k = k
+        ctx.save_for_backward(qh, q, a, lin, filtr, ph, uvU, new)
+        return q_new, qh_new, d
+
+    @staticmethod
+    def backward(ctx, gq, gqh, gd):
+        qh, q, a, lin, filtr, ph, uvU, new = ctx.saved_tensors
+        k = ctx.k
+        ny, nx = k["shape"]
+        need = ctx.needs_input_grad
+        # q⁺ = irfft2(q̂⁺) (1/M): its adjoint is rfft2 / M with the interior columns counted twice
+        g_new = torch.fft.rfft2(gq).mul_(k["c2r_adj"]).add_(gqh)  # gradient w.r.t. q̂⁺ (before the filter)
+        g_filtr = None
+        if need[7]:
+            g_filtr = _reduce_to(torch.real(g_new * new.conj()), filtr.shape)
+        g_new = torch.view_as_complex(torch.view_as_real(g_new).mul_(filtr[..., None]))
+        w0, w1, w2 = k["w"]
+        g_p = g_new * w1 if need[2] else None
+        g_pp = g_new * w2 if need[3] else None
+        g_d = torch.add(gd, g_new, alpha=w0)
+        g_lin = _reduce_to(ph.conj() * g_d, lin.shape) if need[5] else None
+        g_ph = lin.conj() * g_d
+        # D = Σ_c op_d,c rfft2(F_c): F̄ = irfft2(conj(op_d)·w D̄) unnormalised
+        g_flux = torch.fft.irfft2(g_d.unsqueeze(1) * k["mdiv_adj"], s=(ny, nx), norm="forward")
+        g_q = (g_flux * uvU).sum(1) if need[1] else None
+        g_uv = g_flux.mul_(q.unsqueeze(1))
+        g_U = _reduce_to(g_uv, k["U_shape"]) if need[6] else None
+        g_ph = g_ph.add_((torch.fft.rfft2(g_uv) * k["vel_M_adj"]).sum(1))
+        g_a = None
+        if need[4]:
+            # ā_ij = Σ_B Re(ψ̄_i conj(q̂_j))
+            g_a = _reduce_to(torch.real(g_ph.unsqueeze(2) * qh.conj().unsqueeze(1)), a.shape)
+        # q̂̄ = filtr·ḡ (direct term) + aᵀ ψ̄
+        gr, a_r = torch.view_as_real(g_ph), a[..., None]
+        g_qh = torch.view_as_real(g_new).clone()
+        for i in range(a.shape[0]):
+            g_qh.addcmul_(a_r[i].unsqueeze(0), gr[:, i : i + 1])
+        return torch.view_as_complex(g_qh), g_q, g_p, g_pp, g_a, g_lin, g_U, g_filtr, None
+
+
+def step_constants(model, c: dict[str, torch.Tensor], weights: tuple[float, float, float]) -> dict:
+    """The constant operators and sizes :class:`QGStep` needs (references into the coefficients ``c``)."""
+    return {
+        "shape": (model.ny, model.nx),
+        "w": weights,
+        "vel_M": c["vel_M"],
+        "mdiv": c["mdiv"],
+        "vel_M_adj": c["vel_M_adj"],
+        "mdiv_adj": c["mdiv_adj"],
+        "c2r_adj": c["c2r_adj"],
+        "U_shape": c["Ubg_uv"].shape,
+    }
