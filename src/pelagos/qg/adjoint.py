@@ -43,12 +43,13 @@ class QGStep(torch.autograd.Function):
         ny, nx = k["shape"]
         nz = qh.shape[-3]
         # ψ̂ = a q̂ on real views (a is real): no complex promotion of a
-        qr, a_r = torch.view_as_real(qh), a[..., None]
+        qr, a_r = torch.view_as_real(qh), k["a_r"]  # a with an explicit (re, im) axis
         phr = a_r[:, 0] * qr[:, 0:1]
         for j in range(1, nz):
             phr = phr.addcmul_(a_r[:, j], qr[:, j : j + 1])
         ph = torch.view_as_complex(phr)
-        uvU = torch.fft.irfft2(ph.unsqueeze(1) * k["vel_M"], s=(ny, nx), norm="forward").add_(Ubg_uv)
+        uvU = torch.fft.irfft2(ph.unsqueeze(1) * k["vel_M"], s=(ny, nx), norm="forward")
+        uvU[:, 0].add_(Ubg_uv[0])  # Ubg_uv = (U, 0): v has no background flow
         flux = uvU * q.unsqueeze(1)
         d = (torch.fft.rfft2(flux) * k["mdiv"]).sum(1).addcmul_(lin, ph)
         w0, w1, w2 = k["w"]
@@ -57,7 +58,7 @@ class QGStep(torch.autograd.Function):
             new.add_(p, alpha=w1)
         if w2:
             new.add_(pp, alpha=w2)
-        qh_new = torch.view_as_complex(torch.view_as_real(new) * filtr[..., None])
+        qh_new = torch.view_as_complex(torch.view_as_real(new) * k["filtr_r"])
         q_new = torch.fft.irfft2(qh_new, s=(ny, nx))
         ctx.k = k
         ctx.save_for_backward(qh, q, a, lin, filtr, ph, uvU, new)
@@ -74,7 +75,7 @@ class QGStep(torch.autograd.Function):
         g_filtr = None
         if need[7]:
             g_filtr = _reduce_to(torch.real(g_new * new.conj()), filtr.shape)
-        g_new = torch.view_as_complex(torch.view_as_real(g_new).mul_(filtr[..., None]))
+        g_new = torch.view_as_complex(torch.view_as_real(g_new).mul_(k["filtr_r"]))
         w0, w1, w2 = k["w"]
         g_p = g_new * w1 if need[2] else None
         g_pp = g_new * w2 if need[3] else None
@@ -85,14 +86,17 @@ class QGStep(torch.autograd.Function):
         g_flux = torch.fft.irfft2(g_d.unsqueeze(1) * k["mdiv_adj"], s=(ny, nx), norm="forward")
         g_q = (g_flux * uvU).sum(1) if need[1] else None
         g_uv = g_flux.mul_(q.unsqueeze(1))
-        g_U = _reduce_to(g_uv, k["U_shape"]) if need[6] else None
+        g_U = None
+        if need[6]:
+            g_U = _reduce_to(g_uv, k["U_shape"]).clone()
+            g_U[1] = 0.0  # the forward adds only the u component of (U, 0)
         g_ph = g_ph.add_((torch.fft.rfft2(g_uv) * k["vel_M_adj"]).sum(1))
         g_a = None
         if need[4]:
             # ā_ij = Σ_B Re(ψ̄_i conj(q̂_j))
             g_a = _reduce_to(torch.real(g_ph.unsqueeze(2) * qh.conj().unsqueeze(1)), a.shape)
         # q̂̄ = filtr·ḡ (direct term) + aᵀ ψ̄
-        gr, a_r = torch.view_as_real(g_ph), a[..., None]
+        gr, a_r = torch.view_as_real(g_ph), k["a_r"]
         g_qh = torch.view_as_real(g_new).clone()
         for i in range(a.shape[0]):
             g_qh.addcmul_(a_r[i].unsqueeze(0), gr[:, i : i + 1])
@@ -109,5 +113,7 @@ def step_constants(model, c: dict[str, torch.Tensor], weights: tuple[float, floa
         "vel_M_adj": c["vel_M_adj"],
         "mdiv_adj": c["mdiv_adj"],
         "c2r_adj": c["c2r_adj"],
+        "a_r": c["a_r"].detach(),
+        "filtr_r": c["filtr_r"].detach(),
         "U_shape": c["Ubg_uv"].shape,
     }

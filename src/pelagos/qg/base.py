@@ -161,7 +161,8 @@ class SpectralQG(Model):
         store = self.params
         if store._override is not None:
             return None
-        raws = tuple(store.raw.values())
+        # the ParameterDict's own storage: iterating ParameterDict.values() costs ~6 µs, a tenth of a 64² step
+        raws = tuple(store.raw._parameters.values())
         track = torch.is_grad_enabled() and any(p.requires_grad for p in raws)
         if track and torch._C._autograd._top_saved_tensors_default_hooks(False) is not None:
             # inside a checkpointed segment (saved-tensor hooks): the forward and its recomputation must
@@ -240,8 +241,11 @@ class SpectralQG(Model):
         c["Ubg_uv"] = torch.stack([c["Ubg"], torch.zeros_like(c["Ubg"])], dim=-4)  # (..., 2, nz, 1, 1)
         # linear part of the tendency, dqh/dt = lin·ph − (ik FFT(uq) + il FFT(vq)): −ik Qy + rek κ² [bottom]
         c["lin"] = c["drag"] - c["ikQy"]
-        c["a_r"] = c["a"][..., None]  # for the real-view inversion (no complex promotion of a)
-        c["filtr_r"] = c["filtr"][..., None]
+        # real operators for real views of complex fields (no complex promotion), stored with an explicit
+        # trailing (re, im) axis of 2: broadcasting a size-1 innermost axis defeats vectorisation (measured at
+        # 64²: inversion 23 → 8 µs, filter 8 → 3 µs; at 256² 250 → 70 µs, 100 → 30 µs)
+        c["a_r"] = c["a"][..., None].expand(*c["a"].shape, 2).contiguous()
+        c["filtr_r"] = c["filtr"][..., None].expand(*c["filtr"].shape, 2).contiguous()
         # fast path: 1/M folded into the velocity operator, so inverse FFTs need no normalisation pass
         M = float(g.M)
         c["vel_M"] = c["vel"] / M
@@ -440,20 +444,19 @@ class SpectralQG(Model):
                 "uvh": torch.empty((B, 2, nz, nl, nk), dtype=qh.dtype, device=qh.device),
                 "uv": torch.empty((B, 2, nz, self.ny, self.nx), dtype=self.dtype, device=qh.device),
                 "fh": torch.empty((B, 2, nz, nl, nk), dtype=qh.dtype, device=qh.device),
-                "qs": torch.empty_like(qh),
             }
             self._ws = ws
         return ws
 
-    def _irfft2_into(self, xh: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-        """Unnormalised inverse rFFT into ``out``; field by field on large grids, where batched c2r
-        transforms run several times slower than a loop here (measured: 4 × 256², 11 vs 2.9 ms)."""
+    def _irfft2_into(self, xh: torch.Tensor, out: torch.Tensor, norm: str = "forward") -> torch.Tensor:
+        """Inverse rFFT into ``out`` (unnormalised by default); field by field on large grids, where batched
+        c2r transforms ran several times slower than a loop under load (4 × 256², 11 vs 2.9 ms)."""
         s = (self.ny, self.nx)
         if self.grid.M < 40000 or xh.device.type != "cpu":
-            return torch.fft.irfft2(xh, s=s, norm="forward", out=out)
+            return torch.fft.irfft2(xh, s=s, norm=norm, out=out)
         xf, of = xh.reshape(-1, *xh.shape[-2:]), out.view(-1, *out.shape[-2:])
         for i in range(xf.shape[0]):
-            torch.fft.irfft2(xf[i], s=s, norm="forward", out=of[i])
+            torch.fft.irfft2(xf[i], s=s, norm=norm, out=of[i])
         return out
 
     @torch.no_grad()
@@ -478,7 +481,8 @@ class SpectralQG(Model):
         ph = ws["ph"]
         torch.mul(ph.unsqueeze(1), c["vel_M"], out=ws["uvh"])
         uv = self._irfft2_into(ws["uvh"], ws["uv"])
-        flux = uv.add_(c["Ubg_uv"]).mul_(q.unsqueeze(1))
+        uv[:, 0].add_(c["Ubg"])  # only u has a background flow: half a pass instead of a full one
+        flux = uv.mul_(q.unsqueeze(1))
         fh = torch.fft.rfft2(flux, out=ws["fh"])
         d = torch.mul(c["lin"], ph).addcmul_(c["mik"], fh[:, 0]).addcmul_(c["mil"], fh[:, 1])
         if levels is None:
@@ -494,9 +498,9 @@ class SpectralQG(Model):
             ab_new = ab if levels == 2 else torch.full_like(ab, levels + 1)
             if levels == 2:
                 self._ab_steady = ab_new
-        new_r = torch.view_as_real(new).mul_(c["filtr_r"])
-        torch.mul(new_r, 1.0 / self.grid.M, out=torch.view_as_real(ws["qs"]))
-        q_new = self._irfft2_into(ws["qs"], torch.empty_like(q))
+        torch.view_as_real(new).mul_(c["filtr_r"])
+        # 1/M applied inside the transform (the FFT library scales while it writes: no extra pass)
+        q_new = self._irfft2_into(new, torch.empty_like(q), norm="backward")
         return {"q": q_new, "qh": new, "dqhdt_p": d, "dqhdt_pp": p, "ablevel": ab_new}
 
     # -- pyqg-style conveniences -------------------------------------------------------------------------
