@@ -29,7 +29,7 @@ def _reduce_to(x: torch.Tensor, shape: torch.Size) -> torch.Tensor:
     """Sum ``x`` over the leading/broadcast dims so that it has ``shape`` (gradient of a broadcast input)."""
     lead = x.ndim - len(shape)
     if lead:
-        x = x.sum(tuple(range(lead)))
+        x = x.reshape(x.shape[lead:]) if all(n == 1 for n in x.shape[:lead]) else x.sum(tuple(range(lead)))
     dims = tuple(i for i, n in enumerate(shape) if n == 1 and x.shape[i] != 1)
     return x.sum(dims, keepdim=True) if dims else x
 
@@ -51,7 +51,8 @@ class QGStep(torch.autograd.Function):
         uvU = torch.fft.irfft2(ph.unsqueeze(1) * k["vel_M"], s=(ny, nx), norm="forward")
         uvU[:, 0].add_(Ubg_uv[0])  # Ubg_uv = (U, 0): v has no background flow
         flux = uvU * q.unsqueeze(1)
-        d = (torch.fft.rfft2(flux) * k["mdiv"]).sum(1).addcmul_(lin, ph)
+        fh, mdiv = torch.fft.rfft2(flux), k["mdiv"]
+        d = torch.mul(lin, ph).addcmul_(mdiv[0], fh[:, 0]).addcmul_(mdiv[1], fh[:, 1])
         w0, w1, w2 = k["w"]
         new = torch.add(qh, d, alpha=w0)
         if w1:
@@ -71,7 +72,7 @@ class QGStep(torch.autograd.Function):
         ny, nx = k["shape"]
         need = ctx.needs_input_grad
         # q⁺ = irfft2(q̂⁺) (1/M): its adjoint is rfft2 / M with the interior columns counted twice
-        g_new = torch.fft.rfft2(gq).mul_(k["c2r_adj"]).add_(gqh)  # gradient w.r.t. q̂⁺ (before the filter)
+        g_new = torch.addcmul(gqh, torch.fft.rfft2(gq), k["c2r_adj"])  # w.r.t. q̂⁺ (after the filter)
         g_filtr = None
         if need[7]:
             g_filtr = _reduce_to(torch.real(g_new * new.conj()), filtr.shape)
@@ -81,25 +82,26 @@ class QGStep(torch.autograd.Function):
         g_pp = g_new * w2 if need[3] else None
         g_d = torch.add(gd, g_new, alpha=w0)
         g_lin = _reduce_to(ph.conj() * g_d, lin.shape) if need[5] else None
-        g_ph = lin.conj() * g_d
+        g_ph = k["lin_conj"] * g_d
         # D = Σ_c op_d,c rfft2(F_c): F̄ = irfft2(conj(op_d)·w D̄) unnormalised
         g_flux = torch.fft.irfft2(g_d.unsqueeze(1) * k["mdiv_adj"], s=(ny, nx), norm="forward")
-        g_q = (g_flux * uvU).sum(1) if need[1] else None
+        g_q = torch.addcmul(g_flux[:, 0] * uvU[:, 0], g_flux[:, 1], uvU[:, 1]) if need[1] else None
         g_uv = g_flux.mul_(q.unsqueeze(1))
         g_U = None
         if need[6]:
             g_U = _reduce_to(g_uv, k["U_shape"]).clone()
             g_U[1] = 0.0  # the forward adds only the u component of (U, 0)
-        g_ph = g_ph.add_((torch.fft.rfft2(g_uv) * k["vel_M_adj"]).sum(1))
+        guh, vadj = torch.fft.rfft2(g_uv), k["vel_M_adj"]
+        g_ph.addcmul_(vadj[0], guh[:, 0]).addcmul_(vadj[1], guh[:, 1])
         g_a = None
         if need[4]:
             # ā_ij = Σ_B Re(ψ̄_i conj(q̂_j))
             g_a = _reduce_to(torch.real(g_ph.unsqueeze(2) * qh.conj().unsqueeze(1)), a.shape)
         # q̂̄ = filtr·ḡ (direct term) + aᵀ ψ̄
         gr, a_r = torch.view_as_real(g_ph), k["a_r"]
-        g_qh = torch.view_as_real(g_new).clone()
-        for i in range(a.shape[0]):
-            g_qh.addcmul_(a_r[i].unsqueeze(0), gr[:, i : i + 1])
+        g_qh = torch.addcmul(torch.view_as_real(g_new), a_r[0], gr[:, 0:1])
+        for i in range(1, a.shape[0]):
+            g_qh.addcmul_(a_r[i], gr[:, i : i + 1])
         return torch.view_as_complex(g_qh), g_q, g_p, g_pp, g_a, g_lin, g_U, g_filtr, None
 
 
@@ -115,5 +117,6 @@ def step_constants(model, c: dict[str, torch.Tensor], weights: tuple[float, floa
         "c2r_adj": c["c2r_adj"],
         "a_r": c["a_r"].detach(),
         "filtr_r": c["filtr_r"].detach(),
+        "lin_conj": c["lin_conj"],
         "U_shape": c["Ubg_uv"].shape,
     }

@@ -255,6 +255,7 @@ class SpectralQG(Model):
         w = adjoint_weights(g.nx, g.nk, rdt, self.device)
         c["vel_M_adj"], c["mdiv_adj"] = c["vel_M"].conj() / w, c["mdiv"].conj() * w
         c["c2r_adj"] = (1.0 / w) / M  # adjoint of the normalised irfft2 giving q from qh
+        c["lin_conj"] = c["lin"].detach().conj().resolve_conj()  # used by the backward rule only
         dt = self.dt
         c["ab"] = torch.tensor(
             [
@@ -378,6 +379,8 @@ class SpectralQG(Model):
             )
             ab = state["ablevel"]
             ab_new = ab if level == 2 else torch.full_like(ab, level + 1)
+            if level == 2:
+                self._ab_steady = ab_new
             return {"q": q, "qh": qh, "dqhdt_p": d, "dqhdt_pp": state["dqhdt_p"], "ablevel": ab_new}
         f = self.tendency(state, c)
         qh, d, p, pp, ab = state["qh"], f.dqhdt, state["dqhdt_p"], state["dqhdt_pp"], state["ablevel"]
@@ -401,9 +404,11 @@ class SpectralQG(Model):
     # -- one autograd node per step (no closure, unbatched parameters, plain tensors) -------------------
     fused_backward: bool = True  # False: record every operation (the reference the tests compare with)
 
-    @staticmethod
-    def _uniform_level(state: QGState) -> int | None:
+    def _uniform_level(self, state: QGState) -> int | None:
+        """The bootstrap level shared by the whole batch, or None (mixed levels, or under torch.func)."""
         ab = state["ablevel"]
+        if ab is self._ab_steady and ab._version == 0:  # the level-2 tensor returned before: no device sync
+            return 2
         if not _plain(ab) or not bool((ab == ab[0]).all()):
             return None
         return int(ab[0])
