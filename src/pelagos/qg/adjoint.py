@@ -62,7 +62,19 @@ class QGStep(torch.autograd.Function):
         qh_new = torch.view_as_complex(torch.view_as_real(new) * k["filtr_r"])
         q_new = torch.fft.irfft2(qh_new, s=(ny, nx))
         ctx.k = k
-        ctx.save_for_backward(qh, q, a, lin, filtr, ph, uvU, new)
+        # keep only what the requested gradients need (a 1000-step gradient holds 1000 of these):
+        # q̂ for ā, ψ̂ for l̄in, the pre-filter state for f̄iltr; q and u + U always
+        need = ctx.needs_input_grad
+        ctx.save_for_backward(
+            qh if need[4] else None,
+            q,
+            a,
+            lin,
+            filtr,
+            ph if need[5] else None,
+            uvU,
+            new if need[7] else None,
+        )
         return q_new, qh_new, d
 
     @staticmethod
