@@ -191,3 +191,20 @@ def test_fft_ops_backward_and_jvp_match_autograd(shape):
         assert torch.allclose(g1, g2, atol=1e-12)
         t = torch.randn(inp.shape, dtype=inp.dtype, generator=gen)
         assert torch.allclose(jvp(ours, (inp,), (t,))[1], ref(t), atol=1e-12)  # linear: jvp = the map
+
+
+def test_fused_step_refuses_double_backward_and_recorded_path_allows_it():
+    """The hand-written adjoint is first-order only: differentiating it again must fail loudly, and the
+    recorded path (fused_backward = False) must give the Hessian-vector product instead."""
+    m, q0 = make()
+    v = torch.randn(q0.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    x = q0.clone().requires_grad_(True)
+    (g,) = torch.autograd.grad(loss_of(m, x, n=3), x, create_graph=True)
+    with pytest.raises(
+        RuntimeError
+    ):  # "differentiate twice … once_differentiable" or "x not used in the graph"
+        torch.autograd.grad((g * v).sum(), x)
+    m.fused_backward = False
+    (g,) = torch.autograd.grad(loss_of(m, x, n=3), x, create_graph=True)
+    (hv,) = torch.autograd.grad((g * v).sum(), x)
+    assert float(hv.abs().max()) > 0

@@ -17,12 +17,16 @@ q⁺ = irfft2(q̂⁺)                               q̂̄⁺ += rfft2(q̄⁺)·(
 
 Used only where it is exact and simple: no closure, unbatched parameters, one bootstrap level for the whole
 batch, plain tensors (outside torch.func transforms and forward-mode dual numbers, which take the recorded
-path). Tests compare its gradients with the recorded path and with finite differences.
+path). Tests compare its gradients with the recorded path and with finite differences. Second derivatives
+(double backward, e.g. Hessian-vector products) are not supported by this node: they raise an error (or,
+with ``allow_unused=True``, come back as None); set ``model.fused_backward = False`` to record every
+operation instead.
 """
 
 from __future__ import annotations
 
 import torch
+from torch.autograd.function import once_differentiable
 
 
 def _reduce_to(x: torch.Tensor, shape: torch.Size) -> torch.Tensor:
@@ -78,6 +82,7 @@ class QGStep(torch.autograd.Function):
         return q_new, qh_new, d
 
     @staticmethod
+    @once_differentiable  # the adjoint is not itself differentiated: double backward raises, never lies
     def backward(ctx, gq, gqh, gd):
         qh, q, a, lin, filtr, ph, uvU, new = ctx.saved_tensors
         k = ctx.k
