@@ -21,12 +21,7 @@ PAR = "downwelling_photosynthetic_radiative_flux"
 SPAR = "surface_downwelling_photosynthetic_radiative_flux"
 
 
-@pytest.fixture(autouse=True)
-def float64_parameters():
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
+pytestmark = pytest.mark.usefixtures("float64_default")
 
 
 def npzd_system():

@@ -13,14 +13,7 @@ SPAR = "surface_downwelling_photosynthetic_radiative_flux"
 DAY = 86400.0
 
 
-@pytest.fixture(autouse=True)
-def float64_parameters():
-    # Parameters are stored in the default dtype at construction: build models in float64 so that the
-    # comparisons below are at float64 round-off (``.double()`` afterwards would keep float32-rounded values).
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
+pytestmark = pytest.mark.usefixtures("float64_default")
 
 
 # FABM defaults of gotm/npzd (src/models/gotm/npzd.F90), rates in d-1

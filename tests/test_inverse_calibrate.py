@@ -15,13 +15,7 @@ from pelagos.inverse.obsio import synthetic_observations
 from pelagos.inverse.problem import VariationalProblem
 from pelagos.models import Lorenz63
 
-
-@pytest.fixture(autouse=True)
-def _float64():
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
+pytestmark = pytest.mark.usefixtures("float64_default")
 
 
 TRUE63 = {"sigma": 10.0, "rho": 28.0, "beta": 8.0 / 3.0}

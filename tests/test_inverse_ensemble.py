@@ -18,13 +18,7 @@ from pelagos.inverse.ensemble import (
 from pelagos.inverse.observations import ObservationSet
 from pelagos.models import Lorenz96
 
-
-@pytest.fixture(autouse=True)
-def _float64():
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
+pytestmark = pytest.mark.usefixtures("float64_default")
 
 
 def _kalman(E, H, y, sig):

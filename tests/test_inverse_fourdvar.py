@@ -13,13 +13,7 @@ from pelagos.inverse.observations import ObservationSet
 from pelagos.inverse.operators import LinearOperator
 from pelagos.inverse.problem import VariationalProblem
 
-
-@pytest.fixture(autouse=True)
-def _float64():
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
+pytestmark = pytest.mark.usefixtures("float64_default")
 
 
 def _setup(n=6, m=3, n_t=4, seed=0):

@@ -13,13 +13,7 @@ from pelagos.inverse.observations import ObservationSet
 from pelagos.inverse.obsio import read_observations, synthetic_observations, write_csv, write_netcdf
 from pelagos.inverse.operators import IndexOperator, ProfileOperator, interpolate_profile
 
-
-@pytest.fixture(autouse=True)
-def _float64():
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
+pytestmark = pytest.mark.usefixtures("float64_default")
 
 
 START = datetime(2002, 3, 1)

@@ -8,13 +8,7 @@ import torch
 from pelagos.core.errors import ConfigError, ShapeError
 from pelagos.models import Lorenz63, Lorenz96
 
-
-@pytest.fixture(autouse=True)
-def _float64():
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
+pytestmark = pytest.mark.usefixtures("float64_default")
 
 
 def test_l96_tendency_matches_index_formula():
