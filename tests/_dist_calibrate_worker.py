@@ -46,6 +46,9 @@ def main(out: str) -> None:
             json.dump(
                 {"estimates": res.estimates, "std": res.std, "cost": res.cost, "n_iter": res.n_iter}, fh
             )
+    # Both ranks reach this point before the group is torn down: a rank that destroys it while the other is
+    # still in a collective makes gloo abort ("terminate called without an active exception").
+    dist.barrier()
     dist.destroy_process_group()
 
 
