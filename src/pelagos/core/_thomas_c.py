@@ -17,18 +17,13 @@ lanes across systems). GCC builds AVX-512, AVX2 and SSE2 clones and picks one at
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import math
 import os
-import platform
-import shutil
-import subprocess
-import tempfile
 import threading
-from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import torch
+
+from ._cbuild import MULTIVERSION_HEADER, build_library, run_calls
 
 VBYTES = 64  # bytes per vector of the C kernel: 8 float64 or 16 float32 systems per block
 _LANES = {torch.float64: VBYTES // 8, torch.float32: VBYTES // 4}
@@ -200,18 +195,11 @@ MV void thomas_adjoint_SFX(long P, long K, long N, const REAL *a, const REAL *b,
 }
 """
 
-_HEADER = f"""#define VBYTES {VBYTES}
-#if defined(PELAGOS_MV) && defined(__x86_64__)
-/* AVX-512 / AVX2+FMA clones chosen at load time on CPUs that have them, SSE2 otherwise */
-#define MV __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define MV
-#endif
-"""
-_SOURCE = _HEADER + "".join(
-    _BODY.replace("REAL", real).replace("SFX", sfx) for real, sfx in (("double", "f64"), ("float", "f32"))
+_SOURCE = (
+    f"#define VBYTES {VBYTES}\n"
+    + MULTIVERSION_HEADER
+    + "".join(_BODY.replace("REAL", r).replace("SFX", x) for r, x in (("double", "f64"), ("float", "f32")))
 )
-_FLAGS = ["-O3", "-std=c99", "-shared", "-fPIC", "-fno-math-errno"]
 _SUFFIX = {torch.float64: "f64", torch.float32: "f32"}
 _CTYPE = {torch.float64: ctypes.c_double, torch.float32: ctypes.c_float}
 _PARALLEL_MIN = 1 << 16  # elements (P*K*N) below which one thread is faster than a thread pool
@@ -221,47 +209,9 @@ _state: dict[str, object] = {}
 _fns: dict[tuple[str, torch.dtype], ctypes._CFuncPtr] = {}  # filled when the library is loaded
 
 
-def _cache_dir() -> Path:
-    root = os.environ.get("PELAGOS_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "pelagos"
-    )
-    return Path(root)
-
-
-def _compile(cc: str, flags: list[str], lib: Path) -> None:
-    lib.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=lib.parent) as tmp:
-        src = Path(tmp) / "thomas.c"
-        src.write_text(_SOURCE)
-        out = Path(tmp) / "thomas.so"
-        subprocess.run([cc, *flags, str(src), "-o", str(out)], check=True, capture_output=True, timeout=120)
-        os.replace(out, lib)  # atomic: concurrent first uses never see a half-written file
-
-
 def _build() -> ctypes.CDLL:
     """Compile (once, cached by source hash) and load the shared library. Raises on any failure."""
-    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
-    if not cc:
-        raise RuntimeError("no C compiler found (set CC)")
-    key = hashlib.sha256((_SOURCE + " ".join(_FLAGS) + platform.machine()).encode()).hexdigest()[:16]
-    name = f"thomas-{key}.so"
-    lib = _cache_dir() / name
-    if not lib.exists():
-        try:
-            lib.parent.mkdir(parents=True, exist_ok=True)
-            writable = os.access(lib.parent, os.W_OK)
-        except OSError:
-            writable = False
-        if not writable:  # read-only home: build in a private temporary directory instead
-            lib = (
-                Path(tempfile.gettempdir()) / f"pelagos-{os.getuid() if hasattr(os, 'getuid') else 0}" / name
-            )
-    if not lib.exists():
-        try:  # with AVX2 function multi-versioning (gcc on x86-64), else portable
-            _compile(cc, [*_FLAGS, "-DPELAGOS_MV"], lib)
-        except (subprocess.CalledProcessError, OSError):
-            _compile(cc, _FLAGS, lib)
-    dll = ctypes.CDLL(str(lib))
+    dll = build_library("thomas", _SOURCE)
     for dtype, sfx in _SUFFIX.items():
         f = getattr(dll, f"thomas_solve_{sfx}")
         f.argtypes = [ctypes.c_long] * 3 + [ctypes.c_void_p] * 7
@@ -293,16 +243,6 @@ def build_error() -> str | None:
     return _state.get("error")  # type: ignore[return-value]
 
 
-def _pool() -> ThreadPoolExecutor:
-    n = max(1, torch.get_num_threads())
-    pool = _state.get("pool")
-    # a new pool after a fork (the parent's worker threads do not exist in the child) or a resize
-    if pool is None or _state.get("pool_key") != (n, os.getpid()):
-        pool = ThreadPoolExecutor(max_workers=n, thread_name_prefix="pelagos-thomas")
-        _state["pool"], _state["pool_key"] = pool, (n, os.getpid())
-    return pool  # type: ignore[return-value]
-
-
 def _chunks(P: int, work: int, lanes: int) -> list[tuple[int, int]]:
     """Split ``P`` matrices into contiguous ranges (multiples of ``lanes``) for the thread pool."""
     n = max(1, torch.get_num_threads())
@@ -318,14 +258,6 @@ def _workspace(n: int, vectors: int) -> tuple[torch.Tensor, list[int]]:
     buf = torch.empty(n * vectors * VBYTES + VBYTES, dtype=torch.uint8, device="cpu")
     base = -(-buf.data_ptr() // VBYTES) * VBYTES
     return buf, [base + w * vectors * VBYTES for w in range(n)]
-
-
-def _run(calls: list) -> None:
-    if len(calls) == 1:
-        calls[0]()
-        return
-    for f in [_pool().submit(c) for c in calls]:
-        f.result()
 
 
 def solve_into(P: int, K: int, N: int, a, b, c, d, x) -> bool:
@@ -348,7 +280,7 @@ def solve_into(P: int, K: int, N: int, a, b, c, d, x) -> bool:
         ptrs = (a.data_ptr() + m, b.data_ptr() + m, c.data_ptr() + m, d.data_ptr() + r, x.data_ptr() + r)
         ptrs += (work[w], ctypes.addressof(flag) + w * lanes * es)
         calls.append(lambda s=s, e=e, p=ptrs: fn(e - s, K, N, *p))
-    _run(calls)
+    run_calls(calls)
     return math.isfinite(sum(flag))
 
 
@@ -397,5 +329,5 @@ def adjoint(
         ptrs = (a.data_ptr() + m, b.data_ptr() + m, c.data_ptr() + m, x.data_ptr() + r, g.data_ptr() + r)
         ptrs += (lam.data_ptr() + r, *gptr, work[w])
         calls.append(lambda s=s, e=e, p=ptrs: fn(e - s, K, N, *p))
-    _run(calls)
+    run_calls(calls)
     return lam, grads[0], grads[1], grads[2]
