@@ -3,7 +3,9 @@
 ``pelagos.inverse`` (4D-Var, EnKF) works on tensor states; the QG state carries AB3 history. ``QGInterval``
 makes q (B, nz, ny, nx) the whole state and advances it by ``n_sub · dt`` per step, restarting pyqg's
 forward-Euler/AB2 bootstrap each interval (a small, documented change of the time scheme), optionally adding a
-learned correction ``dq = correction(q)`` per interval (model-error learning from analysis increments).
+learned correction ``dq = correction(q)`` per interval (model-error learning from analysis increments; see
+:mod:`pelagos.qg.model_error`). The correction sees the PV at the start of the interval, in the model's dtype,
+and its output is added once at the end: the form in which increments x_a(t_k) − M(x_a(t_{k−1})) train it.
 """
 
 from __future__ import annotations
@@ -28,5 +30,5 @@ class QGInterval(Model):
             st = self.qg.step(st)
         out = st["q"]
         if self.correction is not None:
-            out = out + self.correction(q.to(torch.float32)).to(out.dtype)
+            out = out + self.correction(q).to(out.dtype)
         return out
