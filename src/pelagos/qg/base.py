@@ -26,8 +26,10 @@ import torch.autograd.forward_ad as fwAD
 
 from ..core.errors import ConfigError, ShapeError, StabilityError
 from ..core.model import Model
+from . import _step_c
 from .adjoint import QGStep, step_constants
 from .fftops import adjoint_weights, divergence, rfft2, velocities
+from .fftplan import FFTPlan
 from .grid import SpectralGrid
 
 QGState = dict[str, torch.Tensor]
@@ -69,6 +71,10 @@ def _flush_tiny(filtr: torch.Tensor, floor: float = 1e-60) -> torch.Tensor:
     """Zero filter factors below ``floor``: the modes they multiply would otherwise decay into subnormal
     numbers, which make FFTs several times slower on x86 (pyqg keeps them; the difference is < 1e-60)."""
     return torch.where(filtr < floor, torch.zeros_like(filtr), filtr)
+
+
+def _contiguous(*xs: torch.Tensor) -> bool:
+    return all(x.is_contiguous() for x in xs)
 
 
 def _plain(x: torch.Tensor) -> bool:
@@ -449,20 +455,29 @@ class SpectralQG(Model):
                 "uvh": torch.empty((B, 2, nz, nl, nk), dtype=qh.dtype, device=qh.device),
                 "uv": torch.empty((B, 2, nz, self.ny, self.nx), dtype=self.dtype, device=qh.device),
                 "fh": torch.empty((B, 2, nz, nl, nk), dtype=qh.dtype, device=qh.device),
+                "fft": FFTPlan(self.ny, self.nx),
             }
             self._ws = ws
         return ws
 
-    def _irfft2_into(self, xh: torch.Tensor, out: torch.Tensor, norm: str = "forward") -> torch.Tensor:
-        """Inverse rFFT into ``out`` (unnormalised by default); field by field on large grids, where batched
-        c2r transforms ran several times slower than a loop under load (4 × 256², 11 vs 2.9 ms)."""
-        s = (self.ny, self.nx)
-        if self.grid.M < 40000 or xh.device.type != "cpu":
-            return torch.fft.irfft2(xh, s=s, norm=norm, out=out)
-        xf, of = xh.reshape(-1, *xh.shape[-2:]), out.view(-1, *out.shape[-2:])
-        for i in range(xf.shape[0]):
-            torch.fft.irfft2(xf[i], s=s, norm=norm, out=of[i])
-        return out
+    def _c_coefficients(self, c: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Plain contiguous operands of the compiled kernels (made once per coefficient set)."""
+        cc = c.get("_c")
+        if cc is None:
+            g, rdt, M = self.grid, self.dtype, float(self.grid.M)
+            kk, ll = g.kk.to(rdt), g.ll.to(rdt)
+            cc = {
+                "a": c["a"].contiguous(),
+                "kk": kk.contiguous(),
+                "ll": ll.contiguous(),
+                "kM": (g.kk / M).to(rdt).contiguous(),
+                "lM": (g.ll / M).to(rdt).contiguous(),
+                "lin": c["lin"].expand(self.nz, g.nl, g.nk).contiguous(),
+                "filtr": c["filtr"].contiguous(),
+                "U": c["Ubg"].reshape(self.nz).contiguous(),
+            }
+            c["_c"] = cc
+        return cc
 
     @torch.no_grad()
     def _step_fast(self, state: QGState, c: dict[str, torch.Tensor]) -> QGState:
@@ -477,35 +492,49 @@ class SpectralQG(Model):
             levels = int(ab[0])
         qh, q, p, pp = state["qh"], state["q"], state["dqhdt_p"], state["dqhdt_pp"]
         ws = self._workspace(qh)
-        # ph = a·qh on real views: ph_i = a_i0 qh_0 + a_i1 qh_1 + … for all i at once
-        qr, a_r = torch.view_as_real(qh), c["a_r"]
-        phr = torch.view_as_real(ws["ph"])
-        torch.mul(a_r[:, 0], qr[:, 0:1], out=phr)
-        for j in range(1, self.nz):
-            phr.addcmul_(a_r[:, j], qr[:, j : j + 1])
-        ph = ws["ph"]
-        torch.mul(ph.unsqueeze(1), c["vel_M"], out=ws["uvh"])
-        uv = self._irfft2_into(ws["uvh"], ws["uv"])
-        uv[:, 0].add_(c["Ubg"])  # only u has a background flow: half a pass instead of a full one
-        flux = uv.mul_(q.unsqueeze(1))
-        fh = torch.fft.rfft2(flux, out=ws["fh"])
-        d = torch.mul(c["lin"], ph).addcmul_(c["mik"], fh[:, 0]).addcmul_(c["mil"], fh[:, 1])
+        fft = ws["fft"]
         if levels is None:
-            new = qh + w[:, 0] * d + w[:, 1] * p + w[:, 2] * pp
             ab_new = torch.clamp(ab + 1, max=2)
         else:
-            w0, w1, w2 = c["ab"][levels].tolist()
-            new = torch.add(qh, d, alpha=w0)
-            if levels >= 1:
-                new.add_(p, alpha=w1)
-            if levels >= 2:
-                new.add_(pp, alpha=w2)
             ab_new = ab if levels == 2 else torch.full_like(ab, levels + 1)
             if levels == 2:
                 self._ab_steady = ab_new
-        torch.view_as_real(new).mul_(c["filtr_r"])
+        if qh.device.type == "cpu" and _step_c.kernels() is not None and _contiguous(qh, q, p, pp):
+            # three fused C loops between the FFTs (qg/_step_c.py)
+            cc = self._c_coefficients(c)
+            _step_c.invert(qh, cc["a"], cc["kM"], cc["lM"], ws["ph"], ws["uvh"])
+            uv = fft.irfft2(ws["uvh"], ws["uv"], "forward", ws["fh"])  # fh: scratch until the r2c below
+            _step_c.flux(uv, q, cc["U"])
+            fh = fft.rfft2(uv, ws["fh"], ws["uvh"])
+            d, new = torch.empty_like(qh), torch.empty_like(qh)
+            wts = c["ab"][levels] if levels is not None else w[:, :, 0, 0, 0]
+            _step_c.update(qh, ws["ph"], fh, p, pp, cc["lin"], cc["kk"], cc["ll"], cc["filtr"], wts, d, new)
+        else:
+            # ph = a·qh on real views: ph_i = a_i0 qh_0 + a_i1 qh_1 + … for all i at once
+            qr, a_r = torch.view_as_real(qh), c["a_r"]
+            phr = torch.view_as_real(ws["ph"])
+            torch.mul(a_r[:, 0], qr[:, 0:1], out=phr)
+            for j in range(1, self.nz):
+                phr.addcmul_(a_r[:, j], qr[:, j : j + 1])
+            ph = ws["ph"]
+            torch.mul(ph.unsqueeze(1), c["vel_M"], out=ws["uvh"])
+            uv = fft.irfft2(ws["uvh"], ws["uv"], "forward", ws["fh"])
+            uv[:, 0].add_(c["Ubg"])  # only u has a background flow: half a pass instead of a full one
+            flux = uv.mul_(q.unsqueeze(1))
+            fh = fft.rfft2(flux, ws["fh"], ws["uvh"])
+            d = torch.mul(c["lin"], ph).addcmul_(c["mik"], fh[:, 0]).addcmul_(c["mil"], fh[:, 1])
+            if levels is None:
+                new = qh + w[:, 0] * d + w[:, 1] * p + w[:, 2] * pp
+            else:
+                w0, w1, w2 = c["ab"][levels].tolist()
+                new = torch.add(qh, d, alpha=w0)
+                if levels >= 1:
+                    new.add_(p, alpha=w1)
+                if levels >= 2:
+                    new.add_(pp, alpha=w2)
+            torch.view_as_real(new).mul_(c["filtr_r"])
         # 1/M applied inside the transform (the FFT library scales while it writes: no extra pass)
-        q_new = self._irfft2_into(new, torch.empty_like(q), norm="backward")
+        q_new = fft.irfft2(new, torch.empty_like(q), "backward", ws["ph"])  # ph: free by now
         return {"q": q_new, "qh": new, "dqhdt_p": d, "dqhdt_pp": p, "ablevel": ab_new}
 
     # -- pyqg-style conveniences -------------------------------------------------------------------------
