@@ -3,8 +3,8 @@
 Cycled 4D-Var with a biased model leaves analysis increments δ_k = x_a(t_k) − M(x_a(t_{k−1})); averaged over
 many cycles they estimate what the model misses per assimilation interval. The pieces here:
 
-- :class:`SpectralCovariance`: a homogeneous, Gaussian-correlated background-error covariance B for PV fields
-  (…, nz, ny, nx), so that 4D-Var increments are smooth rather than grid-point noise;
+- :class:`SpectralCovariance`: a homogeneous background-error covariance B for PV fields (…, nz, ny, nx) with
+  a std per layer (the layers' PV differ by an order of magnitude) and an optional Gaussian correlation;
 - :func:`streamfunction`: ψ from q (the model's own inversion);
 - :class:`StencilCorrection`: a linear, local correction δq = Σ w ⋆ ψ + b (one circular convolution of the
   streamfunction of all layers), fitted in closed form to increments by :func:`fit_stencil`;
