@@ -1,6 +1,6 @@
 """Learning model error from 4D-Var analysis increments on the two-layer QG model (small demonstration).
 
-    .venv/bin/python examples/qg_increments.py              # ~ 4 min on one core; writes the JSON and figures
+    .venv/bin/python examples/qg_increments.py              # ~ 3 min on one core; writes the JSON and figures
     .venv/bin/python examples/qg_increments.py --ablation   # ~ 6 min more: DA variants, added to the JSON
 
 Truth: two-layer QG, 32², 500 km, β = 1.5e-11 m⁻¹ s⁻¹. Biased low-res model: the same with β = 0, i.e. it
