@@ -60,4 +60,5 @@ def test_interval_model_tensor_state_and_observer():
     assert torch.allclose(H(q), H(m.state_from_q(q)), rtol=0, atol=0)
     shift = torch.nn.Conv2d(2, 2, 1, bias=False).double()
     torch.nn.init.zeros_(shift.weight)
-    assert torch.equal(QGInterval(m, 3, correction=shift.float()).step(q), st["q"])  # zero correction
+    # zero correction (the correction sees q in the model's dtype)
+    assert torch.equal(QGInterval(m, 3, correction=shift).step(q), st["q"])

@@ -64,18 +64,30 @@ MV void qg_invert_SFX(long B, long nz, long nl, long nk, const REAL *restrict qh
             }
 }
 
-/* Flux products in grid space, in place: u <- (u + U_i) q, v <- v q. uv: (B, 2, nz, N); q: (B, nz, N). */
+/* Flux products in grid space. out == NULL: in place, u <- (u + U_i) q, v <- v q. Otherwise u <- u + U_i
+   in place (the autograd step keeps u + U for its backward) and out <- (u, v) q.
+   uv, out: (B, 2, nz, N); q: (B, nz, N). */
 MV void qg_flux_SFX(long B, long nz, long N, REAL *restrict uv, const REAL *restrict q,
-                    const REAL *restrict U)
+                    const REAL *restrict U, REAL *restrict out)
 {
     for (long b = 0; b < B; b++)
         for (long i = 0; i < nz; i++) {
             const REAL *restrict qi = q + (b * nz + i) * N;
-            REAL *restrict u = uv + ((b * 2) * nz + i) * N, *restrict v = uv + ((b * 2 + 1) * nz + i) * N;
+            long ou = ((b * 2) * nz + i) * N, ov = ((b * 2 + 1) * nz + i) * N;
+            REAL *restrict u = uv + ou, *restrict v = uv + ov;
             REAL Ui = U[i];
-            for (long n = 0; n < N; n++) {
-                u[n] = (u[n] + Ui) * qi[n];
-                v[n] = v[n] * qi[n];
+            if (!out) {
+                for (long n = 0; n < N; n++) {
+                    u[n] = (u[n] + Ui) * qi[n];
+                    v[n] = v[n] * qi[n];
+                }
+            } else {
+                REAL *restrict fu = out + ou, *restrict fv = out + ov;
+                for (long n = 0; n < N; n++) {
+                    u[n] = u[n] + Ui;
+                    fu[n] = u[n] * qi[n];
+                    fv[n] = v[n] * qi[n];
+                }
             }
         }
 }
@@ -117,6 +129,111 @@ MV void qg_update_SFX(long B, long nz, long nl, long nk, const REAL *restrict qh
         }
     }
 }
+
+/* Adjoint of the update and of the last inverse FFT (QGStep.backward, first stretch):
+   gn = filt (gqh + G c2r), gp = w1 gn, gpp = w2 gn (each if wanted), gdd = gd + w0 gn,
+   gph = conj(lin) gdd, X = (i k wk gdd, i l wk gdd) (input of the adjoint of the divergence). */
+MV void qg_adj_update_SFX(long B, long nz, long nl, long nk, const REAL *restrict gqh, const REAL *restrict G,
+                          const REAL *restrict gd, const REAL *restrict c2r, const REAL *restrict filt,
+                          const REAL *restrict w, const REAL *restrict lc, const REAL *restrict kk,
+                          const REAL *restrict ll, const REAL *restrict wk, REAL *restrict gn,
+                          REAL *restrict gp, REAL *restrict gpp, REAL *restrict gdo, REAL *restrict gph,
+                          REAL *restrict X)
+{
+    long S = nl * nk;
+    REAL w0 = w[0], w1 = w[1], w2 = w[2];
+    for (long b = 0; b < B; b++)
+        for (long i = 0; i < nz; i++) {
+            long o = 2 * (b * nz + i) * S;
+            const REAL *restrict li = lc + 2 * i * S;
+            REAL *restrict x0 = X + 2 * ((b * 2) * nz + i) * S;
+            REAL *restrict x1 = X + 2 * ((b * 2 + 1) * nz + i) * S;
+            for (long y = 0; y < nl; y++) {
+                REAL l = ll[y];
+                long c0 = 2 * y * nk;
+                for (long x = 0; x < nk; x++) {
+                    long c = c0 + 2 * x, r = o + c, s_ = y * nk + x;
+                    REAL nr = (gqh[r] + G[r] * c2r[x]) * filt[s_];
+                    REAL ni = (gqh[r + 1] + G[r + 1] * c2r[x]) * filt[s_];
+                    gn[r] = nr;
+                    gn[r + 1] = ni;
+                    REAL dr = gd[r] + w0 * nr, di = gd[r + 1] + w0 * ni;
+                    gdo[r] = dr;
+                    gdo[r + 1] = di;
+                    gph[r] = li[c] * dr - li[c + 1] * di;
+                    gph[r + 1] = li[c] * di + li[c + 1] * dr;
+                    REAL kw = kk[x] * wk[x], lw = l * wk[x];
+                    x0[c] = -kw * di;
+                    x0[c + 1] = kw * dr;
+                    x1[c] = -lw * di;
+                    x1[c + 1] = lw * dr;
+                }
+            }
+            if (gp)
+                for (long c = 0; c < 2 * S; c++) gp[o + c] = w1 * gn[o + c];
+            if (gpp)
+                for (long c = 0; c < 2 * S; c++) gpp[o + c] = w2 * gn[o + c];
+        }
+}
+
+/* Adjoint of the flux products: gq = gf_u (u + U) + gf_v v (if wanted), then gf <- gf q in place. */
+MV void qg_adj_flux_SFX(long B, long nz, long N, REAL *restrict gf, const REAL *restrict q,
+                        const REAL *restrict uvU, REAL *restrict gq)
+{
+    for (long b = 0; b < B; b++)
+        for (long i = 0; i < nz; i++) {
+            long ou = ((b * 2) * nz + i) * N, ov = ((b * 2 + 1) * nz + i) * N;
+            const REAL *restrict qi = q + (b * nz + i) * N, *restrict u = uvU + ou, *restrict v = uvU + ov;
+            REAL *restrict gu = gf + ou, *restrict gv = gf + ov;
+            if (gq) {
+                REAL *restrict g = gq + (b * nz + i) * N;
+                for (long n = 0; n < N; n++) g[n] = gu[n] * u[n] + gv[n] * v[n];
+            }
+            for (long n = 0; n < N; n++) {
+                gu[n] = gu[n] * qi[n];
+                gv[n] = gv[n] * qi[n];
+            }
+        }
+}
+
+/* Adjoint of the velocities and the inversion: gph += (i l/(M wk)) Gu + (-i k/(M wk)) Gv (in place),
+   then gqh_j = gn_j + sum_i a_ij gph_i. */
+MV void qg_adj_invert_SFX(long B, long nz, long nl, long nk, REAL *restrict gph, const REAL *restrict Guv,
+                          const REAL *restrict kM, const REAL *restrict lM, const REAL *restrict wk,
+                          const REAL *restrict a, const REAL *restrict gn, REAL *restrict gqh)
+{
+    long S = nl * nk;
+    for (long b = 0; b < B; b++) {
+        for (long i = 0; i < nz; i++) {
+            long o = 2 * (b * nz + i) * S;
+            const REAL *restrict gu = Guv + 2 * ((b * 2) * nz + i) * S;
+            const REAL *restrict gv = Guv + 2 * ((b * 2 + 1) * nz + i) * S;
+            REAL *restrict g = gph + o;
+            for (long y = 0; y < nl; y++) {
+                REAL l = lM[y];
+                long c0 = 2 * y * nk;
+                for (long x = 0; x < nk; x++) {
+                    long c = c0 + 2 * x;
+                    REAL cu = l / wk[x], cv = kM[x] / wk[x];
+                    REAL r = g[c] + -cu * gu[c + 1], m = g[c + 1] + cu * gu[c];
+                    g[c] = r + cv * gv[c + 1];
+                    g[c + 1] = m + -cv * gv[c];
+                }
+            }
+        }
+        for (long j = 0; j < nz; j++) {
+            long o = 2 * (b * nz + j) * S;
+            for (long c = 0; c < 2 * S; c++) gqh[o + c] = gn[o + c];
+            for (long i = 0; i < nz; i++) {
+                const REAL *restrict aij = a + (i * nz + j) * S, *restrict g = gph + 2 * (b * nz + i) * S;
+                for (long s_ = 0; s_ < S; s_++) {
+                    gqh[o + 2 * s_] += aij[s_] * g[2 * s_];
+                    gqh[o + 2 * s_ + 1] += aij[s_] * g[2 * s_ + 1];
+                }
+            }
+        }
+    }
+}
 """
 
 _SOURCE = MULTIVERSION_HEADER + "".join(
@@ -136,7 +253,10 @@ def _build() -> ctypes.CDLL:
     for dtype, sfx in _SUFFIX.items():
         for name, types in (
             ("invert", [L] * 4 + [P] * 6),
-            ("flux", [L] * 3 + [P] * 3),
+            ("flux", [L] * 3 + [P] * 4),
+            ("adj_update", [L] * 4 + [P] * 16),
+            ("adj_flux", [L] * 3 + [P] * 4),
+            ("adj_invert", [L] * 4 + [P] * 8),
             ("update", [L] * 4 + [P] * 10 + [L] + [P] * 2),
         ):
             f = getattr(dll, f"qg_{name}_{sfx}")
@@ -190,14 +310,17 @@ def invert(qh: torch.Tensor, a: torch.Tensor, kM: torch.Tensor, lM: torch.Tensor
     _launch(_fns[("invert", a.dtype)], B, B * nz * S, args)
 
 
-def flux(uv: torch.Tensor, q: torch.Tensor, U: torch.Tensor) -> None:
-    """In place: ``uv[:, 0] = (uv[:, 0] + U) q`` and ``uv[:, 1] *= q``; uv (B, 2, nz, ny, nx), U (nz,)."""
+def flux(uv: torch.Tensor, q: torch.Tensor, U: torch.Tensor, out: torch.Tensor | None = None) -> None:
+    """``uv[:, 0] += U``, then the products (u, v)·q into ``out``, or in place into ``uv`` if ``out`` is None;
+    uv, out (B, 2, nz, ny, nx), q (B, nz, ny, nx), U (nz,)."""
     B, _, nz, ny, nx = uv.shape
     N, es = ny * nx, uv.element_size()
     u0, q0, U0 = uv.data_ptr(), q.data_ptr(), U.data_ptr()
+    f0 = None if out is None else out.data_ptr()
 
     def args(s: int, e: int) -> tuple:
-        return (e - s, nz, N, u0 + s * 2 * nz * N * es, q0 + s * nz * N * es, U0)
+        o = s * 2 * nz * N * es
+        return (e - s, nz, N, u0 + o, q0 + s * nz * N * es, U0, None if f0 is None else f0 + o)
 
     _launch(_fns[("flux", uv.dtype)], B, B * nz * N // 2, args)
 
@@ -223,3 +346,52 @@ def update(qh, ph, fh, p, pp, lin, kk, ll, filt, w: torch.Tensor, d, out) -> Non
         )  # fmt: skip
 
     _launch(_fns[("update", filt.dtype)], B, B * nz * S, args)
+
+
+def _ptr(t: torch.Tensor | None) -> int | None:
+    return None if t is None else t.data_ptr()
+
+
+def adj_update(gqh, G, gd, c2r, filt, w, lin_conj, kk, ll, wk, gn, gp, gpp, gdo, gph, X) -> None:
+    """First stretch of the adjoint step (see the C comment); ``gp``/``gpp`` may be None (not wanted).
+    Spectral arrays (B, nz, nl, nk) complex, ``X`` (B, 2, nz, nl, nk); ``w`` the step's 3 AB3 weights."""
+    B, nz, nl, nk = gqh.shape
+    S, es = nl * nk, 2 * filt.element_size()
+    fixed = tuple(t.data_ptr() for t in (c2r, filt, w, lin_conj, kk, ll, wk))
+    spec = [_ptr(t) for t in (gqh, G, gd)]
+    outs = [_ptr(t) for t in (gn, gp, gpp, gdo, gph)]
+    x0 = X.data_ptr()
+
+    def args(s: int, e: int) -> tuple:
+        o = s * nz * S * es
+        sh = [None if p is None else p + o for p in outs]
+        return (e - s, nz, nl, nk, *(p + o for p in spec), *fixed, *sh, x0 + 2 * o)
+
+    _launch(_fns[("adj_update", filt.dtype)], B, B * nz * S, args)
+
+
+def adj_flux(gf: torch.Tensor, q: torch.Tensor, uvU: torch.Tensor, gq: torch.Tensor | None) -> None:
+    """``gq = gf_u (u + U) + gf_v v`` (if ``gq`` is given), then ``gf *= q`` in place."""
+    B, _, nz, ny, nx = gf.shape
+    N, es = ny * nx, gf.element_size()
+    g0, q0, u0, gq0 = gf.data_ptr(), q.data_ptr(), uvU.data_ptr(), _ptr(gq)
+
+    def args(s: int, e: int) -> tuple:
+        o, oq = s * 2 * nz * N * es, s * nz * N * es
+        return (e - s, nz, N, g0 + o, q0 + oq, u0 + o, None if gq0 is None else gq0 + oq)
+
+    _launch(_fns[("adj_flux", gf.dtype)], B, B * nz * N // 2, args)
+
+
+def adj_invert(gph, Guv, kM, lM, wk, a, gn, gqh) -> None:
+    """``gph`` += the velocities' adjoint of ``Guv`` (in place); ``gqh = gn + aᵀ gph``."""
+    B, nz, nl, nk = gph.shape
+    S, es = nl * nk, 2 * a.element_size()
+    fixed = tuple(t.data_ptr() for t in (kM, lM, wk, a))
+    p0, u0, n0, q0 = gph.data_ptr(), Guv.data_ptr(), gn.data_ptr(), gqh.data_ptr()
+
+    def args(s: int, e: int) -> tuple:
+        o = s * nz * S * es
+        return (e - s, nz, nl, nk, p0 + o, u0 + 2 * o, *fixed, n0 + o, q0 + o)
+
+    _launch(_fns[("adj_invert", a.dtype)], B, B * nz * S, args)

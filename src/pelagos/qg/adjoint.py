@@ -28,6 +28,8 @@ from __future__ import annotations
 import torch
 from torch.autograd.function import once_differentiable
 
+from . import _step_c
+
 
 def _reduce_to(x: torch.Tensor, shape: torch.Size) -> torch.Tensor:
     """Sum ``x`` over the leading/broadcast dims so that it has ``shape`` (gradient of a broadcast input)."""
@@ -46,6 +48,11 @@ class QGStep(torch.autograd.Function):
         """``k``: the model's constant operators and sizes (a dict: vel_M, mdiv, their adjoints, w, shape)."""
         ny, nx = k["shape"]
         nz = qh.shape[-3]
+        need = ctx.needs_input_grad
+        ctx.k = k
+        ctx.compiled = k["c"] is not None and not need[7]  # the filter's gradient needs the pre-filter state
+        if ctx.compiled:
+            return _forward_compiled(ctx, qh, q, p, pp, a, lin, filtr, k)
         # ψ̂ = a q̂ on real views (a is real): no complex promotion of a
         qr, a_r = torch.view_as_real(qh), k["a_r"]  # a with an explicit (re, im) axis
         phr = a_r[:, 0] * qr[:, 0:1]
@@ -65,10 +72,8 @@ class QGStep(torch.autograd.Function):
             new.add_(pp, alpha=w2)
         qh_new = torch.view_as_complex(torch.view_as_real(new) * k["filtr_r"])
         q_new = torch.fft.irfft2(qh_new, s=(ny, nx))
-        ctx.k = k
         # keep only what the requested gradients need (a 1000-step gradient holds 1000 of these):
         # q̂ for ā, ψ̂ for l̄in, the pre-filter state for f̄iltr; q and u + U always
-        need = ctx.needs_input_grad
         ctx.save_for_backward(
             qh if need[4] else None,
             q,
@@ -84,6 +89,8 @@ class QGStep(torch.autograd.Function):
     @staticmethod
     @once_differentiable  # the adjoint is not itself differentiated: double backward raises, never lies
     def backward(ctx, gq, gqh, gd):
+        if ctx.compiled:
+            return _backward_compiled(ctx, gq, gqh, gd)
         qh, q, a, lin, filtr, ph, uvU, new = ctx.saved_tensors
         k = ctx.k
         ny, nx = k["shape"]
@@ -122,11 +129,87 @@ class QGStep(torch.autograd.Function):
         return torch.view_as_complex(g_qh), g_q, g_p, g_pp, g_a, g_lin, g_U, g_filtr, None
 
 
-def step_constants(model, c: dict[str, torch.Tensor], weights: tuple[float, float, float]) -> dict:
-    """The constant operators and sizes :class:`QGStep` needs (references into the coefficients ``c``)."""
+def _head(buf: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """The first elements of a contiguous scratch buffer as a contiguous tensor of ``shape``."""
+    return buf.view(-1)[: shape.numel()].view(shape)
+
+
+def _forward_compiled(ctx, qh, q, p, pp, a, lin, filtr, k):
+    """The forward with the fused C kernels of the no-grad step (same arithmetic, to rounding). Scratch
+    arrays come from the model's workspace; only what the backward keeps and the outputs are new."""
+    cc, plan, ws = k["c"], k["plan"], k["ws"]
+    need = ctx.needs_input_grad
+    ph = torch.empty_like(qh) if need[5] else ws["ph"]
+    uvh, fh = ws["uvh"], ws["fh"]
+    _step_c.invert(qh, cc["a"], cc["kM"], cc["lM"], ph, uvh)
+    uvU = torch.empty_like(ws["uv"])
+    plan.irfft2(uvh, uvU, "forward", fh)
+    _step_c.flux(uvU, q, cc["U"], out=ws["uv"])  # uvU ← (u + U, v), kept for the backward
+    plan.rfft2(ws["uv"], fh, uvh)
+    d, qh_new = torch.empty_like(qh), torch.empty_like(qh)
+    _step_c.update(qh, ph, fh, p, pp, cc["lin"], cc["kk"], cc["ll"], cc["filtr"], k["w_t"], d, qh_new)
+    q_new = plan.irfft2(qh_new, torch.empty_like(q), "backward", _head(uvh, qh.shape))
+    ctx.save_for_backward(qh if need[4] else None, q, a, lin, ph if need[5] else None, uvU)
+    return q_new, qh_new, d
+
+
+def _backward_workspace(ws: dict) -> dict:
+    bw = ws.get("bw")
+    if bw is None:
+        spec, spec2, grid2 = ws["ph"], ws["uvh"], ws["uv"]
+        bw = {n: torch.empty_like(spec) for n in ("G", "gn", "gdo", "gph")}
+        bw.update({n: torch.empty_like(spec2) for n in ("X", "Guv", "tmp")}, gf=torch.empty_like(grid2))
+        ws["bw"] = bw
+    return bw
+
+
+def _backward_compiled(ctx, gq, gqh, gd):
+    qh, q, a, lin, ph, uvU = ctx.saved_tensors
+    k = ctx.k
+    cc, plan, bw = k["c"], k["plan"], _backward_workspace(k["ws"])
+    need = ctx.needs_input_grad
+    gq, gqh, gd = gq.contiguous(), gqh.contiguous(), gd.contiguous()
+    X, gn, gdo, gph = bw["X"], bw["gn"], bw["gdo"], bw["gph"]
+    G = plan.rfft2(gq, bw["G"], _head(bw["tmp"], gqh.shape))
+    gp = torch.empty_like(gqh) if need[2] else None
+    gpp = torch.empty_like(gqh) if need[3] else None
+    _step_c.adj_update(
+        gqh, G, gd, cc["c2r_adj"], cc["filtr"], k["w_t"], cc["lin_conj"], cc["kk"], cc["ll"], cc["wk"],
+        gn, gp, gpp, gdo, gph, X,
+    )  # fmt: skip
+    gf = plan.irfft2(X, bw["gf"], "forward", bw["tmp"])
+    g_q = torch.empty_like(q) if need[1] else None
+    _step_c.adj_flux(gf, q, uvU, g_q)  # gf ← F̄·q = ū
+    g_U = None
+    if need[6]:
+        g_U = _reduce_to(gf, k["U_shape"]).clone()
+        g_U[1] = 0.0  # the forward adds only the u component of (U, 0)
+    Guv = plan.rfft2(gf, bw["Guv"], X)
+    g_qh = torch.empty_like(gqh)
+    _step_c.adj_invert(gph, Guv, cc["kM"], cc["lM"], cc["wk"], cc["a"], gn, g_qh)
+    g_a = _reduce_to(torch.real(gph.unsqueeze(2) * qh.conj().unsqueeze(1)), a.shape) if need[4] else None
+    g_lin = _reduce_to(ph.conj() * gdo, lin.shape) if need[5] else None
+    return g_qh, g_q, gp, gpp, g_a, g_lin, g_U, None, None
+
+
+def step_constants(
+    model,
+    c: dict[str, torch.Tensor],
+    weights: tuple[float, float, float],
+    w_t: torch.Tensor,
+    cc: dict | None,
+    ws: dict | None,
+) -> dict:
+    """The constant operators and sizes :class:`QGStep` needs (references into the coefficients ``c``);
+    ``w_t``: the AB3 weights as a tensor; ``cc``, ``ws``: the compiled kernels' operands and the model's
+    scratch workspace (None: the torch path)."""
     return {
         "shape": (model.ny, model.nx),
         "w": weights,
+        "w_t": w_t,
+        "c": cc,
+        "ws": ws,
+        "plan": None if ws is None else ws["fft"],
         "vel_M": c["vel_M"],
         "mdiv": c["mdiv"],
         "vel_M_adj": c["vel_M_adj"],

@@ -371,18 +371,17 @@ class SpectralQG(Model):
         level = self._uniform_level(state)
         if level is not None and self._can_run_adjoint(state, c):
             # one autograd node per step, with the hand-written adjoint (qg/adjoint.py)
-            ws = tuple(c["ab"][level].tolist())
-            q, qh, d = QGStep.apply(
-                state["qh"],
-                state["q"],
-                state["dqhdt_p"],
-                state["dqhdt_pp"],
-                c["a"],
-                c["lin"],
-                c["Ubg_uv"],
-                c["filtr"],
-                step_constants(self, c, ws),
-            )
+            leaves = (state["qh"], state["q"], state["dqhdt_p"], state["dqhdt_pp"])
+            compiled = self._compiled(*leaves)
+            key = ("_k", level, compiled, leaves[0].shape)
+            k = c.get(key)  # the node's constants: the same for every step of a rollout
+            if k is None:
+                # compiled forward and backward kernels when they can run (qg/_step_c.py)
+                unbatched = c["lin"].ndim == 3 and c["filtr"].ndim == 2 and c["Ubg"].ndim == 3
+                cc = self._c_coefficients(c) if unbatched and compiled else None
+                ws = cc and self._workspace(leaves[0])
+                k = c[key] = step_constants(self, c, tuple(c["ab"][level].tolist()), c["ab"][level], cc, ws)
+            q, qh, d = QGStep.apply(*leaves, c["a"], c["lin"], c["Ubg_uv"], c["filtr"], k)
             ab = state["ablevel"]
             ab_new = ab if level == 2 else torch.full_like(ab, level + 1)
             if level == 2:
@@ -460,6 +459,7 @@ class SpectralQG(Model):
             self._ws = ws
         return ws
 
+    @torch.no_grad()
     def _c_coefficients(self, c: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Plain contiguous operands of the compiled kernels (made once per coefficient set)."""
         cc = c.get("_c")
@@ -467,17 +467,25 @@ class SpectralQG(Model):
             g, rdt, M = self.grid, self.dtype, float(self.grid.M)
             kk, ll = g.kk.to(rdt), g.ll.to(rdt)
             cc = {
-                "a": c["a"].contiguous(),
+                "a": c["a"].detach().contiguous(),
                 "kk": kk.contiguous(),
                 "ll": ll.contiguous(),
                 "kM": (g.kk / M).to(rdt).contiguous(),
                 "lM": (g.ll / M).to(rdt).contiguous(),
-                "lin": c["lin"].expand(self.nz, g.nl, g.nk).contiguous(),
-                "filtr": c["filtr"].contiguous(),
-                "U": c["Ubg"].reshape(self.nz).contiguous(),
+                "lin": c["lin"].detach().expand(self.nz, g.nl, g.nk).contiguous(),
+                "filtr": c["filtr"].detach().contiguous(),
+                "U": c["Ubg"].detach().reshape(self.nz).contiguous(),
+                # adjoint step (qg/adjoint.py)
+                "lin_conj": c["lin_conj"].expand(self.nz, g.nl, g.nk).contiguous(),
+                "c2r_adj": c["c2r_adj"].contiguous(),
+                "wk": adjoint_weights(g.nx, g.nk, rdt, self.device),
             }
             c["_c"] = cc
         return cc
+
+    def _compiled(self, *xs: torch.Tensor) -> bool:
+        """Whether the compiled kernels (qg/_step_c.py) can run on these tensors."""
+        return xs[0].device.type == "cpu" and _step_c.kernels() is not None and _contiguous(*xs)
 
     @torch.no_grad()
     def _step_fast(self, state: QGState, c: dict[str, torch.Tensor]) -> QGState:
@@ -499,7 +507,7 @@ class SpectralQG(Model):
             ab_new = ab if levels == 2 else torch.full_like(ab, levels + 1)
             if levels == 2:
                 self._ab_steady = ab_new
-        if qh.device.type == "cpu" and _step_c.kernels() is not None and _contiguous(qh, q, p, pp):
+        if self._compiled(qh, q, p, pp):
             # three fused C loops between the FFTs (qg/_step_c.py)
             cc = self._c_coefficients(c)
             _step_c.invert(qh, cc["a"], cc["kM"], cc["lM"], ws["ph"], ws["uvh"])

@@ -96,29 +96,31 @@ def _choose(kind: str, key: tuple, candidates: dict[str, Callable[[], object]]) 
 
 class FFTPlan:
     """Inverse (c2r) and forward (r2c) 2-D transforms over the last two axes, each by the fastest of the
-    patterns above for this shape. ``tmp``: a complex buffer of the spectral shape (reused scratch)."""
+    patterns above for this shape. ``tmp``: a complex buffer of the spectral shape (reused scratch).
+    One plan serves one model (one dtype and device); its own table skips the global lookup per call."""
 
     def __init__(self, ny: int, nx: int) -> None:
         self.s = (ny, nx)
+        self._fns: dict[tuple, Callable] = {}
 
     def irfft2(self, xh: torch.Tensor, out: torch.Tensor, norm: str, tmp: torch.Tensor) -> torch.Tensor:
-        key = (tuple(xh.shape), xh.dtype, xh.device.type, norm)
-        if xh.device.type != "cpu":
+        f = self._fns.get((xh.shape, norm))
+        if f is None or os.environ.get("PELAGOS_QG_FFT"):
             name = "batched"
-        else:
-            name = _chosen.get(("irfft2", *key)) or _choose(
-                "irfft2",
-                key,
-                {n: (lambda f=f: f(xh, out, self.s, norm, tmp)) for n, f in _INV.items()},
-            )
-        return _INV[name](xh, out, self.s, norm, tmp)
+            if xh.device.type == "cpu":
+                key = (tuple(xh.shape), xh.dtype, xh.device.type, norm)
+                cands = {n: (lambda f=f: f(xh, out, self.s, norm, tmp)) for n, f in _INV.items()}
+                name = _chosen.get(("irfft2", *key)) or _choose("irfft2", key, cands)
+            f = self._fns[(xh.shape, norm)] = _INV[name]
+        return f(xh, out, self.s, norm, tmp)
 
     def rfft2(self, x: torch.Tensor, out: torch.Tensor, tmp: torch.Tensor) -> torch.Tensor:
-        key = (tuple(x.shape), x.dtype, x.device.type)
-        if x.device.type != "cpu":
+        f = self._fns.get(x.shape)
+        if f is None or os.environ.get("PELAGOS_QG_FFT"):
             name = "batched"
-        else:
-            name = _chosen.get(("rfft2", *key)) or _choose(
-                "rfft2", key, {n: (lambda f=f: f(x, out, tmp)) for n, f in _FWD.items()}
-            )
-        return _FWD[name](x, out, tmp)
+            if x.device.type == "cpu":
+                key = (tuple(x.shape), x.dtype, x.device.type)
+                cands = {n: (lambda f=f: f(x, out, tmp)) for n, f in _FWD.items()}
+                name = _chosen.get(("rfft2", *key)) or _choose("rfft2", key, cands)
+            f = self._fns[x.shape] = _FWD[name]
+        return f(x, out, tmp)
