@@ -5,7 +5,7 @@ import torch
 from torch.func import jvp, vmap
 
 from pelagos.core.rollout import rollout
-from pelagos.qg import BTModel, LayeredModel, QGModel
+from pelagos.qg import BTModel, LayeredModel, QGModel, _step_c
 from pelagos.qg.parameterizations import BackscatterBiharmonic, Smagorinsky
 
 N = 6
@@ -109,12 +109,17 @@ def test_other_models_gradients_fd(cls, name):
     assert abs(float(g) - float(num)) < 1e-6 * abs(float(num))
 
 
+@pytest.mark.parametrize("free", ["all", "all-but-filter"])
 @pytest.mark.parametrize("cls", [QGModel, LayeredModel, BTModel])
-def test_fused_step_adjoint_equals_recorded_graph(cls):
+def test_fused_step_adjoint_equals_recorded_graph(cls, free, monkeypatch):
     """The one-node step (qg/adjoint.py) gives the gradients of the op-by-op recorded graph: all parameters
-    (inversion, drag, beta, background flow, filter), the initial q, and a loss reading q, qh and dqhdt_p."""
+    (inversion, drag, beta, background flow, filter), the initial q, and a loss reading q, qh and dqhdt_p.
+    Unless the filter strength is free, the node runs on the compiled kernels (qg/_step_c.py) if built."""
     m, q0 = make(cls)
-    names = list(m.params.raw)
+    names = [n for n in m.params.raw if free == "all" or n != "filterfac"]
+    calls = []
+    adj = _step_c.adj_invert
+    monkeypatch.setattr(_step_c, "adj_invert", lambda *a: (calls.append(1), adj(*a))[1])
     grads = []
     for fused in (True, False):
         m.fused_backward = fused
@@ -130,6 +135,8 @@ def test_fused_step_adjoint_equals_recorded_graph(cls):
         loss.backward()
         grads.append([x.grad] + [m.params.raw[n].grad for n in names])
     m.fused_backward = True
+    compiled = free != "all" and _step_c.kernels() is not None
+    assert len(calls) == (7 if compiled else 0)  # the compiled backward ran at every step, or never
     used = 0
     for name, a, b in zip(["q0", *names], *grads, strict=True):
         assert (a is None) == (b is None), name

@@ -134,37 +134,3 @@ def test_fft_plan_measures_once_per_shape_and_rejects_unknown_patterns(monkeypat
     monkeypatch.setenv("PELAGOS_QG_FFT", "fastest-please")
     with pytest.raises(ValueError, match="PELAGOS_QG_FFT"):
         plan.irfft2(fh, x, "forward", tmp)
-
-
-@needs_kernels
-@pytest.mark.parametrize("cls", [QGModel, LayeredModel, BTModel])
-def test_compiled_adjoint_step_equals_recorded_graph(cls, monkeypatch):
-    """The one-node autograd step runs its forward and backward on the compiled kernels (unless the filter
-    strength is free); its gradients equal those of the op-by-op recorded graph."""
-    m = cls(nx=16, dt=3600.0 * 6)
-    q0 = 1e-5 * torch.randn(2, m.nz, 16, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
-    names = [n for n in m.params.raw if n != "filterfac"]
-    calls = []
-    adj = _step_c.adj_invert
-    monkeypatch.setattr(_step_c, "adj_invert", lambda *a: (calls.append(1), adj(*a))[1])
-    grads = []
-    for fused in (True, False):
-        m.fused_backward = fused
-        m.select_free(names)
-        m.zero_grad()
-        x = q0.clone().requires_grad_(True)
-        st = m.state_from_q(x)
-        for _ in range(7):
-            st = m.step(st)
-        loss = (
-            (st["q"] ** 2).mean() * 1e10
-            + (st["qh"].abs() ** 2).mean() * 1e3
-            + st["dqhdt_p"].real.mean() * 1e5
-        )
-        loss.backward()
-        grads.append([x.grad] + [m.params.raw[n].grad for n in names])
-    assert len(calls) == 7  # the fused run took the compiled backward at every step
-    for name, a, b in zip(["q0", *names], *grads, strict=True):
-        assert (a is None) == (b is None), name
-        if b is not None:
-            assert torch.allclose(a, b, rtol=1e-11, atol=1e-13 * float(b.abs().max())), name
