@@ -101,6 +101,22 @@ def worker_pelagos(nx: int, n: int, repeats: int, device: str = "cpu", dtype: st
     return best
 
 
+def worker_setup(nx: int) -> dict:
+    """Which CPU code paths the step uses here: compiled kernels or not, and the FFT patterns measured."""
+    import torch
+
+    from pelagos.qg import QGModel, _step_c, fftplan
+
+    torch.set_num_threads(1)
+    m = QGModel(nx=nx, dt=3600.0)
+    with torch.no_grad():
+        st = m.initial_state()
+        for _ in range(3):
+            st = m.step(st)
+    patterns = {f"{k[0]} {list(k[1])}": v for k, v in fftplan._chosen.items()}
+    return {"compiled_kernels": _step_c.kernels() is not None, "fft_patterns": patterns}
+
+
 def worker_grad(nx: int, repeats: int) -> dict:
     """value_and_grad of mean(q²) after 100 steps w.r.t. q0 and (rek, beta) vs the forward pass alone."""
     import torch
@@ -225,6 +241,7 @@ def main() -> None:
             if nx in step.get("pyqg-jax", {})
         },
     }
+    result["setup"] = {str(nx): call(me, "worker_setup", nx) for nx in args.sizes}
     if not args.skip_grad:
         result["grad_100_steps"] = {str(nx): call(me, "worker_grad", nx, args.repeats) for nx in (64, 128)}
         result["memory_1000_steps_nx64"] = {
