@@ -13,11 +13,12 @@ from __future__ import annotations
 import argparse
 import json
 import pathlib
-from dataclasses import asdict
+import time
+from dataclasses import asdict, replace
 
 import torch
 
-from pelagos.qg.hybrid import HybridConfig, make_data, run_pipeline, summary_table
+from pelagos.qg.hybrid import HybridConfig, evaluate, make_data, run_pipeline, summary_table
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -30,7 +31,7 @@ def plots(out: dict, figdir: pathlib.Path) -> None:
 
     figdir.mkdir(parents=True, exist_ok=True)
     c = out["curves"]
-    fig, ax = plt.subplots(1, 2, figsize=(10, 3.5))
+    fig, ax = plt.subplots(1, 3, figsize=(15, 3.8))
     ax[0].plot([r["iter"] for r in c["offline"]], [r["train"] for r in c["offline"]], label="train")
     ax[0].plot([r["iter"] for r in c["offline"]], [r["val"] for r in c["offline"]], label="validation")
     ax[0].set(title="offline (a priori): normalised MSE of S_q", xlabel="iteration", yscale="log")
@@ -46,6 +47,14 @@ def plots(out: dict, figdir: pathlib.Path) -> None:
             ax[1].text(r1["iter"], ax[1].get_ylim()[1], f" n={r1['n']}", fontsize=7, va="top")
     ax[1].set(title="online (a posteriori) loss; curriculum n [steps]", xlabel="iteration", yscale="log")
     ax[1].legend(fontsize=7)
+    if "val" in c["online"][0]:
+        ax[2].plot(it, [r["val"] / r["val_no_closure"] for r in c["online"]], ".-")
+        ax[2].axhline(1.0, color="k", lw=0.8)
+        ax[2].set(
+            title="online loss on held-out windows / no closure's",
+            xlabel="iteration (after the step)",
+            ylabel="ratio (< 1: better than no closure)",
+        )
     fig.tight_layout()
     fig.savefig(figdir / "qg_hybrid_training.png", dpi=110)
     res = out["results"]
@@ -88,19 +97,25 @@ def main() -> None:
     ap.add_argument("--gpu", action="store_true", help="the larger configuration (256² → 64²) on CUDA")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "qg_hybrid.json"))
     ap.add_argument("--data", default=None, help="cache file for the generated data (.pt)")
+    ap.add_argument("--long-years", type=float, default=0.0, help="also run the CNNs this long (climate)")
     args = ap.parse_args()
     torch.set_num_threads(1 if not args.gpu else torch.get_num_threads())
     cfg = HybridConfig.gpu() if args.gpu else HybridConfig()
     data = None
     if args.data and pathlib.Path(args.data).exists():
         data = torch.load(args.data, weights_only=False)
-        if data["config"] != asdict(cfg):
+        same = ("nx_hr", "nx_lr", "dt", "model", "coarsen", "n_train", "n_test", "spinup_years", "spinup_nx")
+        same += ("spinup_hr_years", "ic_amplitude", "data_years", "pair_every", "seed")
+        if any(data["config"][k] != asdict(cfg)[k] for k in same):
             raise SystemExit(f"{args.data} was made with another configuration; delete it")
+    t0 = time.time()
     if data is None:
         data = make_data(cfg)
         if args.data:
             torch.save(data, args.data)
+    t_data = time.time() - t0
     out = run_pipeline(cfg, data=data)
+    out["seconds"]["data"] = round(t_data, 1)  # 0 when loaded from the cache
     table = summary_table(out["results"])
     print(table)
     print("wall time [s]:", out["seconds"])
@@ -116,6 +131,28 @@ def main() -> None:
         {k: v.state_dict() for k, v in out["closures"].items()}, pathlib.Path(args.out).with_suffix(".pt")
     )
     plots(out, ROOT / "docs" / "figures")
+    if args.long_years > 0:
+        long_runs(cfg, data, out["closures"], args.long_years, pathlib.Path(args.out))
+
+
+def long_runs(cfg: HybridConfig, data: dict, closures: dict, years: float, out: pathlib.Path) -> None:
+    """Climate check over ``years`` (no short-term scores); added to the JSON under "long_run"."""
+    lcfg = replace(cfg, eval_days=[], eval_years=years)
+    t0 = time.time()
+    runs = {"no closure": None, "offline CNN": closures["offline"], "online CNN": closures["online"]}
+    res = evaluate(lcfg, data, runs)
+    keep = ("stable_years", "blew_up", "ke_log10_err", "similarity", "ke_ispec")
+    serial = json.loads(out.read_text())
+    serial["long_run"] = {
+        "years": years,
+        "members": cfg.eval_members,
+        "seconds": round(time.time() - t0, 1),
+        **{k: {f: r.get(f) for f in keep} for k, r in res.items() if not k.startswith("_")},
+    }
+    out.write_text(json.dumps(serial, indent=1, default=str))
+    for k, r in serial["long_run"].items():
+        if isinstance(r, dict):
+            print(k, "stable", r["stable_years"], "KE log-err", r["ke_log10_err"], "sim", r["similarity"])
 
 
 if __name__ == "__main__":

@@ -109,7 +109,7 @@ def test_online_gradient_goes_through_the_solver_and_matches_finite_differences(
 
 def test_one_online_iteration_lowers_the_loss_on_its_batch(tiny):
     cfg, data = tiny
-    cfg = HybridConfig(**{**TINY, "online_lr": 1e-5, "curriculum": [8], "online_batch": 2})
+    cfg = HybridConfig(**{**TINY, "online_lr": 1e-5, "curriculum": [8], "online_init": "offline"})
     closure = _active_closure(cfg, data)
     start = copy.deepcopy(closure)
     # the window train_online draws first (same generator seed)
@@ -187,8 +187,13 @@ def test_offline_training_fits_and_summary_table(tiny):
     _, curve = train_offline(HybridConfig(**{**TINY, "offline_iters": 200}), data, log=lambda *_: None)
     assert curve[-1]["val"] < 0.9 * curve[0]["val"]
     res = {
-        "no closure": {"rmse_days": {1: 0.1}, "stable_years": 1.0, "similarity": {"KEspec": 0.0}},
+        "no closure": {
+            "rmse_days": {1: 0.1},
+            "stable_years": 1.0,
+            "ke_log10_err": 0.25,
+            "similarity": {"KEspec": 0.0},
+        },
         "_kr": [1.0],
     }
     table = summary_table(res)
-    assert "| no closure | 0.1 | 1 | 0 |" in table
+    assert "| no closure | 0.1 | 1 | 0.25 | 0 | – |" in table
