@@ -2,7 +2,8 @@
 
 ``QGClosureCNN`` maps normalised low-res PV layers (B, nz, ny, nx) to a normalised subgrid PV forcing of the
 same shape; wrap it with :class:`pelagos.qg.parameterizations.NeuralClosure` (which applies the physical
-scales) to use it inside a model. Translation equivariant by construction; a few ten thousand weights.
+scales) to use it inside a model. Translation equivariant by construction; width 16, 3×3, 4 layers (the
+hybrid pipeline's default) has 5 234 weights, width 32, 5×5, 4 layers 54 498.
 """
 
 from __future__ import annotations
