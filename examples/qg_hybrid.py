@@ -58,17 +58,24 @@ def plots(out: dict, figdir: pathlib.Path) -> None:
     fig.tight_layout()
     fig.savefig(figdir / "qg_hybrid_training.png", dpi=110)
     res = out["results"]
-    kr = torch.tensor(res["_kr"])
-    fig, ax = plt.subplots(1, 2, figsize=(10, 3.8))
+    nb = res["_n_resolved_bins"] + 1  # the resolved bins and the first one in the filter band
+    kr = torch.tensor(res["_kr"])[:nb]
+    truth_ke = torch.tensor(res["_truth_ke_ispec"])[:, :nb]
+    fig, ax = plt.subplots(2, 2, figsize=(10, 6.5), sharex=True)
     for lev in range(2):
-        ax[lev].loglog(
-            kr, torch.tensor(res["_truth_ke_ispec"])[lev], "k", lw=2.5, label="coarse-grained truth"
-        )
+        ax[0, lev].loglog(kr, truth_ke[lev], "k", lw=2.5, label="truth (128², same k)")
         for k, r in res.items():
             if not k.startswith("_") and "ke_ispec" in r:
-                ax[lev].loglog(kr, torch.tensor(r["ke_ispec"])[lev], label=k)
-        ax[lev].set(title=f"KE spectrum, layer {lev + 1}", xlabel="k [rad/m]")
-    ax[0].legend(fontsize=7)
+                ke = torch.tensor(r["ke_ispec"])[lev, :nb]
+                ax[0, lev].loglog(kr, ke, label=k)
+                ax[1, lev].semilogx(kr, ke / truth_ke[lev], ".-", label=k)
+        years = out["config"]["eval_years"]
+        ax[0, lev].set(title=f"KE spectrum, layer {lev + 1}: 2nd half of {years:g}-year runs")
+        ax[1, lev].axhline(1.0, color="k", lw=1)
+        ax[1, lev].axvspan(float(kr[-2]), float(kr[-1]) * 1.1, color="0.9")
+        ax[1, lev].set(ylim=(0, 2.5), xlabel="k [rad/m]", ylabel="model / truth")
+    ax[0, 0].legend(fontsize=7)
+    ax[1, 0].text(float(kr[-2]), 2.3, " filter\n band", fontsize=7)
     fig.tight_layout()
     fig.savefig(figdir / "qg_hybrid_spectra.png", dpi=110)
     fig, ax = plt.subplots(figsize=(5, 3.6))

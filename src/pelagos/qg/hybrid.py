@@ -75,7 +75,7 @@ class HybridConfig:
     checkpoint: str | int | None = "sqrt"
     eval_days: list = field(default_factory=lambda: [1, 5, 10, 30])
     eval_starts: int = 6
-    eval_years: float = 2.0
+    eval_years: float = 10.0  # model years of the long runs; climate scores average the second half
     eval_members: int = 4  # long runs (batched) whose second halves are averaged for the climate scores
     seed: int = 0
     device: str = "cpu"
@@ -468,6 +468,7 @@ def evaluate(cfg: HybridConfig, data: dict, closures: dict, log=print) -> dict:
             res["similarity"] = {n: 1 - res["distance"][n] / base[n] for n in base if base[n] > 0}
     results["_truth_ke_ispec"] = target["KEspec"].tolist()
     results["_kr"] = kr_lo.tolist()
+    results["_n_resolved_bins"] = n_free
     return results
 
 
