@@ -72,20 +72,23 @@ def plots(out: dict, figdir: pathlib.Path) -> None:
         years = out["config"]["eval_years"]
         ax[0, lev].set(title=f"KE spectrum, layer {lev + 1}: 2nd half of {years:g}-year runs")
         ax[1, lev].axhline(1.0, color="k", lw=1)
-        ax[1, lev].axvspan(float(kr[-2]), float(kr[-1]) * 1.1, color="0.9")
+        ax[1, lev].axvspan(0.5 * float(kr[-2] + kr[-1]), float(kr[-1]) * 1.1, color="0.9")
         ax[1, lev].set(ylim=(0, 2.5), xlabel="k [rad/m]", ylabel="model / truth")
     ax[0, 0].legend(fontsize=7)
-    ax[1, 0].text(float(kr[-2]), 2.3, " filter\n band", fontsize=7)
+    ax[1, 0].text(0.5 * float(kr[-2] + kr[-1]), 2.3, " filter\n band", fontsize=7)
     fig.tight_layout()
     fig.savefig(figdir / "qg_hybrid_spectra.png", dpi=110)
-    fig, ax = plt.subplots(figsize=(5, 3.6))
-    for k, r in res.items():
-        if not k.startswith("_") and r["rmse_days"]:
-            days = sorted(r["rmse_days"], key=float)
-            ax.plot([float(d) for d in days], [r["rmse_days"][d] for d in days], "o-", label=k)
-    ax.set(title="forecast error, held-out runs", xlabel="lead time [days]", ylabel="RMSE of q / std(q)")
-    ax.set(xscale="log", yscale="log")
-    ax.legend(fontsize=7)
+    fig, ax = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
+    kinds = [("rmse_days", "all scales"), ("rmse_days_resolved", "outside filter band")]
+    for j, (key, what) in enumerate(kinds):
+        ref = res["no closure"][key]
+        for k, r in res.items():
+            if not k.startswith("_") and r.get(key):
+                days = sorted(r[key], key=float)
+                ax[j].plot([float(d) for d in days], [r[key][d] / ref[d] for d in days], "o-", label=k)
+        ax[j].set(title=f"forecast RMSE / no closure's ({what})", xlabel="lead time [days]", xscale="log")
+    ax[0].set(ylabel="ratio (< 1: better)")
+    ax[0].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(figdir / "qg_hybrid_rmse.png", dpi=110)
     truth = out["data"]["truth"]
