@@ -28,6 +28,7 @@ import torch
 from ..core.errors import ConfigError, StabilityError
 from ..core.rollout import rollout
 from ..nn.qg_closure import QGClosureCNN
+from .base import SpectralQG
 from .coarsen import Coarsener, lowres_like
 from .diagnostics import calc_ispec, diagnostics
 from .models import QGModel
@@ -128,7 +129,7 @@ def make_models(cfg: HybridConfig) -> tuple[QGModel, QGModel, Coarsener]:
     return hi, lo, Coarsener(hi, lo, cfg.coarsen)
 
 
-def upsample(lo, hi, q: torch.Tensor) -> torch.Tensor:
+def upsample(lo: SpectralQG, hi: SpectralQG, q: torch.Tensor) -> torch.Tensor:
     """Fourier interpolation of a coarse grid field (…, ny, nx) of ``lo`` onto the finer grid of ``hi``.
 
     The Nyquist row and column are dropped; the half-cell offset between the grids is ignored (a shifted
@@ -259,7 +260,7 @@ class KESpectrum:
     to a constant factor.
     """
 
-    def __init__(self, model, min_filter: float = 0.999) -> None:
+    def __init__(self, model: SpectralQG, min_filter: float = 0.999) -> None:
         g, c = model.grid, model.coefficients()
         self.a = c["a"]  # inversion ψ̂ = a q̂ (nz, nz, nl, nk)
         self.wv2 = c["wv2"]
@@ -294,7 +295,12 @@ def spectral_loss(spec: KESpectrum, qh_pred: torch.Tensor, qh_true: torch.Tensor
 
 
 def online_loss(
-    lo, closure: NeuralClosure, q0: torch.Tensor, target: torch.Tensor, cfg: HybridConfig, spec=None
+    lo: SpectralQG,
+    closure: NeuralClosure,
+    q0: torch.Tensor,
+    target: torch.Tensor,
+    cfg: HybridConfig,
+    spec: KESpectrum | None = None,
 ) -> tuple[torch.Tensor, dict]:
     """Unroll ``lo`` (with its closure) ``len(target)`` steps from ``q0`` and score it against ``target``.
 
