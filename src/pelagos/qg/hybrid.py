@@ -207,8 +207,13 @@ def scales(data: dict) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def make_closure(cfg: HybridConfig, data: dict) -> NeuralClosure:
+    """A fresh CNN closure, its weights drawn from ``cfg.seed`` (the global RNG is left as it was)."""
     sq, sS = scales(data)
-    net = QGClosureCNN(nz=data["pairs_q"].shape[1], hidden=cfg.hidden, layers=cfg.layers, kernel=cfg.kernel)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        net = QGClosureCNN(
+            nz=data["pairs_q"].shape[1], hidden=cfg.hidden, layers=cfg.layers, kernel=cfg.kernel
+        )
     net = net.to(cfg.device)
     return NeuralClosure(net, inputs="q", kind="q", input_scale=sq, output_scale=sS).to(cfg.device)
 
