@@ -9,7 +9,8 @@ FFTW's ``MEASURE`` planner, :class:`FFTPlan` times the candidate patterns on the
 keeps the fastest (the batched call unless another is at least 7 % faster). All candidates compute the
 same transform (the same 1-D passes with the same normalisation), so the choice changes speed only.
 
-Set ``PELAGOS_QG_FFT=<name>`` (``batched``, ``fields``, ``split``) to force a pattern.
+Set ``PELAGOS_QG_FFT=<name>`` (``batched``, ``fields``, ``split``) to force a pattern (read when a plan first
+meets a shape, i.e. before a model's first step).
 """
 
 from __future__ import annotations
@@ -97,7 +98,8 @@ def _choose(kind: str, key: tuple, candidates: dict[str, Callable[[], object]]) 
 class FFTPlan:
     """Inverse (c2r) and forward (r2c) 2-D transforms over the last two axes, each by the fastest of the
     patterns above for this shape. ``tmp``: a complex buffer of the spectral shape (reused scratch).
-    One plan serves one model (one dtype and device); its own table skips the global lookup per call."""
+    One plan serves one model (one dtype and device); its own table skips the global lookup per call, so
+    ``PELAGOS_QG_FFT`` is read when a plan first meets a shape."""
 
     def __init__(self, ny: int, nx: int) -> None:
         self.s = (ny, nx)
@@ -105,7 +107,7 @@ class FFTPlan:
 
     def irfft2(self, xh: torch.Tensor, out: torch.Tensor, norm: str, tmp: torch.Tensor) -> torch.Tensor:
         f = self._fns.get((xh.shape, norm))
-        if f is None or os.environ.get("PELAGOS_QG_FFT"):
+        if f is None:
             name = "batched"
             if xh.device.type == "cpu":
                 key = (tuple(xh.shape), xh.dtype, xh.device.type, norm)
@@ -116,7 +118,7 @@ class FFTPlan:
 
     def rfft2(self, x: torch.Tensor, out: torch.Tensor, tmp: torch.Tensor) -> torch.Tensor:
         f = self._fns.get(x.shape)
-        if f is None or os.environ.get("PELAGOS_QG_FFT"):
+        if f is None:
             name = "batched"
             if x.device.type == "cpu":
                 key = (tuple(x.shape), x.dtype, x.device.type)
