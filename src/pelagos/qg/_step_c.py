@@ -138,7 +138,7 @@ MV void qg_adj_update_SFX(long B, long nz, long nl, long nk, const REAL *restric
                           const REAL *restrict w, const REAL *restrict lc, const REAL *restrict kk,
                           const REAL *restrict ll, const REAL *restrict wk, REAL *restrict gn,
                           REAL *restrict gp, REAL *restrict gpp, REAL *restrict gdo, REAL *restrict gph,
-                          REAL *restrict X)
+                          REAL *restrict X, const REAL *restrict ph, REAL *restrict glin)
 {
     long S = nl * nk;
     REAL w0 = w[0], w1 = w[1], w2 = w[2];
@@ -173,6 +173,20 @@ MV void qg_adj_update_SFX(long B, long nz, long nl, long nk, const REAL *restric
                 for (long c = 0; c < 2 * S; c++) gp[o + c] = w1 * gn[o + c];
             if (gpp)
                 for (long c = 0; c < 2 * S; c++) gpp[o + c] = w2 * gn[o + c];
+            if (glin) { /* gradient of lin summed over the batch: sum_b conj(psi_hat) gdd */
+                REAL *restrict gl = glin + 2 * i * S;
+                const REAL *restrict pr = ph + o, *restrict gq = gdo + o;
+                if (b == 0)
+                    for (long c = 0; c < 2 * S; c += 2) {
+                        gl[c] = pr[c] * gq[c] + pr[c + 1] * gq[c + 1];
+                        gl[c + 1] = pr[c] * gq[c + 1] - pr[c + 1] * gq[c];
+                    }
+                else
+                    for (long c = 0; c < 2 * S; c += 2) {
+                        gl[c] += pr[c] * gq[c] + pr[c + 1] * gq[c + 1];
+                        gl[c + 1] += pr[c] * gq[c + 1] - pr[c + 1] * gq[c];
+                    }
+            }
         }
 }
 
@@ -254,7 +268,7 @@ def _build() -> ctypes.CDLL:
         for name, types in (
             ("invert", [L] * 4 + [P] * 6),
             ("flux", [L] * 3 + [P] * 4),
-            ("adj_update", [L] * 4 + [P] * 16),
+            ("adj_update", [L] * 4 + [P] * 18),
             ("adj_flux", [L] * 3 + [P] * 4),
             ("adj_invert", [L] * 4 + [P] * 8),
             ("update", [L] * 4 + [P] * 10 + [L] + [P] * 2),
@@ -352,22 +366,24 @@ def _ptr(t: torch.Tensor | None) -> int | None:
     return None if t is None else t.data_ptr()
 
 
-def adj_update(gqh, G, gd, c2r, filt, w, lin_conj, kk, ll, wk, gn, gp, gpp, gdo, gph, X) -> None:
+def adj_update(gqh, G, gd, c2r, filt, w, lin_conj, kk, ll, wk, gn, gp, gpp, gdo, gph, X, ph=None, glin=None):
     """First stretch of the adjoint step (see the C comment); ``gp``/``gpp`` may be None (not wanted).
-    Spectral arrays (B, nz, nl, nk) complex, ``X`` (B, 2, nz, nl, nk); ``w`` the step's 3 AB3 weights."""
+    Spectral arrays (B, nz, nl, nk) complex, ``X`` (B, 2, nz, nl, nk); ``w`` the step's 3 AB3 weights.
+    With ``ph`` and ``glin`` (nz, nl, nk): also the gradient of the linear operator, Σ_B conj(ψ̂)·d̄
+    (then the batch is not split over threads: the sum runs over all of it in one call)."""
     B, nz, nl, nk = gqh.shape
     S, es = nl * nk, 2 * filt.element_size()
     fixed = tuple(t.data_ptr() for t in (c2r, filt, w, lin_conj, kk, ll, wk))
     spec = [_ptr(t) for t in (gqh, G, gd)]
     outs = [_ptr(t) for t in (gn, gp, gpp, gdo, gph)]
-    x0 = X.data_ptr()
+    x0, ph0, gl0 = X.data_ptr(), _ptr(ph), _ptr(glin)
 
     def args(s: int, e: int) -> tuple:
         o = s * nz * S * es
         sh = [None if p is None else p + o for p in outs]
-        return (e - s, nz, nl, nk, *(p + o for p in spec), *fixed, *sh, x0 + 2 * o)
+        return (e - s, nz, nl, nk, *(p + o for p in spec), *fixed, *sh, x0 + 2 * o, ph0, gl0)
 
-    _launch(_fns[("adj_update", filt.dtype)], B, B * nz * S, args)
+    _launch(_fns[("adj_update", filt.dtype)], B, 0 if glin is not None else B * nz * S, args)
 
 
 def adj_flux(gf: torch.Tensor, q: torch.Tensor, uvU: torch.Tensor, gq: torch.Tensor | None) -> None:

@@ -173,9 +173,10 @@ def _backward_compiled(ctx, gq, gqh, gd):
     G = plan.rfft2(gq, bw["G"], _head(bw["tmp"], gqh.shape))
     gp = torch.empty_like(gqh) if need[2] else None
     gpp = torch.empty_like(gqh) if need[3] else None
+    g_lin = lin.new_empty(lin.shape) if need[5] else None  # Σ_B conj(ψ̂)·d̄, summed inside the kernel
     _step_c.adj_update(
         gqh, G, gd, cc["c2r_adj"], cc["filtr"], k["w_t"], cc["lin_conj"], cc["kk"], cc["ll"], cc["wk"],
-        gn, gp, gpp, gdo, gph, X,
+        gn, gp, gpp, gdo, gph, X, ph, g_lin,
     )  # fmt: skip
     gf = plan.irfft2(X, bw["gf"], "forward", bw["tmp"])
     g_q = torch.empty_like(q) if need[1] else None
@@ -188,7 +189,6 @@ def _backward_compiled(ctx, gq, gqh, gd):
     g_qh = torch.empty_like(gqh)
     _step_c.adj_invert(gph, Guv, cc["kM"], cc["lM"], cc["wk"], cc["a"], gn, g_qh)
     g_a = _reduce_to(torch.real(gph.unsqueeze(2) * qh.conj().unsqueeze(1)), a.shape) if need[4] else None
-    g_lin = _reduce_to(ph.conj() * gdo, lin.shape) if need[5] else None
     return g_qh, g_q, gp, gpp, g_a, g_lin, g_U, None, None
 
 
