@@ -203,6 +203,48 @@ class SpectralQG(Model):
             if v.requires_grad:
                 v.register_hook(stale)
 
+    def _fixed_coefficients(self) -> dict[str, torch.Tensor]:
+        """The operators that depend on the grid, dtype and ``dt`` only (built once, shared by every
+        coefficient set: rebuilding them made up most of a rebuild, which each gradient evaluation pays)."""
+        key = (self.dt, self.dtype)
+        fixed = getattr(self, "_fixed", None)
+        if fixed is not None and fixed[0] == key:
+            return fixed[1]
+        g, rdt, cdt, dt = self.grid, self.dtype, self.cdtype, self.dt
+        ik = (1j * g.kk).to(cdt)
+        il = (1j * g.ll).to(cdt)[:, None]
+        f = {
+            "ik": ik,
+            "il": il,
+            # stacked operators: velocities from ph, and the divergence of (uq, vq)
+            "vel": torch.stack([-il.expand(g.nl, g.nk), ik.expand(g.nl, g.nk)])[:, None],  # (2, 1, nl, nk)
+            "div": torch.stack([ik.expand(g.nl, g.nk), il.expand(g.nl, g.nk)])[:, None],
+            "wv2": g.wv2.to(rdt),
+            "k": g.k.to(rdt),
+            "l": g.l.to(rdt),
+        }
+        # fast path: 1/M folded into the velocity operator, so inverse FFTs need no normalisation pass
+        M = float(g.M)
+        f["vel_M"] = f["vel"] / M
+        f["mik"], f["mil"] = -ik, -il
+        f["mdiv"] = -f["div"]
+        # their adjoints for the hand-written backward rules of qg/fftops.py
+        w = adjoint_weights(g.nx, g.nk, rdt, self.device)
+        f["vel_M_adj"], f["mdiv_adj"] = f["vel_M"].conj() / w, f["mdiv"].conj() * w
+        f["c2r_adj"] = (1.0 / w) / M  # adjoint of the normalised irfft2 giving q from qh
+        f["ab"] = torch.tensor(
+            [
+                [dt, 0.0, 0.0],
+                [1.5 * dt, -0.5 * dt, 0.0],
+                [23.0 / 12.0 * dt, -16.0 / 12.0 * dt, 5.0 / 12.0 * dt],
+            ],
+            dtype=rdt,
+            device=self.device,
+        )
+        if not torch._C._are_functorch_transforms_active():  # tensors made under torch.func may be wrappers
+            self._fixed = (key, f)
+        return f
+
     def coefficients(self) -> dict[str, torch.Tensor]:
         """Inversion matrix ``a``, background flow ``Ubg``, linear operator, filter and AB3 weights.
 
@@ -222,9 +264,8 @@ class SpectralQG(Model):
         drag = rek.reshape(*rek.shape, 1, 1, 1) * bottom[:, None, None] * g.wv2
         ikQy = 1j * (Qy[..., None, None] * g.k)
         rdt, cdt = self.dtype, self.cdtype
-        ik = (1j * g.kk).to(cdt)
-        il = (1j * g.ll).to(cdt)[:, None]
         c = {
+            **self._fixed_coefficients(),
             "a": a.to(rdt),
             "Ubg": Ubg[..., None, None].to(rdt),
             "ikQy": ikQy.to(cdt),
@@ -232,17 +273,9 @@ class SpectralQG(Model):
             "filtr": _flush_tiny(
                 g.exp_filter(self.param("filterfac")), 1e-60 if rdt == torch.float64 else 1e-30
             ).to(rdt),
-            "ik": ik,
-            "il": il,
-            # stacked operators: velocities from ph, and the divergence of (uq, vq)
-            "vel": torch.stack([-il.expand(g.nl, g.nk), ik.expand(g.nl, g.nk)])[:, None],  # (2, 1, nl, nk)
-            "div": torch.stack([ik.expand(g.nl, g.nk), il.expand(g.nl, g.nk)])[:, None],
             "Hi": Hi.to(rdt),
             "Qy": Qy.to(rdt),
             "S": S.to(rdt),
-            "wv2": g.wv2.to(rdt),
-            "k": g.k.to(rdt),
-            "l": g.l.to(rdt),
         }
         c["Ubg_uv"] = torch.stack([c["Ubg"], torch.zeros_like(c["Ubg"])], dim=-4)  # (..., 2, nz, 1, 1)
         # linear part of the tendency, dqh/dt = lin·ph − (ik FFT(uq) + il FFT(vq)): −ik Qy + rek κ² [bottom]
@@ -252,26 +285,7 @@ class SpectralQG(Model):
         # 64²: inversion 23 → 8 µs, filter 8 → 3 µs; at 256² 250 → 70 µs, 100 → 30 µs)
         c["a_r"] = c["a"][..., None].expand(*c["a"].shape, 2).contiguous()
         c["filtr_r"] = c["filtr"][..., None].expand(*c["filtr"].shape, 2).contiguous()
-        # fast path: 1/M folded into the velocity operator, so inverse FFTs need no normalisation pass
-        M = float(g.M)
-        c["vel_M"] = c["vel"] / M
-        c["mik"], c["mil"] = -ik, -il
-        c["mdiv"] = -c["div"]
-        # their adjoints for the hand-written backward rules of qg/fftops.py
-        w = adjoint_weights(g.nx, g.nk, rdt, self.device)
-        c["vel_M_adj"], c["mdiv_adj"] = c["vel_M"].conj() / w, c["mdiv"].conj() * w
-        c["c2r_adj"] = (1.0 / w) / M  # adjoint of the normalised irfft2 giving q from qh
         c["lin_conj"] = c["lin"].detach().conj().resolve_conj()  # used by the backward rule only
-        dt = self.dt
-        c["ab"] = torch.tensor(
-            [
-                [dt, 0.0, 0.0],
-                [1.5 * dt, -0.5 * dt, 0.0],
-                [23.0 / 12.0 * dt, -16.0 / 12.0 * dt, 5.0 / 12.0 * dt],
-            ],
-            dtype=rdt,
-            device=self.device,
-        )
         if key is not None:
             self._cache = (key, c)
             if key[1]:
