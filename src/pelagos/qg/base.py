@@ -232,6 +232,10 @@ class SpectralQG(Model):
         w = adjoint_weights(g.nx, g.nk, rdt, self.device)
         f["vel_M_adj"], f["mdiv_adj"] = f["vel_M"].conj() / w, f["mdiv"].conj() * w
         f["c2r_adj"] = (1.0 / w) / M  # adjoint of the normalised irfft2 giving q from qh
+        # real 1-D operands of the compiled kernels (qg/_step_c.py)
+        f["wk"] = w
+        f["kk"], f["ll"] = g.kk.to(rdt).contiguous(), g.ll.to(rdt).contiguous()
+        f["kM"], f["lM"] = (g.kk / M).to(rdt).contiguous(), (g.ll / M).to(rdt).contiguous()
         f["ab"] = torch.tensor(
             [
                 [dt, 0.0, 0.0],
@@ -475,24 +479,18 @@ class SpectralQG(Model):
 
     @torch.no_grad()
     def _c_coefficients(self, c: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Plain contiguous operands of the compiled kernels (made once per coefficient set)."""
+        """Plain contiguous operands of the compiled kernels (made once per coefficient set; the grid-only
+        ones — wavenumbers, adjoint weights — come from :meth:`_fixed_coefficients`)."""
         cc = c.get("_c")
         if cc is None:
-            g, rdt, M = self.grid, self.dtype, float(self.grid.M)
-            kk, ll = g.kk.to(rdt), g.ll.to(rdt)
+            g, f = self.grid, self._fixed_coefficients()
             cc = {
+                **{n: f[n] for n in ("kk", "ll", "kM", "lM", "wk", "c2r_adj")},
                 "a": c["a"].detach().contiguous(),
-                "kk": kk.contiguous(),
-                "ll": ll.contiguous(),
-                "kM": (g.kk / M).to(rdt).contiguous(),
-                "lM": (g.ll / M).to(rdt).contiguous(),
                 "lin": c["lin"].detach().expand(self.nz, g.nl, g.nk).contiguous(),
                 "filtr": c["filtr"].detach().contiguous(),
                 "U": c["Ubg"].detach().reshape(self.nz).contiguous(),
-                # adjoint step (qg/adjoint.py)
-                "lin_conj": c["lin_conj"].expand(self.nz, g.nl, g.nk).contiguous(),
-                "c2r_adj": c["c2r_adj"].contiguous(),
-                "wk": adjoint_weights(g.nx, g.nk, rdt, self.device),
+                "lin_conj": c["lin_conj"].expand(self.nz, g.nl, g.nk).contiguous(),  # adjoint step
             }
             c["_c"] = cc
         return cc
