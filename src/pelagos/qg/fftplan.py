@@ -105,24 +105,21 @@ class FFTPlan:
         self.s = (ny, nx)
         self._fns: dict[tuple, Callable] = {}
 
-    def irfft2(self, xh: torch.Tensor, out: torch.Tensor, norm: str, tmp: torch.Tensor) -> torch.Tensor:
-        f = self._fns.get((xh.shape, norm))
-        if f is None:
-            name = "batched"
-            if xh.device.type == "cpu":
-                key = (tuple(xh.shape), xh.dtype, xh.device.type, norm)
-                cands = {n: (lambda f=f: f(xh, out, self.s, norm, tmp)) for n, f in _INV.items()}
-                name = _chosen.get(("irfft2", *key)) or _choose("irfft2", key, cands)
-            f = self._fns[(xh.shape, norm)] = _INV[name]
-        return f(xh, out, self.s, norm, tmp)
-
-    def rfft2(self, x: torch.Tensor, out: torch.Tensor, tmp: torch.Tensor) -> torch.Tensor:
-        f = self._fns.get(x.shape)
+    def _pick(self, kind: str, x: torch.Tensor, extra: tuple, table: dict, call: Callable) -> Callable:
+        key = (x.shape, *extra)
+        f = self._fns.get(key)
         if f is None:
             name = "batched"
             if x.device.type == "cpu":
-                key = (tuple(x.shape), x.dtype, x.device.type)
-                cands = {n: (lambda f=f: f(x, out, tmp)) for n, f in _FWD.items()}
-                name = _chosen.get(("rfft2", *key)) or _choose("rfft2", key, cands)
-            f = self._fns[x.shape] = _FWD[name]
+                cands = {n: (lambda g=g: call(g)) for n, g in table.items()}
+                name = _choose(kind, (tuple(x.shape), x.dtype, x.device.type, *extra), cands)
+            f = self._fns[key] = table[name]
+        return f
+
+    def irfft2(self, xh: torch.Tensor, out: torch.Tensor, norm: str, tmp: torch.Tensor) -> torch.Tensor:
+        f = self._pick("irfft2", xh, (norm,), _INV, lambda g: g(xh, out, self.s, norm, tmp))
+        return f(xh, out, self.s, norm, tmp)
+
+    def rfft2(self, x: torch.Tensor, out: torch.Tensor, tmp: torch.Tensor) -> torch.Tensor:
+        f = self._pick("rfft2", x, (), _FWD, lambda g: g(x, out, tmp))
         return f(x, out, tmp)
