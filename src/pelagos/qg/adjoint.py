@@ -40,6 +40,13 @@ def _reduce_to(x: torch.Tensor, shape: torch.Size) -> torch.Tensor:
     return x.sum(dims, keepdim=True) if dims else x
 
 
+def _grad_U(g_uv: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """Gradient of the background flow (U, 0) from ū = F̄·q (B, 2, nz, ny, nx): the v part gets none."""
+    g_U = _reduce_to(g_uv, shape).clone()
+    g_U[1] = 0.0  # the forward adds only the u component of (U, 0)
+    return g_U
+
+
 class QGStep(torch.autograd.Function):
     """``(q⁺, q̂⁺, d) = step(q̂, q, p, pp; a, lin, U, filtr)`` for fixed AB weights (w₀, w₁, w₂)."""
 
@@ -111,10 +118,7 @@ class QGStep(torch.autograd.Function):
         g_flux = torch.fft.irfft2(g_d.unsqueeze(1) * k["mdiv_adj"], s=(ny, nx), norm="forward")
         g_q = torch.addcmul(g_flux[:, 0] * uvU[:, 0], g_flux[:, 1], uvU[:, 1]) if need[1] else None
         g_uv = g_flux.mul_(q.unsqueeze(1))
-        g_U = None
-        if need[6]:
-            g_U = _reduce_to(g_uv, k["U_shape"]).clone()
-            g_U[1] = 0.0  # the forward adds only the u component of (U, 0)
+        g_U = _grad_U(g_uv, k["U_shape"]) if need[6] else None
         guh, vadj = torch.fft.rfft2(g_uv), k["vel_M_adj"]
         g_ph.addcmul_(vadj[0], guh[:, 0]).addcmul_(vadj[1], guh[:, 1])
         g_a = None
@@ -181,10 +185,7 @@ def _backward_compiled(ctx, gq, gqh, gd):
     gf = plan.irfft2(X, bw["gf"], "forward", bw["tmp"])
     g_q = torch.empty_like(q) if need[1] else None
     _step_c.adj_flux(gf, q, uvU, g_q)  # gf ← F̄·q = ū
-    g_U = None
-    if need[6]:
-        g_U = _reduce_to(gf, k["U_shape"]).clone()
-        g_U[1] = 0.0  # the forward adds only the u component of (U, 0)
+    g_U = _grad_U(gf, k["U_shape"]) if need[6] else None
     Guv = plan.rfft2(gf, bw["Guv"], X)
     g_qh = torch.empty_like(gqh)
     _step_c.adj_invert(gph, Guv, cc["kM"], cc["lM"], cc["wk"], cc["a"], gn, g_qh)
