@@ -25,10 +25,10 @@ from pathlib import Path
 
 import torch
 
-from pelagos.inverse.covariance import MatrixCovariance
+from pelagos.core.covariance import MatrixCovariance
 from pelagos.inverse.ensemble import ensemble_filter
 from pelagos.inverse.fourdvar import cycled_fourdvar, var3d
-from pelagos.inverse.observations import ObservationSet
+from pelagos.core.observations import ObservationSet
 from pelagos.models import Lorenz96
 
 # (name, kind, settings, DAPPER's published rmse.a)

@@ -17,7 +17,7 @@ from torch.func import jvp
 
 from pelagos.core.rollout import rollout
 from pelagos.inverse.calibrate import calibrate
-from pelagos.inverse.observations import ObservationSet
+from pelagos.core.observations import ObservationSet
 from pelagos.qg import QGModel
 from pelagos.qg.observe import PointObserver
 

@@ -31,7 +31,7 @@ import torch
 
 from pelagos.core.rollout import rollout
 from pelagos.inverse.fourdvar import cycled_fourdvar
-from pelagos.inverse.observations import ObservationSet
+from pelagos.core.observations import ObservationSet
 from pelagos.nn.qg_closure import QGClosureCNN
 from pelagos.qg import QGModel
 from pelagos.qg.interval import QGInterval

@@ -15,7 +15,7 @@ from pelagos.inverse.ensemble import (
     localization_taper,
     random_rotation,
 )
-from pelagos.inverse.observations import ObservationSet
+from pelagos.core.observations import ObservationSet
 from pelagos.models import Lorenz96
 
 pytestmark = pytest.mark.usefixtures("float64_default")

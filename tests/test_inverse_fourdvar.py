@@ -7,10 +7,10 @@ import torch
 
 from _inverse_models import LinearModel
 from pelagos.core.errors import ConfigError
-from pelagos.inverse.covariance import CorrelatedCovariance, MatrixCovariance
+from pelagos.core.covariance import CorrelatedCovariance, MatrixCovariance
 from pelagos.inverse.fourdvar import cycled_fourdvar, fourdvar
-from pelagos.inverse.observations import ObservationSet
-from pelagos.inverse.operators import LinearOperator
+from pelagos.core.observations import ObservationSet
+from pelagos.core.operators import LinearOperator
 from pelagos.inverse.problem import VariationalProblem
 
 pytestmark = pytest.mark.usefixtures("float64_default")

@@ -9,9 +9,9 @@ import torch
 
 from _inverse_models import DecayModel
 from pelagos.core.errors import ObservationError, ShapeError
-from pelagos.inverse.observations import ObservationSet
+from pelagos.core.observations import ObservationSet
 from pelagos.inverse.obsio import read_observations, synthetic_observations, write_csv, write_netcdf
-from pelagos.inverse.operators import IndexOperator, ProfileOperator, interpolate_profile
+from pelagos.core.operators import IndexOperator, ProfileOperator, interpolate_profile
 
 pytestmark = pytest.mark.usefixtures("float64_default")
 

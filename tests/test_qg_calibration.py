@@ -4,7 +4,7 @@ import torch
 
 from pelagos.core.rollout import rollout
 from pelagos.inverse.calibrate import calibrate
-from pelagos.inverse.observations import ObservationSet
+from pelagos.core.observations import ObservationSet
 from pelagos.qg import QGModel
 from pelagos.qg.observe import PointObserver
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from ..core.errors import ConfigError, ShapeError
-from ..inverse.covariance import Covariance, correlation_matrix
+from ..core.covariance import Covariance, correlation_matrix
 
 __all__ = ["ColumnBackground"]
 

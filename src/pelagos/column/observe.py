@@ -1,6 +1,6 @@
 """Observations of water columns: operators, long-format CSV files, synthetic observations for twins.
 
-Observed quantities ("columns" of an :class:`~pelagos.inverse.observations.ObservationSet`) are pairs
+Observed quantities ("columns" of an :class:`~pelagos.core.observations.ObservationSet`) are pairs
 ``(variable, where)`` with ``variable`` a global state name (``"npzd_phy"``; the local name ``"phy"`` is
 accepted when unambiguous) and ``where``:
 
@@ -38,7 +38,7 @@ from typing import Any
 import torch
 
 from ..core.errors import ObservationError
-from ..inverse.observations import ObservationSet
+from ..core.observations import ObservationSet
 
 __all__ = [
     "ColumnObservationOperator",

@@ -37,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ..core.errors import ConfigError
     from ..inverse.config import build_model, build_observations, build_state, load_config
-    from ..inverse.covariance import CorrelatedCovariance, DiagonalCovariance
+    from ..core.covariance import CorrelatedCovariance, DiagonalCovariance
     from ..inverse.ensemble import ensemble_filter
     from ..inverse.fourdvar import fourdvar
 

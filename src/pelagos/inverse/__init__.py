@@ -12,7 +12,7 @@ See docs/inverse.md.
 """
 
 from .calibrate import calibrate
-from .covariance import (
+from ..core.covariance import (
     CorrelatedCovariance,
     Covariance,
     DiagonalCovariance,
@@ -34,9 +34,9 @@ from .ensemble import (
 from .forward import predict, propagate
 from .fourdvar import CycledResult, FourDVarResult, cycled_fourdvar, fourdvar, var3d
 from .laplace import conjugate_gradient, hessian, hvp, laplace_covariance
-from .observations import ObservationSet
+from ..core.observations import ObservationSet
 from .obsio import read_observations, synthetic_observations, write_csv, write_netcdf
-from .operators import (
+from ..core.operators import (
     IdentityOperator,
     IndexOperator,
     LinearOperator,

@@ -15,9 +15,9 @@ from collections.abc import Iterable
 import torch
 
 from ..core.errors import ConfigError
-from .covariance import Covariance
+from ..core.covariance import Covariance
 from .laplace import correlation_from_covariance, laplace_covariance
-from .observations import ObservationSet
+from ..core.observations import ObservationSet
 from .optim import minimize
 from .problem import VariationalProblem
 from .result import CalibrationResult

@@ -13,9 +13,9 @@ from pathlib import Path
 import torch
 
 from ..core.errors import ConfigError
-from .observations import ObservationSet
+from ..core.observations import ObservationSet
 from .obsio import read_observations, synthetic_observations
-from .operators import IndexOperator
+from ..core.operators import IndexOperator
 
 KNOWN = {
     "model",

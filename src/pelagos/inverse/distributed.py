@@ -22,7 +22,7 @@ import torch.distributed as dist
 from ..core.errors import ConfigError
 from .calibrate import summarize
 from .laplace import hessian
-from .observations import ObservationSet
+from ..core.observations import ObservationSet
 from .optim import minimize
 from .problem import VariationalProblem
 from .result import CalibrationResult

@@ -25,7 +25,7 @@ import torch
 
 from ..core.errors import ConfigError, ObservationError, ShapeError, check_choice
 from .forward import predict, propagate, step_function
-from .observations import ObservationSet
+from ..core.observations import ObservationSet
 from .state_tree import flatten_batched, leaves, unflatten_batched
 
 try:

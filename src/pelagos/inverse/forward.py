@@ -15,7 +15,7 @@ import torch
 
 from ..core.errors import ConfigError
 from ..core.rollout import rollout
-from .observations import ObservationSet
+from ..core.observations import ObservationSet
 
 StepFn = Callable[[object, float], object]
 

@@ -25,9 +25,9 @@ import torch
 
 from ..core.errors import ConfigError
 from .calibrate import summarize
-from .covariance import Covariance
+from ..core.covariance import Covariance
 from .forward import predict, propagate, step_function
-from .observations import ObservationSet
+from ..core.observations import ObservationSet
 from .optim import minimize
 from .problem import VariationalProblem
 from .result import CalibrationResult

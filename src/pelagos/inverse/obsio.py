@@ -25,7 +25,7 @@ import torch
 
 from ..core.errors import ObservationError, check_choice
 from .forward import predict
-from .observations import ObservationSet
+from ..core.observations import ObservationSet
 
 COLUMNS = ("time", "depth", "variable", "value", "sigma")
 

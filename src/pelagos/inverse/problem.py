@@ -21,9 +21,9 @@ import contextlib
 import torch
 
 from ..core.errors import ConfigError, check_choice
-from .covariance import Covariance, as_covariance
+from ..core.covariance import Covariance, as_covariance
 from .forward import predict, step_function
-from .observations import ObservationSet
+from ..core.observations import ObservationSet
 from .state_tree import flatten, leaves, numel, tree_map, unflatten
 
 

@@ -21,7 +21,7 @@ import math
 
 import torch
 
-from ..inverse.covariance import Covariance
+from ..core.covariance import Covariance
 from .base import SpectralQG
 
 
@@ -36,7 +36,7 @@ class SpectralCovariance(Covariance):
     ``A(κ) ∝ exp(−κ² ℓ² / 4)`` (the square root of a Gaussian spectrum) is normalised so that each grid value
     has standard deviation ``std[layer]`` (units of q, s⁻¹); the correlation between points r apart is
     ≈ exp(−r²/2ℓ²). Acts on the last three dims (nz, ny, nx) of its argument; ``n`` is nx because
-    :func:`pelagos.inverse.covariance.as_covariance` checks the last dimension only.
+    :func:`pelagos.core.covariance.as_covariance` checks the last dimension only.
     """
 
     def __init__(self, model: SpectralQG, std: torch.Tensor | list[float] | float, ell: float) -> None:

@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from ..core.errors import ObservationError, ShapeError
+from .errors import ObservationError, ShapeError
 
 Operator = Callable[[object], torch.Tensor]
 

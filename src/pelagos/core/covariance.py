@@ -11,7 +11,7 @@ import math
 
 import torch
 
-from ..core.errors import ConfigError, ShapeError, check_choice
+from .errors import ConfigError, ShapeError, check_choice
 
 
 class Covariance:

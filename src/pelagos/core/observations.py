@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..core.errors import ObservationError, ShapeError
+from .errors import ObservationError, ShapeError
 from .operators import IdentityOperator, Operator
 
 
