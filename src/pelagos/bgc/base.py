@@ -362,7 +362,7 @@ class BGCModel(Model):
         store = self.__dict__.get("_store_ref")
         if store is None:
             store = self.__dict__["_store_ref"] = self.params
-        ov = store._override
+        ov = store.active_overrides
         u = ov[name] if ov is not None and name in ov else store.raw._parameters[name]
         cache = self.__dict__.setdefault("_p_cache", {})
         # .to()/.double() swap a parameter's .data without bumping its version: key on the storage too.

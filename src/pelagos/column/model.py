@@ -351,7 +351,7 @@ class ColumnModel(Model):
             return self._step_columns(state, t, phys)
         # Columns in chunks: the working set of a chunk stays in cache. Batched parameter values and
         # per-column forcing are sliced along with the state; chunks are independent: same result.
-        stores = [(st, st._override) for st in self._stores().values()]
+        snap = self.parameter_overrides()
 
         def cut(x: Any, sl: slice) -> Any:
             if isinstance(x, Mapping):
@@ -359,16 +359,10 @@ class ColumnModel(Model):
             return x[sl] if torch.is_tensor(x) and x.ndim >= 1 and x.shape[0] == B else x
 
         outs = []
-        try:
-            for a in range(0, B, c):
-                sl = slice(a, min(a + c, B))
-                for st, ov in stores:
-                    if ov:
-                        st._override = cut(ov, sl)
+        for a in range(0, B, c):
+            sl = slice(a, min(a + c, B))
+            with self.using_only(cut(snap, sl)):
                 outs.append(self._step_columns(cut(state, sl), t, cut(phys, sl)))
-        finally:
-            for st, ov in stores:
-                st._override = ov
 
         def join(parts: list) -> Any:
             if isinstance(parts[0], Mapping):

@@ -90,7 +90,7 @@ class StackedColumn(Model):
     def _parameter_batch(self) -> int:
         nb = 1
         for st in self._param_stores:
-            for v in (st._override or {}).values():
+            for v in st.overrides.values():
                 if torch.is_tensor(v) and v.ndim >= 1:
                     nb = max(nb, int(v.shape[0]))
         return nb

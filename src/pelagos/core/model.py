@@ -3,10 +3,20 @@
 A model is an ``nn.Module`` with
 
 - physical parameters declared with metadata (:meth:`Model.declare_parameter`), listed by
-  :meth:`Model.parameters_table`, made free in one call (:meth:`Model.select_free`);
-- ``initial_state(...) -> State`` and a *pure* ``step(state, t) -> State``: no in-place change of its inputs,
-  so autograd, ``torch.func.jvp`` and ``torch.func.vmap`` pass through it;
-- ``dt``: the time step in seconds (or model time units), used by :func:`pelagos.core.rollout`.
+  :meth:`Model.parameters_table`, made free in one call (:meth:`Model.select_free`), and run with other values
+  (batched, differentiable, nothing written) through :meth:`Model.using`;
+- ``initial_state(batch=None, **options) -> State``: the first argument always means the same thing in every
+  model: ``None`` gives the model's single default member (for tensor-state models like Lorenz-96 that is a
+  state without a batch dim), an int ``B`` gives ``B`` members stacked along a leading batch dim;
+- a *pure* ``step(state, t) -> State``: no in-place change of its inputs, so autograd, ``torch.func.jvp`` and
+  ``torch.func.vmap`` pass through it;
+- ``dt``: the time step in seconds (or model time units), used by :func:`pelagos.core.rollout`; ``epoch``: the
+  calendar date of model time 0 when the model has one (forcing files do), else ``None``;
+- its **variables** (:meth:`Model.output_variables`: name, units, dims, role), their values on a state
+  (:meth:`Model.output`) and the coordinates of their dims (:meth:`Model.output_coordinates`): what writers
+  write and what observations can name;
+- :meth:`Model.observation_operator`: ``H(state) -> (*batch, m)`` for a named variable at given coordinates,
+  the hook every observation reader and inverse method uses.
 
 ``State`` is a tensor or a dict/dataclass of tensors with a leading batch dimension where that makes sense.
 Parameters of sub-models (e.g. the biogeochemistry inside a water column) are addressed with dotted names
@@ -16,32 +26,119 @@ Parameters of sub-models (e.g. the biogeochemistry inside a water column) are ad
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Iterator, Mapping
+import datetime as _dt
+import difflib
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from .errors import ConfigError
+from .errors import ConfigError, ObservationError
 from .params import ParameterStore, format_table, unknown_parameter_message
 
 State = Any
+
+
+@dataclass(frozen=True)
+class Variable:
+    """One named quantity of a model, as writers and observation operators see it.
+
+    ``dims`` name the dimensions after the batch dim (``()`` for one number per member, ``("z",)`` for a
+    profile, ``("lev", "y", "x")`` for a QG field); each named dim should have a coordinate in
+    :meth:`Model.output_coordinates`. ``role``: ``"state"`` (a prognostic variable), ``"diagnostic"``
+    (computed from the state) or ``"forcing"`` (prescribed). ``mean``: written as the mean over each output
+    interval rather than a snapshot (diagnostics that vary within a day, e.g. PAR).
+    """
+
+    name: str
+    units: str = ""
+    long_name: str = ""
+    dims: tuple[str, ...] = ()
+    role: str = "state"
+    mean: bool = False
+    attrs: dict = field(default_factory=dict, compare=False, hash=False)
+
+
+@dataclass(frozen=True)
+class Coordinate:
+    """Values of one output dimension: 1-D, ``len(values)`` = the dim's size."""
+
+    values: Any
+    units: str = ""
+    long_name: str = ""
+    dims: tuple[str, ...] | None = None  # default: (name,)
+
+
+def unknown_variable_message(name: str, valid: Sequence[str], what: str = "variable") -> str:
+    close = difflib.get_close_matches(name, list(valid), n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return f"unknown {what} {name!r}{hint} (valid: {', '.join(valid)})"
 
 
 class Model(torch.nn.Module):
     """Base class of pelagos models (see module docstring for the contract)."""
 
     dt: float = 1.0
+    epoch: _dt.datetime | None = None
 
     def __init__(self) -> None:
         super().__init__()
         self.params = ParameterStore()
 
     # -- the contract ------------------------------------------------------------------------------------
-    def initial_state(self, *args: Any, **kwargs: Any) -> State:
-        raise NotImplementedError
+    def initial_state(self, batch: int | None = None, **options: Any) -> State:
+        """The state at the start: ``batch=None`` one default member, ``batch=B`` a leading batch dim ``B``."""
+        raise NotImplementedError(f"{type(self).__name__} does not define initial_state()")
 
     def step(self, state: State, t: float | torch.Tensor) -> State:
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} does not define step()")
+
+    # -- variables: what writers write and observations name ---------------------------------------------
+    def output_variables(self) -> list[Variable]:
+        """The model's variables (state first). Default: the keys of a dict state, or ``x`` of a tensor."""
+        raise NotImplementedError(
+            f"{type(self).__name__} does not declare its variables; define output_variables()"
+        )
+
+    def output(self, state: State, t: float) -> dict[str, torch.Tensor]:
+        """Values of :meth:`output_variables` on ``state`` at model time ``t``: ``{name: (*batch, *dims)}``.
+
+        Default: the entries of a dict state, or the tensor state itself under the single variable's name.
+        """
+        names = [v.name for v in self.output_variables()]
+        if isinstance(state, Mapping):
+            return {n: state[n] for n in names if n in state}
+        if torch.is_tensor(state) and len(names) == 1:
+            return {names[0]: state}
+        raise NotImplementedError(f"{type(self).__name__} must define output(state, t)")
+
+    def output_coordinates(self) -> dict[str, Coordinate]:
+        """Coordinates of the variables' dims (``{dim: Coordinate}``); default none (integer positions)."""
+        return {}
+
+    def variable(self, name: str) -> Variable:
+        """The declared :class:`Variable` ``name``; unknown names raise with a "did you mean"."""
+        vs = {v.name: v for v in self.output_variables()}
+        if name not in vs:
+            raise ObservationError(unknown_variable_message(name, list(vs)))
+        return vs[name]
+
+    def observation_operator(
+        self, variable: str, at: Mapping[str, Any] | None = None
+    ) -> Any:  # -> pelagos.core.operators.Operator
+        """``H(state) -> (*batch, m)``: ``variable`` at the points ``at`` (``{dim: values}``, one value per
+        observed point, all the same length m, in the units of :meth:`output_coordinates`; a dim missing from
+        ``at`` must have size 1, or be absent). Differentiable in the state.
+
+        Default: :meth:`output` of the variable, then linear interpolation along each named dim between the
+        coordinate values (integer positions where the model gives none). Models override it when a quantity
+        needs more (a column integral, a surface value, a spectral field evaluated at points).
+        """
+        from .operators import GridPointOperator
+
+        var = self.variable(variable)
+        return GridPointOperator(self, var, at or {})
 
     # -- declaring and reading parameters ----------------------------------------------------------------
     def declare_parameter(
@@ -53,9 +150,17 @@ class Model(torch.nn.Module):
         bounds: tuple[float | None, float | None] = (None, None),
         description: str = "",
         transform: str = "auto",
+        dtype: torch.dtype | None = None,
     ) -> None:
+        """Declare a physical parameter; ``dtype`` of its stored value (default: torch's default dtype)."""
         self.params.declare(
-            name, default, units=units, bounds=bounds, description=description, transform=transform
+            name,
+            default,
+            units=units,
+            bounds=bounds,
+            description=description,
+            transform=transform,
+            dtype=dtype,
         )
 
     def param(self, name: str) -> torch.Tensor:
@@ -159,6 +264,32 @@ class Model(torch.nn.Module):
         with contextlib.ExitStack() as stack:
             for store, vals in by_store.values():
                 stack.enter_context(store.overriding(vals))
+            yield
+
+    def parameter_overrides(self) -> dict[str, torch.Tensor]:
+        """The unconstrained values installed now by :meth:`using` (dotted names); ``{}`` outside it."""
+        out = {}
+        for path, store in self._stores().items():
+            pre = f"{path}." if path else ""
+            out.update({pre + n: v for n, v in store.overrides.items()})
+        return out
+
+    @contextlib.contextmanager
+    def using_only(self, raw_values: Mapping[str, torch.Tensor]) -> Iterator[None]:
+        """Like :meth:`using`, but *replaces* whatever overrides are installed (``{}``: none at all).
+
+        With :meth:`parameter_overrides` it re-installs a snapshot (a checkpointed segment recomputed after
+        the ``using`` block ended) or a slice of one (columns stepped in chunks).
+        """
+        by_store: dict[int, tuple[ParameterStore, dict]] = {
+            id(s): (s, {}) for s in self._stores().values()
+        }
+        for n, v in raw_values.items():
+            store, local = self._resolve(n)
+            by_store[id(store)][1][local] = v
+        with contextlib.ExitStack() as stack:
+            for store, vals in by_store.values():
+                stack.enter_context(store.replacing_overrides(vals))
             yield
 
     def load_free_vector(self, u: torch.Tensor) -> None:

@@ -135,3 +135,82 @@ class ProfileOperator:
         inv = torch.empty(len(order), dtype=torch.long)
         inv[torch.tensor(order)] = torch.arange(len(order))
         return out[..., inv]
+
+
+class StackedOperator:
+    """Several operators side by side: ``H(state) = cat([H_1(state), H_2(state), ...], -1)``."""
+
+    def __init__(self, parts: Sequence[Callable[[object], torch.Tensor]]) -> None:
+        self.parts = list(parts)
+
+    @property
+    def m(self) -> int:
+        return sum(int(p.m) for p in self.parts)
+
+    def __call__(self, state: object) -> torch.Tensor:
+        outs = [p(state) for p in self.parts]
+        lead = torch.broadcast_shapes(*[o.shape[:-1] for o in outs])
+        return torch.cat([o.expand(*lead, o.shape[-1]) for o in outs], dim=-1)
+
+
+class GridPointOperator:
+    """A model variable at points: linear interpolation along each named dim of the variable.
+
+    The default of :meth:`pelagos.core.Model.observation_operator`. ``at`` maps dim names to the points'
+    coordinates (all of length m, or scalars broadcast to m); dims not in ``at`` must have size 1. Coordinates
+    come from :meth:`Model.output_coordinates` (integer positions for a dim without one).
+    """
+
+    def __init__(self, model: object, variable: object, at: dict) -> None:
+        self.model, self.variable = model, variable
+        dims = tuple(variable.dims)
+        unknown = [d for d in at if d not in dims]
+        if unknown:
+            raise ObservationError(
+                f"variable {variable.name!r} has dims {dims}; cannot locate it along {unknown}"
+            )
+        pts = {d: torch.as_tensor(v, dtype=torch.float64).reshape(-1) for d, v in at.items()}
+        m = max([p.numel() for p in pts.values()] or [1])
+        for d, p in pts.items():
+            if p.numel() not in (1, m):
+                raise ShapeError(f"observation points along {d!r}: {p.numel()} values, expected 1 or {m}")
+        self.points = {d: p.expand(m) for d, p in pts.items()}
+        self._m = m
+        self._coords = model.output_coordinates()
+
+    @property
+    def m(self) -> int:
+        return self._m
+
+    def __call__(self, state: object) -> torch.Tensor:
+        x = self.model.output(state, 0.0)[self.variable.name]
+        nd = len(self.variable.dims)
+        lead = x.shape[: x.ndim - nd]
+        # gather along each dim in turn; after the first located dim the points axis is kept last
+        out = x.reshape(*lead, *x.shape[x.ndim - nd :], 1).expand(*lead, *x.shape[x.ndim - nd :], self._m)
+        for d in self.variable.dims:
+            axis = len(lead)  # located dims are removed, so the current one is always first after the batch
+            size = out.shape[axis]
+            if d not in self.points:
+                if size != 1:
+                    raise ObservationError(
+                        f"observing {self.variable.name!r}: give a coordinate for dim {d!r} (size {size})"
+                    )
+                out = out.squeeze(axis)
+                continue
+            c = self._coords.get(d)
+            grid = (
+                torch.arange(size, dtype=torch.float64)
+                if c is None
+                else torch.as_tensor(c.values, dtype=torch.float64).reshape(-1)
+            )
+            i0, i1, w = interpolation_weights(grid, self.points[d])
+            w = w.to(out)
+            idx0 = i0.reshape(*([1] * axis), 1, *([1] * (out.ndim - axis - 2)), self._m)
+            idx1 = i1.reshape(idx0.shape)
+            shape = list(out.shape)
+            shape[axis] = 1
+            a = torch.gather(out, axis, idx0.expand(shape))
+            b = torch.gather(out, axis, idx1.expand(shape))
+            out = (a * (1 - w) + b * w).squeeze(axis)
+        return out

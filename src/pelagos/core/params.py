@@ -225,6 +225,33 @@ class ParameterStore(torch.nn.Module):
     def free_names(self) -> list[str]:
         return [n for n, p in self.raw.items() if p.requires_grad]
 
+    @property
+    def has_overrides(self) -> bool:
+        """Whether :meth:`overriding` values are installed (cheap: hot paths ask this every step)."""
+        return self._override is not None
+
+    @property
+    def active_overrides(self) -> Mapping[str, torch.Tensor] | None:
+        """The installed overrides themselves (not a copy; ``None`` when none): read-only use in hot paths."""
+        return self._override
+
+    @property
+    def overrides(self) -> dict[str, torch.Tensor]:
+        """The unconstrained values installed by :meth:`overriding` (a copy; ``{}`` when none)."""
+        return dict(self._override or {})
+
+    @contextlib.contextmanager
+    def replacing_overrides(self, raw_values: Mapping[str, torch.Tensor]) -> Iterator[None]:
+        """Install exactly these overrides (``{}``: none) for the block, then restore the previous ones."""
+        for n in raw_values:
+            self._spec(n)
+        old = self._override
+        self._override = dict(raw_values) or None
+        try:
+            yield
+        finally:
+            self._override = old
+
     @contextlib.contextmanager
     def overriding(self, raw_values: Mapping[str, torch.Tensor]) -> Iterator[None]:
         """Temporarily use these unconstrained values (e.g. a batch ``(Ne,)`` each); pure, no copy."""

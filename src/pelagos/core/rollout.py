@@ -138,20 +138,8 @@ def _override_snapshot(model_or_step: Model | StepFn) -> Callable[[], Any]:
     """
     if not isinstance(model_or_step, Model):
         return contextlib.nullcontext
-    snap = [(store, store._override) for store in model_or_step._stores().values()]
-
-    @contextlib.contextmanager
-    def reinstall():
-        old = [(store, store._override) for store, _ in snap]
-        for store, ov in snap:
-            store._override = ov
-        try:
-            yield
-        finally:
-            for store, ov in old:
-                store._override = ov
-
-    return reinstall
+    snap = model_or_step.parameter_overrides()
+    return lambda: model_or_step.using_only(snap)
 
 
 def _segment_length(checkpoint: int | str | None, n_steps: int) -> int | None:
@@ -175,12 +163,10 @@ def _needs_grad(state: State, model_or_step: Model | StepFn) -> bool:
     if isinstance(model_or_step, torch.nn.Module):
         if any(p.requires_grad for p in model_or_step.parameters()):
             return True
-        if isinstance(model_or_step, Model):
-            for store in model_or_step._stores().values():
-                if store._override and any(
-                    torch.is_tensor(v) and v.requires_grad for v in store._override.values()
-                ):
-                    return True
+        if isinstance(model_or_step, Model) and any(
+            torch.is_tensor(v) and v.requires_grad for v in model_or_step.parameter_overrides().values()
+        ):
+            return True
     # A plain step function may close over tensors that require grad: we cannot see them, so assume yes.
     return not isinstance(model_or_step, torch.nn.Module)
 

@@ -26,8 +26,8 @@ from typing import Any
 import yaml
 
 from ..core.errors import ConfigError
+from ..core.paths import DATA_DIR, resolve_path  # noqa: F401  (re-exported)
 
-DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 
 SCHEMA: dict[str, dict[str, Any]] = {
     "title": {},
@@ -51,19 +51,6 @@ SCHEMA: dict[str, dict[str, Any]] = {
     "restart": {"file": None, "every": None},
 }
 _FREE_MAPPINGS = ("parameters", "initial")  # user keys, validated later against the model
-
-
-def resolve_path(value: str | os.PathLike, base: Path | None) -> Path:
-    """``builtin:NAME`` -> ``pelagos/data/NAME``; relative paths -> relative to ``base``."""
-    s = os.fspath(value)
-    if s.startswith("builtin:"):
-        p = DATA_DIR / s[len("builtin:") :]
-        if not p.exists():
-            have = sorted(str(q.relative_to(DATA_DIR)) for q in DATA_DIR.rglob("*") if q.is_file())
-            raise ConfigError(f"no built-in file {s!r}; built-in files: {', '.join(have)}")
-        return p
-    p = Path(s).expanduser()
-    return p if p.is_absolute() or base is None else (base / p)
 
 
 def read_yaml_mapping(source: str | os.PathLike | Mapping[str, Any], what: str) -> tuple[dict, Path | None]:

@@ -165,7 +165,7 @@ class SpectralQG(Model):
         # the coefficients depend on this model's own parameters only (closures are applied separately);
         # the raw tensors themselves are part of the key, so a freed id cannot be mistaken for a live one
         store = self.params
-        if store._override is not None:
+        if store.has_overrides:
             return None
         # the ParameterDict's own storage: iterating ParameterDict.values() costs ~6 µs, a tenth of a 64² step
         raws = tuple(store.raw._parameters.values())
