@@ -26,9 +26,9 @@ from pathlib import Path
 import torch
 
 from pelagos.core.covariance import MatrixCovariance
+from pelagos.core.observations import ObservationSet
 from pelagos.inverse.ensemble import ensemble_filter
 from pelagos.inverse.fourdvar import cycled_fourdvar, var3d
-from pelagos.core.observations import ObservationSet
 from pelagos.models import Lorenz96
 
 # (name, kind, settings, DAPPER's published rmse.a)

@@ -15,9 +15,9 @@ import time
 import torch
 from torch.func import jvp
 
+from pelagos.core.observations import ObservationSet
 from pelagos.core.rollout import rollout
 from pelagos.inverse.calibrate import calibrate
-from pelagos.core.observations import ObservationSet
 from pelagos.qg import QGModel
 from pelagos.qg.observe import PointObserver
 

@@ -29,9 +29,9 @@ import time
 
 import torch
 
+from pelagos.core.observations import ObservationSet
 from pelagos.core.rollout import rollout
 from pelagos.inverse.fourdvar import cycled_fourdvar
-from pelagos.core.observations import ObservationSet
 from pelagos.nn.qg_closure import QGClosureCNN
 from pelagos.qg import QGModel
 from pelagos.qg.interval import QGInterval

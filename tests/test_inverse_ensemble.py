@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from pelagos.core.errors import ConfigError
+from pelagos.core.observations import ObservationSet
 from pelagos.inverse.ensemble import (
     enkf_analysis,
     ensemble_filter,
@@ -15,7 +16,6 @@ from pelagos.inverse.ensemble import (
     localization_taper,
     random_rotation,
 )
-from pelagos.core.observations import ObservationSet
 from pelagos.models import Lorenz96
 
 pytestmark = pytest.mark.usefixtures("float64_default")

@@ -6,11 +6,11 @@ import pytest
 import torch
 
 from _inverse_models import LinearModel
-from pelagos.core.errors import ConfigError
 from pelagos.core.covariance import CorrelatedCovariance, MatrixCovariance
-from pelagos.inverse.fourdvar import cycled_fourdvar, fourdvar
+from pelagos.core.errors import ConfigError
 from pelagos.core.observations import ObservationSet
 from pelagos.core.operators import LinearOperator
+from pelagos.inverse.fourdvar import cycled_fourdvar, fourdvar
 from pelagos.inverse.problem import VariationalProblem
 
 pytestmark = pytest.mark.usefixtures("float64_default")

@@ -10,8 +10,8 @@ import torch
 from _inverse_models import DecayModel
 from pelagos.core.errors import ObservationError, ShapeError
 from pelagos.core.observations import ObservationSet
-from pelagos.inverse.obsio import read_observations, synthetic_observations, write_csv, write_netcdf
 from pelagos.core.operators import IndexOperator, ProfileOperator, interpolate_profile
+from pelagos.inverse.obsio import read_observations, synthetic_observations, write_csv, write_netcdf
 
 pytestmark = pytest.mark.usefixtures("float64_default")
 

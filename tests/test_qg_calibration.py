@@ -2,9 +2,9 @@
 
 import torch
 
+from pelagos.core.observations import ObservationSet
 from pelagos.core.rollout import rollout
 from pelagos.inverse.calibrate import calibrate
-from pelagos.core.observations import ObservationSet
 from pelagos.qg import QGModel
 from pelagos.qg.observe import PointObserver
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from pelagos.core.observations import ObservationSet
 from pelagos.core.rollout import rollout
 from pelagos.inverse.fourdvar import cycled_fourdvar
-from pelagos.core.observations import ObservationSet
 from pelagos.qg import QGModel
 from pelagos.qg.interval import QGInterval
 from pelagos.qg.model_error import SpectralCovariance, fit_stencil, increments, streamfunction

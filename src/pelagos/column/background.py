@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import torch
 
-from ..core.errors import ConfigError, ShapeError
 from ..core.covariance import Covariance, correlation_matrix
+from ..core.errors import ConfigError, ShapeError
 
 __all__ = ["ColumnBackground"]
 

@@ -35,9 +35,9 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
+    from ..core.covariance import CorrelatedCovariance, DiagonalCovariance
     from ..core.errors import ConfigError
     from ..inverse.config import build_model, build_observations, build_state, load_config
-    from ..core.covariance import CorrelatedCovariance, DiagonalCovariance
     from ..inverse.ensemble import ensemble_filter
     from ..inverse.fourdvar import fourdvar
 

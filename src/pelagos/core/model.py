@@ -88,7 +88,7 @@ class Model(torch.nn.Module):
 
     # -- the contract ------------------------------------------------------------------------------------
     def initial_state(self, batch: int | None = None, **options: Any) -> State:
-        """The state at the start: ``batch=None`` one default member, ``batch=B`` a leading batch dim ``B``."""
+        """The state at the start: ``batch=None`` one default member; ``batch=B``: a leading batch dim B."""
         raise NotImplementedError(f"{type(self).__name__} does not define initial_state()")
 
     def step(self, state: State, t: float | torch.Tensor) -> State:
@@ -281,9 +281,7 @@ class Model(torch.nn.Module):
         With :meth:`parameter_overrides` it re-installs a snapshot (a checkpointed segment recomputed after
         the ``using`` block ended) or a slice of one (columns stepped in chunks).
         """
-        by_store: dict[int, tuple[ParameterStore, dict]] = {
-            id(s): (s, {}) for s in self._stores().values()
-        }
+        by_store: dict[int, tuple[ParameterStore, dict]] = {id(s): (s, {}) for s in self._stores().values()}
         for n, v in raw_values.items():
             store, local = self._resolve(n)
             by_store[id(store)][1][local] = v

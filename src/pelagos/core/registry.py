@@ -105,7 +105,7 @@ def register_model(kind: ModelKind, *, replace: bool = False) -> ModelKind:
     if not isinstance(kind, ModelKind):
         raise ConfigError(f"register_model expects a pelagos.core.registry.ModelKind; got {type(kind)}")
     if kind.name in _all_names() and not replace:
-        raise ConfigError(f"a model kind {kind.name!r} is registered already; pass replace=True to replace it")
+        raise ConfigError(f"model kind {kind.name!r} is registered already; pass replace=True to replace it")
     _registered[kind.name] = kind
     return kind
 

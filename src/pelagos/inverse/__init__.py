@@ -11,7 +11,6 @@
 See docs/inverse.md.
 """
 
-from .calibrate import calibrate
 from ..core.covariance import (
     CorrelatedCovariance,
     Covariance,
@@ -19,6 +18,15 @@ from ..core.covariance import (
     MatrixCovariance,
     correlation_matrix,
 )
+from ..core.observations import ObservationSet
+from ..core.operators import (
+    IdentityOperator,
+    IndexOperator,
+    LinearOperator,
+    ProfileOperator,
+    interpolate_profile,
+)
+from .calibrate import calibrate
 from .distributed import distributed_calibrate
 from .ensemble import (
     EnsembleResult,
@@ -34,15 +42,7 @@ from .ensemble import (
 from .forward import predict, propagate
 from .fourdvar import CycledResult, FourDVarResult, cycled_fourdvar, fourdvar, var3d
 from .laplace import conjugate_gradient, hessian, hvp, laplace_covariance
-from ..core.observations import ObservationSet
 from .obsio import read_observations, synthetic_observations, write_csv, write_netcdf
-from ..core.operators import (
-    IdentityOperator,
-    IndexOperator,
-    LinearOperator,
-    ProfileOperator,
-    interpolate_profile,
-)
 from .optim import OptimizeResult, minimize
 from .problem import VariationalProblem
 from .result import CalibrationResult

@@ -14,10 +14,10 @@ from collections.abc import Iterable
 
 import torch
 
-from ..core.errors import ConfigError
 from ..core.covariance import Covariance
-from .laplace import correlation_from_covariance, laplace_covariance
+from ..core.errors import ConfigError
 from ..core.observations import ObservationSet
+from .laplace import correlation_from_covariance, laplace_covariance
 from .optim import minimize
 from .problem import VariationalProblem
 from .result import CalibrationResult

@@ -14,8 +14,8 @@ import torch
 
 from ..core.errors import ConfigError
 from ..core.observations import ObservationSet
-from .obsio import read_observations, synthetic_observations
 from ..core.operators import IndexOperator
+from .obsio import read_observations, synthetic_observations
 
 KNOWN = {
     "model",

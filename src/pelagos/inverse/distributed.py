@@ -20,9 +20,9 @@ import torch
 import torch.distributed as dist
 
 from ..core.errors import ConfigError
+from ..core.observations import ObservationSet
 from .calibrate import summarize
 from .laplace import hessian
-from ..core.observations import ObservationSet
 from .optim import minimize
 from .problem import VariationalProblem
 from .result import CalibrationResult

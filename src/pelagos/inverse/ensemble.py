@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 import torch
 
 from ..core.errors import ConfigError, ObservationError, ShapeError, check_choice
-from .forward import predict, propagate, step_function
 from ..core.observations import ObservationSet
+from .forward import predict, propagate, step_function
 from .state_tree import flatten_batched, leaves, unflatten_batched
 
 try:

@@ -14,8 +14,8 @@ from collections.abc import Callable
 import torch
 
 from ..core.errors import ConfigError
-from ..core.rollout import rollout
 from ..core.observations import ObservationSet
+from ..core.rollout import rollout
 
 StepFn = Callable[[object, float], object]
 

@@ -23,11 +23,11 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..core.errors import ConfigError
-from .calibrate import summarize
 from ..core.covariance import Covariance
-from .forward import predict, propagate, step_function
+from ..core.errors import ConfigError
 from ..core.observations import ObservationSet
+from .calibrate import summarize
+from .forward import predict, propagate, step_function
 from .optim import minimize
 from .problem import VariationalProblem
 from .result import CalibrationResult

@@ -24,8 +24,8 @@ from pathlib import Path
 import torch
 
 from ..core.errors import ObservationError, check_choice
-from .forward import predict
 from ..core.observations import ObservationSet
+from .forward import predict
 
 COLUMNS = ("time", "depth", "variable", "value", "sigma")
 

@@ -20,10 +20,10 @@ import contextlib
 
 import torch
 
-from ..core.errors import ConfigError, check_choice
 from ..core.covariance import Covariance, as_covariance
-from .forward import predict, step_function
+from ..core.errors import ConfigError, check_choice
 from ..core.observations import ObservationSet
+from .forward import predict, step_function
 from .state_tree import flatten, leaves, numel, tree_map, unflatten
 
 

@@ -28,7 +28,6 @@ import yaml
 from ..core.errors import ConfigError
 from ..core.paths import DATA_DIR, resolve_path  # noqa: F401  (re-exported)
 
-
 SCHEMA: dict[str, dict[str, Any]] = {
     "title": {},
     "forcing": {"file": None, "bottom_stress": None},
