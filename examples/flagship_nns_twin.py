@@ -70,6 +70,23 @@ def build(window_days: float = 92.0, layers: int = 2, dt: float = 6 * 3600.0):
     return StackedColumn(col), t0, t1
 
 
+def scipy_stop_reason(r, max_iter: int) -> str:
+    """SciPy's L-BFGS-B stop message in words (it says just "ABNORMAL: " when the line search fails)."""
+    msg = str(r.message)
+    if "ABNORMAL" in msg:
+        return (
+            "stopped: the line search found no lower cost along the last direction (the cost is flat to "
+            "rounding there; the estimate is the best point found)"
+        )
+    if "REL_REDUCTION_OF_F" in msg:
+        return "converged: the relative cost change fell below ftol"
+    if "PROJ" in msg and "GRADIENT" in msg:
+        return "converged: the projected gradient fell below gtol"
+    if r.nit >= max_iter or "ITERATIONS" in msg or "EVALUATIONS" in msg:
+        return f"stopped: iteration or model-run limit reached ({r.nit} iterations; raise --max-iter)"
+    return msg
+
+
 def fourdvar_scipy(model, obs, xb, B, *, t0: float, max_iter: int):
     """Strong-constraint 4D-Var on parameters + initial state with pelagos.inverse's VariationalProblem (cost,
     adjoint gradient, Laplace) and SciPy's L-BFGS-B as the minimiser (its Moré–Thuente line search needs
@@ -99,6 +116,12 @@ def fourdvar_scipy(model, obs, xb, B, *, t0: float, max_iter: int):
     def callback(intermediate_result):
         hist.append(float(intermediate_result.fun))
         zs.append(torch.tensor(intermediate_result.x))
+        # one line per iteration: the run takes minutes and should not look hung
+        print(
+            f"  4D-Var iteration {len(hist) - 1:3d}: cost {hist[-1]:12.2f} ({n_evals[0]} model runs, "
+            f"{time.perf_counter() - t:5.0f} s)",
+            flush=True,
+        )
 
     t = time.perf_counter()
     r = sp_minimize(
@@ -106,15 +129,16 @@ def fourdvar_scipy(model, obs, xb, B, *, t0: float, max_iter: int):
         options={"maxiter": max_iter, "maxfun": 3 * max_iter, "ftol": 1e-10, "gtol": 1e-6},
     )  # fmt: skip
     z = torch.tensor(r.x)
+    message = scipy_stop_reason(r, max_iter)
     opt = OptimizeResult(
         z=z, cost=float(r.fun), history=hist, z_history=zs, n_evals=n_evals[0], n_iter=int(r.nit),
-        converged=bool(r.success), message=str(r.message), wall_time=time.perf_counter() - t,
+        converged=bool(r.success), message=message, wall_time=time.perf_counter() - t,
     )  # fmt: skip
     params = summarize(model, prob, opt, method="4dvar[scipy L-BFGS-B]", uncertainty="gauss-newton")
     x0 = prob.initial_state(z).detach()
     return SimpleNamespace(
         params=params, analysis=x0, history=hist, cost=float(r.fun), n_evals=n_evals[0], n_iter=int(r.nit),
-        wall_time=opt.wall_time, message=str(r.message), converged=bool(r.success),
+        wall_time=opt.wall_time, message=message, converged=bool(r.success),
     )  # fmt: skip
 
 
