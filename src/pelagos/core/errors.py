@@ -80,3 +80,18 @@ def check_choice(name: str, value: str, valid: Iterable[str]) -> str:
     if value not in valid:
         raise ConfigError(f"unknown {name} {value!r}; valid: {', '.join(map(repr, valid))}")
     return value
+
+
+class Interrupted(PelagosError):  # noqa: N818 - the name says what happened; it is not a failure
+    """A run was stopped by Ctrl-C (``KeyboardInterrupt``): the output written so far and the restart are
+    valid.
+
+    Raised by :class:`pelagos.core.simulation.Simulation` (from the ``KeyboardInterrupt``); the command line
+    prints its message and exits with status 130. ``t`` / ``step``: model time and step of the last completed
+    output (where a rerun resumes).
+    """
+
+    def __init__(self, message: str, *, t: float | None = None, step: int | None = None) -> None:
+        super().__init__(message)
+        self.t = t
+        self.step = step

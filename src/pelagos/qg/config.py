@@ -215,7 +215,7 @@ def evaluate_closures(cfg: Mapping[str, Any], log=print) -> pathlib.Path:
             f"no trained closures at {weights}; run `pelagos qg train-closure` with this config first"
         )
     data = make_data(h, log)
-    saved = torch.load(weights)
+    saved = torch.load(weights, weights_only=True)
     closures = dict(baseline_closures())
     for k in ("offline", "online"):
         c = make_closure(h, data)
