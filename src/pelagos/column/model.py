@@ -520,6 +520,62 @@ class ColumnModel(Model):
 
 OutputHook = Callable[[float, dict], None]
 
+_PHYS_META = {
+    "h": ("m", "layer thickness"),
+    "temp": ("degC", "temperature"),
+    "salt": ("PSU", "practical salinity"),
+    "nuh": ("m2 s-1", "turbulent diffusivity of heat (as used, scaled)"),
+    "I_0": ("W m-2", "net shortwave radiation entering the water"),
+    "PAR": ("W m-2", "photosynthetically active radiation"),
+}
+
+
+def column_output_spec(model: ColumnModel, t: float, sample: Mapping[str, torch.Tensor] | None = None):
+    """``(variables, coordinates)`` of the column's outputs for writers: the model's own declaration when it
+    has one (``output_variables``/``output_coordinates``), else derived here from an output sample: profiles
+    on ``z`` (layer centres) or ``zi`` (interfaces), one value per column otherwise; BGC diagnostics and PAR
+    are interval means (GOTM's mean output: a production at midnight says nothing about the day)."""
+    from ..core.model import Coordinate, Variable
+    from ..core.simulation import declared_variables
+
+    decl = declared_variables(model)
+    if decl is not None:
+        return decl, dict(model.output_coordinates())
+    if sample is None:
+        with torch.no_grad():
+            sample = model.output(model.initial_state(1, t0=t), t)
+    nz = model.nz
+    meta = {}
+    for v in getattr(model.bgc, "variables", []):
+        meta[v.name] = (getattr(v, "units", ""), getattr(v, "long_name", ""), "state")
+    for d in getattr(model.bgc, "diagnostics", []) or []:
+        if hasattr(d, "name"):
+            meta[d.name] = (getattr(d, "units", ""), getattr(d, "long_name", ""), "diagnostic")
+    meta.update({k: (u, n, "forcing") for k, (u, n) in _PHYS_META.items()})
+    meta["PAR"] = (*_PHYS_META["PAR"], "diagnostic")
+    variables = []
+    for name, x in sample.items():
+        shape = tuple(x.shape)
+        if len(shape) == 2 and shape[1] == nz:
+            dims: tuple[str, ...] = ("z",)
+        elif len(shape) == 2 and shape[1] == nz + 1:
+            dims = ("zi",)
+        elif len(shape) == 1:
+            dims = ()
+        else:
+            continue  # nothing else is written
+        units, long_name, role = meta.get(name, ("", "", "diagnostic"))
+        if name.startswith("total_"):
+            units, long_name = units or "per m2", long_name or f"column integral of {name[6:]}"
+        mean = role == "diagnostic" and not name.startswith("total_")
+        variables.append(Variable(name, units, long_name, dims, role=role, mean=mean))
+    c = model.coordinates(t)
+    coords = {
+        "z": Coordinate(c["z"][0], "m", "depth of layer centres (negative down)"),
+        "zi": Coordinate(c["zi"][0], "m", "depth of interfaces (negative down)"),
+    }
+    return variables, coords
+
 
 def run_column(
     forcing: ColumnForcing | str | os.PathLike,
@@ -540,6 +596,10 @@ def run_column(
 ) -> Any:
     """Run a batch of water columns and return the outputs every ``output_every`` seconds.
 
+    The loop is :class:`pelagos.core.simulation.Simulation` (the one run loop), with gradients kept: the
+    returned tensors are differentiable w.r.t. ``parameters`` and ``state``. BGC diagnostics and PAR are means
+    over each output interval (see :func:`column_output_spec`); the state variables are snapshots.
+
     Args:
         forcing: a :class:`ColumnForcing` or a GOTM NetCDF path.
         bgc: a ``BGCSystem`` or fabm.yaml path/dict.
@@ -553,8 +613,7 @@ def run_column(
         state: start from this state instead (e.g. a restart); overrides ``profiles``.
         checkpoint: passed to :func:`pelagos.core.rollout` within each output interval.
         on_output: ``on_output(t, outputs)`` called at ``start`` and after every output interval with the dict
-            of
-            :meth:`ColumnModel.output` (e.g. an incremental NetCDF writer); runs before the next interval.
+            of outputs (e.g. an incremental writer); runs before the next interval.
         as_xarray: return an ``xarray.Dataset`` (dims time, column, z, zi), else a dict of stacked tensors.
         **options: numerics options of :class:`ColumnModel` (``ode_method``, ``sinking_method``, ``cnpar``,
             ``light``, ``nuh_lag``, ``repair``, ``split_factor``).
@@ -563,11 +622,14 @@ def run_column(
         ``xarray.Dataset`` of the outputs, or (``as_xarray=False``) a dict with ``"time"`` (s, float64), every
         output stacked on a leading time dim, and ``"final_state"`` (to continue or write a restart).
     """
-    from ..core.rollout import rollout
+    from ..core.simulation import MemoryWriter, Simulation, Writer
 
     if not isinstance(forcing, ColumnForcing):
         forcing = ColumnForcing.from_gotm(forcing)
     model = ColumnModel(bgc, forcing, dt=dt, **options)
+    if getattr(model, "epoch", None) is None and forcing.epoch is not None:
+        with contextlib.suppress(AttributeError):
+            model.epoch = forcing.epoch
     t0 = forcing.seconds(start)
     t1 = forcing.t_stop if stop is None else forcing.seconds(stop)
     every = float(output_every or dt)
@@ -582,55 +644,53 @@ def run_column(
     for name, value in (parameters or {}).items():
         spec = model.parameter_spec(name)
         raw[name] = spec.transform.inverse(torch.as_tensor(value, dtype=forcing.dtype))
+
+    class _Hook(Writer):
+        key = "on_output"
+
+        def variable_names(self, sim: Any) -> list[str]:
+            return [v.name for v in variables]
+
+        def write(self, t: float, values: Mapping[str, torch.Tensor]) -> None:
+            on_output(t, dict(values))
+
     with model.using(raw) if raw else contextlib.nullcontext():
         s = state if state is not None else model.initial_state(n_columns, profiles=profiles, t0=t0)
-        outs = [model.output(s, t0)]
-        times = [t0]
-        if on_output is not None:
-            on_output(t0, outs[-1])
-        k = 0
-        while k < n_steps:
-            n = min(n_per, n_steps - k)
-            tk = t0 + k * dt
-            s = rollout(
-                model, s, n, t0=tk, dt=dt, save_every=n, checkpoint=checkpoint, include_initial=False
-            ).final
-            k += n
-            t = t0 + k * dt
-            outs.append(model.output(s, t))
-            times.append(t)
-            if on_output is not None:
-                on_output(t, outs[-1])
-    stacked = {k: torch.stack([o[k] for o in outs]) for k in outs[0]}
+        with torch.no_grad():
+            variables, _ = column_output_spec(model, t0, model.output(s, t0))
+        memory = MemoryWriter(variables, detach=False)
+        writers: list[Any] = [memory] + ([_Hook()] if on_output is not None else [])
+        result = Simulation(
+            model,
+            s,
+            start=t0,
+            n_steps=n_steps,
+            output_every=n_per,
+            writers=writers,
+            checkpoint=checkpoint,
+            grad=True,
+            progress=False,
+        ).run()
+    stacked = memory.stacked()
+    times = stacked.pop("time")
     if not as_xarray:
-        return {"time": torch.tensor(times, dtype=torch.float64), **stacked, "final_state": s}
-    return to_dataset(model, times, stacked)
+        return {"time": times, **stacked, "final_state": result.state}
+    return to_dataset(model, times.tolist(), stacked)
 
 
 def to_dataset(model: ColumnModel, times: list[float], stacked: Mapping[str, torch.Tensor]) -> Any:
     """Outputs stacked in time as an ``xarray.Dataset``: dims ``time``, ``column``, ``z`` (centres), ``zi``;
-    coordinates ``z``/``zi`` of the first output time (GOTM's, m, negative down); units/long names from the
-    BGC metadata where known."""
+    coordinates ``z``/``zi`` of the first output time (GOTM's, m, negative down); units, long names and
+    ``cell_methods`` (interval means of the diagnostics) from :func:`column_output_spec`."""
     import numpy as np
     import xarray as xr
 
     nz = model.nz
+    variables, _ = column_output_spec(model, times[0], {k: v[0] for k, v in stacked.items()})
     meta = {}
-    for v in getattr(model.bgc, "variables", []):
-        meta[v.name] = {"units": getattr(v, "units", ""), "long_name": getattr(v, "long_name", "")}
-    for d in getattr(model.bgc, "diagnostics", []) or []:
-        if hasattr(d, "name"):
-            meta[d.name] = {"units": getattr(d, "units", ""), "long_name": getattr(d, "long_name", "")}
-    meta.update(
-        {
-            "h": {"units": "m", "long_name": "layer thickness"},
-            "temp": {"units": "degC", "long_name": "temperature"},
-            "salt": {"units": "PSU", "long_name": "practical salinity"},
-            "nuh": {"units": "m2 s-1", "long_name": "turbulent diffusivity of heat (as used, scaled)"},
-            "I_0": {"units": "W m-2", "long_name": "net shortwave radiation entering the water"},
-            "PAR": {"units": "W m-2", "long_name": "photosynthetically active radiation"},
-        }
-    )
+    for v in variables:
+        meta[v.name] = {"units": v.units, "long_name": v.long_name or v.name}
+        meta[v.name]["cell_methods"] = "time: mean" if v.mean else "time: point"
     data = {}
     for k, v in stacked.items():
         a = v.detach().cpu().numpy()

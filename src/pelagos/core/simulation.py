@@ -142,6 +142,12 @@ class Writer:
     def variable_names(self, sim: Simulation) -> list[str] | None:
         return None
 
+    def mean_names(self, sim: Simulation) -> list[str]:
+        """Names this writer wants as interval means (default: those the model declares ``mean=True``)."""
+        decl = declared_variables(sim.model) or []
+        names = self.variable_names(sim)
+        return [v.name for v in decl if v.mean and (names is None or v.name in names)]
+
     def can_resume(self, record: int) -> bool:
         return True
 
@@ -159,17 +165,21 @@ class MemoryWriter(Writer):
     """Keeps every record in memory: ``times``, ``records`` (list of dicts), ``stacked()``, ``to_dataset()``.
 
     ``variables``: names to keep (default: every declared variable, or every output when the model declares
-    none). ``detach=False`` keeps the autograd graph (with ``Simulation(grad=True)``).
+    none), or :class:`Variable` descriptions (for a model that does not declare its own; their ``mean`` flags
+    are honoured). ``detach=False`` keeps the autograd graph (with ``Simulation(grad=True)``).
     """
 
     key = "memory"
 
-    def __init__(self, variables: Sequence[str] | None = None, *, detach: bool = True) -> None:
-        self.variables = None if variables is None else list(variables)
+    def __init__(self, variables: Sequence[str | Variable] | None = None, *, detach: bool = True) -> None:
+        given = None if variables is None else list(variables)
+        self.described = [v for v in given or [] if isinstance(v, Variable)]
+        self.variables = None if given is None else [v.name if isinstance(v, Variable) else v for v in given]
         self.detach = bool(detach)
         self.times: list[float] = []
         self.records: list[dict[str, torch.Tensor]] = []
         self.model: Any = None
+        self._names: list[str] | None = None
 
     def variable_names(self, sim: Simulation) -> list[str] | None:
         if self.variables is not None:
@@ -177,14 +187,21 @@ class MemoryWriter(Writer):
         decl = declared_variables(sim.model)
         return None if decl is None else [v.name for v in decl]
 
+    def mean_names(self, sim: Simulation) -> list[str]:
+        if self.described:
+            return [v.name for v in self.described if v.mean]
+        return super().mean_names(sim)
+
     def open(self, sim: Simulation, record: int | None) -> None:
         self.model = sim.model
         self.record = int(record or 0)
+        self._names = self.variable_names(sim)
 
     def write(self, t: float, values: Mapping[str, torch.Tensor]) -> None:
         keep = (lambda x: x.detach()) if self.detach else (lambda x: x)
+        names = self._names if self._names is not None else list(values)
         self.times.append(float(t))
-        self.records.append({k: keep(torch.as_tensor(v)) for k, v in values.items()})
+        self.records.append({k: keep(torch.as_tensor(values[k])) for k in names})
         self.record += 1
 
     def stacked(self) -> dict[str, torch.Tensor]:
@@ -208,7 +225,10 @@ class MemoryWriter(Writer):
         import xarray as xr
 
         model = self.model
-        decl = list(variables) if variables is not None else (declared_variables(model) or [])
+        if variables is not None:
+            decl = list(variables)
+        else:
+            decl = self.described or declared_variables(model) or []
         info = {v.name: v for v in decl}
         coords_in = dict(coordinates) if coordinates is not None else _coordinates(model)
         stacked = self.stacked()
@@ -470,8 +490,12 @@ class Simulation:
                 needed = None
                 break
             needed |= set(names)
-        decl = declared_variables(self.model) or []
-        means = [v.name for v in decl if v.mean and (needed is None or v.name in needed)]
+        means: list[str] = []
+        for w in self.writers:
+            fn = getattr(w, "mean_names", None)
+            for name in fn(self) if fn is not None else []:
+                if name not in means:
+                    means.append(name)
         return needed, means
 
     def _outputs(self, state: Any, t: float, needed: set[str] | None) -> dict[str, torch.Tensor]:

@@ -185,6 +185,9 @@ class ModelNetCDFWriter:
     def variable_names(self, sim) -> list[str]:
         return [v.name for v in self.variables]
 
+    def mean_names(self, sim) -> list[str]:
+        return [v.name for v in self.variables if v.mean]
+
     def can_resume(self, record: int) -> bool:
         if not self.path.exists():
             return False

@@ -1,9 +1,10 @@
 """Run a water-column configuration to a NetCDF file, incrementally, with restart files.
 
-``run_config(cfg)`` is what ``pelagos run CONFIG.yaml`` calls. Output records are flushed as they are written;
-a restart file (written atomically every ``restart.every`` seconds of model time, at output times) lets an
-interrupted run continue: the continued run reproduces the uninterrupted one bit for bit, because the restart
-holds the exact state tensors and the step is deterministic.
+``run_config(cfg)`` is what ``pelagos run CONFIG.yaml`` calls for a water-column configuration. It builds the
+model and hands it to the one run loop, :class:`pelagos.core.simulation.Simulation`, with a
+:class:`~pelagos.io.netcdf_writer.ModelNetCDFWriter`: records are flushed as they are written, a restart file
+(written atomically every ``restart.every`` seconds of model time, at output times, at the end and on Ctrl-C)
+lets an interrupted run continue bit for bit.
 """
 
 from __future__ import annotations
@@ -18,17 +19,6 @@ import torch
 
 from ..core.errors import ConfigError
 from .config import load_config, resolve_path
-from .netcdf_writer import NetCDFWriter, VariableMeta
-from .restart import config_fingerprint, load_restart, save_restart
-
-_PHYS_META = {
-    "h": ("m", "layer thickness"),
-    "temp": ("degC", "temperature"),
-    "salt": ("PSU", "practical salinity"),
-    "nuh": ("m2 s-1", "turbulent diffusivity of heat as used"),
-    "I_0": ("W m-2", "net shortwave radiation entering the water"),
-    "PAR": ("W m-2", "photosynthetically active radiation"),
-}
 
 
 def build_model(cfg: Mapping[str, Any]):
@@ -58,53 +48,24 @@ def build_model(cfg: Mapping[str, Any]):
     return model
 
 
-def _output_meta(model, sample: Mapping[str, torch.Tensor]) -> tuple[dict, dict[str, VariableMeta]]:
-    nz = model.nz
-    meta = {}
-    for v in getattr(model.bgc, "variables", []):
-        meta[v.name] = (getattr(v, "units", ""), getattr(v, "long_name", ""))
-    for d in getattr(model.bgc, "diagnostics", []) or []:
-        if hasattr(d, "name"):
-            meta[d.name] = (getattr(d, "units", ""), getattr(d, "long_name", ""))
-    meta.update(_PHYS_META)
-    state_names = {v.name for v in getattr(model.bgc, "variables", [])}
-    dims: dict[str, int] = {}
-    variables = {}
-    for name, x in sample.items():
-        shape = tuple(x.shape)
-        if len(shape) == 2 and shape[1] == nz:
-            d = ("column", "z")
-        elif len(shape) == 2 and shape[1] == nz + 1:
-            d = ("column", "zi")
-        elif len(shape) == 1:
-            d = ("column",)
-        else:
-            continue  # nothing else is written
-        units, long_name = meta.get(name, ("", ""))
-        if name.startswith("total_"):
-            units, long_name = units or "per m2", long_name or f"column integral of {name[6:]}"
-        role = "state" if name in state_names else "physics" if name in _PHYS_META else "diagnostic"
-        variables[name] = VariableMeta(d, units, long_name, {"pelagos_role": role})
-        dims.update({"column": shape[0], "z": nz, "zi": nz + 1})
-    return dims, variables
-
-
 def run_config(
     source: str | os.PathLike | Mapping[str, Any],
     *,
     resume: bool = True,
     progress: bool | None = None,
     stop_after: float | None = None,
+    log: Any = None,
 ) -> Path:
-    """Run the configuration; returns the output NetCDF path.
+    """Run the configuration through :class:`~pelagos.core.simulation.Simulation`; returns the output path.
 
-    ``resume``: continue from the restart file when it exists and matches the configuration.
-    ``stop_after``: stop (as if interrupted) once model time reaches this many seconds after start
-    (for tests).
+    ``resume``: continue from the restart file when it exists and matches the configuration (else a
+    ``ConfigError`` naming ``--fresh``). ``progress``: ``None`` follows ``output.progress`` (a bar on a
+    terminal). ``stop_after``: stop cleanly (restart written) once model time reaches this many seconds after
+    start (for tests).
     """
-    from tqdm.auto import tqdm
-
-    from ..core.rollout import rollout
+    from ..column.model import column_output_spec
+    from ..core.simulation import RestartPolicy, Simulation
+    from .netcdf_writer import ModelNetCDFWriter
 
     cfg = load_config(source)
     if not cfg["output"]["file"]:
@@ -113,82 +74,67 @@ def run_config(
     out_path = resolve_path(cfg["output"]["file"], base)
     model = build_model(cfg)
     f = model.forcing
+    if getattr(model, "epoch", None) is None and f.epoch is not None:
+        with contextlib.suppress(AttributeError):
+            model.epoch = f.epoch
     t0 = f.seconds(cfg["time"]["start"]) if cfg["time"]["start"] is not None else f.t_start
     t1 = f.seconds(cfg["time"]["stop"]) if cfg["time"]["stop"] is not None else f.t_stop
     dt = model.dt
     every = float(cfg["output"]["interval"] or dt)
     n_per = round(every / dt)
-    n_steps = round((t1 - t0) / dt)
     if n_per < 1 or abs(n_per * dt - every) > 1e-6 * dt:
         raise ConfigError(f"output.interval ({every:g} s) must be a positive multiple of time.dt ({dt:g} s)")
-    if n_steps <= 0 or abs(n_steps * dt - (t1 - t0)) > 1e-6 * dt:
+    if t1 <= t0:
+        raise ConfigError(
+            f"time.stop ({cfg['time']['stop'] or t1}) must be after time.start ({cfg['time']['start'] or t0})"
+        )
+    n_steps = round((t1 - t0) / dt)
+    if abs(n_steps * dt - (t1 - t0)) > 1e-6 * dt:
         raise ConfigError(
             f"time.stop - time.start ({t1 - t0:g} s) must be a positive multiple of dt ({dt:g} s)"
         )
     f.check_covers(t0, t1)
-    rs_every = cfg["restart"]["every"]
-    rs_path = resolve_path(cfg["restart"]["file"], base) if cfg["restart"]["file"] else None
-    fingerprint = config_fingerprint(
-        {k: v for k, v in cfg.items() if k not in ("output", "restart", "_base")}
-    )
-
-    k, record, state = 0, None, None
-    if resume and rs_path is not None and rs_path.exists() and out_path.exists():
-        payload = load_restart(rs_path, fingerprint)
-        k, record, state = payload["step"], payload["record"], payload["state"]
-    if state is None:
-        state = model.initial_state(cfg["numerics"]["columns"], profiles=cfg["initial"] or None, t0=t0)
-
-    epoch = f.epoch
-    tunits = f"seconds since {epoch:%Y-%m-%d %H:%M:%S}" if epoch else "seconds since start of forcing"
-    with torch.no_grad():
-        sample = model.output(state, t0 + k * dt)
-    dims, variables = _output_meta(model, sample)
-    c = model.coordinates(t0)
-    coords = {
-        "z": (("z",), c["z"][0].cpu().numpy(), "m", "depth of layer centres (negative down)"),
-        "zi": (("zi",), c["zi"][0].cpu().numpy(), "m", "depth of interfaces (negative down)"),
-    }
-    attrs = {"Conventions": "CF-1.8", "title": cfg["title"] or "pelagos water column", "source": "pelagos"}
-    precision = "f8" if cfg["output"]["precision"] == "float64" else "f4"
-    writer = NetCDFWriter(
+    policy = None
+    if cfg["restart"]["file"]:
+        rs_every = cfg["restart"]["every"]
+        every_steps = max(1, round(float(rs_every) / dt)) if rs_every else None
+        policy = RestartPolicy(resolve_path(cfg["restart"]["file"], base), every_steps=every_steps)
+    fingerprint = {k: v for k, v in cfg.items() if k not in ("output", "restart", "_base")}
+    state = model.initial_state(cfg["numerics"]["columns"], profiles=cfg["initial"] or None, t0=t0)
+    variables, coords = column_output_spec(model, t0)
+    writer = ModelNetCDFWriter(
         out_path,
-        dims,
-        coords,
-        variables,
-        time_units=tunits,
-        attrs=attrs,
-        start_record=record,
-        dtype=precision,
+        model,
+        precision=cfg["output"]["precision"],
+        title=cfg["title"] or "pelagos water column",
+        variables=variables,
+        coordinates=coords,
+        batch_dims=("column",),
     )
-    show = cfg["output"]["progress"] if progress is None else progress
-    bar = tqdm(total=n_steps, initial=k, disable=not show, unit="step", desc=out_path.name)
-    try:
-        with torch.no_grad():
-            if record is None:
-                writer.write(t0, sample)
-            while k < n_steps:
-                n = min(n_per, n_steps - k)
-                state = rollout(
-                    model, state, n, t0=t0 + k * dt, dt=dt, save_every=n, include_initial=False
-                ).final
-                k += n
-                t = t0 + k * dt
-                writer.write(t, model.output(state, t))
-                bar.update(n)
-                if rs_path is not None and rs_every and (k * dt) % rs_every < n * dt:
-                    save_restart(
-                        rs_path, step=k, time=t, state=state, record=writer.record, fingerprint=fingerprint
-                    )
-                if stop_after is not None and k * dt >= stop_after:
-                    break
-    finally:
-        bar.close()
-        writer.close()
-    if rs_path is not None and k >= n_steps:
-        save_restart(
-            rs_path, step=k, time=t0 + k * dt, state=state, record=writer.record, fingerprint=fingerprint
-        )
+    callbacks = []
+    if stop_after is not None:
+
+        def stop_once_reached(sim, state, t, step):
+            if step * dt >= stop_after:
+                sim.request_stop()
+
+        callbacks.append(stop_once_reached)
+    show = progress if progress is not None else (None if cfg["output"]["progress"] else False)
+    Simulation(
+        model,
+        state,
+        start=t0,
+        n_steps=n_steps,
+        output_every=n_per,
+        writers=[writer],
+        callbacks=callbacks,
+        restart=policy,
+        progress=show,
+        fingerprint=fingerprint,
+        resume=resume,
+        label=out_path.name,
+        log=log,
+    ).run()
     return out_path
 
 
