@@ -22,7 +22,6 @@ import torch
 import yaml
 
 from ..core.errors import ConfigError
-from ..core.rollout import rollout
 from . import parameterizations as P
 from .models import BTModel, LayeredModel, QGModel
 
@@ -99,9 +98,13 @@ def output_dir(cfg: Mapping[str, Any]) -> pathlib.Path:
 
 
 def run(cfg: Mapping[str, Any], log=print) -> pathlib.Path:
-    """Run the model, write NetCDF (snapshots + time-mean diagnostics of the second half) and plots."""
+    """Run the model through :class:`~pelagos.core.simulation.Simulation` (the one run loop; CFL checked at
+    every save) and write NetCDF (snapshots in pyqg's layout + time-mean diagnostics of the second half) and
+    a plot. On Ctrl-C the snapshots so far are written before :class:`~pelagos.core.errors.Interrupted`."""
     import xarray as xr
 
+    from ..core.errors import Interrupted
+    from ..core.simulation import CFLCheck, Simulation
     from .dataset import to_dataset
     from .diagnostics import diagnostics
 
@@ -111,30 +114,48 @@ def run(cfg: Mapping[str, Any], log=print) -> pathlib.Path:
     st = m.initial_state(batch=int(r["batch"]), seed=int(r["seed"]))
     n = round(float(r["years"]) * 360 * 86400 / m.dt)
     every = max(1, round(float(r["save_every_days"]) * 86400 / m.dt))
-    snaps, times, diag_sum, count = [], [], None, 0
-    t0 = time.time()
-    with torch.no_grad():
-        k = 0
-        while k < n:
-            chunk = min(every, n - k)
-            st = rollout(m, st, chunk, t0=k * m.dt, save_every=10**9, include_initial=False).final
-            k += chunk
-            m.check_cfl(st)
-            snaps.append(to_dataset(m, st, time=k * m.dt))
-            times.append(k * m.dt)
-            if k >= n // 2:
-                d = diagnostics(m, st)
-                diag_sum = d if diag_sum is None else {x: diag_sum[x] + d[x] for x in d}
-                count += 1
-    log(f"{n} steps of {m.nx}² x {int(r['batch'])} in {time.time() - t0:.1f} s")
-    ds = xr.concat(snaps, dim="time").assign_coords(time=("time", times, {"units": "s"}))
-    if diag_sum:
-        mean = to_dataset(m, st, diagnostics=True)
-        for name in diag_sum:
-            ds[name + "_mean"] = (mean[name].dims, (diag_sum[name] / count).numpy())
+    snaps, times = [], []
+    acc: dict[str, Any] = {"sum": None, "count": 0}
+
+    def snapshot(sim, state, t, step):
+        snaps.append(to_dataset(m, state, time=t))
+        times.append(t)
+        if step >= n // 2:
+            d = diagnostics(m, state)
+            acc["sum"] = d if acc["sum"] is None else {x: acc["sum"][x] + d[x] for x in d}
+            acc["count"] += 1
+
     out = output_dir(cfg) / f"{cfg['output']['name']}.nc"
-    ds.to_netcdf(out)
-    plot_run(m, ds, out.with_suffix(".png"))
+
+    def write(state) -> None:
+        ds = xr.concat(snaps, dim="time").assign_coords(time=("time", times, {"units": "s"}))
+        if acc["sum"]:
+            mean = to_dataset(m, state, diagnostics=True)
+            for name in acc["sum"]:
+                ds[name + "_mean"] = (mean[name].dims, (acc["sum"][name] / acc["count"]).numpy())
+        ds.to_netcdf(out)
+        log(f"wrote {out}")
+        plot_run(m, ds, out.with_suffix(".png"))
+        log(f"wrote {out.with_suffix('.png')}")
+
+    sim = Simulation(
+        m,
+        st,
+        n_steps=n,
+        output_every=every,
+        callbacks=[CFLCheck(), snapshot],
+        label=f"QG {m.nx}²",
+        progress=None,  # a bar on a terminal
+    )
+    t0 = time.time()
+    try:
+        result = sim.run()
+    except Interrupted:
+        if snaps:
+            write(sim.state)
+        raise
+    log(f"{n} steps of {m.nx}² x {int(r['batch'])} in {time.time() - t0:.1f} s")
+    write(result.state)
     return out
 
 
