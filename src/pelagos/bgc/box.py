@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from ..core.errors import ConfigError, ForcingError
+from ..core.model import Model
 from .base import STANDARD_VARIABLES, BGCModel, mean_key
 from .integrate import integrate_sources, merge_transfers, method_name, transfers_from_rates
 from .system import BGCSystem
@@ -226,29 +227,31 @@ class BoxDriver:
                 raise ForcingError(
                     f"forcing {k!r} has {t.shape[0]} steps; expected {n_steps} (or a constant)"
                 )
-        state = dict(state0)
-        saved = {k: [v] for k, v in state.items()}
+        from ..core.simulation import MemoryWriter, Simulation
+
+        run = _BoxRun(self, forcing, diagnostics)
+        names = list(state0)
+        states = MemoryWriter(names, detach=False)
         diag_out: dict[str, list[torch.Tensor]] = {}
-        mean_buffers: dict = {}
-        for n in range(n_steps):
-            f_n = {k: (torch.as_tensor(v)[n] if torch.as_tensor(v).ndim else v) for k, v in forcing.items()}
-            env = self.environment(state, f_n)
-            self._add_means(env, mean_buffers, self.dt * (n + 1))
-            new = self.step(state, env)
-            if (n + 1) % save_every == 0:
-                for k, v in new.items():
-                    saved[k].append(v)
-                if diagnostics:
-                    dg = self.last_diagnostics
-                    if dg is None:  # Patankar schemes do not call rhs
-                        _, dg = self.system.interior_sources(state, env)
-                    extra = {"PAR": env[PAR]}
-                    if SURFACE_PAR in env:
-                        extra["surface_PAR"] = env[SURFACE_PAR]
-                    for k, v in {**dg, **extra}.items():
-                        diag_out.setdefault(k, []).append(v)
-            state = new
-        traj = {k: torch.stack(v) for k, v in saved.items()}
+
+        def keep_diagnostics(sim, state, t, step):
+            if step % save_every == 0:
+                for k, v in state["diag"].items():
+                    diag_out.setdefault(k, []).append(v)
+
+        Simulation(
+            run,
+            {"vars": dict(state0), "means": {}, "diag": {}},
+            n_steps=n_steps,
+            output_every=save_every,
+            writers=[states],
+            callbacks=[keep_diagnostics] if diagnostics else [],
+            grad=True,
+            progress=False,
+        ).run()
+        stacked = states.stacked()
+        n_save = 1 + n_steps // save_every  # a last partial interval is not saved
+        traj = {k: stacked[k][:n_save] for k in names}
         return traj, {k: torch.stack(v) for k, v in diag_out.items()}
 
     def _add_means(self, env: dict, buffers: dict, t: float) -> None:
@@ -269,6 +272,41 @@ class BoxDriver:
                     t,
                 )
             env[key] = buffers[key][0]["mean"]
+
+
+class _BoxRun(Model):
+    """The box over a given forcing series as a :class:`~pelagos.core.Model` (what ``simulate`` hands to the
+    one run loop): step ``n`` (model time ``n·dt``) uses forcing index ``n``; the state carries the variables,
+    the running-mean buffers and (``diagnostics``) the diagnostics, PAR and surface PAR of the last step."""
+
+    def __init__(self, driver: BoxDriver, forcing: Mapping[str, Any], diagnostics: bool) -> None:
+        super().__init__()
+        self.driver = driver
+        self.system = driver.system
+        self.dt = driver.dt
+        self.forcing = {k: torch.as_tensor(v) for k, v in forcing.items()}
+        self.diagnostics = bool(diagnostics)
+
+    def step(self, state: Mapping[str, Any], t: float | torch.Tensor) -> dict:
+        drv = self.driver
+        n = round(float(t) / self.dt)
+        f_n = {k: (v[n] if v.ndim else v) for k, v in self.forcing.items()}
+        env = drv.environment(state["vars"], f_n)
+        means = dict(state["means"])
+        drv._add_means(env, means, self.dt * (n + 1))
+        new = drv.step(state["vars"], env)
+        diag: dict[str, torch.Tensor] = {}
+        if self.diagnostics:
+            dg = drv.last_diagnostics
+            if dg is None:  # Patankar schemes do not call rhs
+                _, dg = self.system.interior_sources(state["vars"], env)
+            diag = {**dg, "PAR": env[PAR]}
+            if SURFACE_PAR in env:
+                diag["surface_PAR"] = env[SURFACE_PAR]
+        return {"vars": new, "means": means, "diag": diag}
+
+    def output(self, state: Mapping[str, Any], t: float) -> dict[str, torch.Tensor]:
+        return dict(state["vars"])
 
 
 def _domain(key: str) -> str:
