@@ -3,6 +3,7 @@
 from .errors import (
     ConfigError,
     ForcingError,
+    Interrupted,
     ObservationError,
     PelagosError,
     ShapeError,
@@ -25,6 +26,7 @@ from .safe import (
     smooth_step,
     softclamp,
 )
+from .simulation import MemoryWriter, RestartPolicy, Simulation, SimulationResult
 from .tridiagonal import solve_tridiagonal
 
 __all__ = [
@@ -32,12 +34,17 @@ __all__ = [
     "ConfigError",
     "ForcingError",
     "GradCheckReport",
+    "Interrupted",
+    "MemoryWriter",
     "Model",
     "ObservationError",
     "ParameterSpec",
     "PelagosError",
     "Prior",
+    "RestartPolicy",
     "ShapeError",
+    "Simulation",
+    "SimulationResult",
     "SolverError",
     "StabilityError",
     "State",
