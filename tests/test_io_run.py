@@ -100,3 +100,48 @@ def test_cli_run_and_plot(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("forcing: {file: builtin:nns_annual_22x5m.nc}\nbgc: {fabm_yaml: x.yaml}\noops: 1\n")
     assert main(["run", str(bad)]) == 1
+
+
+def test_ctrl_c_during_run_config_leaves_valid_output_and_restart(tmp_path, monkeypatch, capsys):
+    from pelagos.column.model import ColumnModel
+    from pelagos.core.errors import Interrupted
+
+    ref_dir, cut_dir = tmp_path / "ref", tmp_path / "cut"
+    ref_dir.mkdir()
+    cut_dir.mkdir()
+    run_config(_cfg(ref_dir), resume=False)
+    step = ColumnModel.step
+
+    def ctrl_c_at_noon_day_one(self, state, t):
+        if float(t) == self.forcing.seconds("1998-04-01 15:00:00"):
+            raise KeyboardInterrupt
+        return step(self, state, t)
+
+    monkeypatch.setattr(ColumnModel, "step", ctrl_c_at_noon_day_one)
+    with pytest.raises(
+        Interrupted, match=r"^interrupted at 1998-04-01 12:00:00; output and restart are valid"
+    ):
+        run_config(_cfg(cut_dir), resume=False)
+    part = xr.load_dataset(cut_dir / "out.nc")  # closed, readable
+    assert part.sizes["time"] == 3
+    monkeypatch.setattr(ColumnModel, "step", step)
+    run_config(_cfg(cut_dir), resume=True)
+    assert "resuming from restart at 1998-04-01 12:00:00" in capsys.readouterr().err
+    a, b = xr.load_dataset(ref_dir / "out.nc"), xr.load_dataset(cut_dir / "out.nc")
+    for name in ("npzd_phy", "npzd_PPR", "PAR", "total_nitrogen"):
+        np.testing.assert_array_equal(a[name].values, b[name].values, err_msg=name)
+
+
+def test_column_diagnostics_are_interval_means_and_time_is_dates(tmp_path):
+    path = run_config(_cfg(tmp_path, time={"stop": "1998-04-02 00:00:00"}), resume=False)
+    ds = xr.load_dataset(path)
+    assert str(ds.time.values[0])[:19] == "1998-04-01T00:00:00"
+    assert ds["npzd_PPR"].attrs["cell_methods"] == "time: mean"
+    assert ds["PAR"].attrs["cell_methods"] == "time: mean"
+    assert ds["npzd_phy"].attrs["cell_methods"] == "time: point"
+    # the 00-06 h record is the mean of the six hourly values after each step
+    hourly = run_config(
+        _cfg(tmp_path / "h", time={"stop": "1998-04-02 00:00:00"}, output={"interval": 3600}), resume=False
+    )
+    dh = xr.load_dataset(hourly)
+    np.testing.assert_allclose(ds["PAR"].values[1], dh["PAR"].values[1:7].mean(0), rtol=1e-12)

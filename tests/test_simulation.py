@@ -349,3 +349,27 @@ def test_gradients_flow_with_grad_true_and_not_by_default():
     torch.testing.assert_close(g, 2 * res.state["x"].detach() * float(torch.exp(torch.tensor(-4 * 3600e-5))))
     res = Simulation(model, s0, n_steps=4, progress=False).run()
     assert not res.state["x"].requires_grad
+
+
+def test_qg_run_goes_through_simulation_and_ctrl_c_keeps_the_snapshots(tmp_path, monkeypatch):
+    import pelagos.qg.diagnostics as qd
+    from pelagos.qg import config
+
+    cfg = config.load(
+        {
+            "model": {"type": "QGModel", "nx": 16, "dt": 7200.0},
+            "run": {"years": 0.02, "save_every_days": 1},
+            "output": {"dir": str(tmp_path), "name": "q"},
+        }
+    )
+
+    def ctrl_c(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(qd, "diagnostics", ctrl_c)  # first called at the second half of the run
+    lines: list[str] = []
+    with pytest.raises(Interrupted, match="interrupted at model time"):
+        config.run(cfg, log=lines.append)
+    ds = xr.load_dataset(tmp_path / "q.nc")
+    assert ds["q"].dims == ("time", "run", "lev", "y", "x") and ds.sizes["time"] == 4
+    assert f"wrote {tmp_path / 'q.png'}" in lines
