@@ -147,8 +147,12 @@ def test_restart_resumes_bit_exactly_and_says_so(tmp_path):
     assert part.interrupted and part.step == 18 and log == []
     assert xr.load_dataset(tmp_path / "cut.nc").sizes["time"] == 4
     assert load_restart(policy.path).step == 18  # written at the stop
-    done = _sim(model, tmp_path / "cut.nc", restart=policy, log=log.append).run()
+    sim = _sim(model, tmp_path / "cut.nc", restart=policy, log=log.append)
+    mem = MemoryWriter()  # a writer added on resume keeps what runs from there
+    sim.writers.append(mem)
+    done = sim.run()
     assert log == ["resuming from restart at 2000-01-01 18:00:00"]
+    assert mem.times == [h * 3600.0 for h in (24, 30, 36, 42, 48)]
     assert not done.interrupted and done.step == 48
     a, b = xr.load_dataset(tmp_path / "ref.nc"), xr.load_dataset(tmp_path / "cut.nc")
     for name in ("x", "light", "x_sq_total", "time"):

@@ -536,8 +536,11 @@ class Simulation:
                 f"restart file {r.path} is at step {r.step} (t = {r.t:g}), which is not on this run's window "
                 f"(start {self.start:g}, {self.n_steps} steps of {self.dt:g}); use --fresh to start over"
             )
+        records = dict(r.records)
         for w in self.writers:
-            rec = r.records.get(w.key)
+            rec = records.get(w.key)
+            if rec is None and getattr(w, "path", None) is None:
+                records[w.key] = rec = 0  # an in-memory writer added since: it keeps what is run from here
             if rec is None or not w.can_resume(rec):
                 where = f" ({w.path})" if w.path is not None else ""
                 self.log(
@@ -545,7 +548,7 @@ class Simulation:
                     "starting from the beginning"
                 )
                 return None
-        return r.state, r.step, r.records
+        return r.state, r.step, records
 
     # -- the loop --------------------------------------------------------------------------------------------
     def _advance(self, state: Any, k: int, n: int, means: list[str]) -> tuple[Any, dict[str, torch.Tensor]]:
