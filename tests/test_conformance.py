@@ -200,13 +200,22 @@ def test_model_conforms(name):
     xs, rebuild = _inputs(conf, model, state)
     xs = [x.detach() for x in xs]
 
+    loss = conf.get("loss", lambda s: [t for t in _leaves(s)[0] if _real(t)])
+
     def final(u, *x):
         with model.using(u):
-            s = _run(model, rebuild(*x), steps, t0)
-        return [t for t in _leaves(s)[0] if _real(t)]
+            return loss(_run(model, rebuild(*x), steps, t0))
 
-    rep = check_directional(final, [u0, *xs], n_directions=2, h=h, tol=tol, seed=3)
-    assert rep.passed, f"{name}:\n{rep}"
+    def of_params(u):
+        return final(u, *xs)
+
+    def of_state(*x):
+        return final(u0, *x)
+
+    checks = [("state", of_state, xs)] + ([("parameters", of_params, [u0])] if u0.numel() else [])
+    for what, fn, args in checks:
+        rep = check_directional(fn, args, n_directions=2, h=h, tol=tol, seed=3)
+        assert rep.passed, f"{name}: gradient w.r.t. the {what}\n{rep}"
     _skip(conf, "jvp")
     rep = check_jvp_vjp(final, [u0, *xs], n_directions=2, tol=float(conf.get("jvp_tol", 1e-9)))
     assert rep.passed, f"{name}:\n{rep}"
