@@ -14,7 +14,7 @@ Each kind's ``example()`` (a small float64 model) must satisfy the Model contrac
   (gradient = finite differences).
 
 Per-kind settings live in ``ModelKind.conformance`` (``steps``, ``batch``, ``free``: parameters to make free,
-``tol``, ``h``, ``inputs``: ``(model, state) -> (tensors, rebuild)`` for models whose state holds more than
+``tol``, ``h``, ``initial``: keyword options of ``initial_state``, ``inputs``: ``(model, state) -> (tensors, rebuild)`` for models whose state holds more than
 its independent inputs, ``perturb``, ``skip``: names of checks to skip, with the reason in the kind).
 """
 
@@ -86,7 +86,7 @@ def _setup(name: str):
     model = kind.make_example()
     assert isinstance(model, Model), f"{name}: example() must return a pelagos Model"
     B = int(conf.get("batch", 2))
-    state = model.initial_state(B)
+    state = model.initial_state(B, **conf.get("initial", {}))
     if conf.get("perturb", True):
         state = _perturb(state, seed=1)
     return kind, conf, model, state, B
