@@ -135,6 +135,11 @@ def _default_points(model: Model, var: Variable, m: int = 2) -> dict:
 # -- the conformance test ---------------------------------------------------------------------------------
 @pytest.mark.parametrize("name", KINDS)
 def test_model_conforms(name):
+    check_model_kind(name)
+
+
+def check_model_kind(name: str) -> None:
+    """Every check above on the registered kind ``name`` (also used for the docs' example model)."""
     kind, conf, model, state, B = _setup(name)
     steps = int(conf.get("steps", 2))
     tol = float(conf.get("tol", 1e-6))
