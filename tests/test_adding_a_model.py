@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 
 from pelagos.core.registry import _registered
-
 from test_conformance import check_model_kind
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "my_model.py"

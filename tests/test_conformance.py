@@ -14,7 +14,8 @@ Each kind's ``example()`` (a small float64 model) must satisfy the Model contrac
   (gradient = finite differences).
 
 Per-kind settings live in ``ModelKind.conformance`` (``steps``, ``batch``, ``free``: parameters to make free,
-``tol``, ``h``, ``initial``: keyword options of ``initial_state``, ``inputs``: ``(model, state) -> (tensors, rebuild)`` for models whose state holds more than
+``tol``, ``h``, ``initial``: keyword options of ``initial_state``, ``inputs``: ``(model, state) -> (tensors,
+rebuild)`` for models whose state holds more than
 its independent inputs, ``perturb``, ``skip``: names of checks to skip, with the reason in the kind).
 """
 
@@ -66,6 +67,11 @@ def _close(a, b, rtol=1e-10, atol=1e-14) -> bool:
     la, sa = _leaves(a)
     lb, sb = _leaves(b)
     return sa == sb and all(torch.allclose(x, y, rtol=rtol, atol=atol) for x, y in zip(la, lb))
+
+
+def _member(state, b: int):
+    """Member ``b`` of a batched state, keeping a batch dim of 1."""
+    return pytree.tree_map(lambda t: t[b : b + 1] if torch.is_tensor(t) and t.ndim else t, state)
 
 
 def _perturb(state, seed: int, scale: float = 1e-2):
@@ -159,9 +165,9 @@ def check_model_kind(name: str) -> None:
 
     # 2. batch = loop
     for b in range(B):
-        one = pytree.tree_map(lambda t: t[b : b + 1] if torch.is_tensor(t) and t.ndim else t, state)
+        one = _member(state, b)
         alone = model.step(one, t0)
-        together = pytree.tree_map(lambda t: t[b : b + 1] if torch.is_tensor(t) and t.ndim else t, s1)
+        together = _member(s1, b)
         assert _close(alone, together), f"{name}: member {b} stepped alone differs from the batch"
 
     # 3. declared variables, their shapes and coordinates
@@ -232,7 +238,7 @@ def check_model_kind(name: str) -> None:
         y = H(state)
         assert y.shape[0] == B and y.ndim == 2, f"{name}: H({v.name}) has shape {tuple(y.shape)}"
         assert torch.isfinite(y).all()
-        rep = check_directional(lambda *x: H(rebuild(*x)), xs, n_directions=1, h=h, tol=tol, seed=5)
+        rep = check_directional(lambda *x, H=H: H(rebuild(*x)), xs, n_directions=1, h=h, tol=tol, seed=5)
         assert rep.passed, f"{name}: observation operator of {v.name!r}\n{rep}"
 
 
@@ -263,7 +269,9 @@ def test_register_model_lists_it_and_builds_it():
         assert "test_decay" in model_kinds()
         assert get_model_kind("test_decay") is kind
         m = get_model_kind("test_decay").make_example()
-        assert torch.allclose(m.step(m.initial_state(), 0.0), torch.full((3,), math.exp(-0.1), dtype=torch.float64))
+        assert torch.allclose(
+            m.step(m.initial_state(), 0.0), torch.full((3,), math.exp(-0.1), dtype=torch.float64)
+        )
         with pytest.raises(ConfigError, match="registered already"):
             register_model(kind)
         register_model(kind, replace=True)
@@ -294,3 +302,54 @@ def test_builtin_kinds_are_registered_and_build_with_defaults():
         assert kind.options is not None
     m = get_model_kind("lorenz96").build(get_model_kind("lorenz96").options(nx=12), BuildContext())
     assert m.nx == 12
+
+
+@pytest.mark.parametrize("name", ["column", "box", "qg", "qg_layered", "qg_bt", "lorenz63", "lorenz96",
+                                  "toy_diffusion"])  # fmt: skip
+def test_builtin_kind_builds_from_its_defaults_and_steps(name):
+    kind = get_model_kind(name)
+    ctx = kind.default_context()
+    model = kind.build(kind.default_options(), ctx)
+    initial = kind.initial() if kind.initial is not None else None
+    opts = {k: v for k, v in vars(initial).items() if v} if initial is not None else {}
+    s = model.initial_state(None, **opts)
+    s1 = model.step(s, 0.0)
+    assert all(
+        torch.isfinite(t).all() for t in _leaves(s1)[0] if torch.is_tensor(t) and t.is_floating_point()
+    )
+    assert model.parameters_table()
+
+
+def _wrapped_qg():
+    from pelagos.qg import QGModel
+    from pelagos.qg.interval import QGInterval
+
+    return QGInterval(QGModel(nx=8, dt=6 * 3600.0), n_sub=2)
+
+
+def _stacked_column():
+    from pelagos.column.kind import example
+    from pelagos.column.stacked import StackedColumn
+
+    return StackedColumn(example())
+
+
+@pytest.mark.parametrize(
+    "kind",
+    [
+        ModelKind("wrapped_qg_interval", None, example=_wrapped_qg, description="QG seen through q only",
+                  conformance={"free": ["qg.rek", "qg.rd"], "perturb": False, "loss": lambda q: [1e7 * q]}),
+        ModelKind("wrapped_stacked_column", None, example=_stacked_column, description="column as a tensor",
+                  conformance={"t0": 6 * 3600.0, "free": ["npzd.rmax", "nuh_scale"],
+                               "initial": {"profiles": {"npzd_phy": [0.9, 1.2, 1.6, 1.9],
+                                                        "npzd_det": [2.0, 1.5, 1.2, 1.0]}}}),
+    ],
+    ids=lambda k: k.name,
+)  # fmt: skip
+def test_wrappers_conform(kind):
+    """The tensor-state views the inverse methods use (QGInterval, StackedColumn) follow the contract too."""
+    register_model(kind)
+    try:
+        check_model_kind(kind.name)
+    finally:
+        _registered.pop(kind.name, None)

@@ -402,7 +402,7 @@ def to_dataset(system: BGCSystem, traj, diags, driver: BoxDriver, times, save_ev
     return ds
 
 
-# -- the box as a Model: step(state, t) with the forcing read at model time t ----------------------------------
+# -- the box as a Model: step(state, t) with the forcing read at model time t -------------------------------
 class BoxForcing:
     """Forcing of the 0-D box as a function of model time ``t`` [s]: linear interpolation between records.
 
@@ -448,7 +448,9 @@ class BoxForcing:
         if isinstance(when, int | float):
             return float(when)
         if self.epoch is None:
-            raise ConfigError(f"{self.name}: a date ({when}) was given but the forcing has no epoch; give seconds")
+            raise ConfigError(
+                f"{self.name}: a date ({when}) was given but the forcing has no epoch; give seconds"
+            )
         d = when if isinstance(when, _dt.datetime) else _dt.datetime.fromisoformat(str(when))
         return (d - self.epoch).total_seconds()
 
@@ -460,9 +462,12 @@ class BoxForcing:
         else:
             lo, hi = self.times[0], self.times[-1]
             if t < lo - 1e-6 or t > hi + 1e-6:
-                raise ForcingError(f"{self.name}: covers t = [{lo:g}, {hi:g}] s but t = {t:g} s was asked for")
+                raise ForcingError(
+                    f"{self.name}: covers t = [{lo:g}, {hi:g}] s but t = {t:g} s was asked for"
+                )
             out = {
-                k: torch.tensor(float(np.interp(t, self.times, v)), dtype=dtype) for k, v in self.values.items()
+                k: torch.tensor(float(np.interp(t, self.times, v)), dtype=dtype)
+                for k, v in self.values.items()
             }
         if self.epoch is not None:
             now = self.epoch + _dt.timedelta(seconds=t)
@@ -504,7 +509,9 @@ class BoxModel(Model):
         elif isinstance(forcing, Mapping):
             forcing = BoxForcing(dict(forcing))
         if not isinstance(forcing, BoxForcing):
-            raise ForcingError(f"box forcing must be a BoxForcing, an env file or a dict; got {type(forcing)}")
+            raise ForcingError(
+                f"box forcing must be a BoxForcing, an env file or a dict; got {type(forcing)}"
+            )
         self.system = system
         self.forcing = forcing
         self.driver = BoxDriver(
@@ -542,7 +549,8 @@ class BoxModel(Model):
         t0: float = 0.0,
         dtype: torch.dtype | None = None,
     ) -> dict:
-        """The system's initial values (+ ``values``: name -> number or ``(B,)``), ``batch=None``: no batch dim.
+        """The system's initial values (+ ``values``: name -> number or ``(B,)``); ``batch=None``: no batch
+        dim.
 
         ``t0`` (s): the model time the run starts at (running means start from the environment of the first
         step, as FABM's 0-D driver).
@@ -600,7 +608,7 @@ class BoxModel(Model):
 
     def _conserved_names(self) -> list[str]:
         names: list[str] = []
-        for inst, m in self.system.models.items():
+        for m in self.system.models.values():
             for v in m.state_variables.values():
                 names += [q for q in getattr(v, "conserved", {}) or {} if q not in names]
         return names
@@ -651,14 +659,14 @@ class BoxForcingOptions:
 
 @dataclass
 class BoxNumerics:
-    """``numerics:`` section of kind ``box``: the source integrator (``euler``, ``rk2``, ``rk4``, ``mp``, …)."""
+    """``numerics:`` section of kind ``box``: the source integrator (``euler``, ``rk2``, ``rk4``, ``mp``…)."""
 
     method: str = "euler"
 
 
 @dataclass
 class BoxInitial:
-    """``initial:`` section of kind ``box``: ``values`` {global name: number} over the system's initial values."""
+    """``initial:`` section of kind ``box``: ``values`` {global name: number} over the initial values."""
 
     values: dict | None = None
 

@@ -132,7 +132,11 @@ KIND = ModelKind(
         "t0": 6 * 3600.0,
         "free": ["npzd.rmax", "npzd.gmax", "nuh_scale"],
         "initial": {
-            "profiles": {"npzd_phy": [0.9, 1.2, 1.6, 1.9], "npzd_zoo": [0.1, 0.15, 0.2, 0.3], "npzd_det": [2.0, 1.5, 1.2, 1.0]}
+            "profiles": {
+                "npzd_phy": [0.9, 1.2, 1.6, 1.9],
+                "npzd_zoo": [0.1, 0.15, 0.2, 0.3],
+                "npzd_det": [2.0, 1.5, 1.2, 1.0],
+            }
         },
     },
 )

@@ -535,7 +535,9 @@ class ColumnModel(Model):
         for q in self._conserved_names():
             name = q if q.startswith("total_") else f"total_{q}"
             u = next((units[v.name] for v in bgc.variables if q in self._conserved_of(v)), "")
-            out.append(Variable(name, f"{u} m".strip() if u else "", f"column total of {q}", (), "diagnostic"))
+            out.append(
+                Variable(name, f"{u} m".strip() if u else "", f"column total of {q}", (), "diagnostic")
+            )
         return out
 
     def _conserved_of(self, v: Any) -> dict:

@@ -19,10 +19,9 @@ tridiagonal solver's gradients.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
-
-from dataclasses import dataclass
 
 from .errors import ConfigError, ShapeError
 from .model import Coordinate, Model, Variable
@@ -142,7 +141,7 @@ def diffusion1d_case(nlev: int = 20, n_nodes: int = 4, dtype: torch.dtype = torc
     return model, model.initial_state().to(dtype)
 
 
-# -- registration ---------------------------------------------------------------------------------------------
+# -- registration ------------------------------------------------------------------------------------------
 @dataclass
 class ToyDiffusionOptions:
     """``model:`` options of kind ``toy_diffusion`` (see :class:`ImplicitDiffusion1D`)."""
@@ -170,6 +169,6 @@ KIND = ModelKind(
     _build,
     options=ToyDiffusionOptions,
     example=_example,
-    description="1-D implicit diffusion of one tracer with a parametrised ν(z) (a toy for the core machinery)",
+    description="1-D implicit diffusion of one tracer, parametrised ν(z) (a toy for the core machinery)",
     conformance={"steps": 3},
 )

@@ -70,9 +70,7 @@ class Lorenz96(Model):
             raise ShapeError(f"Lorenz-96 state has shape {tuple(state.shape)}; expected (..., {self.nx})")
         return rk4_step(self.tendency, state, self.dt)
 
-    def initial_state(
-        self, batch: int | None = None, *, dtype: torch.dtype | None = None
-    ) -> torch.Tensor:
+    def initial_state(self, batch: int | None = None, *, dtype: torch.dtype | None = None) -> torch.Tensor:
         """The first unit vector e_0 (DAPPER's x0 for ``Lorenz96/sakov2008``), shape ``(nx,)`` or ``(B, nx)``;
         chaos takes over within ~10 time units, which is why statistics skip a burn-in."""
         x = torch.zeros((*_batch_shape(batch), self.nx), dtype=dtype or self._dtype())
@@ -115,9 +113,7 @@ class Lorenz63(Model):
             raise ShapeError(f"Lorenz-63 state has shape {tuple(state.shape)}; expected (..., 3)")
         return rk4_step(self.tendency, state, self.dt)
 
-    def initial_state(
-        self, batch: int | None = None, *, dtype: torch.dtype | None = None
-    ) -> torch.Tensor:
+    def initial_state(self, batch: int | None = None, *, dtype: torch.dtype | None = None) -> torch.Tensor:
         """DAPPER's x0 = (1.509, −1.531, 25.46), close to the attractor for the default parameters; shape
         ``(3,)`` or ``(B, 3)``."""
         x = torch.tensor([1.509, -1.531, 25.46], dtype=dtype or self.params.raw["rho"].dtype)
@@ -130,7 +126,7 @@ class Lorenz63(Model):
         return {"x": state[..., 0], "y": state[..., 1], "z": state[..., 2]}
 
 
-# -- registration ---------------------------------------------------------------------------------------------
+# -- registration ------------------------------------------------------------------------------------------
 @dataclass
 class Lorenz96Options:
     """``model:`` options of kind ``lorenz96``: ring size, forcing F, time step (model time units)."""

@@ -341,7 +341,7 @@ class SpectralQG(Model):
         return qg_variables()
 
     def output(self, state: QGState | torch.Tensor, t: float = 0.0) -> dict[str, torch.Tensor]:
-        """``q``, ``psi``, ``u``, ``v`` on the grid, ``(B, nz, ny, nx)`` each (a PV tensor is accepted too)."""
+        """``q``, ``psi``, ``u``, ``v`` on the grid, ``(B, nz, ny, nx)`` each (a PV tensor is accepted)."""
         if torch.is_tensor(state):
             state = {"q": state, "qh": self.fft(state)}
         f = self.flow(state)
@@ -351,8 +351,9 @@ class SpectralQG(Model):
         return qg_coordinates(self)
 
     def observation_operator(self, variable: str, at: dict | None = None) -> QGPointOperator:
-        """``variable`` (``q``, ``psi``, ``u``, ``v``) at points ``at = {"lev": …, "y": …, "x": …}`` (layer index,
-        metres): bilinear interpolation on the doubly periodic grid; ``lev`` may be left out for one layer."""
+        """``variable`` (``q``, ``psi``, ``u``, ``v``) at points ``at = {"lev": …, "y": …, "x": …}`` (layer
+        index, metres): bilinear interpolation on the doubly periodic grid; ``lev`` may be left out for one
+        layer."""
         return QGPointOperator(self, self.variable(variable).name, at or {})
 
     def random_q(self, batch: int = 1, seed: int = 0) -> torch.Tensor:
@@ -626,7 +627,9 @@ def qg_variables() -> list[Variable]:
     return [
         Variable("q", "s-1", "potential vorticity anomaly", dims),
         Variable("psi", "m2 s-1", "streamfunction", dims, role="diagnostic"),
-        Variable("u", "m s-1", "zonal velocity anomaly (without the background flow)", dims, role="diagnostic"),
+        Variable(
+            "u", "m s-1", "zonal velocity anomaly (without the background flow)", dims, role="diagnostic"
+        ),
         Variable("v", "m s-1", "meridional velocity", dims, role="diagnostic"),
     ]
 
@@ -643,9 +646,9 @@ def qg_coordinates(model: SpectralQG) -> dict[str, Coordinate]:
 class QGPointOperator:
     """``H(state) -> (B, m)``: a QG field at m points ``(lev, y, x)``, bilinear on the periodic grid.
 
-    ``lev`` is a layer index (integers; fractional values interpolate linearly between layers), ``y`` and ``x``
-    are positions in metres (any value: the domain is periodic). The state is a QG state dict or a PV tensor
-    ``(B, nz, ny, nx)`` (:class:`~pelagos.qg.interval.QGInterval`). Differentiable in the state.
+    ``lev`` is a layer index (integers; fractional values interpolate linearly between layers), ``y`` and
+    ``x`` are positions in metres (any value: the domain is periodic). The state is a QG state dict or a PV
+    tensor ``(B, nz, ny, nx)`` (:class:`~pelagos.qg.interval.QGInterval`). Differentiable in the state.
     """
 
     def __init__(self, model: Any, variable: str, at: dict) -> None:
@@ -653,14 +656,18 @@ class QGPointOperator:
         qg = getattr(model, "qg", model)
         unknown = [d for d in at if d not in ("lev", "y", "x")]
         if unknown:
-            raise ObservationError(f"QG variable {variable!r} has dims (lev, y, x); cannot locate it along {unknown}")
+            raise ObservationError(
+                f"QG variable {variable!r} has dims (lev, y, x); cannot locate it along {unknown}"
+            )
         for d in ("y", "x"):
             if d not in at:
                 raise ObservationError(f"observing QG {variable!r}: give the points' {d!r} (m)")
         pts = {d: torch.as_tensor(v, dtype=torch.float64).reshape(-1) for d, v in at.items()}
         if "lev" not in pts:
             if qg.nz != 1:
-                raise ObservationError(f"observing QG {variable!r}: give 'lev' (the model has {qg.nz} layers)")
+                raise ObservationError(
+                    f"observing QG {variable!r}: give 'lev' (the model has {qg.nz} layers)"
+                )
             pts["lev"] = torch.zeros(1, dtype=torch.float64)
         m = max(p.numel() for p in pts.values())
         for d, p in pts.items():
@@ -691,9 +698,11 @@ class QGPointOperator:
         return self._m
 
     def __call__(self, state: Any) -> torch.Tensor:
-        x = self.model.output(state, 0.0)[self.variable] if self.variable != "q" or not torch.is_tensor(
-            state
-        ) else state
+        x = (
+            self.model.output(state, 0.0)[self.variable]
+            if self.variable != "q" or not torch.is_tensor(state)
+            else state
+        )
         (k0, k1, wk), (j0, j1, wj), (i0, i1, wi) = self._stencils
         dev = x.device
         out = 0.0
