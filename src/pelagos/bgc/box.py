@@ -592,7 +592,8 @@ class BoxModel(Model):
 
     # -- variables -------------------------------------------------------------------------------------------
     def output_variables(self) -> list[Variable]:
-        """The system's variables and diagnostics, ``PAR`` at the box centre and the box totals (per m²)."""
+        """The system's variables and diagnostics, ``PAR`` at the box centre and the box totals (per m²,
+        ``total_<quantity>`` as the column's)."""
         sysm = self.system
         out = [Variable(v.name, v.units, v.long_name or v.name, (), "state") for v in sysm.variables]
         out += [
@@ -603,7 +604,7 @@ class BoxModel(Model):
         out.append(Variable("PAR", "W m-2", "photosynthetically active radiation at the box centre", (),
                             "diagnostic", mean=True))  # fmt: skip
         for q in self._conserved_names():
-            out.append(Variable(f"{q}_total", "", f"box total of {q} (per m2)", (), "diagnostic"))
+            out.append(Variable(_total(q), "", f"box total of {q} (per m2)", (), "diagnostic"))
         return out
 
     def _conserved_names(self) -> list[str]:
@@ -631,8 +632,13 @@ class BoxModel(Model):
         out["PAR"] = torch.broadcast_to(env[PAR][..., 0], ref.shape)
         h = torch.full_like(svars[sysm.interior_names[0]], self.depth)
         for q, tot in sysm.conserved_quantities(svars, h=h).items():
-            out[f"{q}_total"] = tot
+            out[_total(q)] = tot
         return out
+
+
+def _total(q: str) -> str:
+    """Name of the box total of conserved quantity ``q`` (as the column's: ``total_<q>``)."""
+    return q if q.startswith("total_") else f"total_{q}"
 
 
 @dataclass
