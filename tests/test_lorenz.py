@@ -55,7 +55,7 @@ def test_rk4_is_fourth_order():
 def test_batched_parameters_equal_separate_runs():
     m = Lorenz96(nx=40)
     m.select_free(["F"])
-    x = m.initial_state((3,)) + 0.1 * torch.randn(3, 40, generator=torch.Generator().manual_seed(2))
+    x = m.initial_state(3) + 0.1 * torch.randn(3, 40, generator=torch.Generator().manual_seed(2))
     F = torch.tensor([6.0, 8.0, 10.0])
     with m.using({"F": F}):  # identity transform: raw = physical
         xb = m.step(x)

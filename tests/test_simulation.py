@@ -300,8 +300,12 @@ def test_window_errors_and_dates(tmp_path):
     lz = Lorenz96(nx=8)
     with pytest.raises(ConfigError, match="no calendar"):
         Simulation(lz, lz.initial_state(), start="2000-01-01", n_steps=1)
+    class Undeclared(Lorenz96):  # a model that skipped output_variables()
+        def output_variables(self):
+            return Model.output_variables(self)
+
     with pytest.raises(ConfigError, match="does not declare its output variables"):
-        ModelNetCDFWriter(tmp_path / "x.nc", lz)
+        ModelNetCDFWriter(tmp_path / "x.nc", Undeclared(nx=8))
     with pytest.raises(ConfigError, match="did you mean 'light'"):
         ModelNetCDFWriter(tmp_path / "x.nc", model, variables=["lihgt"])
 

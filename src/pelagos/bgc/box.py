@@ -27,7 +27,9 @@ value; :mod:`pelagos.core.running_mean`).
 
 from __future__ import annotations
 
+import datetime as _dt
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +37,9 @@ import numpy as np
 import torch
 
 from ..core.errors import ConfigError, ForcingError
-from ..core.model import Model
+from ..core.model import Model, Variable
+from ..core.registry import BuildContext, ModelKind
+from ..core.running_mean import running_mean_init, running_mean_update
 from .base import STANDARD_VARIABLES, BGCModel, mean_key
 from .integrate import integrate_sources, merge_transfers, method_name, transfers_from_rates
 from .system import BGCSystem
@@ -435,4 +439,341 @@ def to_dataset(system: BGCSystem, traj, diags, driver: BoxDriver, times, save_ev
     return ds
 
 
-__all__ = ["BoxDriver", "mean_key", "read_env_file", "run_box", "to_dataset"]
+# -- the box as a Model: step(state, t) with the forcing read at model time t -------------------------------
+class BoxForcing:
+    """Forcing of the 0-D box as a function of model time ``t`` [s]: linear interpolation between records.
+
+    ``values``: ``{standard name: (n,) array}`` at ``times`` (s, increasing), or constants (floats) when
+    ``times`` is ``None``. ``epoch``: calendar date of ``t = 0`` (then the day of the year is provided too).
+    """
+
+    def __init__(
+        self,
+        values: Mapping[str, Any],
+        times: Any = None,
+        *,
+        epoch: _dt.datetime | None = None,
+        name: str = "box forcing",
+    ) -> None:
+        self.name, self.epoch = name, epoch
+        self.times = None if times is None else np.asarray(times, dtype=np.float64).reshape(-1)
+        self.values = {k: np.asarray(v, dtype=np.float64) for k, v in values.items()}
+        for k, v in self.values.items():
+            want = () if self.times is None else self.times.shape
+            if v.shape != want:
+                raise ForcingError(f"{name}: {k!r} has shape {v.shape}; expected {want} (one value per time)")
+        if self.times is not None and (self.times.size < 2 or np.any(np.diff(self.times) <= 0)):
+            raise ForcingError(f"{name}: times must be at least two and strictly increasing")
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> BoxForcing:
+        """A FABM 0-D env file (``date time swr temperature salinity``); t = 0 at its first record."""
+        data = read_env_file(path)
+        t = data["time"]
+        sec = (t - t[0]) / np.timedelta64(1, "s")
+        epoch = _dt.datetime.fromisoformat(str(np.datetime_as_string(t[0], unit="s")))
+        return cls({k: data[k] for k in FORCING_COLUMNS}, sec, epoch=epoch, name=str(path))
+
+    @classmethod
+    def constant(cls, **values: float) -> BoxForcing:
+        """Constant forcing, e.g. ``BoxForcing.constant(surface_downwelling_shortwave_flux=200.0,
+        temperature=12.0, practical_salinity=35.0)``."""
+        return cls(values)
+
+    def seconds(self, when: float | str | _dt.datetime) -> float:
+        """Model time (s) of ``when``: seconds as given, or an ISO date / datetime (needs the epoch)."""
+        if isinstance(when, int | float):
+            return float(when)
+        if self.epoch is None:
+            raise ConfigError(
+                f"{self.name}: a date ({when}) was given but the forcing has no epoch; give seconds"
+            )
+        d = when if isinstance(when, _dt.datetime) else _dt.datetime.fromisoformat(str(when))
+        return (d - self.epoch).total_seconds()
+
+    def sample(self, t: float, dtype: torch.dtype = torch.float64) -> dict[str, torch.Tensor]:
+        """The forcing at model time ``t`` (s) as 0-d tensors (and the day of the year with an epoch)."""
+        t = float(t)
+        if self.times is None:
+            out = {k: torch.tensor(float(v), dtype=dtype) for k, v in self.values.items()}
+        else:
+            lo, hi = self.times[0], self.times[-1]
+            if t < lo - 1e-6 or t > hi + 1e-6:
+                raise ForcingError(
+                    f"{self.name}: covers t = [{lo:g}, {hi:g}] s but t = {t:g} s was asked for"
+                )
+            out = {
+                k: torch.tensor(float(np.interp(t, self.times, v)), dtype=dtype)
+                for k, v in self.values.items()
+            }
+        if self.epoch is not None:
+            now = self.epoch + _dt.timedelta(seconds=t)
+            start = _dt.datetime(now.year, 1, 1, tzinfo=now.tzinfo)
+            doy = (now - start).total_seconds() / 86400.0
+            out.setdefault("number_of_days_since_start_of_the_year", torch.tensor(doy, dtype=dtype))
+        return out
+
+
+class BoxModel(Model):
+    """The 0-D box as a :class:`~pelagos.core.model.Model`: calibrate, assimilate, gradcheck and run it.
+
+    One step ``t -> t + dt`` is :class:`BoxDriver`'s (the environment from the forcing at ``t + dt`` and the
+    light of the state at ``t``, then the sources over ``dt``). State: ``{global name: (*batch, 1)}`` for
+    interior variables, ``(*batch,)`` for bottom/surface ones, and ``"_means"`` (running-mean buffers) when a
+    model asks for temporal means. Parameters: those of the system (``"npzd.rmax"``, …).
+
+    Args:
+        system: a :class:`BGCSystem`.
+        forcing: a :class:`BoxForcing`, a FABM 0-D env file path, or a dict of constants.
+        depth, background_extinction, par_fraction, apply_self_shading, method, dt: as :class:`BoxDriver`.
+    """
+
+    def __init__(
+        self,
+        system: BGCSystem,
+        forcing: BoxForcing | str | Path | Mapping[str, float],
+        *,
+        depth: float = 10.0,
+        background_extinction: float = 0.05,
+        par_fraction: float = 1.0,
+        apply_self_shading: bool = True,
+        method: str | int = "euler",
+        dt: float = 1800.0,
+    ) -> None:
+        super().__init__()
+        if isinstance(forcing, str | Path):
+            forcing = BoxForcing.from_file(forcing)
+        elif isinstance(forcing, Mapping):
+            forcing = BoxForcing(dict(forcing))
+        if not isinstance(forcing, BoxForcing):
+            raise ForcingError(
+                f"box forcing must be a BoxForcing, an env file or a dict; got {type(forcing)}"
+            )
+        self.system = system
+        self.forcing = forcing
+        self.driver = BoxDriver(
+            system,
+            depth=depth,
+            background_extinction=background_extinction,
+            par_fraction=par_fraction,
+            apply_self_shading=apply_self_shading,
+            method=method,
+            dt=dt,
+        )
+        self.dt = self.driver.dt
+        self.depth = self.driver.depth
+
+    @property
+    def epoch(self) -> _dt.datetime | None:
+        return self.forcing.epoch
+
+    def _dtype(self) -> torch.dtype:
+        p = next(iter(self.system.parameters()), None)
+        return p.dtype if p is not None else torch.get_default_dtype()
+
+    def _svars(self, state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {v.name: state[v.name] for v in self.system.variables}
+
+    def _env(self, svars: Mapping[str, torch.Tensor], t: float) -> dict:
+        ref = svars[self.system.interior_names[0]]
+        return self.driver.environment(svars, self.forcing.sample(t, ref.dtype))
+
+    def initial_state(
+        self,
+        batch: int | None = None,
+        *,
+        values: Mapping[str, Any] | None = None,
+        t0: float = 0.0,
+        dtype: torch.dtype | None = None,
+    ) -> dict:
+        """The system's initial values (+ ``values``: name -> number or ``(B,)``); ``batch=None``: no batch
+        dim.
+
+        ``t0`` (s): the model time the run starts at (running means start from the environment of the first
+        step, as FABM's 0-D driver).
+        """
+        state = dict(self.system.initial_state(batch, nz=1, dtype=dtype or self._dtype()))
+        for n, v in (values or {}).items():
+            if n not in state:
+                raise ConfigError(f"initial value for unknown variable {n!r}; valid: {', '.join(state)}")
+            v = torch.as_tensor(v, dtype=state[n].dtype)
+            if state[n].shape[-1:] == (1,) and n in self.system.interior_names and v.ndim:
+                v = v.unsqueeze(-1)
+            state[n] = torch.broadcast_to(v, state[n].shape).clone()
+        if self.driver.means:
+            env = self._env(state, float(t0) + self.dt)
+            state["_means"] = {
+                key: running_mean_init(env[base], period=per, resolution=res)
+                for key, (base, per, res) in self.driver.means.items()
+            }
+        return state
+
+    def step(self, state: Mapping[str, torch.Tensor], t: float | torch.Tensor) -> dict:
+        t = float(t)
+        svars = self._svars(state)
+        env = self._env(svars, t + self.dt)
+        means = None
+        if self.driver.means:
+            means = {}
+            for key, (base, per, res) in self.driver.means.items():
+                means[key] = running_mean_update(
+                    state["_means"][key], env[base], t + self.dt, t, period=per, resolution=res
+                )
+                env[key] = means[key]["mean"]
+        new = self.driver.step(svars, env)
+        self.driver.last_diagnostics = None  # nothing kept between calls
+        new = dict(new)
+        if means is not None:
+            new["_means"] = means
+        return new
+
+    # -- variables -------------------------------------------------------------------------------------------
+    def output_variables(self) -> list[Variable]:
+        """The system's variables and diagnostics, ``PAR`` at the box centre and the box totals (per m²,
+        ``total_<quantity>`` as the column's)."""
+        sysm = self.system
+        out = [Variable(v.name, v.units, v.long_name or v.name, (), "state") for v in sysm.variables]
+        out += [
+            Variable(d.name, d.units, d.long_name or d.name, (), "diagnostic", mean=True)
+            for d in sysm.diagnostics
+            if d.domain == "interior"
+        ]
+        out.append(Variable("PAR", "W m-2", "photosynthetically active radiation at the box centre", (),
+                            "diagnostic", mean=True))  # fmt: skip
+        for q in self._conserved_names():
+            out.append(Variable(_total(q), "", f"box total of {q} (per m2)", (), "diagnostic"))
+        return out
+
+    def _conserved_names(self) -> list[str]:
+        names: list[str] = []
+        for m in self.system.models.values():
+            for v in m.state_variables.values():
+                names += [q for q in getattr(v, "conserved", {}) or {} if q not in names]
+        return names
+
+    def output(self, state: Mapping[str, torch.Tensor], t: float) -> dict[str, torch.Tensor]:
+        sysm = self.system
+        svars = self._svars(state)
+        env = self._env(svars, float(t))
+        if "_means" in state:
+            for key, buf in state["_means"].items():
+                env[key] = buf["mean"]
+        _, diag = sysm.interior_sources(svars, env)
+        out = {n: (x[..., 0] if n in sysm.interior_names else x) for n, x in svars.items()}
+        ref = out[sysm.interior_names[0]]
+        for d in sysm.diagnostics:
+            if d.domain == "interior" and d.name in diag:
+                x = torch.as_tensor(diag[d.name])
+                x = x[..., 0] if x.ndim and x.shape[-1] == 1 else x
+                out[d.name] = torch.broadcast_to(x, ref.shape)
+        out["PAR"] = torch.broadcast_to(env[PAR][..., 0], ref.shape)
+        h = torch.full_like(svars[sysm.interior_names[0]], self.depth)
+        for q, tot in sysm.conserved_quantities(svars, h=h).items():
+            out[_total(q)] = tot
+        return out
+
+
+def _total(q: str) -> str:
+    """Name of the box total of conserved quantity ``q`` (as the column's: ``total_<q>``)."""
+    return q if q.startswith("total_") else f"total_{q}"
+
+
+@dataclass
+class BoxOptions:
+    """``model:`` options of kind ``box``: the biology (a fabm.yaml) and the box geometry and light."""
+
+    fabm_yaml: str | None = "builtin:fabm/fabm-gotm-npzd.yaml"
+    instances: dict | None = None
+    depth: float = 10.0
+    background_extinction: float = 0.05
+    par_fraction: float = 1.0
+    apply_self_shading: bool = True
+
+
+@dataclass
+class BoxForcingOptions:
+    """``forcing:`` section of kind ``box``: a FABM 0-D env file, or constants (W m-2, degC, PSU)."""
+
+    file: str | None = None
+    swr: float = 200.0
+    temperature: float = 12.0
+    salinity: float = 35.0
+
+
+@dataclass
+class BoxNumerics:
+    """``numerics:`` section of kind ``box``: the source integrator (``euler``, ``rk2``, ``rk4``, ``mp``…)."""
+
+    method: str = "euler"
+
+
+@dataclass
+class BoxInitial:
+    """``initial:`` section of kind ``box``: ``values`` {global name: number} over the initial values."""
+
+    values: dict | None = None
+
+
+def _build(options: BoxOptions, ctx: BuildContext) -> BoxModel:
+    dtype = getattr(torch, ctx.dtype)
+    fo = ctx.forcing if ctx.forcing is not None else BoxForcingOptions()
+    num = ctx.numerics if ctx.numerics is not None else BoxNumerics()
+    if fo.file:
+        forcing = BoxForcing.from_file(ctx.path(fo.file))
+    else:
+        forcing = BoxForcing.constant(
+            **{SWR_SF: fo.swr, "temperature": fo.temperature, "practical_salinity": fo.salinity}
+        )
+    source: Any = ctx.path(options.fabm_yaml) if options.fabm_yaml else {"instances": options.instances}
+    system = BGCSystem.from_yaml(source, dtype=dtype)
+    return BoxModel(
+        system,
+        forcing,
+        depth=options.depth,
+        background_extinction=options.background_extinction,
+        par_fraction=options.par_fraction,
+        apply_self_shading=options.apply_self_shading,
+        method=num.method,
+        dt=float(ctx.dt) if ctx.dt is not None else 1800.0,
+    ).to(dtype)
+
+
+def _example() -> BoxModel:
+    """gotm/npzd in a 10 m box under a light that varies over the day (float64)."""
+    from .npzd import NPZD
+
+    t = np.arange(0, 2 * 86400 + 1, 3600.0)
+    swr = 50.0 + 250.0 * np.clip(np.sin(2 * np.pi * (t / 86400.0 - 0.25)), 0.0, None)
+    forcing = BoxForcing(
+        {SWR_SF: swr, "temperature": np.full_like(t, 12.0), "practical_salinity": np.full_like(t, 35.0)}, t
+    )
+    return BoxModel(BGCSystem({"npzd": NPZD()}), forcing, dt=1800.0).to(torch.float64)
+
+
+KIND = ModelKind(
+    "box",
+    _build,
+    options=BoxOptions,
+    forcing=BoxForcingOptions,
+    numerics=BoxNumerics,
+    initial=BoxInitial,
+    example=_example,
+    description="0-D box of FABM-style biogeochemistry (FABM's fabm0d), forced by light and temperature",
+    conformance={
+        "steps": 3,
+        "t0": 6 * 3600.0,
+        "free": ["npzd.rmax", "npzd.gmax", "npzd.alpha"],
+        "initial": {"values": {"npzd_phy": 1.0, "npzd_zoo": 0.2, "npzd_det": 1.5}},
+    },
+)
+
+__all__ = [
+    "KIND",
+    "BoxDriver",
+    "BoxForcing",
+    "BoxModel",
+    "mean_key",
+    "read_env_file",
+    "run_box",
+    "to_dataset",
+]

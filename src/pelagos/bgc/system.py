@@ -310,11 +310,18 @@ class BGCSystem(Model):
     # -- state ---------------------------------------------------------------------------------------------
     def initial_state(
         self,
-        batch_shape: tuple[int, ...] = (),
+        batch: int | tuple[int, ...] | None = None,
+        *,
         nz: int = 1,
         dtype: torch.dtype | None = None,
         device: torch.device | str | None = None,
     ) -> dict[str, Tensor]:
+        """Every variable at its initial value: interior ``(*batch, nz)``, bottom/surface ``(*batch,)``.
+
+        ``batch``: ``None`` (no batch dim), an int ``B`` or a tuple of batch dims. A system is a component of
+        a host (box, column), which owns the time step; this only lays out its variables.
+        """
+        batch_shape = () if batch is None else (int(batch),) if isinstance(batch, int) else tuple(batch)
         dtype = dtype or torch.get_default_dtype()
         out = {}
         for v in self.variables:

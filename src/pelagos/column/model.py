@@ -32,7 +32,7 @@ from typing import Any
 import torch
 
 from ..core.errors import ConfigError, ForcingError
-from ..core.model import Model
+from ..core.model import Coordinate, Model, Variable
 from ..core.running_mean import running_mean_init, running_mean_update
 from .forcing import ColumnForcing
 
@@ -309,9 +309,14 @@ class ColumnModel(Model):
                 rates[n] = rates[n] + F if n in rates else F
 
     # -- the contract ------------------------------------------------------------------------------------
+    @property
+    def epoch(self):  # -> datetime | None
+        """Calendar date of model time 0: the forcing's epoch (``None`` if the forcing has none)."""
+        return self.forcing.epoch
+
     def initial_state(
         self,
-        n_columns: int | None = None,
+        batch: int | None = None,
         *,
         profiles: Mapping[str, Any] | None = None,
         t0: float = 0.0,
@@ -319,14 +324,15 @@ class ColumnModel(Model):
     ) -> dict:
         """Initial state from the BGC initial values (+ ``profiles``: name -> scalar, (nz,) or (B, nz)).
 
-        ``n_columns`` defaults to the forcing's column count. ``t0`` (s) is where running means start.
+        ``batch`` = the number of columns B (every leaf has a leading dim B); ``None``: the forcing's column
+        count (1 for a single forcing). ``t0`` (s) is where running means start.
         """
         f = self.forcing
-        B = int(n_columns or f.n_columns)
+        B = int(batch or f.n_columns)
         if f.n_columns not in (1, B):
             raise ForcingError(f"forcing has {f.n_columns} columns but the model runs {B}; give 1 or {B}")
         dtype = dtype or f.dtype
-        state = dict(self.bgc.initial_state(batch_shape=(B,), nz=self.nz, dtype=dtype, device=f.device))
+        state = dict(self.bgc.initial_state(B, nz=self.nz, dtype=dtype, device=f.device))
         for n, v in (profiles or {}).items():
             if n not in state:
                 raise ConfigError(f"initial profile for unknown variable {n!r}; valid: {', '.join(state)}")
@@ -504,6 +510,57 @@ class ColumnModel(Model):
             out[q if q.startswith("total_") else f"total_{q}"] = v
         return out
 
+    def output_variables(self) -> list[Variable]:
+        """What :meth:`output` gives: the BGC state variables (FABM global names; interior on dim ``z``,
+        bottom/surface pools without dims), the BGC diagnostics and ``PAR`` (interval means when written), the
+        physics as used (``h``, ``temp``, ``salt`` on ``z``, ``nuh`` on ``zi``, ``I_0``) and the column totals
+        of the conserved quantities (``total_<quantity>``, per m²)."""
+        bgc = self.bgc
+        out = []
+        for v in getattr(bgc, "variables", []):
+            dims = ("z",) if v.domain == "interior" else ()
+            out.append(Variable(v.name, v.units, v.long_name or v.name, dims, "state"))
+        for d in getattr(bgc, "diagnostics", []) or []:
+            dims = ("z",) if d.domain == "interior" else ()
+            out.append(Variable(d.name, d.units, d.long_name or d.name, dims, "diagnostic", mean=True))
+        out += [
+            Variable("h", "m", "layer thickness", ("z",), "forcing"),
+            Variable("temp", "degC", "temperature", ("z",), "forcing"),
+            Variable("salt", "PSU", "practical salinity", ("z",), "forcing"),
+            Variable("nuh", "m2 s-1", "turbulent diffusivity of heat (as used, scaled)", ("zi",), "forcing"),
+            Variable("I_0", "W m-2", "net shortwave radiation entering the water", (), "forcing"),
+            Variable("PAR", "W m-2", "photosynthetically active radiation", ("z",), "diagnostic", mean=True),
+        ]
+        units = {v.name: v.units for v in getattr(bgc, "variables", [])}
+        for q in self._conserved_names():
+            name = q if q.startswith("total_") else f"total_{q}"
+            u = next((units[v.name] for v in bgc.variables if q in self._conserved_of(v)), "")
+            out.append(
+                Variable(name, f"{u} m".strip() if u else "", f"column total of {q}", (), "diagnostic")
+            )
+        return out
+
+    def _conserved_of(self, v: Any) -> dict:
+        inst = self.bgc.models[v.instance]
+        return dict(getattr(inst.state_variables[v.local], "conserved", {}) or {})
+
+    def _conserved_names(self) -> list[str]:
+        names: list[str] = []
+        for v in getattr(self.bgc, "variables", []):
+            for q in self._conserved_of(v):
+                if q not in names:
+                    names.append(q)
+        return names
+
+    def output_coordinates(self) -> dict[str, Coordinate]:
+        """``z`` (layer centres) and ``zi`` (interfaces): GOTM's heights [m], negative below the surface,
+        index 0 at the bottom, from the first column's ``h`` at the start of the forcing."""
+        c = self.coordinates(self.forcing.t_start)
+        return {
+            "z": Coordinate(c["z"][0].detach().cpu(), "m", "height of the layer centre (negative down)"),
+            "zi": Coordinate(c["zi"][0].detach().cpu(), "m", "height of the interface (negative down)"),
+        }
+
     def totals(self, state: Mapping[str, Any], t: float) -> dict[str, torch.Tensor]:
         """Column totals of the conserved quantities (per m2), shape ``(B,)``, using ``h`` at time ``t``."""
         h = self.forcing.sample(float(t), ["h"])["h"]
@@ -520,61 +577,12 @@ class ColumnModel(Model):
 
 OutputHook = Callable[[float, dict], None]
 
-_PHYS_META = {
-    "h": ("m", "layer thickness"),
-    "temp": ("degC", "temperature"),
-    "salt": ("PSU", "practical salinity"),
-    "nuh": ("m2 s-1", "turbulent diffusivity of heat (as used, scaled)"),
-    "I_0": ("W m-2", "net shortwave radiation entering the water"),
-    "PAR": ("W m-2", "photosynthetically active radiation"),
-}
 
-
-def column_output_spec(model: ColumnModel, t: float, sample: Mapping[str, torch.Tensor] | None = None):
-    """``(variables, coordinates)`` of the column's outputs for writers: the model's own declaration when it
-    has one (``output_variables``/``output_coordinates``), else derived here from an output sample: profiles
-    on ``z`` (layer centres) or ``zi`` (interfaces), one value per column otherwise; BGC diagnostics and PAR
-    are interval means (GOTM's mean output: a production at midnight says nothing about the day)."""
-    from ..core.model import Coordinate, Variable
-    from ..core.simulation import declared_variables
-
-    decl = declared_variables(model)
-    if decl is not None:
-        return decl, dict(model.output_coordinates())
-    if sample is None:
-        with torch.no_grad():
-            sample = model.output(model.initial_state(1, t0=t), t)
-    nz = model.nz
-    meta = {}
-    for v in getattr(model.bgc, "variables", []):
-        meta[v.name] = (getattr(v, "units", ""), getattr(v, "long_name", ""), "state")
-    for d in getattr(model.bgc, "diagnostics", []) or []:
-        if hasattr(d, "name"):
-            meta[d.name] = (getattr(d, "units", ""), getattr(d, "long_name", ""), "diagnostic")
-    meta.update({k: (u, n, "forcing") for k, (u, n) in _PHYS_META.items()})
-    meta["PAR"] = (*_PHYS_META["PAR"], "diagnostic")
-    variables = []
-    for name, x in sample.items():
-        shape = tuple(x.shape)
-        if len(shape) == 2 and shape[1] == nz:
-            dims: tuple[str, ...] = ("z",)
-        elif len(shape) == 2 and shape[1] == nz + 1:
-            dims = ("zi",)
-        elif len(shape) == 1:
-            dims = ()
-        else:
-            continue  # nothing else is written
-        units, long_name, role = meta.get(name, ("", "", "diagnostic"))
-        if name.startswith("total_"):
-            units, long_name = units or "per m2", long_name or f"column integral of {name[6:]}"
-        mean = role == "diagnostic" and not name.startswith("total_")
-        variables.append(Variable(name, units, long_name, dims, role=role, mean=mean))
-    c = model.coordinates(t)
-    coords = {
-        "z": Coordinate(c["z"][0], "m", "depth of layer centres (negative down)"),
-        "zi": Coordinate(c["zi"][0], "m", "depth of interfaces (negative down)"),
-    }
-    return variables, coords
+def column_output_spec(model: ColumnModel, t: float | None = None, sample: Any = None):
+    """``(variables, coordinates)`` of the column's outputs for writers: the model's declaration
+    (:meth:`ColumnModel.output_variables`: BGC diagnostics and PAR are interval means, as GOTM's mean output —
+    a production at midnight says nothing about the day). ``t``, ``sample``: ignored (old callers)."""
+    return model.output_variables(), dict(model.output_coordinates())
 
 
 def run_column(

@@ -72,8 +72,19 @@ class StackedColumn(Model):
             )
         return {n: x[..., i, :] for i, n in enumerate(self.variables)}
 
-    def initial_state(self, *args: Any, **kwargs: Any) -> torch.Tensor:
-        return self.stack(self.model.initial_state(*args, **kwargs))
+    @property
+    def epoch(self):  # -> datetime | None
+        return self.model.epoch
+
+    def initial_state(self, batch: int | None = None, **options: Any) -> torch.Tensor:
+        """The column's initial state (same ``batch`` and options) stacked to ``(B, V, nz)``."""
+        return self.stack(self.model.initial_state(batch, **options))
+
+    def output_variables(self) -> list:
+        return self.model.output_variables()
+
+    def output_coordinates(self) -> dict:
+        return self.model.output_coordinates()
 
     def step(self, x: torch.Tensor, t: float) -> torch.Tensor:
         lead = x.shape[:-2]
@@ -95,14 +106,34 @@ class StackedColumn(Model):
                     nb = max(nb, int(v.shape[0]))
         return nb
 
-    def observation_operator(self, columns: list) -> Any:
-        """:class:`~pelagos.column.observe.ColumnObservationOperator` for ``[(variable, depth | "surface" |
-        "integral"), ...]`` on this column's grid (the hook ``pelagos.inverse.config`` looks for)."""
-        from .observe import ColumnObservationOperator, _fixed_h
+    def observation_operator(self, variable: str | list, at: Mapping[str, Any] | None = None) -> Any:
+        """The column's observation operator of ``variable`` at ``at`` (see
+        :meth:`ColumnModel.observation_operator`), applied to the stacked state.
 
-        return ColumnObservationOperator(
-            columns, self.variables, _fixed_h(self.forcing, [self.forcing.t_start])
-        )
+        A list ``[(variable, depth | "surface" | "integral"), ...]`` (the older form) gives a
+        :class:`~pelagos.column.observe.ColumnObservationOperator` on this column's grid.
+        """
+        if not isinstance(variable, str):
+            from .observe import ColumnObservationOperator, _fixed_h
+
+            return ColumnObservationOperator(
+                variable, self.variables, _fixed_h(self.forcing, [self.forcing.t_start])
+            )
+        return _Unstacked(self, self.model.observation_operator(variable, at))
 
     def output(self, x: torch.Tensor, t: float) -> dict[str, torch.Tensor]:
         return self.model.output(self.unstack(x.reshape(-1, *x.shape[-2:])), t)
+
+
+class _Unstacked:
+    """An operator on the column's dict state applied to the stacked tensor state ``(..., V, nz)``."""
+
+    def __init__(self, stacked: StackedColumn, H: Any) -> None:
+        self.stacked, self.H = stacked, H
+
+    @property
+    def m(self) -> int:
+        return int(self.H.m)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.H(self.stacked.unstack(x.reshape(-1, *x.shape[-2:]))).reshape(*x.shape[:-2], -1)

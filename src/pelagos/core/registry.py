@@ -94,7 +94,16 @@ class BuildContext:
 
 
 # name -> "module:attribute" of a ModelKind; one line per built-in model.
-BUILTIN: dict[str, str] = {}
+BUILTIN: dict[str, str] = {
+    "column": "pelagos.column.kind:KIND",
+    "qg": "pelagos.qg.kind:KIND",
+    "qg_layered": "pelagos.qg.kind:KIND_LAYERED",
+    "qg_bt": "pelagos.qg.kind:KIND_BT",
+    "lorenz63": "pelagos.models.lorenz:KIND63",
+    "lorenz96": "pelagos.models.lorenz:KIND96",
+    "box": "pelagos.bgc.box:KIND",
+    "toy_diffusion": "pelagos.core.toy:KIND",
+}
 
 _registered: dict[str, ModelKind] = {}
 _entry_points_loaded = False

@@ -19,14 +19,16 @@ tridiagonal solver's gradients.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 
 from .errors import ConfigError, ShapeError
-from .model import Model
+from .model import Coordinate, Model, Variable
+from .registry import BuildContext, ModelKind
 from .tridiagonal import solve_tridiagonal
 
-__all__ = ["ImplicitDiffusion1D", "diffusion1d_case"]
+__all__ = ["KIND", "ImplicitDiffusion1D", "ToyDiffusionOptions", "diffusion1d_case"]
 
 
 class ImplicitDiffusion1D(Model):
@@ -96,14 +98,23 @@ class ImplicitDiffusion1D(Model):
         log_nodes = torch.stack([torch.log(self.param(n)) for n in self.node_names()], dim=-1)
         return torch.exp(log_nodes @ self.interp.to(log_nodes.dtype).T)
 
-    def initial_state(self, kind: str = "modes") -> torch.Tensor:
-        """A profile with structure at every depth (so every ν node is observable): a sum of cosine modes."""
+    def initial_state(self, batch: int | None = None, *, kind: str = "modes") -> torch.Tensor:
+        """A profile with structure at every depth (so every ν node is observable): a sum of cosine modes.
+
+        ``batch=None``: shape ``(nlev,)``; ``batch=B``: ``(B, nlev)`` (B copies).
+        """
         if kind != "modes":
             raise ConfigError(f"ImplicitDiffusion1D.initial_state: unknown kind {kind!r}; valid: 'modes'")
         s = self.z() / self.depth
-        return (
-            1.0 + torch.cos(math.pi * s) + 0.6 * torch.cos(3 * math.pi * s) + 0.3 * torch.cos(6 * math.pi * s)
-        )
+        c = 1.0 + torch.cos(math.pi * s) + 0.6 * torch.cos(3 * math.pi * s) + 0.3 * torch.cos(6 * math.pi * s)
+        return c if batch is None else c.expand(int(batch), -1).clone()
+
+    # -- variables -------------------------------------------------------------------------------------------
+    def output_variables(self) -> list[Variable]:
+        return [Variable("c", "1", "tracer concentration", ("z",))]
+
+    def output_coordinates(self) -> dict[str, Coordinate]:
+        return {"z": Coordinate(self.z(), "m", "depth of the layer centre (positive down)")}
 
     def step(self, c: torch.Tensor, t: float | torch.Tensor) -> torch.Tensor:
         if c.shape[-1] != self.nlev:
@@ -128,3 +139,36 @@ def diffusion1d_case(nlev: int = 20, n_nodes: int = 4, dtype: torch.dtype = torc
         model.set_parameter_value(f"nu_{k}", nu)
     model.select_free("all")
     return model, model.initial_state().to(dtype)
+
+
+# -- registration ------------------------------------------------------------------------------------------
+@dataclass
+class ToyDiffusionOptions:
+    """``model:`` options of kind ``toy_diffusion`` (see :class:`ImplicitDiffusion1D`)."""
+
+    nlev: int = 30
+    depth: float = 100.0
+    dt: float = 3600.0
+    n_nodes: int = 5
+    nu_default: float = 1e-3
+
+
+def _build(options: ToyDiffusionOptions, ctx: BuildContext) -> ImplicitDiffusion1D:
+    o = options
+    dt = ctx.dt if ctx.dt is not None else o.dt
+    m = ImplicitDiffusion1D(o.nlev, o.depth, dt, o.n_nodes, o.nu_default)
+    return m.to(getattr(torch, ctx.dtype))
+
+
+def _example() -> ImplicitDiffusion1D:
+    return diffusion1d_case(nlev=8, n_nodes=3)[0]
+
+
+KIND = ModelKind(
+    "toy_diffusion",
+    _build,
+    options=ToyDiffusionOptions,
+    example=_example,
+    description="1-D implicit diffusion of one tracer, parametrised ν(z) (a toy for the core machinery)",
+    conformance={"steps": 3},
+)

@@ -16,10 +16,24 @@ Time is nondimensional ("model time units").
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from ..core.errors import ConfigError, ShapeError
-from ..core.model import Model
+from ..core.model import Coordinate, Model, Variable
+from ..core.registry import BuildContext, ModelKind
+
+
+def _batch_shape(batch: int | tuple[int, ...] | None) -> tuple[int, ...]:
+    """``None`` -> no batch dim; ``B`` -> ``(B,)`` (a tuple of dims is accepted too)."""
+    if batch is None:
+        return ()
+    if isinstance(batch, tuple | list):
+        return tuple(int(b) for b in batch)
+    if isinstance(batch, bool) or int(batch) != batch or batch < 1:
+        raise ConfigError(f"initial_state: batch must be None or a positive int; got {batch!r}")
+    return (int(batch),)
 
 
 def rk4_step(f, x: torch.Tensor, dt: float) -> torch.Tensor:
@@ -56,13 +70,21 @@ class Lorenz96(Model):
             raise ShapeError(f"Lorenz-96 state has shape {tuple(state.shape)}; expected (..., {self.nx})")
         return rk4_step(self.tendency, state, self.dt)
 
-    def initial_state(self, batch: tuple[int, ...] = (), *, dtype: torch.dtype | None = None) -> torch.Tensor:
-        """The first unit vector e_0 (DAPPER's x0 for ``Lorenz96/sakov2008``); chaos takes over within ~10
-        time
-        units, which is why statistics skip a burn-in."""
-        x = torch.zeros((*batch, self.nx), dtype=dtype or torch.get_default_dtype())
+    def initial_state(self, batch: int | None = None, *, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """The first unit vector e_0 (DAPPER's x0 for ``Lorenz96/sakov2008``), shape ``(nx,)`` or ``(B, nx)``;
+        chaos takes over within ~10 time units, which is why statistics skip a burn-in."""
+        x = torch.zeros((*_batch_shape(batch), self.nx), dtype=dtype or self._dtype())
         x[..., 0] = 1.0
         return x
+
+    def _dtype(self) -> torch.dtype:
+        return self.params.raw["F"].dtype
+
+    def output_variables(self) -> list[Variable]:
+        return [Variable("x", "1", "Lorenz-96 variable", ("i",))]
+
+    def output_coordinates(self) -> dict[str, Coordinate]:
+        return {"i": Coordinate(torch.arange(self.nx, dtype=torch.float64), "1", "position on the ring")}
 
 
 class Lorenz63(Model):
@@ -91,7 +113,61 @@ class Lorenz63(Model):
             raise ShapeError(f"Lorenz-63 state has shape {tuple(state.shape)}; expected (..., 3)")
         return rk4_step(self.tendency, state, self.dt)
 
-    def initial_state(self, batch: tuple[int, ...] = (), *, dtype: torch.dtype | None = None) -> torch.Tensor:
-        """DAPPER's x0 = (1.509, −1.531, 25.46), close to the attractor for the default parameters."""
-        x = torch.tensor([1.509, -1.531, 25.46], dtype=dtype or torch.get_default_dtype())
-        return x.expand(*batch, 3).clone()
+    def initial_state(self, batch: int | None = None, *, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """DAPPER's x0 = (1.509, −1.531, 25.46), close to the attractor for the default parameters; shape
+        ``(3,)`` or ``(B, 3)``."""
+        x = torch.tensor([1.509, -1.531, 25.46], dtype=dtype or self.params.raw["rho"].dtype)
+        return x.expand(*_batch_shape(batch), 3).clone()
+
+    def output_variables(self) -> list[Variable]:
+        return [Variable(n, "1", f"Lorenz-63 {n}") for n in ("x", "y", "z")]
+
+    def output(self, state: torch.Tensor, t: float = 0.0) -> dict[str, torch.Tensor]:
+        return {"x": state[..., 0], "y": state[..., 1], "z": state[..., 2]}
+
+
+# -- registration ------------------------------------------------------------------------------------------
+@dataclass
+class Lorenz96Options:
+    """``model:`` options of kind ``lorenz96``: ring size, forcing F, time step (model time units)."""
+
+    nx: int = 40
+    F: float = 8.0
+    dt: float = 0.05
+
+
+@dataclass
+class Lorenz63Options:
+    """``model:`` options of kind ``lorenz63``."""
+
+    sigma: float = 10.0
+    rho: float = 28.0
+    beta: float = 8.0 / 3.0
+    dt: float = 0.01
+
+
+def _build96(o: Lorenz96Options, ctx: BuildContext) -> Lorenz96:
+    return Lorenz96(o.nx, o.F, ctx.dt if ctx.dt is not None else o.dt).to(getattr(torch, ctx.dtype))
+
+
+def _build63(o: Lorenz63Options, ctx: BuildContext) -> Lorenz63:
+    m = Lorenz63(o.sigma, o.rho, o.beta, ctx.dt if ctx.dt is not None else o.dt)
+    return m.to(getattr(torch, ctx.dtype))
+
+
+KIND96 = ModelKind(
+    "lorenz96",
+    _build96,
+    options=Lorenz96Options,
+    example=lambda: Lorenz96(nx=8).to(torch.float64),
+    description="Lorenz-96 ring (RK4), the standard data-assimilation test bed",
+    conformance={"steps": 3},
+)
+KIND63 = ModelKind(
+    "lorenz63",
+    _build63,
+    options=Lorenz63Options,
+    example=lambda: Lorenz63().to(torch.float64),
+    description="Lorenz-63 (RK4), three variables x, y, z",
+    conformance={"steps": 3},
+)

@@ -24,8 +24,8 @@ from typing import Any
 import torch
 import torch.autograd.forward_ad as fwAD
 
-from ..core.errors import ConfigError, ShapeError, StabilityError
-from ..core.model import Model
+from ..core.errors import ConfigError, ObservationError, ShapeError, StabilityError
+from ..core.model import Coordinate, Model, Variable
 from . import _step_c
 from .adjoint import QGStep, step_constants
 from .fftops import adjoint_weights, divergence, rfft2, velocities
@@ -327,9 +327,34 @@ class SpectralQG(Model):
             "ablevel": torch.zeros(q.shape[0], dtype=self.dtype, device=self.device),
         }
 
-    def initial_state(self, batch: int = 1, seed: int = 0, q: torch.Tensor | None = None) -> QGState:
-        """Seeded random initial condition (pyqg's recipe, see :meth:`random_q`) or the given ``q``."""
-        return self.state_from_q(self.random_q(batch, seed) if q is None else q)
+    def initial_state(
+        self, batch: int | None = None, *, seed: int = 0, q: torch.Tensor | None = None
+    ) -> QGState:
+        """Seeded random initial condition (pyqg's recipe, see :meth:`random_q`) or the given ``q``.
+
+        The QG state always has a leading batch dim: ``batch=None`` gives one member ``(1, nz, ny, nx)``.
+        """
+        return self.state_from_q(self.random_q(1 if batch is None else int(batch), seed) if q is None else q)
+
+    # -- variables: what writers write and observations name --------------------------------------------
+    def output_variables(self) -> list[Variable]:
+        return qg_variables()
+
+    def output(self, state: QGState | torch.Tensor, t: float = 0.0) -> dict[str, torch.Tensor]:
+        """``q``, ``psi``, ``u``, ``v`` on the grid, ``(B, nz, ny, nx)`` each (a PV tensor is accepted)."""
+        if torch.is_tensor(state):
+            state = {"q": state, "qh": self.fft(state)}
+        f = self.flow(state)
+        return {"q": state["q"], "psi": self.ifft(f.ph), "u": f.u, "v": f.v}
+
+    def output_coordinates(self) -> dict[str, Coordinate]:
+        return qg_coordinates(self)
+
+    def observation_operator(self, variable: str, at: dict | None = None) -> QGPointOperator:
+        """``variable`` (``q``, ``psi``, ``u``, ``v``) at points ``at = {"lev": …, "y": …, "x": …}`` (layer
+        index, metres): bilinear interpolation on the doubly periodic grid; ``lev`` may be left out for one
+        layer."""
+        return QGPointOperator(self, self.variable(variable).name, at or {})
 
     def random_q(self, batch: int = 1, seed: int = 0) -> torch.Tensor:
         """pyqg-like initial PV: 1e-7·U(0,1) noise plus 1e-6·U(0,1) zonal stripes in the top layer."""
@@ -594,3 +619,96 @@ class SpectralQG(Model):
                 f"CFL number {float(cfl[i]):.3g} >= {limit:g} in trajectory {i} (dt = {self.dt:g} s, "
                 f"dx = {self.grid.dx:g} m); reduce dt or add dissipation"
             )
+
+
+# -- variables, coordinates and point observations shared by every QG model (and QGInterval) ---------------
+def qg_variables() -> list[Variable]:
+    dims = ("lev", "y", "x")
+    return [
+        Variable("q", "s-1", "potential vorticity anomaly", dims),
+        Variable("psi", "m2 s-1", "streamfunction", dims, role="diagnostic"),
+        Variable(
+            "u", "m s-1", "zonal velocity anomaly (without the background flow)", dims, role="diagnostic"
+        ),
+        Variable("v", "m s-1", "meridional velocity", dims, role="diagnostic"),
+    ]
+
+
+def qg_coordinates(model: SpectralQG) -> dict[str, Coordinate]:
+    g = model.grid
+    return {
+        "lev": Coordinate(torch.arange(model.nz, dtype=torch.float64), "1", "layer index (0 = top)"),
+        "y": Coordinate(g.y[:, 0].cpu(), "m", "meridional position of the cell centre"),
+        "x": Coordinate(g.x[0].cpu(), "m", "zonal position of the cell centre"),
+    }
+
+
+class QGPointOperator:
+    """``H(state) -> (B, m)``: a QG field at m points ``(lev, y, x)``, bilinear on the periodic grid.
+
+    ``lev`` is a layer index (integers; fractional values interpolate linearly between layers), ``y`` and
+    ``x`` are positions in metres (any value: the domain is periodic). The state is a QG state dict or a PV
+    tensor ``(B, nz, ny, nx)`` (:class:`~pelagos.qg.interval.QGInterval`). Differentiable in the state.
+    """
+
+    def __init__(self, model: Any, variable: str, at: dict) -> None:
+        self.model, self.variable = model, variable
+        qg = getattr(model, "qg", model)
+        unknown = [d for d in at if d not in ("lev", "y", "x")]
+        if unknown:
+            raise ObservationError(
+                f"QG variable {variable!r} has dims (lev, y, x); cannot locate it along {unknown}"
+            )
+        for d in ("y", "x"):
+            if d not in at:
+                raise ObservationError(f"observing QG {variable!r}: give the points' {d!r} (m)")
+        pts = {d: torch.as_tensor(v, dtype=torch.float64).reshape(-1) for d, v in at.items()}
+        if "lev" not in pts:
+            if qg.nz != 1:
+                raise ObservationError(
+                    f"observing QG {variable!r}: give 'lev' (the model has {qg.nz} layers)"
+                )
+            pts["lev"] = torch.zeros(1, dtype=torch.float64)
+        m = max(p.numel() for p in pts.values())
+        for d, p in pts.items():
+            if p.numel() not in (1, m):
+                raise ShapeError(f"observation points along {d!r}: {p.numel()} values, expected 1 or {m}")
+        lev = pts["lev"].expand(m)
+        if bool(((lev < 0) | (lev > qg.nz - 1)).any()):
+            raise ObservationError(f"observing QG {variable!r}: lev must lie in [0, {qg.nz - 1}]")
+        self._m = m
+        g = qg.grid
+        # fractional cell indices (cell centres at (i + ½) dx), periodic
+        self._stencils = []
+        for d, size, step in (("lev", qg.nz, 1.0), ("y", g.ny, g.dy), ("x", g.nx, g.dx)):
+            p = pts[d].expand(m)
+            f = p if d == "lev" else p / step - 0.5
+            i0 = torch.floor(f)
+            w = f - i0
+            i0 = i0.long()
+            if d == "lev":
+                i0 = i0.clamp(max=size - 1)
+                i1 = (i0 + 1).clamp(max=size - 1)
+            else:
+                i0, i1 = i0 % size, (i0 + 1) % size
+            self._stencils.append((i0, i1, w))
+
+    @property
+    def m(self) -> int:
+        return self._m
+
+    def __call__(self, state: Any) -> torch.Tensor:
+        x = (
+            self.model.output(state, 0.0)[self.variable]
+            if self.variable != "q" or not torch.is_tensor(state)
+            else state
+        )
+        (k0, k1, wk), (j0, j1, wj), (i0, i1, wi) = self._stencils
+        dev = x.device
+        out = 0.0
+        for k, ak in ((k0, 1 - wk), (k1, wk)):
+            for j, aj in ((j0, 1 - wj), (j1, wj)):
+                for i, ai in ((i0, 1 - wi), (i1, wi)):
+                    w = (ak * aj * ai).to(dtype=x.dtype, device=dev)
+                    out = out + w * x[:, k.to(dev), j.to(dev), i.to(dev)]
+        return out

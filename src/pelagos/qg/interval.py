@@ -10,10 +10,12 @@ and its output is added once at the end: the form in which increments x_a(t_k) â
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
-from ..core.model import Model
-from .base import SpectralQG
+from ..core.model import Coordinate, Model, Variable
+from .base import QGPointOperator, SpectralQG, qg_coordinates, qg_variables
 
 
 class QGInterval(Model):
@@ -32,3 +34,19 @@ class QGInterval(Model):
         if self.correction is not None:
             out = out + self.correction(q).to(out.dtype)
         return out
+
+    def initial_state(self, batch: int | None = None, *, seed: int = 0) -> torch.Tensor:
+        """The QG model's seeded random PV, ``(B, nz, ny, nx)`` (``batch=None``: B = 1)."""
+        return self.qg.random_q(1 if batch is None else int(batch), seed)
+
+    def output_variables(self) -> list[Variable]:
+        return qg_variables()
+
+    def output(self, q: torch.Tensor, t: float = 0.0) -> dict[str, torch.Tensor]:
+        return self.qg.output(q, t)
+
+    def output_coordinates(self) -> dict[str, Coordinate]:
+        return qg_coordinates(self.qg)
+
+    def observation_operator(self, variable: str, at: dict | None = None) -> Any:
+        return QGPointOperator(self, self.variable(variable).name, at or {})
