@@ -6,9 +6,11 @@ so the Gaussian lives where the priors are Gaussian. Three ways to get H⁻¹ (o
 - ``"hessian"``: full Hessian by double autograd (small controls);
 - ``"gauss-newton"``: JᵀJ from the Jacobian of the whitened residuals (drops second-derivative model terms;
   always positive semi-definite);
-- ``"cg"``: Hessian-vector products (reverse-over-reverse) and conjugate gradients, one solve per wanted
-entry —
-  for large controls (e.g. initial state + parameters) when only the parameter block is needed.
+- ``"cg"``: Hessian-vector products (reverse-over-reverse) and conjugate gradients
+  (:func:`pelagos.core.solve_cg`), one solve per wanted entry — for large controls (e.g. initial state +
+  parameters) when only the parameter block is needed. A solve that does not converge (or meets negative
+  curvature) raises :class:`~pelagos.core.errors.SolverError`, as the other two methods do when H is not
+  positive definite: a covariance from an unconverged solve would be silently wrong.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from ..core.errors import ConfigError, SolverError, check_choice
+from ..core.linsolve import solve_cg
 
 
 def hessian(cost: Callable[[torch.Tensor], torch.Tensor], z: torch.Tensor) -> torch.Tensor:
@@ -42,29 +45,14 @@ def conjugate_gradient(
     tol: float = 1e-10,
     max_iter: int = 500,
 ) -> torch.Tensor:
-    """Solve A x = b for SPD A given by ``matvec``; raises ``SolverError`` on negative curvature."""
-    x = torch.zeros_like(b)
-    r = b.clone()
-    p = r.clone()
-    rr = r @ r
-    bn = float(b.norm())
-    for _ in range(max_iter):
-        Ap = matvec(p)
-        pAp = p @ Ap
-        if float(pAp) <= 0:
-            raise SolverError(
-                "the Hessian is not positive definite at this point (negative curvature found by CG); "
-                "the optimum may not be reached, or the parameters are not identifiable — add priors"
-            )
-        a = rr / pAp
-        x = x + a * p
-        r = r - a * Ap
-        rr_new = r @ r
-        if float(rr_new.sqrt()) <= tol * max(bn, 1e-300):
-            break
-        p = r + (rr_new / rr) * p
-        rr = rr_new
-    return x
+    """Solve A x = b for SPD A given by ``matvec``: :func:`pelagos.core.solve_cg` (kept for this name).
+
+    Raises:
+        SolverError: negative curvature (A not positive definite), or no convergence to ``‖b − A x‖ ≤ tol‖b‖``
+            within ``max_iter`` iterations.
+    """
+    with torch.no_grad():  # the matvec may differentiate inside (Hessian-vector products); no graph of the solve
+        return solve_cg(matvec, b.detach(), rtol=tol, max_iter=max_iter)
 
 
 def laplace_covariance(
@@ -76,19 +64,32 @@ def laplace_covariance(
     residuals: Callable[[torch.Tensor], torch.Tensor] | None = None,
     jacobian: Callable[[torch.Tensor], torch.Tensor] | None = None,
     cg_tol: float = 1e-10,
+    cg_max_iter: int | None = None,
 ) -> torch.Tensor:
-    """Posterior covariance block ``(H⁻¹)[indices, indices]`` of the control at ``z`` (default: all)."""
+    """Posterior covariance block ``(H⁻¹)[indices, indices]`` of the control at ``z`` (default: all).
+
+    ``cg_tol``/``cg_max_iter`` (default ``10 n + 50``) control the ``"cg"`` solves; one that does not reach
+    ``‖e − H x‖ ≤ cg_tol`` raises :class:`SolverError` naming the column.
+    """
     check_choice("laplace method", method, ["hessian", "gauss-newton", "cg"])
     n = z.numel()
     idx = list(range(n)) if indices is None else list(indices)
     if not idx:
         return torch.zeros(0, 0, dtype=z.dtype)
     if method == "cg":
+        max_iter = 10 * n + 50 if cg_max_iter is None else int(cg_max_iter)
         cols = []
         for i in idx:
             e = torch.zeros_like(z)
             e[i] = 1.0
-            cols.append(conjugate_gradient(lambda v: hvp(cost, z, v), e, tol=cg_tol, max_iter=10 * n + 50))
+            try:
+                cols.append(conjugate_gradient(lambda v: hvp(cost, z, v), e, tol=cg_tol, max_iter=max_iter))
+            except SolverError as err:
+                raise SolverError(
+                    f"laplace_covariance(method='cg'): the solve H x = e_{i} failed ({err}); the posterior "
+                    "covariance is not available this way — try method='hessian' or 'gauss-newton' for small "
+                    "controls, a looser cg_tol, or add priors"
+                ) from err
         C = torch.stack(cols, dim=1)[idx]
         return 0.5 * (C + C.T)
     if method == "gauss-newton":
