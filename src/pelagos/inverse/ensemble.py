@@ -17,6 +17,7 @@ whitened Yw = Y/σ, innovation d = (y − H x̄)/σ; C = Yw Ywᵀ + (N−1) I.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import dataclass, field
@@ -254,7 +255,7 @@ def ensemble_filter(
     it = range(len(steps))
     bar = tqdm(it, desc=f"EnKF[{method}]", leave=False) if (progress and tqdm is not None) else it
     for i in bar:
-        with torch.no_grad(), model.using(U) if p else _Null():
+        with torch.no_grad(), model.using(U) if p else contextlib.nullcontext():
             E = propagate(model, E, steps[i] - k, t0=t0 + k * dt_, dt=dt_)
             HE = obs.operator(E)
         k = steps[i]
@@ -285,14 +286,6 @@ def ensemble_filter(
         param_names=model.free_parameter_names() if p else [],
         wall_time=time.perf_counter() - t_start,
     )
-
-
-class _Null:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *a):
-        return False
 
 
 # -- ES-MDA ------------------------------------------------------------------------------------------------
