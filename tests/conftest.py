@@ -5,6 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
+from pelagos.core._torch_quirks import load_jvp_decompositions
+
+# torch's own forward-AD decompositions use torch.jit.script and warn on their first use (not pelagos code);
+# load them once, quietly, so the test log shows only warnings that are ours.
+load_jvp_decompositions()
+
 
 @pytest.fixture
 def float64_default():

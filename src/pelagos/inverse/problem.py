@@ -208,6 +208,9 @@ class VariationalProblem:
         if self._batched_jac and torch.is_tensor(self.xb):
             import torch.autograd.forward_ad as fwAD
 
+            from ..core._torch_quirks import load_jvp_decompositions
+
+            load_jvp_decompositions()
             try:
                 with fwAD.dual_level():
                     zb = fwAD.make_dual(z.detach().expand(n, n).clone(), torch.eye(n, dtype=z.dtype))
