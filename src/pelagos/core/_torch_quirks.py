@@ -1,15 +1,16 @@
 """Work-arounds for warnings that come from inside PyTorch, not from pelagos.
 
-The first ``torch.autograd.forward_ad.make_dual`` of a process imports ``torch._decomp.decompositions_for_jvp``,
-a module of torch itself that still compiles its decompositions with ``torch.jit.script`` and so emits one
-``DeprecationWarning`` ("`torch.jit.script` is deprecated") per decomposition — 18 with torch 2.13, 36 in a
-two-worker test run. pelagos never calls ``torch.jit.script``; :func:`load_jvp_decompositions` imports that
-module once with exactly this warning silenced (nothing else is filtered, and nothing changes numerically:
-torch would import the same module at the same point anyway).
+The first ``torch.autograd.forward_ad.make_dual`` of a process imports
+``torch._decomp.decompositions_for_jvp``, a module of torch itself that still compiles its decompositions
+with ``torch.jit.script`` and so emits one ``DeprecationWarning`` ("`torch.jit.script` is deprecated") per
+decomposition — 18 with torch 2.13, 36 in a two-worker test run. pelagos never calls ``torch.jit.script``;
+:func:`load_jvp_decompositions` imports that module once with exactly this warning silenced (nothing else
+is filtered, and nothing changes numerically: torch would import the same module at the same point anyway).
 """
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 
 _loaded = False
@@ -24,8 +25,6 @@ def load_jvp_decompositions() -> None:
         warnings.filterwarnings(
             "ignore", message=r"`torch\.jit\.script` is deprecated", category=DeprecationWarning
         )
-        try:
+        with contextlib.suppress(ImportError):  # a torch without this private module: nothing to silence
             from torch._decomp import decompositions_for_jvp  # noqa: F401
-        except ImportError:  # a torch without this private module: nothing to silence
-            pass
     _loaded = True
