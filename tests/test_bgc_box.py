@@ -1,7 +1,6 @@
 """0-D box driver: FABM's light at the box centre, conservation over a year, positivity, gradients."""
 
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,11 +11,9 @@ from pelagos.bgc.box import BoxDriver, read_env_file, run_box
 from pelagos.bgc.fabm_yaml import packaged_yaml
 from pelagos.bgc.gotm_light import GotmLight
 from pelagos.core.errors import ConfigError, ForcingError
+from pelagos.core.paths import DATA_DIR
 
-DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "fabm"
-needs_data = pytest.mark.skipif(
-    not DATA.is_dir(), reason="shared FABM data (../shared/data/fabm) not present"
-)
+DATA = DATA_DIR / "fabm"  # FABM's env_nns_annual.dat etc., shipped with the package
 PAR = "downwelling_photosynthetic_radiative_flux"
 SPAR = "surface_downwelling_photosynthetic_radiative_flux"
 
@@ -73,7 +70,6 @@ def test_box_year_conserves_total_nitrogen(method):
     assert float(ds["npzd_phy"].max()) > 0.1  # a bloom happened: the test is not trivially static
 
 
-@needs_data
 def test_env_file_reader_and_file_driven_run():
     data = read_env_file(DATA / "env_nns_annual.dat")
     assert len(data["time"]) == 8760 + 1 and str(data["time"][0]) == "1998-01-01T00:00:00"
@@ -96,7 +92,6 @@ def test_env_file_reader_and_file_driven_run():
 
 
 @pytest.mark.slow
-@needs_data
 @pytest.mark.parametrize("method", ["euler", "rk2", "mp"])
 def test_box_nns_year_fabm_settings_conserve(method):
     ds = run_box(npzd_system(), DATA / "env_nns_annual.dat", dt=1800.0, method=method)

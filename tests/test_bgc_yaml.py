@@ -1,7 +1,7 @@
-"""fabm.yaml reader and registry: the shared FABM files load; malformed files give errors naming it."""
+"""fabm.yaml reader and registry: FABM's test-case files (the copies shipped in pelagos/data/fabm) load;
+malformed files give errors naming it."""
 
-import importlib.util
-from pathlib import Path
+import hashlib
 
 import pytest
 import torch
@@ -11,11 +11,17 @@ from pelagos.bgc.base import BGCModel
 from pelagos.bgc.fabm_yaml import packaged_yaml
 from pelagos.bgc.registry import UnsupportedModelError, get_model_class
 from pelagos.core.errors import ConfigError
+from pelagos.core.paths import DATA_DIR
 
-DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "fabm"
-needs_data = pytest.mark.skipif(
-    not DATA.is_dir(), reason="shared FABM data (../shared/data/fabm) not present"
-)
+DATA = DATA_DIR / "fabm"  # copies of FABM's test-case files, shipped with the package (no ../shared needed)
+
+# SHA-256 of the upstream files (fabm-model/fabm testcases/, commit b5704db, as in ../shared/data/fabm)
+UPSTREAM_SHA256 = {
+    "fabm-gotm-npzd.yaml": "891eace426fb15350bd218744c2184074ffdcf36ac525f8349890233a0e67f0d",
+    "fabm-nersc-ecosmo.yaml": "f55deb64c99ddd241b373e9e80538b1221f8bb9430e88ee20a40769c96afe292",
+    "fabm-examples-npzd-components.yaml": "e67a6a2d21cb69571f7bfa7b17a2bbfac7aa4fbe736f2d8815a73abc39caf5c4",
+    "env_nns_annual.dat": "03d66ba16b248af5448642a678ea4fbfaa24889c1b5aed778276250946c83246",
+}
 
 
 def test_packaged_gotm_npzd_yaml_loads():
@@ -33,15 +39,16 @@ def test_packaged_gotm_npzd_yaml_loads():
     }
 
 
-@needs_data
-def test_shared_gotm_npzd_equals_packaged_copy():
-    a = BGCSystem.from_yaml(DATA / "fabm-gotm-npzd.yaml")
-    b = BGCSystem.from_yaml(packaged_yaml())
-    assert a.parameters_table(as_rows=True) == b.parameters_table(as_rows=True)
-    assert a.initial_values() == b.initial_values()
+@pytest.mark.parametrize("name", sorted(UPSTREAM_SHA256))
+def test_packaged_fabm_files_are_the_upstream_files(name):
+    """Each shipped copy is the upstream file byte for byte once its provenance header ('# ' lines) is cut."""
+    lines = (DATA / name).read_bytes().splitlines(keepends=True)
+    n_header = next(i for i, line in enumerate(lines) if not line.startswith(b"# "))
+    assert n_header >= 2  # the header says where the file comes from
+    assert hashlib.sha256(b"".join(lines[n_header:])).hexdigest() == UPSTREAM_SHA256[name]
+    assert packaged_yaml() == DATA / "fabm-gotm-npzd.yaml"
 
 
-@needs_data
 def test_components_yaml_loads_with_couplings():
     system = BGCSystem.from_yaml(DATA / "fabm-examples-npzd-components.yaml")
     assert system.interior_names == ["nut_c", "phy_c", "zoo_c", "det_c"]
@@ -57,10 +64,7 @@ def test_components_yaml_loads_with_couplings():
     assert float(sum(rates.values()).abs().max()) < 1e-20
 
 
-@needs_data
 def test_ecosmo_yaml_needs_carbonate_dropped():
-    if importlib.util.find_spec("pelagos.bgc.ecosmo") is None:
-        pytest.skip("pelagos.bgc.ecosmo (ECOSMO, engineer D2) is not available yet")
     path = DATA / "fabm-nersc-ecosmo.yaml"
     with pytest.raises(UnsupportedModelError, match=r"pml/carbonate.*drop=\('CO2',\)"):
         BGCSystem.from_yaml(path)

@@ -13,9 +13,9 @@ from pelagos.column.forcing import ColumnForcing, compact_forcing_path
 from pelagos.core.errors import ForcingError
 from pelagos.core.running_mean import running_mean_init, running_mean_update
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "gotm_nns_annual" / "physics_hourly.nc"
-if not SHARED.exists():
-    SHARED = Path("/work/shared/data/gotm_nns_annual/physics_hourly.nc")
+# The first 49 hourly records of ../shared/data/gotm_nns_annual/physics_hourly.nc, every variable unchanged
+# (GOTM's own layout and encoding), so the reader is tested on real GOTM output without ../shared.
+GOTM_FIRST_48H = Path(__file__).resolve().parent / "fixtures" / "gotm" / "nns_annual_first49h.nc"
 
 
 def _small(T=5, nz=4, B=None, dtype=torch.float64):
@@ -32,14 +32,13 @@ def _small(T=5, nz=4, B=None, dtype=torch.float64):
     )
 
 
-@pytest.mark.skipif(not SHARED.exists(), reason="shared GOTM file not present")
 def test_gotm_file_layout_and_exact_records():
     import xarray as xr
 
-    f = ColumnForcing.from_gotm(SHARED, start=0.0, stop=48 * 3600.0)
+    f = ColumnForcing.from_gotm(GOTM_FIRST_48H, start=0.0, stop=48 * 3600.0)
     assert f.nz == 110 and f.n_columns == 1
     assert f.fields["nuh"].shape[-1] == 111
-    with xr.open_dataset(SHARED, decode_times=False) as ds:
+    with xr.open_dataset(GOTM_FIRST_48H, decode_times=False) as ds:
         z = ds["z"].isel(time=0).values.ravel()
         assert z[0] < z[-1]  # index 0 = bottom (most negative)
         for k in (0, 7, 30):
@@ -61,16 +60,14 @@ def test_compact_file_shipped_and_consistent():
     assert f.nz == 22 and f.time.size == 8761
     h = f.fields["h"]
     torch.testing.assert_close(h.sum(-1), torch.full_like(h.sum(-1), 110.0))
-    if (
-        SHARED.exists()
-    ):  # conservative averaging: heat content of each 5 m layer equals that of its 1 m layers
-        g = ColumnForcing.from_gotm(SHARED, stop=10 * 3600.0)
-        for k in (0, 5):
-            fine = g.sample(k * 3600.0)
-            coarse = f.sample(k * 3600.0)
-            hc = (fine["h"] * fine["temp"]).reshape(1, 22, 5).sum(-1)
-            torch.testing.assert_close(coarse["h"] * coarse["temp"], hc, rtol=2e-6, atol=1e-5)
-            torch.testing.assert_close(coarse["nuh"], fine["nuh"][:, ::5], rtol=1e-6, atol=0)
+    # conservative averaging: heat content of each 5 m layer equals that of its 1 m layers
+    g = ColumnForcing.from_gotm(GOTM_FIRST_48H, stop=10 * 3600.0)
+    for k in (0, 5):
+        fine = g.sample(k * 3600.0)
+        coarse = f.sample(k * 3600.0)
+        hc = (fine["h"] * fine["temp"]).reshape(1, 22, 5).sum(-1)
+        torch.testing.assert_close(coarse["h"] * coarse["temp"], hc, rtol=2e-6, atol=1e-5)
+        torch.testing.assert_close(coarse["nuh"], fine["nuh"][:, ::5], rtol=1e-6, atol=0)
 
 
 def test_interpolation_linear_between_records_exact_at_records():

@@ -7,8 +7,6 @@ watercolumn.md §4) with plain numpy and explicit if/else branches (np.where), F
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
@@ -17,8 +15,9 @@ import yaml
 from pelagos.bgc.base import mean_key
 from pelagos.bgc.ecosmo import ECOSMO, FABM_SWITCHES, PELAGOS_OPTIONS
 from pelagos.core.errors import ConfigError
+from pelagos.core.paths import DATA_DIR
 
-YAML = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "fabm" / "fabm-nersc-ecosmo.yaml"
+YAML = DATA_DIR / "fabm" / "fabm-nersc-ecosmo.yaml"  # FABM's test case, shipped with the package
 PAR = "downwelling_photosynthetic_radiative_flux"
 SPAR = "surface_downwelling_photosynthetic_radiative_flux"
 D = 86400.0
@@ -27,11 +26,8 @@ P2C = 106.0 * 12.01
 
 
 def _yaml_eco():
-    try:
-        with open(YAML) as f:
-            return yaml.safe_load(f)["instances"]["ECO"]
-    except FileNotFoundError:
-        pytest.skip(f"shared test-case file {YAML} not available")
+    with open(YAML) as f:
+        return yaml.safe_load(f)["instances"]["ECO"]
 
 
 # ----------------------------------------------------------------------------------------------------

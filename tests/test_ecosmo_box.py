@@ -2,24 +2,15 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
-box = pytest.importorskip(
-    "pelagos.bgc.box", reason="the 0-D box driver (pelagos.bgc.box) is not available yet"
-)
-from pelagos.bgc.fabm_yaml import load_system  # noqa: E402
+from pelagos.bgc import box
+from pelagos.bgc.fabm_yaml import load_system
+from pelagos.core.paths import DATA_DIR
 
-DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "fabm"
+DATA = DATA_DIR / "fabm"  # FABM's test-case files, shipped with the package
 YAML, ENV = DATA / "fabm-nersc-ecosmo.yaml", DATA / "env_nns_annual.dat"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _data():
-    if not (YAML.exists() and ENV.exists()):
-        pytest.skip(f"shared test-case files not available under {DATA}")
 
 
 def _run(parameters=None, n_steps=96 * 3):

@@ -2,22 +2,19 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 
-column = pytest.importorskip("pelagos.column.model", reason="the column driver is not available yet")
-from pelagos.bgc.fabm_yaml import load_system  # noqa: E402
-from pelagos.column.forcing import ColumnForcing  # noqa: E402
+from pelagos.bgc.fabm_yaml import load_system
+from pelagos.column import model as column
+from pelagos.column.forcing import ColumnForcing
+from pelagos.core.paths import DATA_DIR
 
-YAML = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "fabm" / "fabm-nersc-ecosmo.yaml"
+YAML = DATA_DIR / "fabm" / "fabm-nersc-ecosmo.yaml"  # FABM's test case, shipped with the package
 NZ, H = 20, 4.0
 
 
 def _model(bottom_stress: float, **eco):
-    if not YAML.exists():
-        pytest.skip(f"shared test case {YAML} not available")
     params = {"burialRt": 0.0, "reminSED": 0.0, "use_cyanos": True, "zpr": 0.0, "sinkDia": 2.0, **eco}
     system = load_system(YAML, drop=("CO2",), parameters={"ECO": params})
     nuh = torch.full((NZ + 1,), 1e-4, dtype=torch.float64)

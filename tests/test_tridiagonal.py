@@ -229,7 +229,7 @@ def test_composable_backward_first_derivatives_equal_plain_backward(backend, sha
         assert composable[i].requires_grad, name  # really the composable path
         torch.testing.assert_close(composable[i], plain[i], rtol=1e-12, atol=1e-13, msg=name)
         torch.testing.assert_close(functional[i], plain[i], rtol=1e-12, atol=1e-13, msg=name)
-        # the dense reference assembles only the used entries: lower[..., 0] and upper[..., -1] get 0 there too
+        # the dense reference uses only the matrix entries: lower[..., 0], upper[..., -1] get 0 there too
         torch.testing.assert_close(plain[i], dense[i], rtol=1e-9, atol=1e-11, msg=name)
 
 
