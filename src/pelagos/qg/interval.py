@@ -2,10 +2,15 @@
 
 ``pelagos.inverse`` (4D-Var, EnKF) works on tensor states; the QG state carries AB3 history. ``QGInterval``
 makes q (B, nz, ny, nx) the whole state and advances it by ``n_sub · dt`` per step, restarting pyqg's
-forward-Euler/AB2 bootstrap each interval (a small, documented change of the time scheme), optionally adding a
+forward-Euler/AB2 bootstrap each interval, optionally adding a
 learned correction ``dq = correction(q)`` per interval (model-error learning from analysis increments; see
 :mod:`pelagos.qg.model_error`). The correction sees the PV at the start of the interval, in the model's dtype,
 and its output is added once at the end: the form in which increments x_a(t_k) − M(x_a(t_{k−1})) train it.
+
+What the restart costs (``benchmarks/qg_interval_bootstrap.py``, docs/qg_increments.md): on the 32² two-layer
+case with dt = 1 h and 6-h intervals it moves ψ by 1.4·10⁻⁵ of its std after one day and 9·10⁻⁵ after five —
+1–2 % of AB3's own time-step error at that dt — with no extra tendency evaluations (about 18 % more wall time
+for rebuilding the spectral state each interval).
 """
 
 from __future__ import annotations
