@@ -9,7 +9,7 @@ and its output is added once at the end: the form in which increments x_a(t_k) �
 
 What the restart costs (``benchmarks/qg_interval_bootstrap.py``, docs/qg_increments.md): on the 32² two-layer
 case with dt = 1 h and 6-h intervals it moves ψ by 1.4·10⁻⁵ of its std after one day and 9·10⁻⁵ after five —
-1–2 % of AB3's own time-step error at that dt — with no extra tendency evaluations (about 18 % more wall time
+0.3–1.4 % of AB3's own time-step error at that dt — with no extra tendency evaluations (about 18 % more wall time
 for rebuilding the spectral state each interval).
 """
 
