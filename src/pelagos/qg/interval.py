@@ -7,10 +7,10 @@ learned correction ``dq = correction(q)`` per interval (model-error learning fro
 :mod:`pelagos.qg.model_error`). The correction sees the PV at the start of the interval, in the model's dtype,
 and its output is added once at the end: the form in which increments x_a(t_k) − M(x_a(t_{k−1})) train it.
 
-What the restart costs (``benchmarks/qg_interval_bootstrap.py``, docs/qg_increments.md): on the 32² two-layer
-case with dt = 1 h and 6-h intervals it moves ψ by 1.4·10⁻⁵ of its std after one day and 9·10⁻⁵ after five —
-0.3–1.4 % of AB3's own time-step error at that dt — with no extra tendency evaluations (about 18 % more wall time
-for rebuilding the spectral state each interval).
+What the restart costs (``benchmarks/qg_interval_bootstrap.py``, docs/qg_increments.md): on the 32²
+two-layer case with dt = 1 h and 6-h intervals it moves ψ by 1.4·10⁻⁵ of its std after one day and 9·10⁻⁵
+after five — 0.3–1.4 % of AB3's own time-step error at that dt — with no extra tendency evaluations (about
+18 % more wall time for rebuilding the spectral state each interval).
 """
 
 from __future__ import annotations
