@@ -60,6 +60,7 @@ def summarize(
     )
     z0 = opt.z_history[0] if opt.z_history else problem.z0
     res.initial = {n: float(_physical(model, n, z0[i])) for i, n in enumerate(names)}
+    res.units = {n: model.parameter_spec(n).units for n in names}
     res.parameter_history = {
         n: [float(_physical(model, n, zz[i])) for zz in opt.z_history] for i, n in enumerate(names)
     }

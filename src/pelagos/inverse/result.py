@@ -32,6 +32,7 @@ class CalibrationResult:
     initial: dict[str, float] = field(default_factory=dict)
     history: list[float] = field(default_factory=list)
     parameter_history: dict[str, list[float]] = field(default_factory=dict)
+    units: dict[str, str] = field(default_factory=dict)  # each parameter's units (axis labels, tables)
     cost: float = float("nan")
     cost_terms: dict[str, float] = field(default_factory=dict)
     n_evals: int = 0
@@ -61,6 +62,7 @@ class CalibrationResult:
                 "cost_terms",
                 "history",
                 "parameter_history",
+                "units",
                 "n_evals",
                 "n_iter",
                 "wall_time",
@@ -104,7 +106,7 @@ class CalibrationResult:
         ax = ax or plt.subplots(figsize=(5, 3.5))[1]
         ax.semilogy(range(len(self.history)), self.history, marker=".")
         ax.set_xlabel("iteration")
-        ax.set_ylabel("cost J")
+        ax.set_ylabel("cost J (dimensionless)")
         ax.set_title(self.method)
         return ax
 
@@ -124,6 +126,7 @@ class CalibrationResult:
                 ax.axhline(truth[name], color="k", ls=":", label="truth")
             ax.set_title(name, fontsize=9)
             ax.set_xlabel("iteration")
+            ax.set_ylabel(self.units.get(name) or "1")
         if n:
             axes[0].legend(fontsize=8)
         return axes
