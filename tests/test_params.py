@@ -90,8 +90,8 @@ class Column(Model):
 def test_declared_values_names_and_table():
     m = Column()
     assert m.parameter_names() == ["kappa", "offset", "bio.rmax", "bio.alpha"]
-    assert float(m.param("kappa")) == pytest.approx(1e-3, rel=1e-6)
-    assert float(m.get_parameter_value("bio.alpha")) == pytest.approx(0.3, rel=1e-6)
+    assert float(m.param("kappa").detach()) == pytest.approx(1e-3, rel=1e-6)
+    assert float(m.get_parameter_value("bio.alpha").detach()) == pytest.approx(0.3, rel=1e-6)
     rows = m.parameters_table(as_rows=True)
     assert [r["name"] for r in rows] == m.parameter_names()
     assert rows[2]["units"] == "1/d" and rows[3]["bounds"] == (0.0, 1.0) and rows[3]["transform"] == "logit"
@@ -107,7 +107,7 @@ def test_set_value_keeps_parameter_object_and_bounds():
     m.set_parameter_value("bio.rmax", 2.5)
     assert m.bio.params.raw["rmax"] is p_before  # optimisers holding it still see it
     assert p_before.requires_grad
-    assert float(m.get_parameter_value("bio.rmax")) == pytest.approx(2.5, rel=1e-6)
+    assert float(m.get_parameter_value("bio.rmax").detach()) == pytest.approx(2.5, rel=1e-6)
     with pytest.raises(ConfigError, match=r"'alpha' = 1\.5 .* above its upper bound 1"):
         m.set_parameter_value("bio.alpha", 1.5)
     with pytest.raises(ConfigError, match="below its lower bound 0"):
@@ -123,7 +123,7 @@ def test_select_free_and_flat_vector_round_trip():
     u = m.free_vector()
     torch.testing.assert_close(u, torch.tensor([math.log(1e-3), math.log(0.3 / 0.7)]), rtol=1e-5, atol=1e-6)
     m.load_free_vector(u + torch.tensor([1.0, 0.0]))
-    assert float(m.param("kappa")) == pytest.approx(1e-3 * math.e, rel=1e-5)
+    assert float(m.param("kappa").detach()) == pytest.approx(1e-3 * math.e, rel=1e-5)
     assert m.select_free("all") == m.parameter_names()
     assert m.select_free(None) == [] and m.free_vector().numel() == 0
     with pytest.raises(ConfigError, match=r"unknown parameter 'bio\.rmx'"):
@@ -152,7 +152,7 @@ def test_using_is_pure_and_takes_a_batch():
             torch.testing.assert_close(rollout(m, x0, 3).final, xb[i])
     # nested using: inner overrides, outer comes back
     with m.using({"kappa": u[0] + 1}), m.using({"bio.rmax": u[1] - 1}):
-        assert float(m.param("kappa")) == pytest.approx(math.exp(float(u[0]) + 1))
+        assert float(m.param("kappa").detach()) == pytest.approx(math.exp(float(u[0]) + 1))
     torch.testing.assert_close(m.free_vector(), u)
     with pytest.raises(ConfigError, match="unknown parameter"), m.using({"nope": u[0]}):
         pass
@@ -219,4 +219,4 @@ def test_module_conversions_keep_parameters():
     sd = m.state_dict()
     m2 = Column().double()
     m2.load_state_dict(sd)
-    assert float(m2.param("kappa")) == float(m.param("kappa"))
+    assert float(m2.param("kappa").detach()) == float(m.param("kappa").detach())

@@ -25,7 +25,7 @@ def test_calibrate_rek_and_rd_from_sparse_psi():
     )
     assert abs(res.estimates["rek"] / 1e-6 - 1) < 1e-4
     assert abs(res.estimates["rd"] / 15000.0 - 1) < 1e-4
-    assert abs(float(m.param("rek")) / 1e-6 - 1) < 1e-4  # written back
+    assert abs(float(m.param("rek").detach()) / 1e-6 - 1) < 1e-4  # written back
 
 
 def test_point_observer_psi_is_inverse_of_q():
@@ -34,8 +34,8 @@ def test_point_observer_psi_is_inverse_of_q():
     H = PointObserver(m, torch.arange(2 * 16 * 16))
     psi = H(st).reshape(1, 2, 16, 16)
     # q = ∇²ψ + F-coupling, evaluated spectrally, returns the state's q
-    F1 = float(m.param("rd")) ** -2 / (1 + float(m.param("delta")))
-    F2 = float(m.param("delta")) * F1
+    F1 = float(m.param("rd").detach()) ** -2 / (1 + float(m.param("delta").detach()))
+    F2 = float(m.param("delta").detach()) * F1
     ph = m.fft(psi)
     lap = -m.coefficients()["wv2"] * ph
     q1 = m.ifft(lap[:, 0] + F1 * (ph[:, 1] - ph[:, 0]))
