@@ -25,6 +25,7 @@ from typing import Any
 import torch
 import torch.utils._pytree as pytree
 
+from ._torch_quirks import load_jvp_decompositions
 from .errors import ConfigError
 from .model import Model
 from .rollout import rollout
@@ -199,6 +200,7 @@ def check_jvp_vjp(
 
     Both sides are exact derivatives, so they agree to round-off; ``tol`` defaults to 1e-10 (float64).
     """
+    load_jvp_decompositions()
     xs = _as_tuple(x)
     gen = torch.Generator().manual_seed(seed)
     out, vjp_fn = torch.func.vjp(fn, *xs)

@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from ..core._torch_quirks import load_jvp_decompositions
 from ..core.errors import ConfigError, SolverError, check_choice
 from ..core.linsolve import solve_cg
 
@@ -97,6 +98,7 @@ def laplace_covariance(
     if method == "gauss-newton":
         if residuals is None:
             raise ConfigError("laplace method 'gauss-newton' needs the residual function")
+        load_jvp_decompositions()
         Jm = jacobian(z.detach()) if jacobian is not None else torch.func.jacfwd(residuals)(z.detach())
         H = Jm.T @ Jm
     else:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..core._torch_quirks import load_jvp_decompositions
 from ..core.errors import ConfigError, check_choice
 
 try:  # progress bars are optional at run time
@@ -159,6 +160,7 @@ def minimize(
         if residuals is None:
             raise ConfigError("method='gauss-newton' needs the residual function (J = ½‖r‖²)")
         Jc = J0
+        load_jvp_decompositions()  # forward-mode Jacobians below: without torch's own jit.script warnings
         for it in range(max_iter):
             # Exact gradient (reverse mode); the Jacobian only shapes the Gauss–Newton metric JᵀJ, so an
             # approximate ("bundle") Jacobian changes the path but not the optimum.

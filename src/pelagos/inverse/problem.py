@@ -20,6 +20,7 @@ import contextlib
 
 import torch
 
+from ..core._torch_quirks import load_jvp_decompositions
 from ..core.covariance import Covariance, as_covariance
 from ..core.errors import ConfigError, check_choice
 from ..core.observations import ObservationSet
@@ -196,6 +197,7 @@ class VariationalProblem:
         states that do not accept the extra dim fall back to ``torch.func.jacfwd`` (one vmapped pass).
         """
         n = z.numel()
+        load_jvp_decompositions()  # forward mode below: without torch's own torch.jit.script warnings
         if self.jacobian_mode == "bundle":
             # Central differences of all nz directions in one batched run: error O(h²) ≈ 1e-10 (float64).
             h = self.bundle_step
@@ -208,9 +210,6 @@ class VariationalProblem:
         if self._batched_jac and torch.is_tensor(self.xb):
             import torch.autograd.forward_ad as fwAD
 
-            from ..core._torch_quirks import load_jvp_decompositions
-
-            load_jvp_decompositions()
             try:
                 with fwAD.dual_level():
                     zb = fwAD.make_dual(z.detach().expand(n, n).clone(), torch.eye(n, dtype=z.dtype))
