@@ -160,28 +160,12 @@ def run(cfg: Mapping[str, Any], log=print) -> pathlib.Path:
 
 
 def plot_run(model, ds, path: pathlib.Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
+    """PV snapshots and the KE spectrum of a run, with units (:func:`pelagos.qg.plots.plot_run`)."""
     import matplotlib.pyplot as plt
 
-    from .diagnostics import calc_ispec
+    from .plots import plot_run as _plot_run
 
-    fig, ax = plt.subplots(1, model.nz + 1, figsize=(4 * (model.nz + 1), 3.5))
-    for lev in range(model.nz):
-        im = ax[lev].imshow(ds["q"].isel(time=-1, run=0, lev=lev).values, origin="lower", cmap="RdBu_r")
-        ax[lev].set(title=f"q, layer {lev + 1}, t = {float(ds.time[-1]) / 86400:.0f} d")
-        fig.colorbar(im, ax=ax[lev], shrink=0.8)
-    if "KEspec_mean" in ds:
-        ke = torch.as_tensor(ds["KEspec_mean"].values).mean(0)
-        kr, phr = calc_ispec(model, ke)
-        for lev in range(model.nz):
-            ax[-1].loglog(kr, phr[lev], label=f"layer {lev + 1}")
-        ax[-1].set(title="KE spectrum (time mean)", xlabel="k [rad/m]")
-        ax[-1].legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    plt.close(_plot_run(model, ds, path))
 
 
 def hybrid_config(cfg: Mapping[str, Any]):
