@@ -300,6 +300,7 @@ def test_window_errors_and_dates(tmp_path):
     lz = Lorenz96(nx=8)
     with pytest.raises(ConfigError, match="no calendar"):
         Simulation(lz, lz.initial_state(), start="2000-01-01", n_steps=1)
+
     class Undeclared(Lorenz96):  # a model that skipped output_variables()
         def output_variables(self):
             return Model.output_variables(self)
