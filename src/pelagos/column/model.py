@@ -574,6 +574,14 @@ class ColumnModel(Model):
         zi = zi - zi[..., -1:]
         return {"z": 0.5 * (zi[..., 1:] + zi[..., :-1]), "zi": zi}
 
+    def observation_operator(self, variable: str, at: Mapping[str, Any] | None = None) -> Any:
+        """``H(state)`` of a state variable at ``at`` = ``{"depth": m below the surface | "surface" |
+        "integral"}`` or ``{"z": m, negative down}`` (lists for several points); no ``at`` for bottom/surface
+        pools. See :mod:`pelagos.column.observe`."""
+        from .observe import column_observation_operator
+
+        return column_observation_operator(self, variable, at)
+
 
 OutputHook = Callable[[float, dict], None]
 

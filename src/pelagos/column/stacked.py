@@ -107,33 +107,14 @@ class StackedColumn(Model):
         return nb
 
     def observation_operator(self, variable: str | list, at: Mapping[str, Any] | None = None) -> Any:
-        """The column's observation operator of ``variable`` at ``at`` (see
-        :meth:`ColumnModel.observation_operator`), applied to the stacked state.
+        """The column's operator (:mod:`pelagos.column.observe`), which takes the stacked state ``(..., V,
+        nz)`` as well as the dict state. A list ``[(variable, depth | "surface" | "integral"), ...]`` (the older
+        form) gives the same :class:`~pelagos.column.observe.ColumnObservationOperator`."""
+        from .observe import ColumnObservationOperator, column_observation_operator, fixed_h
 
-        A list ``[(variable, depth | "surface" | "integral"), ...]`` (the older form) gives a
-        :class:`~pelagos.column.observe.ColumnObservationOperator` on this column's grid.
-        """
         if not isinstance(variable, str):
-            from .observe import ColumnObservationOperator, _fixed_h
-
-            return ColumnObservationOperator(
-                variable, self.variables, _fixed_h(self.forcing, [self.forcing.t_start])
-            )
-        return _Unstacked(self, self.model.observation_operator(variable, at))
+            return ColumnObservationOperator(variable, self.variables, fixed_h(self.forcing))
+        return column_observation_operator(self, variable, at)
 
     def output(self, x: torch.Tensor, t: float) -> dict[str, torch.Tensor]:
         return self.model.output(self.unstack(x.reshape(-1, *x.shape[-2:])), t)
-
-
-class _Unstacked:
-    """An operator on the column's dict state applied to the stacked tensor state ``(..., V, nz)``."""
-
-    def __init__(self, stacked: StackedColumn, H: Any) -> None:
-        self.stacked, self.H = stacked, H
-
-    @property
-    def m(self) -> int:
-        return int(self.H.m)
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return self.H(self.stacked.unstack(x.reshape(-1, *x.shape[-2:]))).reshape(*x.shape[:-2], -1)

@@ -75,28 +75,68 @@ class ObservationSet:
                     "missing values (NaN) cannot be combined with a full error covariance; use "
                     "sigma, or fill them"
                 )
-            self._chol = torch.linalg.cholesky(self.cov)
-        else:
-            if self.sigma is None:
-                raise ObservationError("observation errors missing: give sigma (std) or cov (covariance)")
-            s = torch.as_tensor(self.sigma, dtype=self.values.dtype)
-            try:
-                s = torch.broadcast_to(s, self.values.shape)
-            except RuntimeError as err:
-                raise ShapeError(
-                    f"sigma of shape {tuple(s.shape)} does not broadcast to values {tuple(self.values.shape)}"
-                ) from err
-            obs = torch.isfinite(self.values)
-            bad = obs & ~(torch.isfinite(s) & (s > 0))
-            if bool(bad.any()):
-                i = tuple(torch.nonzero(bad)[0].tolist())
+            chol, info = torch.linalg.cholesky_ex(self.cov)
+            if bool((info != 0).any()):
                 raise ObservationError(
-                    f"observation error sigma must be finite and > 0 where a value is given; got "
-                    f"{float(s[i])} at "
-                    f"index {i} (time {float(self.times[i[0]]):g})"
+                    "the observation error covariance is not symmetric positive definite (Cholesky failed)"
                 )
-            self.sigma = s
+            self._chol = chol
+        else:
+            self.sigma = self._checked_sigma(self.sigma)
         self.mask = torch.isfinite(self.values)
+        self._ready = True
+
+    def __setattr__(self, name: str, value: object) -> None:
+        # sigma assigned after construction (e.g. ``obs.sigma = 0.05 * obs.values.abs()``) is checked too
+        if name == "sigma" and self.__dict__.get("_ready") and self.cov is None:
+            value = self._checked_sigma(value)
+        super().__setattr__(name, value)
+
+    def _checked_sigma(self, sigma: object) -> torch.Tensor:
+        """``sigma`` broadcast to ``values``; finite and > 0 wherever a value is given, else ObservationError."""
+        if sigma is None:
+            raise ObservationError("observation errors missing: give sigma (std) or cov (covariance)")
+        s = torch.as_tensor(sigma, dtype=self.values.dtype)
+        try:
+            s = torch.broadcast_to(s, self.values.shape)
+        except RuntimeError as err:
+            raise ShapeError(
+                f"sigma of shape {tuple(s.shape)} does not broadcast to values {tuple(self.values.shape)}"
+            ) from err
+        given = torch.isfinite(self.values)
+        bad = given & ~(torch.isfinite(s) & (s > 0))
+        if bool(bad.any()):
+            i = tuple(torch.nonzero(bad)[0].tolist())
+            raise ObservationError(
+                f"observation error sigma must be finite and > 0 where a value is given; got {float(s[i])} "
+                f"at {self._where(i)}"
+            )
+        return s
+
+    def _where(self, index: tuple) -> str:
+        """Where entry ``index`` (time index first) came from: ``file:line`` when read from a file, else
+        its index and time (a date when the set has a ``start``)."""
+        lines = self.meta.get("lines") if isinstance(self.meta, dict) else None
+        if lines:
+            key = (index[0], index[-1]) if len(index) > 1 else None
+            if key in lines:
+                return lines[key]
+            for (i, _), loc in lines.items():
+                if i == index[0]:
+                    return loc
+        return f"index {index} (time {self._time_text(float(self.times[index[0]]))})"
+
+    def _line_of(self, i: int) -> str:
+        lines = self.meta.get("lines") if isinstance(self.meta, dict) else None
+        locs = sorted({loc for (k, _), loc in (lines or {}).items() if k == i})
+        return f", {locs[0]}" if locs else ""
+
+    def _time_text(self, t: float) -> str:
+        import datetime as _dt
+
+        if isinstance(self.start, _dt.datetime):
+            return (self.start + _dt.timedelta(seconds=t)).strftime("%Y-%m-%d %H:%M:%S")
+        return f"{t:g}"
 
     # -- sizes -------------------------------------------------------------------------------------------
     @property
@@ -127,17 +167,18 @@ class ObservationSet:
         if bool(off.any()):
             i = int(torch.nonzero(off)[0])
             raise ObservationError(
-                f"observation time {float(self.times[i]):g} (row {i}) is not a multiple of the "
-                f"model step dt={dt:g}"
-                f" after t0={t0:g}; move it to the step grid or change dt"
+                f"observation time {self._time_text(float(self.times[i]))} (row {i}{self._line_of(i)}) is "
+                f"not a multiple of the model step dt={dt:g} after t0={self._time_text(float(t0))}; move it to "
+                "the step grid or change dt"
             )
         before = kr < 0
         after = kr > n_steps if n_steps is not None else torch.zeros_like(before)
         if bool((before | after).any()):
             i = int(torch.nonzero(before | after)[0])
-            end = "" if n_steps is None else f", {t0 + n_steps * dt:g}"
+            end = "" if n_steps is None else f", {self._time_text(t0 + n_steps * dt)}"
             raise ObservationError(
-                f"observation time {float(self.times[i]):g} (row {i}) is outside the run [{t0:g}{end}]"
+                f"observation time {self._time_text(float(self.times[i]))} (row {i}{self._line_of(i)}) is "
+                f"outside the run [{self._time_text(float(t0))}{end}]"
             )
         return kr.long()
 
@@ -158,8 +199,17 @@ class ObservationSet:
             log_floor=self.log_floor,
             columns=self.columns,
             start=self.start,
-            meta=dict(self.meta),
+            meta=self._meta_for(idx),
         )
+
+    def _meta_for(self, idx: torch.Tensor) -> dict:
+        meta = dict(self.meta)
+        if isinstance(meta.get("lines"), dict):
+            new = {int(old): k for k, old in enumerate(idx.tolist())}
+            meta["lines"] = {(new[i], j): loc for (i, j), loc in meta["lines"].items() if i in new}
+        if torch.is_tensor(meta.get("truth")) and meta["truth"].shape[:1] == self.values.shape[:1]:
+            meta["truth"] = meta["truth"][idx]
+        return meta
 
     def window(self, t_start: float, t_end: float) -> ObservationSet:
         """Observations with ``t_start <= t <= t_end``."""

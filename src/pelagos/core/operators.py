@@ -1,9 +1,9 @@
 """Observation operators H: state -> predicted observations, shape ``(*batch, m)``.
 
 An operator is any callable ``H(state) -> Tensor`` whose last dimension indexes the ``m`` observed quantities.
-Here are the generic, differentiable ones; a model supplies the model-specific piece (how to pull the profile
-of a
-named variable out of its state) as a plain function ``extract(state, variable) -> Tensor (..., nz)``.
+Here are the generic, differentiable ones; a model builds the operator of a named variable at given points with
+:meth:`pelagos.core.Model.observation_operator` (default: :class:`GridPointOperator`, linear interpolation with
+:func:`interpolation_weights`, the one interpolation stencil the models share).
 """
 
 from __future__ import annotations
@@ -81,60 +81,6 @@ def interpolate_profile(profile: torch.Tensor, z: torch.Tensor, depths: torch.Te
     i0, i1, w = interpolation_weights(z, depths)
     w = w.to(profile)
     return profile[..., i0] * (1 - w) + profile[..., i1] * w
-
-
-class ProfileOperator:
-    """Observe named variables at given depths of a column: columns ``[(variable, depth_m), ...]``.
-
-    ``extract(state, variable) -> (..., nz)`` returns the profile of an output variable (e.g. ``"npzd_phy"``)
-    from the model state; ``z`` are the cell-centre depths [m, positive down]. Depths are interpolated
-    linearly.
-    A depth of ``nan`` means a depth-independent quantity (``extract`` then returns ``(...,)`` or ``(...,
-    1)``).
-    """
-
-    def __init__(
-        self,
-        columns: Sequence[tuple[str, float]],
-        extract: Callable[[object, str], torch.Tensor],
-        z: torch.Tensor | Sequence[float] | None,
-    ) -> None:
-        self.columns = [(str(v), float(d)) for v, d in columns]
-        self.extract = extract
-        self.z = None if z is None else torch.as_tensor(z, dtype=torch.float64)
-        # Group columns by variable so each profile is extracted once per call.
-        self._groups: dict[str, tuple[list[int], torch.Tensor]] = {}
-        for j, (v, d) in enumerate(self.columns):
-            self._groups.setdefault(v, ([], []))[0].append(j)
-            self._groups[v][1].append(d)
-        self._groups = {
-            v: (idx, torch.tensor(ds, dtype=torch.float64)) for v, (idx, ds) in self._groups.items()
-        }
-        for v, (_, ds) in self._groups.items():
-            if self.z is None and bool(torch.isfinite(ds).any()):
-                raise ObservationError(
-                    f"variable {v!r} is observed at depths but no cell depths z were given"
-                )
-
-    @property
-    def m(self) -> int:
-        return len(self.columns)
-
-    def __call__(self, state: object) -> torch.Tensor:
-        parts, order = [], []
-        for v, (idx, ds) in self._groups.items():
-            prof = self.extract(state, v)
-            if bool(torch.isnan(ds).all()):
-                vals = prof if prof.shape[-1:] == (1,) else prof.unsqueeze(-1)
-                vals = vals.expand(*vals.shape[:-1], len(idx))
-            else:
-                vals = interpolate_profile(prof, self.z, ds.nan_to_num(float(self.z[0])))
-            parts.append(vals)
-            order.extend(idx)
-        out = torch.cat(parts, dim=-1)
-        inv = torch.empty(len(order), dtype=torch.long)
-        inv[torch.tensor(order)] = torch.arange(len(order))
-        return out[..., inv]
 
 
 class StackedOperator:

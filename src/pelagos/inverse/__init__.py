@@ -1,7 +1,7 @@
 """pelagos.inverse — inverse methods for ANY pelagos Model (imports core only, never a concrete model).
 
-- observations: :class:`ObservationSet`, operators (index, linear, profile interpolation), long-format files,
-  synthetic observations for twins;
+- observations (re-exported from :mod:`pelagos.core`): :class:`ObservationSet`, operators, the long-format
+  observation files (:func:`read_observations`) and synthetic observations for twins;
 - variational: :func:`calibrate` (parameters, optional initial state), :func:`fourdvar` (strong/weak
   constraint), :func:`cycled_fourdvar`, :func:`var3d`, background covariances, L-BFGS/Adam/Gauss–Newton;
 - ensembles: :func:`ensemble_filter` (EnKF perturbed obs / ETKF / LETKF, joint parameter estimation),
@@ -19,11 +19,12 @@ from ..core.covariance import (
     correlation_matrix,
 )
 from ..core.observations import ObservationSet
+from ..core.obsio import Sampling, read_observations, synthetic_observations, write_observations
 from ..core.operators import (
     IdentityOperator,
     IndexOperator,
     LinearOperator,
-    ProfileOperator,
+    StackedOperator,
     interpolate_profile,
 )
 from .calibrate import calibrate
@@ -42,7 +43,6 @@ from .ensemble import (
 from .forward import predict, propagate
 from .fourdvar import CycledResult, FourDVarResult, cycled_fourdvar, fourdvar, var3d
 from .laplace import conjugate_gradient, hessian, hvp, laplace_covariance
-from .obsio import read_observations, synthetic_observations, write_csv, write_netcdf
 from .optim import OptimizeResult, minimize
 from .problem import VariationalProblem
 from .result import CalibrationResult
@@ -62,7 +62,8 @@ __all__ = [
     "MatrixCovariance",
     "ObservationSet",
     "OptimizeResult",
-    "ProfileOperator",
+    "Sampling",
+    "StackedOperator",
     "VariationalProblem",
     "calibrate",
     "conjugate_gradient",
@@ -87,6 +88,5 @@ __all__ = [
     "sample_prior",
     "synthetic_observations",
     "var3d",
-    "write_csv",
-    "write_netcdf",
+    "write_observations",
 ]

@@ -1,8 +1,8 @@
 """Building inverse problems from YAML-style dicts (the ``pelagos calibrate`` / ``assimilate`` CLI).
 
 Generic over models: ``model.factory`` is an importable ``"module:callable"`` returning a pelagos Model. The
-observation operator for file-based observations comes from ``model.observation_operator(columns)`` when the
-model defines it (the water column will), else columns named ``x<i>`` select entries of a tensor state.
+observations are read by :func:`pelagos.core.obsio.read_observations` (operators from
+``model.observation_operator(variable, at)``).
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ import torch
 
 from ..core.errors import ConfigError
 from ..core.observations import ObservationSet
+from ..core.obsio import read_observations, synthetic_observations
 from ..core.operators import IndexOperator
-from .obsio import read_observations, synthetic_observations
 
 KNOWN = {
     "model",
@@ -79,20 +79,6 @@ def build_state(cfg: dict, model) -> torch.Tensor:
     return state.to(dtype) if torch.is_tensor(state) else state
 
 
-def default_operator(model, columns: list):
-    if hasattr(model, "observation_operator"):
-        return model.observation_operator(columns)
-    idx = []
-    for var, _ in columns:
-        if not (var.startswith("x") and var[1:].isdigit()):
-            raise ConfigError(
-                f"observed variable {var!r}: {type(model).__name__} has no observation_operator(columns); "
-                "name columns x0, x1, ... to observe entries of a tensor state"
-            )
-        idx.append(int(var[1:]))
-    return IndexOperator(idx)
-
-
 def build_observations(cfg: dict, model, state) -> tuple[ObservationSet, dict | None]:
     o = cfg.get("observations")
     if not isinstance(o, dict):
@@ -102,15 +88,13 @@ def build_observations(cfg: dict, model, state) -> tuple[ObservationSet, dict | 
         path = Path(cfg.get("_dir", ".")) / o["file"]
         if "start" not in o:
             raise ConfigError("observations.start (ISO date-time of model time 0) is required for a file")
-        obs = read_observations(
-            path,
-            start=str(o["start"]),
-            end=o.get("end"),
-            variables=o.get("variables"),
-            log=log,
-            operator=lambda cols: default_operator(model, cols),
-            missing=o.get("missing", "error"),
-        )
+        if (
+            getattr(model, "epoch", None) is None
+        ):  # adapter: `start` gives the model an epoch (date of time 0)
+            from datetime import datetime
+
+            model.epoch = datetime.fromisoformat(str(o["start"]))
+        obs = read_observations(path, model, stop=o.get("end"), log=log)
         return obs, None
     if "synthetic" in o:
         s = o["synthetic"]
@@ -118,15 +102,18 @@ def build_observations(cfg: dict, model, state) -> tuple[ObservationSet, dict | 
         every = int(s.get("every", 1))
         times = torch.arange(1, int(s["n"]) + 1, dtype=torch.float64) * every * dt
         truth = {n: float(model.get_parameter_value(n).detach()) for n in model.parameter_names()}
-        op = IndexOperator(s["index"]) if "index" in s else None
-        obs, _ = synthetic_observations(
+        obs = synthetic_observations(
             model,
             state,
             times,
-            op,
             sigma=float(s.get("sigma", 1.0)),
             noise=s.get("noise", "gaussian"),
             generator=torch.Generator().manual_seed(int(s.get("seed", 0))),
         )
+        if "index" in s:  # observe only these entries of the tensor state
+            idx = torch.as_tensor(s["index"], dtype=torch.long)
+            obs = ObservationSet(
+                obs.times, obs.values[..., idx], obs.sigma[..., idx], operator=IndexOperator(idx), log=obs.log
+            )
         return obs, truth
     raise ConfigError("observations: give file: PATH (+ start) or synthetic: {n, every, sigma, ...}")

@@ -193,19 +193,18 @@ def _set_priors(model, method: Mapping) -> None:
 
 
 def _observations(cfg: Mapping, model, x0, t0: float, t1: float):
-    from ..column.observe import (
-        SamplingPattern,
-        observations_from_csv,
-        observations_to_csv,
+    from ..core.obsio import (
+        Sampling,
+        read_observations,
+        regular_times,
         synthetic_observations,
+        write_observations,
     )
 
     o = cfg["observations"]
     base = Path(cfg["run"]["_base"]) if cfg["run"].get("_base") else Path.cwd()
     if o["file"] is not None:
-        return observations_from_csv(
-            resolve_path(o["file"], base), model, log=o["log"], t0=t0, t_end=t1
-        ), None
+        return read_observations(resolve_path(o["file"], base), model, start=t0, stop=t1, log=o["log"]), None
     s = o["synthetic"]
     truth = {k: float(v) for k, v in (s["truth"] or {}).items()}
     pats = []
@@ -215,25 +214,40 @@ def _observations(cfg: Mapping, model, x0, t0: float, t1: float):
                 f"observations.synthetic.patterns[{i}] needs variable, depths and every (s); got {p!r}"
             )
         d = p["depths"] if isinstance(p["depths"], list) else [p["depths"]]
-        pats.append(SamplingPattern(p["variable"], d, float(p["every"]), p.get("offset")))
+        when = regular_times(model, t0, t1, float(p["every"]), offset=p.get("offset"))
+        pats.append(Sampling(p["variable"], {"depth": d}, when))
     raw = {
         n: model.parameter_spec(n).transform.inverse(torch.tensor(v, dtype=torch.float64))
         for n, v in truth.items()
     }
+    rel = float(s["rel"])
+    if not rel > 0:
+        raise ConfigError(f"observations.synthetic.rel must be > 0; got {rel}")
+    noise = {
+        "lognormal": ("lognormal", rel, 0.0),
+        "relative": ("gaussian", 0.0, rel),
+        "none": ("none", 0.0, rel),
+    }
+    if s["noise"] not in noise:
+        raise ConfigError(
+            f"observations.synthetic.noise must be lognormal, relative or none; got {s['noise']!r}"
+        )
+    kind, sigma, rel_sigma = noise[s["noise"]]
     ctx = model.using(raw) if raw else _Null()
     with ctx:
         obs = synthetic_observations(
             model,
             x0,
+            None,
             pats,
-            t0=t0,
-            t_end=t1,
-            noise=s["noise"],
-            rel=float(s["rel"]),
+            start=t0,
+            noise=kind,
+            sigma=sigma,
+            rel_sigma=rel_sigma,
             generator=torch.Generator().manual_seed(int(s["seed"])),
         )
     if s["write"]:
-        observations_to_csv(obs, resolve_path(s["write"], base), epoch=model.forcing.epoch)
+        write_observations(obs, resolve_path(s["write"], base))
     return obs, truth
 
 
@@ -488,6 +502,8 @@ def _plots(folder: Path, result: Mapping, obs, before, after, t0: float, truth, 
         fig.savefig(files[-1], dpi=110)
         plt.close(fig)
     # observations vs model before / after, one panel per observed quantity (at most 8)
+    from ..core.obsio import column_label
+
     cols = obs.columns or [(f"obs{j}", "") for j in range(obs.m)]
     m = min(obs.m, 8)
     fig, axes = plt.subplots(1, m, figsize=(3.3 * m, 3), squeeze=False)
@@ -499,8 +515,7 @@ def _plots(folder: Path, result: Mapping, obs, before, after, t0: float, truth, 
         ax.plot(days[ok], obs.values[ok, j].numpy(), "ko", mfc="none", label="observed")
         ax.plot(days[ok], b[ok, j].numpy(), "C1x--", label="before")
         ax.plot(days[ok], a[ok, j].numpy(), "C0.-", label="after")
-        v, w = cols[j]
-        ax.set_title(f"{v} @ {w if isinstance(w, str) else f'{w:g} m'}", fontsize=9)
+        ax.set_title(column_label(cols[j]), fontsize=9)
         ax.set_xlabel("days")
     axes[0][0].legend(fontsize=8)
     fig.tight_layout()

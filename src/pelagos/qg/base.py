@@ -18,6 +18,7 @@ tensor so that forward-mode AD accepts it).
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -581,6 +582,16 @@ class SpectralQG(Model):
         # 1/M applied inside the transform (the FFT library scales while it writes: no extra pass)
         q_new = fft.irfft2(new, torch.empty_like(q), "backward", ws["ph"])  # ph: free by now
         return {"q": q_new, "qh": new, "dqhdt_p": d, "dqhdt_pp": p, "ablevel": ab_new}
+
+    # -- observations --------------------------------------------------------------------------------------
+    def observation_operator(self, variable: str, at: Mapping[str, Any] | None = None) -> Any:
+        """``q`` or ``psi`` (pyqg's ``p``) at points ``at = {"lev", "y" [m], "x" [m]}`` (periodic bilinear
+        interpolation, :mod:`pelagos.qg.observe`); other variables: the generic operator."""
+        from .observe import FIELDS, qg_observation_operator
+
+        if variable in FIELDS:
+            return qg_observation_operator(self, variable, at)
+        return super().observation_operator(variable, at)
 
     # -- pyqg-style conveniences -------------------------------------------------------------------------
     def to_dataset(self, state: QGState, time: float | None = None, diagnostics: bool | list[str] = False):
