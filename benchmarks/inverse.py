@@ -46,7 +46,7 @@ def ecosmo_setup(hours: int = 18):
     from pelagos.bgc.system import BGCSystem
     from pelagos.column import ColumnForcing, ColumnModel, compact_forcing_path
     from pelagos.column.coarsen import coarsen_forcing
-    from pelagos.column.observe import SamplingPattern, synthetic_observations
+    from pelagos.core.obsio import Sampling, regular_times, synthetic_observations
     from pelagos.io.config import resolve_path
 
     fine = ColumnForcing.from_gotm(compact_forcing_path(), bottom_stress=0.0)
@@ -60,12 +60,12 @@ def ecosmo_setup(hours: int = 18):
     obs = synthetic_observations(
         model,
         x0,
-        [SamplingPattern(v, ["surface", 100.0], 3600.0) for v in model.interior],
-        t0=t0,
-        t_end=t0 + hours * 3600.0,
+        regular_times(model, t0, t0 + hours * 3600.0, 3600.0),
+        [Sampling(v, {"depth": ["surface", 100.0]}) for v in model.interior],
+        start=t0,
         noise="none",
-        rel=0.05,
-        abs_floor=1e-3,
+        sigma=1e-3,
+        rel_sigma=0.05,
     )
     obs.sigma = 0.05 * obs.values.abs().nan_to_num(1.0) + 1e-3
     return model, x0, obs, t0

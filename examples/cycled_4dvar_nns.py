@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from flagship_nns_twin import FIRST_GUESS, TRUTH, build, spin_up, trajectory
 
 from pelagos.column.background import ColumnBackground
-from pelagos.column.observe import SamplingPattern, synthetic_observations
+from pelagos.core.obsio import Sampling, regular_times, synthetic_observations
 from pelagos.inverse.fourdvar import cycled_fourdvar
 
 DAY = 86400.0
@@ -42,17 +42,14 @@ def main(argv: list[str] | None = None) -> dict:
     xb = spin_up(model, FIRST_GUESS, t0, nut_factor=0.8)
     for n, v in TRUTH.items():  # perfect model: only the state is wrong
         model.set_parameter_value(n, v)
-    obs = synthetic_observations(
+    obs = synthetic_observations(  # weekly: surface phytoplankton, nutrient at 5/50/100 m
         model,
         x_true,
-        [
-            SamplingPattern("npzd_phy", ["surface"], 7 * DAY),
-            SamplingPattern("npzd_nut", [5.0, 50.0, 100.0], 7 * DAY),
-        ],
-        t0=t0,
-        t_end=t1,
+        regular_times(model, t0, t1, 7 * DAY),
+        [Sampling("npzd_phy", {"depth": "surface"}), Sampling("npzd_nut", {"depth": [5.0, 50.0, 100.0]})],
+        start=t0,
         noise="lognormal",
-        rel=0.15,
+        sigma=0.15,
         generator=torch.Generator().manual_seed(3),
     )
     h = model.forcing.fields["h"][0, 0]

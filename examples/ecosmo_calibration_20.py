@@ -23,7 +23,7 @@ import torch
 from pelagos.bgc.system import BGCSystem
 from pelagos.column import ColumnForcing, ColumnModel, compact_forcing_path
 from pelagos.column.coarsen import coarsen_forcing
-from pelagos.column.observe import SamplingPattern, synthetic_observations
+from pelagos.core.obsio import Sampling, regular_times, synthetic_observations
 from pelagos.inverse.calibrate import calibrate
 from pelagos.io.config import resolve_path
 
@@ -56,18 +56,16 @@ def main(argv: list[str] | None = None) -> dict:
     model, t0, t1 = build(args.days)
     truth = {n: float(model.get_parameter_value(n)) for n in FREE}
     x0 = model.initial_state(t0=t0)
-    obs = synthetic_observations(
+    surface = ("ECO_dia", "ECO_fla", "ECO_microzoo", "ECO_mesozoo", "ECO_no3", "ECO_pho", "ECO_sil")
+    obs = synthetic_observations(  # twice a day: surface values of 7 variables, nitrate/diatom profiles
         model,
         x0,
-        [
-            SamplingPattern(v, ["surface"], DAY / 2)
-            for v in ("ECO_dia", "ECO_fla", "ECO_microzoo", "ECO_mesozoo", "ECO_no3", "ECO_pho", "ECO_sil")
-        ]
-        + [SamplingPattern(v, [5.0, 25.0, 50.0, 80.0], DAY / 2) for v in ("ECO_no3", "ECO_dia")],
-        t0=t0,
-        t_end=t1,
+        regular_times(model, t0, t1, DAY / 2),
+        [Sampling(v, {"depth": "surface"}) for v in surface]
+        + [Sampling(v, {"depth": [5.0, 25.0, 50.0, 80.0]}) for v in ("ECO_no3", "ECO_dia")],
+        start=t0,
         noise="lognormal",
-        rel=0.1,
+        sigma=0.1,
         generator=torch.Generator().manual_seed(20),
     )
     guess = {n: v * (1.3 if i % 2 == 0 else 0.7) for i, (n, v) in enumerate(truth.items())}

@@ -29,8 +29,8 @@ import torch
 from pelagos.column import ColumnForcing, ColumnModel, compact_forcing_path
 from pelagos.column.background import ColumnBackground
 from pelagos.column.coarsen import coarsen_forcing
-from pelagos.column.observe import SamplingPattern, synthetic_observations
 from pelagos.column.stacked import StackedColumn
+from pelagos.core.obsio import Sampling, regular_times, synthetic_observations
 from pelagos.inverse.fourdvar import fourdvar
 from pelagos.io.config import resolve_path
 
@@ -196,19 +196,21 @@ def main(argv: list[str] | None = None) -> dict:
     )
     names = list(TRUTH)
     x_true = spin_up(model, TRUTH, t0)
+    nut_every = 30 * DAY if not args.quick else 14 * DAY
+    # weekly surface phytoplankton; nutrient profiles monthly (quick: fortnightly)
     obs = synthetic_observations(
         model,
         x_true,
+        None,
         [
-            SamplingPattern("npzd_phy", ["surface"], 7 * DAY),
-            SamplingPattern(
-                "npzd_nut", [5.0, 25.0, 50.0, 75.0, 100.0], 30 * DAY if not args.quick else 14 * DAY
+            Sampling("npzd_phy", {"depth": "surface"}, regular_times(model, t0, t1, 7 * DAY)),
+            Sampling(
+                "npzd_nut", {"depth": [5.0, 25.0, 50.0, 75.0, 100.0]}, regular_times(model, t0, t1, nut_every)
             ),
         ],
-        t0=t0,
-        t_end=t1,
+        start=t0,
         noise="lognormal",
-        rel=0.2,
+        sigma=0.2,
         generator=torch.Generator().manual_seed(args.seed),
     )
     print(f"observations: {obs.n_obs} values at {obs.n_times} times (20 % log-normal noise)")
@@ -391,7 +393,7 @@ def plot_all(out, model, obs, p, names, tr_true, tr_fg, tr_an, t0, res) -> list[
     ax.plot(tr_fg[k_last, 0].flip(0).numpy(), zc.numpy(), "C1--", label="first guess (end)")
     ax.plot(tr_an[k_last, 0].flip(0).numpy(), zc.numpy(), "C0-", label="analysis (end)")
     last = max(i for i in range(obs.n_times) if bool(torch.isfinite(obs.values[i, 1:]).any()))
-    depths = [w for _, w in obs.columns[1:]]
+    depths = [w["depth"] for _, w in obs.columns[1:]]
     ax.plot(obs.values[last, 1:].numpy(), depths, "ko", mfc="none", label=f"observed day {od[last]:.0f}")
     ax.invert_yaxis()
     ax.set_xlabel("nutrient (mmol N m-3)")

@@ -19,7 +19,7 @@ from pelagos.core.observations import ObservationSet
 from pelagos.core.rollout import rollout
 from pelagos.inverse.calibrate import calibrate
 from pelagos.qg import QGModel
-from pelagos.qg.observe import PointObserver
+from pelagos.qg.observe import random_points
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 DAY = 86400.0
@@ -32,7 +32,8 @@ def main() -> None:
     with torch.no_grad():  # 2 years of spin-up: a developed eddy field
         st0 = rollout(truth, truth.initial_state(seed=0), 8760, save_every=10**9, include_initial=False).final
     q0 = st0["q"]
-    H = PointObserver.random(truth, 64, seed=1)  # 64 of the 2048 grid values of psi (both layers)
+    at = random_points(truth, 64, seed=1)  # 64 of the 2048 grid points (both layers)
+    H = truth.observation_operator("psi", at)
     n_days, steps_day = 10, 12
     with torch.no_grad():
         traj = rollout(
@@ -49,7 +50,7 @@ def main() -> None:
         clean.shape, dtype=clean.dtype, generator=torch.Generator().manual_seed(2)
     )
     m = QGModel(nx=32, dt=7200.0, rek=2 * true["rek"], rd=1.3 * true["rd"])
-    obs = ObservationSet(times=traj.times, values=y, sigma=sigma, operator=PointObserver(m, H.points))
+    obs = ObservationSet(times=traj.times, values=y, sigma=sigma, operator=m.observation_operator("psi", at))
     t = time.time()
     res = calibrate(m, obs, m.state_from_q(q0), free=["rek", "rd"], optimizer="lbfgs", max_iter=40)
     wall = time.time() - t

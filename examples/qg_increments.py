@@ -36,7 +36,7 @@ from pelagos.nn.qg_closure import QGClosureCNN
 from pelagos.qg import QGModel
 from pelagos.qg.interval import QGInterval
 from pelagos.qg.model_error import SpectralCovariance, fit_stencil, increments, streamfunction
-from pelagos.qg.observe import PointObserver
+from pelagos.qg.observe import random_points
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CFG = dict(
@@ -107,8 +107,9 @@ def main(cfg: dict = CFG, out_dir: pathlib.Path | None = None) -> dict:
         pt = streamfunction(truth_qg, xt[:, 0])
     q_std, p_std = xt[:, 0].std(dim=(0, 2, 3)), pt.std(dim=(0, 2, 3))  # per layer
 
-    H = PointObserver.random(truth_qg, cfg["n_obs"], seed=1, field="psi")
-    sig = (cfg["obs_noise"] * p_std)[H.points // (32 * 32)]  # per observation, by layer
+    at = random_points(truth_qg, cfg["n_obs"], seed=1)
+    H = truth_qg.observation_operator("psi", at)
+    sig = (cfg["obs_noise"] * p_std)[H.k]  # per observation, by layer
     B = SpectralCovariance(biased_qg, cfg["b_std"] * q_std, cfg["b_ell"] * 5e5 / 32)
 
     def observe(k0: int, n: int) -> ObservationSet:
@@ -116,7 +117,9 @@ def main(cfg: dict = CFG, out_dir: pathlib.Path | None = None) -> dict:
             y = torch.stack([H(x) for x in xt[k0 + 1 : k0 + n + 1]])
         y = y + sig * torch.randn(y.shape, dtype=y.dtype, generator=gen)
         times = torch.arange(1, n + 1, dtype=torch.float64) * biased.dt
-        return ObservationSet(times=times, values=y, sigma=sig, operator=PointObserver(biased_qg, H.points))
+        return ObservationSet(
+            times=times, values=y, sigma=sig, operator=biased_qg.observation_operator("psi", at)
+        )
 
     def first_guess(k0: int) -> torch.Tensor:
         return xt[k0] + B.sqrt_apply(torch.randn(xt[k0].shape, dtype=torch.float64, generator=gen))

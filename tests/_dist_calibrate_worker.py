@@ -10,8 +10,8 @@ import torch.distributed as dist
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
 from _inverse_models import DecayModel
+from pelagos.core.obsio import synthetic_observations
 from pelagos.inverse.distributed import distributed_calibrate
-from pelagos.inverse.obsio import synthetic_observations
 
 
 def stations():
@@ -20,7 +20,7 @@ def stations():
     truth = DecayModel()
     x0 = torch.tensor([[1.0, 0.2], [0.1, 0.9], [0.5, 0.5], [0.8, 0.0]])
     times = torch.arange(1, 11) * truth.dt
-    obs, _ = synthetic_observations(truth, x0, times, sigma=0.02, generator=torch.Generator().manual_seed(0))
+    obs = synthetic_observations(truth, x0, times, sigma=0.02, generator=torch.Generator().manual_seed(0))
     return x0, obs
 
 

@@ -10,21 +10,35 @@ import torch
 from pelagos.column import ColumnForcing, ColumnModel, compact_forcing_path
 from pelagos.column.background import ColumnBackground
 from pelagos.column.coarsen import coarsen_forcing
-from pelagos.column.observe import (
-    ColumnObservationOperator,
-    SamplingPattern,
-    observations_from_csv,
-    observations_to_csv,
-    synthetic_observations,
-)
+from pelagos.column.observe import ColumnObservationOperator
 from pelagos.column.stacked import StackedColumn
 from pelagos.core.errors import ObservationError
+from pelagos.core.obsio import (
+    Sampling,
+    read_observations,
+    regular_times,
+    synthetic_observations,
+    write_observations,
+)
 from pelagos.inverse.calibrate import calibrate
 from pelagos.inverse.forward import predict
 from pelagos.io.config import resolve_path
 
 DAY = 86400.0
 VARS = ["npzd_nut", "npzd_phy", "npzd_zoo", "npzd_det"]
+
+
+def twin(model, x0, patterns, *, t0, t_end, noise="none", rel=0.2, seed=0):
+    """Synthetic column observations: ``patterns`` = [(variable, depths, every s)], from t0 + every."""
+    samplings = [
+        Sampling(v, {"depth": d}, regular_times(model, t0, t_end, every)) for v, d, every in patterns
+    ]
+    sigma, rel_sigma = (rel, 0.0) if noise == "lognormal" else (0.0, rel)
+    kind = {"relative": "gaussian"}.get(noise, noise)
+    return synthetic_observations(
+        model, x0, None, samplings, start=t0, noise=kind, sigma=sigma, rel_sigma=rel_sigma,
+        generator=torch.Generator().manual_seed(seed),
+    )  # fmt: skip
 
 
 # -- operators -------------------------------------------------------------------------------------------
@@ -52,7 +66,7 @@ def test_depth_interpolation_exact_on_linear_profiles():
     assert torch.allclose(y[:, :-1], expect, atol=1e-12)
     assert torch.allclose(y[:, -1], torch.tensor(7.0 - 0.9, dtype=torch.float64), atol=1e-12)
     # above the top centre / below the bottom centre: the layer's own value
-    op2 = ColumnObservationOperator([("phy", 0.0), ("phy", 29.0), ("phy", "surface")], VARS, h)
+    op2 = ColumnObservationOperator([("npzd_phy", 0.0), ("npzd_phy", 29.0), ("npzd_phy", "surface")], VARS, h)
     y2 = op2(x)
     assert torch.allclose(y2[:, 0], x[:, 1, -1]) and torch.allclose(y2[:, 1], x[:, 1, 0])
     assert torch.allclose(y2[:, 2], x[:, 1, -1])
@@ -72,7 +86,7 @@ def test_depth_integral_and_dict_state():
 def test_operator_gradients_fd_and_forward_mode():
     h = _h()
     op = ColumnObservationOperator(
-        [("phy", 4.0), ("nut", "integral"), ("det", "surface"), ("zoo", 17.3)], VARS, h
+        [("npzd_phy", 4.0), ("npzd_nut", "integral"), ("npzd_det", "surface"), ("npzd_zoo", 17.3)], VARS, h
     )
     g = torch.Generator().manual_seed(0)
     x = torch.rand(4, 5, generator=g, dtype=torch.float64)
@@ -92,12 +106,14 @@ def test_operator_gradients_fd_and_forward_mode():
 
 
 def test_operator_errors():
-    with pytest.raises(ObservationError, match="unknown observed variable 'chl'"):
+    with pytest.raises(ObservationError, match="unknown variable 'chl'"):
         ColumnObservationOperator([("chl", 1.0)], VARS, _h())
+    with pytest.raises(ObservationError, match="unknown variable 'phy'; did you mean 'npzd_phy'"):
+        ColumnObservationOperator([("phy", 1.0)], VARS, _h())
     with pytest.raises(ObservationError, match="below the column bottom"):
-        ColumnObservationOperator([("phy", 31.0)], VARS, _h())
+        ColumnObservationOperator([("npzd_phy", 31.0)], VARS, _h())
     with pytest.raises(ObservationError, match="depth must be"):
-        ColumnObservationOperator([("phy", -1.0)], VARS, _h())
+        ColumnObservationOperator([("npzd_phy", -1.0)], VARS, _h())
 
 
 # -- a small column ---------------------------------------------------------------------------------------
@@ -121,24 +137,31 @@ def _reset(model):
 def test_csv_roundtrip_and_errors(small, tmp_path):
     model, x0, t0 = small
     _reset(model)
-    obs = synthetic_observations(
+    obs = twin(
         model,
         x0,
-        [SamplingPattern("phy", ["surface"], 5 * DAY), SamplingPattern("nut", [10.0, 80.0], 10 * DAY)],
+        [("npzd_phy", ["surface"], 5 * DAY), ("npzd_nut", [10.0, 80.0], 10 * DAY)],
         t0=t0,
         t_end=t0 + 30 * DAY,
         noise="relative",
         rel=0.1,
-        generator=torch.Generator().manual_seed(1),
+        seed=1,
     )
-    p = observations_to_csv(obs, tmp_path / "obs.csv", epoch=model.forcing.epoch)
-    back = observations_from_csv(p, model)
+    assert obs.columns == [
+        ("npzd_phy", {"depth": "surface"}), ("npzd_nut", {"depth": 10.0}), ("npzd_nut", {"depth": 80.0})
+    ]  # fmt: skip
+    p = write_observations(obs, tmp_path / "obs.csv")
+    window = {"start": t0, "stop": t0 + 30 * DAY}
+    back = read_observations(p, model, **window)
     assert back.n_obs == obs.n_obs == 6 + 3 * 2
     assert torch.allclose(back.times, obs.times)
     assert torch.allclose(back.values.nan_to_num(-1), obs.values.nan_to_num(-1), rtol=1e-7)
     assert torch.allclose(predict(model, x0, back, t0=t0), predict(model, x0, obs, t0=t0))
     text = p.read_text().splitlines()
     header, row = text[0], text[1]
+    assert header == "time,depth,variable,value,sigma" and row.startswith(
+        "1998-04-06 00:00:00,surface,npzd_phy,"
+    )
 
     def write(line: str):
         q = tmp_path / "bad.csv"
@@ -146,22 +169,58 @@ def test_csv_roundtrip_and_errors(small, tmp_path):
         return q
 
     t = row.split(",")[0]
-    with pytest.raises(ObservationError, match=r"row 3.*unknown observed variable 'chlorophyll'"):
-        observations_from_csv(write(f"{t},5,chlorophyll,1.0,0.1"), model)
-    with pytest.raises(ObservationError, match=r"row 3.*outside the run"):
-        observations_from_csv(write("1999-01-01 00:00:00,5,phy,1.0,0.1"), model)
-    with pytest.raises(ObservationError, match=r"row 3.*sigma must be"):
-        observations_from_csv(write(f"{t},5,phy,1.0,-0.1"), model)
-    with pytest.raises(ObservationError, match=r"row 3.*value is 'nan'"):
-        observations_from_csv(write(f"{t},5,phy,nan,0.1"), model)
-    with pytest.raises(ObservationError, match=r"row 3.*depth"):
-        observations_from_csv(write(f"{t},deep,phy,1.0,0.1"), model)
-    with pytest.raises(ObservationError, match=r"rows 2 and 3"):
-        observations_from_csv(write(row), model)
+    bad = {
+        f"{t},5,chlorophyll,1.0,0.1": r"bad.csv:3: unknown variable 'chlorophyll'",
+        f"{t},5,phy,1.0,0.1": r"bad.csv:3: unknown variable 'phy'; did you mean 'npzd_phy'\?",
+        "1999-01-01 00:00:00,5,npzd_phy,1.0,0.1": r"bad.csv:3: time 1999-01-01 00:00:00 is outside the "
+        r"window \[1998-04-01 00:00:00, 1998-05-01 00:00:00\]",
+        f"{t},5,npzd_phy,1.0,-0.1": r"bad.csv:3: sigma must be",
+        f"{t},deep,npzd_phy,1.0,0.1": r"bad.csv:3: depth 'deep' is neither a number",
+        f"{t},-5,npzd_phy,1.0,0.1": r"bad.csv:3: depth -5 m is negative",
+        f"{t},120,npzd_phy,1.0,0.1": r"bad.csv:3: observation of npzd_phy at 120 m is below the column",
+        f"{t},,npzd_phy,1.0,0.1": r"bad.csv:3: npzd_phy is a profile \(2 layers\): give a depth",
+        row: r"bad.csv:3: npzd_phy at the surface at 1998-04-06 00:00:00 is observed twice \(also at "
+        r".*bad.csv:2\)",
+    }
+    for line, match in bad.items():
+        with pytest.raises(ObservationError, match=match):
+            read_observations(write(line), model, **window)
+    # a NaN value is masked, not an error
+    assert read_observations(write(f"{t},5,npzd_phy,nan,0.1"), model, **window).n_obs == 1
     q = tmp_path / "nohead.csv"
     q.write_text("t,z,var,value\n")
-    with pytest.raises(ObservationError, match="expected time,depth,variable,value,sigma"):
-        observations_from_csv(q, model)
+    with pytest.raises(
+        ObservationError, match=r"nohead.csv:1: the header t,z,var,value lacks time, variable"
+    ):
+        read_observations(q, model)
+
+
+def test_example_observation_file_and_z_coordinate(tmp_path):
+    """examples/data/npzd_nns_obs.csv (depth 'surface' and metres) reads for the NNS column; 'z' (GOTM's,
+    negative down) locates the same points as depth."""
+    from pathlib import Path
+
+    fine = ColumnForcing.from_gotm(compact_forcing_path())
+    model = ColumnModel(resolve_path("builtin:fabm/fabm-gotm-npzd.yaml", None), fine, dt=21600.0)
+    path = Path(__file__).parents[1] / "examples" / "data" / "npzd_nns_obs.csv"
+    obs = read_observations(path, model, start="1998-03-15", stop="1998-05-15", log=True)
+    assert obs.n_obs == 24 and obs.log is True
+    assert (
+        obs.columns[0] == ("npzd_phy", {"depth": "surface"}) and ("npzd_nut", {"depth": 100.0}) in obs.columns
+    )
+    x = model.initial_state(1)
+    assert obs.operator(x).shape == (1, obs.m)
+    by_z = model.observation_operator("npzd_nut", {"z": [-5.0, -100.0]})
+    by_depth = model.observation_operator("npzd_nut", {"depth": [5.0, 100.0]})
+    assert torch.equal(by_z.W, by_depth.W)
+    with pytest.raises(ObservationError, match="by 'depth'"):
+        model.observation_operator("npzd_nut", {"lev": 1})
+    with pytest.raises(ObservationError, match="negative down"):
+        model.observation_operator("npzd_nut", {"z": 5.0})
+    bad = tmp_path / "neg.csv"
+    bad.write_text(path.read_text().replace("0.40154025", "-999", 1))
+    with pytest.raises(ObservationError, match=r"neg.csv:3: value '-999' of npzd_phy is <= 0 .* log"):
+        read_observations(bad, model, start="1998-03-15", stop="1998-05-15", log=True)
 
 
 def test_cost_gradient_fd_through_the_column(small):
@@ -170,15 +229,15 @@ def test_cost_gradient_fd_through_the_column(small):
 
     model, x0, t0 = small
     _reset(model)
-    obs = synthetic_observations(
+    obs = twin(
         model,
         x0,
-        [SamplingPattern("phy", ["surface", 60.0], 4 * DAY), SamplingPattern("nut", ["integral"], 8 * DAY)],
+        [("npzd_phy", ["surface", 60.0], 4 * DAY), ("npzd_nut", ["integral"], 8 * DAY)],
         t0=t0,
         t_end=t0 + 16 * DAY,
         noise="lognormal",
         rel=0.2,
-        generator=torch.Generator().manual_seed(2),
+        seed=2,
     )
     model.select_free(["npzd.rmax", "npzd.alpha"])
     B = ColumnBackground(0.2 * x0 + 1e-3, torch.tensor([82.5, 27.5]), 30.0)
@@ -200,19 +259,19 @@ def test_small_twin_recovers_parameters(small, noise):
     model, x0, t0 = small
     truth = {"npzd.rmax": 1.0, "npzd.gmax": 0.2, "npzd.alpha": 1.35}
     _reset(model)
-    obs = synthetic_observations(
+    obs = twin(
         model,
         x0,
         [
-            SamplingPattern("phy", ["surface"], 2 * DAY),
-            SamplingPattern("nut", [5.0, 80.0], 4 * DAY),
-            SamplingPattern("zoo", ["surface"], 4 * DAY),
+            ("npzd_phy", ["surface"], 2 * DAY),
+            ("npzd_nut", [5.0, 80.0], 4 * DAY),
+            ("npzd_zoo", ["surface"], 4 * DAY),
         ],
         t0=t0,
         t_end=t0 + 20 * DAY,
         noise="lognormal" if noise == "lognormal" else "none",
         rel=0.15,
-        generator=torch.Generator().manual_seed(4),
+        seed=4,
     )
     if noise == "none":
         obs.log = True
@@ -239,15 +298,15 @@ def test_esmda_agrees_with_gradient_estimate(small):
 
     model, x0, t0 = small
     _reset(model)
-    obs = synthetic_observations(
+    obs = twin(
         model,
         x0,
-        [SamplingPattern("phy", ["surface"], 2 * DAY), SamplingPattern("nut", [5.0], 4 * DAY)],
+        [("npzd_phy", ["surface"], 2 * DAY), ("npzd_nut", [5.0], 4 * DAY)],
         t0=t0,
         t_end=t0 + 16 * DAY,
         noise="lognormal",
         rel=0.15,
-        generator=torch.Generator().manual_seed(5),
+        seed=5,
     )
     model.select_free(["npzd.rmax", "npzd.alpha"])
     model.set_prior("npzd.rmax", 0.8, 0.5)
@@ -346,8 +405,8 @@ def test_weak_constraint_4dvar_absorbs_model_error_on_the_column(small):
     _reset(model)
     model.select_free([])
     model.set_parameter_value("npzd.rmax", 1.3)
-    pattern = [SamplingPattern("phy", ["surface", 60.0], 2 * DAY), SamplingPattern("nut", [5.0], 2 * DAY)]
-    obs = synthetic_observations(model, x0, pattern, t0=t0, t_end=t0 + 16 * DAY, noise="none")
+    pattern = [("npzd_phy", ["surface", 60.0], 2 * DAY), ("npzd_nut", [5.0], 2 * DAY)]
+    obs = twin(model, x0, pattern, t0=t0, t_end=t0 + 16 * DAY, noise="none")
     _, truth_end = predict(model, x0, obs, t0=t0, return_final=True)
     truth_end = truth_end.reshape(-1)
     _reset(model)

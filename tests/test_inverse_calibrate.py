@@ -9,9 +9,9 @@ import torch
 
 from _inverse_models import DecayModel
 from pelagos.core.errors import ConfigError
+from pelagos.core.obsio import synthetic_observations
 from pelagos.inverse.calibrate import calibrate
 from pelagos.inverse.ensemble import esmda, sample_prior
-from pelagos.inverse.obsio import synthetic_observations
 from pelagos.inverse.problem import VariationalProblem
 from pelagos.models import Lorenz63
 
@@ -27,7 +27,7 @@ def _l63_twin(sigma_obs: float, seed: int = 0):
     times = torch.arange(1, 11) * 5 * truth.dt  # every 5 steps over half a time unit
     g = torch.Generator().manual_seed(seed)
     noise = "gaussian" if sigma_obs > 0 else "none"
-    obs, _ = synthetic_observations(truth, x0, times, sigma=max(sigma_obs, 0.1), noise=noise, generator=g)
+    obs = synthetic_observations(truth, x0, times, sigma=max(sigma_obs, 0.1), noise=noise, generator=g)
     model = Lorenz63(sigma=8.0, rho=25.0, beta=2.0)  # wrong first guess
     model.select_free(["sigma", "rho", "beta"])
     for n, v in {"sigma": 8.0, "rho": 25.0, "beta": 2.0}.items():
@@ -91,9 +91,7 @@ def _decay_twin(seed=0, n_stations=1):
     x0 = torch.tensor([[1.0, 0.2], [0.1, 0.9], [0.5, 0.5]])[:n_stations]
     x0 = x0[0] if n_stations == 1 else x0
     times = torch.arange(1, 13) * truth.dt
-    obs, _ = synthetic_observations(
-        truth, x0, times, sigma=0.02, generator=torch.Generator().manual_seed(seed)
-    )
+    obs = synthetic_observations(truth, x0, times, sigma=0.02, generator=torch.Generator().manual_seed(seed))
     model = DecayModel()
     model.set_parameter_value("k", 0.5)
     model.set_parameter_value("s", 0.5)

@@ -178,14 +178,14 @@ def test_checkpointed_gradient_equals_plain():
 
 
 def test_joint_state_and_parameter_4dvar_on_lorenz63():
-    from pelagos.inverse.obsio import synthetic_observations
+    from pelagos.core.obsio import synthetic_observations
     from pelagos.models import Lorenz63
 
     truth = Lorenz63()
     x_true = truth.initial_state()
     times = torch.arange(1, 11) * 5 * truth.dt
     g = torch.Generator().manual_seed(0)
-    obs, _ = synthetic_observations(truth, x_true, times, sigma=0.5, generator=g)
+    obs = synthetic_observations(truth, x_true, times, sigma=0.5, generator=g)
     model = Lorenz63(rho=24.0)
     model.select_free(["rho"])
     model.set_prior("rho", mean=24.0, std=0.5)

@@ -1,24 +1,27 @@
 """Calibration of QG parameters from sparse streamfunction observations through pelagos.inverse."""
 
+import pytest
 import torch
 
+from pelagos.core.errors import ObservationError
 from pelagos.core.observations import ObservationSet
 from pelagos.core.rollout import rollout
 from pelagos.inverse.calibrate import calibrate
 from pelagos.qg import QGModel
-from pelagos.qg.observe import PointObserver
+from pelagos.qg.observe import grid_points, random_points
 
 
 def test_calibrate_rek_and_rd_from_sparse_psi():
     truth = QGModel(nx=16, dt=7200.0, rek=1e-6, rd=15000.0)
     q0 = 1e-5 * torch.randn(1, 2, 16, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
-    H = PointObserver.random(truth, 24, seed=1)
+    at = random_points(truth, 24, seed=1)
+    H = truth.observation_operator("psi", at)
     with torch.no_grad():
         traj = rollout(truth, truth.state_from_q(q0), 24, save_every=6, include_initial=False, observe=H)
     y = traj.states  # (4, 1, 24)
     m = QGModel(nx=16, dt=7200.0, rek=3e-7, rd=20000.0)
     obs = ObservationSet(
-        times=traj.times, values=y, sigma=0.01 * float(y.std()), operator=PointObserver(m, H.points)
+        times=traj.times, values=y, sigma=0.01 * float(y.std()), operator=m.observation_operator("psi", at)
     )
     res = calibrate(
         m, obs, m.state_from_q(q0), free=["rek", "rd"], optimizer="lbfgs", max_iter=30, uncertainty=None
@@ -31,7 +34,7 @@ def test_calibrate_rek_and_rd_from_sparse_psi():
 def test_point_observer_psi_is_inverse_of_q():
     m = QGModel(nx=16)
     st = m.initial_state(seed=3)
-    H = PointObserver(m, torch.arange(2 * 16 * 16))
+    H = m.observation_operator("psi", grid_points(m, torch.arange(2 * 16 * 16)))
     psi = H(st).reshape(1, 2, 16, 16)
     # q = ∇²ψ + F-coupling, evaluated spectrally, returns the state's q
     F1 = float(m.param("rd").detach()) ** -2 / (1 + float(m.param("delta").detach()))
@@ -56,9 +59,41 @@ def test_interval_model_tensor_state_and_observer():
     for _ in range(3):
         st = m.step(st)
     assert torch.equal(T.step(q), st["q"])
-    H = PointObserver.random(m, 10, seed=0)
+    H = m.observation_operator("psi", random_points(m, 10, seed=0))
     assert torch.allclose(H(q), H(m.state_from_q(q)), rtol=0, atol=0)
     shift = torch.nn.Conv2d(2, 2, 1, bias=False).double()
     torch.nn.init.zeros_(shift.weight)
     # zero correction (the correction sees q in the model's dtype)
     assert torch.equal(QGInterval(m, 3, correction=shift).step(q), st["q"])
+
+
+def test_point_operator_interpolates_periodically_and_checks_points():
+    """Between cell centres: bilinear, periodic across the edges; exact at the centres; gradients agree."""
+    m = QGModel(nx=16)
+    q = m.random_q(1, seed=5)
+    dx = m.grid.dx
+    centre = m.observation_operator("q", {"lev": 2, "y": 0.5 * dx, "x": [0.5 * dx, 15.5 * dx]})
+    assert torch.equal(centre(q), q[:, 1, 0, [0, 15]])
+    edge = m.observation_operator("q", {"lev": 2, "y": 0.5 * dx, "x": 0.0})  # between x-centres 15 and 0
+    assert torch.allclose(edge(q), 0.5 * (q[:, 1, 0, 0] + q[:, 1, 0, 15]).unsqueeze(-1), rtol=1e-14)
+    mid = m.observation_operator("psi", {"lev": [1, 2], "y": 3.25 * dx, "x": 7.0 * dx})
+    psi_all = m.observation_operator("psi", grid_points(m, torch.arange(2 * 16 * 16)))(q).reshape(
+        1, 2, 16, 16
+    )
+    ref = 0.25 * (psi_all[:, :, 2, 6] + psi_all[:, :, 2, 7]) + 0.75 * (
+        psi_all[:, :, 3, 6] + psi_all[:, :, 3, 7]
+    )
+    assert torch.allclose(mid(q), 0.5 * ref, rtol=1e-12)
+    d = torch.randn_like(q)
+    qq = q.clone().requires_grad_(True)
+    (g,) = torch.autograd.grad(mid(qq).sum(), qq)
+    _, jv = torch.func.jvp(lambda x: mid(x).sum(), (q,), (d,))
+    assert torch.allclose(jv, (g * d).sum(), rtol=1e-10)
+    with pytest.raises(ObservationError, match="lev 3"):
+        m.observation_operator("psi", {"lev": 3, "y": 0.0, "x": 0.0})
+    with pytest.raises(ObservationError, match="give its layer lev"):
+        m.observation_operator("psi", {"y": 0.0, "x": 0.0})
+    with pytest.raises(ObservationError, match="outside the domain"):
+        m.observation_operator("psi", {"lev": 1, "y": -1.0, "x": 0.0})
+    with pytest.raises(ObservationError, match="located by lev, y and x"):
+        m.observation_operator("psi", {"lev": 1, "z": 0.0, "x": 0.0})

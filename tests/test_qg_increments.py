@@ -11,7 +11,7 @@ from pelagos.inverse.fourdvar import cycled_fourdvar
 from pelagos.qg import QGModel
 from pelagos.qg.interval import QGInterval
 from pelagos.qg.model_error import SpectralCovariance, fit_stencil, increments, streamfunction
-from pelagos.qg.observe import PointObserver
+from pelagos.qg.observe import random_points
 
 pytestmark = pytest.mark.usefixtures("float64_default")
 
@@ -84,8 +84,9 @@ def test_increment_trained_stencil_moves_biased_model_toward_truth():
         xt = rollout(truth, q, n_cyc + 30, include_initial=True).states  # (T, 1, 2, 16, 16)
         pt = streamfunction(truth_qg, xt[:, 0])
     gen = torch.Generator().manual_seed(2)
-    H = PointObserver.random(truth_qg, 256, seed=3, field="psi")  # half of the 512 grid values
-    sig = (0.01 * pt.std(dim=(0, 2, 3)))[H.points // 256]
+    at = random_points(truth_qg, 256, seed=3)  # half of the 512 grid values
+    H = truth_qg.observation_operator("psi", at)
+    sig = (0.01 * pt.std(dim=(0, 2, 3)))[H.k]
     with torch.no_grad():
         y = torch.stack([H(x) for x in xt[1 : n_cyc + 1]])
     y = y + sig * torch.randn(y.shape, dtype=y.dtype, generator=gen)
@@ -93,7 +94,7 @@ def test_increment_trained_stencil_moves_biased_model_toward_truth():
         times=torch.arange(1, n_cyc + 1, dtype=torch.float64) * biased.dt,
         values=y,
         sigma=sig,
-        operator=PointObserver(biased_qg, H.points),
+        operator=biased_qg.observation_operator("psi", at),
     )
     B = SpectralCovariance(biased_qg, 0.03 * xt[:, 0].std(dim=(0, 2, 3)), ell=0.0)  # uncorrelated
     xb = xt[0] + B.sqrt_apply(torch.randn(xt[0].shape, dtype=torch.float64, generator=gen))

@@ -16,7 +16,8 @@ Lists give several points at once (``{"depth": ["surface", 5.0, 25.0]}``). Every
 map ``H(x) = W x`` of the stacked state ``(…, V, nz)`` or of the dict state, exact on linear profiles, with
 gradient Wᵀ. The layer thicknesses are the forcing's; a forcing whose ``h`` changes in time or between
 columns is refused (the operator is handed no time), which holds for GOTM's fixed grids such as the NNS case.
-Files and twins use this through :mod:`pelagos.core.obsio` (``read_observations``, ``synthetic_observations``).
+Files and twins use it through :mod:`pelagos.core.obsio` (``read_observations``,
+``synthetic_observations``).
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ def _centre_depths(h: torch.Tensor) -> torch.Tensor:
 
 
 def fixed_h(forcing: Any) -> torch.Tensor:
-    """The forcing's layer thickness ``(nz,)`` (float64), checked the same at every time and in every column."""
+    """The forcing's layer thickness ``(nz,)`` (float64), checked equal at every time and in every column."""
     h = torch.as_tensor(forcing.fields["h"]).detach().to(torch.float64)
     h0 = h.reshape(-1, h.shape[-1])[0]
     if not torch.allclose(h, h0.expand_as(h), rtol=1e-9, atol=0.0):
@@ -130,7 +131,7 @@ class ColumnObservationOperator:
 
 
 class PoolOperator:
-    """A bottom- or surface-attached variable (one value per column, no depth) of a dict state: ``(..., 1)``."""
+    """A bottom- or surface-attached variable (one value per column, no depth) of a dict state: (..., 1)."""
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -158,8 +159,8 @@ def _as_list(v: Any) -> list:
 
 
 def column_observation_operator(model: Any, variable: str, at: Mapping[str, Any] | None = None) -> Any:
-    """``H`` of ``variable`` at the points ``at`` on ``model``'s grid (a ColumnModel or a StackedColumn; see the
-    module docstring for ``at``)."""
+    """``H`` of ``variable`` at the points ``at`` on ``model``'s grid (a ColumnModel or a StackedColumn;
+    see the module docstring for ``at``)."""
     interior = list(model.interior)
     pools = list(getattr(model, "bottom", []) or []) + list(getattr(model, "surface", []) or [])
     if variable not in interior + pools:

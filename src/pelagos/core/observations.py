@@ -93,7 +93,7 @@ class ObservationSet:
         super().__setattr__(name, value)
 
     def _checked_sigma(self, sigma: object) -> torch.Tensor:
-        """``sigma`` broadcast to ``values``; finite and > 0 wherever a value is given, else ObservationError."""
+        """``sigma`` broadcast to ``values``; finite and > 0 wherever a value is given (else an error)."""
         if sigma is None:
             raise ObservationError("observation errors missing: give sigma (std) or cov (covariance)")
         s = torch.as_tensor(sigma, dtype=self.values.dtype)
@@ -168,8 +168,8 @@ class ObservationSet:
             i = int(torch.nonzero(off)[0])
             raise ObservationError(
                 f"observation time {self._time_text(float(self.times[i]))} (row {i}{self._line_of(i)}) is "
-                f"not a multiple of the model step dt={dt:g} after t0={self._time_text(float(t0))}; move it to "
-                "the step grid or change dt"
+                f"not a multiple of the model step dt={dt:g} after t0={self._time_text(float(t0))}; move it "
+                "to the step grid or change dt"
             )
         before = kr < 0
         after = kr > n_steps if n_steps is not None else torch.zeros_like(before)

@@ -259,7 +259,8 @@ def observations_from_records(
     hi = None if stop is None else model_time(model, stop, what="stop")
     if lo is not None and hi is not None and hi < lo:
         raise ObservationError(
-            f"the observation window ends ({format_time(epoch, hi)}) before it starts ({format_time(epoch, lo)})"
+            f"the observation window ends ({format_time(epoch, hi)}) before it starts "
+            f"({format_time(epoch, lo)})"
         )
     window = f"[{format_time(epoch, lo) if lo is not None else '...'}, " + (
         f"{format_time(epoch, hi) if hi is not None else '...'}]"
@@ -479,7 +480,8 @@ def _check_header(header: Sequence[str], loc: str, known: set[str] | None) -> No
                 close = difflib.get_close_matches(h, sorted(valid), n=1)
                 hint = f"; did you mean {close[0]!r}?" if close else ""
                 raise ObservationError(
-                    f"{loc}: unknown column {h!r}{hint} (columns: time, depth, variable, value, sigma and the "
+                    f"{loc}: unknown column {h!r}{hint} (columns: time, depth, variable, value, sigma and "
+                    "the "
                     f"model's dimensions: {', '.join(sorted(known)) or 'none'})"
                 )
 
@@ -575,8 +577,9 @@ def write_observations(obs: ObservationSet, path: str | os.PathLike, *, epoch: A
     """Write ``obs`` (values ``(n_t, m)`` with ``columns``) in the long format: ``.csv`` or ``.nc``.
 
     Missing values are not written. Times are ISO dates when there is an epoch (``epoch="auto"``: the set's
-    ``start``, i.e. the model's epoch), else model seconds; ``epoch=None`` forces seconds. ``read_observations``
-    reads the file back to the same set (give ``log=`` again: it is a reading option, not stored).
+    ``start``, i.e. the model's epoch), else model seconds; ``epoch=None`` forces seconds.
+    ``read_observations`` reads the file back to the same set (give ``log=`` again: it is a reading option,
+    not stored).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -643,12 +646,13 @@ def _cell(v: Any) -> str:
     return str(v)
 
 
-# -- synthetic observations (twins) ---------------------------------------------------------------------------
+# -- synthetic observations (twins) ----------------------------------------------------------------------
 @dataclass
 class Sampling:
-    """What a twin observes: ``variable`` at the points ``at`` (``{coordinate: value or values}``, as the model's
-    :meth:`~pelagos.core.Model.observation_operator` takes them, e.g. ``{"depth": ["surface", 25.0]}``;
-    ``None``: a variable without dims), at ``times`` (model s or dates; ``None``: the shared times)."""
+    """What a twin observes: ``variable`` at the points ``at`` (``{coordinate: value or values}``, as the
+    model's :meth:`~pelagos.core.Model.observation_operator` takes them, e.g. ``{"depth": ["surface",
+    25.0]}``; ``None``: a variable without dims), at ``times`` (model s or dates; ``None``: the shared
+    times)."""
 
     variable: str
     at: Mapping[str, Any] | None = None
@@ -720,8 +724,9 @@ def synthetic_observations(
             samplings without their own ``times``.
         sampling: :class:`Sampling` entries (variable + points, through ``model.observation_operator``);
             ``None``: the whole (tensor) state, every entry one column.
-        noise: ``"gaussian"``: y = h + σ ε with σ = sigma + rel_sigma·|h|; ``"lognormal"``: y = h·exp(σ ε) with
-            σ = sigma, compared in log space (``log=True``; needs h > 0); ``"none"``: y = h, σ as for gaussian.
+        noise: ``"gaussian"``: y = h + σ ε with σ = sigma + rel_sigma·|h|; ``"lognormal"``: y = h·exp(σ ε)
+            with σ = sigma, compared in log space (``log=True``; needs h > 0); ``"none"``: y = h, σ as for
+            gaussian.
         generator: the random generator (seed it for a reproducible twin).
 
     Returns:
@@ -763,7 +768,8 @@ def synthetic_observations(
         k = (t - t0) / dt
         if abs(k - round(k)) > 1e-6 * max(abs(k), 1.0) or round(k) < 0:
             raise ObservationError(
-                f"observation time {format_time(model, t)} is not a step after start {format_time(model, t0)} "
+                f"observation time {format_time(model, t)} is not a step after start "
+                f"{format_time(model, t0)} "
                 f"(dt = {dt:g} s)"
             )
         steps.append(round(k))

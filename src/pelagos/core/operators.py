@@ -1,9 +1,9 @@
 """Observation operators H: state -> predicted observations, shape ``(*batch, m)``.
 
 An operator is any callable ``H(state) -> Tensor`` whose last dimension indexes the ``m`` observed quantities.
-Here are the generic, differentiable ones; a model builds the operator of a named variable at given points with
-:meth:`pelagos.core.Model.observation_operator` (default: :class:`GridPointOperator`, linear interpolation with
-:func:`interpolation_weights`, the one interpolation stencil the models share).
+Here are the generic, differentiable ones; a model builds the operator of a named variable at given points
+with :meth:`pelagos.core.Model.observation_operator` (default: :class:`GridPointOperator`, linear
+interpolation with :func:`interpolation_weights`, the one interpolation stencil the models share).
 """
 
 from __future__ import annotations

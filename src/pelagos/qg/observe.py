@@ -1,13 +1,13 @@
 """The QG models' observation operator: PV ``q`` [s⁻¹] or streamfunction ``psi`` [m² s⁻¹] at points.
 
-:meth:`SpectralQG.observation_operator(variable, at) <pelagos.qg.base.SpectralQG.observation_operator>` builds a
-:class:`QGPointOperator` from ``at = {"lev": ..., "y": m, "x": m}`` (one value or a list per coordinate):
-``lev`` is a layer of the model's ``lev`` coordinate (pyqg's 1 … nz unless the model declares others; may be
-left out for one layer), ``x``/``y`` positions in metres on the doubly periodic domain, interpolated
-bilinearly between the cell centres ``((i + ½) dx, (j + ½) dy)`` (exact at the centres, periodic across the
-edges). ``psi`` comes from the spectral inversion of the state's PV, so the operator is differentiable in
-the state. :class:`PointObserver` picks grid points by flat index (e.g. at random) and builds the same
-operator; observation files use it through :func:`pelagos.core.obsio.read_observations`.
+``SpectralQG.observation_operator(variable, at)`` builds a :class:`QGPointOperator` from
+``at = {"lev": ..., "y": m, "x": m}`` (one value or a list per coordinate): ``lev`` is a layer of the
+model's ``lev`` coordinate (pyqg's 1 … nz unless the model declares others; may be left out for one
+layer), ``x``/``y`` positions in metres on the doubly periodic domain, interpolated bilinearly between the
+cell centres ``((i + ½) dx, (j + ½) dy)`` (exact at the centres, periodic across the edges). ``psi`` comes
+from the spectral inversion of the state's PV, so the operator is differentiable in the state.
+:func:`grid_points` / :func:`random_points` give ``at`` for cell centres (by flat index, or drawn from a
+seed); observation files use the same hook through :func:`pelagos.core.obsio.read_observations`.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import torch
 from ..core.errors import ObservationError
 from .base import QGState
 
-__all__ = ["PointObserver", "QGPointOperator", "qg_observation_operator"]
+__all__ = ["QGPointOperator", "grid_points", "qg_observation_operator", "random_points"]
 
 FIELDS = {"q": "q", "psi": "psi", "p": "psi"}  # pyqg calls the streamfunction p
 
@@ -51,7 +51,7 @@ class QGPointOperator:
         if field not in ("q", "psi"):
             raise ObservationError(f"QG point observations are of 'q' or 'psi'; got {field!r}")
         self.model, self.field = model, field
-        self.k = torch.as_tensor(lev_index, dtype=torch.long).reshape(-1)
+        self.k = torch.as_tensor(lev_index, dtype=torch.long).reshape(-1)  # layer index 0 … nz-1 per point
         g = model.grid
         fx = torch.as_tensor(x, dtype=torch.float64).reshape(-1) / g.dx - 0.5
         fy = torch.as_tensor(y, dtype=torch.float64).reshape(-1) / g.dy - 0.5
@@ -134,19 +134,21 @@ def qg_observation_operator(model, variable: str, at: Mapping[str, Any] | None =
     return QGPointOperator(model, field, k, cols["y"], cols["x"])
 
 
-class PointObserver(QGPointOperator):
-    """``psi`` (or ``q``) at grid points given as flat indices into (nz, ny, nx); :meth:`random` draws ``m``
-    distinct ones from a seed. The same operator as ``model.observation_operator(field, {lev, y, x})`` at
-    those cell centres."""
+def grid_points(model, index) -> dict[str, list[float]]:
+    """``at`` of the cell centres with flat indices ``index`` into (nz, ny, nx): ``{"lev", "y", "x"}``."""
+    p = torch.as_tensor(index, dtype=torch.long).reshape(-1)
+    k, rest = p // (model.ny * model.nx), p % (model.ny * model.nx)
+    iy, ix = rest // model.nx, rest % model.nx
+    levels = _levels(model)
+    g = model.grid
+    return {
+        "lev": [levels[i] for i in k.tolist()],
+        "y": ((iy + 0.5) * g.dy).tolist(),
+        "x": ((ix + 0.5) * g.dx).tolist(),
+    }
 
-    def __init__(self, model, points: torch.Tensor, field: str = "psi") -> None:
-        p = torch.as_tensor(points, dtype=torch.long).reshape(-1)
-        k, rest = p // (model.ny * model.nx), p % (model.ny * model.nx)
-        iy, ix = rest // model.nx, rest % model.nx
-        g = model.grid
-        super().__init__(model, FIELDS.get(field, field), k, (iy + 0.5) * g.dy, (ix + 0.5) * g.dx)
 
-    @classmethod
-    def random(cls, model, m: int, seed: int = 0, field: str = "psi") -> PointObserver:
-        n = model.nz * model.ny * model.nx
-        return cls(model, torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:m], field)
+def random_points(model, m: int, seed: int = 0) -> dict[str, list[float]]:
+    """``at`` of ``m`` distinct cell centres drawn from a seed (for ``model.observation_operator``)."""
+    n = model.nz * model.ny * model.nx
+    return grid_points(model, torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:m])
