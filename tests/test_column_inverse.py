@@ -422,3 +422,31 @@ def test_weak_constraint_4dvar_absorbs_model_error_on_the_column(small):
         return float((final.reshape(-1) - truth_end).norm() / truth_end.norm())
 
     assert err(weak.final) < err(strong.final)
+
+
+def test_empty_depth_means_no_vertical_position(tmp_path):
+    """An empty depth: right for a bottom pool (no vertical dim), an error naming the row for a profile."""
+    from pelagos.bgc.system import BGCSystem
+
+    f = ColumnForcing.from_gotm(compact_forcing_path(), bottom_stress=0.0)
+    bgc = BGCSystem.from_yaml(
+        resolve_path("builtin:fabm/fabm-nersc-ecosmo.yaml", None), drop_unsupported=True
+    )
+    model = ColumnModel(bgc, f, dt=3600.0)
+    assert "ECO_sed1" in model.bottom
+    p = tmp_path / "sed.csv"
+    p.write_text(
+        "time,depth,variable,value,sigma\n"
+        "1998-04-01 01:00,,ECO_sed1,300,30\n"
+        "1998-04-01 01:00,surface,ECO_no3,5,0.5\n"
+    )
+    obs = read_observations(p, model)
+    assert obs.columns == [("ECO_sed1", {}), ("ECO_no3", {"depth": "surface"})]
+    x = model.initial_state()
+    assert torch.equal(obs.operator(x), torch.stack([x["ECO_sed1"], x["ECO_no3"][:, -1]], -1))
+    p.write_text("time,depth,variable,value,sigma\n1998-04-01 01:00,5,ECO_sed1,300,30\n")
+    with pytest.raises(ObservationError, match=r"sed.csv:2: ECO_sed1 is attached to the bottom"):
+        read_observations(p, model)
+    p.write_text("time,depth,variable,value,sigma\n1998-04-01 01:00,,ECO_no3,5,0.5\n")
+    with pytest.raises(ObservationError, match=r"sed.csv:2: ECO_no3 is a profile"):
+        read_observations(p, model)

@@ -298,3 +298,10 @@ def test_synthetic_observations_through_the_model_hook(tmp_path):
         synthetic_observations(model, x0, every_hour, [Sampling("x", {"box": 0.0})])
     with pytest.raises(ObservationError, match="not a step after start"):
         synthetic_observations(model, x0, [100.0], [Sampling("c", {"box": 0.0})])
+
+
+def test_binary_file_is_refused_clearly(tmp_path):
+    p = tmp_path / "obs.csv"
+    p.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\xff\xfe")
+    with pytest.raises(ObservationError, match="not a UTF-8 text"):
+        read_observations(p, Boxes())

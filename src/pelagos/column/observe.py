@@ -164,6 +164,15 @@ def column_observation_operator(model: Any, variable: str, at: Mapping[str, Any]
     interior = list(model.interior)
     pools = list(getattr(model, "bottom", []) or []) + list(getattr(model, "surface", []) or [])
     if variable not in interior + pools:
+        try:
+            declared = [v.name for v in model.output_variables()]
+        except (NotImplementedError, AttributeError):
+            declared = []
+        if variable in declared:
+            raise ObservationError(
+                f"{variable} is a diagnostic of the column; observation operators are given the state only "
+                f"(no time), so only state variables can be observed: {', '.join(interior + pools)}"
+            )
         raise ObservationError(_unknown(variable, interior + pools))
     at = dict(at or {})
     bad = [k for k in at if k not in ("depth", "z")]

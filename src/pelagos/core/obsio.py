@@ -463,6 +463,15 @@ def _csv_records(path: Path, known: set[str] | None) -> Iterable[tuple[str, dict
             raise ObservationError(f"{path}: empty file; the header must be time,depth,variable,value,sigma")
 
 
+def _checked_text(records: Iterable, path: Path) -> Iterable:
+    try:
+        yield from records
+    except UnicodeDecodeError:
+        raise ObservationError(f"{path}: not a UTF-8 text (CSV) file") from None
+    except csv.Error as err:
+        raise ObservationError(f"{path}: not a readable CSV file ({err})") from None
+
+
 def _check_header(header: Sequence[str], loc: str, known: set[str] | None) -> None:
     missing = [c for c in REQUIRED if c not in header]
     if missing:
@@ -545,7 +554,7 @@ def read_observations(
     suffix = path.suffix.lower()
     known = _dims(_declared(model))
     if suffix in (".csv", ".txt"):
-        records: Iterable = _csv_records(path, known)
+        records: Iterable = _checked_text(_csv_records(path, known), path)
     elif suffix in (".nc", ".nc4", ".netcdf", ".cdf"):
         records = _netcdf_records(path, known)
     else:
