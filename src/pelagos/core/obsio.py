@@ -705,11 +705,10 @@ def _points(at: Mapping[str, Any] | None) -> tuple[dict | None, list[dict]]:
         if len(v) not in (1, m):
             raise ObservationError(f"sampling points along {d!r}: {len(v)} values, expected 1 or {m}")
         lists[d] = v * m if len(v) == 1 else v
-    pts = [
-        {d: (float(v[k]) if isinstance(v[k], (int, float)) else v[k]) for d, v in lists.items()}
-        for k in range(m)
-    ]
-    return lists, pts
+    pts = [{d: _coordinate(d, v[k]) for d, v in lists.items()} for k in range(m)]  # as a file cell reads
+    if any(w is None for p in pts for w in p.values()):
+        raise ObservationError(f"sampling points {dict(at)!r}: a coordinate is empty (None or NaN)")
+    return {d: [p[d] for p in pts] for d in lists}, pts
 
 
 def synthetic_observations(
