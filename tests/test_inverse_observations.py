@@ -305,3 +305,9 @@ def test_binary_file_is_refused_clearly(tmp_path):
     p.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\xff\xfe")
     with pytest.raises(ObservationError, match="not a UTF-8 text"):
         read_observations(p, Boxes())
+
+
+def test_a_model_without_variables_is_named(tmp_path):
+    p = _write(tmp_path, "time,variable,value,sigma\n1.0,x,0.5,0.1\n")
+    with pytest.raises(ObservationError, match=r"obs.csv:2: DecayModel cannot observe 'x'.*declare"):
+        read_observations(p, DecayModel())

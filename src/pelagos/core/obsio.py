@@ -382,6 +382,10 @@ def _assemble(rows: list[_Row], model: Any, declared, is_log, *, epoch, source: 
         at = {d: [dict(w)[d] for w in wheres] for d in dims} or None
         try:
             op = _operator(model, declared, var, at)
+        except NotImplementedError as err:
+            raise ObservationError(
+                f"{first[(var, wheres[0])]}: {type(model).__name__} cannot observe {var!r}: {err}"
+            ) from None
         except (ObservationError, ShapeError, ConfigError) as err:
             for w in wheres:  # find the row that the model refuses
                 try:
