@@ -253,6 +253,13 @@ def test_step_indices_name_the_file_line_and_date(tmp_path):
         ObservationError, match=r"2002-03-01 01:30:00 \(row 1, .*obs.csv:3\) is not a multiple"
     ):
         obs.step_indices(dt=3600.0)
+    assert obs.select([1]).meta["lines"] == {(0, 1): obs.meta["lines"][(1, 1)]}  # lines follow a selection
+    # a batch dim of size 1 (one column of a dict state) is written like (n_t, m)
+    one = ObservationSet(
+        obs.times, obs.values[:, None], obs.sigma[:, None], columns=obs.columns, start=obs.start
+    )
+    back = read_observations(write_observations(one, tmp_path / "one.csv"), model)
+    assert torch.allclose(back.values, obs.values, equal_nan=True)
 
 
 def test_synthetic_observations_noise_models():

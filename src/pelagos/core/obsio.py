@@ -569,19 +569,20 @@ def read_observations(
 
 
 def _long_rows(obs: ObservationSet):
-    if obs.values.ndim != 2:
+    values = obs.values.reshape(obs.n_times, obs.m) if obs.values.numel() == obs.n_times * obs.m else None
+    if values is None:  # batch dims of size 1 (one column of a dict state) are dropped
         raise ObservationError(
             f"only observation sets of shape (n_t, m) can be written; this one has {tuple(obs.values.shape)}"
         )
     if obs.columns is None:
         raise ObservationError("writing observations needs obs.columns = [(variable, {coord: value}), ...]")
     sig = obs.sigma if obs.sigma is not None else torch.diagonal(obs.cov, dim1=-2, dim2=-1).sqrt()
-    sig = torch.broadcast_to(torch.as_tensor(sig), obs.values.shape)
+    sig = torch.broadcast_to(torch.as_tensor(sig), obs.values.shape).reshape(values.shape)
     cols = [(v, _as_where(w)) for v, w in obs.columns]
     for i in range(obs.n_times):
         t = float(obs.times[i])
         for j, (var, where) in enumerate(cols):
-            v = float(obs.values[i, j])
+            v = float(values[i, j])
             if math.isfinite(v):
                 yield t, var, where, v, float(sig[i, j])
 
