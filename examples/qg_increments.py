@@ -109,7 +109,7 @@ def main(cfg: dict = CFG, out_dir: pathlib.Path | None = None) -> dict:
 
     at = random_points(truth_qg, cfg["n_obs"], seed=1)
     H = truth_qg.observation_operator("psi", at)
-    sig = (cfg["obs_noise"] * p_std)[H.k]  # per observation, by layer
+    sig = (cfg["obs_noise"] * p_std)[H.layer]  # per observation, by layer
     B = SpectralCovariance(biased_qg, cfg["b_std"] * q_std, cfg["b_ell"] * 5e5 / 32)
 
     def observe(k0: int, n: int) -> ObservationSet:

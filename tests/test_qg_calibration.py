@@ -72,14 +72,14 @@ def test_point_operator_interpolates_periodically_and_checks_points():
     m = QGModel(nx=16)
     q = m.random_q(1, seed=5)
     dx = m.grid.dx
-    centre = m.observation_operator("q", {"lev": 2, "y": 0.5 * dx, "x": [0.5 * dx, 15.5 * dx]})
+    centre = m.observation_operator("q", {"lev": 1, "y": 0.5 * dx, "x": [0.5 * dx, 15.5 * dx]})
     assert torch.equal(centre(q), q[:, 1, 0, [0, 15]])
-    edge = m.observation_operator("q", {"lev": 2, "y": 0.5 * dx, "x": 0.0})  # between x-centres 15 and 0
+    edge = m.observation_operator("q", {"lev": 1, "y": 0.5 * dx, "x": 0.0})  # between x-centres 15 and 0
     assert torch.allclose(edge(q), 0.5 * (q[:, 1, 0, 0] + q[:, 1, 0, 15]).unsqueeze(-1), rtol=1e-14)
-    mid = m.observation_operator("psi", {"lev": [1, 2], "y": 3.25 * dx, "x": 7.0 * dx})
-    psi_all = m.observation_operator("psi", grid_points(m, torch.arange(2 * 16 * 16)))(q).reshape(
-        1, 2, 16, 16
-    )
+    mid = m.observation_operator("psi", {"lev": [0, 1], "y": 3.25 * dx, "x": 7.0 * dx})
+    every = m.observation_operator("psi", grid_points(m, torch.arange(2 * 16 * 16)))
+    psi_all = every(q).reshape(1, 2, 16, 16)
+    assert torch.equal(every(q), m.output(q)["psi"].flatten(1))  # the cell centres exactly
     ref = 0.25 * (psi_all[:, :, 2, 6] + psi_all[:, :, 2, 7]) + 0.75 * (
         psi_all[:, :, 3, 6] + psi_all[:, :, 3, 7]
     )
@@ -89,11 +89,39 @@ def test_point_operator_interpolates_periodically_and_checks_points():
     (g,) = torch.autograd.grad(mid(qq).sum(), qq)
     _, jv = torch.func.jvp(lambda x: mid(x).sum(), (q,), (d,))
     assert torch.allclose(jv, (g * d).sum(), rtol=1e-10)
-    with pytest.raises(ObservationError, match="lev 3"):
-        m.observation_operator("psi", {"lev": 3, "y": 0.0, "x": 0.0})
-    with pytest.raises(ObservationError, match="give its layer lev"):
+    with pytest.raises(ObservationError, match=r"lev must lie in \[0, 1\]"):
+        m.observation_operator("psi", {"lev": 2, "y": 0.0, "x": 0.0})
+    with pytest.raises(ObservationError, match="give 'lev'"):
         m.observation_operator("psi", {"y": 0.0, "x": 0.0})
-    with pytest.raises(ObservationError, match="outside the domain"):
-        m.observation_operator("psi", {"lev": 1, "y": -1.0, "x": 0.0})
-    with pytest.raises(ObservationError, match="located by lev, y and x"):
+    with pytest.raises(ObservationError, match="cannot locate it along"):
         m.observation_operator("psi", {"lev": 1, "z": 0.0, "x": 0.0})
+
+
+def test_qg_observation_file(tmp_path):
+    """The one reader on QG: coordinate columns lev, y, x; times in model seconds (no epoch)."""
+    from pelagos.core.obsio import read_observations, write_observations
+
+    m = QGModel(nx=16, dt=3600.0)
+    dx = m.grid.dx
+    p = tmp_path / "qg.csv"
+    p.write_text(
+        "time,variable,value,sigma,lev,y,x\n"
+        f"3600,psi,1.5,0.1,0,{0.5 * dx},{0.5 * dx}\n"
+        f"3600,q,2e-6,1e-7,1,{2.5 * dx},{4.0 * dx}\n"
+        f"7200,psi,1.7,0.1,0,{0.5 * dx},{0.5 * dx}\n"
+    )
+    obs = read_observations(p, m, start=0.0)
+    assert obs.columns == [
+        ("psi", {"lev": 0.0, "x": 0.5 * dx, "y": 0.5 * dx}),
+        ("q", {"lev": 1.0, "x": 4.0 * dx, "y": 2.5 * dx}),
+    ]
+    st = m.initial_state()
+    assert torch.allclose(obs.operator(st)[:, 0], m.output(st)["psi"][:, 0, 0, 0])
+    back = read_observations(write_observations(obs, tmp_path / "qg.nc"), m)
+    assert back.columns == obs.columns and torch.allclose(back.values, obs.values, equal_nan=True)
+    p.write_text("time,variable,value,sigma,lev,y\n3600,psi,1.5,0.1,0,1000\n")
+    with pytest.raises(ObservationError, match=r"qg.csv:2: .*give the points' 'x'"):
+        read_observations(p, m)
+    p.write_text("time,variable,value,sigma,lev,y,xx\n")
+    with pytest.raises(ObservationError, match=r"qg.csv:1: unknown column 'xx'; did you mean 'x'\?"):
+        read_observations(p, m)

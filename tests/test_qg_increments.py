@@ -86,7 +86,7 @@ def test_increment_trained_stencil_moves_biased_model_toward_truth():
     gen = torch.Generator().manual_seed(2)
     at = random_points(truth_qg, 256, seed=3)  # half of the 512 grid values
     H = truth_qg.observation_operator("psi", at)
-    sig = (0.01 * pt.std(dim=(0, 2, 3)))[H.k]
+    sig = (0.01 * pt.std(dim=(0, 2, 3)))[H.layer]
     with torch.no_grad():
         y = torch.stack([H(x) for x in xt[1 : n_cyc + 1]])
     y = y + sig * torch.randn(y.shape, dtype=y.dtype, generator=gen)

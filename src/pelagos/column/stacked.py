@@ -107,9 +107,9 @@ class StackedColumn(Model):
         return nb
 
     def observation_operator(self, variable: str | list, at: Mapping[str, Any] | None = None) -> Any:
-        """The column's operator (:mod:`pelagos.column.observe`), which takes the stacked state ``(..., V,
-        nz)`` as well as the dict state. A list ``[(variable, depth | "surface" | "integral"), ...]`` (the older
-        form) gives the same :class:`~pelagos.column.observe.ColumnObservationOperator`."""
+        """The column's operator (:mod:`pelagos.column.observe`), which takes the stacked state
+        ``(..., V, nz)`` as well as the dict state. A list ``[(variable, depth | "surface" | "integral"),
+        ...]`` (the older form) gives the same :class:`~pelagos.column.observe.ColumnObservationOperator`."""
         from .observe import ColumnObservationOperator, column_observation_operator, fixed_h
 
         if not isinstance(variable, str):

@@ -18,7 +18,6 @@ tensor so that forward-mode AD accepts it).
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -583,16 +582,6 @@ class SpectralQG(Model):
         q_new = fft.irfft2(new, torch.empty_like(q), "backward", ws["ph"])  # ph: free by now
         return {"q": q_new, "qh": new, "dqhdt_p": d, "dqhdt_pp": p, "ablevel": ab_new}
 
-    # -- observations --------------------------------------------------------------------------------------
-    def observation_operator(self, variable: str, at: Mapping[str, Any] | None = None) -> Any:
-        """``q`` or ``psi`` (pyqg's ``p``) at points ``at = {"lev", "y" [m], "x" [m]}`` (periodic bilinear
-        interpolation, :mod:`pelagos.qg.observe`); other variables: the generic operator."""
-        from .observe import FIELDS, qg_observation_operator
-
-        if variable in FIELDS:
-            return qg_observation_operator(self, variable, at)
-        return super().observation_operator(variable, at)
-
     # -- pyqg-style conveniences -------------------------------------------------------------------------
     def to_dataset(self, state: QGState, time: float | None = None, diagnostics: bool | list[str] = False):
         """xarray Dataset of ``state`` in pyqg's layout (see :func:`pelagos.qg.dataset.to_dataset`)."""
@@ -694,6 +683,7 @@ class QGPointOperator:
         for d, size, step in (("lev", qg.nz, 1.0), ("y", g.ny, g.dy), ("x", g.nx, g.dx)):
             p = pts[d].expand(m)
             f = p if d == "lev" else p / step - 0.5
+            f = torch.where((f - f.round()).abs() < 1e-9, f.round(), f)  # on a centre: no neighbour weight
             i0 = torch.floor(f)
             w = f - i0
             i0 = i0.long()
@@ -708,12 +698,24 @@ class QGPointOperator:
     def m(self) -> int:
         return self._m
 
+    def _field(self, state: Any) -> torch.Tensor:
+        """The observed field ``(B, nz, ny, nx)``; ``q`` and ``psi`` without computing the other outputs."""
+        qg = getattr(self.model, "qg", self.model)
+        if self.variable == "q":
+            return state if torch.is_tensor(state) else state["q"]
+        if self.variable == "psi":
+            qh = qg.fft(state) if torch.is_tensor(state) else state["qh"]
+            return qg.ifft(qg._invert(qh, qg.coefficients()))
+        return self.model.output(state, 0.0)[self.variable]
+
+    @property
+    def layer(self) -> torch.Tensor:
+        """The nearest layer index of each point, ``(m,)``."""
+        k0, k1, wk = self._stencils[0]
+        return torch.where(wk < 0.5, k0, k1)
+
     def __call__(self, state: Any) -> torch.Tensor:
-        x = (
-            self.model.output(state, 0.0)[self.variable]
-            if self.variable != "q" or not torch.is_tensor(state)
-            else state
-        )
+        x = self._field(state)
         (k0, k1, wk), (j0, j1, wj), (i0, i1, wi) = self._stencils
         dev = x.device
         out = 0.0
