@@ -1,72 +1,39 @@
-"""``pelagos calibrate CONFIG.yaml``: gradient calibration of a model's parameters against observations.
-
-Generic over models (``model.factory: module:callable``); the water-column specific parts (observation
-operator
-for ``npzd_phy``-like variables, forcing) come from the model itself. Example::
-
-    model: {factory: pelagos.models:Lorenz63}
-    observations: {synthetic: {n: 20, every: 5, sigma: 1.0, seed: 0}}   # or file: obs.csv + start: ISO date
-    set: {rho: 25.0}                  # first guess (physical values)
-    free: [rho, beta]
-    priors: {rho: {mean: 25.0, std: 0.5}}
-    optimizer: {name: lbfgs, max_iter: 100}
-    uncertainty: hessian
-    output: calibration.json
-"""
+"""``pelagos calibrate CONFIG.yaml``: estimate model parameters from observations."""
 
 from __future__ import annotations
 
 import argparse
 
 NAME = "calibrate"
-HELP = "calibrate model parameters against observations (gradient-based, with Laplace uncertainty)"
+HELP = "calibrate model parameters against observations (gradient-based or ES-MDA, with uncertainty)"
+DESCRIPTION = """Estimate the free parameters of any model from observations.
+
+The configuration is a run configuration plus two sections:
+
+  observations:  {file: obs.csv, log: true}                   a long CSV or NetCDF
+                 or {synthetic: {truth: {rho: 28}, patterns: [{variable: x, every: 0.05}], sigma: 1}}
+  method:        {kind: calibrate, free: [npzd.rmax, npzd.gmax], max_iter: 40}
+                 kind: calibrate (gradient, Laplace std) | esmda (ensemble smoother)
+
+Results (estimates, std, 95 % intervals, cost history, stop reason) go to --output, else method.results,
+else results/<config name>_<kind>.json; output.file gets the analysed run, method.plots the plots.
+
+  pelagos calibrate examples/npzd_calibration.yaml
+  pelagos calibrate examples/lorenz63_calibrate.yaml --set method.max_iter=20
+
+See docs/running.md (every key) and docs/inverse.md."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("config", help="YAML configuration (see `pelagos calibrate --help` docs/inverse.md)")
-    parser.add_argument("--output", default=None, help="result file (.json/.yaml); overrides `output:`")
-    parser.add_argument("--progress", action="store_true", help="show a progress bar with the current cost")
+    from ..cli import add_config_arguments
+
+    parser.add_argument("config", help="configuration (YAML) with observations: and method:")
+    add_config_arguments(parser, output_help="results file (.json or .yaml; overrides method.results)")
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..io.inverse_config import is_column_config, run_inverse_cli
+    from ..io.inverse_run import run_inverse_cli
 
-    if is_column_config(args.config):  # a water-column run configuration (docs/column_inverse.md)
-        return run_inverse_cli(args.config, mode="calibrate", progress=getattr(args, "progress", False))
-
-    import torch
-
-    from ..inverse.calibrate import calibrate
-    from ..inverse.config import build_model, build_observations, build_state, load_config
-
-    cfg = load_config(args.config)
-    model = build_model(cfg)
-    state = build_state(cfg, model)
-    obs, truth = build_observations(cfg, model, state)
-    free = cfg.get("free") or []
-    model.select_free(free)
-    for name, pr in (cfg.get("priors") or {}).items():
-        model.set_prior(name, mean=pr.get("mean"), std=float(pr.get("std", 1.0)))
-    if truth is not None:  # twin: start the estimation from the prior means
-        for name in free:
-            pr = model.parameter_spec(name).prior
-            if pr is not None:
-                first_guess = model.parameter_spec(name).transform.forward(torch.tensor(pr.mean))
-                model.set_parameter_value(name, float(first_guess))
-    opt = cfg.get("optimizer") or {}
-    res = calibrate(
-        model,
-        obs,
-        state,
-        optimizer=opt.get("name", "lbfgs"),
-        max_iter=int(opt.get("max_iter", 100)),
-        lr=float(opt.get("lr", 0.05)),
-        uncertainty=cfg.get("uncertainty", "hessian"),
-        progress=args.progress,
+    return run_inverse_cli(
+        args.config, mode=NAME, overrides=args.overrides, output=args.output, progress=args.progress
     )
-    print(res.summary())
-    out = args.output or cfg.get("output")
-    if out:
-        res.save(out)
-        print(f"wrote {out}")
-    return 0

@@ -1,16 +1,22 @@
-"""YAML configurations of QG runs (``pelagos qg run|train-closure|evaluate CONFIG.yaml``).
+"""QG commands on the one configuration (:mod:`pelagos.io.config`): ``pelagos qg run|train-closure|evaluate``.
 
-Sections (all optional except where said)::
+A QG configuration is an ordinary configuration with ``model: {kind: qg | qg_layered | qg_bt, ...}``; the
+hybrid-closure commands read one more section, ``hybrid:`` (the fields of
+:class:`~pelagos.qg.hybrid.HybridConfig`, plus ``gpu_defaults: true`` to start from :meth:`HybridConfig.gpu`),
+validated by the same strict loader::
 
-    model:   {type: QGModel | LayeredModel | BTModel, nx: 64, dt: 7200, <pyqg parameter names>...}
-    closure: {type: Smagorinsky | BackscatterBiharmonic | ZannaBolton2020, <its arguments>}   # run only
-    run:     {years: 1, batch: 1, seed: 0, save_every_days: 30, threads: 1}
-    hybrid:  {<HybridConfig fields>, gpu_defaults: false}                               # train/evaluate
-    output:  {dir: qg_out, name: qg}                   # relative to the YAML file
+    model:   {kind: qg, L: 500000.0, rek: 5.787e-7, closure: {type: Smagorinsky}}
+    time:    {duration: 2 years, dt: 7200}
+    initial: {batch: 1, seed: 0}
+    hybrid:  {nx_hr: 128, nx_lr: 32, ...}                  # train-closure / evaluate
+    output:  {file: results/qg_hybrid.nc, interval: 30 days}  # other files go next to it
+
+:func:`load` returns the dict the functions below (and :func:`run`) read.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import pathlib
@@ -19,55 +25,80 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
-import yaml
 
 from ..core.errors import ConfigError
 from . import parameterizations as P
 from .models import BTModel, LayeredModel, QGModel
 
 MODELS = {"QGModel": QGModel, "LayeredModel": LayeredModel, "BTModel": BTModel}
+KIND_TYPES = {"qg": "QGModel", "qg_layered": "LayeredModel", "qg_bt": "BTModel"}
 CLOSURES = {
     "Smagorinsky": P.Smagorinsky,
     "BackscatterBiharmonic": P.BackscatterBiharmonic,
     "ZannaBolton2020": P.ZannaBolton2020,
 }
-SECTIONS = ("model", "closure", "run", "hybrid", "output", "title")
-RUN_DEFAULTS = {
-    "years": 1.0,
-    "batch": 1,
-    "seed": 0,
-    "save_every_days": 30.0,
-    "threads": 1,
-    "check_every": 500,
-}
 
 
-def load(source: str | os.PathLike | Mapping[str, Any]) -> dict[str, Any]:
-    """Read and check a QG configuration; adds ``_base`` (the YAML file's folder)."""
-    if isinstance(source, Mapping):
-        cfg, base = dict(source), pathlib.Path.cwd()
-    else:
-        path = pathlib.Path(source)
-        if not path.exists():
-            raise ConfigError(f"QG configuration {str(path)!r} does not exist")
-        try:
-            cfg = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as err:
-            raise ConfigError(f"{path}: not valid YAML: {err}") from err
-        base = path.resolve().parent
-    if not isinstance(cfg, Mapping):
-        raise ConfigError("a QG configuration must be a YAML mapping")
-    unknown = set(cfg) - set(SECTIONS)
-    if unknown:
-        raise ConfigError(
-            f"unknown QG configuration sections {sorted(unknown)}; valid: {', '.join(SECTIONS)}"
-        )
-    run = {**RUN_DEFAULTS, **(cfg.get("run") or {})}
-    bad = set(run) - set(RUN_DEFAULTS)
-    if bad:
-        raise ConfigError(f"unknown keys in run: {sorted(bad)}; valid: {sorted(RUN_DEFAULTS)}")
-    out = {"dir": "qg_out", "name": "qg", **(cfg.get("output") or {})}
-    return {**cfg, "run": run, "output": out, "_base": base}
+def hybrid_section(raw: Any, where: str = "hybrid"):
+    """The ``hybrid:`` section as a :class:`HybridConfig` (strict: unknown keys, types), or None if absent."""
+    from ..io.config import from_mapping
+    from .hybrid import HybridConfig
+
+    if raw is None:
+        return None
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{where} must be a mapping of HybridConfig fields; got {raw!r}")
+    raw = dict(raw)
+    gpu = raw.pop("gpu_defaults", False)
+    if not isinstance(gpu, bool):
+        raise ConfigError(f"{where}.gpu_defaults must be true or false; got {gpu!r}")
+    from_mapping(HybridConfig, raw, where)  # checks keys and types
+    base = HybridConfig.gpu() if gpu else HybridConfig()
+    return dataclasses.replace(base, **raw)
+
+
+def load(
+    source: str | os.PathLike | Mapping[str, Any],
+    *,
+    overrides: list[str] | None = None,
+    output: str | os.PathLike | None = None,
+) -> dict[str, Any]:
+    """Read a QG configuration with the one loader; returns the dict :func:`run`, :func:`train_closure` and
+    :func:`evaluate_closures` read (``model`` options with ``type``, ``closure``, ``run``, ``hybrid``,
+    ``output: {dir, name}``)."""
+    from ..io.build import build_model as build
+    from ..io.build import default_output, window
+    from ..io.config import load_config, to_mapping
+
+    cfg = load_config(source, overrides=overrides, extra_sections={"hybrid": hybrid_section})
+    if cfg.kind.name not in KIND_TYPES:
+        raise ConfigError(f"`pelagos qg` runs the QG kinds ({', '.join(KIND_TYPES)}); got {cfg.kind.name!r}")
+    opts = to_mapping(cfg.model)
+    closure = opts.pop("closure", None)
+    model = {"type": KIND_TYPES[cfg.kind.name], **opts, "dtype": cfg.dtype}
+    if cfg.time.dt:
+        model["dt"] = cfg.time.dt
+    out = pathlib.Path(output) if output is not None else default_output(cfg)
+    h = cfg.extra.get("hybrid")
+    run_sec = {"years": 1.0, "batch": cfg.batch or 1, "seed": getattr(cfg.initial, "seed", 0),
+               "save_every_days": 30.0, "threads": torch.get_num_threads(), "check_every": 500}  # fmt: skip
+    if cfg.time.duration is not None or cfg.time.stop is not None:
+        m = build(cfg)
+        t0, t1, _ = window(cfg, m)
+        run_sec["years"] = (t1 - t0) / (360 * 86400.0)
+        run_sec["save_every_days"] = (cfg.output.interval or m.dt) / 86400.0
+    if h is not None:  # the model options of the configuration refine the hybrid's model
+        given = cfg.raw.get("model") or {}
+        extra = {k: v for k, v in opts.items() if k in given and k not in ("nx", "dt", "closure")}
+        h = dataclasses.replace(h, model={**h.model, **extra})
+    return {
+        "model": model,
+        "closure": closure,
+        "run": run_sec,
+        "hybrid": h,
+        "output": {"dir": str(out.parent), "name": out.stem},
+        "_base": pathlib.Path.cwd(),
+    }
 
 
 def build_model(cfg: Mapping[str, Any]):
@@ -92,7 +123,7 @@ def build_model(cfg: Mapping[str, Any]):
 
 def output_dir(cfg: Mapping[str, Any]) -> pathlib.Path:
     d = pathlib.Path(cfg["output"]["dir"])
-    d = d if d.is_absolute() else cfg["_base"] / d
+    d = d if d.is_absolute() else pathlib.Path(cfg.get("_base") or ".") / d
     d.mkdir(parents=True, exist_ok=True)
     return d
 
@@ -169,17 +200,11 @@ def plot_run(model, ds, path: pathlib.Path) -> None:
 
 
 def hybrid_config(cfg: Mapping[str, Any]):
+    """The :class:`HybridConfig` of a loaded configuration (its ``hybrid:`` section; defaults if absent)."""
     from .hybrid import HybridConfig
 
-    h = dict(cfg.get("hybrid") or {})
-    base = HybridConfig.gpu() if h.pop("gpu_defaults", False) else HybridConfig()
-    merged = {**base.__dict__, **h}
-    if cfg.get("model"):
-        merged["model"] = {
-            **merged["model"],
-            **{k: v for k, v in cfg["model"].items() if k not in ("type", "nx", "dt")},
-        }
-    return HybridConfig.from_dict(merged)
+    h = cfg.get("hybrid")
+    return h if h is not None else HybridConfig()
 
 
 def train_closure(cfg: Mapping[str, Any], log=print) -> pathlib.Path:
@@ -203,7 +228,7 @@ def train_closure(cfg: Mapping[str, Any], log=print) -> pathlib.Path:
         json.dumps({"curves": {"offline": c_off, "online": c_on}, "results": res}, default=str, indent=1)
     )
     log(table)
-    return d / f"{name}_closures.pt"
+    return [d / f"{name}_closures.pt", d / f"{name}_evaluation.md", d / f"{name}_training.json"]
 
 
 def evaluate_closures(cfg: Mapping[str, Any], log=print) -> pathlib.Path:

@@ -1,0 +1,721 @@
+"""``pelagos calibrate|assimilate CONFIG``: every inverse method on every model, from one configuration.
+
+The configuration is a run configuration (:mod:`pelagos.io.config`) plus ``observations:`` and ``method:``.
+The same code serves every model kind: the model and its initial state come from :mod:`pelagos.io.build`,
+observation operators from the model, the method from :mod:`pelagos.inverse`:
+
+=============  ===================================================================  ====================
+method.kind    what                                                                  command
+=============  ===================================================================  ====================
+calibrate      parameters (+ initial state with ``control_state``), Laplace std     calibrate
+4dvar          strong-constraint 4D-Var: initial state (+ free parameters)           assimilate
+weak4dvar      weak-constraint 4D-Var: + model-error forcing (``model_error``)       assimilate
+enkf           ensemble Kalman filter (ETKF / perturbed obs), + free parameters      assimilate
+letkf          local ETKF (``radius``)                                               assimilate
+esmda          ensemble smoother, multiple data assimilation: parameters             both
+=============  ===================================================================  ====================
+
+Outputs: the results file (``method.results`` or ``--output``; default ``results/<config>_<kind>.json``:
+estimates, std, 95 % intervals, prior, cost history, model runs, stop reason, wall time), the analysed run's
+NetCDF (``output.file``: the window rerun with the estimates and the analysed initial state) and plots
+(``method.plots``: cost, parameters, observations vs model before/after, the column's depth–time sections).
+
+Models with a state the methods cannot use as one tensor get a tensor view here (:func:`inverse_view`): the
+water column's :class:`~pelagos.column.stacked.StackedColumn` ``(V, nz)``, QG's
+:class:`~pelagos.qg.interval.QGInterval` (PV q; one step = the observation interval) for 4D-Var and the
+ensemble filters.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import math
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from ..core.covariance import Covariance
+from ..core.errors import ConfigError
+from .build import Setup, format_time, setup, show_progress
+from .config import Config, CovarianceSection, load_config
+
+__all__ = ["inverse_view", "run_inverse", "run_inverse_cli"]
+
+CALIBRATE_KINDS = ("calibrate", "esmda")
+ASSIMILATE_KINDS = ("4dvar", "weak4dvar", "enkf", "letkf", "esmda")
+STATE_KINDS = ("4dvar", "weak4dvar", "enkf", "letkf")
+
+
+# -- model views -----------------------------------------------------------------------------------------
+def _is_column(model) -> bool:
+    from ..column.model import ColumnModel
+
+    return isinstance(model, ColumnModel)
+
+
+def _is_qg(model) -> bool:
+    from ..qg.base import SpectralQG
+
+    return isinstance(model, SpectralQG)
+
+
+def column_view(s: Setup):
+    """(StackedColumn, x0 (V, nz)) of a column setup, or (column, dict state) when it cannot be stacked."""
+    from ..column.stacked import StackedColumn
+
+    try:
+        st = StackedColumn(s.model)
+    except ConfigError:
+        return s.model, s.state
+    return st, st.stack(s.state)[0]
+
+
+def inverse_view(s: Setup, kind: str, obs=None):
+    """``(model, x0)`` the methods work on: tensor views for the column and (state methods) QG."""
+    if _is_column(s.model):
+        return column_view(s)
+    if _is_qg(s.model) and kind in STATE_KINDS and obs is not None:
+        from ..qg.interval import QGInterval
+
+        dt = float(s.model.dt)
+        k = obs.step_indices(dt, s.t0).tolist()
+        n_sub = 0
+        for a in [k[0], *(b - a for a, b in itertools.pairwise(k))]:
+            n_sub = math.gcd(n_sub, int(a))
+        view = QGInterval(s.model, max(1, n_sub))
+        return view, s.state["q"]
+    return s.model, s.state
+
+
+# -- observation operators ---------------------------------------------------------------------------------
+def _has_contract_operator(model) -> bool:
+    from ..core.model import Model
+
+    f = getattr(type(model), "observation_operator", None)
+    if f is None or f is Model.observation_operator:
+        return False
+    import inspect
+
+    return "variable" in inspect.signature(f).parameters
+
+
+def operator(model, variable: str, at: Mapping | None):
+    """``H`` of ``variable`` at the points ``at`` (``{dim: values}``): the model's own hook when it has one,
+    else the known operators (Lorenz: state entries ``x``; QG: q/ψ at grid points). Returns (H, coords)."""
+    from ..core.operators import IdentityOperator, IndexOperator
+
+    at = dict(at or {})
+    qg = getattr(model, "qg", model)
+    if _is_qg(qg):
+        from ..qg.observe import PointObserver
+
+        if variable not in ("q", "psi"):
+            raise ConfigError(f"QG observes 'q' or 'psi'; got {variable!r}")
+        if "random" in at:
+            H = PointObserver.random(qg, int(at["random"]), seed=int(at.get("seed", 0)), field=variable)
+            pts = H.points
+        else:
+            n = max((len(v) if isinstance(v, list) else 1) for v in at.values()) if at else 0
+            if not n:
+                raise ConfigError(
+                    f"QG observation of {variable}: give at: {{lev, y, x}} lists or {{random: m}}"
+                )
+            get = {
+                d: (at.get(d, 0) if isinstance(at.get(d, 0), list) else [at.get(d, 0)] * n)
+                for d in ["lev", "y", "x"]
+            }
+            bad = set(at) - {"lev", "y", "x"}
+            if bad:
+                raise ConfigError(
+                    f"QG observation points: unknown dims {sorted(bad)}; use lev, y, x (grid indices)"
+                )
+            pts = torch.tensor(
+                [
+                    int(lv) * qg.ny * qg.nx + int(y) * qg.nx + int(x)
+                    for lv, y, x in zip(get["lev"], get["y"], get["x"])
+                ]
+            )
+            H = PointObserver(qg, pts, field=variable)
+        lev = pts // (qg.ny * qg.nx)
+        y = (pts // qg.nx) % qg.ny
+        x = pts % qg.nx
+        return H, torch.stack([lev, y, x], 1).to(torch.float64)
+    if _has_contract_operator(model):
+        return model.observation_operator(variable, at), None
+    # tensor state of one dim (Lorenz)
+    if set(at) - {"x", "index"}:
+        raise ConfigError(f"observation points of {variable!r}: give at: {{x: [indices]}}")
+    idx = at.get("x", at.get("index"))
+    if idx is None:
+        return IdentityOperator(), None
+    idx = idx if isinstance(idx, list) else [idx]
+    return IndexOperator([int(i) for i in idx]), torch.tensor(idx, dtype=torch.float64)
+
+
+class _Stacked:
+    def __init__(self, parts):
+        self.parts = parts
+
+    def __call__(self, state):
+        return torch.cat([p(state) for p in self.parts], dim=-1)
+
+
+# -- observations --------------------------------------------------------------------------------------------
+def observations(cfg: Config, s: Setup, model, x0):
+    """``(ObservationSet, truth parameter values or None)`` from ``observations:``."""
+    o = cfg.observations
+    if o.file is not None:
+        return _read(cfg, s, model, cfg.resolve(o.file)), None
+    syn = o.synthetic
+    truth = {k: float(v) for k, v in (syn.truth or {}).items()}
+    raw = {
+        n: model.parameter_spec(n).transform.inverse(torch.tensor(v, dtype=torch.float64))
+        for n, v in truth.items()
+    }
+    x_true = x0
+    if syn.initial_error:
+        if not torch.is_tensor(x0):
+            raise ConfigError("observations.synthetic.initial_error needs a tensor state")
+        g = torch.Generator().manual_seed(int(syn.seed) + 1)
+        x_true = x0 + float(syn.initial_error) * torch.randn(x0.shape, generator=g, dtype=x0.dtype)
+        if _is_column(getattr(model, "model", model)):
+            x_true = x_true.clamp(min=0)
+    x0 = x_true
+    with model.using(raw) if raw else contextlib.nullcontext():
+        if _is_column(getattr(model, "model", model)) or _is_column(model):
+            obs = _column_synthetic(syn, model, x0, s)
+        else:
+            obs = _generic_synthetic(syn, model, x0, s)
+    if syn.write:
+        _write(obs, cfg.resolve(syn.write), model)
+    return obs, truth
+
+
+def _read(cfg: Config, s: Setup, model, path: Path):
+    try:  # the one reader of core/ (helper obs) when present
+        from ..core.obsio import read_observations
+
+        return read_observations(path, model, start=s.t0, stop=s.t1, log=cfg.observations.log)
+    except ImportError:
+        pass
+    if _is_column(getattr(model, "model", model)) or _is_column(model):
+        from ..column.observe import observations_from_csv
+
+        return observations_from_csv(path, model, log=cfg.observations.log, t0=s.t0, t_end=s.t1)
+    raise ConfigError(
+        f"observations.file for model kind {cfg.kind.name!r} needs pelagos.core.obsio (not merged yet); "
+        "use observations.synthetic"
+    )
+
+
+def _write(obs, path: Path, model) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    inner = getattr(model, "model", model)
+    if _is_column(inner):
+        from ..column.observe import observations_to_csv
+
+        observations_to_csv(obs, path, epoch=inner.forcing.epoch)
+    else:
+        from ..inverse.obsio import write_csv
+
+        write_csv(obs, path, start=getattr(model, "epoch", None))
+    obs.meta["written"] = str(path)
+
+
+def _column_synthetic(syn, model, x0, s: Setup):
+    from ..column.observe import SamplingPattern, synthetic_observations
+
+    pats = []
+    for i, p in enumerate(syn.patterns):
+        if p.depths is None or p.every is None:
+            raise ConfigError(
+                f"observations.synthetic.patterns[{i}] of the column needs variable, depths, every"
+            )
+        pats.append(SamplingPattern(p.variable, list(p.depths), float(p.every), p.offset))
+    noise = {"gaussian": "relative"}.get(syn.noise, syn.noise)
+    rel = syn.rel if syn.rel > 0 else 0.2
+    return synthetic_observations(
+        model, x0, pats, t0=s.t0, t_end=s.t1, noise=noise, rel=rel, abs_floor=syn.sigma,
+        generator=torch.Generator().manual_seed(int(syn.seed)),
+    )  # fmt: skip
+
+
+def _generic_synthetic(syn, model, x0, s: Setup):
+    from ..inverse.obsio import synthetic_observations
+
+    dt = float(model.dt)
+    ops, coords, columns, steps_of = [], [], [], []
+    for i, p in enumerate(syn.patterns):
+        if p.depths is not None:
+            raise ConfigError(f"observations.synthetic.patterns[{i}].depths is for the water column; use at:")
+        H, c = operator(model, p.variable, p.at)
+        every = max(1, round((p.every or dt) / dt))
+        first = round(p.offset / dt) if p.offset is not None else every
+        steps = set(range(first, s.n_steps + 1, every)) - {0}
+        m = H.m if hasattr(H, "m") else int(H(x0).shape[-1])
+        ops.append(H)
+        coords.append(c if c is not None else torch.full((m,), float("nan")))
+        columns += [(p.variable, j) for j in range(m)]
+        steps_of.append((steps, m))
+    all_steps = sorted(set().union(*[st for st, _ in steps_of]))
+    if not all_steps:
+        raise ConfigError("the sampling patterns give no observation inside the window")
+    sample = torch.zeros(len(all_steps), sum(m for _, m in steps_of), dtype=torch.bool)
+    j = 0
+    for st, m in steps_of:
+        for i, k in enumerate(all_steps):
+            if k in st:
+                sample[i, j : j + m] = True
+        j += m
+    times = s.t0 + torch.tensor(all_steps, dtype=torch.float64) * dt
+    op = ops[0] if len(ops) == 1 else _Stacked(ops)
+    batch_shape = ()
+    with torch.no_grad():
+        probe = op(x0)
+    if probe.ndim > 1:
+        batch_shape = probe.shape[:-1]
+        sample = sample.reshape(len(all_steps), *([1] * len(batch_shape)), -1).expand(
+            len(all_steps), *batch_shape, sample.shape[-1]
+        )
+    noise = {"relative": "gaussian"}.get(syn.noise, syn.noise)
+    sigma = syn.sigma if noise != "lognormal" else syn.rel
+    obs, _ = synthetic_observations(
+        model, x0, times, op, sigma=sigma, rel_sigma=syn.rel if noise != "lognormal" else 0.0,
+        noise=noise, sample=sample, t0=s.t0, columns=columns,
+        generator=torch.Generator().manual_seed(int(syn.seed)),
+    )  # fmt: skip
+    obs.meta["coords"] = torch.cat([c.reshape(c.shape[0], -1) for c in coords]) if coords else None
+    return obs
+
+
+# -- priors and covariances ---------------------------------------------------------------------------------
+def set_priors(model, meth) -> None:
+    """Gaussian priors (unconstrained space) of the free parameters, centred on their configured values
+    unless ``mean`` is given; ``rel_std`` converts a relative std to the unconstrained space at the mean."""
+    for n in meth.free:
+        spec = model.parameter_spec(n)
+        p = meth.priors.get(n)
+        mean = (
+            float(p.mean)
+            if p is not None and p.mean is not None
+            else float(model.get_parameter_value(n).detach())
+        )
+        if p is not None and p.std is not None:
+            std = float(p.std)
+        else:
+            rel = float(p.rel_std) if p is not None and p.rel_std is not None else float(meth.prior_rel_std)
+            u = spec.transform.inverse(torch.tensor(mean, dtype=torch.float64)).requires_grad_(True)
+            (dx,) = torch.autograd.grad(spec.transform.forward(u), u)
+            std = rel * max(abs(mean), 1e-12) / max(abs(float(dx)), 1e-300)
+        model.set_prior(n, mean, std)
+        model.set_parameter_value(n, mean)
+    unknown = set(meth.priors) - set(meth.free)
+    if unknown:
+        raise ConfigError(
+            f"method.priors for parameters that are not free: {sorted(unknown)} (add them to free)"
+        )
+
+
+def _state_std(x: torch.Tensor, c: CovarianceSection) -> torch.Tensor:
+    x = x.detach().to(torch.float64)
+    if c.std is not None:
+        return torch.full_like(x, float(c.std))
+    return float(c.rel_std) * x.abs() + float(c.floor)
+
+
+def covariance(model, x0: torch.Tensor, c: CovarianceSection, periodic: bool = False):
+    """B (or Q) of the configuration for the state ``x0``."""
+    from ..core.covariance import CorrelatedCovariance, DiagonalCovariance
+
+    if not torch.is_tensor(x0):
+        raise ConfigError("a background covariance needs a tensor state (this model's state is not one)")
+    std = _state_std(x0, c)
+    if not bool((std > 0).all()):
+        raise ConfigError("background/model-error std must be > 0 everywhere: set floor > 0 (or std)")
+    from ..column.stacked import StackedColumn
+
+    if isinstance(model, StackedColumn):
+        from ..column.background import ColumnBackground
+
+        f = model.forcing
+        h = f.sample(0.0 if f.t_start <= 0 <= f.t_stop else f.t_start, ["h"])["h"][0].to(torch.float64)
+        z = torch.flip(torch.cumsum(torch.flip(h, [0]), 0), [0]) - 0.5 * h
+        return ColumnBackground(std, z, float(c.length_scale or 1e-3))
+    n = x0.numel()
+    if c.length_scale and x0.ndim == 1:
+        return CorrelatedCovariance(
+            torch.arange(n, dtype=torch.float64), std.flatten(), float(c.length_scale),
+            period=float(n) if periodic else None,
+        )  # fmt: skip
+    return DiagonalCovariance(std.flatten(), n) if x0.ndim == 1 else _ShapedDiagonal(std)
+
+
+class _ShapedDiagonal(Covariance):
+    """Diagonal covariance of a state of any shape (``sqrt_apply`` keeps the shape)."""
+
+    def __init__(self, std: torch.Tensor) -> None:
+        self.std = std
+
+    def sqrt_apply(self, v: torch.Tensor) -> torch.Tensor:
+        return v * self.std.to(v)
+
+
+def _state_coords(model, x0: torch.Tensor) -> torch.Tensor:
+    from ..column.stacked import StackedColumn
+
+    if isinstance(model, StackedColumn):
+        f = model.forcing
+        h = f.sample(f.t_start, ["h"])["h"][0].to(torch.float64)
+        z = torch.flip(torch.cumsum(torch.flip(h, [0]), 0), [0]) - 0.5 * h
+        return z.repeat(model.V)
+    if x0.ndim == 1:
+        return torch.arange(x0.numel(), dtype=torch.float64)
+    if x0.ndim >= 3:  # QG q (…, nz, ny, nx)
+        nz, ny, nx = x0.shape[-3:]
+        lev, y, x = torch.meshgrid(torch.arange(nz), torch.arange(ny), torch.arange(nx), indexing="ij")
+        return torch.stack([lev, y, x], -1).reshape(-1, 3).to(torch.float64)
+    return torch.arange(x0.numel(), dtype=torch.float64)
+
+
+def _obs_coords(obs, model) -> torch.Tensor:
+    c = obs.meta.get("coords")
+    if c is not None and not bool(torch.isnan(c).any()):
+        return c.squeeze(-1) if c.ndim == 2 and c.shape[1] == 1 else c
+    cols = obs.columns or []
+    depth = []
+    for _, w in cols:  # the column: depth in m (surface: 0)
+        depth.append(0.0 if w == "surface" else float(w) if isinstance(w, (int, float)) else float("nan"))
+    t = torch.tensor(depth, dtype=torch.float64)
+    if len(depth) != obs.m or bool(torch.isnan(t).any()):
+        raise ConfigError("LETKF needs a position for every observation (integrals have none); use enkf")
+    return t
+
+
+# -- the driver ----------------------------------------------------------------------------------------------
+def _expand(x, n: int):
+    if torch.is_tensor(x):
+        return x.expand(n, *x.shape).clone()
+    return {k: (v.expand(n, *v.shape[1:]).clone() if torch.is_tensor(v) and v.ndim and v.shape[0] == 1 else v)
+            for k, v in x.items()}  # fmt: skip
+
+
+def _predict(model, x, obs, t0):
+    from ..inverse.forward import predict
+
+    with torch.no_grad():
+        return predict(model, x, obs, t0=t0)
+
+
+def run_inverse(
+    source: str | os.PathLike | Mapping[str, Any] | Config,
+    *,
+    mode: str | None = None,
+    overrides: Sequence[str] | None = None,
+    output: str | os.PathLike | None = None,
+    progress: bool | None = False,
+    log: Callable[[str], None] = lambda *_: None,
+) -> dict[str, Any]:
+    """Run the method a configuration describes; returns the results dict (also written to the results file).
+
+    ``mode``: ``"calibrate"`` or ``"assimilate"`` (checks that ``method.kind`` fits the command);
+    ``output``: the results file (overrides ``method.results``).
+    """
+    cfg = (
+        source
+        if isinstance(source, Config)
+        else load_config(source, overrides=overrides, require=("observations", "method"))
+    )
+    if cfg.observations is None or cfg.method is None:
+        raise ConfigError("calibrate/assimilate need `observations:` and `method:` sections")
+    meth = cfg.method
+    kind = meth.kind
+    if mode == "calibrate" and kind not in CALIBRATE_KINDS:
+        raise ConfigError(
+            f"`pelagos calibrate` runs method.kind calibrate or esmda; use `pelagos assimilate` for {kind}"
+        )
+    if mode == "assimilate" and kind not in ASSIMILATE_KINDS:
+        raise ConfigError(
+            f"`pelagos assimilate` runs method.kind {', '.join(ASSIMILATE_KINDS)}; "
+            f"use `pelagos calibrate` for {kind}"
+        )
+    progress = show_progress(progress)
+    wall0 = time.perf_counter()
+    s = setup(cfg)
+    model, x0 = inverse_view(s, "calibrate")  # column: stacked; QG: the full state (observations)
+    obs, truth = observations(cfg, s, model, x0)
+    if kind in STATE_KINDS and _is_qg(s.model):
+        model, x0 = inverse_view(s, kind, obs)
+    truth = truth or (meth.truth or None)
+    model.select_free(meth.free)
+    set_priors(model, meth)
+    names = model.free_parameter_names()
+    u_prior = model.free_vector().clone()
+    with model.using(u_prior) if names else contextlib.nullcontext():
+        pred_before = _predict(model, x0, obs, s.t0)
+    result: dict[str, Any] = {
+        "method": kind,
+        "model": cfg.kind.name,
+        "config": str(cfg.path) if cfg.path is not None else None,
+    }
+    g = torch.Generator().manual_seed(int(meth.seed))
+    x_an = x0
+    pred_after = None
+    if kind in ("calibrate", "4dvar", "weak4dvar"):
+        uncertainty = None if meth.uncertainty == "none" else meth.uncertainty
+        if kind == "calibrate":
+            from ..inverse.calibrate import calibrate
+
+            B = covariance(model, x0, meth.background) if meth.control_state else None
+            res = calibrate(
+                model, obs, x0, t0=s.t0, control_state=meth.control_state, B=B, optimizer=meth.optimizer,
+                max_iter=int(meth.max_iter), lr=float(meth.lr), gtol=float(meth.gtol),
+                uncertainty=uncertainty if names else None, progress=progress,
+            )  # fmt: skip
+            if meth.control_state and res.initial_state is not None:
+                x_an = res.initial_state.detach()
+            pres, hist, n_evals, n_iter = res, res.history, res.n_evals, res.n_iter
+            converged, message = res.converged, res.message
+        else:
+            from ..inverse.fourdvar import fourdvar
+
+            periodic = cfg.kind.name == "lorenz96"
+            B = covariance(model, x0, meth.background, periodic)
+            Q = covariance(model, x0, meth.model_error, periodic) if kind == "weak4dvar" else None
+            r = fourdvar(
+                model, obs, x0, B, t0=s.t0, params=bool(names), Q=Q,
+                model_error_every=int(getattr(meth, "model_error_every", 1)), method=meth.optimizer,
+                max_iter=int(meth.max_iter), gtol=float(meth.gtol), uncertainty=uncertainty,
+                progress=progress,
+            )  # fmt: skip
+            x_an, pres = r.analysis, r.params
+            hist, n_evals, n_iter, converged, message = r.history, r.n_evals, r.n_iter, r.converged, r.message
+            if pres is not None:
+                model.load_free_vector(pres.z[: len(names)].to(model.free_vector().dtype))
+            result["cost_terms"] = {k: float(v) for k, v in (r.cost_terms or {}).items()}
+            if r.model_error is not None:
+                result["model_error_rms"] = float(r.model_error.pow(2).mean().sqrt())
+        result.update(cost_history=hist, n_evals=n_evals, n_iter=n_iter, converged=converged,
+                      stop_reason=_reason(message, converged))  # fmt: skip
+        if pres is not None:
+            d = pres.to_dict()
+            keys = (
+                "names",
+                "estimates",
+                "std",
+                "interval95",
+                "prior",
+                "initial",
+                "parameter_history",
+                "cost_terms",
+            )
+            result.update(
+                {k: d[k] for k in keys if k in d and not (k == "cost_terms" and "cost_terms" in result)}
+            )
+    elif kind in ("enkf", "letkf"):
+        from ..inverse.ensemble import ensemble_filter, sample_prior
+
+        if not torch.is_tensor(x0):
+            raise ConfigError(f"{kind} needs a tensor state; model kind {cfg.kind.name!r} has none here")
+        Ne = int(meth.members)
+        E0 = x0 + _state_std(x0, meth.spread).to(x0) * torch.randn(Ne, *x0.shape, generator=g, dtype=x0.dtype)
+        U0 = sample_prior(model, Ne, generator=g) if names else None
+        loc = None
+        if kind == "letkf":
+            if names:
+                raise ConfigError("LETKF estimates the state only: leave method.free empty (or use enkf)")
+            loc = {
+                "state_coords": _state_coords(model, x0),
+                "obs_coords": _obs_coords(obs, model),
+                "radius": float(meth.radius),
+                "period": (float(x0.shape[-1]) if meth.periodic else None),
+            }
+        r = ensemble_filter(
+            model, obs, E0, method="letkf" if kind == "letkf" else meth.variant, infl=float(meth.inflation),
+            rot=bool(meth.rotate), params=U0, localization=loc, t0=s.t0, generator=g, progress=progress,
+        )  # fmt: skip
+        with torch.no_grad():
+            pred_after = torch.stack(
+                [obs.operator(r.mean[i].reshape(x0.shape).to(x0)) for i in range(len(r.times))]
+            )
+        result.update(
+            times=r.times.tolist(), spread=r.spread.tolist(), members=Ne, n_evals=Ne * len(r.times),
+            final_mean=r.mean[-1].tolist() if r.mean.shape[-1] <= 10000 else None,
+        )  # fmt: skip
+        x_an = None
+        if names and r.params is not None:
+            U = r.params[-1]
+            model.load_free_vector(U.mean(0).to(model.free_vector().dtype))
+            phys = {n: model.parameter_spec(n).transform.forward(U[:, i]) for i, n in enumerate(names)}
+            result.update(names=names, estimates={n: float(v.mean()) for n, v in phys.items()},
+                          std={n: float(v.std()) for n, v in phys.items()})  # fmt: skip
+    else:  # ES-MDA
+        from ..inverse.ensemble import esmda, sample_prior
+
+        if not names:
+            raise ConfigError("ES-MDA estimates parameters: list them in method.free")
+        Ne = int(meth.members)
+        U = sample_prior(model, Ne, generator=g)
+        X0 = _expand(x0, Ne)
+        if meth.control_state:
+            X0 = X0 + _state_std(x0, meth.spread).to(x0) * torch.randn(X0.shape, generator=g, dtype=x0.dtype)
+        E = esmda(model, obs, X0, U, alphas=meth.alphas, control_state=meth.control_state, t0=s.t0,
+                  generator=g, progress=progress)  # fmt: skip
+        model.load_free_vector(E.params.mean(0).to(model.free_vector().dtype))
+        if meth.control_state and E.initial_state is not None:
+            x_an = E.initial_state.mean(0)
+        result.update(
+            names=names, estimates=E.mean, std=E.std, cost_history=E.history, n_evals=E.n_evals * Ne,
+            members=Ne,
+            stop_reason=f"{len(E.history) - 1} assimilations done (alphas)",
+            prior={n: {"mean": float(model.parameter_spec(n).transform.forward(
+                torch.tensor(model.parameter_spec(n).prior.mean)))} for n in names},
+        )  # fmt: skip
+    if pred_after is None:
+        pred_after = _predict(model, x_an, obs, s.t0)
+    result["misfit"] = {"before": float(obs.nll(pred_before)), "after": float(obs.nll(pred_after))}
+    result["n_obs"] = int(obs.n_obs)
+    result["wall_time"] = time.perf_counter() - wall0
+    if truth:
+        result["truth"] = truth
+    files: list[Path] = []
+    if "written" in obs.meta:
+        files.append(Path(obs.meta["written"]))
+    if cfg.output.file and x_an is not None:
+        files += _analysed_run(cfg, s, model, x_an, names)
+    if meth.plots:
+        nc = next((f for f in files if f.suffix == ".nc"), None)
+        files += _plots(cfg.resolve(meth.plots), result, obs, pred_before, pred_after, s, truth, nc)
+    dest = Path(output) if output is not None else (
+        cfg.resolve(meth.results) if meth.results else Path("results") / f"{cfg.stem}_{kind}.json"
+    )  # fmt: skip
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    result["files"] = [str(f) for f in files] + [str(dest)]
+    clean = json.loads(json.dumps(result, default=_jsonable))
+    dest.write_text(
+        json.dumps(clean, indent=2)
+        if dest.suffix != ".yaml" and dest.suffix != ".yml"
+        else yaml.safe_dump(clean, sort_keys=False)
+    )
+    return result
+
+
+def _jsonable(x):
+    if torch.is_tensor(x):
+        return x.tolist()
+    return float(x)
+
+
+def _reason(message: str, converged: bool) -> str:
+    m = (message or "").strip()
+    words = {
+        "max_iter reached": "stopped after max_iter iterations (not converged: raise method.max_iter)",
+        "gradient norm below gtol": "converged: the gradient norm fell below gtol",
+        "cost change below ftol": "converged: the cost stopped changing (below ftol)",
+        "step or cost change below tolerance": "converged: step or cost change below tolerance",
+    }
+    if m in words:
+        return words[m]
+    if m.upper().startswith("ABNORMAL"):
+        return "the line search could not decrease the cost further (ABNORMAL_TERMINATION_IN_LNSRCH)"
+    return m or ("converged" if converged else "stopped")
+
+
+def _analysed_run(cfg: Config, s: Setup, model, x_an, names) -> list[Path]:
+    """The window rerun with the estimates (and the analysed initial state) to ``output.file``."""
+    import dataclasses
+
+    from .build import run
+
+    estimates = {n: float(model.get_parameter_value(n).detach()) for n in names}
+    cfg2 = dataclasses.replace(cfg, parameters={**cfg.parameters, **estimates}, restart=type(cfg.restart)())
+    state = x_an
+    if _is_column(s.model):
+        state = x_an if torch.is_tensor(x_an) else None
+    elif _is_qg(s.model):
+        state = s.model.state_from_q(x_an) if torch.is_tensor(x_an) else x_an
+    return run(cfg2, fresh=True, progress=False, state=state)
+
+
+def _plots(folder: Path, result: Mapping, obs, before, after, s: Setup, truth, nc_path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    folder.mkdir(parents=True, exist_ok=True)
+    files = []
+    if result.get("cost_history"):
+        fig, ax = plt.subplots(figsize=(5, 3.5), layout="constrained")
+        ax.semilogy(result["cost_history"], marker=".")
+        ax.set_xlabel("iteration")
+        ax.set_ylabel("cost J (-)" if result["method"] != "esmda" else "ensemble-mean misfit (-)")
+        files.append(folder / "cost.png")
+        fig.savefig(files[-1], dpi=110)
+        plt.close(fig)
+    ph = result.get("parameter_history") or {}
+    if ph:
+        names = list(ph)
+        fig, axes = plt.subplots(
+            1, len(names), figsize=(3.2 * len(names), 3), squeeze=False, layout="constrained"
+        )
+        for ax, n in zip(axes[0], names):
+            ax.plot(ph[n], label="estimate")
+            if n in result.get("prior", {}):
+                ax.axhline(result["prior"][n]["mean"], color="gray", ls="--", label="prior")
+            if truth and n in truth:
+                ax.axhline(truth[n], color="k", ls=":", label="truth")
+            ax.set_title(n, fontsize=9)
+            ax.set_xlabel("iteration")
+        axes[0][0].legend(fontsize=8)
+        files.append(folder / "parameters.png")
+        fig.savefig(files[-1], dpi=110)
+        plt.close(fig)
+    cols = obs.columns or [(f"obs{j}", "") for j in range(obs.m)]
+    m = min(obs.m, 8)
+    fig, axes = plt.subplots(1, m, figsize=(3.3 * m, 3), squeeze=False, layout="constrained")
+    days = ((obs.times - s.t0) / 86400.0).numpy()
+    b = before.reshape(obs.n_times, -1, obs.m)[:, 0]
+    a = after.reshape(obs.n_times, -1, obs.m)[:, 0]
+    vals = obs.values.reshape(obs.n_times, -1, obs.m)[:, 0]
+    for j, ax in enumerate(axes[0][:m]):
+        ok = torch.isfinite(vals[:, j]).numpy()
+        ax.plot(days[ok], vals[ok, j].numpy(), "ko", mfc="none", label="observed")
+        ax.plot(days[ok], b[ok, j].numpy(), "C1x--", label="before")
+        ax.plot(days[ok], a[ok, j].numpy(), "C0.-", label="after")
+        v, w = cols[j]
+        ax.set_title(f"{v} @ {w if isinstance(w, str) else f'{w:g}'}", fontsize=9)
+        ax.set_xlabel(f"days since {format_time(s.model, s.t0)}")
+    axes[0][0].legend(fontsize=8)
+    files.append(folder / "obs_vs_model.png")
+    fig.savefig(files[-1], dpi=110)
+    plt.close(fig)
+    if nc_path is not None and _is_column(s.model):
+        from .plots import plot_output
+
+        files += list(plot_output(nc_path, folder))
+    return files
+
+
+def run_inverse_cli(source, *, mode: str, overrides=None, output=None, progress=None, log=print) -> int:
+    """Run :func:`run_inverse` and print a short summary (the CLI entry point)."""
+    res = run_inverse(source, mode=mode, overrides=overrides, output=output, progress=progress, log=log)
+    log(
+        f"{res['method']} on {res['model']}: misfit {res['misfit']['before']:.4g} -> "
+        f"{res['misfit']['after']:.4g} "
+        f"({res['n_obs']} observations), {res.get('n_evals', '?')} model runs, {res['wall_time']:.1f} s"
+    )
+    if res.get("stop_reason"):
+        log(f"  {res['stop_reason']}")
+    for n in res.get("names", []):
+        sd = (res.get("std") or {}).get(n)
+        log(f"  {n:24s} {res['estimates'][n]:.6g}" + (f" ± {sd:.3g}" if sd is not None else ""))
+    for f in res.get("files", []):
+        log(f"wrote {f}")
+    return 0
