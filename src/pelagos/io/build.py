@@ -112,6 +112,10 @@ def initial_state(cfg: Config, model, t0: float, batch: int | None = None):
     dtype = getattr(torch, cfg.dtype)
     if isinstance(model, ColumnModel):
         return model.initial_state(batch or 1, profiles=cfg.initial or None, t0=t0, dtype=dtype)
+    from ..qg.base import SpectralQG
+
+    if batch is None and isinstance(model, SpectralQG):  # GLUE: QG's initial_state takes an int batch today
+        batch = 1
     opts = to_mapping(cfg.initial) if cfg.initial is not None else {}
     if dataclasses.is_dataclass(cfg.initial) or not opts:
         return _cast(model.initial_state(batch, **opts), dtype)

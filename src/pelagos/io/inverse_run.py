@@ -181,10 +181,16 @@ def observations(cfg: Config, s: Setup, model, x0):
     }
     x_true = x0
     if syn.initial_error:
-        if not torch.is_tensor(x0):
-            raise ConfigError("observations.synthetic.initial_error needs a tensor state")
         g = torch.Generator().manual_seed(int(syn.seed) + 1)
-        x_true = x0 + float(syn.initial_error) * torch.randn(x0.shape, generator=g, dtype=x0.dtype)
+        if _is_qg(model) and isinstance(x0, Mapping):  # QG: perturb the PV, rebuild the state
+            q = x0["q"]
+            x_true = model.state_from_q(
+                q + float(syn.initial_error) * torch.randn(q.shape, generator=g, dtype=q.dtype)
+            )
+        elif not torch.is_tensor(x0):
+            raise ConfigError("observations.synthetic.initial_error needs a tensor state")
+        else:
+            x_true = x0 + float(syn.initial_error) * torch.randn(x0.shape, generator=g, dtype=x0.dtype)
         if _is_column(getattr(model, "model", model)):
             x_true = x_true.clamp(min=0)
     x0 = x_true
@@ -279,7 +285,10 @@ def _generic_synthetic(syn, model, x0, s: Setup):
     batch_shape = ()
     with torch.no_grad():
         probe = op(x0)
-    if probe.ndim > 1:
+    squeeze = probe.ndim > 1 and all(n == 1 for n in probe.shape[:-1])  # QG: q (1, nz, ny, nx) -> (1, m)
+    if squeeze:
+        sample = sample.reshape(len(all_steps), *probe.shape[:-1], sample.shape[-1])
+    if probe.ndim > 1 and not squeeze:
         batch_shape = probe.shape[:-1]
         sample = sample.reshape(len(all_steps), *([1] * len(batch_shape)), -1).expand(
             len(all_steps), *batch_shape, sample.shape[-1]
@@ -291,6 +300,15 @@ def _generic_synthetic(syn, model, x0, s: Setup):
         noise=noise, sample=sample, t0=s.t0, columns=columns,
         generator=torch.Generator().manual_seed(int(syn.seed)),
     )  # fmt: skip
+    if squeeze:  # values (n_t, m): what every method (the ensembles too) takes
+        import dataclasses
+
+        sig = obs.sigma if torch.is_tensor(obs.sigma) else torch.as_tensor(obs.sigma)
+        obs = dataclasses.replace(
+            obs,
+            values=obs.values.reshape(obs.n_times, -1),
+            sigma=sig.reshape(obs.n_times, -1) if sig.ndim > 1 else sig,
+        )
     obs.meta["coords"] = torch.cat([c.reshape(c.shape[0], -1) for c in coords]) if coords else None
     return obs
 
@@ -361,7 +379,7 @@ class _ShapedDiagonal(Covariance):
     """Diagonal covariance of a state of any shape (``sqrt_apply`` keeps the shape)."""
 
     def __init__(self, std: torch.Tensor) -> None:
-        self.std = std
+        self.std, self.n = std, std.shape[-1]
 
     def sqrt_apply(self, v: torch.Tensor) -> torch.Tensor:
         return v * self.std.to(v)
@@ -524,17 +542,18 @@ def run_inverse(
         if not torch.is_tensor(x0):
             raise ConfigError(f"{kind} needs a tensor state; model kind {cfg.kind.name!r} has none here")
         Ne = int(meth.members)
-        E0 = x0 + _state_std(x0, meth.spread).to(x0) * torch.randn(Ne, *x0.shape, generator=g, dtype=x0.dtype)
+        xe = x0[0] if _is_qg(getattr(model, "qg", None)) else x0  # QG: members replace the batch dim of q
+        E0 = xe + _state_std(xe, meth.spread).to(xe) * torch.randn(Ne, *xe.shape, generator=g, dtype=xe.dtype)
         U0 = sample_prior(model, Ne, generator=g) if names else None
         loc = None
         if kind == "letkf":
             if names:
                 raise ConfigError("LETKF estimates the state only: leave method.free empty (or use enkf)")
             loc = {
-                "state_coords": _state_coords(model, x0),
+                "state_coords": _state_coords(model, xe),
                 "obs_coords": _obs_coords(obs, model),
                 "radius": float(meth.radius),
-                "period": (float(x0.shape[-1]) if meth.periodic else None),
+                "period": (float(xe.shape[-1]) if meth.periodic else None),
             }
         r = ensemble_filter(
             model, obs, E0, method="letkf" if kind == "letkf" else meth.variant, infl=float(meth.inflation),
