@@ -329,70 +329,8 @@ def test_esmda_agrees_with_gradient_estimate(small):
     assert math.isfinite(ens.history[-1])
 
 
-def test_inverse_config_calibrate_and_esmda(tmp_path):
-    """The YAML driver: a noise-free twin (2 layers, 12-h steps, 10 days) recovers rmax by calibration;
-    ES-MDA from the CSV it wrote lands within 2 of its own std; results files are written."""
-    import json
-
-    from pelagos.io.inverse_config import load_inverse_config, run_inverse
-
-    base = {
-        "forcing": {"file": "builtin:nns_annual_22x5m.nc"},
-        "bgc": {"fabm_yaml": "builtin:fabm/fabm-gotm-npzd.yaml"},
-        "time": {"start": "1998-04-01 00:00:00", "stop": "1998-04-11 00:00:00", "dt": 43200},
-        "numerics": {"coarsen_layers": 11},
-        "parameters": {"npzd.rmax": 0.7},
-        "initial": {"npzd_nut": 5.0, "npzd_phy": 0.3, "npzd_zoo": 0.01, "npzd_det": 2.0},
-        "output": {"file": None},
-    }
-    csv_path = tmp_path / "obs.csv"
-    cfg = {
-        **base,
-        "observations": {
-            "synthetic": {
-                "truth": {"npzd.rmax": 1.0},
-                "patterns": [{"variable": "npzd_phy", "depths": ["surface", 80], "every": 86400}],
-                "noise": "none",
-                "rel": 0.1,
-                "write": str(csv_path),
-            }
-        },
-        "method": {
-            "kind": "calibrate",
-            "free": ["npzd.rmax"],
-            "max_iter": 30,
-            "results": str(tmp_path / "r.json"),
-        },
-    }
-    res = run_inverse(cfg, mode="calibrate")
-    # exact data: only the (50 %) prior around the first guess 0.7 keeps the MAP off the truth, by < 1 %
-    assert abs(res["estimates"]["npzd.rmax"] - 1.0) < 0.01
-    assert abs(res["estimates"]["npzd.rmax"] - 1.0) < res["std"]["npzd.rmax"]
-    assert res["misfit"]["after"] < 1e-3 * res["misfit"]["before"]
-    assert json.loads((tmp_path / "r.json").read_text())["n_obs"] == res["n_obs"] == 20
-    cfg2 = {
-        **base,
-        "observations": {"file": str(csv_path)},
-        "method": {"kind": "esmda", "free": ["npzd.rmax"], "members": 48, "alphas": 4, "seed": 1},
-    }
-    res2 = run_inverse(cfg2, mode="assimilate")
-    assert abs(res2["estimates"]["npzd.rmax"] - 1.0) < 2 * res2["std"]["npzd.rmax"] + 0.02
-    cfg3 = {
-        **base,
-        "initial": {"npzd_nut": 4.0, "npzd_phy": 0.2, "npzd_zoo": 0.01, "npzd_det": 2.0},  # a wrong state
-        "observations": {"file": str(csv_path)},
-        "method": {"kind": "4dvar", "free": ["npzd.rmax"], "max_iter": 40,
-                   "background": {"rel_std": 0.3, "floor": 0.01, "length_scale": 50.0}},
-    }  # fmt: skip
-    res3 = run_inverse(cfg3, mode="assimilate")
-    assert res3["misfit"]["after"] < 0.05 * res3["misfit"]["before"]
-    assert abs(res3["estimates"]["npzd.rmax"] - 1.0) < 2 * res3["std"]["npzd.rmax"]
-    with pytest.raises(Exception, match=r"method\.kind"):
-        load_inverse_config(
-            {**base, "observations": {"file": "x.csv"}, "method": {"kind": "magic", "free": ["a"]}}
-        )
-    with pytest.raises(Exception, match="use `pelagos calibrate`"):
-        run_inverse(cfg, mode="assimilate")
+# The YAML driver's test (calibrate, ES-MDA, 4D-Var of the column from a configuration) moved to
+# tests/test_inverse_cli.py::test_column_calibrate_esmda_4dvar (the one generic driver).
 
 
 def test_weak_constraint_4dvar_absorbs_model_error_on_the_column(small):

@@ -112,6 +112,13 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
         args = typing.get_args(tp)
         if value is None and type(None) in args:
             return None
+        real = [a for a in args if a is not type(None)]
+        if len(real) == 1:  # Optional[X]: X's own message
+            return _coerce(real[0], value, where)
+        if isinstance(value, Mapping):  # a mapping can only be meant for the dataclass/dict member
+            for a in real:
+                if dataclasses.is_dataclass(a):
+                    return _coerce(a, value, where)
         for a in args:
             if a is type(None):
                 continue

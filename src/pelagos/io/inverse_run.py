@@ -503,7 +503,7 @@ def run_inverse(
         else:
             from ..inverse.fourdvar import fourdvar
 
-            periodic = cfg.kind.name == "lorenz96"
+            periodic = False  # a periodic Gaussian kernel is not positive definite in general
             B = covariance(model, x0, meth.background, periodic)
             Q = covariance(model, x0, meth.model_error, periodic) if kind == "weak4dvar" else None
             r = fourdvar(
