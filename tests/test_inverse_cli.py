@@ -195,18 +195,15 @@ OBS0 = "model: {kind: lorenz63}\ntime: {duration: 1}\nobservations: {synthetic: 
     [
         ("model: {kind: lorenz63}\ntime: {duration: 1}\n", "no `observations:` section"),
         (
-            OBS0 + "
-            " sigma: 1}}\nmethod: {kind: calibrate, free: [gamma]}\n",
+            OBS0 + " sigma: 1}}\nmethod: {kind: calibrate, free: [gamma]}\n",
             "unknown parameter 'gamma'",
         ),
         (
-            OBS0 + "
-            " sigmaa: 1}}\nmethod: {kind: calibrate, free: [rho]}\n",
+            OBS0 + " sigmaa: 1}}\nmethod: {kind: calibrate, free: [rho]}\n",
             "did you mean 'sigma'",
         ),
         (
-            OBS0 + "
-            " sigma: 1}}\nmethod: {kind: 4dvar}\n",
+            OBS0 + " sigma: 1}}\nmethod: {kind: 4dvar}\n",
             "use `pelagos assimilate` for 4dvar",
         ),
         ("model: {factory: 'pelagos.models:Lorenz63'}\n", "kind: lorenz63"),
