@@ -22,14 +22,17 @@ model: {kind: lorenz63, dtype: float64}
 time: {start: 0, duration: 2.0, dt: 0.01}
 parameters: {rho: 25.0}
 observations:
-  synthetic: {truth: {rho: 28.0}, patterns: [{variable: x, every: 0.05}], sigma: 0.5, seed: 1}
+  synthetic:
+    truth: {rho: 28.0}
+    patterns: [{variable: x, every: 0.05}, {variable: y, every: 0.05}, {variable: z, every: 0.05}]
+    sigma: 0.5
+    seed: 1
 method: {kind: calibrate, free: [rho], priors: {rho: {std: 0.5}}, max_iter: 50, uncertainty: hessian}
 """
 
 L96 = """
 model: {kind: lorenz96, nx: 10, dtype: float64}
-time: {start: 0, duration: 1.0, dt: 0.05}
-initial: {spinup: 200}
+time: {start: 0, duration: 1.0, dt: 0.05, spinup: 10.0}
 observations:
   synthetic:
     patterns: [{variable: x, at: {x: [0, 2, 4, 6, 8]}, every: 0.1}]
@@ -143,7 +146,7 @@ def test_column_calibrate_esmda_4dvar(tmp_path):
     rmax by calibration; ES-MDA from the CSV it wrote lands within 2 of its own std; 4D-Var from a wrong
     state fits; results files, the analysed run and plots are written."""
     csv_path = tmp_path / "obs.csv"
-    initial = "initial: {npzd_nut: 5.0, npzd_phy: 0.3, npzd_zoo: 0.01, npzd_det: 2.0}\n"
+    initial = "initial: {profiles: {npzd_nut: 5.0, npzd_phy: 0.3, npzd_zoo: 0.01, npzd_det: 2.0}}\n"
     cfg = (
         COLUMN
         + initial
@@ -176,7 +179,7 @@ output: {{file: {tmp_path / "an.nc"}, interval: 86400}}
         output=tmp_path / "e.json",
     )  # fmt: skip
     assert abs(res2["estimates"]["npzd.rmax"] - 1.0) < 2 * res2["std"]["npzd.rmax"] + 0.02
-    wrong = "initial: {npzd_nut: 4.0, npzd_phy: 0.2, npzd_zoo: 0.01, npzd_det: 2.0}\n"
+    wrong = "initial: {profiles: {npzd_nut: 4.0, npzd_phy: 0.2, npzd_zoo: 0.01, npzd_det: 2.0}}\n"
     res3 = run_inverse(
         _cfg(tmp_path, COLUMN + wrong + obs_file + "method: {kind: 4dvar, free: [npzd.rmax], max_iter: 40, "
              "background: {rel_std: 0.3, floor: 0.01, length_scale: 50.0}}\n"),

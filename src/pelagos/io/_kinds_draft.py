@@ -18,75 +18,48 @@ from ..core.errors import ConfigError
 from ..core.registry import ModelKind, model_kinds, register_model
 
 
-# -- Lorenz --------------------------------------------------------------------------------------------------
+# -- Lorenz (as KIND96/KIND63 of pelagos.models.lorenz on the contract branch) ---------------------------
 @dataclass
-class LorenzInitial:
-    """``initial:`` of the Lorenz kinds: ``values`` (the state; default the model's), ``spinup`` steps run
-    first (to start on the attractor), ``perturb``: std of Gaussian noise added per member (``seed``)."""
+class Lorenz96Options:
+    """``model:`` of lorenz96: ``nx`` variables on a ring, forcing ``F``, step ``dt`` (model time units)."""
 
-    values: list[float] | None = None
-    spinup: int = 0
-    perturb: float = 0.0
-    seed: int = 0
+    nx: int = 40
+    F: float = 8.0
+    dt: float = 0.05
 
 
-def _lorenz_initial(model, batch, values=None, spinup=0, perturb=0.0, seed=0, dtype=None):
-    from ..models.lorenz import Lorenz63
+@dataclass
+class Lorenz63Options:
+    """``model:`` of lorenz63."""
 
-    dtype = dtype or torch.get_default_dtype()
-    n = 3 if isinstance(model, Lorenz63) else model.nx
-    if values is not None:
-        if len(values) != n:
-            raise ConfigError(f"initial.values has {len(values)} entries; the state has {n}")
-        x = torch.tensor(values, dtype=dtype)
-    else:
-        x = torch.zeros(n, dtype=dtype)
-        if isinstance(model, Lorenz63):
-            x = torch.tensor([1.509, -1.531, 25.46], dtype=dtype)
-        else:
-            x[0] = 1.0
-    with torch.no_grad():
-        for _ in range(int(spinup)):
-            x = model.step(x, 0.0)
-    g = torch.Generator().manual_seed(int(seed))
-    if batch is not None:
-        x = x.expand(int(batch), n).clone()
-    if perturb:
-        x = x + perturb * torch.randn(x.shape, generator=g, dtype=dtype)
-    return x
+    sigma: float = 10.0
+    rho: float = 28.0
+    beta: float = 8.0 / 3.0
+    dt: float = 0.01
 
 
 def _lorenz_class(base):
     class Draft(base):
-        __qualname__ = base.__name__
-        __name__ = base.__name__
+        def initial_state(self, batch=None, *, dtype=None):  # the contract's convention
+            x = base.initial_state(self, () if batch is None else (int(batch),), dtype=dtype or torch.float64)
+            return x
 
-        def initial_state(self, batch=None, *, dtype=None, **options):  # the contract's convention
-            if isinstance(batch, tuple):
-                batch = batch[0] if batch else None
-            return _lorenz_initial(self, batch, dtype=dtype, **options)
-
-    Draft.__name__ = base.__name__
+    Draft.__name__ = Draft.__qualname__ = base.__name__
     return Draft
-
-
-@dataclass
-class Lorenz96Options:
-    """``model:`` of lorenz96: ``nx`` variables on a ring."""
-
-    nx: int = 40
 
 
 def _build_l96(options, ctx):
     from ..models.lorenz import Lorenz96
 
-    return _lorenz_class(Lorenz96)(nx=options.nx, dt=ctx.dt or 0.05)
+    m = _lorenz_class(Lorenz96)(nx=options.nx, F=options.F, dt=ctx.dt or options.dt)
+    return m.to(getattr(torch, ctx.dtype))
 
 
 def _build_l63(options, ctx):
     from ..models.lorenz import Lorenz63
 
-    return _lorenz_class(Lorenz63)(dt=ctx.dt or 0.01)
+    m = _lorenz_class(Lorenz63)(options.sigma, options.rho, options.beta, dt=ctx.dt or options.dt)
+    return m.to(getattr(torch, ctx.dtype))
 
 
 # -- the water column ----------------------------------------------------------------------------------------
@@ -110,14 +83,8 @@ class ColumnOptions:
 class ColumnForcingOptions:
     """``forcing:`` of column: a GOTM output NetCDF; ``bottom_stress`` (Pa) when the file has no taub."""
 
-    file: str | None = None
+    file: str = "builtin:nns_annual_22x5m.nc"
     bottom_stress: float | None = None
-
-    def validate(self, where: str) -> None:
-        if not self.file:
-            raise ConfigError(
-                f"{where}.file is required (a GOTM output NetCDF, or builtin:nns_annual_22x5m.nc)"
-            )
 
 
 @dataclass
@@ -131,7 +98,16 @@ class ColumnNumerics:
     nuh_lag: bool = True
     repair: bool = False
     split_factor: int = 1
-    coarsen_layers: int | None = None
+    chunk_columns: int | None = None
+    columns: int = 1
+    coarsen_layers: int | None = None  # merge layers (conservative) and average the forcing over dt
+
+
+@dataclass
+class ColumnInitial:
+    """``initial:`` of column: ``profiles`` {global name: value or list over layers (bottom first)}."""
+
+    profiles: dict = field(default_factory=dict)
 
 
 def _build_column(options, ctx):
@@ -140,27 +116,19 @@ def _build_column(options, ctx):
     from ..column.model import ColumnModel
 
     dtype = getattr(torch, ctx.dtype)
-    f = ctx.forcing
+    f = ctx.forcing if ctx.forcing is not None else ColumnForcingOptions()
     forcing = ColumnForcing.from_gotm(ctx.path(f.file), bottom_stress=f.bottom_stress, dtype=dtype)
     source: Any = ctx.path(options.fabm_yaml) if options.fabm_yaml else {"instances": options.instances}
     bgc = BGCSystem.from_yaml(
         source, drop=tuple(options.drop or ()), drop_unsupported=options.drop_unsupported, dtype=dtype
     )
-    num = dataclasses.asdict(ctx.numerics) if ctx.numerics is not None else {}
-    coarsen = num.pop("coarsen_layers", None)
+    num = dataclasses.asdict(ctx.numerics if ctx.numerics is not None else ColumnNumerics())
+    for k in ("coarsen_layers", "columns"):  # coarsening: pelagos.io.build; columns: the batch
+        num.pop(k, None)
     if isinstance(num.get("light"), list):
         num["light"] = tuple(num["light"])
-    dt = float(ctx.dt or 3600.0)
-    if coarsen:
-        from ..column.coarsen import coarsen_forcing
-
-        time = getattr(ctx, "time", None)
-        start = getattr(time, "start", None) if time is not None else None
-        stop = getattr(time, "stop", None) if time is not None else None
-        forcing = coarsen_forcing(forcing, layers=int(coarsen), dt=dt, start=start, stop=stop)
-    model = ColumnModel(bgc, forcing, dt=dt, **num)
-    model.to(dtype)
-    return model
+    model = ColumnModel(bgc, forcing, dt=float(ctx.dt or 3600.0), **num)
+    return model.to(dtype)
 
 
 # -- QG ------------------------------------------------------------------------------------------------------
@@ -222,16 +190,16 @@ def _drafts() -> list[ModelKind]:
 
     return [
         ModelKind(
-            "lorenz96", _build_l96, options=Lorenz96Options, initial=LorenzInitial,
-            description="Lorenz-96 on a ring of nx variables (RK4); parameter F",
+            "lorenz96", _build_l96, options=Lorenz96Options,
+            description="Lorenz-96 ring (RK4), the standard data-assimilation test bed",
         ),
         ModelKind(
-            "lorenz63", _build_l63, initial=LorenzInitial,
-            description="Lorenz-63 (RK4); parameters sigma, rho, beta",
+            "lorenz63", _build_l63, options=Lorenz63Options,
+            description="Lorenz-63 (RK4), three variables x, y, z",
         ),
         ModelKind(
             "column", _build_column, options=ColumnOptions, forcing=ColumnForcingOptions,
-            numerics=ColumnNumerics,
+            numerics=ColumnNumerics, initial=ColumnInitial,
             description="GOTM-style water column with FABM-style biogeochemistry (forcing from a GOTM run)",
         ),
         ModelKind(

@@ -7,7 +7,6 @@ Every command goes through here: ``pelagos run`` (:func:`run`), ``pelagos calibr
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as _dt
 import os
 import sys
@@ -27,11 +26,29 @@ __all__ = ["Setup", "build_model", "initial_state", "model_time", "run", "setup"
 def build_model(cfg: Config):
     """The model the configuration describes (its kind's ``build``), with ``parameters:`` applied."""
     ctx = cfg.context()
-    ctx.time = cfg.time  # builders that need the window (the column's coarsened forcing)
+    ctx.time = cfg.time  # builders that need the window
     model = cfg.kind.build(cfg.model, ctx)
+    layers = getattr(cfg.numerics, "coarsen_layers", None)
+    if layers:
+        model = _coarsen_column(cfg, model, int(layers))
     for name, value in cfg.parameters.items():
         model.set_parameter_value(name, value)  # unknown names: ConfigError with "did you mean"
     return model
+
+
+def _coarsen_column(cfg: Config, col, layers: int):
+    """``numerics.coarsen_layers``: merge layers (conservatively) and average the forcing over dt."""
+    from ..column.coarsen import coarsen_forcing
+    from ..column.model import ColumnModel
+
+    if not isinstance(col, ColumnModel):
+        raise ConfigError(f"numerics.coarsen_layers is for the water column, not {cfg.kind.name!r}")
+    t0, t1, _ = window(cfg, col)
+    f = coarsen_forcing(col.forcing, layers=layers, dt=col.dt, start=t0, stop=t1)
+    num = {k: v for k, v in to_mapping(cfg.numerics).items() if k not in ("coarsen_layers", "columns")}
+    if isinstance(num.get("light"), list):
+        num["light"] = tuple(num["light"])
+    return ColumnModel(col.bgc, f, dt=col.dt, **num).to(getattr(torch, cfg.dtype))
 
 
 def epoch_of(model) -> _dt.datetime | None:
@@ -105,21 +122,36 @@ def window(cfg: Config, model) -> tuple[float, float, int]:
 
 
 def initial_state(cfg: Config, model, t0: float, batch: int | None = None):
-    """``model.initial_state(batch, **initial options)`` (the column: profiles from ``initial:``)."""
+    """``model.initial_state(batch, **initial options)``, then ``time.spinup`` of model time run from it.
+
+    ``batch``: ``initial.batch`` (the column: also ``numerics.columns``); ``None``: the model's single member.
+    """
     from ..column.model import ColumnModel
+    from ..qg.base import SpectralQG
 
     batch = cfg.batch if batch is None else batch
     dtype = getattr(torch, cfg.dtype)
-    if isinstance(model, ColumnModel):
-        return model.initial_state(batch or 1, profiles=cfg.initial or None, t0=t0, dtype=dtype)
-    from ..qg.base import SpectralQG
-
-    if batch is None and isinstance(model, SpectralQG):  # GLUE: QG's initial_state takes an int batch today
-        batch = 1
     opts = to_mapping(cfg.initial) if cfg.initial is not None else {}
-    if dataclasses.is_dataclass(cfg.initial) or not opts:
-        return _cast(model.initial_state(batch, **opts), dtype)
-    raise ConfigError(f"model kind {cfg.kind.name!r} takes no initial values by name; got {sorted(opts)}")
+    if isinstance(model, ColumnModel):
+        batch = batch or getattr(cfg.numerics, "columns", None) or 1
+        profiles = opts.get("profiles", opts) if isinstance(opts, Mapping) else {}
+        state = model.initial_state(batch, profiles=profiles or None, t0=t0, dtype=dtype)
+    else:
+        if batch is None and isinstance(model, SpectralQG):  # GLUE: QG's initial_state takes an int batch
+            batch = 1
+        state = _cast(model.initial_state(batch, **opts), dtype)
+    return _spinup(cfg, model, state, t0)
+
+
+def _spinup(cfg: Config, model, state, t0: float):
+    if not cfg.time.spinup:
+        return state
+    from ..core.rollout import rollout
+
+    n = round(float(cfg.time.spinup) / float(model.dt))
+    with torch.no_grad():
+        return rollout(model, state, n, t0=t0 - n * float(model.dt), save_every=max(n, 1),
+                       include_initial=False).final  # fmt: skip
 
 
 def _cast(state, dtype):
@@ -277,7 +309,8 @@ def _legacy_column_dict(cfg: Config, out: Path, rs: Path | None, progress: bool,
     o, f = cfg.model, cfg.forcing
     num = to_mapping(cfg.numerics) if cfg.numerics is not None else {}
     coarsen = num.pop("coarsen_layers", None)
-    initial = dict(cfg.initial or {})
+    init = to_mapping(cfg.initial) if cfg.initial is not None else {}
+    initial = dict(init.get("profiles", init) or {})
     if state is not None:
         from ..column.stacked import StackedColumn
 

@@ -261,13 +261,15 @@ class TimeSection:
 
     ``start``/``stop``: ISO dates (models with a calendar, e.g. the column's forcing) or numbers in model time
     (seconds; Lorenz: model time units); ``duration`` instead of ``stop`` (seconds or ``"2 years"``);
-    ``dt``: the model step (default: the model's own).
+    ``dt``: the model step (default: the model's own); ``spinup``: run this long from the initial state
+    before ``start`` and start from where it got (e.g. onto the Lorenz attractor); nothing is written.
     """
 
     start: TimeValue | None = None
     stop: TimeValue | None = None
     duration: float | str | None = None
     dt: float | None = None
+    spinup: float | str | None = None
 
     def validate(self, where: str) -> None:
         for k in ("start", "stop"):  # YAML reads unquoted dates as date/datetime objects
@@ -280,6 +282,7 @@ class TimeSection:
             raise ConfigError(f"{where}: give stop or duration, not both")
         if self.duration is not None:
             self.duration = _positive_duration(self.duration, f"{where}.duration")
+        self.spinup = _positive_duration(self.spinup, f"{where}.spinup")
 
 
 @dataclass

@@ -112,6 +112,15 @@ def operator(model, variable: str, at: Mapping | None):
     from ..core.operators import IdentityOperator, IndexOperator
 
     at = dict(at or {})
+    if _has_contract_operator(model):
+        if "random" in at:
+            at = _random_points(model, variable, int(at["random"]), int(at.get("seed", 0)))
+        H = model.observation_operator(variable, at or None)
+        try:
+            c = torch.tensor([list(p) for p in zip(*at.values(), strict=True)], dtype=torch.float64)
+        except (TypeError, ValueError):
+            c = None
+        return H, c
     qg = getattr(model, "qg", model)
     if _is_qg(qg):
         from ..qg.observe import PointObserver
@@ -147,12 +156,13 @@ def operator(model, variable: str, at: Mapping | None):
         y = (pts // qg.nx) % qg.ny
         x = pts % qg.nx
         return H, torch.stack([lev, y, x], 1).to(torch.float64)
-    if _has_contract_operator(model):
-        return model.observation_operator(variable, at), None
     # tensor state of one dim (Lorenz)
     if set(at) - {"x", "index"}:
         raise ConfigError(f"observation points of {variable!r}: give at: {{x: [indices]}}")
     idx = at.get("x", at.get("index"))
+    names = {"x": 0, "y": 1, "z": 2}
+    if idx is None and type(model).__name__ == "Lorenz63" and variable in names:  # GLUE until the contract
+        return IndexOperator([names[variable]]), torch.tensor([float(names[variable])])
     if idx is None:
         return IdentityOperator(), None
     idx = idx if isinstance(idx, list) else [idx]
@@ -194,14 +204,83 @@ def observations(cfg: Config, s: Setup, model, x0):
         if _is_column(getattr(model, "model", model)):
             x_true = x_true.clamp(min=0)
     x0 = x_true
+    try:  # the one observation stack of core/ (helper obs) when present
+        from ..core import obsio
+    except ImportError:
+        obsio = None
     with model.using(raw) if raw else contextlib.nullcontext():
-        if _is_column(getattr(model, "model", model)) or _is_column(model):
+        if obsio is not None:
+            obs = _core_synthetic(obsio, syn, model, x0, s)
+        elif _is_column(getattr(model, "model", model)) or _is_column(model):
             obs = _column_synthetic(syn, model, x0, s)
         else:
             obs = _generic_synthetic(syn, model, x0, s)
     if syn.write:
         _write(obs, cfg.resolve(syn.write), model)
     return obs, truth
+
+
+def _core_synthetic(obsio, syn, model, x0, s: Setup):
+    """A twin through ``pelagos.core.obsio.synthetic_observations`` (every model, its observation hook)."""
+    dt = float(model.dt)
+    samplings = []
+    for i, p in enumerate(syn.patterns):
+        at = dict(p.at) if p.at else None
+        if p.depths is not None:
+            at = {**(at or {}), "depth": list(p.depths)}
+        if at and "random" in at:
+            at = _random_points(model, p.variable, int(at["random"]), int(at.get("seed", 0)))
+        times = obsio.regular_times(model, s.t0, s.t1, p.every or dt, offset=p.offset)
+        if not times:
+            raise ConfigError(f"observations.synthetic.patterns[{i}] gives no time inside the window")
+        samplings.append(obsio.Sampling(p.variable, at, times))
+    noise, sigma, rel = syn.noise, syn.sigma, syn.rel
+    if noise == "relative":
+        noise, sigma = "gaussian", syn.sigma
+    elif noise == "lognormal":
+        sigma, rel = syn.rel, 0.0
+    obs = obsio.synthetic_observations(
+        model, x0, None, samplings, start=s.t0, noise=noise, sigma=sigma, rel_sigma=rel,
+        generator=torch.Generator().manual_seed(int(syn.seed)),
+    )  # fmt: skip
+    return _squeezed(obs)
+
+
+def _random_points(model, variable: str, m: int, seed: int) -> dict:
+    """``m`` distinct grid points of ``variable`` (seeded), as ``{dim: [coordinate values]}``."""
+    var = model.variable(variable)
+    coords = model.output_coordinates()
+    sizes = []
+    for d in var.dims:
+        c = coords.get(d)
+        if c is None:
+            raise ConfigError(f"at: {{random: ...}} needs coordinates of {variable!r} along {d!r}")
+        sizes.append(len(c.values))
+    n = math.prod(sizes)
+    flat = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:m]
+    at: dict = {d: [] for d in var.dims}
+    for f in flat.tolist():
+        idx = []
+        for size in reversed(sizes):
+            idx.append(f % size)
+            f //= size
+        for d, i in zip(var.dims, reversed(idx), strict=True):
+            at[d].append(float(torch.as_tensor(coords[d].values).reshape(-1)[i]))
+    return at
+
+
+def _squeezed(obs):
+    """Values ``(n_t, 1, m)`` (a state with a batch of one) as ``(n_t, m)``: what every method takes."""
+    if obs.values.ndim == 3 and obs.values.shape[1] == 1:
+        import dataclasses
+
+        sig = obs.sigma if torch.is_tensor(obs.sigma) else torch.as_tensor(obs.sigma)
+        obs = dataclasses.replace(
+            obs,
+            values=obs.values.reshape(obs.n_times, -1),
+            sigma=sig.reshape(obs.n_times, -1) if sig.ndim > 1 else sig,
+        )
+    return obs
 
 
 def _read(cfg: Config, s: Setup, model, path: Path):
@@ -224,7 +303,13 @@ def _read(cfg: Config, s: Setup, model, path: Path):
 def _write(obs, path: Path, model) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     inner = getattr(model, "model", model)
-    if _is_column(inner):
+    try:
+        from ..core.obsio import write_observations
+    except ImportError:
+        write_observations = None
+    if write_observations is not None:
+        write_observations(obs, path)
+    elif _is_column(inner):
         from ..column.observe import observations_to_csv
 
         observations_to_csv(obs, path, epoch=inner.forcing.epoch)
@@ -301,14 +386,7 @@ def _generic_synthetic(syn, model, x0, s: Setup):
         generator=torch.Generator().manual_seed(int(syn.seed)),
     )  # fmt: skip
     if squeeze:  # values (n_t, m): what every method (the ensembles too) takes
-        import dataclasses
-
-        sig = obs.sigma if torch.is_tensor(obs.sigma) else torch.as_tensor(obs.sigma)
-        obs = dataclasses.replace(
-            obs,
-            values=obs.values.reshape(obs.n_times, -1),
-            sigma=sig.reshape(obs.n_times, -1) if sig.ndim > 1 else sig,
-        )
+        obs = _squeezed(obs)
     obs.meta["coords"] = torch.cat([c.reshape(c.shape[0], -1) for c in coords]) if coords else None
     return obs
 
