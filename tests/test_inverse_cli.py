@@ -35,7 +35,7 @@ model: {kind: lorenz96, nx: 10, dtype: float64}
 time: {start: 0, duration: 1.0, dt: 0.05, spinup: 10.0}
 observations:
   synthetic:
-    patterns: [{variable: x, at: {x: [0, 2, 4, 6, 8]}, every: 0.1}]
+    patterns: [{variable: x, at: {i: [0, 2, 4, 6, 8]}, every: 0.1}]
     sigma: 0.5
     initial_error: 1.0
     seed: 0

@@ -157,9 +157,14 @@ def operator(model, variable: str, at: Mapping | None):
         x = pts % qg.nx
         return H, torch.stack([lev, y, x], 1).to(torch.float64)
     # tensor state of one dim (Lorenz)
-    if set(at) - {"x", "index"}:
-        raise ConfigError(f"observation points of {variable!r}: give at: {{x: [indices]}}")
-    idx = at.get("x", at.get("index"))
+    if set(at) - {"i", "random", "seed"}:
+        raise ConfigError(f"observation points of {variable!r}: give at: {{i: [indices]}}")
+    if "random" in at:
+        n = int(model.initial_state().shape[-1])
+        at["i"] = torch.randperm(n, generator=torch.Generator().manual_seed(int(at.get("seed", 0))))[
+            : int(at["random"])
+        ].tolist()
+    idx = at.get("i")
     names = {"x": 0, "y": 1, "z": 2}
     if idx is None and type(model).__name__ == "Lorenz63" and variable in names:  # GLUE until the contract
         return IndexOperator([names[variable]]), torch.tensor([float(names[variable])])
