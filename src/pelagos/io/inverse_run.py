@@ -468,35 +468,65 @@ class _ShapedDiagonal(Covariance):
         return v * self.std.to(v)
 
 
-def _state_coords(model, x0: torch.Tensor) -> torch.Tensor:
+def _contract_grid(model):
+    """``(dims, coordinate values per dim)`` of the state variable of a model with declared variables."""
+    inner = getattr(model, "qg", model)
+    try:
+        variables = inner.output_variables()
+        coords = inner.output_coordinates()
+    except (NotImplementedError, AttributeError):
+        return None
+    state = [v for v in variables if v.role == "state"] or variables
+    dims = state[0].dims
+    if not dims or any(d not in coords for d in dims):
+        return None
+    return dims, [torch.as_tensor(coords[d].values, dtype=torch.float64).reshape(-1) for d in dims]
+
+
+def _state_coords(model, x0: torch.Tensor) -> tuple[torch.Tensor, float | None]:
+    """Positions of the state entries for LETKF (and the period of the last coordinate, when regular)."""
     from ..column.stacked import StackedColumn
 
     if isinstance(model, StackedColumn):
         f = model.forcing
         h = f.sample(f.t_start, ["h"])["h"][0].to(torch.float64)
         z = torch.flip(torch.cumsum(torch.flip(h, [0]), 0), [0]) - 0.5 * h
-        return z.repeat(model.V)
-    if x0.ndim == 1:
-        return torch.arange(x0.numel(), dtype=torch.float64)
-    if x0.ndim >= 3:  # QG q (…, nz, ny, nx)
+        return z.repeat(model.V), None
+    grid = _contract_grid(model)
+    if grid is not None and math.prod(len(v) for v in grid[1]) == x0.numel():
+        mesh = torch.meshgrid(*grid[1], indexing="ij")
+        c = torch.stack([m.reshape(-1) for m in mesh], -1)
+        last = grid[1][-1]
+        period = float(len(last) * (last[1] - last[0])) if len(last) > 1 else None
+        return (c[:, 0] if c.shape[1] == 1 else c), period
+    if x0.ndim >= 3:  # QG q (…, nz, ny, nx), grid indices
         nz, ny, nx = x0.shape[-3:]
         lev, y, x = torch.meshgrid(torch.arange(nz), torch.arange(ny), torch.arange(nx), indexing="ij")
-        return torch.stack([lev, y, x], -1).reshape(-1, 3).to(torch.float64)
-    return torch.arange(x0.numel(), dtype=torch.float64)
+        return torch.stack([lev, y, x], -1).reshape(-1, 3).to(torch.float64), float(nx)
+    return torch.arange(x0.numel(), dtype=torch.float64), float(x0.shape[-1])
 
 
 def _obs_coords(obs, model) -> torch.Tensor:
     c = obs.meta.get("coords")
     if c is not None and not bool(torch.isnan(c).any()):
         return c.squeeze(-1) if c.ndim == 2 and c.shape[1] == 1 else c
-    cols = obs.columns or []
-    depth = []
-    for _, w in cols:  # the column: depth in m (surface: 0)
-        depth.append(0.0 if w == "surface" else float(w) if isinstance(w, (int, float)) else float("nan"))
-    t = torch.tensor(depth, dtype=torch.float64)
-    if len(depth) != obs.m or bool(torch.isnan(t).any()):
+    rows = []
+    for _, w in obs.columns or []:
+        if isinstance(w, Mapping):  # {coordinate: value} (core/obsio); the column: depth, surface = 0
+            vals = [0.0 if v == "surface" else v for v in w.values()]
+        else:
+            vals = [0.0 if w == "surface" else w]
+        try:
+            rows.append([float(v) for v in vals])
+        except (TypeError, ValueError):
+            rows.append([float("nan")] * len(vals))
+    try:
+        t = torch.tensor(rows, dtype=torch.float64)
+    except ValueError:
+        t = torch.full((obs.m, 1), float("nan"))
+    if t.shape[0] != obs.m or bool(torch.isnan(t).any()):
         raise ConfigError("LETKF needs a position for every observation (integrals have none); use enkf")
-    return t
+    return t[:, 0] if t.shape[1] == 1 else t
 
 
 # -- the driver ----------------------------------------------------------------------------------------------
@@ -632,11 +662,12 @@ def run_inverse(
         if kind == "letkf":
             if names:
                 raise ConfigError("LETKF estimates the state only: leave method.free empty (or use enkf)")
+            sc, period = _state_coords(model, xe)
             loc = {
-                "state_coords": _state_coords(model, xe),
+                "state_coords": sc,
                 "obs_coords": _obs_coords(obs, model),
                 "radius": float(meth.radius),
-                "period": (float(xe.shape[-1]) if meth.periodic else None),
+                "period": period if meth.periodic else None,
             }
         r = ensemble_filter(
             model, obs, E0, method="letkf" if kind == "letkf" else meth.variant, infl=float(meth.inflation),
