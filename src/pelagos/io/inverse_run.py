@@ -823,7 +823,7 @@ def _plots(folder: Path, result: Mapping, obs, before, after, s: Setup, truth, n
         ax.plot(days[ok], b[ok, j].numpy(), "C1x--", label="before")
         ax.plot(days[ok], a[ok, j].numpy(), "C0.-", label="after")
         v, w = cols[j]
-        ax.set_title(f"{v} @ {w if isinstance(w, str) else f'{w:g}'}", fontsize=9)
+        ax.set_title(f"{v} @ {_where(w)}", fontsize=9)
         ax.set_xlabel(f"days since {format_time(s.model, s.t0)}")
     axes[0][0].legend(fontsize=8)
     files.append(folder / "obs_vs_model.png")
@@ -834,6 +834,12 @@ def _plots(folder: Path, result: Mapping, obs, before, after, s: Setup, truth, n
 
         files += list(plot_output(nc_path, folder))
     return files
+
+
+def _where(w) -> str:
+    if isinstance(w, Mapping):
+        return ", ".join(f"{k} {v:g}" if isinstance(v, (int, float)) else f"{k} {v}" for k, v in w.items())
+    return w if isinstance(w, str) else f"{w:g}"
 
 
 def run_inverse_cli(source, *, mode: str, overrides=None, output=None, progress=None, log=print) -> int:
