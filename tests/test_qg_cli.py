@@ -14,7 +14,7 @@ from pelagos.qg import config
 def test_qg_run_writes_netcdf_and_plot(tmp_path):
     cfg = tmp_path / "qg.yaml"
     cfg.write_text(
-        "model: {kind: qg, nx: 16, rek: 1.0e-6, closure: {type: BackscatterBiharmonic}}\n"
+        "model: {kind: qg, nx: 16, rek: 1.0e-6}\n"
         "time: {duration: 8 days, dt: 7200.0}\n"
         "output: {file: out/t.nc, interval: 2 days}\n"
     )
