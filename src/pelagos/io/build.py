@@ -232,6 +232,9 @@ def _plots_after_run(cfg: Config, nc: Path) -> list[Path]:
             from ..qg.config import plot_run
 
             with xr.open_dataset(nc, decode_times=False) as ds:
+                batch = [d for d in ds["q"].dims if d not in ("time", "lev", "y", "x")] if "q" in ds else []
+                if batch and batch[0] != "run":
+                    ds = ds.rename({batch[0]: "run"})
                 if "q" in ds and "run" in ds["q"].dims:
                     png = nc.with_suffix(".png")
                     plot_run(build_model(cfg), ds, png)
