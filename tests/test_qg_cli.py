@@ -7,7 +7,6 @@ import xarray as xr
 
 from pelagos.cli import main
 from pelagos.core import ConfigError
-from pelagos.io.build import run as run_config
 from pelagos.qg import config
 
 
@@ -31,10 +30,6 @@ def test_config_errors_name_the_problem(tmp_path):
         config.load({"modle": {}})
     with pytest.raises(ConfigError, match="unknown model kind 'sqg'"):
         config.load({"model": {"kind": "sqg"}})
-    with pytest.raises(ConfigError, match="closure type"):
-        run_config(
-            {"model": {"kind": "qg", "nx": 16, "closure": {"type": "Leith"}}, "time": {"duration": 1e4}}
-        )
     with pytest.raises(ConfigError, match=r"model\.rekk; did you mean 'rek'"):
         config.load({"model": {"kind": "qg", "nx": 16, "rekk": 1.0}})
     with pytest.raises(ConfigError, match=r"hybrid\.nx_hrr; did you mean 'nx_hr'"):

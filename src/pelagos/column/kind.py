@@ -54,6 +54,7 @@ class ColumnNumerics:
     split_factor: int = 1
     chunk_columns: int | None = None
     columns: int = 1
+    coarsen_layers: int | None = None  # merge layers by this factor (applied by pelagos.io.build)
 
 
 @dataclass

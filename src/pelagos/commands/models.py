@@ -15,9 +15,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..core.errors import ConfigError
     from ..core.registry import get_model_kind, model_kinds
-    from ..io._kinds_draft import ensure_draft_kinds
 
-    ensure_draft_kinds()
     names = model_kinds()
     width = max(len(n) for n in names) if names else 0
     for n in names:

@@ -24,9 +24,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..core.errors import ConfigError
     from ..core.registry import get_model_kind
-    from ..io._kinds_draft import ensure_draft_kinds
 
-    ensure_draft_kinds()
     kind = get_model_kind(args.kind)
     if args.config:
         from ..io.build import build_model

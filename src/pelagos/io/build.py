@@ -127,7 +127,6 @@ def initial_state(cfg: Config, model, t0: float, batch: int | None = None):
     ``batch``: ``initial.batch`` (the column: also ``numerics.columns``); ``None``: the model's single member.
     """
     from ..column.model import ColumnModel
-    from ..qg.base import SpectralQG
 
     batch = cfg.batch if batch is None else batch
     dtype = getattr(torch, cfg.dtype)
@@ -137,8 +136,6 @@ def initial_state(cfg: Config, model, t0: float, batch: int | None = None):
         profiles = opts.get("profiles", opts) if isinstance(opts, Mapping) else {}
         state = model.initial_state(batch, profiles=profiles or None, t0=t0, dtype=dtype)
     else:
-        if batch is None and isinstance(model, SpectralQG):  # GLUE: QG's initial_state takes an int batch
-            batch = 1
         state = _cast(model.initial_state(batch, **opts), dtype)
     return _spinup(cfg, model, state, t0)
 
@@ -202,12 +199,15 @@ def run(
     fresh: bool = False,
     progress: bool | None = None,
     state: Any = None,
-    log: Callable[[str], None] = print,
+    stop_after: float | None = None,
+    log: Callable[[str], None] | None = None,
 ) -> list[Path]:
-    """Run a configuration of any model kind to CF-NetCDF; returns the files written (output first).
+    """Run a configuration of any model kind to CF-NetCDF through the one run loop; returns the files
+    written (output first, then plots and the restart).
 
     ``output``/``restart`` override ``output.file``/``restart.file``; ``fresh``: ignore an existing restart;
-    ``state``: start from this state instead of the configured one (the analysed run of an inverse method).
+    ``state``: start from this state instead of the configured one (the analysed run of an inverse method);
+    ``stop_after``: stop cleanly (restart written) once this much model time has run (tests).
     """
     cfg = source if isinstance(source, Config) else load_config(source, overrides=overrides)
     out = Path(output) if output is not None else default_output(cfg)
@@ -219,205 +219,135 @@ def run(
     out.parent.mkdir(parents=True, exist_ok=True)
     if rs is not None:
         rs.parent.mkdir(parents=True, exist_ok=True)
-    files = _simulate(cfg, out, rs, fresh=fresh, progress=show_progress(progress), state=state, log=log)
-    files += _plots_after_run(cfg, files[0])
+    return _simulate(
+        cfg,
+        out,
+        rs,
+        fresh=fresh,
+        progress=show_progress(progress),
+        state=state,
+        stop_after=stop_after,
+        log=log,
+    )
+
+
+def _simulate(
+    cfg: Config, out: Path, rs: Path | None, *, fresh, progress, state, stop_after, log
+) -> list[Path]:
+    """THE place that runs a configured model: :class:`~pelagos.core.simulation.Simulation` with a
+    :class:`~pelagos.io.netcdf_writer.ModelNetCDFWriter` of the model's declared variables."""
+    from ..column.model import ColumnModel
+    from ..core.simulation import CFLCheck, RestartPolicy, Simulation
+    from .netcdf_writer import ModelNetCDFWriter
+
+    s = setup(cfg)
+    model = s.model
+    dt = float(model.dt)
+    every = round(float(cfg.output.interval) / dt) if cfg.output.interval else 1
+    if every < 1 or (cfg.output.interval and abs(every * dt - cfg.output.interval) > 1e-6 * dt):
+        raise ConfigError(f"output.interval ({cfg.output.interval:g} s) must be a multiple of dt ({dt:g} s)")
+    attrs = {"pelagos_model_kind": cfg.kind.name}
+    for name in model.parameter_names():  # the parameter values of the run, for the record
+        v = model.get_parameter_value(name).detach()
+        if v.numel() == 1:
+            attrs[name] = float(v)
+    kw: dict[str, Any] = {}
+    if isinstance(model, ColumnModel):
+        kw["batch_dims"] = ("column",)
+    writer = ModelNetCDFWriter(
+        out,
+        model,
+        precision="f8" if cfg.output.precision == "float64" else "f4",
+        title=cfg.title or f"pelagos {cfg.kind.name}",
+        variables=cfg.output.variables,
+        attrs=attrs,
+        **kw,
+    )
+    policy = None
+    if rs is not None:
+        rs_every = cfg.restart.every
+        policy = RestartPolicy(rs, every_steps=max(1, round(rs_every / dt)) if rs_every else None)
+    callbacks: list[Any] = []
+    if hasattr(model, "check_cfl") or hasattr(model, "cfl"):
+        callbacks.append(CFLCheck())
+    if stop_after is not None:
+
+        def stop_once_reached(sim, state, t, step):
+            if step * dt >= stop_after:
+                sim.request_stop()
+
+        callbacks.append(stop_once_reached)
+    extras = _kind_extras(cfg, model, s)
+    if extras is not None:
+        callbacks.append(extras[0])
+    sim = Simulation(
+        model,
+        s.state if state is None else state,
+        start=s.t0,
+        n_steps=s.n_steps,
+        output_every=every,
+        writers=[writer],
+        callbacks=callbacks,
+        restart=policy,
+        progress=progress,
+        fingerprint=_fingerprint(cfg),
+        resume=not fresh,
+        label=out.name,
+        log=log,
+    )
+    result = sim.run()
+    files = [out]
+    if extras is not None:
+        files += extras[1](out, result.state)
+    files += [Path(p) for p in (result.written_files or []) if Path(p) != out]
     return files
 
 
-def _plots_after_run(cfg: Config, nc: Path) -> list[Path]:
-    if cfg.kind.name.startswith("qg") and nc.exists():
-        try:
-            import xarray as xr
+def _kind_extras(cfg: Config, model, s: Setup):
+    """What a model family adds to a run: QG's time-mean diagnostics of the second half and its plot."""
+    from ..qg.base import SpectralQG
 
-            from ..qg.config import plot_run
+    if not isinstance(model, SpectralQG):
+        return None
+    from ..qg.diagnostics import diagnostics
 
-            with xr.open_dataset(nc, decode_times=False) as ds:
-                batch = [d for d in ds["q"].dims if d not in ("time", "lev", "y", "x")] if "q" in ds else []
-                if batch and batch[0] != "run":
-                    ds = ds.rename({batch[0]: "run"})
-                if "q" in ds and "run" in ds["q"].dims:
-                    png = nc.with_suffix(".png")
-                    plot_run(build_model(cfg), ds, png)
-                    return [png]
-        except Exception:  # a plot never fails a run
-            return []
-    return []
+    acc: dict[str, Any] = {"sum": None, "count": 0}
+
+    def accumulate(sim, state, t, step):
+        if step >= s.n_steps // 2:
+            d = diagnostics(model, state)
+            acc["sum"] = d if acc["sum"] is None else {k: acc["sum"][k] + d[k] for k in d}
+            acc["count"] += 1
+
+    def finish(out: Path, state) -> list[Path]:
+        import xarray as xr
+
+        from ..qg.config import plot_run
+        from ..qg.dataset import to_dataset
+
+        ds = xr.load_dataset(out, decode_times=False)
+        if acc["sum"]:
+            mean = to_dataset(model, state, diagnostics=True)
+            for name, total in acc["sum"].items():
+                ds[name + "_mean"] = (mean[name].dims, (total / acc["count"]).numpy())
+            ds.to_netcdf(out)
+        files = []
+        try:  # a plot never fails a run
+            batch = [d for d in ds["q"].dims if d not in ("time", "lev", "y", "x")]
+            pds = ds.rename({batch[0]: "run"}) if batch and batch[0] != "run" else ds
+            if "run" not in pds["q"].dims:
+                pds = pds.assign(q=pds["q"].expand_dims("run", axis=1))
+            png = out.with_suffix(".png")
+            plot_run(model, pds, png)
+            files.append(png)
+        except Exception:
+            pass
+        return files
+
+    return accumulate, finish
 
 
 def _fingerprint(cfg: Config) -> dict:
     from .config import fingerprint_mapping
 
     return fingerprint_mapping(cfg)
-
-
-def _simulate(cfg: Config, out: Path, rs: Path | None, *, fresh: bool, progress: bool, state, log):
-    """THE place that runs a model: H1's Simulation when present, else the paths that exist today."""
-    try:
-        from ..core.simulation import RestartPolicy, Simulation
-        from .netcdf_writer import ModelNetCDFWriter
-    except ImportError:
-        return _simulate_legacy(cfg, out, rs, fresh=fresh, progress=progress, state=state, log=log)
-    s = setup(cfg)
-    model = s.model
-    every = round(float(cfg.output.interval) / model.dt) if cfg.output.interval else 1
-    if every < 1 or (cfg.output.interval and abs(every * model.dt - cfg.output.interval) > 1e-6 * model.dt):
-        raise ConfigError(
-            f"output.interval ({cfg.output.interval:g} s) must be a multiple of dt ({model.dt:g} s)"
-        )
-    writer = ModelNetCDFWriter(
-        out,
-        model,
-        precision="f8" if cfg.output.precision == "float64" else "f4",
-        title=cfg.title,
-        variables=cfg.output.variables,
-    )
-    policy = None
-    if rs is not None:
-        rs_every = cfg.restart.every
-        policy = RestartPolicy(rs, every_steps=max(1, round(rs_every / model.dt)) if rs_every else None)
-    sim = Simulation(
-        model,
-        s.state if state is None else state,
-        start=s.t0,
-        stop=s.t1,
-        output_every=every,
-        writers=[writer],
-        restart=policy,
-        progress=progress,
-        fingerprint=_fingerprint(cfg),
-        resume=not fresh,
-        label=out.name,
-    )
-    result = sim.run()
-    files = [Path(p) for p in (getattr(result, "written_files", None) or [out])]
-    return files if files and files[0] == out else [out, *[f for f in files if f != out]]
-
-
-# -- until the Simulation is merged: today's run paths (TEMPORARY GLUE) --------------------------------------
-def _simulate_legacy(cfg: Config, out: Path, rs: Path | None, *, fresh: bool, progress: bool, state, log):
-    from ..column.model import ColumnModel
-
-    model = build_model(cfg)
-    if isinstance(model, ColumnModel):
-        from .run import run_config
-
-        legacy = _legacy_column_dict(cfg, out, rs, progress, state)
-        return [run_config(legacy, resume=not fresh, progress=progress)]
-    if cfg.kind.name.startswith("qg"):
-        return [_legacy_qg(cfg, out, state, log)]
-    return [_rollout_to_netcdf(cfg, out, state)]
-
-
-def _legacy_column_dict(cfg: Config, out: Path, rs: Path | None, progress: bool, state) -> dict:
-    o, f = cfg.model, cfg.forcing
-    num = to_mapping(cfg.numerics) if cfg.numerics is not None else {}
-    coarsen = num.pop("coarsen_layers", None)
-    init = to_mapping(cfg.initial) if cfg.initial is not None else {}
-    initial = dict(init.get("profiles", init) or {})
-    if state is not None:
-        from ..column.stacked import StackedColumn
-
-        initial = (
-            {k: v[0].tolist() if v.ndim > 1 else v.tolist() for k, v in state.items()}
-            if isinstance(state, Mapping)
-            else {}
-        )
-        if torch.is_tensor(state) and not coarsen:
-            st = StackedColumn(build_model(cfg))
-            x = state.reshape(-1, *state.shape[-2:])[0]
-            initial = {v: x[i].tolist() for i, v in enumerate(st.variables)}
-    if coarsen:  # the configured (fine) grid: no profiles of the coarse grid
-        initial = {k: v for k, v in initial.items() if not isinstance(v, list)}
-    num["dtype"] = cfg.dtype
-    num["columns"] = cfg.batch or 1
-    return {
-        "_legacy_column": True,
-        "title": cfg.title,
-        "forcing": {"file": str(cfg.resolve(f.file)), "bottom_stress": f.bottom_stress},
-        "bgc": {
-            "fabm_yaml": str(cfg.resolve(o.fabm_yaml)) if o.fabm_yaml else None,
-            "instances": o.instances,
-            "drop": list(o.drop or []),
-            "drop_unsupported": o.drop_unsupported,
-        },
-        "time": {"start": cfg.time.start, "stop": _stop(cfg), "dt": cfg.time.dt or 3600.0},
-        "numerics": num,
-        "parameters": dict(cfg.parameters),
-        "initial": initial,
-        "output": {
-            "file": str(out.resolve()),
-            "interval": cfg.output.interval,
-            "progress": progress,
-            "precision": cfg.output.precision,
-        },
-        "restart": {"file": str(rs.resolve()) if rs else None, "every": cfg.restart.every},
-        "_base": str(cfg.base) if cfg.base else None,
-    }
-
-
-def _stop(cfg: Config):
-    if cfg.time.stop is not None or cfg.time.duration is None:
-        return cfg.time.stop
-    m = build_model(cfg)
-    t0 = model_time(m, cfg.time.start, "time.start") if cfg.time.start is not None else m.forcing.t_start
-    return t0 + cfg.time.duration
-
-
-def _legacy_qg(cfg: Config, out: Path, state, log) -> Path:
-    from ..qg import config as qgc
-
-    opts = to_mapping(cfg.model)
-    closure = opts.pop("closure", None)
-    model = {"type": {"qg": "QGModel", "qg_layered": "LayeredModel", "qg_bt": "BTModel"}[cfg.kind.name]}
-    model.update({k: v for k, v in opts.items()})
-    if cfg.time.dt:
-        model["dt"] = cfg.time.dt
-    model["dtype"] = cfg.dtype
-    m = build_model(cfg)
-    t0, t1, _ = window(cfg, m)
-    legacy = {
-        "model": model,
-        "closure": closure,
-        "run": {
-            "years": (t1 - t0) / (360 * 86400.0),
-            "batch": cfg.batch or 1,
-            "seed": getattr(cfg.initial, "seed", 0),
-            "save_every_days": (cfg.output.interval or m.dt) / 86400.0,
-            "threads": torch.get_num_threads(),
-            "check_every": 500,
-        },
-        "output": {"dir": str(out.parent.resolve()), "name": out.stem},
-        "_base": out.parent.resolve(),
-    }
-    return qgc.run(legacy, log=log)
-
-
-def _rollout_to_netcdf(cfg: Config, out: Path, state) -> Path:
-    """Models without a dedicated writer yet: the trajectory of the state at the output times."""
-    import xarray as xr
-
-    from ..core.rollout import rollout
-
-    s = setup(cfg)
-    model = s.model
-    every = round(float(cfg.output.interval) / model.dt) if cfg.output.interval else 1
-    x = s.state if state is None else state
-    if not torch.is_tensor(x):
-        raise ConfigError(
-            f"`pelagos run` of model kind {cfg.kind.name!r} needs the Simulation (core/simulation.py)"
-        )
-    with torch.no_grad():
-        traj = rollout(model, x, s.n_steps, t0=s.t0, save_every=max(1, every), include_initial=True)
-    data = traj.states.cpu().numpy()
-    dims = ["time"] + [f"dim_{i}" for i in range(data.ndim - 1)]
-    if data.ndim >= 2:
-        dims[-1] = "x"
-    if data.ndim >= 3:
-        dims[1] = "member"
-    ds = xr.Dataset(
-        {"x": (dims, data.astype("float64" if cfg.output.precision == "float64" else "float32"))},
-        coords={"time": ("time", traj.times.cpu().numpy(), {"units": "model seconds"})},
-        attrs={"title": cfg.title, "source": "pelagos", "model_kind": cfg.kind.name},
-    )
-    ds.to_netcdf(out)
-    return out

@@ -740,11 +740,7 @@ def load_config(
     train-closure``), validated by the same loader; their instances land in ``Config.extra``.
     """
     from ..core.registry import get_model_kind
-    from ._kinds_draft import ensure_draft_kinds
 
-    if isinstance(source, Mapping) and source.get("_legacy_column"):
-        return _legacy_column_config(source)  # type: ignore[return-value]
-    ensure_draft_kinds()
     raw, base = read_yaml_mapping(source, "a configuration")
     if "_base" in raw:  # a mapping that carries its folder
         given = raw.pop("_base")
@@ -832,29 +828,3 @@ def fingerprint_mapping(cfg: Config) -> dict:
     return {
         k: v for k, v in cfg.raw.items() if k not in ("output", "restart", "observations", "method", "title")
     }
-
-
-# -- TEMPORARY GLUE: the dict io/run.py:run_config reads until the Simulation (core/simulation.py) replaces
-# it.
-# Only pelagos.io.build._legacy_column_dict makes such dicts (marked ``_legacy_column``); users never see it.
-_LEGACY_COLUMN_KEYS = {
-    "title", "forcing", "bgc", "time", "numerics", "parameters", "initial", "output", "restart", "_base",
-}  # fmt: skip
-
-
-def _legacy_column_config(source: Mapping) -> dict:
-    cfg = copy.deepcopy({k: v for k, v in source.items() if k != "_legacy_column"})
-    unknown = set(cfg) - _LEGACY_COLUMN_KEYS
-    if unknown:
-        raise ConfigError(f"internal column dict has unknown sections {sorted(unknown)}")
-    num = {"ode_method": "euler", "sinking_method": "P2_PDM", "cnpar": 1.0, "light": "I", "nuh_lag": True,
-           "repair": False, "split_factor": 1, "dtype": "float64", "columns": 1}  # fmt: skip
-    cfg["numerics"] = {**num, **(cfg.get("numerics") or {})}
-    cfg["output"] = {"file": None, "interval": None, "progress": True, "precision": "float32",
-                     **(cfg.get("output") or {})}  # fmt: skip
-    cfg["restart"] = {"file": None, "every": None, **(cfg.get("restart") or {})}
-    cfg.setdefault("parameters", {})
-    cfg.setdefault("initial", {})
-    cfg.setdefault("title", "")
-    cfg.setdefault("_base", None)
-    return cfg

@@ -95,67 +95,49 @@ def inverse_view(s: Setup, kind: str, obs=None):
 
 
 # -- observation operators ---------------------------------------------------------------------------------
-def _has_contract_operator(model) -> bool:
-    from ..core.model import Model
-
-    f = getattr(type(model), "observation_operator", None)
-    if f is None or f is Model.observation_operator:
+def _declares_variables(model) -> bool:
+    try:
+        return bool(model.output_variables())
+    except (NotImplementedError, AttributeError):
         return False
-    import inspect
 
-    return "variable" in inspect.signature(f).parameters
+
+def _all_points(model, variable: str) -> dict:
+    """Every grid point of ``variable`` as ``{dim: [coordinate values]}`` (C order)."""
+    var = model.variable(variable)
+    coords = model.output_coordinates()
+    if not var.dims:
+        return {}
+    axes = []
+    for d in var.dims:
+        if d not in coords:
+            raise ConfigError(f"observing all of {variable!r} needs coordinates along {d!r}; give at:")
+        axes.append(torch.as_tensor(coords[d].values, dtype=torch.float64).reshape(-1))
+    mesh = torch.meshgrid(*axes, indexing="ij")
+    return {d: m.reshape(-1).tolist() for d, m in zip(var.dims, mesh, strict=True)}
 
 
 def operator(model, variable: str, at: Mapping | None):
-    """``H`` of ``variable`` at the points ``at`` (``{dim: values}``): the model's own hook when it has one,
-    else the known operators (Lorenz: state entries ``x``; QG: q/ψ at grid points). Returns (H, coords)."""
+    """``(H, positions)`` of ``variable`` at the points ``at`` (``{dim: values}``; ``{random: m, seed: s}``:
+    m distinct grid points; none: every point) through the model's hook
+    :meth:`~pelagos.core.Model.observation_operator`; a model that declares no variables: entries ``i`` of
+    its tensor state."""
     from ..core.operators import IdentityOperator, IndexOperator
 
     at = dict(at or {})
-    if _has_contract_operator(model):
+    if _declares_variables(model):
         if "random" in at:
             at = _random_points(model, variable, int(at["random"]), int(at.get("seed", 0)))
+        elif not at:
+            at = _all_points(model, variable)
         H = model.observation_operator(variable, at or None)
         try:
             c = torch.tensor([list(p) for p in zip(*at.values(), strict=True)], dtype=torch.float64)
         except (TypeError, ValueError):
             c = None
+        if c is not None and c.numel() == 0:
+            c = None
         return H, c
-    qg = getattr(model, "qg", model)
-    if _is_qg(qg):
-        from ..qg.observe import PointObserver
-
-        if variable not in ("q", "psi"):
-            raise ConfigError(f"QG observes 'q' or 'psi'; got {variable!r}")
-        if "random" in at:
-            H = PointObserver.random(qg, int(at["random"]), seed=int(at.get("seed", 0)), field=variable)
-            pts = H.points
-        else:
-            n = max((len(v) if isinstance(v, list) else 1) for v in at.values()) if at else 0
-            if not n:
-                raise ConfigError(
-                    f"QG observation of {variable}: give at: {{lev, y, x}} lists or {{random: m}}"
-                )
-            get = {
-                d: (at.get(d, 0) if isinstance(at.get(d, 0), list) else [at.get(d, 0)] * n)
-                for d in ["lev", "y", "x"]
-            }
-            bad = set(at) - {"lev", "y", "x"}
-            if bad:
-                raise ConfigError(
-                    f"QG observation points: unknown dims {sorted(bad)}; use lev, y, x (grid indices)"
-                )
-            pts = torch.tensor(
-                [
-                    int(lv) * qg.ny * qg.nx + int(y) * qg.nx + int(x)
-                    for lv, y, x in zip(get["lev"], get["y"], get["x"])
-                ]
-            )
-            H = PointObserver(qg, pts, field=variable)
-        lev = pts // (qg.ny * qg.nx)
-        y = (pts // qg.nx) % qg.ny
-        x = pts % qg.nx
-        return H, torch.stack([lev, y, x], 1).to(torch.float64)
     # tensor state of one dim (Lorenz)
     if set(at) - {"i", "random", "seed"}:
         raise ConfigError(f"observation points of {variable!r}: give at: {{i: [indices]}}")
@@ -165,9 +147,6 @@ def operator(model, variable: str, at: Mapping | None):
             : int(at["random"])
         ].tolist()
     idx = at.get("i")
-    names = {"x": 0, "y": 1, "z": 2}
-    if idx is None and type(model).__name__ == "Lorenz63" and variable in names:  # GLUE until the contract
-        return IndexOperator([names[variable]]), torch.tensor([float(names[variable])])
     if idx is None:
         return IdentityOperator(), None
     idx = idx if isinstance(idx, list) else [idx]
@@ -770,7 +749,10 @@ def _analysed_run(cfg: Config, s: Setup, model, x_an, names) -> list[Path]:
     cfg2 = dataclasses.replace(cfg, parameters={**cfg.parameters, **estimates}, restart=type(cfg.restart)())
     state = x_an
     if _is_column(s.model):
-        state = x_an if torch.is_tensor(x_an) else None
+        from ..column.stacked import StackedColumn
+
+        if isinstance(model, StackedColumn) and torch.is_tensor(x_an):
+            state = model.unstack(x_an.reshape(-1, *x_an.shape[-2:]))
     elif _is_qg(s.model):
         state = s.model.state_from_q(x_an) if torch.is_tensor(x_an) else x_an
     return run(cfg2, fresh=True, progress=False, state=state)
