@@ -110,6 +110,9 @@ def test_unknown_keys_inside_method_and_observations(tmp_path):
         ("model: {kind: lorenz63}\nfree: [rho]\n", "top-level free: the old inverse format"),
         ("model: {kind: qg}\nrun: {years: 1}\n", r"time: \{duration: '2 years'\}"),
         ("model: {kind: qg}\noutput: {dir: out, name: q}\n", r"output: \{file: results/NAME\.nc\}"),
+        ("model: {kind: column}\nnumerics: {dtype: float32}\n", r"model: \{dtype: float32\}"),
+        ("model: {kind: column}\noutput: {progress: false}\n", "--no-progress"),
+        ("model: {kind: column}\ninitial: {npzd_phy: 0.1}\n", r"initial: \{profiles: \{npzd_phy: 0\.1\}\}"),
     ],
 )
 def test_old_formats_say_how_to_migrate(tmp_path, text, match):

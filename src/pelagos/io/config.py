@@ -621,6 +621,28 @@ def _migration(raw: Mapping) -> None:
             "`output: {file: results/NAME.nc, interval: '30 days'}`; `closure:` goes into model: "
             "(see docs/running.md)"
         )
+    num = raw.get("numerics")
+    if isinstance(num, Mapping) and "dtype" in num:
+        raise ConfigError(
+            f"numerics.dtype moved: write `model: {{dtype: {num['dtype']}}}` (`numerics.columns` stays, "
+            "or use `initial: {batch: N}`)"
+        )
+    out0 = raw.get("output")
+    if isinstance(out0, Mapping) and "progress" in out0:
+        raise ConfigError(
+            "output.progress is gone: a progress bar shows on a terminal; `--no-progress` turns it off"
+        )
+    init = raw.get("initial")
+    if (
+        isinstance(model, Mapping)
+        and model.get("kind") == "column"
+        and isinstance(init, Mapping)
+        and set(init) - {"profiles", "batch"}
+    ):
+        names = ", ".join(f"{k}: {v}" for k, v in init.items() if k not in ("profiles", "batch"))
+        raise ConfigError(
+            f"initial profiles of the column go under `profiles:`: write `initial: {{profiles: {{{names}}}}}`"
+        )
     if isinstance(raw.get("method"), str):
         _method(raw["method"])
     old_top = [k for k in ("free", "priors", "set", "optimizer", "ensemble", "background", "uncertainty",
