@@ -124,6 +124,8 @@ def test_set_overrides_are_validated_like_the_file(tmp_path):
     p = _cfg(tmp_path, L63)
     cfg = load_config(p, overrides=["time.dt=0.02", "parameters.rho=25", "model.dtype=float32"])
     assert cfg.time.dt == 0.02 and cfg.parameters == {"rho": 25} and cfg.dtype == "float32"
+    cfg = load_config(p, overrides=["time.dt=1e-2", "parameters.rho=2.5e1"])  # YAML 1.1: strings
+    assert cfg.time.dt == 0.01 and cfg.parameters == {"rho": 25.0}
     with pytest.raises(ConfigError, match=r"unknown key time\.dtt; did you mean 'dt'"):
         load_config(p, overrides=["time.dtt=1"])
     with pytest.raises(ConfigError, match=r"expected section\.key=value"):

@@ -361,14 +361,15 @@ def test_gradients_flow_with_grad_true_and_not_by_default():
 
 
 def test_qg_run_goes_through_simulation_and_ctrl_c_keeps_the_snapshots(tmp_path, monkeypatch):
+    import pelagos.qg.dataset  # noqa: F401  (imported before the patch: it binds `diagnostics` at import)
     import pelagos.qg.diagnostics as qd
     from pelagos.qg import config
 
     cfg = config.load(
-        {
-            "model": {"type": "QGModel", "nx": 16, "dt": 7200.0},
-            "run": {"years": 0.02, "save_every_days": 1},
-            "output": {"dir": str(tmp_path), "name": "q"},
+        {  # 86 steps of 2 h, snapshots daily
+            "model": {"kind": "qg", "nx": 16, "dt": 7200.0},
+            "time": {"duration": 86 * 7200.0},
+            "output": {"file": str(tmp_path / "q.nc"), "interval": "1 day"},
         }
     )
 

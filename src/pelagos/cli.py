@@ -71,9 +71,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _interrupted_message(err: BaseException | None) -> str:
+def _interrupted_message(err: BaseException | None, command: str = "") -> str:
     if err is not None and str(err):
         return str(err)
+    if command in ("calibrate", "assimilate"):
+        return "interrupted; nothing was written (an estimation does not resume: rerun to start it again)"
     return (
         "interrupted; the output written so far is readable and the restart file (if any) is valid; "
         "rerun to resume"
@@ -92,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args._run(args) or 0)
     except KeyboardInterrupt:
-        print(f"\npelagos {args.command}: {_interrupted_message(None)}", file=sys.stderr)
+        print(f"\npelagos {args.command}: {_interrupted_message(None, args.command)}", file=sys.stderr)
         return 130
     except PelagosError as err:
         if interrupted is not None and isinstance(err, interrupted):

@@ -151,6 +151,11 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
             raise ConfigError(f"{where} must be an integer; got {value!r}")
         return value
     if tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads 1e-6 and 5.0e5 (no exponent sign) as strings
+            try:
+                return float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where} must be a number; got {value!r}")
         return float(value)
@@ -811,7 +816,13 @@ def load_config(
     params = raw.get("parameters") or {}
     if not isinstance(params, Mapping):
         raise ConfigError(f"parameters must be a mapping {{name: value}}; got {params!r}")
+    params = dict(params)
     for n, v in params.items():
+        if isinstance(v, str):  # YAML 1.1 reads 1e-6 as a string
+            try:
+                params[n] = v = float(v)
+            except ValueError:
+                pass
         if isinstance(v, bool) or not isinstance(v, (int, float, list)):
             raise ConfigError(f"parameters.{n} must be a number (physical units); got {v!r}")
     title = raw.get("title") or ""

@@ -113,12 +113,11 @@ class HybridConfig:
         )
 
     @classmethod
-    def from_dict(cls, d: dict) -> HybridConfig:
-        names = {f for f in cls.__dataclass_fields__}
-        unknown = set(d) - names
-        if unknown:
-            raise ConfigError(f"unknown hybrid config keys {sorted(unknown)}; valid: {sorted(names)}")
-        return cls(**d)
+    def from_dict(cls, d: dict, where: str = "hybrid") -> HybridConfig:
+        """Strictly, by the one configuration loader (unknown keys with a suggestion, types checked)."""
+        from ..io.config import from_mapping
+
+        return from_mapping(cls, d, where)
 
 
 # -- data ---------------------------------------------------------------------------------------------------
