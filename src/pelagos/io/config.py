@@ -76,6 +76,14 @@ def unknown_key_message(where: str, key: str, valid: Sequence[str]) -> str:
     return f"unknown {what}{_did_you_mean(key, valid)} (valid: {listing})"
 
 
+def _as_float(s: str) -> float | str:
+    """``float(s)`` when ``s`` reads as a number, else ``s``."""
+    try:
+        return float(s)
+    except ValueError:
+        return s
+
+
 def _describe(tp: Any) -> str:
     origin = typing.get_origin(tp)
     if tp is Any:
@@ -819,10 +827,8 @@ def load_config(
     params = dict(params)
     for n, v in params.items():
         if isinstance(v, str):  # YAML 1.1 reads 1e-6 as a string
-            try:
-                params[n] = v = float(v)
-            except ValueError:
-                pass
+            v = _as_float(v)
+            params[n] = v
         if isinstance(v, bool) or not isinstance(v, (int, float, list)):
             raise ConfigError(f"parameters.{n} must be a number (physical units); got {v!r}")
     title = raw.get("title") or ""
