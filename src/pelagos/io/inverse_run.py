@@ -94,16 +94,74 @@ def inverse_view(s: Setup, kind: str, obs=None):
     return s.model, s.state
 
 
-# -- observation operators ---------------------------------------------------------------------------------
-def _declares_variables(model) -> bool:
-    try:
-        return bool(model.output_variables())
-    except (NotImplementedError, AttributeError):
-        return False
+# -- observations (through the one observation stack, pelagos.core.obsio) ------------------------------------
+def observations(cfg: Config, s: Setup, model, x0):
+    """``(ObservationSet, truth parameter values or None)`` from ``observations:``: a file through
+    :func:`pelagos.core.obsio.read_observations`, or a twin through its ``synthetic_observations``."""
+    from ..core import obsio
+
+    o = cfg.observations
+    if o.file is not None:
+        obs = obsio.read_observations(cfg.resolve(o.file), model, start=s.t0, stop=s.t1, log=o.log)
+        return _squeezed(obs), None
+    syn = o.synthetic
+    truth = {k: float(v) for k, v in (syn.truth or {}).items()}
+    raw = {
+        n: model.parameter_spec(n).transform.inverse(torch.tensor(v, dtype=torch.float64))
+        for n, v in truth.items()
+    }
+    x_true = x0
+    if syn.initial_error:
+        g = torch.Generator().manual_seed(int(syn.seed) + 1)
+        e = float(syn.initial_error)
+        if _is_qg(model) and isinstance(x0, Mapping):  # QG: perturb the PV, rebuild the state
+            q = x0["q"]
+            x_true = model.state_from_q(q + e * torch.randn(q.shape, generator=g, dtype=q.dtype))
+        elif not torch.is_tensor(x0):
+            raise ConfigError("observations.synthetic.initial_error needs a tensor state")
+        else:
+            x_true = x0 + e * torch.randn(x0.shape, generator=g, dtype=x0.dtype)
+            if _is_column(getattr(model, "model", model)):
+                x_true = x_true.clamp(min=0)
+    with model.using(raw) if raw else contextlib.nullcontext():
+        obs = _synthetic(obsio, syn, model, x_true, s)
+    if syn.write:
+        path = cfg.resolve(syn.write)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        obsio.write_observations(obs, path)
+        obs.meta["written"] = str(path)
+    return obs, truth
+
+
+def _synthetic(obsio, syn, model, x0, s: Setup):
+    dt = float(model.dt)
+    samplings = []
+    for i, p in enumerate(syn.patterns):
+        at = dict(p.at) if p.at else None
+        if p.depths is not None:
+            at = {**(at or {}), "depth": list(p.depths)}
+        if at and "random" in at:
+            at = _random_points(model, p.variable, int(at["random"]), int(at.get("seed", 0)))
+        elif not at:
+            at = _all_points(model, p.variable) or None
+        times = obsio.regular_times(model, s.t0, s.t1, p.every or dt, offset=p.offset)
+        if not times:
+            raise ConfigError(f"observations.synthetic.patterns[{i}] gives no time inside the window")
+        samplings.append(obsio.Sampling(p.variable, at, times))
+    noise, sigma, rel = syn.noise, syn.sigma, syn.rel
+    if noise == "relative":
+        noise = "gaussian"
+    elif noise == "lognormal":
+        sigma, rel = syn.rel, 0.0
+    obs = obsio.synthetic_observations(
+        model, x0, None, samplings, start=s.t0, noise=noise, sigma=sigma, rel_sigma=rel,
+        generator=torch.Generator().manual_seed(int(syn.seed)),
+    )  # fmt: skip
+    return _squeezed(obs)
 
 
 def _all_points(model, variable: str) -> dict:
-    """Every grid point of ``variable`` as ``{dim: [coordinate values]}`` (C order)."""
+    """Every grid point of ``variable`` as ``{dim: [coordinate values]}`` (C order); ``{}`` without dims."""
     var = model.variable(variable)
     coords = model.output_coordinates()
     if not var.dims:
@@ -117,140 +175,14 @@ def _all_points(model, variable: str) -> dict:
     return {d: m.reshape(-1).tolist() for d, m in zip(var.dims, mesh, strict=True)}
 
 
-def operator(model, variable: str, at: Mapping | None):
-    """``(H, positions)`` of ``variable`` at the points ``at`` (``{dim: values}``; ``{random: m, seed: s}``:
-    m distinct grid points; none: every point) through the model's hook
-    :meth:`~pelagos.core.Model.observation_operator`; a model that declares no variables: entries ``i`` of
-    its tensor state."""
-    from ..core.operators import IdentityOperator, IndexOperator
-
-    at = dict(at or {})
-    if _declares_variables(model):
-        if "random" in at:
-            at = _random_points(model, variable, int(at["random"]), int(at.get("seed", 0)))
-        elif not at:
-            at = _all_points(model, variable)
-        H = model.observation_operator(variable, at or None)
-        try:
-            c = torch.tensor([list(p) for p in zip(*at.values(), strict=True)], dtype=torch.float64)
-        except (TypeError, ValueError):
-            c = None
-        if c is not None and c.numel() == 0:
-            c = None
-        return H, c
-    # tensor state of one dim (Lorenz)
-    if set(at) - {"i", "random", "seed"}:
-        raise ConfigError(f"observation points of {variable!r}: give at: {{i: [indices]}}")
-    if "random" in at:
-        n = int(model.initial_state().shape[-1])
-        at["i"] = torch.randperm(n, generator=torch.Generator().manual_seed(int(at.get("seed", 0))))[
-            : int(at["random"])
-        ].tolist()
-    idx = at.get("i")
-    if idx is None:
-        return IdentityOperator(), None
-    idx = idx if isinstance(idx, list) else [idx]
-    return IndexOperator([int(i) for i in idx]), torch.tensor(idx, dtype=torch.float64)
-
-
-class _Stacked:
-    def __init__(self, parts):
-        self.parts = parts
-
-    def __call__(self, state):
-        return torch.cat([p(state) for p in self.parts], dim=-1)
-
-
-# -- observations --------------------------------------------------------------------------------------------
-def observations(cfg: Config, s: Setup, model, x0):
-    """``(ObservationSet, truth parameter values or None)`` from ``observations:``."""
-    o = cfg.observations
-    if o.file is not None:
-        return _read(cfg, s, model, cfg.resolve(o.file)), None
-    syn = o.synthetic
-    truth = {k: float(v) for k, v in (syn.truth or {}).items()}
-    raw = {
-        n: model.parameter_spec(n).transform.inverse(torch.tensor(v, dtype=torch.float64))
-        for n, v in truth.items()
-    }
-    x_true = x0
-    if syn.initial_error:
-        g = torch.Generator().manual_seed(int(syn.seed) + 1)
-        if _is_qg(model) and isinstance(x0, Mapping):  # QG: perturb the PV, rebuild the state
-            q = x0["q"]
-            x_true = model.state_from_q(
-                q + float(syn.initial_error) * torch.randn(q.shape, generator=g, dtype=q.dtype)
-            )
-        elif not torch.is_tensor(x0):
-            raise ConfigError("observations.synthetic.initial_error needs a tensor state")
-        else:
-            x_true = x0 + float(syn.initial_error) * torch.randn(x0.shape, generator=g, dtype=x0.dtype)
-        if _is_column(getattr(model, "model", model)):
-            x_true = x_true.clamp(min=0)
-    x0 = x_true
-    try:  # the one observation stack of core/ (helper obs) when present
-        from ..core import obsio
-    except ImportError:
-        obsio = None
-    with model.using(raw) if raw else contextlib.nullcontext():
-        if obsio is not None:
-            obs = _core_synthetic(obsio, syn, model, x0, s)
-        elif _is_column(getattr(model, "model", model)) or _is_column(model):
-            obs = _column_synthetic(syn, model, x0, s)
-        else:
-            obs = _generic_synthetic(syn, model, x0, s)
-    if syn.write:
-        _write(obs, cfg.resolve(syn.write), model)
-    return obs, truth
-
-
-def _core_synthetic(obsio, syn, model, x0, s: Setup):
-    """A twin through ``pelagos.core.obsio.synthetic_observations`` (every model, its observation hook)."""
-    dt = float(model.dt)
-    samplings = []
-    for i, p in enumerate(syn.patterns):
-        at = dict(p.at) if p.at else None
-        if p.depths is not None:
-            at = {**(at or {}), "depth": list(p.depths)}
-        if at and "random" in at:
-            at = _random_points(model, p.variable, int(at["random"]), int(at.get("seed", 0)))
-        times = obsio.regular_times(model, s.t0, s.t1, p.every or dt, offset=p.offset)
-        if not times:
-            raise ConfigError(f"observations.synthetic.patterns[{i}] gives no time inside the window")
-        samplings.append(obsio.Sampling(p.variable, at, times))
-    noise, sigma, rel = syn.noise, syn.sigma, syn.rel
-    if noise == "relative":
-        noise, sigma = "gaussian", syn.sigma
-    elif noise == "lognormal":
-        sigma, rel = syn.rel, 0.0
-    obs = obsio.synthetic_observations(
-        model, x0, None, samplings, start=s.t0, noise=noise, sigma=sigma, rel_sigma=rel,
-        generator=torch.Generator().manual_seed(int(syn.seed)),
-    )  # fmt: skip
-    return _squeezed(obs)
-
-
 def _random_points(model, variable: str, m: int, seed: int) -> dict:
     """``m`` distinct grid points of ``variable`` (seeded), as ``{dim: [coordinate values]}``."""
-    var = model.variable(variable)
-    coords = model.output_coordinates()
-    sizes = []
-    for d in var.dims:
-        c = coords.get(d)
-        if c is None:
-            raise ConfigError(f"at: {{random: ...}} needs coordinates of {variable!r} along {d!r}")
-        sizes.append(len(c.values))
-    n = math.prod(sizes)
-    flat = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:m]
-    at: dict = {d: [] for d in var.dims}
-    for f in flat.tolist():
-        idx = []
-        for size in reversed(sizes):
-            idx.append(f % size)
-            f //= size
-        for d, i in zip(var.dims, reversed(idx), strict=True):
-            at[d].append(float(torch.as_tensor(coords[d].values).reshape(-1)[i]))
-    return at
+    pts = _all_points(model, variable)
+    if not pts:
+        raise ConfigError(f"at: {{random: ...}}: {variable!r} has no dims to sample")
+    n = len(next(iter(pts.values())))
+    pick = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:m].tolist()
+    return {d: [v[k] for k in pick] for d, v in pts.items()}
 
 
 def _squeezed(obs):
@@ -264,114 +196,6 @@ def _squeezed(obs):
             values=obs.values.reshape(obs.n_times, -1),
             sigma=sig.reshape(obs.n_times, -1) if sig.ndim > 1 else sig,
         )
-    return obs
-
-
-def _read(cfg: Config, s: Setup, model, path: Path):
-    try:  # the one reader of core/ (helper obs) when present
-        from ..core.obsio import read_observations
-
-        return read_observations(path, model, start=s.t0, stop=s.t1, log=cfg.observations.log)
-    except ImportError:
-        pass
-    if _is_column(getattr(model, "model", model)) or _is_column(model):
-        from ..column.observe import observations_from_csv
-
-        return observations_from_csv(path, model, log=cfg.observations.log, t0=s.t0, t_end=s.t1)
-    raise ConfigError(
-        f"observations.file for model kind {cfg.kind.name!r} needs pelagos.core.obsio (not merged yet); "
-        "use observations.synthetic"
-    )
-
-
-def _write(obs, path: Path, model) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    inner = getattr(model, "model", model)
-    try:
-        from ..core.obsio import write_observations
-    except ImportError:
-        write_observations = None
-    if write_observations is not None:
-        write_observations(obs, path)
-    elif _is_column(inner):
-        from ..column.observe import observations_to_csv
-
-        observations_to_csv(obs, path, epoch=inner.forcing.epoch)
-    else:
-        from ..inverse.obsio import write_csv
-
-        write_csv(obs, path, start=getattr(model, "epoch", None))
-    obs.meta["written"] = str(path)
-
-
-def _column_synthetic(syn, model, x0, s: Setup):
-    from ..column.observe import SamplingPattern, synthetic_observations
-
-    pats = []
-    for i, p in enumerate(syn.patterns):
-        if p.depths is None or p.every is None:
-            raise ConfigError(
-                f"observations.synthetic.patterns[{i}] of the column needs variable, depths, every"
-            )
-        pats.append(SamplingPattern(p.variable, list(p.depths), float(p.every), p.offset))
-    noise = {"gaussian": "relative"}.get(syn.noise, syn.noise)
-    rel = syn.rel if syn.rel > 0 else 0.2
-    return synthetic_observations(
-        model, x0, pats, t0=s.t0, t_end=s.t1, noise=noise, rel=rel, abs_floor=syn.sigma,
-        generator=torch.Generator().manual_seed(int(syn.seed)),
-    )  # fmt: skip
-
-
-def _generic_synthetic(syn, model, x0, s: Setup):
-    from ..inverse.obsio import synthetic_observations
-
-    dt = float(model.dt)
-    ops, coords, columns, steps_of = [], [], [], []
-    for i, p in enumerate(syn.patterns):
-        if p.depths is not None:
-            raise ConfigError(f"observations.synthetic.patterns[{i}].depths is for the water column; use at:")
-        H, c = operator(model, p.variable, p.at)
-        every = max(1, round((p.every or dt) / dt))
-        first = round(p.offset / dt) if p.offset is not None else every
-        steps = set(range(first, s.n_steps + 1, every)) - {0}
-        m = H.m if hasattr(H, "m") else int(H(x0).shape[-1])
-        ops.append(H)
-        coords.append(c if c is not None else torch.full((m,), float("nan")))
-        columns += [(p.variable, j) for j in range(m)]
-        steps_of.append((steps, m))
-    all_steps = sorted(set().union(*[st for st, _ in steps_of]))
-    if not all_steps:
-        raise ConfigError("the sampling patterns give no observation inside the window")
-    sample = torch.zeros(len(all_steps), sum(m for _, m in steps_of), dtype=torch.bool)
-    j = 0
-    for st, m in steps_of:
-        for i, k in enumerate(all_steps):
-            if k in st:
-                sample[i, j : j + m] = True
-        j += m
-    times = s.t0 + torch.tensor(all_steps, dtype=torch.float64) * dt
-    op = ops[0] if len(ops) == 1 else _Stacked(ops)
-    batch_shape = ()
-    with torch.no_grad():
-        probe = op(x0)
-    squeeze = probe.ndim > 1 and all(n == 1 for n in probe.shape[:-1])  # QG: q (1, nz, ny, nx) -> (1, m)
-    if squeeze:
-        sample = sample.reshape(len(all_steps), *probe.shape[:-1], sample.shape[-1])
-    if probe.ndim > 1 and not squeeze:
-        batch_shape = probe.shape[:-1]
-        sample = sample.reshape(len(all_steps), *([1] * len(batch_shape)), -1).expand(
-            len(all_steps), *batch_shape, sample.shape[-1]
-        )
-    noise = {"relative": "gaussian"}.get(syn.noise, syn.noise)
-    sigma = syn.sigma if noise != "lognormal" else syn.rel
-    obs, _ = synthetic_observations(
-        model, x0, times, op, sigma=sigma, rel_sigma=syn.rel if noise != "lognormal" else 0.0,
-        noise=noise, sample=sample, t0=s.t0, columns=columns,
-        generator=torch.Generator().manual_seed(int(syn.seed)),
-    )  # fmt: skip
-    if squeeze:  # values (n_t, m): what every method (the ensembles too) takes
-        obs = _squeezed(obs)
-    obs.meta["coords"] = torch.cat([c.reshape(c.shape[0], -1) for c in coords]) if coords else None
     return obs
 
 
