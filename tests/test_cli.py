@@ -201,3 +201,15 @@ output: {interval: 6 h}
     ds.close()
     assert main([*args, "--fresh"]) == 0
     assert f"wrote {out}" in capsys.readouterr().out
+
+
+def test_every_example_configuration_loads():
+    from pathlib import Path
+
+    from pelagos.qg.config import hybrid_section
+
+    examples = sorted((Path(__file__).resolve().parent.parent / "examples").glob("*.yaml"))
+    assert len(examples) >= 8
+    for p in examples:
+        cfg = load_config(p, extra_sections={"hybrid": hybrid_section})
+        assert cfg.kind.name in ("column", "qg", "lorenz63", "lorenz96"), p
