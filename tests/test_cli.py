@@ -69,7 +69,10 @@ def test_run_defaults_under_results(tmp_path, monkeypatch, capsys):
         ("model: {kind: lorenz63}\ntime: {dt: -1}\n", r"time\.dt must be a positive"),
         ("model: {kind: lorenz63}\noutput: {interval: 'ten days'}\n", r"output\.interval must be a duration"),
         ("model: {kind: lorenz63}\noutput: {precision: float16}\n", "must be one of 'float32', 'float64'"),
-        ("model: {kind: lorenz63}\ntime: {start: 1, stop: 0.5}\n", r"time\.stop \(0\.5 s\) is not after"),
+        (
+            "model: {kind: lorenz63}\ntime: {start: 1, stop: 0.5}\n",
+            r"time\.stop \(model time 0\.5\) is not after",
+        ),
         ("model: {kind: lorenz63}\nparameters: {rhoo: 1}\n", "unknown parameter 'rhoo'"),
         ("model: {kind: lorenz633}\n", "did you mean 'lorenz63'"),
         ("title: x\n", r"model: \{kind: NAME"),

@@ -298,7 +298,7 @@ def test_window_errors_and_dates(tmp_path):
     sim = Simulation(model, s0, start="2000-01-02", n_steps=2)
     assert sim.start == 86400.0 and sim.stop == 86400.0 + 7200.0
     lz = Lorenz96(nx=8)
-    with pytest.raises(ConfigError, match="no calendar"):
+    with pytest.raises(ConfigError, match="has no epoch"):
         Simulation(lz, lz.initial_state(), start="2000-01-01", n_steps=1)
 
     class Undeclared(Lorenz96):  # a model that skipped output_variables()

@@ -53,7 +53,6 @@ The rows become the dense ``(n_t, m)`` table of an :class:`ObservationSet`: one 
 from __future__ import annotations
 
 import csv
-import datetime as _dt
 import difflib
 import math
 import os
@@ -67,6 +66,7 @@ import torch
 from .errors import ConfigError, ObservationError, ShapeError
 from .observations import ObservationSet
 from .operators import GridPointOperator, IdentityOperator, StackedOperator
+from .timeaxis import format_time, model_epoch, model_time, parse_date
 
 __all__ = [
     "Sampling",
@@ -84,76 +84,6 @@ __all__ = [
 REQUIRED = ("time", "variable", "value")
 DEPTH = "depth"
 _MISSING = ("", "nan", "na", "n/a")
-
-
-# -- time ------------------------------------------------------------------------------------------------
-def model_epoch(model: Any) -> _dt.datetime | None:
-    """The calendar date of model time 0 (``model.epoch``; a column's forcing epoch), or ``None``."""
-    epoch = getattr(model, "epoch", None)
-    if epoch is None:
-        epoch = getattr(getattr(model, "forcing", None), "epoch", None)
-    return epoch
-
-
-def _parse_date(s: str) -> _dt.datetime:
-    t = _dt.datetime.fromisoformat(s.strip().replace("Z", "+00:00"))
-    if t.tzinfo is not None:
-        t = t.astimezone(_dt.UTC).replace(tzinfo=None)
-    return t
-
-
-def model_time(model: Any, when: Any, *, what: str = "time") -> float:
-    """Model time (s) of ``when``: a number (model seconds), an ISO date string, a ``datetime`` or a numpy
-    ``datetime64`` (dates need the model's epoch). Raises ``ObservationError`` saying what was wrong."""
-    if isinstance(when, bool):
-        raise ObservationError(f"{what} {when!r} is neither model seconds nor an ISO date")
-    if isinstance(when, (int, float)):
-        if not math.isfinite(float(when)):
-            raise ObservationError(f"{what} {when!r} is not a finite number of seconds")
-        return float(when)
-    if torch.is_tensor(when) and when.numel() == 1:
-        return model_time(model, float(when), what=what)
-    if type(when).__name__ == "datetime64":
-        when = when.astype("datetime64[us]").astype(_dt.datetime)
-        if isinstance(when, int):  # numpy gives an int for out-of-range dates
-            raise ObservationError(f"{what} {when!r} is not a representable date") from None
-    if isinstance(when, str):
-        s = when.strip()
-        try:
-            return model_time(model, float(s), what=what)
-        except ValueError:
-            pass
-        try:
-            when = _parse_date(s)
-        except ValueError:
-            raise ObservationError(
-                f"{what} {when!r} is neither model seconds nor an ISO date (e.g. 1998-03-22 06:00:00)"
-            ) from None
-    if isinstance(when, _dt.date) and not isinstance(when, _dt.datetime):
-        when = _dt.datetime(when.year, when.month, when.day)
-    if isinstance(when, _dt.datetime):
-        epoch = model_epoch(model)
-        if epoch is None:
-            raise ObservationError(
-                f"{what} {when.isoformat(sep=' ')} is a date but {type(model).__name__} has no epoch (no "
-                "date for model time 0); give model seconds instead"
-            )
-        if when.tzinfo is not None:
-            when = when.astimezone(_dt.UTC).replace(tzinfo=None)
-        return (when - epoch).total_seconds()
-    raise ObservationError(f"{what} {when!r} is neither model seconds nor an ISO date")
-
-
-def format_time(model_or_epoch: Any, t: float) -> str:
-    """``t`` (model s) as a date ``YYYY-MM-DD HH:MM:SS`` when there is an epoch, else ``"<t> s"``."""
-    epoch = (
-        model_or_epoch if isinstance(model_or_epoch, _dt.datetime) or model_or_epoch is None
-        else model_epoch(model_or_epoch)
-    )  # fmt: skip
-    if epoch is None:
-        return f"{t:g} s"
-    d = epoch + _dt.timedelta(seconds=float(t))
-    return d.strftime("%Y-%m-%d %H:%M:%S") + (f".{d.microsecond:06d}" if d.microsecond else "")
 
 
 # -- the model's names -------------------------------------------------------------------------------------
@@ -599,7 +529,7 @@ def write_observations(obs: ObservationSet, path: str | os.PathLike, *, epoch: A
     path.parent.mkdir(parents=True, exist_ok=True)
     epoch = obs.start if epoch == "auto" else epoch
     if isinstance(epoch, str):
-        epoch = _parse_date(epoch)
+        epoch = parse_date(epoch)
     rows = list(_long_rows(obs))
     dims = sorted({d for _, _, w, _, _ in rows for d in w}, key=lambda d: (d != DEPTH, d))
     suffix = path.suffix.lower()

@@ -56,6 +56,7 @@ from .errors import ConfigError, Interrupted, StabilityError
 from .model import Coordinate, Model, Variable
 from .restart import config_fingerprint, load_restart, save_restart
 from .rollout import _register_dataclasses, rollout
+from .timeaxis import format_time, model_time
 
 __all__ = [
     "CFLCheck",
@@ -72,47 +73,6 @@ __all__ = [
 
 
 # -- small helpers -------------------------------------------------------------------------------------------
-def format_time(model: Any, t: float) -> str:
-    """Model time ``t`` in words: a date when the model has an ``epoch`` (t in s), else ``model time t``."""
-    epoch = getattr(model, "epoch", None)
-    if epoch is not None:
-        when = epoch + _dt.timedelta(seconds=float(t))
-        return f"{when:%Y-%m-%d %H:%M:%S}"
-    return f"model time {float(t):g}"
-
-
-def _to_model_time(model: Any, value: Any, what: str) -> float:
-    """``value`` as model seconds: a number as is; a date (str/datetime/np.datetime64) through model.epoch."""
-    if value is None:
-        raise ConfigError(f"{what} is None")
-    if isinstance(value, bool):
-        raise ConfigError(f"{what} must be a number of model seconds or a date; got {value!r}")
-    if isinstance(value, (int, float)) or (torch.is_tensor(value) and value.ndim == 0):
-        return float(value)
-    epoch = getattr(model, "epoch", None)
-    if epoch is None:
-        raise ConfigError(
-            f"{what} = {value!r} is a date but {type(model).__name__} has no calendar (epoch); give model "
-            "time"
-        )
-    try:
-        if isinstance(value, str):
-            when = _dt.datetime.fromisoformat(value.strip().replace("T", " "))
-        elif isinstance(value, _dt.datetime):
-            when = value
-        else:  # numpy datetime64 and friends
-            import numpy as np
-
-            when = _dt.datetime.fromisoformat(str(np.datetime64(value, "s")))
-    except (TypeError, ValueError) as err:
-        raise ConfigError(
-            f"{what} = {value!r} is neither a number of seconds nor an ISO date ({err})"
-        ) from None
-    if when.tzinfo is not None and epoch.tzinfo is None:
-        when = when.replace(tzinfo=None)
-    return (when - epoch).total_seconds()
-
-
 def declared_variables(model: Any) -> list[Variable] | None:
     """``model.output_variables()``, or ``None`` when the model does not declare its variables."""
     fn = getattr(model, "output_variables", None)
@@ -418,7 +378,7 @@ class Simulation:
         self.dt = float(model.dt)
         if not math.isfinite(self.dt) or self.dt <= 0:
             raise ConfigError(f"{type(model).__name__}.dt must be a finite positive number; got {model.dt!r}")
-        self.start = _to_model_time(model, start, "start")
+        self.start = model_time(model, start, what="start", error=ConfigError)
         self.n_steps = self._n_steps(stop, n_steps)
         self.stop = self.start + self.n_steps * self.dt
         if isinstance(output_every, bool) or not isinstance(output_every, int) or output_every < 1:
@@ -455,7 +415,7 @@ class Simulation:
             if n_steps is None:
                 raise ConfigError("give the end of the run: stop (model time or date) or n_steps")
             return n_steps
-        t1 = _to_model_time(self.model, stop, "stop")
+        t1 = model_time(self.model, stop, what="stop", error=ConfigError)
         span = t1 - self.start
         if span < 0:
             t0 = format_time(self.model, self.start)

@@ -7,7 +7,6 @@ Every command goes through here: ``pelagos run`` (:func:`run`), ``pelagos calibr
 
 from __future__ import annotations
 
-import datetime as _dt
 import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -18,6 +17,8 @@ from typing import Any
 import torch
 
 from ..core.errors import ConfigError
+from ..core.timeaxis import format_time
+from ..core.timeaxis import model_time as _model_time
 from .config import Config, load_config, to_mapping
 
 __all__ = ["Setup", "build_model", "initial_state", "model_time", "run", "setup", "window"]
@@ -51,43 +52,9 @@ def _coarsen_column(cfg: Config, col, layers: int):
     return ColumnModel(col.bgc, f, dt=col.dt, **num).to(getattr(torch, cfg.dtype))
 
 
-def epoch_of(model) -> _dt.datetime | None:
-    e = getattr(model, "epoch", None)
-    if e is None and getattr(model, "forcing", None) is not None:
-        e = getattr(model.forcing, "epoch", None)
-    return e
-
-
 def model_time(model, value: Any, where: str) -> float:
-    """Model seconds of a configured time: a number (model time), or an ISO date (needs the model's epoch)."""
-    if isinstance(value, bool):
-        raise ConfigError(f"{where} must be a date or a number; got {value!r}")
-    if isinstance(value, (int, float)):
-        return float(value)
-    forcing = getattr(model, "forcing", None)
-    if forcing is not None and hasattr(forcing, "seconds"):
-        try:
-            return float(forcing.seconds(value))
-        except Exception as err:
-            raise ConfigError(f"{where}: cannot read {value!r} as a date: {err}") from None
-    epoch = epoch_of(model)
-    if epoch is None:
-        raise ConfigError(
-            f"{where} = {value!r}: this model has no calendar (no epoch); give a number of model seconds"
-        )
-    try:
-        t = value if isinstance(value, _dt.datetime) else _dt.datetime.fromisoformat(str(value))
-    except ValueError:
-        raise ConfigError(f"{where}: {value!r} is not an ISO date (YYYY-MM-DD[ HH:MM:SS])") from None
-    return (t - epoch).total_seconds()
-
-
-def format_time(model, t: float) -> str:
-    """A model time as a date when the model has an epoch, else as seconds."""
-    epoch = epoch_of(model)
-    if epoch is not None:
-        return (epoch + _dt.timedelta(seconds=float(t))).strftime("%Y-%m-%d %H:%M:%S")
-    return f"{t:g} s"
+    """Model seconds of a configured time (a number, or an ISO date through the model's epoch)."""
+    return _model_time(model, value, what=where, error=ConfigError)
 
 
 def window(cfg: Config, model) -> tuple[float, float, int]:
