@@ -1,4 +1,5 @@
-"""0-D box driver: FABM's light at the box centre, conservation over a year, positivity, gradients."""
+"""0-D box (``BoxModel``, ``run_box``): FABM's light at the box centre, conservation over a year, positivity,
+gradients."""
 
 import math
 
@@ -7,11 +8,12 @@ import pytest
 import torch
 
 from pelagos.bgc import NPZD, BGCSystem
-from pelagos.bgc.box import BoxDriver, read_env_file, run_box
+from pelagos.bgc.box import BoxModel, StepForcing, read_env_file, run_box
 from pelagos.bgc.fabm_yaml import packaged_yaml
 from pelagos.bgc.gotm_light import GotmLight
 from pelagos.core.errors import ConfigError, ForcingError
 from pelagos.core.paths import DATA_DIR
+from pelagos.core.rollout import rollout
 
 DATA = DATA_DIR / "fabm"  # FABM's env_nns_annual.dat etc., shipped with the package
 PAR = "downwelling_photosynthetic_radiative_flux"
@@ -23,6 +25,12 @@ pytestmark = pytest.mark.usefixtures("float64_default")
 
 def npzd_system():
     return BGCSystem.from_yaml(packaged_yaml())
+
+
+def simulate(system, state0, forcing, n_steps, *, save_every=1, **options):
+    """States ``(n_save, ...)`` of the box over per-step ``forcing`` (``core.rollout``: differentiable)."""
+    model = BoxModel(system, StepForcing(forcing, options.get("dt", 1800.0), n_steps=n_steps), **options)
+    return rollout(model, model.with_buffers(state0), n_steps, save_every=save_every).states
 
 
 def synthetic_year(dt):
@@ -41,11 +49,11 @@ def synthetic_year(dt):
 
 def test_box_light_is_fabm0d_formula():
     system = npzd_system()
-    drv = BoxDriver(system, depth=10.0, background_extinction=0.05, par_fraction=0.43)
+    box = BoxModel(system, depth=10.0, background_extinction=0.05, par_fraction=0.43)
     st = system.initial_state((), nz=1)
     st["npzd_phy"] = st["npzd_phy"] + 2.0
     f = {"surface_downwelling_shortwave_flux": torch.tensor(300.0), "temperature": torch.tensor(10.0)}
-    env = drv.environment(st, f)
+    env = box.environment(st, f)
     kbio = 0.03 * (2.0 + 1e-15 + 4.5 + 0.0225)
     assert float(env[SPAR]) == pytest.approx(0.43 * 300.0)
     assert float(env[PAR][0]) == pytest.approx(
@@ -53,8 +61,8 @@ def test_box_light_is_fabm0d_formula():
     )
     assert env["temperature"].shape == (1,) and env[SPAR].shape == ()
     # without self-shading only the background extinction acts
-    drv2 = BoxDriver(system, apply_self_shading=False)
-    env2 = drv2.environment(st, {"surface_downwelling_shortwave_flux": torch.tensor(300.0)})
+    box2 = BoxModel(system, apply_self_shading=False)
+    env2 = box2.environment(st, {"surface_downwelling_shortwave_flux": torch.tensor(300.0)})
     assert float(env2[PAR][0]) == pytest.approx(300.0 * math.exp(-0.5 * 10.0 * 0.05), rel=1e-12)
 
 
@@ -64,7 +72,7 @@ def test_box_year_conserves_total_nitrogen(method):
     dt = 6 * 3600.0
     _, forcing = synthetic_year(dt)
     ds = run_box(system, forcing, dt=dt, method=method, save_every=20)
-    tn = ds["total_nitrogen_total"].values  # per m2 = (N+P+Z+D) * 10 m
+    tn = ds["total_nitrogen"].values  # per m2 = (N+P+Z+D) * 10 m
     assert tn[0] == pytest.approx(90.0)
     assert np.abs(tn - tn[0]).max() < 1e-11 * tn[0]
     assert float(ds["npzd_phy"].max()) > 0.1  # a bloom happened: the test is not trivially static
@@ -95,7 +103,7 @@ def test_env_file_reader_and_file_driven_run():
 @pytest.mark.parametrize("method", ["euler", "rk2", "mp"])
 def test_box_nns_year_fabm_settings_conserve(method):
     ds = run_box(npzd_system(), DATA / "env_nns_annual.dat", dt=1800.0, method=method)
-    tn = ds["total_nitrogen_total"].values
+    tn = ds["total_nitrogen"].values
     assert np.abs(tn - tn[0]).max() < 1e-11 * tn[0]
 
 
@@ -106,10 +114,10 @@ def test_mp_positive_where_euler_goes_negative():
     st0 = system.initial_state(())
     st0["npzd_phy"] = st0["npzd_phy"] + 1.0
     st0["npzd_zoo"] = st0["npzd_zoo"] + 0.5
-    te, _ = BoxDriver(system, method="euler", dt=dt).simulate(st0, forcing, 30)
+    te = simulate(system, st0, forcing, 30, method="euler", dt=dt)
     assert min(float(v.min()) for v in te.values()) < -0.5
     for method in ("mp", "mprk2"):
-        tm, _ = BoxDriver(system, method=method, dt=dt).simulate(st0, forcing, 30)
+        tm = simulate(system, st0, forcing, 30, method=method, dt=dt)
         assert min(float(v.min()) for v in tm.values()) >= 0.0
         tot = sum(v[-1] for v in tm.values())
         assert float(tot) == pytest.approx(10.5, abs=1e-12)  # 4.5 + 1 + 0.5 + 4.5 (+ 2e-15)
@@ -120,7 +128,6 @@ def test_box_gradients_fd_and_jvp_vs_vjp(method):
     """d(final state)/d(NPZD parameters, initial state) over 12 steps with self-shading light."""
     system = npzd_system()
     names = ["npzd.rmax", "npzd.gmax", "npzd.alpha", "npzd.kc", "npzd.rpn"]
-    drv = BoxDriver(system, method=method, dt=3 * 3600.0)
     n = 12
     forcing = {
         "surface_downwelling_shortwave_flux": torch.linspace(50.0, 400.0, n),
@@ -137,7 +144,7 @@ def test_box_gradients_fd_and_jvp_vs_vjp(method):
     def f(u, x):
         with system.using({k: u[i] for i, k in enumerate(names)}):
             st = {k: x[i].reshape(1) for i, k in enumerate(keys)}
-            traj, _ = drv.simulate(st, forcing, n, save_every=n, diagnostics=False)
+            traj = simulate(system, st, forcing, n, save_every=n, method=method, dt=3 * 3600.0)
         return torch.stack([traj[k][-1, 0] for k in keys])
 
     g = torch.Generator().manual_seed(0)
@@ -175,9 +182,9 @@ def test_gotm_light_column_matches_layer_loop():
 
 def test_box_with_gotm_light_instance_uses_it():
     system = BGCSystem({"light": GotmLight(), "npzd": NPZD()})
-    drv = BoxDriver(system, depth=10.0)
+    box = BoxModel(system, depth=10.0)
     st = system.initial_state(())
-    env = drv.environment(st, {"surface_downwelling_shortwave_flux": torch.tensor(200.0)})
+    env = box.environment(st, {"surface_downwelling_shortwave_flux": torch.tensor(200.0)})
     kbio = float(system.light_extinction(st, env)[0])
     assert float(env[SPAR]) == pytest.approx(200.0 * 0.42)
     assert float(env[PAR][0]) == pytest.approx(200.0 * 0.42 * math.exp(-5.0 / 23.0 - 5.0 * kbio), rel=1e-12)
@@ -186,14 +193,17 @@ def test_box_with_gotm_light_instance_uses_it():
 def test_box_errors():
     system = npzd_system()
     with pytest.raises(ConfigError, match="depth must be > 0"):
-        BoxDriver(system, depth=0.0)
+        BoxModel(system, depth=0.0)
     with pytest.raises(ConfigError, match="unknown source integrator 'rk5'"):
-        BoxDriver(system, method="rk5")
-    drv = BoxDriver(system)
+        BoxModel(system, method="rk5")
+    box = BoxModel(system)
     with pytest.raises(ForcingError, match="needs 'surface_downwelling_shortwave_flux'"):
-        drv.environment(system.initial_state(()), {"temperature": torch.tensor(1.0)})
+        box.environment(system.initial_state(()), {"temperature": torch.tensor(1.0)})
     with pytest.raises(ForcingError, match="has 3 steps; expected 5"):
-        drv.simulate(system.initial_state(()), {"surface_downwelling_shortwave_flux": torch.ones(3)}, 5)
+        StepForcing({"surface_downwelling_shortwave_flux": torch.ones(3)}, 1800.0, n_steps=5)
+    model = BoxModel(system, StepForcing({"surface_downwelling_shortwave_flux": torch.ones(3)}, 1800.0))
+    with pytest.raises(ForcingError, match=r"covers the ends of steps 1\.\.3"):
+        rollout(model, model.initial_state(), 4)
 
 
 def numpy_box_npzd_euler(forcing, dt, n_steps, q, x0, depth=10.0, bg=0.05):
@@ -264,10 +274,9 @@ def test_running_mean_dependency_follows_fabm_temporal_mean():
             return {"c": env[mean_key(PAR, 86400.0)] + 0.0 * s["c"]}, {}
 
     system = BGCSystem({"m": Seen()})
-    drv = BoxDriver(system, dt=3600.0)
     n = 72
     par = torch.cat([torch.full((24,), 10.0), torch.full((48,), 34.0)])
-    traj, _ = drv.simulate(system.initial_state(()), {PAR: par}, n, diagnostics=False)
+    traj = simulate(system, system.initial_state(()), {PAR: par}, n, dt=3600.0)
     rate = (traj["m_c"][1:, 0] - traj["m_c"][:-1, 0]) / 3600.0  # the mean used at each step
     assert float(rate[0]) == pytest.approx(10.0) and float(rate[23]) == pytest.approx(10.0)
     assert float(rate[24]) == pytest.approx(11.0)  # one of 24 hourly samples has switched to 34

@@ -4,8 +4,9 @@ import pytest
 import torch
 
 from pelagos.bgc import BGCModel, BGCSystem
-from pelagos.bgc.box import BoxDriver
+from pelagos.bgc.box import BoxModel, StepForcing
 from pelagos.core.errors import ConfigError, ForcingError
+from pelagos.core.rollout import rollout
 
 
 class Oxygen(BGCModel):
@@ -94,16 +95,17 @@ def test_surface_and_bottom_fluxes_and_column_totals():
 def test_box_divides_boundary_fluxes_by_depth_and_conserves_bottom_pool():
     s = BGCSystem({"ox": Oxygen(), "pool": Pool()}, {"ox/sink": "pool/c"}).double()
     with s.using({"ox.kw": torch.tensor(-50.0, dtype=torch.float64)}):  # kw ~ 0: no air-sea exchange
-        drv = BoxDriver(s, depth=20.0, dt=3600.0, method="rk4")
+        box = BoxModel(s, depth=20.0, dt=3600.0, method="rk4")
         st0 = s.initial_state(())
-        env = drv.environment(
+        env = box.environment(
             st0, {"surface_downwelling_shortwave_flux": torch.tensor(0.0), "temperature": torch.tensor(5.0)}
         )
-        rates, _ = drv._rates(st0, env)
+        rates, _ = box._rates(st0, env)
         assert float(rates["ox_o2"][0]) == pytest.approx(-0.1 / 86400 * 250.0 - 1e-6 * 250.0 / 20.0, rel=1e-6)
         assert float(rates["ox_sed"]) == pytest.approx(1e-6 * 250.0)
         f = {"surface_downwelling_shortwave_flux": torch.zeros(48), "temperature": torch.full((48,), 5.0)}
-        traj, _ = drv.simulate(st0, f, 48, diagnostics=False)
+        box = BoxModel(s, StepForcing(f, 3600.0), depth=20.0, dt=3600.0, method="rk4")
+        traj = rollout(box, st0, 48).states
     h = torch.full_like(traj["ox_o2"], 20.0)
     tot = s.conserved_quantities(traj, h=h)["total_oxygen"]
     assert float((tot - tot[0]).abs().max()) < 1e-10 * float(tot[0])

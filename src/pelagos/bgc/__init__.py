@@ -4,7 +4,7 @@ Models are imported lazily by the registry; ``BGCSystem.from_yaml(path)`` builds
 """
 
 from .base import BGCModel, Dependency, DiagnosticVariable, StateDependency, StateVariable, mean_key
-from .box import BoxDriver, run_box
+from .box import BoxDriver, BoxModel, run_box
 from .fabm_yaml import load_system, packaged_yaml
 from .gotm_light import GotmLight
 from .integrate import METHODS, ODE_METHODS, integrate_sources
@@ -19,6 +19,7 @@ __all__ = [
     "BGCModel",
     "BGCSystem",
     "BoxDriver",
+    "BoxModel",
     "Dependency",
     "DiagnosticInfo",
     "DiagnosticVariable",
