@@ -17,18 +17,22 @@ q⁺ = irfft2(q̂⁺)                               q̂̄⁺ += rfft2(q̄⁺)·(
 
 Used only where it is exact and simple: no closure, unbatched parameters, one bootstrap level for the whole
 batch, plain tensors (outside torch.func transforms and forward-mode dual numbers, which take the recorded
-path). Tests compare its gradients with the recorded path and with finite differences. Second derivatives
-(double backward, e.g. Hessian-vector products) are not supported by this node: they raise an error (or,
-with ``allow_unused=True``, come back as None); set ``model.fused_backward = False`` to record every
-operation instead.
+path). Tests compare its gradients with the recorded path and with finite differences.
+
+Second derivatives (``create_graph=True``: Hessians, Hessian-vector products, the Laplace covariance) are
+exact too: a backward with grad mode on re-runs the step from the saved inputs with recorded operations and
+returns its vector-Jacobian product as a differentiable function of the inputs and incoming gradients. (This
+node used to be ``@once_differentiable``; that guard raises only when the engine walks through it, and
+``torch.autograd.grad(g, inputs)`` prunes it: the second-order terms through the step were silently dropped,
+e.g. ∂²J/∂u² of a log-transformed parameter came back as ∂J/∂u.)
 """
 
 from __future__ import annotations
 
 import torch
-from torch.autograd.function import once_differentiable
 
 from . import _step_c
+from .fftops import divergence, velocities
 
 
 def _reduce_to(x: torch.Tensor, shape: torch.Size) -> torch.Tensor:
@@ -59,7 +63,7 @@ class QGStep(torch.autograd.Function):
         ctx.k = k
         ctx.compiled = k["c"] is not None and not need[7]  # the filter's gradient needs the pre-filter state
         if ctx.compiled:
-            return _forward_compiled(ctx, qh, q, p, pp, a, lin, filtr, k)
+            return _forward_compiled(ctx, qh, q, p, pp, a, lin, Ubg_uv, filtr, k)
         # ψ̂ = a q̂ on real views (a is real): no complex promotion of a
         qr, a_r = torch.view_as_real(qh), k["a_r"]  # a with an explicit (re, im) axis
         phr = a_r[:, 0] * qr[:, 0:1]
@@ -80,9 +84,10 @@ class QGStep(torch.autograd.Function):
         qh_new = torch.view_as_complex(torch.view_as_real(new) * k["filtr_r"])
         q_new = torch.fft.irfft2(qh_new, s=(ny, nx))
         # keep only what the requested gradients need (a 1000-step gradient holds 1000 of these):
-        # q̂ for ā, ψ̂ for l̄in, the pre-filter state for f̄iltr; q and u + U always
+        # ψ̂ for l̄in, the pre-filter state (and p, pp) for f̄iltr; q, u + U and q̂ always (q̂ for ā and
+        # for re-running the step in a second backward, _backward_differentiable)
         ctx.save_for_backward(
-            qh if need[4] else None,
+            qh,
             q,
             a,
             lin,
@@ -90,15 +95,19 @@ class QGStep(torch.autograd.Function):
             ph if need[5] else None,
             uvU,
             new if need[7] else None,
+            Ubg_uv,
+            p if need[7] else None,
+            pp if need[7] else None,
         )
         return q_new, qh_new, d
 
     @staticmethod
-    @once_differentiable  # the adjoint is not itself differentiated: double backward raises, never lies
     def backward(ctx, gq, gqh, gd):
+        if torch.is_grad_enabled():  # create_graph=True: the adjoint itself will be differentiated
+            return _backward_differentiable(ctx, gq, gqh, gd)
         if ctx.compiled:
             return _backward_compiled(ctx, gq, gqh, gd)
-        qh, q, a, lin, filtr, ph, uvU, new = ctx.saved_tensors
+        qh, q, a, lin, filtr, ph, uvU, new, _, _, _ = ctx.saved_tensors
         k = ctx.k
         ny, nx = k["shape"]
         need = ctx.needs_input_grad
@@ -138,7 +147,7 @@ def _head(buf: torch.Tensor, shape: torch.Size) -> torch.Tensor:
     return buf.view(-1)[: shape.numel()].view(shape)
 
 
-def _forward_compiled(ctx, qh, q, p, pp, a, lin, filtr, k):
+def _forward_compiled(ctx, qh, q, p, pp, a, lin, Ubg_uv, filtr, k):
     """The forward with the fused C kernels of the no-grad step (same arithmetic, to rounding). Scratch
     arrays come from the model's workspace; only what the backward keeps and the outputs are new."""
     cc, plan, ws = k["c"], k["plan"], k["ws"]
@@ -153,7 +162,8 @@ def _forward_compiled(ctx, qh, q, p, pp, a, lin, filtr, k):
     d, qh_new = torch.empty_like(qh), torch.empty_like(qh)
     _step_c.update(qh, ph, fh, p, pp, cc["lin"], cc["kk"], cc["ll"], cc["filtr"], k["w_t"], d, qh_new)
     q_new = plan.irfft2(qh_new, torch.empty_like(q), "backward", _head(uvh, qh.shape))
-    ctx.save_for_backward(qh if need[4] else None, q, a, lin, ph if need[5] else None, uvU)
+    # the layout of QGStep.forward's torch path (no f̄iltr here: it needs the pre-filter state)
+    ctx.save_for_backward(qh, q, a, lin, filtr, ph if need[5] else None, uvU, None, Ubg_uv, None, None)
     return q_new, qh_new, d
 
 
@@ -168,7 +178,7 @@ def _backward_workspace(ws: dict) -> dict:
 
 
 def _backward_compiled(ctx, gq, gqh, gd):
-    qh, q, a, lin, ph, uvU = ctx.saved_tensors
+    qh, q, a, lin, _, ph, uvU, _, _, _, _ = ctx.saved_tensors
     k = ctx.k
     cc, plan, bw = k["c"], k["plan"], _backward_workspace(k["ws"])
     need = ctx.needs_input_grad
@@ -191,6 +201,48 @@ def _backward_compiled(ctx, gq, gqh, gd):
     _step_c.adj_invert(gph, Guv, cc["kM"], cc["lM"], cc["wk"], cc["a"], gn, g_qh)
     g_a = _reduce_to(torch.real(gph.unsqueeze(2) * qh.conj().unsqueeze(1)), a.shape) if need[4] else None
     return g_qh, g_q, gp, gpp, g_a, g_lin, g_U, None, None
+
+
+def _backward_differentiable(ctx, gq, gqh, gd):
+    """The vector-Jacobian product under ``create_graph=True``: the step re-run from the saved inputs with
+    recorded operations (same arithmetic as the forward, to rounding) and differentiated with a graph, so the
+    result is a differentiable function of the inputs (which keep their own graphs: the state and the
+    coefficients, hence the parameters) and of the incoming gradients — second derivatives are exact."""
+    qh, q, a, lin, filtr, _, _, _, Ubg_uv, p, pp = ctx.saved_tensors
+    k, need = ctx.k, ctx.needs_input_grad
+    ny, nx = k["shape"]
+    # p and pp enter linearly with constant weights: their values matter only for f̄iltr (then saved);
+    # otherwise zero placeholders give their gradients (w₁, w₂ times the filtered incoming gradient)
+    if p is None:
+        p = torch.zeros_like(qh, requires_grad=need[2])
+    if pp is None:
+        pp = torch.zeros_like(qh, requires_grad=need[3])
+    with torch.enable_grad():
+        # one alias node per input: the gradient with respect to an alias counts only the paths through it,
+        # whereas one input may be an ancestor of another (q = irfft2(q̂) from the previous step, q̂ = rfft2(q)
+        # from state_from_q), and a gradient with respect to the input itself would count the other's too
+        inputs = tuple(x.view_as(x) for x in (qh, q, p, pp, a, lin, Ubg_uv, filtr))
+        qh, q, p, pp, a, lin, Ubg_uv, filtr = inputs
+        ph = (a * qh.unsqueeze(-4)).sum(-3)  # ψ̂_i = Σ_j a_ij q̂_j
+        # the recorded path's transforms (qg/fftops.py: cheaper backward, differentiable again)
+        uv = velocities(ph, k["vel_M"], k["vel_M_adj"], (ny, nx))
+        uvU = torch.stack((uv[:, 0] + Ubg_uv[0], uv[:, 1]), 1)  # (u + U, v): v has no background flow
+        d = lin * ph + divergence(uvU * q.unsqueeze(1), k["mdiv"], k["mdiv_adj"])
+        w0, w1, w2 = k["w"]
+        qh_new = (qh + w0 * d + w1 * p + w2 * pp) * filtr
+        q_new = torch.fft.irfft2(qh_new, s=(ny, nx))
+        wanted = [i for i in range(8) if need[i]]
+        grads = torch.autograd.grad(
+            (q_new, qh_new, d),
+            [inputs[i] for i in wanted],
+            (gq, gqh, gd),
+            create_graph=True,
+            allow_unused=True,
+        )
+    out: list[torch.Tensor | None] = [None] * 9
+    for i, g in zip(wanted, grads):
+        out[i] = g if g is not None else torch.zeros_like(inputs[i])
+    return tuple(out)
 
 
 def step_constants(
