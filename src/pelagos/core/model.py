@@ -71,9 +71,24 @@ class Coordinate:
 
 
 def unknown_variable_message(name: str, valid: Sequence[str], what: str = "variable") -> str:
-    close = difflib.get_close_matches(name, list(valid), n=1)
-    hint = f"; did you mean {close[0]!r}?" if close else ""
+    """``unknown variable 'phy'; did you mean 'npzd_phy'? (valid: ...)``: a FABM-style global name that ends
+    in ``_<name>``, the same name in other case, or a close spelling is suggested."""
+    valid = list(valid)
+    hits = [v for v in valid if v.endswith("_" + name) or v.lower() == name.lower()]
+    hits += [v for v in difflib.get_close_matches(name, valid, n=2) if v not in hits]
+    hint = f"; did you mean {hits[0]!r}?" if hits else ""
     return f"unknown {what} {name!r}{hint} (valid: {', '.join(valid)})"
+
+
+def declared_variables(model: Any) -> list[Variable] | None:
+    """``model.output_variables()``, or ``None`` when the model does not declare its variables."""
+    fn = getattr(model, "output_variables", None)
+    if fn is None:
+        return None
+    try:
+        return list(fn())
+    except NotImplementedError:
+        return None
 
 
 class Model(torch.nn.Module):

@@ -64,6 +64,7 @@ from typing import Any
 import torch
 
 from .errors import ConfigError, ObservationError, ShapeError
+from .model import declared_variables, unknown_variable_message
 from .observations import ObservationSet
 from .operators import GridPointOperator, IdentityOperator, StackedOperator
 from .timeaxis import format_time, model_epoch, model_time, parse_date
@@ -87,24 +88,6 @@ _MISSING = ("", "nan", "na", "n/a")
 
 
 # -- the model's names -------------------------------------------------------------------------------------
-def _declared(model: Any) -> list | None:
-    """The model's declared variables, or ``None`` when it declares none (the hook then judges names)."""
-    try:
-        return list(model.output_variables())
-    except (NotImplementedError, AttributeError):
-        return None
-
-
-def _suggest(name: str, valid: Sequence[str]) -> str:
-    hits = [v for v in valid if v.endswith("_" + name) or v.lower() == name.lower()]
-    hits += [v for v in difflib.get_close_matches(name, list(valid), n=2) if v not in hits]
-    return f"; did you mean {hits[0]!r}?" if hits else ""
-
-
-def _unknown_variable(name: str, valid: Sequence[str]) -> str:
-    return f"unknown variable {name!r}{_suggest(name, valid)} (the model's variables: {', '.join(valid)})"
-
-
 def _dims(variables: list | None) -> set[str] | None:
     if variables is None:
         return None
@@ -196,7 +179,7 @@ def observations_from_records(
         f"{format_time(epoch, hi) if hi is not None else '...'}]"
     )
     dt = getattr(model, "dt", None)
-    declared = _declared(model)
+    declared = declared_variables(model)
     names = None if declared is None else [v.name for v in declared]
     is_log = _log_lookup(log)
     if sigma is not None and not (math.isfinite(float(sigma)) and float(sigma) > 0):
@@ -212,7 +195,7 @@ def observations_from_records(
             t = model_time(model, cells["time"])
             var = str(cells["variable"]).strip()
             if names is not None and var not in names:
-                raise ObservationError(_unknown_variable(var, names))
+                raise ObservationError(unknown_variable_message(var, names))
             raw_v = cells.get("value")
             value = float("nan") if _is_missing(raw_v) else _number(raw_v, "value")
             if math.isinf(value):
@@ -486,7 +469,7 @@ def read_observations(
     if not path.exists():
         raise ObservationError(f"observation file {str(path)!r} does not exist")
     suffix = path.suffix.lower()
-    known = _dims(_declared(model))
+    known = _dims(declared_variables(model))
     if suffix in (".csv", ".txt"):
         records: Iterable = _checked_text(_csv_records(path, known), path)
     elif suffix in (".nc", ".nc4", ".netcdf", ".cdf"):

@@ -53,7 +53,7 @@ import torch
 import torch.utils._pytree as pytree
 
 from .errors import ConfigError, Interrupted, StabilityError
-from .model import Coordinate, Model, Variable
+from .model import Coordinate, Model, Variable, declared_variables
 from .restart import config_fingerprint, load_restart, save_restart
 from .rollout import _register_dataclasses, rollout
 from .timeaxis import format_time, model_time
@@ -73,17 +73,6 @@ __all__ = [
 
 
 # -- small helpers -------------------------------------------------------------------------------------------
-def declared_variables(model: Any) -> list[Variable] | None:
-    """``model.output_variables()``, or ``None`` when the model does not declare its variables."""
-    fn = getattr(model, "output_variables", None)
-    if fn is None:
-        return None
-    try:
-        return list(fn())
-    except NotImplementedError:
-        return None
-
-
 # -- writers and callbacks -----------------------------------------------------------------------------------
 class Writer:
     """What :class:`Simulation` needs from an output writer (subclass it, or duck-type these members).

@@ -46,8 +46,7 @@ class ModelNetCDFWriter:
     ) -> None:
         from pathlib import Path
 
-        from ..core.model import Variable
-        from ..core.simulation import declared_variables
+        from ..core.model import Variable, declared_variables
 
         self.path = Path(path)
         self.key = str(self.path)
