@@ -182,7 +182,9 @@ def _backward_compiled(ctx, gq, gqh, gd):
     k = ctx.k
     cc, plan, bw = k["c"], k["plan"], _backward_workspace(k["ws"])
     need = ctx.needs_input_grad
-    gq, gqh, gd = gq.contiguous(), gqh.contiguous(), gd.contiguous()
+    # the kernels read raw memory: a lazily conjugated gradient (is_conj(), e.g. of a loss with qh.conj())
+    # must be materialised, .contiguous() keeps the conj bit and the kernels would read conj(ḡ)
+    gq, gqh, gd = gq.contiguous(), gqh.resolve_conj().contiguous(), gd.resolve_conj().contiguous()
     X, gn, gdo, gph = bw["X"], bw["gn"], bw["gdo"], bw["gph"]
     G = plan.rfft2(gq, bw["G"], _head(bw["tmp"], gqh.shape))
     gp = torch.empty_like(gqh) if need[2] else None
