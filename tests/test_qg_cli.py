@@ -59,3 +59,19 @@ def test_train_closure_and_evaluate_tiny(tmp_path):
 
     curves = json.loads((out / "tiny_training.json").read_text())["curves"]
     assert len(curves["offline"]) >= 1 and curves["online"][0]["n"] == 2
+
+
+def test_closure_option_of_the_qg_kind():
+    """``model.closure`` attaches one of pyqg's parameterizations (and is refused when unknown)."""
+    from pelagos.io.build import build_model
+    from pelagos.io.config import load_config
+    from pelagos.qg.parameterizations import Smagorinsky
+
+    cfg = load_config(
+        {"model": {"kind": "qg", "nx": 16, "closure": {"type": "Smagorinsky", "constant": 0.2}}}
+    )
+    m = build_model(cfg)
+    assert isinstance(m.parameterization, Smagorinsky) and m.parameterization.constant == 0.2
+    assert build_model(load_config({"model": {"kind": "qg", "nx": 16}})).parameterization is None
+    with pytest.raises(ConfigError, match="Smagorinsky"):
+        build_model(load_config({"model": {"kind": "qg", "nx": 16, "closure": {"type": "Smag"}}}))

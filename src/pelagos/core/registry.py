@@ -48,6 +48,10 @@ class ModelKind:
             ``pelagos params``; defaults to ``build(options(), BuildContext())``.
         description: one line for ``pelagos models``.
         conformance: per-kind settings of the conformance test (``steps``, ``batch``, tolerances, ``skip``).
+        run_extras: optional ``run_extras(model, n_steps) -> (callback, finish)``: what a family adds to
+            ``pelagos run`` beyond the declared variables. ``callback(sim, state, t, step)`` runs at each
+            output, ``finish(output_path, final_state) -> [written paths]`` after the run (e.g. QG's
+            time-mean diagnostics and plot).
     """
 
     name: str
@@ -59,6 +63,7 @@ class ModelKind:
     example: Callable[[], Model] | None = None
     description: str = ""
     conformance: dict = field(default_factory=dict)
+    run_extras: Callable[[Model, int], tuple[Callable, Callable]] | None = None
 
     def default_options(self) -> Any:
         return self.options() if self.options is not None else None

@@ -244,7 +244,7 @@ def _simulate(
                 sim.request_stop()
 
         callbacks.append(stop_once_reached)
-    extras = _kind_extras(cfg, model, s)
+    extras = cfg.kind.run_extras(model, s.n_steps) if cfg.kind.run_extras is not None else None
     if extras is not None:
         callbacks.append(extras[0])
     sim = Simulation(
@@ -268,50 +268,6 @@ def _simulate(
         files += extras[1](out, result.state)
     files += [Path(p) for p in (result.written_files or []) if Path(p) != out]
     return files
-
-
-def _kind_extras(cfg: Config, model, s: Setup):
-    """What a model family adds to a run: QG's time-mean diagnostics of the second half and its plot."""
-    from ..qg.base import SpectralQG
-
-    if not isinstance(model, SpectralQG):
-        return None
-    from ..qg.diagnostics import diagnostics
-
-    acc: dict[str, Any] = {"sum": None, "count": 0}
-
-    def accumulate(sim, state, t, step):
-        if step >= s.n_steps // 2:
-            d = diagnostics(model, state)
-            acc["sum"] = d if acc["sum"] is None else {k: acc["sum"][k] + d[k] for k in d}
-            acc["count"] += 1
-
-    def finish(out: Path, state) -> list[Path]:
-        import xarray as xr
-
-        from ..qg.config import plot_run
-        from ..qg.dataset import to_dataset
-
-        ds = xr.load_dataset(out, decode_times=False)
-        if acc["sum"]:
-            mean = to_dataset(model, state, diagnostics=True)
-            for name, total in acc["sum"].items():
-                ds[name + "_mean"] = (mean[name].dims, (total / acc["count"]).numpy())
-            ds.to_netcdf(out)
-        files = []
-        try:  # a plot never fails a run
-            batch = [d for d in ds["q"].dims if d not in ("time", "lev", "y", "x")]
-            pds = ds.rename({batch[0]: "run"}) if batch and batch[0] != "run" else ds
-            if "run" not in pds["q"].dims:
-                pds = pds.assign(q=pds["q"].expand_dims("run", axis=1))
-            png = out.with_suffix(".png")
-            plot_run(model, pds, png)
-            files.append(png)
-        except Exception:
-            pass
-        return files
-
-    return accumulate, finish
 
 
 def _fingerprint(cfg: Config) -> dict:

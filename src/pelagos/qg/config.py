@@ -11,7 +11,8 @@ validated by the same strict loader::
     hybrid:  {nx_hr: 128, nx_lr: 32, ...}                  # train-closure / evaluate
     output:  {file: results/qg_hybrid.nc, interval: 30 days}  # other files go next to it
 
-:func:`load` returns the dict the functions below (and :func:`run`) read.
+:func:`load` returns the dict the functions below read. ``pelagos qg run`` is ``pelagos run``
+(:func:`pelagos.io.build.run`, the one run loop).
 """
 
 from __future__ import annotations
@@ -20,23 +21,15 @@ import dataclasses
 import json
 import os
 import pathlib
-import time
 from collections.abc import Mapping
 from typing import Any
 
 import torch
 
 from ..core.errors import ConfigError
-from . import parameterizations as P
-from .models import BTModel, LayeredModel, QGModel
+from .kind import CLOSURES  # noqa: F401  (the closures a configuration can name)
 
-MODELS = {"QGModel": QGModel, "LayeredModel": LayeredModel, "BTModel": BTModel}
-KIND_TYPES = {"qg": "QGModel", "qg_layered": "LayeredModel", "qg_bt": "BTModel"}
-CLOSURES = {
-    "Smagorinsky": P.Smagorinsky,
-    "BackscatterBiharmonic": P.BackscatterBiharmonic,
-    "ZannaBolton2020": P.ZannaBolton2020,
-}
+QG_KINDS = ("qg", "qg_layered", "qg_bt")
 
 
 def hybrid_section(raw: Any, where: str = "hybrid"):
@@ -71,13 +64,9 @@ def load(
     from ..io.config import load_config, to_mapping
 
     cfg = load_config(source, overrides=overrides, extra_sections={"hybrid": hybrid_section})
-    if cfg.kind.name not in KIND_TYPES:
-        raise ConfigError(f"`pelagos qg` runs the QG kinds ({', '.join(KIND_TYPES)}); got {cfg.kind.name!r}")
+    if cfg.kind.name not in QG_KINDS:
+        raise ConfigError(f"`pelagos qg` runs the QG kinds ({', '.join(QG_KINDS)}); got {cfg.kind.name!r}")
     opts = to_mapping(cfg.model)
-    closure = opts.pop("closure", None)
-    model = {"type": KIND_TYPES[cfg.kind.name], **opts, "dtype": cfg.dtype}
-    if cfg.time.dt:
-        model["dt"] = cfg.time.dt
     out = pathlib.Path(output) if output is not None else default_output(cfg)
     h = cfg.extra.get("hybrid")
     run_sec = {"years": 1.0, "batch": cfg.batch or 1, "seed": getattr(cfg.initial, "seed", 0),
@@ -92,8 +81,6 @@ def load(
         extra = {k: v for k, v in opts.items() if k in given and k not in ("nx", "dt", "closure")}
         h = dataclasses.replace(h, model={**h.model, **extra})
     return {
-        "model": model,
-        "closure": closure,
         "run": run_sec,
         "hybrid": h,
         "output": {"dir": str(out.parent), "name": out.stem},
@@ -101,93 +88,11 @@ def load(
     }
 
 
-def build_model(cfg: Mapping[str, Any]):
-    spec = dict(cfg.get("model") or {})
-    kind = spec.pop("type", "QGModel")
-    if kind not in MODELS:
-        raise ConfigError(f"unknown model type {kind!r}; valid: {', '.join(MODELS)}")
-    if "dtype" in spec:
-        spec["dtype"] = getattr(torch, str(spec["dtype"]))
-    closure = cfg.get("closure")
-    if closure:
-        c = dict(closure)
-        ctype = c.pop("type", None)
-        if ctype not in CLOSURES:
-            raise ConfigError(f"unknown closure type {ctype!r}; valid: {', '.join(CLOSURES)}")
-        spec["parameterization"] = CLOSURES[ctype](**c)
-    try:
-        return MODELS[kind](**spec)
-    except TypeError as err:
-        raise ConfigError(f"model section: {err}") from err
-
-
 def output_dir(cfg: Mapping[str, Any]) -> pathlib.Path:
     d = pathlib.Path(cfg["output"]["dir"])
     d = d if d.is_absolute() else pathlib.Path(cfg.get("_base") or ".") / d
     d.mkdir(parents=True, exist_ok=True)
     return d
-
-
-def run(cfg: Mapping[str, Any], log=print) -> pathlib.Path:
-    """Run the model through :class:`~pelagos.core.simulation.Simulation` (the one run loop; CFL checked at
-    every save) and write NetCDF (snapshots in pyqg's layout + time-mean diagnostics of the second half) and
-    a plot. On Ctrl-C the snapshots so far are written before :class:`~pelagos.core.errors.Interrupted`."""
-    import xarray as xr
-
-    from ..core.errors import Interrupted
-    from ..core.simulation import CFLCheck, Simulation
-    from .dataset import to_dataset
-    from .diagnostics import diagnostics
-
-    r = cfg["run"]
-    torch.set_num_threads(int(r["threads"]))
-    m = build_model(cfg)
-    st = m.initial_state(batch=int(r["batch"]), seed=int(r["seed"]))
-    n = round(float(r["years"]) * 360 * 86400 / m.dt)
-    every = max(1, round(float(r["save_every_days"]) * 86400 / m.dt))
-    snaps, times = [], []
-    acc: dict[str, Any] = {"sum": None, "count": 0}
-
-    def snapshot(sim, state, t, step):
-        snaps.append(to_dataset(m, state, time=t))
-        times.append(t)
-        if step >= n // 2:
-            d = diagnostics(m, state)
-            acc["sum"] = d if acc["sum"] is None else {x: acc["sum"][x] + d[x] for x in d}
-            acc["count"] += 1
-
-    out = output_dir(cfg) / f"{cfg['output']['name']}.nc"
-
-    def write(state) -> None:
-        ds = xr.concat(snaps, dim="time").assign_coords(time=("time", times, {"units": "s"}))
-        if acc["sum"]:
-            mean = to_dataset(m, state, diagnostics=True)
-            for name in acc["sum"]:
-                ds[name + "_mean"] = (mean[name].dims, (acc["sum"][name] / acc["count"]).numpy())
-        ds.to_netcdf(out)
-        log(f"wrote {out}")
-        plot_run(m, ds, out.with_suffix(".png"))
-        log(f"wrote {out.with_suffix('.png')}")
-
-    sim = Simulation(
-        m,
-        st,
-        n_steps=n,
-        output_every=every,
-        callbacks=[CFLCheck(), snapshot],
-        label=f"QG {m.nx}²",
-        progress=None,  # a bar on a terminal
-    )
-    t0 = time.time()
-    try:
-        result = sim.run()
-    except Interrupted:
-        if snaps:
-            write(sim.state)
-        raise
-    log(f"{n} steps of {m.nx}² x {int(r['batch'])} in {time.time() - t0:.1f} s")
-    write(result.state)
-    return out
 
 
 def plot_run(model, ds, path: pathlib.Path) -> None:

@@ -2,18 +2,29 @@
 
 Options are the models' constructor arguments with pyqg's names, units and defaults (see
 :mod:`pelagos.qg.models`); ``dt`` in the ``time:`` section of a configuration overrides ``dt`` here, and
-``initial: {seed: …}`` seeds the random initial PV. Closures (``parameterization``) are attached in Python or
-by the hybrid configuration (:mod:`pelagos.qg.hybrid`), not here.
+``initial: {seed: …}`` seeds the random initial PV. ``closure: {type: Smagorinsky | BackscatterBiharmonic |
+ZannaBolton2020, ...its arguments}`` attaches one of pyqg's parameterizations; neural closures are attached in
+Python or trained by the hybrid configuration (:mod:`pelagos.qg.hybrid`).
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
 
+from ..core.errors import ConfigError
 from ..core.registry import BuildContext, ModelKind
+from . import parameterizations as P
 from .models import BTModel, LayeredModel, QGModel
+
+CLOSURES = {
+    "Smagorinsky": P.Smagorinsky,
+    "BackscatterBiharmonic": P.BackscatterBiharmonic,
+    "ZannaBolton2020": P.ZannaBolton2020,
+}
 
 
 @dataclass
@@ -32,6 +43,7 @@ class _Grid:
     dt: float = 7200.0
     rek: float = 5.787e-7
     filterfac: float = 23.6
+    closure: dict | None = None
 
 
 @dataclass
@@ -78,6 +90,16 @@ def _kwargs(options, ctx: BuildContext) -> dict:
     if ctx.dt is not None:
         kw["dt"] = float(ctx.dt)
     kw["dtype"] = getattr(torch, ctx.dtype)
+    closure = kw.pop("closure", None)
+    if closure:
+        c = dict(closure)
+        ctype = c.pop("type", None)
+        if ctype not in CLOSURES:
+            raise ConfigError(f"model.closure.type {ctype!r} is not a closure; valid: {', '.join(CLOSURES)}")
+        try:
+            kw["parameterization"] = CLOSURES[ctype](**c)
+        except TypeError as err:
+            raise ConfigError(f"model.closure ({ctype}): {err}") from None
     return kw
 
 
@@ -91,6 +113,46 @@ def _build_layered(o: LayeredOptions, ctx: BuildContext) -> LayeredModel:
 
 def _build_bt(o: BTOptions, ctx: BuildContext) -> BTModel:
     return BTModel(**_kwargs(o, ctx))
+
+
+def run_extras(model, n_steps: int):
+    """What ``pelagos run`` adds for QG: time-mean diagnostics of the second half and a plot of the run."""
+    from .diagnostics import diagnostics
+
+    acc: dict[str, Any] = {"sum": None, "count": 0}
+
+    def accumulate(sim, state, t, step):
+        if step >= n_steps // 2:
+            d = diagnostics(model, state)
+            acc["sum"] = d if acc["sum"] is None else {k: acc["sum"][k] + d[k] for k in d}
+            acc["count"] += 1
+
+    def finish(out: Path, state) -> list[Path]:
+        import xarray as xr
+
+        from .dataset import to_dataset
+        from .plots import plot_run
+
+        ds = xr.load_dataset(out, decode_times=False)
+        if acc["sum"]:
+            mean = to_dataset(model, state, diagnostics=True)
+            for name, total in acc["sum"].items():
+                ds[name + "_mean"] = (mean[name].dims, (total / acc["count"]).numpy())
+            ds.to_netcdf(out)
+        files = []
+        try:  # a plot never fails a run
+            batch = [d for d in ds["q"].dims if d not in ("time", "lev", "y", "x")]
+            pds = ds.rename({batch[0]: "run"}) if batch and batch[0] != "run" else ds
+            if "run" not in pds["q"].dims:
+                pds = pds.assign(q=pds["q"].expand_dims("run", axis=1))
+            png = out.with_suffix(".png")
+            plot_run(model, pds, png)
+            files.append(png)
+        except Exception:
+            pass
+        return files
+
+    return accumulate, finish
 
 
 def _inputs(model, state):
@@ -114,6 +176,7 @@ KIND = ModelKind(
     example=lambda: QGModel(nx=16, dt=6 * 3600.0),
     description="two-layer quasi-geostrophic model (pyqg QGModel), pseudo-spectral, doubly periodic",
     conformance={**_CONF, "free": ["rek", "rd", "delta"]},
+    run_extras=run_extras,
 )
 KIND_LAYERED = ModelKind(
     "qg_layered",
@@ -123,6 +186,7 @@ KIND_LAYERED = ModelKind(
     example=lambda: LayeredModel(nz=3, nx=8, dt=6 * 3600.0),
     description="N-layer quasi-geostrophic model (pyqg LayeredModel)",
     conformance={**_CONF, "free": ["rek", "H_0", "f"]},
+    run_extras=run_extras,
 )
 KIND_BT = ModelKind(
     "qg_bt",
@@ -132,6 +196,7 @@ KIND_BT = ModelKind(
     example=lambda: BTModel(nx=8, dt=6 * 3600.0, rd=5e4, beta=1e-11),
     description="single-layer (equivalent) barotropic quasi-geostrophic model (pyqg BTModel)",
     conformance={**_CONF, "free": ["rek", "kd2"]},
+    run_extras=run_extras,
 )
 
 __all__ = ["KIND", "KIND_BT", "KIND_LAYERED", "BTOptions", "LayeredOptions", "QGInitial", "QGOptions"]
