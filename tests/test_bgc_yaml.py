@@ -208,3 +208,12 @@ def test_dtype_option_stores_parameters_in_float64():
     assert s.get_parameter_value("npzd.rmax").dtype == torch.float64
     assert float(s.get_parameter_value("npzd.rmax")) == 1.5  # exact: no float32 rounding
     assert torch.get_default_dtype() == torch.float32
+
+
+def test_dtype_option_never_touches_the_global_default_dtype(monkeypatch):
+    """Parameters take their dtype where they are declared: torch's global default is not switched, not even
+    for a moment (another thread could create tensors in between)."""
+    calls = []
+    monkeypatch.setattr(torch, "set_default_dtype", lambda d: calls.append(d))
+    s = load_system(CASE, dtype=torch.float64)
+    assert calls == [] and {p.dtype for p in s.parameters()} == {torch.float64}

@@ -135,18 +135,22 @@ class DiagnosticVariable:
     domain: DepDomain = "interior"
 
 
-# Configuration handed to the next BGCModel being constructed (see BGCModel.from_config).
+# Configuration (and parameter dtype) handed to the next BGCModel being constructed (BGCModel.from_config).
 _PENDING_CONFIG: list[dict[str, Any]] = []
+_PENDING_DTYPE: list[torch.dtype | None] = []
 
 
 @contextlib.contextmanager
-def configuring(parameters: Mapping[str, Any] | None) -> Iterator[None]:
-    """Within this block, the next :class:`BGCModel` constructed reads ``parameters`` as its configuration."""
+def configuring(parameters: Mapping[str, Any] | None, dtype: torch.dtype | None = None) -> Iterator[None]:
+    """Within this block, the next :class:`BGCModel` constructed reads ``parameters`` as its configuration
+    and stores its parameters in ``dtype`` (default: torch's default dtype)."""
     _PENDING_CONFIG.append(dict(parameters or {}))
+    _PENDING_DTYPE.append(dtype)
     try:
         yield
     finally:
         _PENDING_CONFIG.pop()
+        _PENDING_DTYPE.pop()
 
 
 def close_matches(name: str, valid: list[str] | tuple[str, ...]) -> str:
@@ -178,6 +182,7 @@ class BGCModel(Model):
         # Configuration (yaml "parameters:") this model is being built with; entries are ticked off as read.
         # FABM matches parameter names case-insensitively (fabm.yaml files write "A" for gotm/light's "a").
         self._config: dict[str, Any] = dict(_PENDING_CONFIG[-1]) if _PENDING_CONFIG else {}
+        self._param_dtype: torch.dtype | None = _PENDING_DTYPE[-1] if _PENDING_DTYPE else None
         self._config_used: set[str] = set()
 
     def _config_key(self, name: str) -> str | None:
@@ -189,7 +194,9 @@ class BGCModel(Model):
         return None
 
     @classmethod
-    def from_config(cls, parameters: Mapping[str, Any] | None = None, **kwargs: Any) -> BGCModel:
+    def from_config(
+        cls, parameters: Mapping[str, Any] | None = None, *, dtype: torch.dtype | None = None, **kwargs: Any
+    ) -> BGCModel:
         """Build the model with these yaml-unit parameter/option values (FABM ``get_parameter`` semantics).
 
         Keys naming a keyword argument of the constructor (case-insensitive) are passed to it (structural
@@ -206,7 +213,7 @@ class BGCModel(Model):
             else:
                 config[k] = v
         kw.update(kwargs)
-        with configuring(config):
+        with configuring(config, dtype):
             model = cls(**kw)
         unused = model.unused_config()
         if unused:
@@ -258,7 +265,13 @@ class BGCModel(Model):
         ``default`` stays the FABM default shown in tables). Returns the value in yaml units.
         """
         self.declare_parameter(
-            name, default, units=units, bounds=(minimum, maximum), description=long_name, transform=transform
+            name,
+            default,
+            units=units,
+            bounds=(minimum, maximum),
+            description=long_name,
+            transform=transform,
+            dtype=self._param_dtype,
         )
         self.scale_factors[name] = float(scale_factor)
         key = self._config_key(name)
@@ -281,6 +294,7 @@ class BGCModel(Model):
                     bounds=(minimum, maximum),
                     description=long_name,
                     transform="identity",
+                    dtype=self._param_dtype,
                 )
             self.params.set(name, float(value))
             return float(value)

@@ -139,19 +139,6 @@ def load_system(
         dtype: dtype the parameters are stored in (default: torch's default dtype). Give ``torch.float64``
             for float64 runs: converting afterwards with ``.double()`` keeps float32-rounded values.
     """
-    if dtype is not None:
-        old = torch.get_default_dtype()
-        torch.set_default_dtype(dtype)
-        try:
-            return load_system(
-                source,
-                drop=drop,
-                drop_unsupported=drop_unsupported,
-                couplings=couplings,
-                parameters=parameters,
-            )
-        finally:
-            torch.set_default_dtype(old)
     cfg = read_yaml(source)
     _check_keys("fabm.yaml", cfg, TOP_KEYS)
     instances_cfg = _as_mapping("fabm.yaml 'instances'", cfg.get("instances"))
@@ -208,7 +195,7 @@ def load_system(
         params = {k: _number(v) for k, v in _as_mapping(f"{what} parameters", icfg.get("parameters")).items()}
         params.update(overrides.get(inst, {}))
         try:
-            model = cls.from_config(params)
+            model = cls.from_config(params, dtype=dtype)
         except ConfigError as e:
             raise type(e)(f"{what} (model {canonical_name(model_name)}): {e}") from None
         models[inst] = model
