@@ -353,3 +353,50 @@ def test_wrappers_conform(kind):
         check_model_kind(kind.name)
     finally:
         _registered.pop(kind.name, None)
+
+
+def test_a_users_package_adds_a_model_through_its_entry_point(tmp_path, monkeypatch, capsys):
+    """A package outside pelagos declares ``[project.entry-points."pelagos.models"]``; without any import or
+    registration call, `pelagos models` lists its kind and `pelagos run` runs a configuration of it."""
+    from pelagos.cli import main
+
+    pkg = tmp_path / "site"
+    (pkg / "userbox").mkdir(parents=True)
+    (pkg / "userbox" / "__init__.py").write_text(
+        "import torch\n"
+        "from pelagos.core import Model\n"
+        "from pelagos.core.model import Variable\n"
+        "from pelagos.core.registry import ModelKind\n\n"
+        "class Decay(Model):\n"
+        "    dt = 1.0\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        self.declare_parameter('k', 0.5, units='s-1', bounds=(0.0, None), dtype=torch.float64)\n"
+        "    def initial_state(self, batch=None):\n"
+        "        x = torch.ones(2, dtype=torch.float64)\n"
+        "        return x if batch is None else x.expand(batch, 2).clone()\n"
+        "    def step(self, x, t):\n"
+        "        return x * torch.exp(-self.param_b('k', x.ndim) * self.dt)\n"
+        "    def output_variables(self):\n"
+        "        return [Variable('x', '1', 'decaying', ('i',))]\n\n"
+        "KIND = ModelKind('user_decay', lambda o, ctx: Decay(), description='a user model')\n"
+    )
+    dist = pkg / "userbox-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: userbox\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[pelagos.models]\nuser_decay = userbox:KIND\n")
+    monkeypatch.syspath_prepend(str(pkg))
+    try:
+        assert main(["models"]) == 0
+        assert "user_decay" in capsys.readouterr().out
+        cfg = tmp_path / "run.yaml"
+        cfg.write_text(
+            f"model: {{kind: user_decay}}\ntime: {{duration: 3}}\noutput: {{file: {tmp_path}/o.nc}}\n"
+        )
+        assert main(["run", str(cfg), "--no-progress"]) == 0
+        import xarray as xr
+
+        x = xr.load_dataset(tmp_path / "o.nc")["x"].values
+        assert x.shape[0] == 4 and math.isclose(float(x[-1].ravel()[0]), math.exp(-1.5), rel_tol=1e-6)
+    finally:
+        _registered.pop("user_decay", None)
