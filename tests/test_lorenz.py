@@ -113,3 +113,12 @@ def test_bad_inputs():
         Lorenz96(nx=40).step(torch.zeros(39))
     with pytest.raises(ConfigError, match="sigma"):
         Lorenz63(sigma=-1.0)
+
+
+def test_kind_declares_parameters_in_the_run_dtype():
+    """8/3 declared in float64 is 8/3, not float32's 2.6666667461 carried into a float64 run."""
+    from pelagos.core.registry import BuildContext, get_model_kind
+
+    kind = get_model_kind("lorenz63")
+    m = kind.build(kind.default_options(), BuildContext(dtype="float64"))
+    assert float(m.get_parameter_value("beta")) == 8.0 / 3.0

@@ -52,6 +52,8 @@ class ImplicitDiffusion1D(Model):
         dt: float = 3600.0,
         n_nodes: int = 5,
         nu_default: float = 1e-3,
+        *,
+        dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
         if nlev < 2 or n_nodes < 2:
@@ -70,6 +72,7 @@ class ImplicitDiffusion1D(Model):
                 units="m2/s",
                 bounds=(0.0, None),
                 description=f"vertical diffusivity at node {k} (depth {zk:g} m)",
+                dtype=dtype,
             )
         # linear interpolation weights (interior interfaces × nodes), applied to log ν
         z_iface = torch.arange(1, self.nlev, dtype=torch.float64) * self.h
@@ -156,8 +159,8 @@ class ToyDiffusionOptions:
 def _build(options: ToyDiffusionOptions, ctx: BuildContext) -> ImplicitDiffusion1D:
     o = options
     dt = ctx.dt if ctx.dt is not None else o.dt
-    m = ImplicitDiffusion1D(o.nlev, o.depth, dt, o.n_nodes, o.nu_default)
-    return m.to(getattr(torch, ctx.dtype))
+    dtype = getattr(torch, ctx.dtype)
+    return ImplicitDiffusion1D(o.nlev, o.depth, dt, o.n_nodes, o.nu_default, dtype=dtype).to(dtype)
 
 
 def _example() -> ImplicitDiffusion1D:

@@ -48,7 +48,9 @@ def rk4_step(f, x: torch.Tensor, dt: float) -> torch.Tensor:
 class Lorenz96(Model):
     """Lorenz-96 on a ring of ``nx`` variables (see module docstring)."""
 
-    def __init__(self, nx: int = 40, F: float = 8.0, dt: float = 0.05) -> None:
+    def __init__(
+        self, nx: int = 40, F: float = 8.0, dt: float = 0.05, *, dtype: torch.dtype | None = None
+    ) -> None:
         super().__init__()
         if nx < 4:
             raise ConfigError(f"Lorenz-96 needs nx >= 4 variables; got {nx}")
@@ -57,7 +59,7 @@ class Lorenz96(Model):
         self.nx, self.dt = int(nx), float(dt)
         i = torch.arange(self.nx)
         self._shifts = ((i + 1) % self.nx, (i - 1) % self.nx, (i - 2) % self.nx)
-        self.declare_parameter("F", F, units="-", description="constant forcing")
+        self.declare_parameter("F", F, units="-", description="constant forcing", dtype=dtype)
 
     def tendency(self, x: torch.Tensor) -> torch.Tensor:
         F = self.param_b("F", x.ndim)
@@ -91,15 +93,22 @@ class Lorenz63(Model):
     """Lorenz-63 with parameters sigma, rho, beta (see module docstring)."""
 
     def __init__(
-        self, sigma: float = 10.0, rho: float = 28.0, beta: float = 8.0 / 3.0, dt: float = 0.01
+        self,
+        sigma: float = 10.0,
+        rho: float = 28.0,
+        beta: float = 8.0 / 3.0,
+        dt: float = 0.01,
+        *,
+        dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
         if dt <= 0:
             raise ConfigError(f"time step dt must be > 0; got {dt}")
         self.dt = float(dt)
-        self.declare_parameter("sigma", sigma, bounds=(0.0, None), description="Prandtl number")
-        self.declare_parameter("rho", rho, bounds=(0.0, None), description="reduced Rayleigh number")
-        self.declare_parameter("beta", beta, bounds=(0.0, None), description="aspect-ratio factor")
+        kw = {"bounds": (0.0, None), "dtype": dtype}
+        self.declare_parameter("sigma", sigma, description="Prandtl number", **kw)
+        self.declare_parameter("rho", rho, description="reduced Rayleigh number", **kw)
+        self.declare_parameter("beta", beta, description="aspect-ratio factor", **kw)
 
     def tendency(self, s: torch.Tensor) -> torch.Tensor:
         sig = self.param_b("sigma", s.ndim - 1)
@@ -147,12 +156,13 @@ class Lorenz63Options:
 
 
 def _build96(o: Lorenz96Options, ctx: BuildContext) -> Lorenz96:
-    return Lorenz96(o.nx, o.F, ctx.dt if ctx.dt is not None else o.dt).to(getattr(torch, ctx.dtype))
+    dtype = getattr(torch, ctx.dtype)  # parameters declared in it: no float32 rounding carried over
+    return Lorenz96(o.nx, o.F, ctx.dt if ctx.dt is not None else o.dt, dtype=dtype).to(dtype)
 
 
 def _build63(o: Lorenz63Options, ctx: BuildContext) -> Lorenz63:
-    m = Lorenz63(o.sigma, o.rho, o.beta, ctx.dt if ctx.dt is not None else o.dt)
-    return m.to(getattr(torch, ctx.dtype))
+    dtype = getattr(torch, ctx.dtype)  # 8/3 declared in float64 stays 8/3
+    return Lorenz63(o.sigma, o.rho, o.beta, ctx.dt if ctx.dt is not None else o.dt, dtype=dtype).to(dtype)
 
 
 KIND96 = ModelKind(
