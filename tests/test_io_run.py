@@ -139,3 +139,14 @@ def test_column_diagnostics_are_interval_means_and_time_is_dates(tmp_path):
     )
     dh = xr.load_dataset(hourly)
     np.testing.assert_allclose(ds["PAR"].values[1], dh["PAR"].values[1:7].mean(0), rtol=1e-12)
+
+
+def test_relative_paths_in_a_configuration_are_normalised(tmp_path):
+    """``../results/x.nc`` in ``cfg/run.yaml`` is ``results/x.nc`` next to ``cfg``, with no ``..`` left in the
+    path (it is printed as ``wrote PATH``)."""
+    from pelagos.core.paths import resolve_path
+
+    p = resolve_path("../results/x.nc", tmp_path / "cfg")
+    assert p == tmp_path / "results" / "x.nc"
+    assert ".." not in p.parts
+    assert str(resolve_path("x.nc", None)) == "x.nc"

@@ -12,7 +12,8 @@ DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 
 
 def resolve_path(value: str | os.PathLike, base: Path | str | None) -> Path:
-    """``builtin:NAME`` -> ``pelagos/data/NAME``; a relative path -> relative to ``base`` (if given)."""
+    """``builtin:NAME`` -> ``pelagos/data/NAME``; a relative path -> relative to ``base`` (if given),
+    normalised (``base/../results/x.nc`` -> ``results/x.nc`` beside ``base``: the path messages print)."""
     s = os.fspath(value)
     if s.startswith("builtin:"):
         p = DATA_DIR / s[len("builtin:") :]
@@ -21,4 +22,6 @@ def resolve_path(value: str | os.PathLike, base: Path | str | None) -> Path:
             raise ConfigError(f"no built-in file {s!r}; built-in files: {', '.join(have)}")
         return p
     p = Path(s).expanduser()
-    return p if p.is_absolute() or base is None else (Path(base) / p)
+    if p.is_absolute() or base is None:
+        return p
+    return Path(os.path.normpath(Path(base) / p))
