@@ -150,3 +150,21 @@ def test_relative_paths_in_a_configuration_are_normalised(tmp_path):
     assert p == tmp_path / "results" / "x.nc"
     assert ".." not in p.parts
     assert str(resolve_path("x.nc", None)) == "x.nc"
+
+
+def test_another_output_gets_its_own_restart(tmp_path):
+    """``run(cfg, output=...)`` of a configuration with a ``restart.file`` writes its restart next to that
+    output, and neither resumes from nor overwrites the configured one."""
+    from pelagos.io.build import run
+
+    (tmp_path / "l63.yaml").write_text(
+        "model: {kind: lorenz63, dtype: float64}\n"
+        "time: {start: 0, duration: 0.1, dt: 0.01}\n"
+        "output: {file: main.nc}\n"
+        "restart: {file: main.restart.pt}\n"
+    )
+    files = run(tmp_path / "l63.yaml", output=tmp_path / "other.nc", progress=False)
+    assert tmp_path / "other.restart.pt" in files
+    assert not (tmp_path / "main.restart.pt").exists()
+    files = run(tmp_path / "l63.yaml", progress=False)
+    assert tmp_path / "main.restart.pt" in files

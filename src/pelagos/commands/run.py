@@ -12,7 +12,8 @@ DESCRIPTION = """Run the model a configuration describes over its time window an
   pelagos run examples/qg_run.yaml --output results/qg.nc --set time.duration='1 year'
 
 The output file is --output, else output.file, else results/<config name>.nc. With a restart file
-(--restart or restart.file) an interrupted run resumes where it stopped; --fresh starts over.
+(--restart or restart.file; with --output alone, <output stem>.restart.pt next to it) an interrupted run
+resumes where it stopped; --fresh starts over.
 Every file written is announced. See docs/running.md for the configuration."""
 
 

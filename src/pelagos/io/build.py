@@ -172,17 +172,22 @@ def run(
     """Run a configuration of any model kind to CF-NetCDF through the one run loop; returns the files
     written (output first, then plots and the restart).
 
-    ``output``/``restart`` override ``output.file``/``restart.file``; ``fresh``: ignore an existing restart;
+    ``output``/``restart`` override ``output.file``/``restart.file`` (with ``output`` and a ``restart.file``
+    but no ``restart``, the restart goes next to the output: ``<output stem>.restart.pt``); ``fresh``: ignore
+    an existing restart;
     ``state``: start from this state instead of the configured one (the analysed run of an inverse method);
     ``stop_after``: stop cleanly (restart written) once this much model time has run (tests).
     """
     cfg = source if isinstance(source, Config) else load_config(source, overrides=overrides)
     out = Path(output) if output is not None else default_output(cfg)
-    rs = (
-        Path(restart)
-        if restart is not None
-        else (cfg.resolve(cfg.restart.file) if cfg.restart.file else None)
-    )
+    if restart is not None:
+        rs = Path(restart)
+    elif not cfg.restart.file:
+        rs = None
+    elif output is not None:  # another output, its own restart (the configured one left alone)
+        rs = out.with_name(f"{out.stem}.restart.pt")
+    else:
+        rs = cfg.resolve(cfg.restart.file)
     out.parent.mkdir(parents=True, exist_ok=True)
     if rs is not None:
         rs.parent.mkdir(parents=True, exist_ok=True)
