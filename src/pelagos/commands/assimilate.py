@@ -21,15 +21,12 @@ Results go to --output, else method.results, else results/<config name>_<kind>.j
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from ..cli import add_config_arguments
+    from .calibrate import add_arguments as same_as_calibrate
 
-    parser.add_argument("config", help="configuration (YAML) with observations: and method:")
-    add_config_arguments(parser, output_help="results file (.json or .yaml; overrides method.results)")
+    same_as_calibrate(parser)
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..io.inverse_run import run_inverse_cli
+    from .calibrate import run_inverse_command
 
-    return run_inverse_cli(
-        args.config, mode=NAME, overrides=args.overrides, output=args.output, progress=args.progress
-    )
+    return run_inverse_command(args, NAME)

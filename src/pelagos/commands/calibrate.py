@@ -32,8 +32,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    return run_inverse_command(args, NAME)
+
+
+def run_inverse_command(args: argparse.Namespace, mode: str) -> int:
+    """``pelagos calibrate`` and ``pelagos assimilate``: one driver, the mode says which methods fit."""
     from ..io.inverse_run import run_inverse_cli
 
     return run_inverse_cli(
-        args.config, mode=NAME, overrides=args.overrides, output=args.output, progress=args.progress
+        args.config, mode=mode, overrides=args.overrides, output=args.output, progress=args.progress
     )

@@ -128,7 +128,7 @@ class SpectralQG(Model):
         # positive parameters are optimised in log space; a lower bound of 0 that is actually requested
         # (rek = 0: no drag, filterfac = 0: no filter) keeps the identity transform so 0 stays allowed
         transform = "identity" if bounds == (None, None) or (bounds[0] == 0.0 and default == 0.0) else "auto"
-        self.params.declare(
+        self.declare_parameter(
             name,
             default,
             units=units,
