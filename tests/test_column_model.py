@@ -320,3 +320,21 @@ def test_shared_velocity_rows_keep_forward_mode_tangents():
         out = _shared_rows(fwAD.make_dual(w, tangent))
         assert out.shape == (3, 4)
         assert torch.equal(fwAD.unpack_dual(out).tangent, tangent)
+
+
+def test_output_gives_every_declared_variable_with_a_light_instance():
+    """With a FABM ``gotm/light`` instance (ECOSMO's configuration) the system declares the light
+    diagnostics ``light_par``/``light_swr``/``light_par0``; ``output()`` must give them (``pelagos run
+    examples/nns_annual_ecosmo.yaml`` stopped with "ColumnModel.output() lacks ['light_par', ...]")."""
+    bgc = BGCSystem.from_yaml(
+        {"instances": {"light": {"model": "gotm/light"}, "npzd": {"model": "gotm/npzd"}}}
+    )
+    m = ColumnModel(bgc, ColumnForcing.from_gotm(compact_forcing_path(), stop=2 * 86400.0), dt=3600.0)
+    x = m.initial_state(2)
+    out = m.output(x, 12 * 3600.0)
+    declared = {v.name for v in m.output_variables()}
+    assert {"light_par", "light_swr", "light_par0"} <= declared
+    assert declared <= set(out)
+    assert torch.equal(out["light_par"], out["PAR"])
+    assert out["light_par"].shape == out["PAR"].shape and out["light_par0"].shape == (2,)
+    assert (out["light_swr"] >= out["light_par"]).all()

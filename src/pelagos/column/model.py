@@ -506,6 +506,12 @@ class ColumnModel(Model):
         out["nuh"] = full(phys["nuh"])
         out["I_0"] = full(phys["I_0"])
         out["PAR"] = full(env[_PAR])
+        lm = getattr(self.bgc, "light_model", None)
+        if lm is not None:  # the light instance's declared diagnostics: the light computed here
+            light = {"par": env[_PAR], "swr": env["downwelling_shortwave_flux"], "par0": env.get(_PAR0)}
+            for d in self.bgc.diagnostics:
+                if self.bgc.models.get(d.instance) is lm and light.get(d.local) is not None:
+                    out[d.name] = full(light[d.local])
         for q, v in self.totals(state, t).items():
             out[q if q.startswith("total_") else f"total_{q}"] = v
         return out
