@@ -21,6 +21,7 @@ SCRIPTS = [
     "qg.py",
     "dapper_l96.py",
     "inverse.py",
+    "run_loop.py",
 ]
 
 
