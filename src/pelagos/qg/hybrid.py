@@ -112,13 +112,6 @@ class HybridConfig:
             device="cuda",
         )
 
-    @classmethod
-    def from_dict(cls, d: dict, where: str = "hybrid") -> HybridConfig:
-        """Strictly, by the one configuration loader (unknown keys with a suggestion, types checked)."""
-        from ..io.config import from_mapping
-
-        return from_mapping(cls, d, where)
-
 
 # -- data ---------------------------------------------------------------------------------------------------
 def make_models(cfg: HybridConfig) -> tuple[QGModel, QGModel, Coarsener]:
