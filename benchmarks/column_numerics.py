@@ -14,23 +14,17 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from _timing import best as _best
 from pelagos.column import advect_center, diffuse_center, face_velocities, gotm_light
 
 
 def best(fn, repeat: int) -> float:
-    fn()  # warm-up (first-use compilation of the C solver, allocator)
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
+    return _best(fn, repeat, warmup=True)  # first use compiles the C solver
 
 
 def main() -> None:

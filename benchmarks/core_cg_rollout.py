@@ -13,11 +13,12 @@ import json
 import os
 import subprocess
 import sys
-import time
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from _timing import best
 
 D = torch.float64
 
@@ -30,15 +31,6 @@ def helmholtz(c, k):
         return c * x - (fx[..., :, 1:] - fx[..., :, :-1]) - (fy[..., 1:, :] - fy[..., :-1, :])
 
     return A
-
-
-def best(fn, repeat=5):
-    times = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return min(times)
 
 
 def bench_cg(n=128, rtol=1e-8):

@@ -20,11 +20,11 @@ import argparse
 import json
 import platform
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 
+from _timing import best
 from pelagos.core import rollout
 from pelagos.core.simulation import MemoryWriter, Simulation
 from pelagos.io.build import run, setup
@@ -33,15 +33,6 @@ from pelagos.models.lorenz import Lorenz96
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "examples" / "nns_annual_npzd.yaml"
-
-
-def best(fn, repeat: int) -> float:
-    times = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return min(times)
 
 
 def main(argv: list[str] | None = None) -> dict:
