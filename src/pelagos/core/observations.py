@@ -216,11 +216,6 @@ class ObservationSet:
         keep = (self.times >= t_start) & (self.times <= t_end)
         return self.select(torch.nonzero(keep).flatten())
 
-    def with_operator(self, operator: Operator) -> ObservationSet:
-        out = self.select(slice(None))
-        out.operator = operator
-        return out
-
     # -- misfit ------------------------------------------------------------------------------------------
     def _log_mask(self, like: torch.Tensor) -> torch.Tensor | None:
         if isinstance(self.log, bool):

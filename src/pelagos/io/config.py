@@ -578,10 +578,6 @@ class Config:
     base: Path | None = None
     path: Path | None = None
 
-    @property
-    def kind_name(self) -> str:
-        return self.kind.name
-
     def resolve(self, value: Any) -> Path:
         """A path from the configuration: ``builtin:NAME`` or relative to the file's folder."""
         return resolve_path(value, self.base)
