@@ -11,6 +11,7 @@ import torch
 
 from _inverse_models import DecayModel
 from pelagos.core.errors import ObservationError, ShapeError
+from pelagos.core.gradcheck import check_directional
 from pelagos.core.model import Coordinate, Variable
 from pelagos.core.observations import ObservationSet
 from pelagos.core.obsio import (
@@ -20,7 +21,7 @@ from pelagos.core.obsio import (
     synthetic_observations,
     write_observations,
 )
-from pelagos.core.operators import GridPointOperator, interpolate_profile
+from pelagos.core.operators import GridPointOperator, StackedOperator, interpolate_profile
 
 pytestmark = pytest.mark.usefixtures("float64_default")
 
@@ -117,6 +118,21 @@ def test_interpolation_and_grid_point_operator():
     assert isinstance(op, GridPointOperator) and op.m == 3
     x = torch.tensor([[2.0, 4.0]])
     assert torch.allclose(op(x), torch.tensor([[4.0, 2.0, 2.5]]))
+
+
+def test_grid_point_and_stacked_operators_gradients_match_central_fd():
+    """float64 central FD of the reverse-mode gradient through GridPointOperator and StackedOperator."""
+    model = Boxes()
+    parts = [
+        model.observation_operator("c", {"box": [0.3, 0.8]}),
+        model.observation_operator("c", {"box": 1.0}),
+    ]
+    op = StackedOperator(parts)
+    assert op.m == 3
+    x = torch.tensor([[2.0, 4.0], [1.0, -3.0]], dtype=torch.float64)
+    for H in [*parts, op]:
+        rep = check_directional(lambda x, H=H: torch.sin(H(x)), [x], n_directions=2, tol=1e-7)
+        assert rep.passed, rep
 
 
 # -- a small model with declared variables, coordinates and an epoch ------------------------------------
