@@ -592,13 +592,6 @@ class ColumnModel(Model):
 OutputHook = Callable[[float, dict], None]
 
 
-def column_output_spec(model: ColumnModel, t: float | None = None, sample: Any = None):
-    """``(variables, coordinates)`` of the column's outputs for writers: the model's declaration
-    (:meth:`ColumnModel.output_variables`: BGC diagnostics and PAR are interval means, as GOTM's mean output —
-    a production at midnight says nothing about the day). ``t``, ``sample``: ignored (old callers)."""
-    return model.output_variables(), dict(model.output_coordinates())
-
-
 def run_column(
     forcing: ColumnForcing | str | os.PathLike,
     bgc: Any,
@@ -620,7 +613,8 @@ def run_column(
 
     The loop is :class:`pelagos.core.simulation.Simulation` (the one run loop), with gradients kept: the
     returned tensors are differentiable w.r.t. ``parameters`` and ``state``. BGC diagnostics and PAR are means
-    over each output interval (see :func:`column_output_spec`); the state variables are snapshots.
+    over each output interval (see :meth:`ColumnModel.output_variables`: as GOTM's mean output — a
+    production at midnight says nothing about the day); the state variables are snapshots.
 
     Args:
         forcing: a :class:`ColumnForcing` or a GOTM NetCDF path.
@@ -678,8 +672,7 @@ def run_column(
 
     with model.using(raw) if raw else contextlib.nullcontext():
         s = state if state is not None else model.initial_state(n_columns, profiles=profiles, t0=t0)
-        with torch.no_grad():
-            variables, _ = column_output_spec(model, t0, model.output(s, t0))
+        variables = model.output_variables()
         memory = MemoryWriter(variables, detach=False)
         writers: list[Any] = [memory] + ([_Hook()] if on_output is not None else [])
         result = Simulation(
@@ -703,12 +696,12 @@ def run_column(
 def to_dataset(model: ColumnModel, times: list[float], stacked: Mapping[str, torch.Tensor]) -> Any:
     """Outputs stacked in time as an ``xarray.Dataset``: dims ``time``, ``column``, ``z`` (centres), ``zi``;
     coordinates ``z``/``zi`` of the first output time (GOTM's, m, negative down); units, long names and
-    ``cell_methods`` (interval means of the diagnostics) from :func:`column_output_spec`."""
+    ``cell_methods`` (interval means of the diagnostics) from :meth:`ColumnModel.output_variables`."""
     import numpy as np
     import xarray as xr
 
     nz = model.nz
-    variables, _ = column_output_spec(model, times[0], {k: v[0] for k, v in stacked.items()})
+    variables = model.output_variables()
     meta = {}
     for v in variables:
         meta[v.name] = {"units": v.units, "long_name": v.long_name or v.name}
