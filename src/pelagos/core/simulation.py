@@ -56,7 +56,7 @@ from .errors import ConfigError, Interrupted, StabilityError
 from .model import Coordinate, Model, Variable, declared_variables
 from .restart import config_fingerprint, load_restart, save_restart
 from .rollout import _register_dataclasses, rollout
-from .timeaxis import format_time, model_time
+from .timeaxis import format_time, model_epoch, model_time
 
 __all__ = [
     "CFLCheck",
@@ -72,7 +72,6 @@ __all__ = [
 ]
 
 
-# -- small helpers -------------------------------------------------------------------------------------------
 # -- writers and callbacks -----------------------------------------------------------------------------------
 class Writer:
     """What :class:`Simulation` needs from an output writer (subclass it, or duck-type these members).
@@ -282,7 +281,7 @@ def _batch_for(names: tuple[str, ...], n: int) -> tuple[str, ...]:
 
 
 def _time_units(model: Any) -> str:
-    epoch = getattr(model, "epoch", None)
+    epoch = model_epoch(model)
     if epoch is not None:
         return f"seconds since {epoch:%Y-%m-%d %H:%M:%S}"
     return str(getattr(model, "time_units", "s"))
