@@ -643,9 +643,6 @@ def run_column(
     if not isinstance(forcing, ColumnForcing):
         forcing = ColumnForcing.from_gotm(forcing)
     model = ColumnModel(bgc, forcing, dt=dt, **options)
-    if getattr(model, "epoch", None) is None and forcing.epoch is not None:
-        with contextlib.suppress(AttributeError):
-            model.epoch = forcing.epoch
     t0 = forcing.seconds(start)
     t1 = forcing.t_stop if stop is None else forcing.seconds(stop)
     every = float(output_every or dt)
