@@ -17,7 +17,7 @@ import importlib
 import sys
 
 from . import __version__
-from .core.errors import PelagosError
+from .core.errors import Interrupted, PelagosError
 
 # module names under pelagos.commands; a module that is not shipped is skipped.
 COMMANDS = ["run", "calibrate", "assimilate", "models", "params", "plot", "gradcheck", "qg", "bench"]
@@ -88,18 +88,15 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "_run", None):
         parser.print_help()
         return 2
-    from .core import errors
-
-    interrupted = getattr(errors, "Interrupted", None)
     try:
         return int(args._run(args) or 0)
     except KeyboardInterrupt:
         print(f"\npelagos {args.command}: {_interrupted_message(None, args.command)}", file=sys.stderr)
         return 130
+    except Interrupted as err:
+        print(f"\npelagos {args.command}: {_interrupted_message(err)}", file=sys.stderr)
+        return 130
     except PelagosError as err:
-        if interrupted is not None and isinstance(err, interrupted):
-            print(f"\npelagos {args.command}: {_interrupted_message(err)}", file=sys.stderr)
-            return 130
         print(f"pelagos {args.command}: error: {err}", file=sys.stderr)
         return 1
 
