@@ -21,10 +21,11 @@ What it does, in this order:
    uninterrupted one bit for bit: the restart holds the exact state tensors, the step is deterministic and
    restarts are only written at output times, where no interval mean is half-accumulated.
 3. **Loop.** Output at step 0 and after every ``output_every`` steps (and after the last step); between
-   outputs the state advances with :func:`pelagos.core.rollout` (``checkpoint`` passed on). Variables the
-   model declares with ``Variable(mean=True)`` are written as the mean over the output interval of their
-   values after each step (GOTM's mean output: a PAR or primary production at midnight says little; its
-   daily mean does); the record at step 0 holds the instantaneous value. Callbacks run after each output.
+   outputs the state advances with :func:`pelagos.core.rollout` (``checkpoint`` passed on; with interval
+   means, one ``model.step`` at a time). Variables the model declares with ``Variable(mean=True)`` are
+   written as the mean over the output interval of their values after each step (GOTM's mean output: a PAR
+   or primary production at midnight says little; its daily mean does); the record at step 0 holds the
+   instantaneous value. Callbacks run after each output.
 4. **Restart** files are written every ``every_steps`` steps (at the first output at or after each multiple),
    at the end, and on any interruption.
 5. **Stops.** Ctrl-C (``KeyboardInterrupt``) or an exception (a callback's ``StabilityError``, a crash):
@@ -515,10 +516,8 @@ class Simulation:
             )
             return traj.final, {}
         acc: dict[str, torch.Tensor] = {}
-        for j in range(n):
-            state = rollout(
-                self.model, state, 1, t0=self.time_of(k + j), dt=self.dt, save_every=2, include_initial=False
-            ).final
+        for j in range(n):  # one step at a time (a 1-step rollout is this call plus per-call overhead)
+            state = self.model.step(state, self.time_of(k + j))
             out = self.model.output(state, self.time_of(k + j + 1))
             for name in means:
                 x = torch.as_tensor(out[name])
