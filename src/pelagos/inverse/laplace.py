@@ -52,9 +52,8 @@ def conjugate_gradient(
         SolverError: negative curvature (A not positive definite), or no convergence to ``‖b − A x‖ ≤ tol‖b‖``
             within ``max_iter`` iterations.
     """
-    with (
-        torch.no_grad()
-    ):  # the matvec may differentiate inside (Hessian-vector products); no graph of the solve
+    # the matvec may differentiate inside (Hessian-vector products); no graph of the solve
+    with torch.no_grad():
         return solve_cg(matvec, b.detach(), rtol=tol, max_iter=max_iter)
 
 
