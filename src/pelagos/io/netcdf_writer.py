@@ -103,7 +103,6 @@ class ModelNetCDFWriter:
         self.close()
         if record is None:
             self.record = 0
-            self._fresh = True
             return
         if not self.can_resume(record):
             raise ConfigError(
@@ -111,7 +110,6 @@ class ModelNetCDFWriter:
             )
         self.ds = netCDF4.Dataset(self.path, "a")
         self.record = int(record)
-        self._fresh = False
 
     def _create(self, values: Mapping[str, torch.Tensor]) -> None:
         from ..core.simulation import _batch_for, _batch_names, _coordinates, _time_units
@@ -139,11 +137,13 @@ class ModelNetCDFWriter:
             for d, n in zip(dims, shape):
                 size(d, n, f"variable {v.name!r}")
             layout[v.name] = dims
+        coord_data: dict[str, tuple[tuple[str, ...], np.ndarray]] = {}
         for d, c in coords.items():
             cdims = tuple(c.dims) if c.dims else (d,)
             vals = np.asarray(c.values.detach().cpu() if torch.is_tensor(c.values) else c.values)
             for cd, n in zip(cdims, vals.shape):
                 size(cd, n, f"coordinate {d!r}")
+            coord_data[d] = (cdims, vals)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         ds = netCDF4.Dataset(self.path, "w")
         try:
@@ -156,8 +156,7 @@ class ModelNetCDFWriter:
             tv.long_name = "time" if getattr(model, "epoch", None) is not None else "model time"
             tv.axis = "T"
             for d, c in coords.items():
-                cdims = tuple(c.dims) if c.dims else (d,)
-                vals = np.asarray(c.values.detach().cpu() if torch.is_tensor(c.values) else c.values)
+                cdims, vals = coord_data[d]
                 cv = ds.createVariable(d, "f8", cdims)
                 cv[:] = vals.astype(np.float64)
                 if c.units:
