@@ -113,6 +113,7 @@ class ModelNetCDFWriter:
 
     def _create(self, values: Mapping[str, torch.Tensor]) -> None:
         from ..core.simulation import _batch_for, _batch_names, _coordinates, _time_units
+        from ..core.timeaxis import model_epoch
 
         model = self.model
         coords = self._coords_override if self._coords_override is not None else _coordinates(model)
@@ -153,7 +154,7 @@ class ModelNetCDFWriter:
             tv = ds.createVariable("time", "f8", ("time",))
             tv.units = _time_units(model)
             tv.standard_name = "time"
-            tv.long_name = "time" if getattr(model, "epoch", None) is not None else "model time"
+            tv.long_name = "time" if model_epoch(model) is not None else "model time"
             tv.axis = "T"
             for d, c in coords.items():
                 cdims, vals = coord_data[d]
