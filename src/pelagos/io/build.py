@@ -212,8 +212,10 @@ def _simulate(
     from ..core.simulation import CFLCheck, RestartPolicy, Simulation
     from .netcdf_writer import ModelNetCDFWriter
 
-    s = setup(cfg)
-    model = s.model
+    model = build_model(cfg)
+    t0, _, n_steps = window(cfg, model)
+    if state is None:  # the configured initial state (and spin-up) only when no state is given
+        state = initial_state(cfg, model, t0)
     dt = float(model.dt)
     every = round(float(cfg.output.interval) / dt) if cfg.output.interval else 1
     if every < 1 or (cfg.output.interval and abs(every * dt - cfg.output.interval) > 1e-6 * dt):
@@ -249,14 +251,14 @@ def _simulate(
                 sim.request_stop()
 
         callbacks.append(stop_once_reached)
-    extras = cfg.kind.run_extras(model, s.n_steps) if cfg.kind.run_extras is not None else None
+    extras = cfg.kind.run_extras(model, n_steps) if cfg.kind.run_extras is not None else None
     if extras is not None:
         callbacks.append(extras[0])
     sim = Simulation(
         model,
-        s.state if state is None else state,
-        start=s.t0,
-        n_steps=s.n_steps,
+        state,
+        start=t0,
+        n_steps=n_steps,
         output_every=every,
         writers=[writer],
         callbacks=callbacks,
