@@ -27,7 +27,6 @@ from typing import Any
 import torch
 
 from ..core.errors import ConfigError
-from .kind import CLOSURES  # noqa: F401  (the closures a configuration can name)
 
 QG_KINDS = ("qg", "qg_layered", "qg_bt")
 
@@ -93,15 +92,6 @@ def output_dir(cfg: Mapping[str, Any]) -> pathlib.Path:
     d = d if d.is_absolute() else pathlib.Path(cfg.get("_base") or ".") / d
     d.mkdir(parents=True, exist_ok=True)
     return d
-
-
-def plot_run(model, ds, path: pathlib.Path) -> None:
-    """PV snapshots and the KE spectrum of a run, with units (:func:`pelagos.qg.plots.plot_run`)."""
-    import matplotlib.pyplot as plt
-
-    from .plots import plot_run as _plot_run
-
-    plt.close(_plot_run(model, ds, path))
 
 
 def hybrid_config(cfg: Mapping[str, Any]):

@@ -146,7 +146,10 @@ def run_extras(model, n_steps: int):
             if "run" not in pds["q"].dims:
                 pds = pds.assign(q=pds["q"].expand_dims("run", axis=1))
             png = out.with_suffix(".png")
-            plot_run(model, pds, png)
+            fig = plot_run(model, pds, png)
+            import matplotlib.pyplot as plt
+
+            plt.close(fig)
             files.append(png)
         except Exception:
             pass
