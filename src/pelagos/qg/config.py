@@ -102,8 +102,9 @@ def hybrid_config(cfg: Mapping[str, Any]):
     return h if h is not None else HybridConfig()
 
 
-def train_closure(cfg: Mapping[str, Any], log=print) -> pathlib.Path:
-    """Data + offline + online training; writes weights (.pt), curves and the evaluation table (JSON/md)."""
+def train_closure(cfg: Mapping[str, Any], log=print) -> list[pathlib.Path]:
+    """Data + offline + online training; writes weights (.pt), curves and the evaluation table (JSON/md) and
+    returns their paths."""
     from .hybrid import baseline_closures, evaluate, make_data, summary_table, train_offline, train_online
 
     torch.set_num_threads(int(cfg["run"]["threads"]))
