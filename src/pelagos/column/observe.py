@@ -61,7 +61,8 @@ def _centre_depths(h: torch.Tensor) -> torch.Tensor:
 
 
 def fixed_h(forcing: Any) -> torch.Tensor:
-    """The forcing's layer thickness ``(nz,)`` (float64), checked equal at every time and in every column."""
+    """The forcing's layer thickness h (m) ``(nz,)`` (float64), checked equal at every time and in every
+    column."""
     h = torch.as_tensor(forcing.fields["h"]).detach().to(torch.float64)
     h0 = h.reshape(-1, h.shape[-1])[0]
     if not torch.allclose(h, h0.expand_as(h), rtol=1e-9, atol=0.0):

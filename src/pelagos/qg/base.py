@@ -623,6 +623,7 @@ class SpectralQG(Model):
 
 # -- variables, coordinates and point observations shared by every QG model (and QGInterval) ---------------
 def qg_variables() -> list[Variable]:
+    """The QG variables on (lev, y, x): ``q`` (s-1), ``psi`` (m2 s-1), ``u``, ``v`` (m s-1)."""
     dims = ("lev", "y", "x")
     return [
         Variable("q", "s-1", "potential vorticity anomaly", dims),
@@ -635,6 +636,7 @@ def qg_variables() -> list[Variable]:
 
 
 def qg_coordinates(model: SpectralQG) -> dict[str, Coordinate]:
+    """``lev`` (layer index, 0 = top) and the cell-centre positions ``y``, ``x`` (m) of ``model``'s grid."""
     g = model.grid
     return {
         "lev": Coordinate(torch.arange(model.nz, dtype=torch.float64), "1", "layer index (0 = top)"),

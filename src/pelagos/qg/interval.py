@@ -41,7 +41,7 @@ class QGInterval(Model):
         return out
 
     def initial_state(self, batch: int | None = None, *, seed: int = 0) -> torch.Tensor:
-        """The QG model's seeded random PV, ``(B, nz, ny, nx)`` (``batch=None``: B = 1)."""
+        """The QG model's seeded random PV (s-1), ``(B, nz, ny, nx)`` (``batch=None``: B = 1)."""
         return self.qg.random_q(1 if batch is None else int(batch), seed)
 
     def output_variables(self) -> list[Variable]:

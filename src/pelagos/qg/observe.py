@@ -16,7 +16,8 @@ __all__ = ["grid_points", "random_points"]
 
 
 def grid_points(model, index) -> dict[str, list[float]]:
-    """``at`` of the cell centres with flat indices ``index`` into (nz, ny, nx): ``{"lev", "y", "x"}``."""
+    """``at`` of the cell centres with flat indices ``index`` into (nz, ny, nx): ``{"lev": layer index,
+    "y": m, "x": m}``."""
     qg = getattr(model, "qg", model)
     p = torch.as_tensor(index, dtype=torch.long).reshape(-1)
     k, rest = p // (qg.ny * qg.nx), p % (qg.ny * qg.nx)
@@ -31,7 +32,8 @@ def grid_points(model, index) -> dict[str, list[float]]:
 
 
 def random_points(model, m: int, seed: int = 0) -> dict[str, list[float]]:
-    """``at`` of ``m`` distinct cell centres drawn from a seed (for ``model.observation_operator``)."""
+    """``at`` of ``m`` distinct cell centres drawn from a seed (for ``model.observation_operator``): layer
+    index, y and x in m, as :func:`grid_points`."""
     qg = getattr(model, "qg", model)
     n = qg.nz * qg.ny * qg.nx
     return grid_points(model, torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:m])
