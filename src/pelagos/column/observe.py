@@ -29,6 +29,7 @@ from typing import Any
 import torch
 
 from ..core.errors import ObservationError
+from ..core.model import unknown_variable_message
 from ..core.operators import interpolation_weights
 
 __all__ = ["ColumnObservationOperator", "column_observation_operator", "column_where"]
@@ -97,7 +98,7 @@ class ColumnObservationOperator:
         W = torch.zeros(len(columns), len(self.variables), nz, dtype=torch.float64)
         for j, (var, where) in enumerate(columns):
             if var not in self.variables:
-                raise ObservationError(_unknown(var, self.variables))
+                raise ObservationError(unknown_variable_message(var, self.variables))
             where = column_where(where)
             self.columns.append((var, where))
             v = self.variables.index(var)
@@ -143,14 +144,6 @@ class PoolOperator:
         return state[self.name].unsqueeze(-1)
 
 
-def _unknown(name: str, valid: Sequence[str]) -> str:
-    import difflib
-
-    hits = [v for v in valid if v.endswith("_" + name)] + difflib.get_close_matches(name, list(valid), n=1)
-    hint = f"; did you mean {hits[0]!r}?" if hits else ""
-    return f"unknown variable {name!r}{hint} (the column's state variables: {', '.join(valid)})"
-
-
 def _as_list(v: Any) -> list:
     if torch.is_tensor(v):
         return v.reshape(-1).tolist()
@@ -174,7 +167,7 @@ def column_observation_operator(model: Any, variable: str, at: Mapping[str, Any]
                 f"{variable} is a diagnostic of the column; observation operators are given the state only "
                 f"(no time), so only state variables can be observed: {', '.join(interior + pools)}"
             )
-        raise ObservationError(_unknown(variable, interior + pools))
+        raise ObservationError(unknown_variable_message(variable, interior + pools))
     at = dict(at or {})
     bad = [k for k in at if k not in ("depth", "z")]
     if bad or len(at) > 1:
