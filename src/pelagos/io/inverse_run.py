@@ -43,7 +43,7 @@ import yaml
 
 from ..core.covariance import Covariance
 from ..core.errors import ConfigError
-from .build import Setup, format_time, setup, show_progress
+from .build import Setup, setup, show_progress
 from .config import Config, CovarianceSection, load_config
 
 __all__ = ["inverse_view", "run_inverse", "run_inverse_cli"]
@@ -583,57 +583,37 @@ def _analysed_run(cfg: Config, s: Setup, model, x_an, names) -> list[Path]:
 
 
 def _plots(folder: Path, result: Mapping, obs, before, after, s: Setup, truth, nc_path) -> list[Path]:
-    import matplotlib
+    from ..core.model import declared_variables
+    from ..core.timeaxis import model_epoch
+    from .plots import _plt, plot_cost, plot_observation_fit, plot_parameter_history
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _plt()
 
     folder.mkdir(parents=True, exist_ok=True)
     files = []
     if result.get("cost_history"):
-        fig, ax = plt.subplots(figsize=(5, 3.5), layout="constrained")
-        ax.semilogy(result["cost_history"], marker=".")
-        ax.set_xlabel("iteration")
-        ax.set_ylabel("cost J (-)" if result["method"] != "esmda" else "ensemble-mean misfit (-)")
         files.append(folder / "cost.png")
-        fig.savefig(files[-1], dpi=110)
-        plt.close(fig)
+        ylabel = "ensemble-mean misfit (dimensionless)" if result["method"] == "esmda" else None
+        plt.close(plot_cost(result["cost_history"], ylabel=ylabel, out=files[-1]))
     ph = result.get("parameter_history") or {}
     if ph:
-        names = list(ph)
-        fig, axes = plt.subplots(
-            1, len(names), figsize=(3.2 * len(names), 3), squeeze=False, layout="constrained"
-        )
-        for ax, n in zip(axes[0], names):
-            ax.plot(ph[n], label="estimate")
-            if n in result.get("prior", {}):
-                ax.axhline(result["prior"][n]["mean"], color="gray", ls="--", label="prior")
-            if truth and n in truth:
-                ax.axhline(truth[n], color="k", ls=":", label="truth")
-            ax.set_title(n, fontsize=9)
-            ax.set_xlabel("iteration")
-        axes[0][0].legend(fontsize=8)
         files.append(folder / "parameters.png")
-        fig.savefig(files[-1], dpi=110)
+        units = {n: s.model.parameter_spec(n).units for n in ph}
+        fig = plot_parameter_history(ph, units=units, prior=result.get("prior"), truth=truth, out=files[-1])
         plt.close(fig)
     cols = obs.columns or [(f"obs{j}", "") for j in range(obs.m)]
-    m = min(obs.m, 8)
-    fig, axes = plt.subplots(1, m, figsize=(3.3 * m, 3), squeeze=False, layout="constrained")
-    days = ((obs.times - s.t0) / 86400.0).numpy()
-    b = before.reshape(obs.n_times, -1, obs.m)[:, 0]
-    a = after.reshape(obs.n_times, -1, obs.m)[:, 0]
-    vals = obs.values.reshape(obs.n_times, -1, obs.m)[:, 0]
-    for j, ax in enumerate(axes[0][:m]):
-        ok = torch.isfinite(vals[:, j]).numpy()
-        ax.plot(days[ok], vals[ok, j].numpy(), "ko", mfc="none", label="observed")
-        ax.plot(days[ok], b[ok, j].numpy(), "C1x--", label="before")
-        ax.plot(days[ok], a[ok, j].numpy(), "C0.-", label="after")
-        v, w = cols[j]
-        ax.set_title(f"{v} @ {_where(w)}", fontsize=9)
-        ax.set_xlabel(f"days since {format_time(s.model, s.t0)}")
-    axes[0][0].legend(fontsize=8)
+    var_units = {v.name: v.units for v in declared_variables(s.model) or []}
     files.append(folder / "obs_vs_model.png")
-    fig.savefig(files[-1], dpi=110)
+    fig = plot_observation_fit(
+        obs.times.numpy(),
+        obs.values.reshape(obs.n_times, -1, obs.m)[:, 0],
+        before.reshape(obs.n_times, -1, obs.m)[:, 0],
+        after.reshape(obs.n_times, -1, obs.m)[:, 0],
+        titles=[f"{v} @ {_where(w)}" for v, w in cols],
+        units=[var_units.get(v, "") for v, _ in cols],
+        epoch=model_epoch(s.model),
+        out=files[-1],
+    )
     plt.close(fig)
     if nc_path is not None and _is_column(s.model):
         from .plots import plot_output
