@@ -111,7 +111,6 @@ BUILTIN: dict[str, str] = {
 }
 
 _registered: dict[str, ModelKind] = {}
-_entry_points_loaded = False
 
 
 def register_model(kind: ModelKind, *, replace: bool = False) -> ModelKind:
