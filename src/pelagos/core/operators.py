@@ -123,10 +123,24 @@ class GridPointOperator:
         self.points = {d: p.expand(m) for d, p in pts.items()}
         self._m = m
         self._coords = model.output_coordinates()
+        self._stencils: dict[tuple[str, int], tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
 
     @property
     def m(self) -> int:
         return self._m
+
+    def _stencil(self, d: str, size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The interpolation stencil along ``d`` (fixed grid and points: computed once, not at every call)."""
+        key = (d, size)
+        if key not in self._stencils:
+            c = self._coords.get(d)
+            grid = (
+                torch.arange(size, dtype=torch.float64)
+                if c is None
+                else torch.as_tensor(c.values, dtype=torch.float64).reshape(-1)
+            )
+            self._stencils[key] = interpolation_weights(grid, self.points[d])
+        return self._stencils[key]
 
     def __call__(self, state: object) -> torch.Tensor:
         x = self.model.output(state, 0.0)[self.variable.name]
@@ -144,13 +158,7 @@ class GridPointOperator:
                     )
                 out = out.squeeze(axis)
                 continue
-            c = self._coords.get(d)
-            grid = (
-                torch.arange(size, dtype=torch.float64)
-                if c is None
-                else torch.as_tensor(c.values, dtype=torch.float64).reshape(-1)
-            )
-            i0, i1, w = interpolation_weights(grid, self.points[d])
+            i0, i1, w = self._stencil(d, size)
             w = w.to(out)
             idx0 = i0.reshape(*([1] * axis), 1, *([1] * (out.ndim - axis - 2)), self._m)
             idx1 = i1.reshape(idx0.shape)
