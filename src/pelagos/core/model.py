@@ -111,7 +111,7 @@ class Model(torch.nn.Module):
 
     # -- variables: what writers write and observations name ---------------------------------------------
     def output_variables(self) -> list[Variable]:
-        """The model's variables (state first). Default: the keys of a dict state, or ``x`` of a tensor."""
+        """The model's variables (state first); no default: a model that writes output must define it."""
         raise NotImplementedError(
             f"{type(self).__name__} does not declare its variables; define output_variables()"
         )
