@@ -157,7 +157,8 @@ class ObservationSet:
 
     # -- time axis ---------------------------------------------------------------------------------------
     def step_indices(self, dt: float, t0: float = 0.0, n_steps: int | None = None) -> torch.Tensor:
-        """Model step index of each observation time (time ``t0 + k dt`` after ``k`` steps).
+        """Model step index of each observation time (time ``t0 + k dt`` after ``k`` steps; ``t0``, ``dt`` in
+        model seconds, the units of ``times``).
 
         Raises ``ObservationError`` naming the first time that is not on the step grid or outside the run.
         """
@@ -212,7 +213,7 @@ class ObservationSet:
         return meta
 
     def window(self, t_start: float, t_end: float) -> ObservationSet:
-        """Observations with ``t_start <= t <= t_end``."""
+        """Observations with ``t_start <= t <= t_end`` (model seconds, the units of ``times``)."""
         keep = (self.times >= t_start) & (self.times <= t_end)
         return self.select(torch.nonzero(keep).flatten())
 

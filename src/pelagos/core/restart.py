@@ -94,7 +94,8 @@ def save_restart(
     records: dict[str, int] | None = None,
     extra: dict | None = None,
 ) -> Path:
-    """Write ``state`` (a tensor or pytree of tensors) at ``step`` / model time ``t`` to ``path``."""
+    """Write ``state`` (a tensor or pytree of tensors) at ``step`` / model time ``t`` (model seconds) to
+    ``path``."""
     path = Path(path)
     leaves, spec = _leaves(state)
     stored = []

@@ -80,8 +80,9 @@ class Writer:
     ``key`` identifies the writer in restart files (its path for a file writer); ``record`` counts the records
     written. ``open(sim, record)`` is called before the loop (``record=None``: a new output; an int: continue
     an existing one at that record, after ``can_resume(record)`` said yes); ``write(t, values)`` gets the
-    model time and ``{name: tensor (*batch, *dims)}`` of the names ``variable_names(sim)`` asked for
-    (``None``: all the model outputs); ``close()`` must leave a readable output and may be called twice.
+    model time (model seconds) and ``{name: tensor (*batch, *dims)}`` of the names ``variable_names(sim)``
+    asked for (``None``: all the model outputs); ``close()`` must leave a readable output and may be called
+    twice.
     """
 
     key: str = "writer"
@@ -420,7 +421,7 @@ class Simulation:
         return n
 
     def time_of(self, step: int) -> float:
-        """Model time after ``step`` steps."""
+        """Model time (model seconds) after ``step`` steps: ``start + step * dt``."""
         return self.start + step * self.dt
 
     def request_stop(self) -> None:
