@@ -247,10 +247,11 @@ def covariance(model, x0: torch.Tensor, c: CovarianceSection, periodic: bool = F
 
     if isinstance(model, StackedColumn):
         from ..column.background import ColumnBackground
+        from ..column.observe import _centre_depths
 
         f = model.forcing
         h = f.sample(0.0 if f.t_start <= 0 <= f.t_stop else f.t_start, ["h"])["h"][0].to(torch.float64)
-        z = torch.flip(torch.cumsum(torch.flip(h, [0]), 0), [0]) - 0.5 * h
+        z = _centre_depths(h)
         return ColumnBackground(std, z, float(c.length_scale or 1e-3))
     n = x0.numel()
     if c.length_scale and x0.ndim == 1:
@@ -291,9 +292,10 @@ def _state_coords(model, x0: torch.Tensor) -> tuple[torch.Tensor, float | None]:
     from ..column.stacked import StackedColumn
 
     if isinstance(model, StackedColumn):
+        from ..column.observe import _centre_depths
+
         f = model.forcing
-        h = f.sample(f.t_start, ["h"])["h"][0].to(torch.float64)
-        z = torch.flip(torch.cumsum(torch.flip(h, [0]), 0), [0]) - 0.5 * h
+        z = _centre_depths(f.sample(f.t_start, ["h"])["h"][0].to(torch.float64))
         return z.repeat(model.V), None
     grid = _contract_grid(model)
     if grid is not None and math.prod(len(v) for v in grid[1]) == x0.numel():
