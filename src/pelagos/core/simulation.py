@@ -448,10 +448,14 @@ class Simulation:
                     means.append(name)
         return needed, means
 
-    def _outputs(self, state: Any, t: float, needed: set[str] | None) -> dict[str, torch.Tensor]:
+    def _outputs(
+        self, state: Any, t: float, needed: set[str] | None, out: Mapping[str, Any] | None = None
+    ) -> dict[str, torch.Tensor]:
+        """The ``needed`` outputs at ``(state, t)``; ``out``: ``model.output(state, t)`` if known already."""
         if needed is not None and not needed:
             return {}
-        out = self.model.output(state, t)
+        if out is None:
+            out = self.model.output(state, t)
         if needed is None:
             return dict(out)
         missing = sorted(needed - set(out))
@@ -501,8 +505,11 @@ class Simulation:
         return r.state, r.step, records
 
     # -- the loop --------------------------------------------------------------------------------------------
-    def _advance(self, state: Any, k: int, n: int, means: list[str]) -> tuple[Any, dict[str, torch.Tensor]]:
-        """``n`` steps from step ``k``; with ``means``: their mean over the steps (after each step)."""
+    def _advance(
+        self, state: Any, k: int, n: int, means: list[str]
+    ) -> tuple[Any, dict[str, torch.Tensor], Mapping[str, Any] | None]:
+        """``n`` steps from step ``k``; with ``means``: their mean over the steps (after each step), and the
+        ``model.output`` of the final state (``None`` without means: it was not computed)."""
         t = self.time_of(k)
         if not means:
             traj = rollout(
@@ -515,7 +522,7 @@ class Simulation:
                 checkpoint=self.checkpoint,
                 include_initial=False,
             )
-            return traj.final, {}
+            return traj.final, {}, None
         acc: dict[str, torch.Tensor] = {}
         for j in range(n):  # one step at a time (a 1-step rollout is this call plus per-call overhead)
             state = self.model.step(state, self.time_of(k + j))
@@ -525,7 +532,7 @@ class Simulation:
                 x64 = x.to(torch.float64) if x.is_floating_point() else x
                 acc[name] = x64 if name not in acc else acc[name] + x64
         dtypes = {name: torch.as_tensor(out[name]).dtype for name in means}
-        return state, {name: (acc[name] / n).to(dtypes[name]) for name in means}
+        return state, {name: (acc[name] / n).to(dtypes[name]) for name in means}, out
 
     def _bar(self, initial: int):
         show = sys.stderr.isatty() if self.progress is None else bool(self.progress)
@@ -578,12 +585,12 @@ class Simulation:
                 every = self.restart.every_steps if self.restart is not None else None
                 while k < self.n_steps and not self._stop_requested:
                     n = min(self.output_every, self.n_steps - k)
-                    state, mean_values = self._advance(state, k, n, means)
+                    state, mean_values, last_out = self._advance(state, k, n, means)
                     k_prev, k = k, k + n
                     t = self.time_of(k)
                     self.step, self.t, self.state = k, t, state
                     if self.writers:
-                        values = self._outputs(state, t, needed)
+                        values = self._outputs(state, t, needed, last_out)
                         values.update(mean_values)
                         for w in self.writers:
                             w.write(t, values)
