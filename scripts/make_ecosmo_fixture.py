@@ -5,8 +5,8 @@ The fixture holds, for 1998-04-11 00:00 to 1998-04-14 00:00 (days 100-103 of the
   ``salt`` (Absolute Salinity), ``nuh``, ``I_0``, ``taub``; 73 records, the first from GOTM's float64 restart,
   the others GOTM's float32 output), readable by ``ColumnForcing.from_gotm``;
 - the initial ECOSMO state, float64, every layer (``init_<ECO_name>``), from the restart;
-- FABM's ECOSMO states at a few times (``ref_time``: 24, 48, 72 h) and layers (``ref_layer``, index 0 = bottom)
-  as GOTM wrote them (float32): ``ref_<ECO_name>`` (time, layer), sediment pools (time,).
+- FABM's ECOSMO states at a few times (``ref_time``: 24, 48, 72 h) and layers (``ref_layer``, index 0 =
+  bottom) as GOTM wrote them (float32): ``ref_<ECO_name>`` (time, layer), sediment pools (time,).
 
     python scripts/make_ecosmo_fixture.py [.side/gotm]
 """
@@ -43,12 +43,14 @@ def main(side: str = ".side/gotm") -> None:
     }
     i0 = np.asarray(phy["I_0"][:], dtype=np.float64).ravel()
     taub = np.asarray(phy["taub"][:], dtype=np.float64).ravel()
-    # record 0 (00:00, before sunrise): I_0 = 0; bottom stress of the restart's friction velocity is not needed
-    # by the step (the step uses the forcing at its end) and is taken from the next record
+    # record 0 (00:00, before sunrise): I_0 = 0; its bottom stress is not used by the step (the step uses the
+    # forcing at its end): the next record's value
     series = {"I_0": np.concatenate([[0.0], i0]), "taub": np.concatenate([taub[:1], taub])}
     with netCDF4.Dataset(out_p, "w") as out:
         out.title = "GOTM+FABM ECOSMO reference slice (pelagos tests); see scripts/make_ecosmo_fixture.py"
-        out.source = "GOTM 84f8d8e + FABM 980a0eaa (gfortran), gotm-model/cases nns_annual, fabm-nersc-ecosmo.yaml"
+        out.source = (
+            "GOTM 84f8d8e + FABM 980a0eaa (gfortran), gotm-model/cases nns_annual, fabm-nersc-ecosmo.yaml"
+        )
         out.createDimension("time", phys["h"].shape[0])
         out.createDimension("z", nz)
         out.createDimension("zi", nz + 1)

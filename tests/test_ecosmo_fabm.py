@@ -1,12 +1,12 @@
 """pelagos's ECOSMO against a real GOTM+FABM run of the nns_annual case (tests/data/ecosmo/, a small slice).
 
-The fixture (scripts/build_gotm_fabm.sh, run_gotm_fabm_ecosmo.sh, make_ecosmo_fixture.sh/.py) starts from GOTM's
-float64 restart at 1998-04-11 00:00 (day 100, every plankton state far above ECOSMO's anti-extinction
-thresholds) and holds the physics GOTM ran with for the next three days, and FABM's states (float32 output) at
-24, 48 and 72 h in six layers. pelagos runs the case's numerics (split_factor 2 Euler substeps, the fabm.yaml's
-gotm/light recomputed at every source evaluation, P2_PDM sinking, nuh of the previous step, Absolute Salinity,
-taub from the file) and must agree pointwise to 1e-6 relative (measured: 5e-8 interior, 1.3e-7 sediment, i.e.
-GOTM's float32 output precision).
+The fixture (scripts/build_gotm_fabm.sh, run_gotm_fabm_ecosmo.sh, make_ecosmo_fixture.sh/.py) starts from
+GOTM's float64 restart at 1998-04-11 00:00 (day 100, every plankton state far above ECOSMO's anti-extinction
+thresholds) and holds the physics GOTM ran with for the next three days, and FABM's states (float32 output)
+at 24, 48 and 72 h in six layers. pelagos runs the case's numerics (split_factor 2 Euler substeps, the
+fabm.yaml's gotm/light recomputed at every source evaluation, P2_PDM sinking, nuh of the previous step,
+Absolute Salinity, taub from the file) and must agree pointwise to 1e-6 relative (measured: 5e-8 interior,
+1.3e-7 sediment, i.e. GOTM's float32 output precision).
 """
 
 from __future__ import annotations

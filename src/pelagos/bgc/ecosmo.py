@@ -355,7 +355,8 @@ class ECOSMO(BGCModel):
             self.register_state_dependency("alk_target", "mmol m-3", "alkalinity budget", required=False)
 
     @classmethod
-    def from_config(cls, parameters=None, *, dtype=None, **kwargs):  # noqa: D102 (see BGCModel)
+    def from_config(cls, parameters=None, *, dtype=None, **kwargs):
+        """:meth:`BGCModel.from_config`, refusing the removed quirk options with the reason."""
         for k in list(parameters or {}) + list(kwargs):
             if k.lower() in REMOVED_OPTIONS:
                 raise ConfigError(f"ECOSMO option {k!r} was removed: {REMOVED_OPTIONS[k.lower()]}")
