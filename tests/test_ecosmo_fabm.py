@@ -62,3 +62,32 @@ def test_the_fixture_tells_the_fabm_behaviour_from_the_old_exphy_quirk():
     # the old default (Exphy divided by 79.566: 80x weaker self-shading) is far outside the tolerance
     rel = _run(parameters={"ECO": {"EXphy": 0.041 / 79.566}})
     assert max(rel.values()) > 1e-4, rel
+
+
+def test_forcing_hands_the_biology_gotms_absolute_salinity_and_bottom_stress():
+    # GOTM gives FABM models its Absolute Salinity `salt` as practical_salinity; `salt_p` only as a fallback
+    xr = pytest.importorskip("xarray")
+    t = np.array([0.0, 3600.0])
+    prof = (("time", "z", "lat", "lon"),)
+    ds = xr.Dataset(
+        {
+            "h": (prof[0], np.ones((2, 3, 1, 1)), {"units": "m"}),
+            "temp": (prof[0], 10 * np.ones((2, 3, 1, 1)), {"units": "Celsius"}),
+            "salt": (prof[0], 35.17 * np.ones((2, 3, 1, 1)), {"units": "g/kg"}),
+            "salt_p": (prof[0], 35.0 * np.ones((2, 3, 1, 1)), {"units": "PSU"}),
+            "nuh": (("time", "zi", "lat", "lon"), np.zeros((2, 4, 1, 1)), {"units": "m2/s"}),
+            "I_0": (("time", "lat", "lon"), np.zeros((2, 1, 1)), {"units": "W/m2"}),
+            "taub": (("time", "lat", "lon"), np.array([0.01, 0.02]).reshape(2, 1, 1), {"units": "Pa"}),
+        },
+        coords={"time": ("time", t, {"units": "seconds since 1998-01-01 00:00:00"})},
+    )
+    f = ColumnForcing.from_dataset(ds)
+    assert f.salinity_source == "salt"
+    assert float(f.sample(0.0)["salt"][0, 0]) == pytest.approx(35.17)
+    assert float(f.sample(3600.0)["bottom_stress"][0]) == pytest.approx(0.02)
+    assert "salt" in f.to_dataset() and "salt_p" not in f.to_dataset()
+    old = ColumnForcing.from_dataset(ds.drop_vars("salt"))
+    assert old.salinity_source == "salt_p" and float(old.sample(0.0)["salt"][0, 0]) == pytest.approx(35.0)
+    # the fixture is GOTM's own physics: Absolute Salinity and taub are what the ECOSMO regression ran on
+    fx = ColumnForcing.from_gotm(FIXTURE)
+    assert fx.salinity_source == "salt" and fx.has_bottom_stress
