@@ -35,6 +35,8 @@ from ..core.errors import ConfigError, ForcingError
 from .pet import hargreaves
 
 CFS_TO_M3S = 0.3048**3  # m3/s per ft3/s
+SAMPLE = "builtin:camels_us_sample"  # the 4-basin sample shipped with pelagos (see its README.md)
+SAMPLE_BASINS = ("01022500", "01547700", "02064000", "03015500")
 FORCING_SOURCES = ("daymet", "maurer", "maurer_extended", "nldas", "nldas_extended")
 
 
@@ -160,6 +162,13 @@ def _find(root: Path, folder: str, pattern: str) -> Path | None:
     return hits[0] if hits else None
 
 
+def _root(root: str | Path) -> Path:
+    """``builtin:camels_us_sample`` -> the copy in pelagos/data; anything else as a path."""
+    from ..core.paths import resolve_path
+
+    return resolve_path(root, None)
+
+
 def _norm_id(gauge_id: str | int) -> str:
     g = str(gauge_id).strip()
     if not re.fullmatch(r"\d{1,8}", g):
@@ -229,7 +238,7 @@ def load_basin(
 
     Discharge days absent from the streamflow file (or flagged missing) are NaN in ``q_obs``.
     """
-    root = Path(root)
+    root = _root(root)
     if not (root / "basin_mean_forcing").is_dir():
         raise ForcingError(f"{root} is not a CAMELS-US folder: it has no basin_mean_forcing/ subfolder")
     g = _norm_id(gauge_id)
@@ -349,7 +358,7 @@ def load_attributes(
         :class:`Attributes` ``(gauge_ids, names, values (n_basins, n_attr) float64 with NaN for 'NA')``
         with ``.huc02``.
     """
-    root = Path(root)
+    root = _root(root)
     d = _attributes_dir(root)
     if d is None:
         raise ForcingError(

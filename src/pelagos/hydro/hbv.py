@@ -385,7 +385,7 @@ def run_hbv(
             recharge = replace(
                 "recharge", recharge, {**ctx, "SM": sm, "rain": rain, "tosoil": tosoil}, inflow
             )
-        sm = sm + inflow - recharge
+        sm = sm + rain + tosoil - recharge  # this order of additions, as in the reference
         if s is None:
             excess = torch.relu(sm - FC)
         else:
@@ -433,7 +433,8 @@ def run_hbv(
         return torch.stack(rec[n]).mean(-1)
 
     out = {n: series(n) for n in names}
-    q_unrouted = out["Q0"] + out["Q1"] + out["Q2"]
+    # the components' total runoff, then their mean (the reference's order of operations)
+    q_unrouted = (torch.stack(rec["Q0"]) + torch.stack(rec["Q1"]) + torch.stack(rec["Q2"])).mean(-1)
     hist = state.get("Qhist") if isinstance(state, Mapping) else None
     uh = None
     if route:
