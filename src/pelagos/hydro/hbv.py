@@ -48,6 +48,7 @@ the default flux is, and enters the water balance like it.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -207,6 +208,120 @@ def _relu(x: Tensor, s: float | None) -> Tensor:
     return torch.relu(x) if s is None else F.softplus(x, beta=s)
 
 
+FLUXES: tuple[str, ...] = (
+    "rain", "snow", "melt", "refreeze", "tosoil", "recharge", "excess", "ET", "sm_floor", "perc",
+    "Q0", "Q1", "Q2",
+)  # fmt: skip
+
+
+def _replace(proc: Mapping[str, Callable], name: str, default: Tensor, ctx: dict, limit: Tensor) -> Tensor:
+    ctx = dict(ctx)
+    ctx["default"] = default
+    val = proc[name](ctx)
+    return torch.minimum(torch.clamp(val, min=0.0), limit)
+
+
+def hbv_day(
+    stores: tuple[Tensor, Tensor, Tensor, Tensor, Tensor],
+    Pt: Tensor,
+    Tt: Tensor,
+    Et: Tensor,
+    p: Mapping[str, Tensor],
+    smooth: float | None = None,
+    process: Mapping[str, Callable[[dict], Tensor]] | None = None,
+    day: int = 0,
+) -> tuple[tuple[Tensor, ...], tuple[Tensor, ...]]:
+    """One day of HBV for any batch shape (the module docstring's equations; no routing).
+
+    Args:
+        stores: ``(SNOWPACK, MELTWATER, SM, SUZ, SLZ)`` (mm), each ``(..., nmul)``, e.g. ``(n_basins, nmul)``.
+        Pt, Tt, Et: the day's P (mm/d), T (°C), PET (mm/d), broadcasting against the stores (``(..., 1)``).
+        p: the 12 HBV parameters of the day, broadcasting against the stores.
+        smooth, process: as in :func:`run_hbv`; ``day`` is handed to the process functions.
+
+    Returns:
+        ``(new stores, fluxes)`` with the fluxes (mm/d) in the order of :data:`FLUXES`.
+    """
+    snowpack, meltwater, sm, suz, slz = stores
+    s = smooth
+    proc = process or {}
+    replace = functools.partial(_replace, proc)
+    TT, CFMAX, FC, LP, BETA = p["TT"], p["CFMAX"], p["FC"], p["LP"], p["BETA"]
+    ctx = None
+    if proc:
+        ctx = {"day": day, "P": Pt, "T": Tt, "PET": Et, **p}
+    # -- snow
+    if s is None:
+        rain = Pt * (Tt >= TT).to(Pt.dtype)
+    else:
+        rain = Pt * torch.sigmoid(s * (Tt - TT))
+    snow = Pt - rain
+    snowpack = snowpack + snow
+    melt = torch.minimum(_relu(CFMAX * (Tt - TT), s), snowpack)
+    if "melt" in proc:
+        melt = replace("melt", melt, {**ctx, "SNOWPACK": snowpack, "MELTWATER": meltwater}, snowpack)
+    meltwater = meltwater + melt
+    snowpack = snowpack - melt
+    refreeze = torch.minimum(_relu(p["CFR"] * CFMAX * (TT - Tt), s), meltwater)
+    if "refreeze" in proc:
+        refreeze = replace("refreeze", refreeze, {**ctx, "SNOWPACK": snowpack, "MELTWATER": meltwater},
+                           meltwater)  # fmt: skip
+    snowpack = snowpack + refreeze
+    meltwater = meltwater - refreeze
+    if s is None:
+        tosoil = torch.relu(meltwater - p["CWH"] * snowpack)
+    else:
+        tosoil = torch.minimum(_relu(meltwater - p["CWH"] * snowpack, s), meltwater)
+    meltwater = meltwater - tosoil
+    # -- soil moisture
+    wet = torch.clamp((sm / FC) ** BETA, 0.0, 1.0)
+    inflow = rain + tosoil
+    recharge = inflow * wet
+    if "recharge" in proc:
+        recharge = replace("recharge", recharge, {**ctx, "SM": sm, "rain": rain, "tosoil": tosoil}, inflow)
+    sm = sm + rain + tosoil - recharge  # this order of additions, as in the reference
+    if s is None:
+        excess = torch.relu(sm - FC)
+    else:
+        excess = torch.minimum(_relu(sm - FC, s), sm)
+    sm = sm - excess
+    if s is None:
+        ef = torch.clamp(sm / (LP * FC), 0.0, 1.0)
+    else:
+        lpfc = LP * FC
+        ef = torch.clamp((lpfc - F.softplus(lpfc - sm, beta=s)) / lpfc, 0.0, 1.0)
+    et = torch.minimum(sm, Et * ef)
+    if "ET" in proc:
+        et = replace("ET", et, {**ctx, "SM": sm, "SNOWPACK": snowpack, "SUZ": suz, "SLZ": slz}, sm)
+    sm_after = sm - et
+    sm = torch.clamp(sm_after, min=SM_FLOOR)
+    floor = sm - sm_after
+    # -- response
+    suz = suz + recharge + excess
+    perc = torch.minimum(suz, p["PERC"])
+    if "perc" in proc:
+        perc = replace("perc", perc, {**ctx, "SUZ": suz, "SLZ": slz}, suz)
+    suz = suz - perc
+    q0 = p["K0"] * _relu(suz - p["UZL"], s)
+    if s is not None or "Q0" in proc:
+        if "Q0" in proc:
+            q0 = replace("Q0", q0, {**ctx, "SUZ": suz, "SLZ": slz}, suz)
+        else:
+            q0 = torch.minimum(q0, suz)
+    suz = suz - q0
+    q1 = p["K1"] * suz
+    if "Q1" in proc:
+        q1 = replace("Q1", q1, {**ctx, "SUZ": suz, "SLZ": slz}, suz)
+    suz = suz - q1
+    slz = slz + perc
+    q2 = p["K2"] * slz
+    if "Q2" in proc:
+        q2 = replace("Q2", q2, {**ctx, "SUZ": suz, "SLZ": slz}, slz)
+    slz = slz - q2
+    stores = (snowpack, meltwater, sm, suz, slz)
+    return stores, (rain, snow, melt, refreeze, tosoil, recharge, excess, et, floor, perc, q0, q1, q2)
+
+
 def _param_table(
     params: Mapping[str, Tensor | float], n_days: int, n_basins: int, dtype: torch.dtype, device
 ) -> tuple[dict[str, Tensor], dict[str, Tensor], int]:
@@ -331,17 +446,10 @@ def run_hbv(
         st[k] = state[k].to(dtype).expand(n_basins, nmul)
     s = smooth
     proc = dict(process or {})
-    names = ("rain", "snow", "melt", "refreeze", "tosoil", "recharge", "excess", "ET", "sm_floor", "perc",
-             "Q0", "Q1", "Q2", "SNOWPACK", "MELTWATER", "SM", "SUZ", "SLZ")  # fmt: skip
+    names = FLUXES + STORES
     rec: dict[str, list[Tensor]] = {n: [] for n in names}
     snowpack, meltwater, sm, suz, slz = (st[k] for k in STORES)
     storage0 = None
-
-    def replace(name: str, default: Tensor, ctx_vals: dict, limit: Tensor) -> Tensor:
-        ctx = dict(ctx_vals)
-        ctx["default"] = default
-        val = proc[name](ctx)
-        return torch.minimum(torch.clamp(val, min=0.0), limit)
 
     for t in range(n_days):
         p = dict(static)
@@ -349,84 +457,11 @@ def run_hbv(
             p[n] = v[t]
         if t == warmup:
             storage0 = (snowpack + meltwater + sm + suz + slz).mean(-1)
-        Pt, Tt, Et = P[t, :, None], T[t, :, None], PET[t, :, None]
-        TT, CFMAX, FC, LP, BETA = p["TT"], p["CFMAX"], p["FC"], p["LP"], p["BETA"]
-        ctx = None
-        if proc:
-            ctx = {"day": t, "P": Pt, "T": Tt, "PET": Et, **p}
-        # -- snow
-        if s is None:
-            rain = Pt * (Tt >= TT).to(dtype)
-        else:
-            rain = Pt * torch.sigmoid(s * (Tt - TT))
-        snow = Pt - rain
-        snowpack = snowpack + snow
-        melt = torch.minimum(_relu(CFMAX * (Tt - TT), s), snowpack)
-        if "melt" in proc:
-            melt = replace("melt", melt, {**ctx, "SNOWPACK": snowpack, "MELTWATER": meltwater}, snowpack)
-        meltwater = meltwater + melt
-        snowpack = snowpack - melt
-        refreeze = torch.minimum(_relu(p["CFR"] * CFMAX * (TT - Tt), s), meltwater)
-        if "refreeze" in proc:
-            refreeze = replace("refreeze", refreeze, {**ctx, "SNOWPACK": snowpack, "MELTWATER": meltwater},
-                               meltwater)  # fmt: skip
-        snowpack = snowpack + refreeze
-        meltwater = meltwater - refreeze
-        if s is None:
-            tosoil = torch.relu(meltwater - p["CWH"] * snowpack)
-        else:
-            tosoil = torch.minimum(_relu(meltwater - p["CWH"] * snowpack, s), meltwater)
-        meltwater = meltwater - tosoil
-        # -- soil moisture
-        wet = torch.clamp((sm / FC) ** BETA, 0.0, 1.0)
-        inflow = rain + tosoil
-        recharge = inflow * wet
-        if "recharge" in proc:
-            recharge = replace(
-                "recharge", recharge, {**ctx, "SM": sm, "rain": rain, "tosoil": tosoil}, inflow
-            )
-        sm = sm + rain + tosoil - recharge  # this order of additions, as in the reference
-        if s is None:
-            excess = torch.relu(sm - FC)
-        else:
-            excess = torch.minimum(_relu(sm - FC, s), sm)
-        sm = sm - excess
-        if s is None:
-            ef = torch.clamp(sm / (LP * FC), 0.0, 1.0)
-        else:
-            lpfc = LP * FC
-            ef = torch.clamp((lpfc - F.softplus(lpfc - sm, beta=s)) / lpfc, 0.0, 1.0)
-        et = torch.minimum(sm, Et * ef)
-        if "ET" in proc:
-            et = replace("ET", et, {**ctx, "SM": sm, "SNOWPACK": snowpack, "SUZ": suz, "SLZ": slz}, sm)
-        sm_after = sm - et
-        sm = torch.clamp(sm_after, min=SM_FLOOR)
-        floor = sm - sm_after
-        # -- response
-        suz = suz + recharge + excess
-        perc = torch.minimum(suz, p["PERC"])
-        if "perc" in proc:
-            perc = replace("perc", perc, {**ctx, "SUZ": suz, "SLZ": slz}, suz)
-        suz = suz - perc
-        q0 = p["K0"] * _relu(suz - p["UZL"], s)
-        if s is not None or "Q0" in proc:
-            if "Q0" in proc:
-                q0 = replace("Q0", q0, {**ctx, "SUZ": suz, "SLZ": slz}, suz)
-            else:
-                q0 = torch.minimum(q0, suz)
-        suz = suz - q0
-        q1 = p["K1"] * suz
-        if "Q1" in proc:
-            q1 = replace("Q1", q1, {**ctx, "SUZ": suz, "SLZ": slz}, suz)
-        suz = suz - q1
-        slz = slz + perc
-        q2 = p["K2"] * slz
-        if "Q2" in proc:
-            q2 = replace("Q2", q2, {**ctx, "SUZ": suz, "SLZ": slz}, slz)
-        slz = slz - q2
-        day = (rain, snow, melt, refreeze, tosoil, recharge, excess, et, floor, perc, q0, q1, q2,
-               snowpack, meltwater, sm, suz, slz)  # fmt: skip
-        for n, v in zip(names, day):
+        stores, fluxes = hbv_day(
+            (snowpack, meltwater, sm, suz, slz), P[t, :, None], T[t, :, None], PET[t, :, None], p, s, proc, t
+        )
+        snowpack, meltwater, sm, suz, slz = stores
+        for n, v in zip(names, fluxes + stores):
             rec[n].append(v)
 
     def series(n: str) -> Tensor:  # (n_days, n_basins): mean over the components
