@@ -101,6 +101,8 @@ class HBVModel(Model):
         smooth: sharpness of the smooth thresholds (``None``: hard, the reference).
         process: ``{flux: f}``, fluxes replaced by functions (see :func:`pelagos.hydro.hbv.run_hbv`).
         values: parameter values (physical): numbers or per-basin tensors.
+        basin_values: ``{gauge_id: {name: value}}``: per-basin values that stay on top of any number set
+            later for the same parameter (``set_parameter_value(name, number)`` fills the other basins).
     """
 
     dt = DAY
@@ -114,6 +116,7 @@ class HBVModel(Model):
         smooth: float | None = None,
         process: Mapping[str, Callable[[dict], Tensor]] | None = None,
         values: Mapping[str, Any] | None = None,
+        basin_values: Mapping[str, Mapping[str, Any]] | None = None,
         dtype: torch.dtype = torch.float64,
     ) -> None:
         super().__init__()
@@ -129,12 +132,30 @@ class HBVModel(Model):
         for n, spec in PARAMETERS.items():
             self.declare_parameter(n, DEFAULTS[n], units=spec.units, bounds=(spec.lo, spec.hi),
                                    description=spec.long_name, dtype=dtype)  # fmt: skip
+        self._basin_values: dict[str, dict[int, Tensor]] = {}
+        for gid, vals in (basin_values or {}).items():
+            i = self.basin_index(gid)
+            for n, v in vals.items():
+                if n not in PARAMETERS:
+                    raise ConfigError(
+                        f"basin_parameters of {gid}: unknown parameter {n!r}; valid: {list(PARAMETERS)}"
+                    )
+                self._basin_values.setdefault(n, {})[i] = torch.as_tensor(v, dtype=dtype)
+        for n in self._basin_values:
+            self.set_parameter_value(n, DEFAULTS[n])
         for n, v in (values or {}).items():
             self.set_parameter_value(n, v)
 
     # -- parameters ------------------------------------------------------------------------------------
     def set_parameter_value(self, name: str, value: float | Tensor) -> None:
+        """Set a physical value: a number (every basin, except those given in ``basin_values``) or one value
+        per basin ``(n_basins,)`` / per basin and component ``(n_basins, nmul)``."""
         v = torch.as_tensor(value, dtype=self._dtype)
+        if v.ndim == 0 and name in self._basin_values:
+            shape = (self.n_basins, self.nmul) if name in HBV_PARAMETER_NAMES else (self.n_basins,)
+            v = torch.full(shape, float(v), dtype=self._dtype)
+            for i, bv in self._basin_values[name].items():
+                v[i] = bv
         if v.ndim >= 1 and name in PARAMETERS:
             ok = (self.n_basins,) if name not in HBV_PARAMETER_NAMES else None
             shapes = [(self.n_basins,), (self.n_basins, self.nmul)] if ok is None else [ok]
@@ -338,37 +359,15 @@ def load_forcing(
     return HBVForcingData.from_basins(basins, dtype)
 
 
-def _basin_values(o: HBVOptions, forcing: HBVForcingData, nmul: int) -> dict[str, Tensor]:
-    if not o.basin_parameters:
-        return {}
-    ids = forcing.gauge_ids
-    out: dict[str, Tensor] = {}
-    for gid, vals in o.basin_parameters.items():
-        g = str(gid).zfill(8) if str(gid).isdigit() else str(gid)
-        if g not in ids:
-            raise ConfigError(f"model.basin_parameters: basin {gid!r} is not in the forcing's basins {ids}")
-        if not isinstance(vals, Mapping):
-            raise ConfigError(f"model.basin_parameters.{gid} must be a mapping {{name: value}}; got {vals!r}")
-        for n, v in vals.items():
-            if n not in PARAMETERS:
-                raise ConfigError(
-                    f"model.basin_parameters.{gid}: unknown parameter {n!r}; valid: {list(PARAMETERS)}"
-                )
-            if n not in out:
-                shape = (len(ids), nmul) if n in HBV_PARAMETER_NAMES else (len(ids),)
-                out[n] = torch.full(shape, DEFAULTS[n], dtype=torch.float64)
-            out[n][ids.index(g)] = torch.as_tensor(v, dtype=torch.float64)
-    return out
-
-
 def _build(o: HBVOptions, ctx: BuildContext) -> HBVModel:
     if ctx.dt is not None and abs(float(ctx.dt) - DAY) > 1e-9:
         raise ConfigError(f"hbv runs in daily steps: time.dt must be 86400 (s) or absent; got {ctx.dt}")
     dtype = getattr(torch, ctx.dtype)
     forcing = load_forcing(ctx.forcing if ctx.forcing is not None else HBVForcing(), ctx, dtype)
-    values = _basin_values(o, forcing, int(o.nmul))
     smooth = float(o.smooth) if o.smooth else None
-    return HBVModel(forcing, nmul=o.nmul, route=o.route, smooth=smooth, values=values, dtype=dtype)
+    return HBVModel(
+        forcing, nmul=o.nmul, route=o.route, smooth=smooth, basin_values=o.basin_parameters, dtype=dtype
+    )
 
 
 def example() -> HBVModel:
