@@ -394,3 +394,14 @@ KIND = ModelKind(
         "observe": {v: {"basin": ["01022500", "03015500"]} for v in ("Q", "Q_unrouted", "ET")},
     },
 )
+
+
+def gradcheck_case():
+    """``pelagos gradcheck --model hbv``: the 4 sample basins from 2000-01-01 (a 2-component HBV started
+    from 50 mm in every store); free: every parameter. TT is set off the 0.01 °C grid of the forcing, so that
+    no finite-difference step flips a day between rain and snow (the threshold is hard)."""
+    f = load_forcing(HBVForcing(end="2001-12-31"))
+    model = HBVModel(f, nmul=2)
+    model.set_parameter_value("TT", 0.1234)
+    model.select_free("all")
+    return model, model.initial_state(1, store=50.0), {"wrt": "params"}
