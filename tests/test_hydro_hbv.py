@@ -362,3 +362,82 @@ def test_bad_inputs_raise_clear_errors():
     st = initial_state(2, 1)
     assert set(st) == {*STORES, "Qhist"} and float(st["SM"][0, 0]) == 0.001 and st["Qhist"].shape == (2, 14)
     assert math.isfinite(float(run_hbv(P, P, P, p, state=st).Q.sum()))
+
+
+# -- the registered kind `hbv` ------------------------------------------------------------------------------
+def test_kind_steps_equal_run_hbv_and_observe_by_gauge():
+    from pelagos.core.rollout import rollout
+    from pelagos.hydro.kind import HBVForcing, HBVModel, load_forcing, observation_time
+
+    f = load_forcing(HBVForcing(start="2000-01-01", end="2000-12-31"))
+    model = HBVModel(f, nmul=2)
+    p = random_params(4, 2, seed=9)
+    for n, v in p.items():
+        model.set_parameter_value(n, v)
+    n = 366
+    traj = rollout(model, model.initial_state(1), n, save_every=1, include_initial=False)
+    ref = run_hbv(f.P, f.T, f.PET, p)
+    states = _unstack(traj.states, n)
+    out = {k: torch.stack([model.output(s, 0.0)[k][0] for s in states]) for k in ("Q", "ET", "SWE", "SLZ")}
+    # the kind stores parameters as logits of their bounds: values equal to round-off, not bit for bit
+    for k in out:
+        assert torch.allclose(out[k], getattr(ref, k), rtol=1e-11, atol=1e-13), k
+    # observation operator: exact basins by gauge id or number
+    H = model.observation_operator("Q", {"basin": ["03015500", 1022500]})
+    final = traj.final
+    assert torch.equal(H(final), final["Q"][:, [3, 0]])
+    with pytest.raises(Exception, match="unknown basin"):
+        model.observation_operator("Q", {"basin": ["01234567"]})
+    assert observation_time(model, "2000-01-01") == 86400.0
+    assert model.epoch.isoformat() == "2000-01-01T00:00:00"
+
+
+def _unstack(states, n):
+    return [{k: v[i] for k, v in states.items()} for i in range(n)]
+
+
+def test_kind_parameters_per_basin_and_per_member():
+    from pelagos.hydro.kind import HBVForcing, HBVModel, load_forcing
+
+    f = load_forcing(HBVForcing(start="2000-01-01", end="2000-02-29"))
+    m = HBVModel(f, basin_values={"01547700": {"FC": 400.0}, "03015500": {"route_b": 5.0}})
+    m.set_parameter_value("FC", 120.0)  # every basin but 01547700
+    fc = torch.tensor([[120.0], [400.0], [120.0], [120.0]], dtype=F64)
+    assert torch.allclose(m.get_parameter_value("FC"), fc, rtol=1e-14)
+    assert torch.allclose(m.get_parameter_value("route_b"), torch.tensor([2.0, 2.0, 2.0, 5.0], dtype=F64))
+    with pytest.raises(ShapeError, match="per basin"):
+        m.set_parameter_value("K1", torch.ones(3, dtype=F64) * 0.1)
+    # a member batch of values inside `using` (the ensemble methods)
+    s = m.initial_state(3, store=30.0)
+    m.select_free(["K1"])
+    u = m.free_vector()
+    with m.using({"K1": u + torch.tensor([-1.0, 0.0, 1.0], dtype=F64)}):
+        out = m.step(m.step(s, 0.0), 86400.0)
+    alone = m.step(m.step(m.initial_state(1, store=30.0), 0.0), 86400.0)
+    assert torch.allclose(out["SUZ"][1], alone["SUZ"][0], rtol=1e-15)
+    assert not torch.allclose(out["SUZ"][0], out["SUZ"][2])
+
+
+def test_pelagos_run_writes_cf_netcdf_of_the_example(tmp_path):
+    import xarray as xr
+
+    from pelagos.io.run import run_config
+
+    cfg = Path(__file__).parents[1] / "examples" / "hbv_run.yaml"
+    out = tmp_path / "hbv.nc"
+    path = run_config(cfg, progress=False, overrides=["forcing.end=2000-03-31", f"output.file={out}"],
+                      resume=False)  # fmt: skip
+    ds = xr.load_dataset(path)
+    assert set(ds.data_vars) >= {"Q", "Q_unrouted", "ET", "SWE", "SM", "SUZ", "SLZ"}
+    assert ds["Q"].dims == ("time", "basin") and ds["Q"].shape == (92, 4)
+    assert ds["Q"].attrs["units"] == "mm d-1"
+    assert [int(b) for b in ds["basin"].values] == [1022500, 1547700, 2064000, 3015500]
+    assert str(ds["time"].values[1])[:10] == "2000-01-02"
+    # the same numbers as run_hbv with the configuration's values (01022500: FC 350, CFMAX 3.5)
+    f = stack_basins(load_basins(SAMPLE, SAMPLE_BASINS, "2000-01-01", "2000-03-31"))
+    p = {n: torch.tensor(v, dtype=F64) for n, v in DEFAULTS.items()}
+    p["FC"] = torch.tensor([[350.0], [250.0], [250.0], [250.0]], dtype=F64)
+    p["CFMAX"] = torch.tensor([[3.5], [3.0], [3.0], [3.0]], dtype=F64)
+    ref = run_hbv(f["P"], f["T"], f["PET"], p)
+    assert np.allclose(ds["Q"].values[1:], ref.Q.numpy(), rtol=1e-12, atol=1e-14)
+    assert np.allclose(ds["ET"].values[1:], ref.ET.numpy(), rtol=1e-12, atol=1e-14)
