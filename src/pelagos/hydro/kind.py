@@ -23,6 +23,7 @@ per-basin CSV files (``csv``), cut to ``start``..``end``.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -339,14 +340,21 @@ class HBVForcing:
     gauge_ids: list[str] = field(default_factory=lambda: list(SAMPLE_BASINS))
     source: str = "daymet"
     csv: list[str] = field(default_factory=list)
-    start: str = "2000-01-01"
-    end: str = "2002-12-31"
+    start: str = ""  # "": the days all the basins have
+    end: str = ""
+
+
+def _window(b: Basin, first: np.datetime64, last: np.datetime64) -> Basin:
+    i0, i1 = int((first - b.dates[0]).astype(int)), int((last - b.dates[0]).astype(int)) + 1
+    keep = ("dates", "prcp", "tmean", "tmin", "tmax", "pet", "q_obs")
+    return dataclasses.replace(b, **{k: getattr(b, k)[i0:i1] for k in keep})
 
 
 def load_forcing(
     f: HBVForcing, ctx: BuildContext | None = None, dtype: torch.dtype = torch.float64
 ) -> HBVForcingData:
-    """The basins of a ``forcing:`` section (paths resolved against the configuration's folder)."""
+    """The basins of a ``forcing:`` section (paths resolved against the configuration's folder); without
+    ``start``/``end``, the days that every basin has."""
     resolve = ctx.path if ctx is not None else (lambda p: p)
     start, end = (str(x) if x not in (None, "") else None for x in (f.start, f.end))
     if f.csv:
@@ -356,6 +364,12 @@ def load_forcing(
             raise ConfigError("forcing.gauge_ids: give at least one CAMELS basin (or forcing.csv: [files])")
         root = resolve(f.camels_root)
         basins = [load_basin(root, g, start, end, source=f.source) for g in f.gauge_ids]
+    if start is None or end is None:  # without both dates: the period every basin covers
+        first = max(b.dates[0] for b in basins) if start is None else basins[0].dates[0]
+        last = min(b.dates[-1] for b in basins) if end is None else basins[0].dates[-1]
+        if last < first:
+            raise ForcingError(f"the basins' forcing periods do not overlap ({[b.gauge_id for b in basins]})")
+        basins = [_window(b, first, last) for b in basins]
     return HBVForcingData.from_basins(basins, dtype)
 
 
