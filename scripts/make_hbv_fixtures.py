@@ -19,10 +19,11 @@ are those it uses):
 
 - ``static``: nmul = 1, static parameters, routing, no warm-up;
 - ``nmul4_dynamic``: nmul = 4, BETA and K0 dynamic (daily values), routing;
-- ``warmup``: nmul = 2, static parameters, 365 warm-up days run separately (hydrodl2's ``warmup_states``).
+- ``warmup``: nmul = 2, static parameters, 365 warm-up days run separately (hydrodl2's ``warmup_states``);
+- ``wet``: nmul = 2, small FC, steep BETA, low UZL: excess over FC and near-surface flow on many days.
 
 Writes ``tests/data/hydro/hbv_reference.npz`` (float64): the parameters of each case and every 20th day of the
-reference's daily outputs (plus their sums over all days), ~ 45 KB.
+reference's daily outputs (plus their sums over all days), ~ 80 KB.
 """
 
 from __future__ import annotations
@@ -70,7 +71,7 @@ def dynamic_unit(base: np.ndarray, phase: np.ndarray, nt: int) -> np.ndarray:
     return base + 0.25 * np.sin(2 * np.pi * day / 365.0 + phase)
 
 
-def run_case(forcing, nmul: int, dynamic: list[str], warmup: int, seed: int):
+def run_case(forcing, nmul: int, dynamic: list[str], warmup: int, seed: int, fixed: dict | None = None):
     P, T, PET = forcing
     nt, nb = P.shape
     g = np.random.default_rng(seed)
@@ -78,6 +79,9 @@ def run_case(forcing, nmul: int, dynamic: list[str], warmup: int, seed: int):
     unit = g.uniform(0.05, 0.95, size=(nt, nb, n_hbv + 2))
     dyn_spec = {}
     unit[:] = unit[-1]
+    for name, value in (fixed or {}).items():  # chosen values in (0, 1) of the range, every component
+        j = NAMES.index(name) * nmul
+        unit[:, :, j : j + nmul] = value
     for name in dynamic:  # smooth daily variation of a dynamic parameter around a static value
         j = NAMES.index(name) * nmul
         phase = g.uniform(0, 2 * np.pi, size=(1, nb, nmul))
@@ -132,6 +136,10 @@ def main() -> int:
         "static": dict(nmul=1, dynamic=[], warmup=0, seed=1),
         "nmul4_dynamic": dict(nmul=4, dynamic=["BETA", "K0"], warmup=0, seed=2),
         "warmup": dict(nmul=2, dynamic=[], warmup=365, seed=3),
+        # small FC, steep BETA, low UZL: soil excess and near-surface flow Q0 on many days
+        "wet": dict(
+            nmul=2, dynamic=[], warmup=0, seed=4, fixed={"FC": 0.02, "BETA": 0.9, "UZL": 0.05, "LP": 0.9}
+        ),
     }
     arrays: dict[str, np.ndarray] = {"stride": np.array(STRIDE)}
     for case, kw in cases.items():
@@ -143,7 +151,10 @@ def main() -> int:
             arrays[f"{case}/sum/{n}"] = v.sum(0)
         arrays[f"{case}/nmul"] = np.array(kw["nmul"])
         arrays[f"{case}/warmup"] = np.array(kw["warmup"])
-        print(case, {n: float(v.mean()) for n, v in series.items() if n in ("Q", "ET", "SNOWPACK")})
+        print(
+            case,
+            {n: float(v.mean()) for n, v in series.items() if n in ("Q", "ET", "SNOWPACK", "excess", "Q0")},
+        )
     OUT.parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(OUT, **arrays)
     print(f"wrote {OUT} ({OUT.stat().st_size / 1024:.0f} KB)")

@@ -232,6 +232,7 @@ def test_float32_runs_close_to_float64(forcing):
     o64 = run_hbv(P, T, PET, p)
     o32 = run_hbv(P.float(), T.float(), PET.float(), {n: v.float() for n, v in p.items()})
     assert o32.Q.dtype == torch.float32
+    assert run_hbv(P.float(), T.float(), PET.float(), {**DEFAULTS}).Q.dtype == torch.float32  # numbers
     assert float((o32.Q.double() - o64.Q).abs().max()) < 1e-3 * float(o64.Q.abs().max())
 
 
@@ -281,7 +282,7 @@ def _fixture_params(z, case: str, nt: int) -> dict[str, torch.Tensor]:
     return p
 
 
-@pytest.mark.parametrize("case", ["static", "nmul4_dynamic", "warmup"])
+@pytest.mark.parametrize("case", ["static", "nmul4_dynamic", "warmup", "wet"])
 def test_reproduces_hydrodl2_in_float64(forcing, case):
     """MHPI's hydrodl2 1.4.0 HBV 1.0 in float64 (scripts/make_hbv_fixtures.py): same daily Q and fluxes."""
     z = np.load(FIXTURE)
@@ -309,6 +310,8 @@ def test_reproduces_hydrodl2_in_float64(forcing, case):
         assert err <= tol, f"{case}: {n} differs from hydrodl2 by {err:.3e} (scale {scale:.3g})"
         sums = torch.as_tensor(z[f"{case}/sum/{n}"])
         assert torch.allclose(v.sum(0), sums, rtol=1e-13, atol=1e-12), n
+    if case == "wet":  # the excess and UZL branches are exercised
+        assert float(torch.as_tensor(z["wet/out/excess"]).max()) > 1.0 and float(mine["Q0"].max()) > 1.0
 
 
 # -- parameters, PET, errors --------------------------------------------------------------------------------

@@ -422,7 +422,11 @@ def run_hbv(
     unknown = [k for k in (process or {}) if k not in PROCESS_FLUXES]
     if unknown:
         raise ConfigError(f"run_hbv: process {unknown} cannot be replaced; valid: {list(PROCESS_FLUXES)}")
-    dtype = torch.promote_types(P.dtype, torch.as_tensor(params["FC"]).dtype) if "FC" in params else P.dtype
+    # the dtype of the forcing, promoted by tensor parameters (plain numbers do not promote)
+    dtype = P.dtype
+    for v in params.values():
+        if torch.is_tensor(v) and v.is_floating_point():
+            dtype = torch.promote_types(dtype, v.dtype)
     if not dtype.is_floating_point:
         dtype = torch.get_default_dtype()
     device = P.device
