@@ -158,8 +158,9 @@ class HBVModel(Model):
             for i, bv in self._basin_values[name].items():
                 v[i] = bv
         if v.ndim >= 1 and name in PARAMETERS:
-            ok = (self.n_basins,) if name not in HBV_PARAMETER_NAMES else None
-            shapes = [(self.n_basins,), (self.n_basins, self.nmul)] if ok is None else [ok]
+            shapes = [(self.n_basins,)]  # routing parameters: per basin
+            if name in HBV_PARAMETER_NAMES:  # HBV parameters: also per basin and component
+                shapes.append((self.n_basins, self.nmul))
             if tuple(v.shape) not in shapes:
                 raise ShapeError(
                     f"hbv parameter {name}: a value of shape {tuple(v.shape)}; give a number or one value "
