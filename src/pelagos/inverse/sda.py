@@ -255,8 +255,9 @@ class GaussianScore(nn.Module):
         if covariance == "tweedie" and cg_iters < 1:
             raise ConfigError(f"GaussianScore: cg_iters must be >= 1; got {cg_iters}")
         # python numbers kept in float64 (cast to the state's dtype at use, no float32 round-off)
-        self.register_buffer("y", y if torch.is_tensor(y) else torch.as_tensor(y, dtype=torch.float64))
-        self.register_buffer("std", std if torch.is_tensor(std) else torch.as_tensor(std, dtype=torch.float64))
+        f64 = torch.float64
+        self.register_buffer("y", y if torch.is_tensor(y) else torch.as_tensor(y, dtype=f64))
+        self.register_buffer("std", std if torch.is_tensor(std) else torch.as_tensor(std, dtype=f64))
         self.A, self.sde, self.gamma, self.detach = A, sde, gamma, detach
         self.covariance, self.cg_iters = covariance, int(cg_iters)
 
