@@ -439,3 +439,27 @@ def test_random_windows_fit_and_ema():
     assert any(not torch.equal(a, b) for a, b in zip(before, ema.module.parameters()))
     with pytest.raises(ConfigError, match="scheduler"):
         fit(sde, data, opt, epochs=1, scheduler="cosine")
+
+
+@pytest.mark.parametrize("covariance", ["gamma", "tweedie"])
+def test_posterior_sampling_of_field_trajectories_with_a_nonlinear_operator(covariance):
+    """Smoke test of the whole chain on (B, L, C, H, W) trajectories: checkpointed network, saturating
+    operator on a sub-sampled field, several samples per batch, float32."""
+    torch.manual_seed(0)
+    net = LocalScoreNet(2, window=3, hidden=(4, 8), blocks=1, kernel=3, embedding=8, checkpoint=True)
+    sde = VPSDE(net, shape=(4, 2, 8, 8))
+
+    def A(x):
+        w = x[:, :, :1, ::4, ::4]
+        return w / (1 + w.abs())
+
+    y = torch.zeros(4, 1, 2, 2)
+    post = GaussianScore(y, A, 0.1, sde, covariance=covariance, cg_iters=2)
+    x = sample(post, batch=3, steps=3, corrections=1, generator=torch.Generator().manual_seed(0))
+    assert x.shape == (3, 4, 2, 8, 8) and x.dtype == torch.float32 and bool(torch.isfinite(x).all())
+    # the likelihood term changes the noise prediction
+    x_t = torch.randn(2, 4, 2, 8, 8)
+    t = torch.tensor([0.5, 0.9])
+    assert not torch.allclose(post.eps(x_t, t), sde.eps(x_t, t).detach())
+    with pytest.raises(ConfigError, match="std"):
+        GaussianScore(y, A, 0.0, sde)
