@@ -360,7 +360,8 @@ def sample(
     Reverse time ``t = 1 -> 0`` on a uniform grid of ``steps`` steps from ``x(1) ~ N(0, I)`` (or ``x1``):
     predictor ``x <- (a'/a) x + (s' - (a'/a) s) eps(x, t)`` (exponential integrator), then ``corrections``
     Langevin steps at ``t' = t - 1/steps``: ``delta = tau / mean(eps**2)``, ``x <- x - s' (delta eps +
-    sqrt(2 delta) z)``. ``shape`` defaults to the model's event shape; the default dtype is torch's.
+    sqrt(2 delta) z)``. ``shape`` defaults to the model's event shape, dtype and device to those of the
+    model's parameters (torch's defaults without any). ``generator`` must live on the sampling device.
     """
     if steps < 1 or corrections < 0 or tau <= 0:
         raise ConfigError(
@@ -368,9 +369,11 @@ def sample(
         )
     if x1 is None:
         shape = tuple(model.shape if shape is None else shape)
-        if device is None:
-            p = next(iter(model.parameters()), None) if isinstance(model, nn.Module) else None
-            device = p.device if p is not None else None
+        p = next(iter(model.parameters()), None) if isinstance(model, nn.Module) else None
+        if device is None and p is not None:
+            device = p.device
+        if dtype is None and p is not None and p.is_floating_point():
+            dtype = p.dtype
         x = torch.randn((batch, *shape), generator=generator, dtype=dtype, device=device)
     else:
         x = x1.clone()
@@ -405,7 +408,7 @@ def random_windows(
     x: torch.Tensor, window: int, generator: torch.Generator | None = None, per_item: int = 1
 ) -> torch.Tensor:
     """One (or ``per_item``) random contiguous window(s) of ``window`` states from each trajectory of ``x``
-    (B, L, ...) -> (B * per_item, window, ...)."""
+    (B, L, ...) -> (B * per_item, window, ...). The start indices are drawn on the CPU (``generator`` too)."""
     B, n_states = x.shape[:2]
     if n_states < window:
         raise ShapeError(f"random_windows: trajectories of {n_states} states < window {window}")
