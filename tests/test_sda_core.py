@@ -187,7 +187,7 @@ def test_v_parametrization_gives_the_same_eps():
         e = exact.eps(x_t, t)
         return a * e - s * (x_t - s * e) / a
 
-    sde_v = VPSDE(v_net, shape=(16,))
+    sde_v = VPSDE(v_net, shape=(16,), parametrization="v")
     x = torch.randn(4, 16, dtype=torch.float64)
     t = torch.tensor([0.0, 0.3, 0.7, 1.0], dtype=torch.float64)
     torch.testing.assert_close(sde_v.eps(x, t), exact.eps(x, t), rtol=1e-10, atol=1e-10)
@@ -447,7 +447,7 @@ def test_posterior_sampling_of_field_trajectories_with_a_nonlinear_operator(cova
     operator on a sub-sampled field, several samples per batch, float32."""
     torch.manual_seed(0)
     net = LocalScoreNet(2, window=3, hidden=(4, 8), blocks=1, kernel=3, embedding=8, checkpoint=True)
-    sde = VPSDE(net, shape=(4, 2, 8, 8))
+    sde = VPSDE(net, shape=(4, 2, 8, 8), parametrization="v")
 
     def A(x):
         w = x[:, :, :1, ::4, ::4]

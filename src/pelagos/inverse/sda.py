@@ -68,13 +68,13 @@ class VPSDE(nn.Module):
         alpha: schedule, ``'cos'`` (default), ``'lin'`` (``1 - (1 - eta) t``) or ``'exp'``
             (``exp(log(eta) t**2)``).
         eta: noise floor (dimensionless): ``sigma(0) = eta``, ``alpha(1) = eta``.
-        parametrization: ``'v'`` (default) or ``'eps'``. ``'eps'`` is the SDA study's: the network predicts
-            ``eps``, loss ``||net - eps||**2``. With ``'v'`` it predicts ``v = alpha eps - sigma x``, loss
-            ``||net - v||**2``, and ``eps = (sigma x_t + alpha net) / (1 + eta**2)``. With ``'eps'`` the
+        parametrization: ``'eps'`` (default, the SDA study's: the network predicts ``eps``, loss
+            ``||net - eps||**2``) or ``'v'`` (the network predicts ``v = alpha eps - sigma x``, loss
+            ``||net - v||**2``, and ``eps = (sigma x_t + alpha net) / (1 + eta**2)``). With ``'eps'`` the
             sampler amplifies the network's error at high noise by up to ``1/eta`` (the denoiser is
             ``(x_t - sigma eps) / alpha``): a briefly trained network gives diverging samples (measured:
-            tests/test_sda_core.py, docs/sda_model.md). ``'v'`` bounds that error (the denoiser becomes
-            ``(alpha x_t - sigma net) / (1 + eta**2)``).
+            benchmarks/sda_parametrization.py, docs/sda_model.md). ``'v'`` bounds that error (the denoiser
+            becomes ``(alpha x_t - sigma net) / (1 + eta**2)``): prefer it for short trainings.
     """
 
     def __init__(
@@ -83,7 +83,7 @@ class VPSDE(nn.Module):
         shape: Sequence[int] = (),
         alpha: str = "cos",
         eta: float = 1e-3,
-        parametrization: str = "v",
+        parametrization: str = "eps",
     ) -> None:
         super().__init__()
         if parametrization not in ("eps", "v"):
