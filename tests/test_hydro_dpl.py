@@ -7,24 +7,22 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 import socket
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 from pelagos.core.errors import ConfigError, ShapeError
+from pelagos.core.paths import DATA_DIR
 from pelagos.hydro import metrics
 from pelagos.hydro.dpl import DplModel, ETNet
 from pelagos.hydro.lstm_baseline import LSTMBaseline
 from pelagos.hydro.synthetic import SyntheticSpec, make_benchmark
 from pelagos.hydro.train import TrainSpec, load_checkpoint, run_window, train
 
-ROOT = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "camels_us_sample"
-if not ROOT.is_dir():  # the main checkout: /work/main/../shared
-    ROOT = Path("/work/shared/data/camels_us_sample")
-needs_data = pytest.mark.skipif(not ROOT.is_dir(), reason="CAMELS sample data not found")
+ROOT = DATA_DIR / "camels_us_sample"  # shipped with pelagos: 4 basins' forcing + attributes of all 671
 
 
 # -- metrics ------------------------------------------------------------------------------------------------
@@ -72,7 +70,6 @@ def tiny():
 TINY_SPEC = TrainSpec(epochs=2, batch_basins=8, rho=120, warmup=30, lr=0.01, seed=5, progress=False)
 
 
-@needs_data
 def test_benchmark_forcing_matches_attributes(tiny):
     d = tiny
     col = {n: j for j, n in enumerate(d.attribute_names)}
@@ -107,7 +104,6 @@ def _fd_check(model: torch.nn.Module, loss_fn, seed: int = 0, eps: float = 1e-6)
     return ad, (up - down) / (2 * eps)
 
 
-@needs_data
 @pytest.mark.parametrize("kind", ["mlp", "lstm_dynamic_nmul2", "mlp_et_net_smooth"])
 def test_gradients_through_network_weights_match_fd(tiny, kind, float64_default):
     torch.manual_seed(0)
@@ -151,7 +147,6 @@ def test_lstm_baseline_gradient_matches_fd(float64_default):
 
 
 # -- checkpoints, resume, data parallel ---------------------------------------------------------------------
-@needs_data
 def test_checkpoint_round_trip_and_resume_equals_uninterrupted(tiny, tmp_path):
     na = tiny.attributes.shape[1]
     torch.manual_seed(0)
@@ -187,7 +182,6 @@ def test_load_checkpoint_refuses_pickled_code(tmp_path):
         load_checkpoint(tmp_path / "missing.pt")
 
 
-@needs_data
 def test_sharded_batch_gradients_add_up_to_one_process(tiny, float64_default):
     # The data-parallel step: each rank's NSE* divided by the global count; their gradients sum to the
     # one-process gradient (what the all-reduce computes).
@@ -218,7 +212,6 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@needs_data
 def test_single_rank_process_group_equals_plain_training(tiny, tmp_path):
     import torch.distributed as dist
 
@@ -256,7 +249,6 @@ def _ddp_worker(rank: int, world: int, port: int, out: str) -> None:
         dist.destroy_process_group()
 
 
-@needs_data
 @pytest.mark.slow  # two spawned processes (~20 s on a loaded 2-core machine)
 def test_two_processes_equal_one_process(tmp_path):
     import torch.multiprocessing as mp
@@ -294,16 +286,74 @@ def test_bad_specs_give_clear_errors():
         TrainSpec(batch_basins=0).validate()
 
 
-@needs_data
 def test_window_that_does_not_fit_is_refused(tiny):
     m = DplModel(tiny.attributes.shape[1], hidden=4, layers=1)
     with pytest.raises(ConfigError, match="shorten warmup or rho"):
         train(m, tiny, dataclasses.replace(TINY_SPEC, warmup=800, rho=365))
 
 
-@needs_data
 def test_unknown_camels_basin_is_refused():
     from pelagos.hydro.train import load_camels_data
 
     with pytest.raises(ConfigError, match="unknown CAMELS basin"):
         load_camels_data(ROOT, ["01022500", "99999999"])
+
+
+# -- the command ----------------------------------------------------------------------------------------------
+def _config(tmp_path, **sections) -> Path:
+    import yaml
+
+    cfg = {
+        "model": {"kind": "hbv", "nmul": 1},
+        "data": {"kind": "synthetic", "root": "builtin:camels_us_sample", "n_basins": 12, "n_years": 3,
+                 "train_years": 1, "ungauged_fraction": 0.25, "seed": 3},
+        "dpl": {"network": "mlp", "hidden": 8, "layers": 1},
+        "train": {"epochs": 1, "batch_basins": 8, "rho": 120, "warmup": 30, "seed": 5},
+        "compare": {"models": ["dpl", "calibration", "lstm"], "lstm_hidden": 8},
+        "output": {"file": "out/run"},
+    }  # fmt: skip
+    for k, v in sections.items():
+        cfg[k] = v if k == "model" else {**cfg.get(k, {}), **v}
+    p = tmp_path / "dpl.yaml"
+    p.write_text(yaml.safe_dump(cfg))
+    return p
+
+
+def test_cli_train_then_evaluate_writes_metrics_and_figures(tmp_path):
+    import json
+
+    from pelagos.cli import main
+
+    cfg = _config(tmp_path)
+    assert main(["hydro", "train", str(cfg), "--no-progress"]) == 0
+    for m in ("dpl", "calibration", "lstm"):
+        assert (tmp_path / "out" / f"run_{m}.pt").exists()
+    assert main(["hydro", "evaluate", str(cfg)]) == 0
+    res = json.loads((tmp_path / "out" / "run_metrics.json").read_text())
+    assert set(res["nse"]) == {"gauged", "ungauged", "region"}
+    assert "dpl" in res["nse"]["gauged"] and "lstm" in res["nse"]["gauged"]
+    assert "dPL (mlp)" in res["parameters"]["region"] and "ET" in res["untrained"]
+    for fig in ("nse_cdf", "hydrographs", "parameter_maps", "parameters_vs_attributes", "untrained_outputs",
+                "training_curves"):  # fmt: skip
+        assert (tmp_path / "out" / f"run_{fig}.png").stat().st_size > 1000
+
+
+@pytest.mark.parametrize(
+    ("sections", "match"),
+    [
+        ({"train": {"epoch": 3}}, "did you mean 'epochs'"),
+        ({"data": {"kind": "grib"}}, "data.kind must be 'synthetic' or 'camels'"),
+        ({"data": {"n_basins": 2}}, "n_basins must be at least 4"),
+        ({"dpl": {"network": "lstm", "dynamic": ["BETAX"]}}, "not HBV parameters"),
+        ({"compare": {"models": []}}, "compare.models is empty"),
+        ({"model": {"kind": "lorenz63"}}, "use model: {kind: hbv}"),
+        ({"data": {"root": "nowhere"}}, "is not a folder"),
+        ({"train": {"optimizer": "sgd"}}, "train.optimizer must be one of"),
+    ],
+)
+def test_bad_configurations_are_refused_with_the_fix(tmp_path, sections, match):
+    from pelagos.hydro import experiment
+
+    with pytest.raises(ConfigError, match=re.escape(match)):
+        cfg = experiment.load(_config(tmp_path, **sections))
+        experiment.build_model(cfg, "dpl", make_benchmark(cfg.data))

@@ -1,9 +1,9 @@
 """``pelagos hydro train|evaluate``: the dPL experiments from one configuration (read by the one loader,
 :func:`pelagos.io.config.load_config`, with the command's own sections in ``extra_sections``)::
 
-    model:   {kind: hbv}                       # the process model (its options, e.g. smooth, if the kind has them)
-    data:    {kind: synthetic, root: ../shared/data/camels_us_sample, n_basins: 200, ...}   # or kind: camels
-    dpl:     {network: mlp, nmul: 1, dynamic: [], hidden: 64, layers: 2, dropout: 0.0, process: []}
+    model:   {kind: hbv, nmul: 1, smooth: 0}   # HBV: parallel components, threshold sharpness (0: hard)
+    data:    {kind: synthetic, root: builtin:camels_us_sample, n_basins: 200, ...}   # or kind: camels
+    dpl:     {network: mlp, dynamic: [], hidden: 64, layers: 2, dropout: 0.0, process: []}
     train:   {epochs: 20, batch_basins: 100, rho: 365, warmup: 365, loss: nse_star, optimizer: adam, lr: 0.01}
     compare: {models: [dpl, lstm, calibration], lstm_hidden: 64, lstm_lr: 0.005, calibration_lr: 0.05}
     output:  {file: results/hydro_dpl}         # base name: <base>_<model>.pt, <base>_metrics.json, figures
@@ -44,7 +44,7 @@ MODELS = ("dpl", "lstm", "calibration")
 class CamelsSpec:
     """``data: {kind: camels}``: real CAMELS-US basins (forcing and USGS flow)."""
 
-    root: str = "../shared/data/camels_us_sample"
+    root: str = "builtin:camels_us_sample"
     gauge_ids: list[str] = field(default_factory=lambda: ["01022500", "01547700", "02064000", "03015500"])
     warmup_end: str = "2000-12-31"
     train: tuple[str, str] = ("2001-01-01", "2001-12-31")
@@ -56,19 +56,17 @@ class DplSpec:
     """``dpl:``: the parameter network (:class:`pelagos.hydro.dpl.DplModel`)."""
 
     network: Literal["mlp", "lstm"] = "mlp"
-    nmul: int = 1
     dynamic: list[str] = field(default_factory=list)
     hidden: int = 64
     layers: int = 2
     dropout: float = 0.0
     process: list[Literal["ET"]] = field(default_factory=list)  # fluxes replaced by a network
-    smooth: float | None = None
 
     def validate(self, where: str = "dpl") -> None:
-        if self.nmul < 1 or self.hidden < 1 or self.layers < 0:
-            raise ConfigError("dpl.nmul and dpl.hidden must be >= 1, dpl.layers >= 0")
+        if self.hidden < 1 or self.layers < 0:
+            raise ConfigError(f"{where}.hidden must be >= 1 and {where}.layers >= 0")
         if not 0 <= self.dropout < 1:
-            raise ConfigError(f"dpl.dropout must be in [0, 1); got {self.dropout}")
+            raise ConfigError(f"{where}.dropout must be in [0, 1); got {self.dropout}")
 
 
 @dataclass
@@ -85,9 +83,9 @@ class CompareSpec:
 
     def validate(self, where: str = "compare") -> None:
         if not self.models:
-            raise ConfigError(f"compare.models is empty; choose from {list(MODELS)}")
+            raise ConfigError(f"{where}.models is empty; choose from {list(MODELS)}")
         if len(set(self.models)) != len(self.models):
-            raise ConfigError(f"compare.models lists a model twice: {self.models}")
+            raise ConfigError(f"{where}.models lists a model twice: {self.models}")
 
 
 def _data_section(raw: Any, where: str):
@@ -114,6 +112,7 @@ class HydroConfig:
     dpl: DplSpec
     train: TrainSpec
     compare: CompareSpec
+    nmul: int
     smooth: float | None
     out_dir: Path
     name: str
@@ -147,12 +146,15 @@ def load(source: str | os.PathLike | Mapping[str, Any], *, overrides: list[str] 
     else:
         out = Path("results") / (Path(cfg.path).stem if cfg.path else "hydro_dpl")
     dpl = cfg.extra["dpl"] or DplSpec()
-    smooth = dpl.smooth if dpl.smooth is not None else getattr(cfg.model, "smooth", None)
+    smooth = getattr(cfg.model, "smooth", None) or None  # the hbv kind's 0 = hard thresholds
+    if getattr(cfg.model, "basin_parameters", None):
+        raise ConfigError("model.basin_parameters are fixed parameters of `pelagos run`; dPL learns them: remove it")
     return HydroConfig(
         data=data,
         dpl=dpl,
         train=cfg.extra["train"] or TrainSpec(),
         compare=cfg.extra["compare"] or CompareSpec(),
+        nmul=int(getattr(cfg.model, "nmul", 1)),
         smooth=smooth,
         out_dir=out.parent,
         name=out.name.removesuffix(".nc"),
@@ -180,13 +182,13 @@ def build_model(cfg: HydroConfig, which: str, data: BasinData) -> torch.nn.Modul
     if which == "dpl":
         d = cfg.dpl
         proc = {p: ETNet() for p in d.process}
-        return DplModel(na, network=d.network, nmul=d.nmul, dynamic=d.dynamic, hidden=d.hidden, layers=d.layers,
+        return DplModel(na, network=d.network, nmul=cfg.nmul, dynamic=d.dynamic, hidden=d.hidden, layers=d.layers,
                         dropout=d.dropout, process=proc, smooth=cfg.smooth)  # fmt: skip
     if which == "lstm":
         c = cfg.compare
         return LSTMBaseline(na, hidden=c.lstm_hidden, dropout=c.lstm_dropout)
     if which == "calibration":
-        return DplModel(na, network="table", n_basins=data.obs.shape[1], nmul=cfg.dpl.nmul, smooth=cfg.smooth)
+        return DplModel(na, network="table", n_basins=data.obs.shape[1], nmul=cfg.nmul, smooth=cfg.smooth)
     raise ConfigError(f"unknown model {which!r}; valid: {list(MODELS)}")
 
 

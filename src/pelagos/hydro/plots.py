@@ -28,10 +28,11 @@ def _plt():
     return plt
 
 
-def _save(fig, path: str | os.PathLike) -> Path:
+def _save(fig, path: str | os.PathLike, *, tight: bool = True) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
+    if tight:
+        fig.tight_layout()
     fig.savefig(path, dpi=110)
     _plt().close(fig)
     return path
@@ -84,7 +85,8 @@ def plot_parameter_maps(lon: np.ndarray, lat: np.ndarray, maps: Mapping[str, Map
     plt = _plt()
     params = list(maps)
     ncol = max(len(v) for v in maps.values())
-    fig, axes = plt.subplots(len(params), ncol, figsize=(3.6 * ncol, 2.4 * len(params)), squeeze=False)
+    fig, axes = plt.subplots(len(params), ncol, figsize=(3.6 * ncol, 2.4 * len(params)), squeeze=False,
+                             layout="constrained")  # fmt: skip
     for r, p in enumerate(params):
         vals = [np.asarray(v, dtype=float) for v in maps[p].values()]
         lo = np.nanmin([np.nanpercentile(v, 2) for v in vals])
@@ -97,7 +99,7 @@ def plot_parameter_maps(lon: np.ndarray, lat: np.ndarray, maps: Mapping[str, Map
             ax.set_xticks([])
             ax.set_yticks([])
         fig.colorbar(sc, ax=list(axes[r]), shrink=0.8)
-    return _save(fig, path)
+    return _save(fig, path, tight=False)
 
 
 def plot_parameters_vs_attributes(pairs: Sequence[tuple[str, str]], attrs: Mapping[str, np.ndarray],

@@ -41,12 +41,12 @@ attribute tables cover all 671. The benchmark keeps every real thing it can and 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from ..core.errors import ConfigError
+from ..core.paths import resolve_path
 
 __all__ = [
     "ATTRIBUTES",
@@ -95,7 +95,7 @@ TRUE_MAPPING: dict[str, tuple[float, dict[str, float], tuple[str, float] | None]
 class SyntheticSpec:
     """Settings of :func:`make_benchmark` (the ``data:`` section of ``pelagos hydro`` with ``kind: synthetic``)."""
 
-    root: str = "../shared/data/camels_us_sample"  # CAMELS-US folder (attributes + the 4 donor basins)
+    root: str = "builtin:camels_us_sample"  # CAMELS-US folder (attributes of 671 basins + the 4 donors)
     n_basins: int | None = None  # a random subset of the 671 basins (None: all); held-out region kept whole
     held_out_hucs: list[int] = field(default_factory=lambda: [3, 6])  # HUC-02 regions held out (PUR)
     ungauged_fraction: float = 0.2  # fraction of the other basins held out as ungauged (PUB)
@@ -175,7 +175,7 @@ def make_benchmark(spec: SyntheticSpec | None = None, *, dtype: torch.dtype = to
 
     spec = spec or SyntheticSpec()
     spec.validate()
-    root = Path(spec.root)
+    root = resolve_path(spec.root, None)
     names = list(ATTRIBUTES)
     ids_all, _, vals = load_attributes(root, names=names)
     geo_tab = load_attributes(root, names=["gauge_lat", "gauge_lon"])

@@ -37,6 +37,7 @@ import torch
 import torch.distributed as dist
 
 from ..core.errors import ConfigError, ShapeError
+from ..core.paths import resolve_path
 from .metrics import basin_std, nse_star_loss, rmse_comb_loss
 
 __all__ = ["BasinData", "TrainSpec", "load_camels_data", "predict", "train"]
@@ -107,6 +108,7 @@ def load_camels_data(root: str | os.PathLike, gauge_ids: Sequence[str], *,
 
     if not gauge_ids:
         raise ConfigError("data.gauge_ids is empty: name at least one CAMELS basin (8-digit USGS id)")
+    root = resolve_path(root, None)
     names = list(ATTRIBUTES)
     ids_all, _, vals = load_attributes(root, names=names)
     ids_all = [str(g) for g in ids_all]
