@@ -78,6 +78,7 @@ class CompareSpec:
     lstm_dropout: float = 0.4
     lstm_lr: float = 0.005
     lstm_epochs: int | None = None  # None: train.epochs
+    lstm_batch_basins: int | None = None  # None: train.batch_basins
     calibration_lr: float = 0.05
     calibration_epochs: int | None = None
 
@@ -195,7 +196,8 @@ def build_model(cfg: HydroConfig, which: str, data: BasinData) -> torch.nn.Modul
 def _spec_for(cfg: HydroConfig, which: str) -> TrainSpec:
     c = cfg.compare
     if which == "lstm":
-        return dataclasses.replace(cfg.train, lr=c.lstm_lr, epochs=c.lstm_epochs or cfg.train.epochs)
+        return dataclasses.replace(cfg.train, lr=c.lstm_lr, epochs=c.lstm_epochs or cfg.train.epochs,
+                                   batch_basins=c.lstm_batch_basins or cfg.train.batch_basins)  # fmt: skip
     if which == "calibration":
         return dataclasses.replace(cfg.train, lr=c.calibration_lr, optimizer="adam",
                                    epochs=c.calibration_epochs or cfg.train.epochs)  # fmt: skip
@@ -225,10 +227,12 @@ def train_models(cfg: HydroConfig, *, resume: bool = False, log: Callable[[str],
                                    "n_parameters": sum(p.numel() for p in model.parameters())}  # fmt: skip
         log(f"[{which}] {sec:.1f} s ({sec / max(1, spec.epochs):.2f} s/epoch)")
         paths.append(ck)
+        if rank == 0:  # after each model, merged with the record of models trained by earlier calls
+            p = cfg.path("training.json")
+            old = json.loads(p.read_text()) if p.exists() else {"models": {}}
+            p.write_text(json.dumps({**record, "models": {**old.get("models", {}), **record["models"]}}, indent=1))
     if rank == 0:
-        p = cfg.path("training.json")
-        p.write_text(json.dumps(record, indent=1))
-        paths.append(p)
+        paths.append(cfg.path("training.json"))
     return paths
 
 
