@@ -63,7 +63,9 @@ def test_nse_star_and_rmse_comb_hand_values():
 @pytest.fixture(scope="module")
 def tiny():
     """12 semi-synthetic basins, 3 synthetic years (warm-up, train, test)."""
-    spec = SyntheticSpec(root=str(ROOT), n_basins=12, n_years=3, train_years=1, ungauged_fraction=0.25, seed=3)
+    spec = SyntheticSpec(
+        root=str(ROOT), n_basins=12, n_years=3, train_years=1, ungauged_fraction=0.25, seed=3
+    )
     return make_benchmark(spec)
 
 
@@ -78,8 +80,9 @@ def test_benchmark_forcing_matches_attributes(tiny):
     np.testing.assert_allclose(P.mean(0).numpy(), d.attributes_raw[:, col["p_mean"]], rtol=1e-5)
     snow = (P * (T < 0)).sum(0) / P.sum(0)
     np.testing.assert_allclose(snow.numpy(), d.attributes_raw[:, col["frac_snow"]], atol=0.02)
-    np.testing.assert_allclose(d.forcing[..., 2].double().mean(0).numpy(), d.attributes_raw[:, col["pet_mean"]],
-                               rtol=1e-5)  # fmt: skip
+    np.testing.assert_allclose(
+        d.forcing[..., 2].double().mean(0).numpy(), d.attributes_raw[:, col["pet_mean"]], rtol=1e-5
+    )
     assert set(np.concatenate(list(d.splits.values()))) == set(range(12))
     assert d.truth["Q"].shape == d.obs.shape and bool((d.obs >= 0).all())
 
@@ -176,7 +179,7 @@ def test_load_checkpoint_refuses_pickled_code(tmp_path):
             return (os.system, ("echo pwned",))
 
     torch.save({"model": Evil()}, tmp_path / "evil.pt")
-    with pytest.raises(Exception, match="(?i)weights_only|unsupported|global"):
+    with pytest.raises(Exception, match=r"(?i)weights_only|unsupported|global"):
         load_checkpoint(tmp_path / "evil.pt")
     with pytest.raises(ConfigError, match="does not exist"):
         load_checkpoint(tmp_path / "missing.pt")
@@ -187,8 +190,9 @@ def test_sharded_batch_gradients_add_up_to_one_process(tiny, float64_default):
     # one-process gradient (what the all-reduce computes).
     torch.manual_seed(0)
     m = DplModel(tiny.attributes.shape[1], hidden=8, layers=1).double()
-    d = dataclasses.replace(tiny, forcing=tiny.forcing.double(), obs=tiny.obs.double(),
-                            attributes=tiny.attributes.double())  # fmt: skip
+    d = dataclasses.replace(
+        tiny, forcing=tiny.forcing.double(), obs=tiny.obs.double(), attributes=tiny.attributes.double()
+    )
     b = torch.as_tensor(d.splits["gauged"][:6])
     days = slice(365, 425)
     std = metrics.basin_std(d.obs[365:730])
@@ -238,8 +242,12 @@ def _ddp_worker(rank: int, world: int, port: int, out: str) -> None:
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
         torch.set_default_dtype(torch.float64)
-        data = make_benchmark(SyntheticSpec(root=str(ROOT), n_basins=12, n_years=3, train_years=1,
-                                            ungauged_fraction=0.25, seed=3), dtype=torch.float64)  # fmt: skip
+        data = make_benchmark(
+            SyntheticSpec(
+                root=str(ROOT), n_basins=12, n_years=3, train_years=1, ungauged_fraction=0.25, seed=3
+            ),
+            dtype=torch.float64,
+        )
         torch.manual_seed(0)
         m = DplModel(data.attributes.shape[1], hidden=8, layers=1)
         train(m, data, dataclasses.replace(TINY_SPEC, epochs=1))
@@ -258,8 +266,12 @@ def test_two_processes_equal_one_process(tmp_path):
     old = torch.get_default_dtype()
     torch.set_default_dtype(torch.float64)
     try:
-        data = make_benchmark(SyntheticSpec(root=str(ROOT), n_basins=12, n_years=3, train_years=1,
-                                            ungauged_fraction=0.25, seed=3), dtype=torch.float64)  # fmt: skip
+        data = make_benchmark(
+            SyntheticSpec(
+                root=str(ROOT), n_basins=12, n_years=3, train_years=1, ungauged_fraction=0.25, seed=3
+            ),
+            dtype=torch.float64,
+        )
         torch.manual_seed(0)
         m = DplModel(data.attributes.shape[1], hidden=8, layers=1)
         train(m, data, dataclasses.replace(TINY_SPEC, epochs=1))
@@ -272,19 +284,37 @@ def test_two_processes_equal_one_process(tmp_path):
 
 # -- recovery of the hidden mapping --------------------------------------------------------------------------
 def test_dpl_recovers_hidden_mapping_far_better_than_chance():
-    """120 semi-synthetic basins, trained on 84 for 300 days (100 warm-up + 200 with loss, the same cold start as
-    the synthetic truth); judged on the 36 held-out basins: the learned attribute → parameter maps correlate with
-    the hidden ones (the untrained network's do not), and the parameter error is far below chance."""
+    """120 semi-synthetic basins, trained on 84 for 300 days (100 warm-up + 200 with loss, the same cold start
+    as the synthetic truth); judged on the 36 held-out basins: the learned attribute → parameter maps
+    correlate with the hidden ones (the untrained network's do not), and the parameter error is far below
+    chance."""
     from pelagos.hydro.experiment import _unit
     from pelagos.hydro.hbv import PARAMETER_NAMES
 
     torch.set_num_threads(1)
-    d = make_benchmark(SyntheticSpec(root=str(ROOT), n_basins=120, n_years=3, train_years=1, held_out_hucs=[],
-                                     ungauged_fraction=0.3, seed=7))  # fmt: skip
+    d = make_benchmark(
+        SyntheticSpec(
+            root=str(ROOT),
+            n_basins=120,
+            n_years=3,
+            train_years=1,
+            held_out_hucs=[],
+            ungauged_fraction=0.3,
+            seed=7,
+        )
+    )
     n = 300
-    d = dataclasses.replace(d, dates=d.dates[:n], forcing=d.forcing[:n], obs=d.obs[:n],
-                            periods={"warmup_end": str(d.dates[99]), "train": (str(d.dates[100]), str(d.dates[n - 1])),
-                                     "test": (str(d.dates[100]), str(d.dates[n - 1]))})  # fmt: skip
+    d = dataclasses.replace(
+        d,
+        dates=d.dates[:n],
+        forcing=d.forcing[:n],
+        obs=d.obs[:n],
+        periods={
+            "warmup_end": str(d.dates[99]),
+            "train": (str(d.dates[100]), str(d.dates[n - 1])),
+            "test": (str(d.dates[100]), str(d.dates[n - 1])),
+        },
+    )
     names = list(PARAMETER_NAMES)
     truth = _unit(d.truth["params"], names)
     held = d.splits["ungauged"]
@@ -318,7 +348,7 @@ def test_bad_specs_give_clear_errors():
         SyntheticSpec(n_basins=2).validate()
     with pytest.raises(ConfigError, match="n_years"):
         SyntheticSpec(n_years=2, train_years=2).validate()
-    with pytest.raises(ConfigError, match="train.batch_basins"):
+    with pytest.raises(ConfigError, match=r"train\.batch_basins"):
         TrainSpec(batch_basins=0).validate()
 
 
@@ -335,19 +365,26 @@ def test_unknown_camels_basin_is_refused():
         load_camels_data(ROOT, ["01022500", "99999999"])
 
 
-# -- the command ----------------------------------------------------------------------------------------------
-def _config(tmp_path, **sections) -> Path:
+# -- the command --------------------------------------------------------------------------------------------
+def _config(tmp_path, **sections):
     import yaml
 
     cfg = {
         "model": {"kind": "hbv", "nmul": 1},
-        "data": {"kind": "synthetic", "root": "builtin:camels_us_sample", "n_basins": 12, "n_years": 3,
-                 "train_years": 1, "ungauged_fraction": 0.25, "seed": 3},
+        "data": {
+            "kind": "synthetic",
+            "root": "builtin:camels_us_sample",
+            "n_basins": 12,
+            "n_years": 3,
+            "train_years": 1,
+            "ungauged_fraction": 0.25,
+            "seed": 3,
+        },
         "dpl": {"network": "mlp", "hidden": 8, "layers": 1},
         "train": {"epochs": 1, "batch_basins": 8, "rho": 120, "warmup": 30, "seed": 5},
         "compare": {"models": ["dpl", "calibration", "lstm"], "lstm_hidden": 8},
         "output": {"file": "out/run"},
-    }  # fmt: skip
+    }
     for k, v in sections.items():
         cfg[k] = v if k == "model" else {**cfg.get(k, {}), **v}
     p = tmp_path / "dpl.yaml"
@@ -369,8 +406,14 @@ def test_cli_train_then_evaluate_writes_metrics_and_figures(tmp_path):
     assert set(res["nse"]) == {"gauged", "ungauged", "region"}
     assert "dpl" in res["nse"]["gauged"] and "lstm" in res["nse"]["gauged"]
     assert "dPL (mlp)" in res["parameters"]["region"] and "ET" in res["untrained"]
-    for fig in ("nse_cdf", "hydrographs", "parameter_maps", "parameters_vs_attributes", "untrained_outputs",
-                "training_curves"):  # fmt: skip
+    for fig in (
+        "nse_cdf",
+        "hydrographs",
+        "parameter_maps",
+        "parameters_vs_attributes",
+        "untrained_outputs",
+        "training_curves",
+    ):
         assert (tmp_path / "out" / f"run_{fig}.png").stat().st_size > 1000
 
 

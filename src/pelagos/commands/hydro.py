@@ -9,7 +9,7 @@ HELP = "differentiable hydrology: train and evaluate dPL (parameter networks for
 DESCRIPTION = """Differentiable parameter learning for HBV:
 
   pelagos hydro train CONFIG.yaml      train dPL (and the LSTM / per-basin calibration baselines named in
-                                       compare.models); checkpoints <output>_<model>.pt, <output>_training.json
+                                       compare.models); writes <output>_<model>.pt, <output>_training.json
   pelagos hydro evaluate CONFIG.yaml   NSE/KGE per split, parameter error and spatial coherence against the
                                        synthetic truth, untrained outputs; <output>_metrics.json and figures
 

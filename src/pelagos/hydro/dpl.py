@@ -1,5 +1,5 @@
-"""Differentiable parameter learning (dPL): a network maps basin attributes (and forcings) to the parameters of
-the differentiable HBV model (:mod:`pelagos.hydro.hbv`); both are trained end to end on many basins at once
+"""Differentiable parameter learning (dPL): a network maps basin attributes (and forcings) to the parameters
+of the differentiable HBV model (:mod:`pelagos.hydro.hbv`); both are trained end to end on many basins at once
 (Tsai et al. 2021; Feng et al. 2022).
 
 Parameter networks (each returns raw outputs; :class:`DplModel` applies a sigmoid and the published bounds
@@ -29,7 +29,7 @@ from torch import nn
 
 from ..core.errors import ConfigError, ShapeError
 
-__all__ = ["AttributeMLP", "BasinTable", "DplModel", "ETNet", "ForcingLSTM", "ROUTING", "normalise_forcing"]
+__all__ = ["ROUTING", "AttributeMLP", "BasinTable", "DplModel", "ETNet", "ForcingLSTM", "normalise_forcing"]
 
 ROUTING = ("route_a", "route_b")
 
@@ -71,8 +71,8 @@ class AttributeMLP(nn.Module):
 
 
 class ForcingLSTM(nn.Module):
-    """LSTM ``(n_days, n_basins, n_in) → (n_days, n_basins, n_out)`` with a linear input layer, one LSTM layer of
-    ``hidden`` units and a linear head (dropout on the LSTM output)."""
+    """LSTM ``(n_days, n_basins, n_in) → (n_days, n_basins, n_out)`` with a linear input layer, one LSTM
+    layer of ``hidden`` units and a linear head (dropout on the LSTM output)."""
 
     def __init__(self, n_in: int, n_out: int, hidden: int = 64, dropout: float = 0.0):
         super().__init__()
@@ -126,9 +126,9 @@ class DplModel(nn.Module):
     """Parameter network + HBV: ``Q = HBV(forcing; g(attributes, forcing))``.
 
     ``network``: ``"mlp"`` (:class:`AttributeMLP`, all parameters static), ``"lstm"`` (:class:`ForcingLSTM`,
-    the ``dynamic`` parameters vary by day, the others from the last step) or ``"table"`` (:class:`BasinTable`,
-    per-basin calibration; needs ``n_basins``). ``nmul``: parallel HBV components. ``process``: optional
-    networks replacing HBV fluxes, e.g. ``{"ET": ETNet()}`` (passed to ``run_hbv(process=...)``).
+    the ``dynamic`` parameters vary by day, the others from the last step) or ``"table"``
+    (:class:`BasinTable`, per-basin calibration; needs ``n_basins``). ``nmul``: parallel HBV components.
+    ``process``: optional networks replacing HBV fluxes, e.g. ``{"ET": ETNet()}`` (``run_hbv(process=...)``).
     ``smooth``: sharpness of HBV's smooth thresholds (None: the exact HBV 1.0 thresholds).
     """
 
@@ -226,14 +226,23 @@ class DplModel(nn.Module):
 
     # -- the model -------------------------------------------------------------------------------------------
     def hbv(self, forcing: torch.Tensor, params: dict[str, torch.Tensor], *, state=None, warmup: int = 0):
-        """``run_hbv`` on forcing ``(n_days, n_basins, 3)`` with ``params`` (and this model's process nets)."""
+        """``run_hbv`` on forcing ``(n_days, n_basins, 3)`` with ``params`` (and the process networks)."""
         from .hbv import run_hbv
 
         kw = {}
         if len(self.process):
             kw["process"] = dict(self.process.items())
-        return run_hbv(forcing[..., 0], forcing[..., 1], forcing[..., 2], params, state=state, warmup=warmup,
-                       smooth=self.smooth, check=False, **kw)  # fmt: skip
+        return run_hbv(
+            forcing[..., 0],
+            forcing[..., 1],
+            forcing[..., 2],
+            params,
+            state=state,
+            warmup=warmup,
+            smooth=self.smooth,
+            check=False,
+            **kw,
+        )
 
     def forward(
         self,

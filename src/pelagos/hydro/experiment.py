@@ -11,8 +11,9 @@
 ``train`` trains every model of ``compare.models`` on the gauged basins' training period and writes a
 checkpoint per model and ``<base>_training.json`` (loss curves, seconds per epoch). ``evaluate`` rebuilds the
 data (seeded), loads the checkpoints (``weights_only=True``) and writes ``<base>_metrics.json`` and figures:
-NSE/KGE per split on the test period; on the semi-synthetic data also parameter error against the hidden truth,
-spatial coherence (Moran's I) of the parameter maps and untrained outputs (ET, SWE) against the true ones.
+NSE/KGE per split on the test period; on the semi-synthetic data also parameter error against the hidden
+truth, spatial coherence (Moran's I) of the parameter maps and untrained outputs (ET, SWE) against the true
+ones.
 Per-basin calibration has no parameters in held-out basins; they take those of the nearest gauged basin
 (great-circle distance between gauges: regionalisation by spatial proximity).
 """
@@ -122,8 +123,12 @@ class HydroConfig:
         return self.out_dir / f"{self.name}_{suffix}"
 
 
-def load(source: str | os.PathLike | Mapping[str, Any], *, overrides: list[str] | None = None,
-         output: str | os.PathLike | None = None) -> HydroConfig:  # fmt: skip
+def load(
+    source: str | os.PathLike | Mapping[str, Any],
+    *,
+    overrides: list[str] | None = None,
+    output: str | os.PathLike | None = None,
+) -> HydroConfig:
     """Read a ``pelagos hydro`` configuration (module docstring) with the one loader."""
     from ..core.paths import resolve_path
     from ..io.config import load_config
@@ -134,12 +139,16 @@ def load(source: str | os.PathLike | Mapping[str, Any], *, overrides: list[str] 
         extra_sections={"data": _data_section, "dpl": DplSpec, "train": TrainSpec, "compare": CompareSpec},
     )
     if cfg.kind.name != "hbv":
-        raise ConfigError(f"`pelagos hydro` trains parameter networks for HBV: use model: {{kind: hbv}}; "
-                          f"got {cfg.kind.name!r}")  # fmt: skip
+        raise ConfigError(
+            f"`pelagos hydro` trains parameter networks for HBV: use model: {{kind: hbv}}; "
+            f"got {cfg.kind.name!r}"
+        )
     data = cfg.extra["data"]
     data = dataclasses.replace(data, root=str(resolve_path(data.root, cfg.base)))
     if not Path(data.root).is_dir():
-        raise ConfigError(f"data.root {data.root} is not a folder (the CAMELS-US folder with the attribute tables)")
+        raise ConfigError(
+            f"data.root {data.root} is not a folder (the CAMELS-US folder with the attribute tables)"
+        )
     if output is not None:
         out = Path(output)
     elif cfg.output.file:
@@ -149,7 +158,9 @@ def load(source: str | os.PathLike | Mapping[str, Any], *, overrides: list[str] 
     dpl = cfg.extra["dpl"] or DplSpec()
     smooth = getattr(cfg.model, "smooth", None) or None  # the hbv kind's 0 = hard thresholds
     if getattr(cfg.model, "basin_parameters", None):
-        raise ConfigError("model.basin_parameters are fixed parameters of `pelagos run`; dPL learns them: remove it")
+        raise ConfigError(
+            "model.basin_parameters are fixed parameters of `pelagos run`; dPL learns them: remove it"
+        )
     return HydroConfig(
         data=data,
         dpl=dpl,
@@ -170,7 +181,9 @@ def build_data(cfg: HydroConfig) -> BasinData:
     if isinstance(cfg.data, SyntheticSpec):
         return make_benchmark(cfg.data)
     d = cfg.data
-    return load_camels_data(d.root, d.gauge_ids, warmup_end=d.warmup_end, train=tuple(d.train), test=tuple(d.test))
+    return load_camels_data(
+        d.root, d.gauge_ids, warmup_end=d.warmup_end, train=tuple(d.train), test=tuple(d.test)
+    )
 
 
 def build_model(cfg: HydroConfig, which: str, data: BasinData) -> torch.nn.Module:
@@ -183,8 +196,17 @@ def build_model(cfg: HydroConfig, which: str, data: BasinData) -> torch.nn.Modul
     if which == "dpl":
         d = cfg.dpl
         proc = {p: ETNet() for p in d.process}
-        return DplModel(na, network=d.network, nmul=cfg.nmul, dynamic=d.dynamic, hidden=d.hidden, layers=d.layers,
-                        dropout=d.dropout, process=proc, smooth=cfg.smooth)  # fmt: skip
+        return DplModel(
+            na,
+            network=d.network,
+            nmul=cfg.nmul,
+            dynamic=d.dynamic,
+            hidden=d.hidden,
+            layers=d.layers,
+            dropout=d.dropout,
+            process=proc,
+            smooth=cfg.smooth,
+        )
     if which == "lstm":
         c = cfg.compare
         return LSTMBaseline(na, hidden=c.lstm_hidden, dropout=c.lstm_dropout)
@@ -196,22 +218,29 @@ def build_model(cfg: HydroConfig, which: str, data: BasinData) -> torch.nn.Modul
 def _spec_for(cfg: HydroConfig, which: str) -> TrainSpec:
     c = cfg.compare
     if which == "lstm":
-        return dataclasses.replace(cfg.train, lr=c.lstm_lr, epochs=c.lstm_epochs or cfg.train.epochs,
-                                   batch_basins=c.lstm_batch_basins or cfg.train.batch_basins)  # fmt: skip
+        return dataclasses.replace(
+            cfg.train,
+            lr=c.lstm_lr,
+            epochs=c.lstm_epochs or cfg.train.epochs,
+            batch_basins=c.lstm_batch_basins or cfg.train.batch_basins,
+        )
     if which == "calibration":
-        return dataclasses.replace(cfg.train, lr=c.calibration_lr, optimizer="adam",
-                                   epochs=c.calibration_epochs or cfg.train.epochs)  # fmt: skip
+        return dataclasses.replace(
+            cfg.train, lr=c.calibration_lr, optimizer="adam", epochs=c.calibration_epochs or cfg.train.epochs
+        )
     return cfg.train
 
 
 def train_models(cfg: HydroConfig, *, resume: bool = False, log: Callable[[str], None] = print) -> list[Path]:
-    """Train every model of ``compare.models``; checkpoints ``<base>_<model>.pt`` and ``<base>_training.json``."""
+    """Train every model of ``compare.models``; writes ``<base>_<model>.pt`` and ``<base>_training.json``."""
     from .train import _world, train
 
     cfg.out_dir.mkdir(parents=True, exist_ok=True)
     data = build_data(cfg)
-    log(f"data: {data.obs.shape[1]} basins × {data.obs.shape[0]} days; splits "
-        + ", ".join(f"{k} {len(v)}" for k, v in data.splits.items()))  # fmt: skip
+    log(
+        f"data: {data.obs.shape[1]} basins × {data.obs.shape[0]} days; splits "
+        + ", ".join(f"{k} {len(v)}" for k, v in data.splits.items())
+    )
     rank, world = _world()
     record: dict[str, Any] = {"world_size": world, "threads": torch.get_num_threads(), "models": {}}
     paths = []
@@ -220,23 +249,31 @@ def train_models(cfg: HydroConfig, *, resume: bool = False, log: Callable[[str],
         spec = _spec_for(cfg, which)
         ck = cfg.path(f"{which}.pt")
         t0 = time.perf_counter()
-        hist = train(model, data, spec, checkpoint=ck, resume=resume, log=lambda s, w=which: log(f"[{w}] {s}"))
+        hist = train(
+            model, data, spec, checkpoint=ck, resume=resume, log=lambda s, w=which: log(f"[{w}] {s}")
+        )
         sec = time.perf_counter() - t0
-        record["models"][which] = {"history": hist, "seconds": sec, "epochs": spec.epochs,
-                                   "seconds_per_epoch": sec / max(1, spec.epochs),
-                                   "n_parameters": sum(p.numel() for p in model.parameters())}  # fmt: skip
+        record["models"][which] = {
+            "history": hist,
+            "seconds": sec,
+            "epochs": spec.epochs,
+            "seconds_per_epoch": sec / max(1, spec.epochs),
+            "n_parameters": sum(p.numel() for p in model.parameters()),
+        }
         log(f"[{which}] {sec:.1f} s ({sec / max(1, spec.epochs):.2f} s/epoch)")
         paths.append(ck)
         if rank == 0:  # after each model, merged with the record of models trained by earlier calls
             p = cfg.path("training.json")
             old = json.loads(p.read_text()) if p.exists() else {"models": {}}
-            p.write_text(json.dumps({**record, "models": {**old.get("models", {}), **record["models"]}}, indent=1))
+            p.write_text(
+                json.dumps({**record, "models": {**old.get("models", {}), **record["models"]}}, indent=1)
+            )
     if rank == 0:
         paths.append(cfg.path("training.json"))
     return paths
 
 
-# -- evaluation ------------------------------------------------------------------------------------------------
+# -- evaluation ----------------------------------------------------------------------------------------------
 def _nearest(lat: np.ndarray, lon: np.ndarray, targets: np.ndarray, donors: np.ndarray) -> np.ndarray:
     """For each target basin, the donor basin of smallest great-circle distance."""
     la, lo = np.radians(lat), np.radians(lon)
@@ -265,7 +302,9 @@ def morans_i(values: np.ndarray, lat: np.ndarray, lon: np.ndarray, k: int = 5) -
     if n <= k:
         return float("nan")
     la, lo = np.radians(lat), np.radians(lon)
-    c = np.sin(la[:, None]) * np.sin(la[None]) + np.cos(la[:, None]) * np.cos(la[None]) * np.cos(lo[:, None] - lo[None])
+    c = np.sin(la[:, None]) * np.sin(la[None]) + np.cos(la[:, None]) * np.cos(la[None]) * np.cos(
+        lo[:, None] - lo[None]
+    )
     np.fill_diagonal(c, -2.0)
     nn_idx = np.argsort(-c, axis=1)[:, :k]
     z = v - v.mean()
@@ -278,8 +317,13 @@ def _stats(v: torch.Tensor | np.ndarray) -> dict[str, float]:
     v = v[np.isfinite(v)]
     if len(v) == 0:
         return {"n": 0}
-    return {"n": len(v), "median": float(np.median(v)), "mean": float(np.mean(v)),
-            "p25": float(np.percentile(v, 25)), "p75": float(np.percentile(v, 75))}  # fmt: skip
+    return {
+        "n": len(v),
+        "median": float(np.median(v)),
+        "mean": float(np.mean(v)),
+        "p25": float(np.percentile(v, 25)),
+        "p75": float(np.percentile(v, 75)),
+    }
 
 
 def _unit(params: Mapping[str, torch.Tensor], names) -> np.ndarray:
@@ -325,8 +369,13 @@ def evaluate_models(cfg: HydroConfig, *, log: Callable[[str], None] = print) -> 
     q = {k: (o if torch.is_tensor(o) else o.Q)[sl] for k, o in outs.items()}
     if data.truth is not None:
         q["truth (noise-free)"] = data.truth["Q"][te]
-    res: dict[str, Any] = {"n_basins": int(data.obs.shape[1]), "test_period": list(data.periods["test"]),
-                           "splits": {k: len(v) for k, v in data.splits.items()}, "nse": {}, "kge": {}}  # fmt: skip
+    res: dict[str, Any] = {
+        "n_basins": int(data.obs.shape[1]),
+        "test_period": list(data.periods["test"]),
+        "splits": {k: len(v) for k, v in data.splits.items()},
+        "nse": {},
+        "kge": {},
+    }
     nse_all = {k: nse(v, obs).numpy() for k, v in q.items()}
     kge_all = {k: kge(v, obs).numpy() for k, v in q.items()}
     splits = {k: v for k, v in data.splits.items() if len(v)}
@@ -335,8 +384,12 @@ def evaluate_models(cfg: HydroConfig, *, log: Callable[[str], None] = print) -> 
         res["nse"][s] = {k: _stats(v[idx]) for k, v in nse_all.items()}
         res["kge"][s] = {k: _stats(v[idx]) for k, v in kge_all.items()}
         cdf[s] = {label.get(k, k): v[idx] for k, v in nse_all.items()}
-        log(f"{s:9s} median NSE: " + ", ".join(f"{label.get(k, k)} {res['nse'][s][k].get('median', float('nan')):.3f}"
-                                               for k in nse_all))  # fmt: skip
+        log(
+            f"{s:9s} median NSE: "
+            + ", ".join(
+                f"{label.get(k, k)} {res['nse'][s][k].get('median', float('nan')):.3f}" for k in nse_all
+            )
+        )
     paths = []
     figdir = cfg.out_dir
     paths.append(plots.plot_nse_cdf(cdf, figdir / f"{cfg.name}_nse_cdf.png"))
@@ -355,8 +408,10 @@ def evaluate_models(cfg: HydroConfig, *, log: Callable[[str], None] = print) -> 
         for k in models:
             d[label[k]] = q[k][:, b].numpy()
         series.append(d)
-        titles.append(f"{s} basin {data.gauge_ids[b]} (HUC {data.huc02[b]:02d}): "
-                      + ", ".join(f"{label[k]} NSE {nse_all[k][b]:.2f}" for k in models))  # fmt: skip
+        titles.append(
+            f"{s} basin {data.gauge_ids[b]} (HUC {data.huc02[b]:02d}): "
+            + ", ".join(f"{label[k]} NSE {nse_all[k][b]:.2f}" for k in models)
+        )
     paths.append(plots.plot_hydrographs(dates, series, titles, figdir / f"{cfg.name}_hydrographs.png"))
     # parameters
     names = list(PARAMETER_NAMES)
@@ -378,39 +433,75 @@ def evaluate_models(cfg: HydroConfig, *, log: Callable[[str], None] = print) -> 
         const = true_u[gauged].mean(0)
         for s, idx in splits.items():
             entry: dict[str, Any] = {}
-            cand = {**{label[k]: v for k, v in learned.items()},
-                    "constant (gauged mean of the truth)": np.broadcast_to(const, true_u.shape),
-                    "random (uniform in the bounds)": rng.uniform(size=true_u.shape)}  # fmt: skip
+            cand = {
+                **{label[k]: v for k, v in learned.items()},
+                "constant (gauged mean of the truth)": np.broadcast_to(const, true_u.shape),
+                "random (uniform in the bounds)": rng.uniform(size=true_u.shape),
+            }
             for src, v in cand.items():
                 err = v[idx] - true_u[idx]
-                corr = [float(np.corrcoef(v[idx, j], true_u[idx, j])[0, 1]) if np.std(v[idx, j]) > 0 and len(idx) > 2
-                        else float("nan") for j in range(len(names))]  # fmt: skip
-                entry[src] = {"rmse_unit": dict(zip(names, np.sqrt((err**2).mean(0)).round(4).tolist())),
-                              "rmse_unit_mean": float(np.sqrt((err**2).mean(0)).mean()),
-                              "corr": dict(zip(names, np.round(corr, 3).tolist())),
-                              "corr_median": float(np.nanmedian(corr)) if np.isfinite(corr).any() else None}  # fmt: skip
+                corr = [
+                    float(np.corrcoef(v[idx, j], true_u[idx, j])[0, 1])
+                    if np.std(v[idx, j]) > 0 and len(idx) > 2
+                    else float("nan")
+                    for j in range(len(names))
+                ]
+                entry[src] = {
+                    "rmse_unit": dict(zip(names, np.sqrt((err**2).mean(0)).round(4).tolist())),
+                    "rmse_unit_mean": float(np.sqrt((err**2).mean(0)).mean()),
+                    "corr": dict(zip(names, np.round(corr, 3).tolist())),
+                    "corr_median": float(np.nanmedian(corr)) if np.isfinite(corr).any() else None,
+                }
             res["parameters"][s] = entry
-            log(f"{s:9s} parameter RMSE (unit scale, mean over 14): "
-                + ", ".join(f"{k} {e['rmse_unit_mean']:.3f}" for k, e in entry.items()))  # fmt: skip
+            log(
+                f"{s:9s} parameter RMSE (unit scale, mean over 14): "
+                + ", ".join(f"{k} {e['rmse_unit_mean']:.3f}" for k, e in entry.items())
+            )
         # spatial coherence
         res["morans_i"] = {}
         allb = np.arange(data.obs.shape[1])
         for src, v in {"truth": true_u, **{label[k]: v for k, v in learned.items()}}.items():
             mi = [morans_i(v[allb, j], data.lat, data.lon) for j in range(len(names))]
-            res["morans_i"][src] = {"per_parameter": dict(zip(names, np.round(mi, 3).tolist())),
-                                    "median": float(np.nanmedian(mi))}  # fmt: skip
+            res["morans_i"][src] = {
+                "per_parameter": dict(zip(names, np.round(mi, 3).tolist())),
+                "median": float(np.nanmedian(mi)),
+            }
         maps_names = ["FC", "K2", "CFMAX", "BETA"]
-        maps = {n: {"truth": true_u[:, names.index(n)], **{label[k]: v[:, names.index(n)] for k, v in learned.items()}}
-                for n in maps_names}  # fmt: skip
+        maps = {
+            n: {
+                "truth": true_u[:, names.index(n)],
+                **{label[k]: v[:, names.index(n)] for k, v in learned.items()},
+            }
+            for n in maps_names
+        }
         held_mask = ~np.isin(np.arange(data.obs.shape[1]), gauged)
-        paths.append(plots.plot_parameter_maps(data.lon, data.lat, maps, figdir / f"{cfg.name}_parameter_maps.png",
-                                               held_out=held_mask))  # fmt: skip
-        attrs = {a: data.attributes_raw[:, data.attribute_names.index(a)] for a in
-                 ("max_water_content", "geol_permeability", "frac_snow", "aridity")}  # fmt: skip
-        pairs = [("FC", "max_water_content"), ("K2", "geol_permeability"), ("CFMAX", "frac_snow"), ("BETA", "aridity")]
-        pv = {n: {"truth": true_u[:, names.index(n)], **{label[k]: v[:, names.index(n)] for k, v in learned.items()}}
-              for n, _ in pairs}  # fmt: skip
-        paths.append(plots.plot_parameters_vs_attributes(pairs, attrs, pv, figdir / f"{cfg.name}_parameters_vs_attributes.png"))
+        paths.append(
+            plots.plot_parameter_maps(
+                data.lon, data.lat, maps, figdir / f"{cfg.name}_parameter_maps.png", held_out=held_mask
+            )
+        )
+        attrs = {
+            a: data.attributes_raw[:, data.attribute_names.index(a)]
+            for a in ("max_water_content", "geol_permeability", "frac_snow", "aridity")
+        }
+        pairs = [
+            ("FC", "max_water_content"),
+            ("K2", "geol_permeability"),
+            ("CFMAX", "frac_snow"),
+            ("BETA", "aridity"),
+        ]
+        pv = {
+            n: {
+                "truth": true_u[:, names.index(n)],
+                **{label[k]: v[:, names.index(n)] for k, v in learned.items()},
+            }
+            for n, _ in pairs
+        }
+        paths.append(
+            plots.plot_parameters_vs_attributes(
+                pairs, attrs, pv, figdir / f"{cfg.name}_parameters_vs_attributes.png"
+            )
+        )
         # untrained outputs
         res["untrained"] = {}
         for var in ("ET", "SWE"):
@@ -428,16 +519,29 @@ def evaluate_models(cfg: HydroConfig, *, log: Callable[[str], None] = print) -> 
             for k in learned:
                 d[label[k]] = getattr(outs[k], var)[sl][:, b].numpy()
             panels.append((f"{var} ({unit}), basin {data.gauge_ids[b]} (never trained on {var})", d))
-        paths.append(plots.plot_untrained_outputs(dates, panels, figdir / f"{cfg.name}_untrained_outputs.png"))
+        paths.append(
+            plots.plot_untrained_outputs(dates, panels, figdir / f"{cfg.name}_untrained_outputs.png")
+        )
     elif learned:
-        res["parameters"]["values"] = {label[k]: {data.gauge_ids[i]: dict(zip(names, np.round(v[i], 3).tolist()))
-                                                  for i in range(len(data.gauge_ids))} for k, v in learned.items()}  # fmt: skip
+        res["parameters"]["values"] = {
+            label[k]: {
+                data.gauge_ids[i]: dict(zip(names, np.round(v[i], 3).tolist()))
+                for i in range(len(data.gauge_ids))
+            }
+            for k, v in learned.items()
+        }
     tj = cfg.path("training.json")
     if tj.exists():
         tr = json.loads(tj.read_text())
-        res["training"] = {k: {kk: vv for kk, vv in v.items() if kk != "history"} for k, v in tr["models"].items()}
-        paths.append(plots.plot_training_curves({label.get(k, k): v["history"] for k, v in tr["models"].items()},
-                                                figdir / f"{cfg.name}_training_curves.png"))  # fmt: skip
+        res["training"] = {
+            k: {kk: vv for kk, vv in v.items() if kk != "history"} for k, v in tr["models"].items()
+        }
+        paths.append(
+            plots.plot_training_curves(
+                {label.get(k, k): v["history"] for k, v in tr["models"].items()},
+                figdir / f"{cfg.name}_training_curves.png",
+            )
+        )
     mp = cfg.path("metrics.json")
     mp.write_text(json.dumps(res, indent=1, default=float))
     return [mp, *paths]

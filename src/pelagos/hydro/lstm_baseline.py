@@ -3,8 +3,8 @@
 Inputs per day: the normalised forcings (log(P+1), T, PET; the same normalisation as the dPL networks)
 concatenated with the basin's z-scored static attributes; a linear embedding, one LSTM layer (forget-gate bias
 initialised to ``initial_forget_bias``, as NeuralHydrology's CudaLSTM), dropout and a linear head predicting
-discharge in units of the training discharge's standard deviation (denormalised to mm/d on output). Trained with
-the NSE* loss by the same loop as dPL (:func:`pelagos.hydro.train.train`); the first ``warmup`` days of a
+discharge in units of the training discharge's standard deviation (denormalised to mm/d on output). Trained
+with the NSE* loss by the same loop as dPL (:func:`pelagos.hydro.train.train`); the first ``warmup`` days of a
 window only spin up the LSTM state (sequence-to-sequence, warm-up cut), so it sees the same data as dPL.
 It outputs discharge only: no ET, snow or stores (what the dPL comparison is about).
 """
@@ -23,8 +23,15 @@ class LSTMBaseline(nn.Module):
     """``Q = head(LSTM([forcing_norm, attributes]))`` (mm/d). ``forward(forcing (n_days, n_basins, 3),
     attributes (n_basins, n_attr), *, warmup)`` → ``(n_days − warmup, n_basins)``."""
 
-    def __init__(self, n_attributes: int, *, hidden: int = 64, dropout: float = 0.4,
-                 initial_forget_bias: float = 3.0, n_forcing: int = 3):  # fmt: skip
+    def __init__(
+        self,
+        n_attributes: int,
+        *,
+        hidden: int = 64,
+        dropout: float = 0.4,
+        initial_forget_bias: float = 3.0,
+        n_forcing: int = 3,
+    ):
         super().__init__()
         self.embed = nn.Linear(n_forcing + n_attributes, hidden)
         self.lstm = nn.LSTM(hidden, hidden)

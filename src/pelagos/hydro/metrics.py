@@ -51,7 +51,7 @@ def _masked(sim: torch.Tensor, obs: torch.Tensor):
 
 
 def nse(sim, obs) -> torch.Tensor:
-    """Nash–Sutcliffe efficiency per basin (dimensionless) of ``sim`` vs ``obs``, both ``(n_days, n_basins)``."""
+    """Nash–Sutcliffe efficiency per basin (dimensionless) of ``sim`` vs ``obs`` ``(n_days, n_basins)``."""
     sim, obs = _pair(sim, obs)
     s, o, mask, n = _masked(sim, obs)
     mean = o.sum(0) / n
@@ -96,8 +96,13 @@ def basin_std(obs) -> torch.Tensor:
     return torch.sqrt((((o - mean) * mask) ** 2).sum(0) / n)
 
 
-def nse_star_loss(sim: torch.Tensor, obs: torch.Tensor, std: torch.Tensor, eps: float = 0.1,
-                  count: torch.Tensor | float | None = None) -> torch.Tensor:  # fmt: skip
+def nse_star_loss(
+    sim: torch.Tensor,
+    obs: torch.Tensor,
+    std: torch.Tensor,
+    eps: float = 0.1,
+    count: torch.Tensor | float | None = None,
+) -> torch.Tensor:
     """NSE* batch loss: ``Σ (Q̂−Q)²/(σ_b+ε)² / N`` over the valid (non-NaN) entries, ``N`` their number.
 
     ``sim``, ``obs``: ``(n_days, n_basins)`` (mm/d); ``std``: ``(n_basins,)`` (mm/d, :func:`basin_std` of the

@@ -1,5 +1,6 @@
-"""Figures of the dPL experiments: NSE CDFs, hydrographs, parameter maps and parameters vs attributes, untrained
-outputs (ET, SWE) against the truth, training curves. Each function writes one PNG and returns its path."""
+"""Figures of the dPL experiments: NSE CDFs, hydrographs, parameter maps and parameters vs attributes,
+untrained outputs (ET, SWE) against the truth, training curves. Each function writes one PNG and returns its
+path."""
 
 from __future__ import annotations
 
@@ -48,8 +49,12 @@ def plot_nse_cdf(nse: Mapping[str, Mapping[str, np.ndarray]], path: str | os.Pat
             v = np.sort(np.asarray(v, dtype=float)[np.isfinite(v)])
             if len(v) == 0:
                 continue
-            ax.step(np.clip(v, -1, 1), np.arange(1, len(v) + 1) / len(v), where="post",
-                    label=f"{model} (median {np.median(v):.2f})")  # fmt: skip
+            ax.step(
+                np.clip(v, -1, 1),
+                np.arange(1, len(v) + 1) / len(v),
+                where="post",
+                label=f"{model} (median {np.median(v):.2f})",
+            )
         ax.set_xlim(-1, 1)
         ax.set_ylim(0, 1)
         ax.set_xlabel("NSE (test period)")
@@ -60,8 +65,12 @@ def plot_nse_cdf(nse: Mapping[str, Mapping[str, np.ndarray]], path: str | os.Pat
     return _save(fig, path)
 
 
-def plot_hydrographs(dates: np.ndarray, series: Sequence[Mapping[str, np.ndarray]], titles: Sequence[str],
-                     path: str | os.PathLike) -> Path:  # fmt: skip
+def plot_hydrographs(
+    dates: np.ndarray,
+    series: Sequence[Mapping[str, np.ndarray]],
+    titles: Sequence[str],
+    path: str | os.PathLike,
+) -> Path:
     """One panel per basin: ``series[i]`` maps a label (``observed``, ``truth``, a model) to daily discharge
     (mm/d) on ``dates``."""
     plt = _plt()
@@ -77,16 +86,23 @@ def plot_hydrographs(dates: np.ndarray, series: Sequence[Mapping[str, np.ndarray
     return _save(fig, path)
 
 
-def plot_parameter_maps(lon: np.ndarray, lat: np.ndarray, maps: Mapping[str, Mapping[str, np.ndarray]],
-                        path: str | os.PathLike, *, held_out: np.ndarray | None = None) -> Path:  # fmt: skip
+def plot_parameter_maps(
+    lon: np.ndarray,
+    lat: np.ndarray,
+    maps: Mapping[str, Mapping[str, np.ndarray]],
+    path: str | os.PathLike,
+    *,
+    held_out: np.ndarray | None = None,
+) -> Path:
     """``maps[parameter][source]`` (e.g. ``truth``, ``dPL``, ``calibration``): per-basin values plotted at the
     gauges (lon, lat °), one row per parameter, the same colour scale across a row. ``held_out`` marks basins
     (boolean) drawn with a black edge."""
     plt = _plt()
     params = list(maps)
     ncol = max(len(v) for v in maps.values())
-    fig, axes = plt.subplots(len(params), ncol, figsize=(3.6 * ncol, 2.4 * len(params)), squeeze=False,
-                             layout="constrained")  # fmt: skip
+    fig, axes = plt.subplots(
+        len(params), ncol, figsize=(3.6 * ncol, 2.4 * len(params)), squeeze=False, layout="constrained"
+    )
     for r, p in enumerate(params):
         vals = [np.asarray(v, dtype=float) for v in maps[p].values()]
         lo = np.nanmin([np.nanpercentile(v, 2) for v in vals])
@@ -94,7 +110,9 @@ def plot_parameter_maps(lon: np.ndarray, lat: np.ndarray, maps: Mapping[str, Map
         for c, (src, v) in enumerate(maps[p].items()):
             ax = axes[r][c]
             edge = np.where(held_out, "k", "none") if held_out is not None else "none"
-            sc = ax.scatter(lon, lat, c=v, s=9, vmin=lo, vmax=hi, cmap="viridis", edgecolors=edge, linewidths=0.4)
+            sc = ax.scatter(
+                lon, lat, c=v, s=9, vmin=lo, vmax=hi, cmap="viridis", edgecolors=edge, linewidths=0.4
+            )
             ax.set_title(f"{p}: {src}", fontsize=9)
             ax.set_xticks([])
             ax.set_yticks([])
@@ -102,11 +120,14 @@ def plot_parameter_maps(lon: np.ndarray, lat: np.ndarray, maps: Mapping[str, Map
     return _save(fig, path, tight=False)
 
 
-def plot_parameters_vs_attributes(pairs: Sequence[tuple[str, str]], attrs: Mapping[str, np.ndarray],
-                                  params: Mapping[str, Mapping[str, np.ndarray]],
-                                  path: str | os.PathLike) -> Path:  # fmt: skip
-    """Scatter of parameter vs attribute for each ``(parameter, attribute)`` pair; ``params[parameter][source]``
-    per basin (sources overlaid)."""
+def plot_parameters_vs_attributes(
+    pairs: Sequence[tuple[str, str]],
+    attrs: Mapping[str, np.ndarray],
+    params: Mapping[str, Mapping[str, np.ndarray]],
+    path: str | os.PathLike,
+) -> Path:
+    """Scatter of parameter vs attribute for each ``(parameter, attribute)`` pair;
+    ``params[parameter][source]`` per basin (sources overlaid)."""
     plt = _plt()
     fig, axes = plt.subplots(1, len(pairs), figsize=(3.6 * len(pairs), 3.2), squeeze=False)
     for ax, (p, a) in zip(axes[0], pairs):
@@ -119,15 +140,21 @@ def plot_parameters_vs_attributes(pairs: Sequence[tuple[str, str]], attrs: Mappi
     return _save(fig, path)
 
 
-def plot_untrained_outputs(dates: np.ndarray, panels: Sequence[tuple[str, Mapping[str, np.ndarray]]],
-                           path: str | os.PathLike) -> Path:  # fmt: skip
+def plot_untrained_outputs(
+    dates: np.ndarray, panels: Sequence[tuple[str, Mapping[str, np.ndarray]]], path: str | os.PathLike
+) -> Path:
     """Panels ``(title, {label: series})`` of outputs never trained on (ET mm/d, SWE mm) vs the truth."""
     plt = _plt()
     fig, axes = plt.subplots(len(panels), 1, figsize=(10, 2.3 * len(panels)), squeeze=False)
     for ax, (title, s) in zip(axes[:, 0], panels):
         for label, v in s.items():
-            ax.plot(dates, v, label=label, lw=1.2 if label == "truth" else 0.9,
-                    color="k" if label == "truth" else None)  # fmt: skip
+            ax.plot(
+                dates,
+                v,
+                label=label,
+                lw=1.2 if label == "truth" else 0.9,
+                color="k" if label == "truth" else None,
+            )
         ax.set_title(title, fontsize=9)
         ax.legend(fontsize=7)
         ax.grid(alpha=0.3)

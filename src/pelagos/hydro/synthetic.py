@@ -60,12 +60,34 @@ __all__ = [
 DONORS = ("01022500", "01547700", "02064000", "03015500")
 
 ATTRIBUTES = (
-    "p_mean", "pet_mean", "p_seasonality", "frac_snow", "aridity", "high_prec_freq", "high_prec_dur",
-    "low_prec_freq", "low_prec_dur", "elev_mean", "slope_mean", "area_gages2", "frac_forest", "lai_max",
-    "lai_diff", "gvf_max", "gvf_diff", "soil_depth_pelletier", "soil_depth_statsgo", "soil_porosity",
-    "soil_conductivity", "max_water_content", "sand_frac", "silt_frac", "clay_frac", "carbonate_rocks_frac",
+    "p_mean",
+    "pet_mean",
+    "p_seasonality",
+    "frac_snow",
+    "aridity",
+    "high_prec_freq",
+    "high_prec_dur",
+    "low_prec_freq",
+    "low_prec_dur",
+    "elev_mean",
+    "slope_mean",
+    "area_gages2",
+    "frac_forest",
+    "lai_max",
+    "lai_diff",
+    "gvf_max",
+    "gvf_diff",
+    "soil_depth_pelletier",
+    "soil_depth_statsgo",
+    "soil_porosity",
+    "soil_conductivity",
+    "max_water_content",
+    "sand_frac",
+    "silt_frac",
+    "clay_frac",
+    "carbonate_rocks_frac",
     "geol_permeability",
-)  # fmt: skip
+)
 """The static inputs of the parameter networks (27 CAMELS attributes; no streamflow signatures)."""
 
 LOG_ATTRIBUTES = ("area_gages2", "soil_conductivity", "soil_depth_pelletier")
@@ -93,7 +115,7 @@ TRUE_MAPPING: dict[str, tuple[float, dict[str, float], tuple[str, float] | None]
 
 @dataclass
 class SyntheticSpec:
-    """Settings of :func:`make_benchmark` (the ``data:`` section of ``pelagos hydro`` with ``kind: synthetic``)."""
+    """Settings of :func:`make_benchmark` (``data: {kind: synthetic, ...}`` of ``pelagos hydro``)."""
 
     root: str = "builtin:camels_us_sample"  # CAMELS-US folder (attributes of 671 basins + the 4 donors)
     n_basins: int | None = None  # a random subset of the 671 basins (None: all); held-out region kept whole
@@ -113,7 +135,8 @@ class SyntheticSpec:
             raise ConfigError(f"data.ungauged_fraction must be in [0, 1); got {self.ungauged_fraction}")
         if self.train_years < 1 or self.n_years < self.train_years + 2:
             raise ConfigError(
-                f"data.n_years ({self.n_years}) must hold 1 warm-up year, data.train_years ({self.train_years}) "
+                f"{where}.n_years ({self.n_years}) must hold 1 warm-up year, "
+                f"{where}.train_years ({self.train_years}) "
                 "and at least one test year"
             )
         if self.p_noise < 0 or self.q_noise < 0:
@@ -227,15 +250,16 @@ def make_benchmark(spec: SyntheticSpec | None = None, *, dtype: torch.dtype = to
     truth = true_parameters(z, names)
     f64 = torch.float64
     with torch.no_grad():
-        out = run_hbv(torch.as_tensor(P, dtype=f64), torch.as_tensor(T, dtype=f64),
-                      torch.as_tensor(E, dtype=f64), truth)  # fmt: skip
+        out = run_hbv(
+            torch.as_tensor(P, dtype=f64), torch.as_tensor(T, dtype=f64), torch.as_tensor(E, dtype=f64), truth
+        )
     q_true = out.Q.numpy()
     noise = np.exp(spec.q_noise * rng.standard_normal(q_true.shape) - spec.q_noise**2 / 2)
     q_obs = q_true * noise
     # splits
     reg = region[idx]
     rest = np.flatnonzero(~reg)
-    n_ung = int(round(spec.ungauged_fraction * len(rest)))
+    n_ung = round(spec.ungauged_fraction * len(rest))
     ung = np.sort(rng.choice(rest, size=n_ung, replace=False)) if n_ung else np.array([], int)
     gauged = np.setdiff1d(rest, ung)
     if len(gauged) == 0:

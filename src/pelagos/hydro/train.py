@@ -5,8 +5,8 @@ One loop (:func:`train`) for every model of :mod:`pelagos.hydro.dpl` and :mod:`p
 - **data**: a :class:`BasinData` (forcing ``(n_days, n_basins, 3)`` = P mm/d, T °C, PET mm/d; observed
   discharge mm/d with NaN where missing; z-scored attributes; splits; periods), from
   :func:`pelagos.hydro.synthetic.make_benchmark` or :func:`load_camels_data`;
-- **batches** of ``batch_basins`` training basins × one window of ``warmup + rho`` days whose last ``rho`` days
-  lie in the training period (the warm-up may reach back before it); an epoch has
+- **batches** of ``batch_basins`` training basins × one window of ``warmup + rho`` days whose last ``rho``
+  days lie in the training period (the warm-up may reach back before it); an epoch has
   ``ceil(n_train_basins / batch_basins) · max(1, n_train_days // rho)`` iterations (as dMG);
 - **warm-up**: the first ``warmup`` days spin up HBV's stores and are cut (``warmup_mode`` "no_grad" or
   "graph", see :meth:`DplModel.forward`);
@@ -49,8 +49,8 @@ class BasinData:
 
     ``splits``: name → integer positions (``gauged`` is trained on; ``ungauged``, ``region`` are held out).
     ``periods``: ``warmup_end`` (date; days up to it only spin up), ``train`` and ``test`` (date pairs,
-    inclusive). ``truth`` (semi-synthetic only): true ``params`` (physical), ``Q`` (noise-free), ``ET``, ``SWE``
-    from day 0.
+    inclusive). ``truth`` (semi-synthetic only): true ``params`` (physical), ``Q`` (noise-free), ``ET``,
+    ``SWE`` from day 0.
     """
 
     gauge_ids: list[str]
@@ -97,12 +97,18 @@ class BasinData:
         return self.day(self.periods["warmup_end"]) + 1
 
 
-def load_camels_data(root: str | os.PathLike, gauge_ids: Sequence[str], *,
-                     warmup_end: str = "2000-12-31", train: tuple[str, str] = ("2001-01-01", "2001-12-31"),
-                     test: tuple[str, str] = ("2002-01-01", "2002-12-31"), dtype=torch.float32) -> BasinData:  # fmt: skip
-    """Real CAMELS basins (forcing + USGS flow through ``pelagos.hydro.camels``), attributes normalised over all
-    basins of the attribute tables (the same attributes and transform as the semi-synthetic benchmark). The
-    series end at the last day that every basin's forcing covers. All basins are ``gauged``."""
+def load_camels_data(
+    root: str | os.PathLike,
+    gauge_ids: Sequence[str],
+    *,
+    warmup_end: str = "2000-12-31",
+    train: tuple[str, str] = ("2001-01-01", "2001-12-31"),
+    test: tuple[str, str] = ("2002-01-01", "2002-12-31"),
+    dtype=torch.float32,
+) -> BasinData:
+    """Real CAMELS basins (forcing + USGS flow through ``pelagos.hydro.camels``), attributes normalised over
+    all basins of the attribute tables (the same attributes and transform as the semi-synthetic benchmark).
+    The series end at the last day that every basin's forcing covers. All basins are ``gauged``."""
     from .camels import load_attributes, load_basin
     from .synthetic import ATTRIBUTES, normalise_attributes
 
@@ -114,8 +120,10 @@ def load_camels_data(root: str | os.PathLike, gauge_ids: Sequence[str], *,
     ids_all = [str(g) for g in ids_all]
     missing = [g for g in gauge_ids if str(g) not in ids_all]
     if missing:
-        raise ConfigError(f"unknown CAMELS basin id(s) {missing}; the attribute tables under {root} list "
-                          f"{len(ids_all)} basins")  # fmt: skip
+        raise ConfigError(
+            f"unknown CAMELS basin id(s) {missing}; the attribute tables under {root} list "
+            f"{len(ids_all)} basins"
+        )
     z_all, _, _ = normalise_attributes(vals, names)
     geo_tab = load_attributes(root, names=["gauge_lat", "gauge_lon"])
     geo = geo_tab.values
@@ -185,8 +193,15 @@ def _q(out) -> torch.Tensor:
     return out.Q if hasattr(out, "Q") else out
 
 
-def run_window(model: torch.nn.Module, data: BasinData, basins: torch.Tensor, start: int, warmup: int,
-               length: int, warmup_mode: str = "no_grad") -> torch.Tensor:  # fmt: skip
+def run_window(
+    model: torch.nn.Module,
+    data: BasinData,
+    basins: torch.Tensor,
+    start: int,
+    warmup: int,
+    length: int,
+    warmup_mode: str = "no_grad",
+) -> torch.Tensor:
     """Simulated discharge ``(length, n)`` of ``model`` for ``basins`` over days ``start+warmup …`` after a
     ``warmup``-day spin-up from day ``start``."""
     sl = slice(start, start + warmup + length)
@@ -222,8 +237,8 @@ def train(
     hi = t1 - rho - spec.warmup  # last possible window start
     if hi < lo:
         raise ConfigError(
-            f"train.warmup ({spec.warmup}) + rho ({rho}) days do not fit before the end of the training period "
-            f"({data.periods['train'][1]}); shorten warmup or rho"
+            f"train.warmup ({spec.warmup}) + rho ({rho}) days do not fit before the end of the training "
+            f"period ({data.periods['train'][1]}); shorten warmup or rho"
         )
     std = basin_std(data.obs[tr]).to(data.obs.dtype)
     if spec.loss == "nse_star" and bool(torch.isnan(std[basins]).any()):
@@ -334,11 +349,16 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         raise ConfigError(f"checkpoint {path} does not exist; run `pelagos hydro train` first") from None
 
 
-def predict(model: torch.nn.Module, data: BasinData, basins: Sequence[int] | np.ndarray | None = None,
-            *, chunk: int = 256):  # fmt: skip
+def predict(
+    model: torch.nn.Module,
+    data: BasinData,
+    basins: Sequence[int] | np.ndarray | None = None,
+    *,
+    chunk: int = 256,
+):
     """Run ``model`` over the whole series for ``basins`` (default all), the days up to
-    ``periods["warmup_end"]`` as warm-up (inside no graph); returns the model's output from the first day after
-    the warm-up (an ``HBVOutput`` for dPL models, a tensor for the LSTM), basins in the order given."""
+    ``periods["warmup_end"]`` as warm-up (inside no graph); returns the model's output from the first day
+    after the warm-up (an ``HBVOutput`` for dPL models, a tensor for the LSTM), basins in the order given."""
     idx = np.arange(data.obs.shape[1]) if basins is None else np.asarray(basins, dtype=int)
     w = data.first_day
     outs = []
