@@ -378,6 +378,24 @@ def evaluate_models(cfg: HydroConfig, *, log: Callable[[str], None] = print) -> 
     }
     nse_all = {k: nse(v, obs).numpy() for k, v in q.items()}
     kge_all = {k: kge(v, obs).numpy() for k, v in q.items()}
+    tr = data.period("train")
+    g_idx = data.splits["gauged"]
+    res["nse_train_gauged"] = {  # the fit on the training period (vs the test period above: generalisation)
+        k: _stats(
+            nse(
+                (o if torch.is_tensor(o) else o.Q)[tr.start - w : tr.stop - w][:, g_idx],
+                data.obs[tr][:, g_idx],
+            )
+        )
+        for k, o in outs.items()
+    }
+    if data.obs.shape[1] <= 20:
+        res["nse_per_basin"] = {
+            k: dict(zip(data.gauge_ids, np.round(v.astype(float), 4).tolist())) for k, v in nse_all.items()
+        }
+        res["kge_per_basin"] = {
+            k: dict(zip(data.gauge_ids, np.round(v.astype(float), 4).tolist())) for k, v in kge_all.items()
+        }
     splits = {k: v for k, v in data.splits.items() if len(v)}
     cdf: dict[str, dict[str, np.ndarray]] = {}
     for s, idx in splits.items():
@@ -393,15 +411,20 @@ def evaluate_models(cfg: HydroConfig, *, log: Callable[[str], None] = print) -> 
     paths = []
     figdir = cfg.out_dir
     paths.append(plots.plot_nse_cdf(cdf, figdir / f"{cfg.name}_nse_cdf.png"))
-    # hydrographs: the median-NSE basin of each split (by the first model)
+    # hydrographs: the median-NSE basin of each split (by the first model), or every basin when few
     first = next(iter(models))
     dates = data.dates[te]
     series, titles = [], []
+    shown = []
     for s, idx in splits.items():
         v = nse_all[first][idx]
         if not np.isfinite(v).any():
             continue
-        b = idx[np.nanargmin(np.abs(v - np.nanmedian(v)))]
+        if data.obs.shape[1] <= 6:
+            shown += [(s, b) for b in idx]
+        else:
+            shown.append((s, idx[np.nanargmin(np.abs(v - np.nanmedian(v)))]))
+    for s, b in shown:
         d = {"observed": obs[:, b].numpy()}
         if data.truth is not None:
             d["truth"] = data.truth["Q"][te][:, b].numpy()
@@ -459,9 +482,10 @@ def evaluate_models(cfg: HydroConfig, *, log: Callable[[str], None] = print) -> 
             )
         # spatial coherence
         res["morans_i"] = {}
-        allb = np.arange(data.obs.shape[1])
+        # on the gauged basins (held-out calibration parameters are copies of a neighbour's: no fair map)
+        g = gauged
         for src, v in {"truth": true_u, **{label[k]: v for k, v in learned.items()}}.items():
-            mi = [morans_i(v[allb, j], data.lat, data.lon) for j in range(len(names))]
+            mi = [morans_i(v[g, j], data.lat[g], data.lon[g]) for j in range(len(names))]
             res["morans_i"][src] = {
                 "per_parameter": dict(zip(names, np.round(mi, 3).tolist())),
                 "median": float(np.nanmedian(mi)),
