@@ -237,11 +237,12 @@ def train_models(cfg: HydroConfig, *, resume: bool = False, log: Callable[[str],
 
     cfg.out_dir.mkdir(parents=True, exist_ok=True)
     data = build_data(cfg)
-    log(
-        f"data: {data.obs.shape[1]} basins × {data.obs.shape[0]} days; splits "
-        + ", ".join(f"{k} {len(v)}" for k, v in data.splits.items())
-    )
     rank, world = _world()
+    if rank == 0:
+        log(
+            f"data: {data.obs.shape[1]} basins × {data.obs.shape[0]} days; splits "
+            + ", ".join(f"{k} {len(v)}" for k, v in data.splits.items())
+        )
     record: dict[str, Any] = {"world_size": world, "threads": torch.get_num_threads(), "models": {}}
     paths = []
     for which in cfg.compare.models:
@@ -260,7 +261,8 @@ def train_models(cfg: HydroConfig, *, resume: bool = False, log: Callable[[str],
             "seconds_per_epoch": sec / max(1, spec.epochs),
             "n_parameters": sum(p.numel() for p in model.parameters()),
         }
-        log(f"[{which}] {sec:.1f} s ({sec / max(1, spec.epochs):.2f} s/epoch)")
+        if rank == 0:
+            log(f"[{which}] {sec:.1f} s ({sec / max(1, spec.epochs):.2f} s/epoch)")
         paths.append(ck)
         if rank == 0:  # after each model, merged with the record of models trained by earlier calls
             p = cfg.path("training.json")
