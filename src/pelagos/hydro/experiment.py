@@ -556,6 +556,17 @@ def evaluate_models(cfg: HydroConfig, *, log: Callable[[str], None] = print) -> 
             }
             for k, v in learned.items()
         }
+    if "dpl" in models and "ET" in getattr(models["dpl"], "process", {}):
+        net = models["dpl"].process["ET"]
+        x = torch.linspace(0.0, 1.0, 101)
+        curves = {}
+        with torch.no_grad():
+            for t_c, pet in ((5.0, 1.0), (15.0, 3.0), (25.0, 5.0)):
+                y = net.stress(x, torch.full_like(x, t_c), torch.full_like(x, pet))
+                curves[f"network, T {t_c:g} °C, PET {pet:g} mm/d"] = (x.numpy(), y.numpy())
+        for lp in (0.3, 0.6, 0.9):
+            curves[f"HBV, LP {lp:g}"] = (x.numpy(), torch.clamp(x / lp, max=1.0).numpy())
+        paths.append(plots.plot_et_stress(curves, figdir / f"{cfg.name}_et_stress.png"))
     tj = cfg.path("training.json")
     if tj.exists():
         tr = json.loads(tj.read_text())

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 __all__ = [
+    "plot_et_stress",
     "plot_hydrographs",
     "plot_nse_cdf",
     "plot_parameter_maps",
@@ -171,4 +172,20 @@ def plot_training_curves(histories: Mapping[str, Sequence[float]], path: str | o
     ax.set_ylabel("training loss")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def plot_et_stress(curves: Mapping[str, tuple[np.ndarray, np.ndarray]], path: str | os.PathLike) -> Path:
+    """Soil-moisture stress ``ET/PET`` against ``SM/FC``: ``curves[label] = (x, y)`` (a learned ET network
+    and the HBV curves ``min(SM/(LP·FC), 1)`` it replaced)."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5, 3.6))
+    for label, (x, y) in curves.items():
+        ax.plot(x, y, label=label, lw=2.0 if "network" in label else 1.0,
+                ls="-" if "network" in label else "--")  # fmt: skip
+    ax.set_xlabel("SM / FC")
+    ax.set_ylabel("ET / PET")
+    ax.set_ylim(0, 1.05)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
     return _save(fig, path)
