@@ -5,9 +5,9 @@ from it.
 An iteration = the parameter network, the no-grad HBV warm-up (365 d), HBV over the 365-day window in the
 graph, the NSE* loss, backward and an Adam step. An epoch as dMG counts it has ``ceil(n_basins / batch) ·
 (n_train_days // 365)`` iterations: 671 basins × 15 training years (Feng et al. 2022) = 7 · 15 = 105
-iterations at batch 100; the semi-synthetic benchmark of docs/hydro_dpl.md is printed too. Float32, one torch
-thread, best of ``--repeat``, **CPU time** of the process (on the shared machine other jobs deschedule the run;
-with one thread its CPU time is what the wall time would be on an idle core). Writes
+iterations at batch 100; the semi-synthetic benchmark of docs/hydro_dpl.md is printed too. Float32, one
+torch thread, best of ``--repeat``, **CPU time** of the process (on the shared machine other jobs deschedule
+the run; with one thread its CPU time is what the wall time would be on an idle core). Writes
 ``benchmarks/results/hydro_dpl.json``.
 """
 

@@ -436,3 +436,14 @@ def test_bad_configurations_are_refused_with_the_fix(tmp_path, sections, match):
     with pytest.raises(ConfigError, match=re.escape(match)):
         cfg = experiment.load(_config(tmp_path, **sections))
         experiment.build_model(cfg, "dpl", make_benchmark(cfg.data))
+
+
+def test_configuration_without_data_section_is_refused(tmp_path):
+    import yaml
+
+    from pelagos.hydro import experiment
+
+    p = tmp_path / "c.yaml"
+    p.write_text(yaml.safe_dump({"model": {"kind": "hbv"}, "train": {"epochs": 1}}))
+    with pytest.raises(ConfigError, match="no `data:` section"):
+        experiment.load(p)

@@ -36,7 +36,15 @@ from ..core.errors import ConfigError
 from .synthetic import SyntheticSpec
 from .train import BasinData, TrainSpec
 
-__all__ = ["CamelsSpec", "CompareSpec", "DplSpec", "evaluate_models", "load", "train_models"]
+__all__ = [
+    "EXTRA_SECTIONS",
+    "CamelsSpec",
+    "CompareSpec",
+    "DplSpec",
+    "evaluate_models",
+    "load",
+    "train_models",
+]
 
 MODELS = ("dpl", "lstm", "calibration")
 
@@ -94,7 +102,7 @@ def _data_section(raw: Any, where: str):
     from ..io.config import from_mapping
 
     if raw is None:
-        raise ConfigError(f"the configuration has no `{where}:` section (kind: synthetic | camels, ...)")
+        return None
     if not isinstance(raw, Mapping):
         raise ConfigError(f"{where} must be a mapping; got {raw!r}")
     raw = dict(raw)
@@ -104,6 +112,10 @@ def _data_section(raw: Any, where: str):
     if kind == "camels":
         return from_mapping(CamelsSpec, raw, where)
     raise ConfigError(f"{where}.kind must be 'synthetic' or 'camels'; got {kind!r}")
+
+
+EXTRA_SECTIONS = {"data": _data_section, "dpl": DplSpec, "train": TrainSpec, "compare": CompareSpec}
+"""The sections ``pelagos hydro`` adds to the configuration (``load_config(extra_sections=...)``)."""
 
 
 @dataclass
@@ -133,17 +145,15 @@ def load(
     from ..core.paths import resolve_path
     from ..io.config import load_config
 
-    cfg = load_config(
-        source,
-        overrides=overrides,
-        extra_sections={"data": _data_section, "dpl": DplSpec, "train": TrainSpec, "compare": CompareSpec},
-    )
+    cfg = load_config(source, overrides=overrides, extra_sections=EXTRA_SECTIONS)
     if cfg.kind.name != "hbv":
         raise ConfigError(
             f"`pelagos hydro` trains parameter networks for HBV: use model: {{kind: hbv}}; "
             f"got {cfg.kind.name!r}"
         )
     data = cfg.extra["data"]
+    if data is None:
+        raise ConfigError("the configuration has no `data:` section (kind: synthetic | camels, ...)")
     data = dataclasses.replace(data, root=str(resolve_path(data.root, cfg.base)))
     if not Path(data.root).is_dir():
         raise ConfigError(
