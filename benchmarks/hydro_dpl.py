@@ -89,13 +89,13 @@ def main(argv: list[str] | None = None) -> dict:
                 "batch": bs,
                 "s_per_iteration": t,
                 "camels671_15y_epoch_s": t * math.ceil(671 / bs) * 15,
-                "synthetic200_epoch_s": t * math.ceil(134 / bs) * 3,
+                "synthetic138_epoch_s": t * math.ceil(138 / bs) * 3,
             }
             rows.append(row)
             print(
                 f"{name:36s} batch {bs:4d}: {t:7.2f} s/iteration; epoch 671 basins × 15 y "
-                f"{row['camels671_15y_epoch_s'] / 60:6.1f} min; semi-synthetic (134 gauged × 3 y) "
-                f"{row['synthetic200_epoch_s']:6.1f} s"
+                f"{row['camels671_15y_epoch_s'] / 60:6.1f} min; semi-synthetic (138 gauged × 3 y) "
+                f"{row['synthetic138_epoch_s']:6.1f} s"
             )
     res = {
         "machine": platform.processor() or platform.machine(),
