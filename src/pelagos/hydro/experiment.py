@@ -259,20 +259,21 @@ def train_models(cfg: HydroConfig, *, resume: bool = False, log: Callable[[str],
         model = build_model(cfg, which, data)
         spec = _spec_for(cfg, which)
         ck = cfg.path(f"{which}.pt")
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         hist = train(
             model, data, spec, checkpoint=ck, resume=resume, log=lambda s, w=which: log(f"[{w}] {s}")
         )
-        sec = time.perf_counter() - t0
+        sec, cpu = time.perf_counter() - t0, time.process_time() - c0
         record["models"][which] = {
             "history": hist,
             "seconds": sec,
+            "cpu_seconds": cpu,  # process CPU time (the wall time on a loaded machine is longer)
             "epochs": spec.epochs,
             "seconds_per_epoch": sec / max(1, spec.epochs),
             "n_parameters": sum(p.numel() for p in model.parameters()),
         }
         if rank == 0:
-            log(f"[{which}] {sec:.1f} s ({sec / max(1, spec.epochs):.2f} s/epoch)")
+            log(f"[{which}] {sec:.1f} s wall, {cpu:.1f} s CPU ({sec / max(1, spec.epochs):.2f} s/epoch)")
         paths.append(ck)
         if rank == 0:  # after each model, merged with the record of models trained by earlier calls
             p = cfg.path("training.json")
