@@ -81,7 +81,9 @@ class Grid(torch.nn.Module):
             )
         kbot = torch.as_tensor(kbot).to(torch.int64)
         if tuple(kbot.shape) != (ny, nx):
-            raise ConfigError(f"ocean grid: kbot must have shape (ny, nx) = ({ny}, {nx}); got {tuple(kbot.shape)}")
+            raise ConfigError(
+                f"ocean grid: kbot must have shape (ny, nx) = ({ny}, {nx}); got {tuple(kbot.shape)}"
+            )
         if bool((kbot < 0).any()) or bool((kbot > nz).any()):
             raise ConfigError(f"ocean grid: kbot must lie in [0, nz={nz}] (0 = land, 1 = full depth)")
         self.nx, self.ny, self.nz, self.cyclic = int(nx), int(ny), int(nz), bool(cyclic)
@@ -168,7 +170,23 @@ def acc_dz(nz: int = 15) -> list[float]:
     """Veros acc_basic layer thicknesses, surface first (m): ``[50, 70, 100, 140, 190, …, 690]/2.5``
     (20 m at the top, 2080 m in all). Other ``nz`` spread the same 2080 m over ``nz`` layers growing linearly
     with depth."""
-    ddz = [50.0, 70.0, 100.0, 140.0, 190.0, 240.0, 290.0, 340.0, 390.0, 440.0, 490.0, 540.0, 590.0, 640.0, 690.0]
+    ddz = [
+        50.0,
+        70.0,
+        100.0,
+        140.0,
+        190.0,
+        240.0,
+        290.0,
+        340.0,
+        390.0,
+        440.0,
+        490.0,
+        540.0,
+        590.0,
+        640.0,
+        690.0,
+    ]
     dz15 = [d / 2.5 for d in ddz]
     if nz == 15:
         return dz15
@@ -201,8 +219,10 @@ def acc_grid(
         raise ConfigError(f"acc_grid: resolution {resolution}° gives only {nx} × {ny} cells; use a finer one")
     xt = resolution * (torch.arange(nx, dtype=torch.float64) + 0.5)
     yt = y0 + resolution * (torch.arange(ny, dtype=torch.float64) + 0.5)
-    # land: cell centres in the first 2° of longitude north of 20°S (at 2°: Veros's xt ≤ 1°, one column)
-    wet = (xt.reshape(1, nx) > 2.0 + 1e-9) | (yt.reshape(ny, 1) < -20.0)
+    # land: cell centres in the first 2° of longitude north of 20°S (at 2°: Veros's xt ≤ 1°, one column;
+    # at coarser resolution: the first column)
+    wall = max(2.0, 0.5 * resolution) + 1e-9
+    wet = (xt.reshape(1, nx) > wall) | (yt.reshape(ny, 1) < -20.0)
     kbot = wet.to(torch.int64)
     return Grid(nx, ny, acc_dz(nz), kbot, x0=0.0, y0=y0, dlon=resolution, dlat=resolution, cyclic=True,
                 dtype=dtype)  # fmt: skip

@@ -9,7 +9,7 @@ One :meth:`OceanModel.step` (pure) advances
    solve per column); then the rigid-lid projection (surface-pressure CG solve,
    :mod:`pelagos.ocean.streamfunction`);
 2. **tracers** (temperature °C, salinity g kg⁻¹) by ``dt_tracer`` (s; Bryan acceleration when larger than
-   ``dt_mom``) with the new velocities: AB2 of superbee-limited advection + horizontal diffusion ``K_h``,
+   ``dt_mom``) with the new velocities: AB2 of flux-form advection (centred as Veros's acc_basic, or superbee-limited) + horizontal diffusion ``K_h``,
    then implicit vertical diffusion ``kappaH`` (plus convective mixing ``kappa_conv`` where the water column
    is statically unstable, switched on by a smooth step of N²) with surface restoring to ``t_star`` over
    ``t_rest``.
@@ -17,7 +17,8 @@ One :meth:`OceanModel.step` (pure) advances
 Model time advances by ``dt = dt_tracer`` per step (Veros: 730 steps per 365-day year at 43 200 s).
 
 State: a dict of tensors ``(…, nz, ny, nx)``: ``u, v`` (m s⁻¹), ``temp`` (°C), ``salt`` (g kg⁻¹), and the
-previous explicit tendencies ``du, dv, dtemp, dsalt`` (AB2 history).
+previous explicit tendencies times their time steps ``du, dv`` (m s⁻¹), ``dtemp`` (°C), ``dsalt`` (g kg⁻¹)
+(the AB2 history, kept as increments so that every leaf has the units of its field).
 """
 
 from __future__ import annotations
@@ -56,7 +57,8 @@ class OceanModel(Model):
         taux: zonal wind stress on the u rows, N m⁻², shape ``(ny,)`` (scaled by the parameter ``taux_0``
             relative to ``taux_ref``).
         t_star: surface restoring temperature, °C, ``(ny,)`` or ``(ny, nx)``.
-        advection: tracer advection ``"superbee"`` or ``"centered"``.
+        advection: tracer advection ``"centered"`` (Veros default, used by acc_basic), ``"superbee"`` (TVD)
+            or ``"superbee_smooth"`` (TVD with a C∞ limiter).
         cos_power: Veros ``hor_friction_cosPower``.
         density: ``density(salt, temp, depth) -> ρ`` (kg m⁻³); default :func:`linear_density`.
         Parameter values (Veros names, units): ``A_h`` m² s⁻¹, ``r_bot`` s⁻¹, ``kappaM_0``/``kappaH_0`` m² s⁻¹
@@ -77,7 +79,7 @@ class OceanModel(Model):
         dt_tracer: float = 43200.0,
         taux: torch.Tensor | None = None,
         t_star: torch.Tensor | None = None,
-        advection: str = "superbee",
+        advection: str = "centered",
         cos_power: float = 1.0,
         density=None,
         A_h: float = 2.0e5,
@@ -100,8 +102,8 @@ class OceanModel(Model):
         self.dtype = dtype
         if not (dt_mom > 0 and dt_tracer > 0):
             raise ConfigError(f"ocean: dt_mom and dt_tracer must be > 0 s; got {dt_mom}, {dt_tracer}")
-        if advection not in ("superbee", "centered"):
-            raise ConfigError(f"ocean: advection {advection!r} is not a scheme; use 'superbee' or 'centered'")
+        if advection not in T.SCHEMES:
+            raise ConfigError(f"ocean: advection {advection!r} is not a scheme; use one of {T.SCHEMES}")
         self.dt_mom, self.dt_tracer, self.dt = float(dt_mom), float(dt_tracer), float(dt_tracer)
         self.advection, self.cos_power, self.AB_eps = advection, float(cos_power), float(AB_eps)
         self.density = density or linear_density
@@ -115,19 +117,44 @@ class OceanModel(Model):
         self.register_buffer("t_star", ts.reshape(ny, 1) if ts.ndim == 1 else ts)
         decl = self.declare_parameter
         decl("A_h", A_h, units="m2 s-1", bounds=(0.0, None), description="lateral viscosity", dtype=dtype)
-        decl("r_bot", r_bot, units="s-1", bounds=(0.0, None), description="linear bottom friction", dtype=dtype)
+        decl(
+            "r_bot", r_bot, units="s-1", bounds=(0.0, None), description="linear bottom friction", dtype=dtype
+        )
         decl("kappaM_0", kappaM_0, units="m2 s-1", bounds=(0.0, None), description="background vertical viscosity",
              dtype=dtype)  # fmt: skip
         decl("kappaH_0", kappaH_0, units="m2 s-1", bounds=(0.0, None),
              description="background vertical diffusivity", dtype=dtype)  # fmt: skip
         decl("kappa_conv", kappa_conv, units="m2 s-1", bounds=(0.0, None),
              description="vertical mixing added where N2 < 0 (convection)", dtype=dtype)  # fmt: skip
-        decl("K_h", K_h, units="m2 s-1", bounds=(0.0, None), description="lateral tracer diffusivity", dtype=dtype)
+        decl(
+            "K_h",
+            K_h,
+            units="m2 s-1",
+            bounds=(0.0, None),
+            description="lateral tracer diffusivity",
+            dtype=dtype,
+        )
         decl("K_gm_0", K_gm_0, units="m2 s-1", bounds=(0.0, None),
              description="Gent-McWilliams diffusivity (used with isoneutral mixing)", dtype=dtype)  # fmt: skip
-        decl("taux_0", taux_0, units="N m-2", bounds=(0.0, None), description="wind stress amplitude", dtype=dtype)
-        decl("t_rest", t_rest, units="s", bounds=(0.0, None), description="SST restoring time scale", dtype=dtype)
-        self.solver = SurfacePressureSolver(grid, rtol=solver_rtol or (1e-12 if dtype == torch.float64 else 1e-6))
+        decl(
+            "taux_0",
+            taux_0,
+            units="N m-2",
+            bounds=(0.0, None),
+            description="wind stress amplitude",
+            dtype=dtype,
+        )
+        decl(
+            "t_rest",
+            t_rest,
+            units="s",
+            bounds=(0.0, None),
+            description="SST restoring time scale",
+            dtype=dtype,
+        )
+        self.solver = SurfacePressureSolver(
+            grid, rtol=solver_rtol or (1e-12 if dtype == torch.float64 else 1e-6)
+        )
         if check_stability:
             self._check_static()
 
@@ -228,8 +255,9 @@ class OceanModel(Model):
         # --- momentum
         du, dv = self.momentum_tendency(state)
         dt = self.dt_mom
-        u1 = u + dt * (ab1 * du - ab0 * state["du"]) * g.mask_u
-        v1 = v + dt * (ab1 * dv - ab0 * state["dv"]) * g.mask_v
+        du, dv = dt * du, dt * dv  # AB2 history is kept as increments (units of the fields)
+        u1 = u + (ab1 * du - ab0 * state["du"]) * g.mask_u
+        v1 = v + (ab1 * dv - ab0 * state["dv"]) * g.mask_v
         km_u = 0.5 * (kappaM_t + g.east(kappaM_t))
         km_v = 0.5 * (kappaM_t + g.north(kappaM_t))
         wind = self.taux * (self.param_b("taux_0", nd - 1) / self.taux_ref) / M.RHO_0  # m2 s-2
@@ -244,8 +272,9 @@ class OceanModel(Model):
         K_h = self.param_b("K_h", nd)
         dtemp = T.advection(g, temp, tr, dtt, self.advection) + T.horizontal_diffusion(g, temp, K_h)
         dsalt = T.advection(g, salt, tr, dtt, self.advection) + T.horizontal_diffusion(g, salt, K_h)
-        temp1 = temp + dtt * (ab1 * dtemp - ab0 * state["dtemp"]) * g.mask_t
-        salt1 = salt + dtt * (ab1 * dsalt - ab0 * state["dsalt"]) * g.mask_t
+        dtemp, dsalt = dtt * dtemp, dtt * dsalt
+        temp1 = temp + (ab1 * dtemp - ab0 * state["dtemp"]) * g.mask_t
+        salt1 = salt + (ab1 * dsalt - ab0 * state["dsalt"]) * g.mask_t
         rate = 1.0 / self.param_b("t_rest", nd)
         temp1 = T.implicit_vertical(g, temp1, kappaH, g.mask_t, dtt, surface_relax=(rate, self.t_star))
         salt1 = T.implicit_vertical(g, salt1, kappaH, g.mask_t, dtt)
@@ -260,7 +289,9 @@ class OceanModel(Model):
             Variable("v", "m s-1", "northward velocity", ("z", "yv", "x")),
             Variable("temp", "degC", "potential temperature", d3),
             Variable("salt", "g kg-1", "salinity", d3),
-            Variable("acc_transport", "Sv", "zonal transport through the re-entrant channel", (), "diagnostic"),
+            Variable(
+                "acc_transport", "Sv", "zonal transport through the re-entrant channel", (), "diagnostic"
+            ),
             Variable("psi", "Sv", "barotropic streamfunction", ("yv", "xu"), "diagnostic"),
             Variable("kinetic_energy", "m2 s-2", "volume-mean kinetic energy", (), "diagnostic"),
             Variable("sst", "degC", "sea surface temperature", ("y", "x"), "diagnostic"),
@@ -291,6 +322,6 @@ class OceanModel(Model):
             "xu": Coordinate(g.xu.cpu(), "degrees_east", "longitude of u points"),
             "y": Coordinate(g.yt.cpu(), "degrees_north", "latitude of T points"),
             "yv": Coordinate(g.yv.cpu(), "degrees_north", "latitude of v points"),
-            "z": Coordinate(g.zt.cpu(), "m", "height of cell centres (negative below the surface)"),
-            "zw": Coordinate(g.zw.cpu(), "m", "height of cell bottoms"),
+            "z": Coordinate(-g.zt.cpu(), "m", "depth of cell centres (positive down)"),
+            "zw": Coordinate(-g.zw.cpu(), "m", "depth of cell bottoms (positive down)"),
         }

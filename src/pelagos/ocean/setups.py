@@ -32,7 +32,9 @@ def acc_t_star(g: Grid) -> torch.Tensor:
     return ts
 
 
-def acc_model(resolution: float = 2.0, *, nz: int = 15, dtype: torch.dtype = torch.float64, **kwargs) -> OceanModel:
+def acc_model(
+    resolution: float = 2.0, *, nz: int = 15, dtype: torch.dtype = torch.float64, **kwargs
+) -> OceanModel:
     """The acc_basic configuration: 2° → 30 × 42 × 15, dt_mom 4800 s, dt_tracer 43 200 s,
     A_h = 2e-11 (resolution·degtom)³ m² s⁻¹ (Veros's scaling with the grid spacing), r_bot 1e-5 s⁻¹,
     wind 0.1 N m⁻², SST restoring over 30 days. ``kwargs`` go to :class:`OceanModel`."""

@@ -20,9 +20,12 @@ from __future__ import annotations
 import torch
 
 from ..core import solve_tridiagonal
+from ..core.safe import smooth_max, smooth_min
 from .grid import Grid
 
 RATIO_EPS = 1e-20
+SMOOTH_SHARPNESS = 20.0  # 1/(units of r) for superbee_smooth
+SCHEMES = ("centered", "superbee", "superbee_smooth")
 
 
 def superbee(r: torch.Tensor) -> torch.Tensor:
@@ -30,7 +33,16 @@ def superbee(r: torch.Tensor) -> torch.Tensor:
     return torch.clamp(torch.maximum(torch.clamp(2 * r, max=1.0), torch.clamp(r, max=2.0)), min=0.0)
 
 
-def _limited_flux(F, cl, cr, cll, crr, vol_l, vol_r, dt):
+def superbee_smooth(r: torch.Tensor, sharpness: float = SMOOTH_SHARPNESS) -> torch.Tensor:
+    """Superbee with each max/min replaced by :func:`pelagos.core.safe.smooth_max`/``smooth_min`` (C∞; differs
+    from :func:`superbee` by at most ``3 log 2 / sharpness``), for gradients without kinks."""
+    k = sharpness
+    zero = torch.zeros_like(r)
+    inner = smooth_max(smooth_min(2 * r, zero + 1.0, k), smooth_min(r, zero + 2.0, k), k)
+    return smooth_max(zero, inner, k)
+
+
+def _limited_flux(F, cl, cr, cll, crr, vol_l, vol_r, dt, limiter=superbee):
     """Superbee flux ``(m³ s⁻¹ × tracer)`` through a face with transport ``F`` from L to R."""
     d = cr - cl
     up = torch.where(F > 0, cl - cll, crr - cr)
@@ -38,7 +50,7 @@ def _limited_flux(F, cl, cr, cll, crr, vol_l, vol_r, dt):
     vol_up = torch.where(F > 0, vol_l, vol_r)
     vol_up = torch.where(vol_up > 0, vol_up, torch.ones_like(vol_up))  # outside the domain F = 0
     courant = F.abs() * dt / vol_up
-    return F * 0.5 * (cl + cr) - 0.5 * F.abs() * d * (1 - superbee(r) * (1 - courant))
+    return F * 0.5 * (cl + cr) - 0.5 * F.abs() * d * (1 - limiter(r) * (1 - courant))
 
 
 def advection(
@@ -52,7 +64,8 @@ def advection(
 
     ``transport``: ``(ut, vt, wt)`` volume transports (m³ s⁻¹) from :func:`~pelagos.ocean.momentum.transports`
     (the surface value of ``wt`` is ignored: rigid lid); ``dt``: tracer time step (s), for the Courant
-    number of the superbee scheme; ``scheme``: ``"superbee"`` or ``"centered"`` (second order).
+    number of the superbee scheme; ``scheme``: ``"centered"`` (second order, Veros's default and acc_basic's),
+    ``"superbee"`` (TVD; kinks in ψ), or ``"superbee_smooth"`` (C∞ limiter for gradients).
     """
     from .momentum import surface_closed
 
@@ -64,13 +77,14 @@ def advection(
         fx = ut * 0.5 * (c + e(c))
         fy = vt * 0.5 * (c + n(c))
         fz = wt * 0.5 * (c + a(c))  # through the top face of cell k: between k (below) and k-1 (above)
-    elif scheme == "superbee":
-        fx = _limited_flux(ut, c, e(c), w(c), e(e(c)), vol, e(vol), dt)
-        fy = _limited_flux(vt, c, n(c), s(c), n(n(c)), vol, n(vol), dt)
+    elif scheme in ("superbee", "superbee_smooth"):
+        lim = superbee if scheme == "superbee" else superbee_smooth
+        fx = _limited_flux(ut, c, e(c), w(c), e(e(c)), vol, e(vol), dt, lim)
+        fy = _limited_flux(vt, c, n(c), s(c), n(n(c)), vol, n(vol), dt, lim)
         # upward transport through the top face of cell k: L = cell k (below), R = cell k-1 (above)
-        fz = _limited_flux(wt, c, a(c), b(c), a(a(c)), vol, a(vol), dt)
+        fz = _limited_flux(wt, c, a(c), b(c), a(a(c)), vol, a(vol), dt, lim)
     else:
-        raise ValueError(f"tracer advection scheme {scheme!r}: use 'superbee' or 'centered'")
+        raise ValueError(f"tracer advection scheme {scheme!r}: use one of {SCHEMES}")
     return -((fx - w(fx)) + (fy - s(fy)) + (fz - b(fz))) / vol * g.mask_t
 
 
