@@ -39,6 +39,7 @@ class ACCOptions:
     taux_0: float = 0.1
     t_rest: float = 2592000.0
     solver_rtol: float | None = None
+    solver: str = "auto"
 
 
 @dataclass
@@ -53,7 +54,7 @@ class ACCInitial:
 
 def _build(o: ACCOptions, ctx: BuildContext):
     kw = {k: getattr(o, k) for k in ("advection", "cos_power", "r_bot", "kappaM_0", "kappaH_0", "kappa_conv",
-                                     "K_h", "K_gm_0", "taux_0", "t_rest", "solver_rtol")}  # fmt: skip
+                                     "K_h", "K_gm_0", "taux_0", "t_rest", "solver_rtol", "solver")}  # fmt: skip
     for k in ("A_h", "dt_mom", "dt_tracer"):
         if getattr(o, k) is not None:
             kw[k] = getattr(o, k)

@@ -67,6 +67,8 @@ class OceanModel(Model):
         ``taux_0`` N m⁻² (wind amplitude), ``t_rest`` s (restoring time).
         AB_eps: Veros's Adams–Bashforth epsilon.
         solver_rtol: relative tolerance of the barotropic CG solve.
+        solver: barotropic solve ``"auto"``, ``"direct"`` or ``"cg"`` (see
+            :class:`~pelagos.ocean.streamfunction.SurfacePressureSolver`).
         check_stability: raise :class:`StabilityError` at construction for an unstable ``dt_mom`` (lateral
             viscosity, gravity of the wind-driven flow are not checked) and in :meth:`check_cfl`.
     """
@@ -94,6 +96,7 @@ class OceanModel(Model):
         t_rest: float = 30 * 86400.0,
         AB_eps: float = 0.1,
         solver_rtol: float | None = None,
+        solver: str = "auto",
         check_stability: bool = True,
     ) -> None:
         super().__init__()

@@ -46,9 +46,15 @@ class SurfacePressureSolver:
     Args:
         g: the grid.
         rtol: relative tolerance of the CG solves (forward and adjoint).
+        method: ``"cg"`` (:func:`pelagos.core.solve_cg`, implicit-differentiation backward), ``"direct"`` (the
+            operator depends on the grid only, so its inverse on the wet cells is formed once and each solve
+            is one matrix product: exact, and differentiated as a matrix product), or ``"auto"`` (direct up
+            to ``direct_max`` wet cells, CG above).
     """
 
-    def __init__(self, g: Grid, rtol: float = 1e-12) -> None:
+    def __init__(self, g: Grid, rtol: float = 1e-12, method: str = "auto", direct_max: int = 4000) -> None:
+        if method not in ("auto", "cg", "direct"):
+            raise ValueError(f"surface-pressure solver method {method!r}: use 'auto', 'cg' or 'direct'")
         self.g = g
         self.rtol = rtol
         wet = g.mask_t[0]
@@ -60,6 +66,16 @@ class SurfacePressureSolver:
         self.pin = float(diag.sum() / n) / float(n)  # s·a aᵀ with a = wet, scaled like one diagonal entry
         self.diag = diag + (1 - wet) + self.pin * wet
         self.iterations = 0
+        n_wet = int(wet.sum())
+        self.method = method if method != "auto" else ("direct" if n_wet <= direct_max else "cg")
+        if self.method == "direct":
+            idx = torch.nonzero(wet.reshape(-1) > 0).reshape(-1)
+            basis = torch.zeros(n_wet, g.ny * g.nx, dtype=wet.dtype, device=wet.device)
+            basis[torch.arange(n_wet), idx] = 1.0
+            cols = self.operator(basis.reshape(n_wet, g.ny, g.nx)).reshape(n_wet, -1)[:, idx]
+            A = 0.5 * (cols + cols.T)
+            self.idx = idx
+            self.inverse = torch.cholesky_inverse(torch.linalg.cholesky(A))  # (n_wet, n_wet), SPD
 
     def operator(self, phi: torch.Tensor) -> torch.Tensor:
         g = self.g
@@ -78,6 +94,11 @@ class SurfacePressureSolver:
         """``φ`` with ``A φ = −D`` (m² s⁻¹), ``D`` of shape ``(..., ny, nx)``."""
         b = -D * self.wet
         b = b - self.wet * (b.sum((-2, -1), keepdim=True) / self.wet.sum())  # consistent right-hand side
+        if self.method == "direct":
+            flat = b.reshape(*b.shape[:-2], -1)
+            x = flat[..., self.idx] @ self.inverse.to(b)
+            out = _scatter(flat, self.idx, x)
+            return out.reshape(b.shape)
         diag = self.diag
         phi, info = solve_cg(
             self.operator,
@@ -101,6 +122,12 @@ class SurfacePressureSolver:
         u = u - (g.east(phi3) - phi3) / g.dxt * g.mask_u
         v = v - (g.north(phi3) - phi3) / g.dy * g.mask_v
         return u, v, phi
+
+
+def _scatter(template: torch.Tensor, idx: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``template``-shaped zeros with ``x`` at positions ``idx`` of the last dim (differentiable, vmap-able)."""
+    out = torch.zeros(*x.shape[:-1], template.shape[-1], dtype=x.dtype, device=x.device)
+    return out.index_add(-1, idx, x)
 
 
 def streamfunction(g: Grid, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
