@@ -51,10 +51,17 @@ def main() -> None:
                 print(f"year {i // steps_per_year}: ACC {acc[-1]:.2f} Sv, KE {ke[-1]:.3g} m2/s2, "
                       f"{time.time() - t0:.0f} s", flush=True)  # fmt: skip
     wall = time.time() - t0
-    torch.save({"state": s, "times": times, "acc": acc, "ke": ke, "resolution": args.resolution}, out / "acc_spinup.pt")
+    torch.save(
+        {"state": s, "times": times, "acc": acc, "ke": ke, "resolution": args.resolution},
+        out / "acc_spinup.pt",
+    )
     year_ends = {int(round(t)): a for t, a in zip(times, acc) if abs(t - round(t)) < 1e-9 and round(t) > 0}
-    (out / "acc_spinup.json").write_text(json.dumps({"year_end_transport_Sv": year_ends, "steps": n,
-                                                    "wall_s": wall, "ms_per_step": 1e3 * wall / n}, indent=1))
+    (out / "acc_spinup.json").write_text(
+        json.dumps(
+            {"year_end_transport_Sv": year_ends, "steps": n, "wall_s": wall, "ms_per_step": 1e3 * wall / n},
+            indent=1,
+        )
+    )
     plot(m, s, times, acc, out / "acc_spinup.png")
     print(f"{n} steps in {wall:.1f} s ({1e3 * wall / n:.1f} ms/step); final ACC {acc[-1]:.2f} Sv")
 
@@ -75,7 +82,9 @@ def plot(m, s, times, acc, path: Path) -> None:
     c = ax[0, 1].pcolormesh(g.xu, g.yv, psi, shading="auto", cmap="RdBu_r")
     fig.colorbar(c, ax=ax[0, 1], label="Sv")
     ax[0, 1].set(title="barotropic streamfunction", xlabel="lon", ylabel="lat")
-    c = ax[0, 2].pcolormesh(g.xt, g.yt, o["sst"].masked_fill(land, float("nan")), shading="auto", cmap="inferno")
+    c = ax[0, 2].pcolormesh(
+        g.xt, g.yt, o["sst"].masked_fill(land, float("nan")), shading="auto", cmap="inferno"
+    )
     fig.colorbar(c, ax=ax[0, 2], label="°C")
     ax[0, 2].set(title="SST", xlabel="lon")
     mt = g.mask_t

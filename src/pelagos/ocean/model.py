@@ -155,11 +155,10 @@ class OceanModel(Model):
             description="SST restoring time scale",
             dtype=dtype,
         )
-        self.solver = SurfacePressureSolver(
-            grid, rtol=solver_rtol or (1e-12 if dtype == torch.float64 else 1e-6)
-        )
         if check_stability:
             self._check_static()
+        rtol = solver_rtol or (1e-12 if dtype == torch.float64 else 1e-6)
+        self.solver = SurfacePressureSolver(grid, rtol=rtol, method=solver)
 
     # -- checks ------------------------------------------------------------------------------------------
     def _check_static(self) -> None:
