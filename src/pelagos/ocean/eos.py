@@ -155,7 +155,9 @@ def w_spacing(dz: torch.Tensor) -> torch.Tensor:
 def mask_w(mask_t: torch.Tensor) -> torch.Tensor:
     """W-point mask ``(..., nz, ny, nx)``: the top face of cell k (k ≥ 1) is wet when cells k−1 and k are;
     the surface point (k = 0) follows cell 0."""
-    return torch.cat([mask_t[..., :1, :, :], torch.minimum(mask_t[..., 1:, :, :], mask_t[..., :-1, :, :])], -3)
+    return torch.cat(
+        [mask_t[..., :1, :, :], torch.minimum(mask_t[..., 1:, :, :], mask_t[..., :-1, :, :])], -3
+    )
 
 
 def buoyancy_frequency_sq(
@@ -169,6 +171,7 @@ def buoyancy_frequency_sq(
     vg = vertical_grid(torch.as_tensor(dz).to(temp))
     p = (-vg.zt).reshape(-1, 1, 1)
     dzw = vg.dzw.reshape(-1, 1, 1)
+
     def lev(a, sl):
         return a[..., sl, :, :] if torch.is_tensor(a) and a.dim() >= 3 else a
 

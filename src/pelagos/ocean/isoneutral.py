@@ -124,7 +124,9 @@ def _below_edge(a: torch.Tensor) -> torch.Tensor:
     return torch.cat([a[..., 1:, :, :], a[..., -1:, :, :]], -3)
 
 
-def taper(s: torch.Tensor, iso_slopec: float | torch.Tensor, iso_dslope: float | torch.Tensor) -> torch.Tensor:
+def taper(
+    s: torch.Tensor, iso_slopec: float | torch.Tensor, iso_dslope: float | torch.Tensor
+) -> torch.Tensor:
     """Slope taper ``½(1 + tanh((s_c − |s|)/Δs))`` (dimensionless, 1 for flat, 0 for steep isoneutrals)."""
     return 0.5 * (1.0 + torch.tanh((iso_slopec - torch.abs(s)) / iso_dslope))
 
@@ -229,7 +231,9 @@ def isoneutral_tensor(
             drz = rho_grad(cT, cS, wz_T, wz_S)
             s = _slope(drx, drz, cap)
             t = taper(s, iso_slopec, iso_dslope)
-            valid = mu if kr == 1 else mu * _below(torch.ones_like(mu))  # no lower W face in the deepest level
+            valid = (
+                mu if kr == 1 else mu * _below(torch.ones_like(mu))
+            )  # no lower W face in the deepest level
             sumz = sumz + dzw_k * valid * torch.maximum(_as_field(K_iso_steep, temp), diffloc * t)
             row.append(t * s * valid)
         ai_ez.append(torch.stack(row, -1))
@@ -370,7 +374,9 @@ def flux_divergence(flux_east, flux_north, flux_top, grid) -> torch.Tensor:
     return g["mt"] * (hor + ver)
 
 
-def implicit_vertical_diffusion(tr: torch.Tensor, K_33: torch.Tensor, grid, dt: float | torch.Tensor) -> torch.Tensor:
+def implicit_vertical_diffusion(
+    tr: torch.Tensor, K_33: torch.Tensor, grid, dt: float | torch.Tensor
+) -> torch.Tensor:
     """Backward-Euler step of ``∂τ/∂t = ∂_z(K_33 ∂_z τ)`` over ``dt`` s (no flux through surface and bottom);
     land cells keep their value."""
     g = _geometry(grid, tr)

@@ -64,8 +64,14 @@ def _build(o: ACCOptions, ctx: BuildContext):
 
 
 def _example():
-    """A 10° × 10° version with 4 levels (6 × 8 × 4), hours-long steps: fast enough for the conformance test."""
-    return acc_model(10.0, nz=4, dt_mom=3600.0, dt_tracer=7200.0, A_h=1e5, kappa_conv=1e-2)
+    """A 10° × 10° version with 4 levels (6 × 8 × 4), hours-long steps: fast enough for the conformance test.
+
+    Convective mixing is weakened (``kappa_conv`` 1e-4) and isoneutral mixing off: the conformance test perturbs
+    salinity randomly by 1 %, which makes many interfaces statically unstable and puts them on the steep
+    sigmoid of the convective switch, where the *central differences* (not the adjoint) lose accuracy beyond
+    1e-6; and Veros's isoneutral scheme keeps its kinks (|s|, min, max). Both are covered at their own
+    tolerances in tests/test_ocean.py."""
+    return acc_model(10.0, nz=4, dt_mom=3600.0, dt_tracer=7200.0, A_h=1e5, kappa_conv=1e-4, isoneutral=False)
 
 
 KIND = ModelKind(

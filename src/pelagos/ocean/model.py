@@ -33,10 +33,18 @@ from ..core.model import Coordinate, Variable
 from ..core.safe import smooth_step
 from . import momentum as M
 from . import tracers as T
+from .eos import density_anomaly
 from .grid import Grid
+from .isoneutral import isoneutral_diffusion, isoneutral_tensor
 from .streamfunction import SurfacePressureSolver, channel_transport, streamfunction
 
 STATE_KEYS = ("u", "v", "temp", "salt", "du", "dv", "dtemp", "dsalt")
+
+
+def veros_density(salt: torch.Tensor, temp: torch.Tensor, depth: torch.Tensor | float) -> torch.Tensor:
+    """Veros ``eq_of_state_type`` 3 (nonlinear, thermobaric; :func:`pelagos.ocean.eos.density_anomaly`),
+    kg m⁻³, at ``depth`` m (positive down)."""
+    return M.RHO_0 + density_anomaly(temp, salt, depth)
 
 
 def linear_density(salt: torch.Tensor, temp: torch.Tensor, depth: torch.Tensor | float) -> torch.Tensor:
@@ -60,7 +68,11 @@ class OceanModel(Model):
         advection: tracer advection ``"centered"`` (Veros default, used by acc_basic), ``"superbee"`` (TVD)
             or ``"superbee_smooth"`` (TVD with a C∞ limiter).
         cos_power: Veros ``hor_friction_cosPower``.
-        density: ``density(salt, temp, depth) -> ρ`` (kg m⁻³); default :func:`linear_density`.
+        density: ``density(salt, temp, depth) -> ρ`` (kg m⁻³); default :func:`veros_density` (Veros type 3);
+            :func:`linear_density` is the linear alternative.
+        isoneutral: isoneutral (Redi) diffusion ``K_iso_0`` (steep-slope background ``K_iso_steep``) and GM
+            skew diffusion ``K_gm_0`` of both tracers (:mod:`pelagos.ocean.isoneutral`, Veros's triad scheme;
+            acc_basic's setting). Without it, lateral diffusion ``K_h`` along the z-levels.
         Parameter values (Veros names, units): ``A_h`` m² s⁻¹, ``r_bot`` s⁻¹, ``kappaM_0``/``kappaH_0`` m² s⁻¹
         (background vertical viscosity/diffusivity), ``kappa_conv`` m² s⁻¹, ``K_h`` m² s⁻¹ (lateral tracer
         diffusivity), ``K_gm_0`` m² s⁻¹ (GM; declared, used once isoneutral mixing is plugged in),
@@ -97,6 +109,9 @@ class OceanModel(Model):
         AB_eps: float = 0.1,
         solver_rtol: float | None = None,
         solver: str = "auto",
+        isoneutral: bool = True,
+        K_iso_0: float = 1000.0,
+        K_iso_steep: float = 500.0,
         check_stability: bool = True,
     ) -> None:
         super().__init__()
@@ -109,7 +124,8 @@ class OceanModel(Model):
             raise ConfigError(f"ocean: advection {advection!r} is not a scheme; use one of {T.SCHEMES}")
         self.dt_mom, self.dt_tracer, self.dt = float(dt_mom), float(dt_tracer), float(dt_tracer)
         self.advection, self.cos_power, self.AB_eps = advection, float(cos_power), float(AB_eps)
-        self.density = density or linear_density
+        self.density = density or veros_density
+        self.isoneutral = bool(isoneutral)
         self.taux_ref = float(taux_ref)
         ny = grid.ny
         tx = torch.zeros(ny, dtype=dtype) if taux is None else torch.as_tensor(taux, dtype=dtype)
@@ -134,11 +150,15 @@ class OceanModel(Model):
             K_h,
             units="m2 s-1",
             bounds=(0.0, None),
-            description="lateral tracer diffusivity",
+            description="lateral tracer diffusivity (without isoneutral mixing)",
             dtype=dtype,
         )
         decl("K_gm_0", K_gm_0, units="m2 s-1", bounds=(0.0, None),
              description="Gent-McWilliams diffusivity (used with isoneutral mixing)", dtype=dtype)  # fmt: skip
+        decl("K_iso_0", K_iso_0, units="m2 s-1", bounds=(0.0, None), description="isoneutral diffusivity",
+             dtype=dtype)  # fmt: skip
+        decl("K_iso_steep", K_iso_steep, units="m2 s-1", bounds=(0.0, None),
+             description="lateral diffusivity where isoneutral slopes are steep", dtype=dtype)  # fmt: skip
         decl(
             "taux_0",
             taux_0,
@@ -271,12 +291,23 @@ class OceanModel(Model):
         # --- tracers (with the new, depth-integrated non-divergent velocities)
         dtt = self.dt_tracer
         tr = M.transports(g, u1, v1)
-        K_h = self.param_b("K_h", nd)
-        dtemp = T.advection(g, temp, tr, dtt, self.advection) + T.horizontal_diffusion(g, temp, K_h)
-        dsalt = T.advection(g, salt, tr, dtt, self.advection) + T.horizontal_diffusion(g, salt, K_h)
+        dtemp = T.advection(g, temp, tr, dtt, self.advection)
+        dsalt = T.advection(g, salt, tr, dtt, self.advection)
+        if not self.isoneutral:
+            K_h = self.param_b("K_h", nd)
+            dtemp = dtemp + T.horizontal_diffusion(g, temp, K_h)
+            dsalt = dsalt + T.horizontal_diffusion(g, salt, K_h)
         dtemp, dsalt = dtt * dtemp, dtt * dsalt
         temp1 = temp + (ab1 * dtemp - ab0 * state["dtemp"]) * g.mask_t
         salt1 = salt + (ab1 * dsalt - ab0 * state["dsalt"]) * g.mask_t
+        if self.isoneutral:  # Veros: after the explicit update, before vertical mixing, from the old tracers
+            K_iso, K_gm = self.param_b("K_iso_0", nd), self.param_b("K_gm_0", nd)
+            tensor = isoneutral_tensor(
+                temp, salt, g, K_iso=K_iso, K_iso_steep=self.param_b("K_iso_steep", nd)
+            )
+            temp1 = isoneutral_diffusion(temp, temp1, tensor, g, dt=dtt, K_iso=K_iso, K_gm=K_gm).tr_new
+            salt1 = isoneutral_diffusion(salt, salt1, tensor, g, dt=dtt, K_iso=K_iso, K_gm=K_gm).tr_new
+            temp1, salt1 = temp1 * g.mask_t, salt1 * g.mask_t
         rate = 1.0 / self.param_b("t_rest", nd)
         temp1 = T.implicit_vertical(g, temp1, kappaH, g.mask_t, dtt, surface_relax=(rate, self.t_star))
         salt1 = T.implicit_vertical(g, salt1, kappaH, g.mask_t, dtt)
