@@ -55,7 +55,7 @@ def main() -> None:
         {"state": s, "times": times, "acc": acc, "ke": ke, "resolution": args.resolution},
         out / "acc_spinup.pt",
     )
-    year_ends = {int(round(t)): a for t, a in zip(times, acc) if abs(t - round(t)) < 1e-9 and round(t) > 0}
+    year_ends = {round(t): a for t, a in zip(times, acc) if abs(t - round(t)) < 1e-9 and round(t) > 0}
     (out / "acc_spinup.json").write_text(
         json.dumps(
             {"year_end_transport_Sv": year_ends, "steps": n, "wall_s": wall, "ms_per_step": 1e3 * wall / n},

@@ -181,7 +181,8 @@ def test_wind_driven_channel_reaches_the_bottom_friction_balance():
              dlat=1.0, cyclic=True)  # fmt: skip
     tau, r_bot = 0.05, 2e-4
     m = OceanModel(g, dt_mom=3600.0, dt_tracer=3600.0, taux=torch.full((ny,), tau, dtype=F64), taux_ref=tau,
-                   taux_0=tau, r_bot=r_bot, kappaM_0=0.05, A_h=1e3, t_rest=1e30, K_h=1.0, isoneutral=False)  # fmt: skip
+                   taux_0=tau, r_bot=r_bot, kappaM_0=0.05, A_h=1e3, t_rest=1e30, K_h=1.0,
+                   isoneutral=False)  # fmt: skip
     s = m.initial_state(t_surface=0.0)
     for i in range(600):
         s = m.step(s, i * m.dt)

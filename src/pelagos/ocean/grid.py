@@ -43,7 +43,8 @@ class Grid(torch.nn.Module):
         radius: sphere radius, m.
         dtype: floating dtype of the metric arrays.
 
-    Attributes (all tensors): ``xt, xu`` (nx) and ``yt, yv`` (ny) in degrees; ``dz`` (nz) m; ``zt`` (nz) height
+    Attributes (all tensors): ``xt, xu`` (nx) and ``yt, yv`` (ny) in degrees; ``dz`` (nz) m;
+    ``zt`` (nz) height
     of cell centres (m, negative below the surface); ``zw`` (nz) height of cell bottoms; ``dzw`` (nz−1)
     distance between centres k and k+1 (m); ``dxt`` (ny, 1) zonal width of T/u cells at ``yt`` (m); ``dxv``
     (ny, 1) at ``yv``; ``dy`` () meridional width (m); ``area_t``/``area_v`` (ny, 1) m²; ``cos_t, cos_v,
@@ -75,7 +76,7 @@ class Grid(torch.nn.Module):
             raise ConfigError("ocean grid: every layer thickness dz must be > 0 m")
         if not (dlon > 0 and dlat > 0):
             raise ConfigError(f"ocean grid: dlon and dlat must be > 0 degrees; got {dlon}, {dlat}")
-        if not (-90 <= y0 and y0 + ny * dlat <= 90):
+        if not (y0 >= -90 and y0 + ny * dlat <= 90):
             raise ConfigError(
                 f"ocean grid: latitudes {y0}..{y0 + ny * dlat} leave [-90, 90]; reduce ny or dlat"
             )

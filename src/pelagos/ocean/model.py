@@ -9,7 +9,8 @@ One :meth:`OceanModel.step` (pure) advances
    solve per column); then the rigid-lid projection (surface-pressure CG solve,
    :mod:`pelagos.ocean.streamfunction`);
 2. **tracers** (temperature °C, salinity g kg⁻¹) by ``dt_tracer`` (s; Bryan acceleration when larger than
-   ``dt_mom``) with the new velocities: AB2 of flux-form advection (centred as Veros's acc_basic, or superbee-limited) + horizontal diffusion ``K_h``,
+   ``dt_mom``) with the new velocities: AB2 of flux-form advection (centred as Veros's acc_basic, or
+   superbee-limited) + horizontal diffusion ``K_h`` (or isoneutral + GM mixing),
    then implicit vertical diffusion ``kappaH`` (plus convective mixing ``kappa_conv`` where the water column
    is statically unstable, switched on by a smooth step of N²) with surface restoring to ``t_star`` over
    ``t_rest``.
@@ -73,6 +74,10 @@ class OceanModel(Model):
         isoneutral: isoneutral (Redi) diffusion ``K_iso_0`` (steep-slope background ``K_iso_steep``) and GM
             skew diffusion ``K_gm_0`` of both tracers (:mod:`pelagos.ocean.isoneutral`, Veros's triad scheme;
             acc_basic's setting). Without it, lateral diffusion ``K_h`` along the z-levels.
+        conv_sharpness, conv_threshold: the convective switch is ``kappa_conv·σ(conv_sharpness·(−N² −
+            conv_threshold))`` (σ the logistic function; s² and s⁻²): half on at N² = −3e-6 s⁻², 3e-4 of it at
+            N² = +1e-6 s⁻². A smooth stand-in for Veros's TKE response to static instability: a sharper switch
+            is closer to a step but its derivative (≤ kappa_conv·sharpness/4) grows with it.
         Parameter values (Veros names, units): ``A_h`` m² s⁻¹, ``r_bot`` s⁻¹, ``kappaM_0``/``kappaH_0`` m² s⁻¹
         (background vertical viscosity/diffusivity), ``kappa_conv`` m² s⁻¹, ``K_h`` m² s⁻¹ (lateral tracer
         diffusivity), ``K_gm_0`` m² s⁻¹ (GM; declared, used once isoneutral mixing is plugged in),
@@ -110,6 +115,8 @@ class OceanModel(Model):
         solver_rtol: float | None = None,
         solver: str = "auto",
         isoneutral: bool = True,
+        conv_sharpness: float = 2e6,
+        conv_threshold: float = 3e-6,
         K_iso_0: float = 1000.0,
         K_iso_steep: float = 500.0,
         check_stability: bool = True,
@@ -126,6 +133,7 @@ class OceanModel(Model):
         self.advection, self.cos_power, self.AB_eps = advection, float(cos_power), float(AB_eps)
         self.density = density or veros_density
         self.isoneutral = bool(isoneutral)
+        self.conv_sharpness, self.conv_threshold = float(conv_sharpness), float(conv_threshold)
         self.taux_ref = float(taux_ref)
         ny = grid.ny
         tx = torch.zeros(ny, dtype=dtype) if taux is None else torch.as_tensor(taux, dtype=dtype)
@@ -139,7 +147,8 @@ class OceanModel(Model):
         decl(
             "r_bot", r_bot, units="s-1", bounds=(0.0, None), description="linear bottom friction", dtype=dtype
         )
-        decl("kappaM_0", kappaM_0, units="m2 s-1", bounds=(0.0, None), description="background vertical viscosity",
+        decl("kappaM_0", kappaM_0, units="m2 s-1", bounds=(0.0, None),
+             description="background vertical viscosity",
              dtype=dtype)  # fmt: skip
         decl("kappaH_0", kappaH_0, units="m2 s-1", bounds=(0.0, None),
              description="background vertical diffusivity", dtype=dtype)  # fmt: skip
@@ -154,7 +163,7 @@ class OceanModel(Model):
             dtype=dtype,
         )
         decl("K_gm_0", K_gm_0, units="m2 s-1", bounds=(0.0, None),
-             description="Gent-McWilliams diffusivity (used with isoneutral mixing)", dtype=dtype)  # fmt: skip
+             description="Gent-McWilliams diffusivity (with isoneutral mixing)", dtype=dtype)  # fmt: skip
         decl("K_iso_0", K_iso_0, units="m2 s-1", bounds=(0.0, None), description="isoneutral diffusivity",
              dtype=dtype)  # fmt: skip
         decl("K_iso_steep", K_iso_steep, units="m2 s-1", bounds=(0.0, None),
@@ -188,15 +197,15 @@ class OceanModel(Model):
         number = a * self.dt_mom * (1 / dx_min**2 + 1 / float(g.dy) ** 2)
         if number > 0.5:
             raise StabilityError(
-                f"ocean: lateral viscosity A_h = {a:.3g} m2/s is unstable with dt_mom = {self.dt_mom:g} s on this "
-                f"grid (A_h·dt·(1/dx²+1/dy²) = {number:.2f} > 0.5, smallest dx {dx_min / 1e3:.1f} km); reduce "
-                "dt_mom or A_h"
+                f"ocean: lateral viscosity A_h = {a:.3g} m2/s is unstable with dt_mom = {self.dt_mom:g} s "
+                f"on this grid (A_h·dt·(1/dx²+1/dy²) = {number:.2f} > 0.5, smallest dx "
+                f"{dx_min / 1e3:.1f} km); reduce dt_mom or A_h"
             )
         f_max = float(g.f_t.abs().max())
         if f_max * self.dt_mom > 0.5:
             raise StabilityError(
-                f"ocean: f·dt_mom = {f_max * self.dt_mom:.2f} > 0.5 — the AB2 Coriolis term is unstable; reduce "
-                "dt_mom"
+                f"ocean: f·dt_mom = {f_max * self.dt_mom:.2f} > 0.5 — the AB2 Coriolis term is unstable; "
+                "reduce dt_mom"
             )
 
     def check_cfl(self, state: dict, limit: float = 0.5) -> float:
@@ -271,7 +280,9 @@ class OceanModel(Model):
         ab1, ab0 = 1.5 + self.AB_eps, 0.5 + self.AB_eps
         # mixing coefficients from the current stratification
         n2 = self.n2(salt, temp)
-        conv = self.param_b("kappa_conv", nd) * smooth_step(-n2, sharpness=1e7, x0=1e-6)
+        conv = self.param_b("kappa_conv", nd) * smooth_step(
+            -n2, sharpness=self.conv_sharpness, x0=self.conv_threshold
+        )
         kappaH = self.param_b("kappaH_0", nd) + conv
         kappaM_t = self.param_b("kappaM_0", nd) + conv
         # --- momentum

@@ -112,6 +112,6 @@ def harmonic_friction(
 
 
 def kinetic_energy(g: Grid, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """Volume-integrated kinetic energy per unit density, ``½ Σ (V_u u² + V_v v²)`` (m⁵ s⁻²), shape ``(...)``."""
+    """Volume-integrated kinetic energy per unit density ``½ Σ (V_u u² + V_v v²)`` (m⁵ s⁻²), ``(...)``."""
     e = g.area_t * g.dz3 * u**2 * g.mask_u + g.area_v * g.dz3 * v**2 * g.mask_v
     return 0.5 * e.sum((-3, -2, -1))

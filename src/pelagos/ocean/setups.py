@@ -35,12 +35,13 @@ def acc_t_star(g: Grid) -> torch.Tensor:
 def acc_model(
     resolution: float = 2.0, *, nz: int = 15, dtype: torch.dtype = torch.float64, **kwargs
 ) -> OceanModel:
-    """The acc_basic configuration: 2° → 30 × 42 × 15, dt_mom 4800 s, dt_tracer 43 200 s,
+    """The acc_basic configuration: 2° → 30 × 42 × 15, dt_mom 4800 s, dt_tracer 43 200 s
+    (scaled down with finer resolution),
     A_h = 2e-11 (resolution·degtom)³ m² s⁻¹ (Veros's scaling with the grid spacing), r_bot 1e-5 s⁻¹,
     wind 0.1 N m⁻², SST restoring over 30 days. ``kwargs`` go to :class:`OceanModel`."""
     g = acc_grid(resolution, nz=nz, dtype=dtype)
     degtom = 6370e3 * math.pi / 180
-    kw = dict(dt_mom=4800.0 * resolution / 2.0, dt_tracer=43200.0 * resolution / 2.0,
+    kw = dict(dt_mom=4800.0 * min(1.0, resolution / 2.0), dt_tracer=43200.0 * min(1.0, resolution / 2.0),
               A_h=2e-11 * (resolution * degtom) ** 3, r_bot=1e-5)  # fmt: skip
     kw.update(kwargs)
     amp = float(kw.get("taux_0", 0.1))

@@ -125,7 +125,7 @@ class SurfacePressureSolver:
 
 
 def _scatter(template: torch.Tensor, idx: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """``template``-shaped zeros with ``x`` at positions ``idx`` of the last dim (differentiable, vmap-able)."""
+    """``template``-shaped zeros with ``x`` at positions ``idx`` of the last dim (differentiable)."""
     out = torch.zeros(*x.shape[:-1], template.shape[-1], dtype=x.dtype, device=x.device)
     return out.index_add(-1, idx, x)
 
