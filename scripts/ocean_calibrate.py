@@ -35,7 +35,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     truth = acc_model(args.resolution, isoneutral=args.isoneutral)
     A_true, r_true = float(truth.param("A_h")), float(truth.param("r_bot"))
-    x = truth.initial_state(1)
+    x = truth.initial_state()
     n_spin = round(args.spinup_days * 86400 / truth.dt)
     with torch.no_grad():
         x = rollout(truth, x, n_spin, save_every=n_spin, include_initial=False).final
@@ -52,7 +52,8 @@ def main() -> None:
     every = round(args.every_days * 86400 / truth.dt)
     with torch.no_grad():
         traj = rollout(truth, x, n, save_every=every, include_initial=False)
-    ys = torch.stack([H(traj.states[i]) for i in range(traj.states["u"].shape[0])])  # (n_t, 1, m)
+    n_t = traj.states["u"].shape[0]
+    ys = torch.stack([H({k: v[i] for k, v in traj.states.items()}) for i in range(n_t)])  # (n_t, m)
     sigma = 0.02 * float(ys.max() - ys.min())
     ys = ys + sigma * torch.randn(ys.shape, generator=gen, dtype=ys.dtype)
     times = torch.arange(1, ys.shape[0] + 1, dtype=torch.float64) * every * truth.dt
@@ -92,7 +93,7 @@ def plot(truth, model, x, n, cal, A_true, r_true, path, args) -> None:
         m = acc_model(args.resolution, isoneutral=args.isoneutral, A_h=A, r_bot=r)
         with torch.no_grad():
             tr = rollout(m, x, n, save_every=1)
-        return [float(m.output({k: v[i] for k, v in tr.states.items()})["acc_transport"][0])
+        return [float(m.output({k: v[i] for k, v in tr.states.items()})["acc_transport"])
                 for i in range(n + 1)]  # fmt: skip
 
     days = [i * truth.dt / 86400 for i in range(n + 1)]

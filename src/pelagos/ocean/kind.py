@@ -79,6 +79,23 @@ def _example():
     return acc_model(10.0, nz=4, dt_mom=3600.0, dt_tracer=7200.0, A_h=1e5, kappa_conv=1e-4, isoneutral=False)
 
 
+def gradcheck_case():
+    """``pelagos gradcheck --model acc``: the 6° ACC (10 × 14 × 15) after a 20-step spin-up, Veros physics with
+    isoneutral mixing off (its kinks are checked separately); free: A_h, r_bot; loss: mean squared velocity."""
+    model = acc_model(6.0, dt_mom=3600.0, dt_tracer=7200.0, A_h=2e5, isoneutral=False)
+    state = model.initial_state(1)
+    with torch.no_grad():
+        for i in range(20):
+            state = model.step(state, i * model.dt)
+    model.select_free(["A_h", "r_bot"])
+
+    def loss(traj):
+        s = traj.final
+        return (s["u"] ** 2).mean() + (s["v"] ** 2).mean()
+
+    return model, state, {"wrt": "params", "loss": loss}
+
+
 KIND = ModelKind(
     "acc",
     _build,
