@@ -61,15 +61,25 @@ def test_acc_geometry_matches_veros_acc_basic():
     g = acc_grid(2.0)
     assert g.shape == (15, 42, 30) and g.cyclic
     assert float(g.dz[0]) == pytest.approx(20.0) and float(g.dz.sum()) == pytest.approx(2080.0)
-    assert float(g.xt[0]) == pytest.approx(1.0) and float(g.yt[0]) == pytest.approx(-39.0)
+    # Veros's T points: xt = -1, 1, …, 57; yt = -41, …, 41
+    assert float(g.xt[0]) == pytest.approx(-1.0) and float(g.yt[0]) == pytest.approx(-41.0)
+    assert float(g.yt[-1]) == pytest.approx(41.0)
     land = g.mask_t[0] == 0
-    # the wall: the first column north of 20°S; the channel (10 rows south of 20°S) is open all around
-    assert bool(land[10:, 0].all()) and not bool(land[:10].any()) and not bool(land[:, 1:].any())
-    assert int(land.sum()) == 32
+    # the wall: two columns (xt = -1, 1) north of 20°S; the channel (11 rows, 41°S…21°S) is open all around
+    assert bool(land[11:, :2].all()) and not bool(land[:11].any()) and not bool(land[:, 2:].any())
+    assert int(land.sum()) == 62
     # u faces on both sides of the wall are closed; channel faces across the periodic seam are open
-    assert bool((g.mask_u[:, 10:, 0] == 0).all()) and bool((g.mask_u[:, 10:, -1] == 0).all())
-    assert bool((g.mask_u[:, :10, -1] == 1).all())
+    assert bool((g.mask_u[:, 11:, :2] == 0).all()) and bool((g.mask_u[:, 11:, -1] == 0).all())
+    assert bool((g.mask_u[:, :11, -1] == 1).all())
     assert g.nlev.max() == 15
+    # Veros's wind on the channel rows: 0.1 sin(π (yu + 40)/21) with yu = yt + 1
+    from pelagos.ocean.setups import acc_t_star, acc_wind
+
+    tx = acc_wind(g)
+    yu = g.yt + 1
+    assert torch.allclose(tx[:11], 0.1 * torch.sin(math.pi * (yu[:11] + 40) / 21))
+    assert float(tx[11:25].abs().max()) == 0.0
+    assert float(acc_t_star(g)[0]) == 0.0 and float(acc_t_star(g)[20]) == 15.0
 
 
 def test_grid_rejects_bad_configuration():

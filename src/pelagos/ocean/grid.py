@@ -202,15 +202,18 @@ def acc_grid(
     *,
     nz: int = 15,
     dtype: torch.dtype = torch.float64,
-    y0: float = -40.0,
+    x0: float = -2.0,
+    y0: float = -42.0,
     lat_extent: float = 84.0,
     lon_extent: float = 60.0,
 ) -> Grid:
     """The Veros ``acc_basic`` geometry: a re-entrant channel south of 20°S joined to a closed basin.
 
-    Domain 0–60°E × 40°S–44°N at ``resolution`` degrees (2° gives Veros's 30 × 42 × 15 grid), flat bottom at
-    2080 m; land where ``xt ≤ 1°`` and ``yt ≥ −20°`` (Veros: ``kbot = (xt > 1) | (yt < −20)``), i.e. a wall
-    2° wide (one column at 2°) along the western edge of the basin.
+    As Veros builds it (its ``x_origin, y_origin`` are the first *faces* including the halo shift, so the T
+    points of the 2° grid are ``xt = −1, 1, …, 57°`` and ``yt = −41, …, 41°``): domain 2°W–58°E × 42°S–42°N at
+    ``resolution`` degrees (2° gives 30 × 42 × 15), flat bottom at 2080 m, land where ``xt ≤ 1°`` and
+    ``yt ≥ −20°`` (Veros: ``kbot = (xt > 1) | (yt < −20)``: two columns at 2°, 11 channel rows). At resolutions
+    too coarse for a T point at ``xt ≤ 1°`` the first column is the wall.
     """
     if resolution <= 0:
         raise ConfigError(f"acc_grid: resolution must be > 0 degrees; got {resolution}")
@@ -218,12 +221,10 @@ def acc_grid(
     ny = round(lat_extent / resolution)
     if nx < 3 or ny < 3:
         raise ConfigError(f"acc_grid: resolution {resolution}° gives only {nx} × {ny} cells; use a finer one")
-    xt = resolution * (torch.arange(nx, dtype=torch.float64) + 0.5)
+    xt = x0 + resolution * (torch.arange(nx, dtype=torch.float64) + 0.5)
     yt = y0 + resolution * (torch.arange(ny, dtype=torch.float64) + 0.5)
-    # land: cell centres in the first 2° of longitude north of 20°S (at 2°: Veros's xt ≤ 1°, one column;
-    # at coarser resolution: the first column)
-    wall = max(2.0, 0.5 * resolution) + 1e-9
+    wall = 1.0 if bool((xt <= 1.0).any()) else float(xt[0])
     wet = (xt.reshape(1, nx) > wall) | (yt.reshape(ny, 1) < -20.0)
     kbot = wet.to(torch.int64)
-    return Grid(nx, ny, acc_dz(nz), kbot, x0=0.0, y0=y0, dlon=resolution, dlat=resolution, cyclic=True,
+    return Grid(nx, ny, acc_dz(nz), kbot, x0=x0, y0=y0, dlon=resolution, dlat=resolution, cyclic=True,
                 dtype=dtype)  # fmt: skip

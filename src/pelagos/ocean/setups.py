@@ -11,24 +11,28 @@ from .model import OceanModel
 
 
 def acc_wind(g: Grid, amplitude: float = 0.1) -> torch.Tensor:
-    """Zonal wind stress of acc_basic on the u rows (N m⁻², ``(ny,)``): an eastward ``τ₀ sin`` arch over the
-    channel (south of 20°S) and ``τ₀ (1 − cos)`` north of 10°N, zero in between."""
-    y = g.yt
-    y_s, y_n = float(g.y0), float(g.yv[-1])
-    tx = torch.zeros_like(y)
-    tx = torch.where(y < -20, amplitude * torch.sin(math.pi * (y - y_s) / (-20.0 - y_s)), tx)
-    tx = torch.where(y > 10, amplitude * (1 - torch.cos(2 * math.pi * (y - 10.0) / (y_n - 10.0))), tx)
+    """Zonal wind stress of acc_basic on the u rows (N m⁻², ``(ny,)``), Veros's formula: evaluated at the face
+    latitudes ``yu = yt + Δφ/2`` and normalised with the first T and face latitudes,
+    ``τ₀ sin(π (yu − yu₀)/(−20 − yt₀))`` where ``yt < −20°`` (2°: ``0.1 sin(π (yu + 40)/21)``) and
+    ``τ₀ (1 − cos(2π (yu − 10)/(yu_max − 10)))`` where ``yt > 10°``; zero in between. Enters the momentum
+    equation as τ/ρ₀ in the surface cell."""
+    yt = g.yt
+    yu = g.yv
+    yt0, yu0, yu_max = float(yt[0]), float(yu[0]), float(yu[-1])
+    tx = torch.zeros_like(yt)
+    tx = torch.where(yt < -20, amplitude * torch.sin(math.pi * (yu - yu0) / (-20.0 - yt0)), tx)
+    tx = torch.where(yt > 10, amplitude * (1 - torch.cos(2 * math.pi * (yu - 10.0) / (yu_max - 10.0))), tx)
     return tx
 
 
 def acc_t_star(g: Grid) -> torch.Tensor:
-    """Restoring SST of acc_basic (°C, ``(ny,)``): 15 °C, falling linearly to 0 at the southern edge south of
-    20°S and to 0 at the northern edge north of 20°N."""
+    """Restoring SST of acc_basic (°C, ``(ny,)``), Veros's formula: 15 °C, ``15 (yt − yt₀)/(−20 − yt₀)`` where
+    ``yt < −20°`` and ``15 (1 − (yt − 20)/(yt_max − 20))`` where ``yt > 20°`` (first/last T latitudes)."""
     y = g.yt
-    y_s, y_n = float(g.y0), float(g.yv[-1])
+    y0, y1 = float(y[0]), float(y[-1])
     ts = torch.full_like(y, 15.0)
-    ts = torch.where(y < -20, 15 * (y - y_s) / (-20.0 - y_s), ts)
-    ts = torch.where(y > 20, 15 * (1 - (y - 20.0) / (y_n - 20.0)), ts)
+    ts = torch.where(y < -20, 15 * (y - y0) / (-20.0 - y0), ts)
+    ts = torch.where(y > 20, 15 * (1 - (y - 20.0) / (y1 - 20.0)), ts)
     return ts
 
 

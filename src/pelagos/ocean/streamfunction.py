@@ -40,7 +40,7 @@ def barotropic_transports(g: Grid, u: torch.Tensor, v: torch.Tensor) -> tuple[to
     return U, V
 
 
-class SurfacePressureSolver:
+class SurfacePressureSolver(torch.nn.Module):
     """Projection of ``(u, v)`` onto depth-integrated non-divergent flow (see module doc).
 
     Args:
@@ -55,16 +55,17 @@ class SurfacePressureSolver:
     def __init__(self, g: Grid, rtol: float = 1e-12, method: str = "auto", direct_max: int = 4000) -> None:
         if method not in ("auto", "cg", "direct"):
             raise ValueError(f"surface-pressure solver method {method!r}: use 'auto', 'cg' or 'direct'")
+        super().__init__()
         self.g = g
         self.rtol = rtol
         wet = g.mask_t[0]
-        self.wet = wet
-        self.cx = g.h_u * g.dy / g.dxt  # m (coupling through east faces)
-        self.cy = g.h_v * g.dxv / g.dy  # m (north faces)
+        self.register_buffer("wet", wet)
+        self.register_buffer("cx", g.h_u * g.dy / g.dxt)  # m (coupling through east faces)
+        self.register_buffer("cy", g.h_v * g.dxv / g.dy)  # m (north faces)
         diag = self.cx + g.west(self.cx) + self.cy + g.south(self.cy)
         n = wet.sum()
         self.pin = float(diag.sum() / n) / float(n)  # s·a aᵀ with a = wet, scaled like one diagonal entry
-        self.diag = diag + (1 - wet) + self.pin * wet
+        self.register_buffer("diag", diag + (1 - wet) + self.pin * wet)
         self.iterations = 0
         n_wet = int(wet.sum())
         self.method = method if method != "auto" else ("direct" if n_wet <= direct_max else "cg")
@@ -74,8 +75,10 @@ class SurfacePressureSolver:
             basis[torch.arange(n_wet), idx] = 1.0
             cols = self.operator(basis.reshape(n_wet, g.ny, g.nx)).reshape(n_wet, -1)[:, idx]
             A = 0.5 * (cols + cols.T)
-            self.idx = idx
-            self.inverse = torch.cholesky_inverse(torch.linalg.cholesky(A))  # (n_wet, n_wet), SPD
+            self.register_buffer("idx", idx)
+            self.register_buffer(
+                "inverse", torch.cholesky_inverse(torch.linalg.cholesky(A))
+            )  # (n_wet, n_wet)
 
     def operator(self, phi: torch.Tensor) -> torch.Tensor:
         g = self.g
