@@ -21,6 +21,40 @@ import torch
 from pelagos.ocean import acc_model
 
 
+def correct(m, s0, t_true, t_bad, vol, n: int, iters: int):
+    """L-BFGS on the initial temperature so that the temperature after ``n`` steps matches the reference's."""
+    g = m.grid
+
+    def run(temp):
+        st = dict(s0, temp=temp)
+        for i in range(n):
+            st = m.step(st, i * m.dt)
+        return st["temp"]
+
+    with torch.no_grad():
+        target = run(t_true)
+    ctrl = t_bad.clone().reshape(-1).requires_grad_(True)  # flat: L-BFGS needs a contiguous gradient
+    opt = torch.optim.LBFGS([ctrl], lr=1.0, max_iter=iters, history_size=20, line_search_fn="strong_wolfe",
+                            tolerance_grad=1e-14, tolerance_change=1e-16)  # fmt: skip
+    hist = {"loss": [], "dist": []}
+
+    def closure():
+        opt.zero_grad()
+        loss = ((run(ctrl.reshape(g.shape)) - target) ** 2 * vol).sum() / vol.sum()
+        loss.backward()
+        with torch.no_grad():
+            d = ((ctrl.reshape(g.shape) - t_true) ** 2 * vol).sum() / vol.sum()
+        hist["loss"].append(float(loss.detach()))
+        hist["dist"].append(math.sqrt(float(d)))
+        return loss
+
+    opt.step(closure)
+    res = {"loss_first": hist["loss"][0], "loss_last": hist["loss"][-1], "rms_dist_first_K": hist["dist"][0],
+           "rms_dist_last_K": hist["dist"][-1], "evaluations": len(hist["loss"]),
+           "history": hist}  # fmt: skip
+    return res, ctrl.detach().reshape(g.shape)[0].clone()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--resolution", type=float, default=4.0)
@@ -43,34 +77,7 @@ def main() -> None:
     vol = g.area_t * g.dz3 * g.mask_t
     results, snaps = {}, {}
     for n in args.steps:
-        def run(temp):
-            st = dict(s0, temp=temp)
-            for i in range(n):
-                st = m.step(st, i * m.dt)
-            return st["temp"]
-
-        with torch.no_grad():
-            target = run(t_true)
-        ctrl = t_bad.clone().reshape(-1).requires_grad_(True)  # flat: L-BFGS needs a contiguous gradient
-        opt = torch.optim.LBFGS([ctrl], lr=1.0, max_iter=args.iters, history_size=20, line_search_fn="strong_wolfe",
-                                tolerance_grad=1e-14, tolerance_change=1e-16)  # fmt: skip
-        hist = {"loss": [], "dist": []}
-
-        def closure():
-            opt.zero_grad()
-            loss = ((run(ctrl.reshape(g.shape)) - target) ** 2 * vol).sum() / vol.sum()
-            loss.backward()
-            with torch.no_grad():
-                d = ((ctrl.reshape(g.shape) - t_true) ** 2 * vol).sum() / vol.sum()
-            hist["loss"].append(float(loss.detach()))
-            hist["dist"].append(math.sqrt(float(d)))
-            return loss
-
-        opt.step(closure)
-        results[n] = {"loss_first": hist["loss"][0], "loss_last": hist["loss"][-1], "rms_dist_first_K":
-                      hist["dist"][0], "rms_dist_last_K": hist["dist"][-1], "evaluations": len(hist["loss"]),
-                      "history": hist}  # fmt: skip
-        snaps[n] = ctrl.detach().reshape(g.shape)[0].clone()
+        results[n], snaps[n] = correct(m, s0, t_true, t_bad, vol, n, args.iters)
         print(n, {k: v for k, v in results[n].items() if k != "history"}, flush=True)
     (out / "ocean_initial_state.json").write_text(json.dumps(results, indent=1))
     import matplotlib

@@ -212,7 +212,8 @@ def acc_grid(
     As Veros builds it (its ``x_origin, y_origin`` are the first *faces* including the halo shift, so the T
     points of the 2° grid are ``xt = −1, 1, …, 57°`` and ``yt = −41, …, 41°``): domain 2°W–58°E × 42°S–42°N at
     ``resolution`` degrees (2° gives 30 × 42 × 15), flat bottom at 2080 m, land where ``xt ≤ 1°`` and
-    ``yt ≥ −20°`` (Veros: ``kbot = (xt > 1) | (yt < −20)``: two columns at 2°, 11 channel rows). At resolutions
+    ``yt ≥ −20°`` (Veros: ``kbot = (xt > 1) | (yt < −20)``: two columns at 2°, 11 channel rows). At
+    resolutions
     too coarse for a T point at ``xt ≤ 1°`` the first column is the wall.
     """
     if resolution <= 0:

@@ -80,8 +80,9 @@ def _example():
 
 
 def gradcheck_case():
-    """``pelagos gradcheck --model acc``: the 6° ACC (10 × 14 × 15) after a 20-step spin-up, Veros physics with
-    isoneutral mixing off (its kinks are checked separately); free: A_h, r_bot; loss: mean squared velocity."""
+    """``pelagos gradcheck --model acc``: the 6° ACC (10 × 14 × 15) after a 20-step spin-up, Veros EOS,
+    isoneutral mixing off (its kinks are checked separately); free: A_h, r_bot; loss: mean squared
+    velocity."""
     model = acc_model(6.0, dt_mom=3600.0, dt_tracer=7200.0, A_h=2e5, isoneutral=False)
     state = model.initial_state(1)
     with torch.no_grad():
