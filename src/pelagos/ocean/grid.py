@@ -170,7 +170,7 @@ class Grid(torch.nn.Module):
 def acc_dz(nz: int = 15) -> list[float]:
     """Veros acc_basic layer thicknesses, surface first (m): ``[50, 70, 100, 140, 190, …, 690]/2.5``
     (20 m at the top, 2080 m in all). Other ``nz`` spread the same 2080 m over ``nz`` layers growing linearly
-    with depth."""
+    with depth (whole tens of metres)."""
     ddz = [
         50.0,
         70.0,
@@ -194,7 +194,9 @@ def acc_dz(nz: int = 15) -> list[float]:
     if nz < 1:
         raise ConfigError(f"acc_dz: nz must be ≥ 1; got {nz}")
     raw = [1.0 + 0.5 * i for i in range(nz)]
-    return [2080.0 * r / sum(raw) for r in raw]
+    dz = [10.0 * round(208.0 * r / sum(raw)) for r in raw]  # whole tens of metres
+    dz[-1] += 2080.0 - sum(dz)
+    return dz
 
 
 def acc_grid(
