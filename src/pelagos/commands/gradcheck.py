@@ -20,6 +20,7 @@ MODELS: dict[str, str] = {
     "lorenz96": "pelagos.commands._gradcheck_cases:lorenz96_case",
     "qg": "pelagos.commands._gradcheck_cases:qg_case",
     "acc": "pelagos.ocean.kind:gradcheck_case",
+    "hbv": "pelagos.hydro.kind:gradcheck_case",
 }
 
 
