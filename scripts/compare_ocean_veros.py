@@ -1,5 +1,6 @@
 """pelagos's ``acc`` ocean vs Veros ``acc_basic``: ACC transport over 2 model years from rest, BSF
-pattern, and the response to r_bot × 2 and A_h × 0.5 (Veros side: the fixture written by ``scripts/veros_reference.py``).
+pattern, and the response to r_bot × 2 and A_h × 0.5 (Veros side: the fixture written by
+``scripts/veros_reference.py``).
 
     PYTHONPATH=src python scripts/compare_ocean_veros.py [--years 2] [--geometry veros|pelagos]
         [--out docs/figures/ocean_veros] [--runs base,rbot2,ah05]
