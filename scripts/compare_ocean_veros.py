@@ -9,7 +9,9 @@ pattern, and the response to r_bot × 2 and A_h × 0.5 (Veros side: the fixture 
 fixture (T rows at 41°S…41°N, two land columns, Veros's wind stress and restoring SST, initial temperature
 ``15 (1 − zt/zw_bottom)`` on Veros's zt); ``--geometry pelagos`` uses ``pelagos.ocean.acc_model`` as it is.
 The ACC transport is computed the same way on both sides: Σ u·dy·dz over a full meridional section (Sv),
-averaged over all longitudes. Writes ``compare.json`` and ``compare.png`` into ``--out``.
+averaged over all longitudes. Writes ``compare.json`` and ``compare.png`` into ``--out`` (and each pelagos
+run as ``pelagos_<geometry>_<run>.npz``: run the three in parallel with ``--runs base`` etc., then combine
+them with ``--load``).
 """
 
 from __future__ import annotations
@@ -103,13 +105,20 @@ def main() -> None:
     ap.add_argument("--runs", default="base,rbot2,ah05")
     ap.add_argument("--every", type=int, default=10)
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "figures" / "ocean_veros")
+    ap.add_argument("--load", action="store_true", help="reuse the pelagos runs saved in --out")
     a = ap.parse_args()
     a.out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(1)
     vr = np.load(DATA / "veros_acc_runs.npz")
     res, ours = {"years": a.years, "geometry": a.geometry, "runs": {}}, {}
     for label in a.runs.split(","):
-        p = run(a.geometry, label, a.years, a.every)
+        saved = a.out / f"pelagos_{a.geometry}_{label}.npz"
+        if a.load and saved.exists():
+            p = {k: v for k, v in np.load(saved).items()}
+            p["ms_per_step"] = float(p["ms_per_step"])
+        else:
+            p = run(a.geometry, label, a.years, a.every)
+            np.savez_compressed(saved, **p)
         ours[label] = p
         v_year = vr[f"{label}_transport_year_end"]
         ny = min(len(v_year), len(p["transport_year_end"]))
