@@ -9,9 +9,9 @@ pattern, and the response to r_bot × 2 and A_h × 0.5 (Veros side: the fixture 
 fixture (T rows at 41°S…41°N, two land columns, Veros's wind stress and restoring SST, initial temperature
 ``15 (1 − zt/zw_bottom)`` on Veros's zt); ``--geometry pelagos`` uses ``pelagos.ocean.acc_model`` as it is.
 The ACC transport is computed the same way on both sides: Σ u·dy·dz over a full meridional section (Sv),
-averaged over all longitudes. Writes ``compare.json`` and ``compare.png`` into ``--out`` (and each pelagos
-run as ``pelagos_<geometry>_<run>.npz``: run the three in parallel with ``--runs base`` etc., then combine
-them with ``--load``).
+averaged over all longitudes. The runs are members of one batched pelagos model (per-member A_h, r_bot).
+Writes ``compare.json``, ``compare.png`` and each pelagos run as ``pelagos_<geometry>_<run>.npz`` into
+``--out`` (``--load`` re-plots from those).
 """
 
 from __future__ import annotations
@@ -64,29 +64,41 @@ def transport_sv(m, u: torch.Tensor) -> float:
     return float(per_x.mean()) / 1e6
 
 
-def run(geometry: str, label: str, years: float, every: int) -> dict:
-    m, s = build_model(geometry, *FACTORS[label])
+def run(geometry: str, labels: list[str], years: float, every: int) -> dict[str, dict]:
+    """All ``labels`` at once as one batched pelagos model (member b: A_h, r_bot scaled by FACTORS[label])."""
+    m, s = build_model(geometry, 1.0, 1.0)
+    a_h, r_bot = float(m.param("A_h")), float(m.param("r_bot"))
+    B = len(labels)
+    m.set_parameter_value("A_h", torch.tensor([a_h * FACTORS[k][0] for k in labels], dtype=m.dtype))
+    m.set_parameter_value("r_bot", torch.tensor([r_bot * FACTORS[k][1] for k in labels], dtype=m.dtype))
+    s = {k: v.expand(B, *v.shape).clone() for k, v in s.items()}
     steps_per_year = round(YEAR / m.dt_tracer)
     n = round(years * steps_per_year)
-    t_days, tr, psi_years, tr_years = [0.0], [transport_sv(m, s["u"])], [], []
+    rec = {k: dict(time_days=[0.0], transport=[0.0], psi=[], transport_year_end=[]) for k in labels}
     t0 = time.perf_counter()
     with torch.no_grad():
         for i in range(1, n + 1):
             s = m.step(s, (i - 1) * m.dt_tracer)
             if i % every == 0:
-                t_days.append(i * m.dt_tracer / 86400.0)
-                tr.append(transport_sv(m, s["u"]))
-                if not math.isfinite(tr[-1]):
-                    raise RuntimeError(f"pelagos {label}: non-finite transport at step {i}")
+                for b, k in enumerate(labels):
+                    rec[k]["time_days"].append(i * m.dt_tracer / 86400.0)
+                    rec[k]["transport"].append(transport_sv(m, s["u"][b]))
+                    if not math.isfinite(rec[k]["transport"][-1]):
+                        raise RuntimeError(f"pelagos {k}: non-finite transport at step {i}")
             if i % steps_per_year == 0:
-                o = m.output(s)
-                psi_years.append(o["psi"].detach().cpu().numpy())
-                tr_years.append(transport_sv(m, s["u"]))
-                print(f"  pelagos {label}: year {i // steps_per_year}: ACC {tr_years[-1]:.2f} Sv "
-                      f"({time.perf_counter() - t0:.0f} s)", flush=True)  # fmt: skip
+                psi = m.output(s)["psi"].detach().cpu().numpy()
+                for b, k in enumerate(labels):
+                    rec[k]["psi"].append(psi[b])
+                    rec[k]["transport_year_end"].append(transport_sv(m, s["u"][b]))
+                    acc = rec[k]["transport_year_end"][-1]
+                    print(f"  pelagos {k}: year {i // steps_per_year}: ACC {acc:.2f} Sv "
+                          f"({time.perf_counter() - t0:.0f} s)", flush=True)  # fmt: skip
     wall = time.perf_counter() - t0
-    return dict(time_days=np.array(t_days), transport=np.array(tr), psi=np.array(psi_years),
-                transport_year_end=np.array(tr_years), ms_per_step=1e3 * wall / max(n, 1))  # fmt: skip
+    out = {}
+    for k in labels:
+        out[k] = {name: np.array(v) for name, v in rec[k].items()}
+        out[k]["ms_per_step"] = 1e3 * wall / max(n, 1) / B
+    return out
 
 
 def pattern_stats(a: np.ndarray, b: np.ndarray) -> dict:
@@ -111,15 +123,18 @@ def main() -> None:
     torch.set_num_threads(1)
     vr = np.load(DATA / "veros_acc_runs.npz")
     res, ours = {"years": a.years, "geometry": a.geometry, "runs": {}}, {}
-    for label in a.runs.split(","):
-        saved = a.out / f"pelagos_{a.geometry}_{label}.npz"
-        if a.load and saved.exists():
-            p = {k: v for k, v in np.load(saved).items()}
-            p["ms_per_step"] = float(p["ms_per_step"])
-        else:
-            p = run(a.geometry, label, a.years, a.every)
-            np.savez_compressed(saved, **p)
-        ours[label] = p
+    labels = a.runs.split(",")
+    saved = {k: a.out / f"pelagos_{a.geometry}_{k}.npz" for k in labels}
+    if a.load and all(p.exists() for p in saved.values()):
+        for k in labels:
+            ours[k] = {name: v for name, v in np.load(saved[k]).items()}
+            ours[k]["ms_per_step"] = float(ours[k]["ms_per_step"])
+    else:
+        ours = run(a.geometry, labels, a.years, a.every)
+        for k in labels:
+            np.savez_compressed(saved[k], **ours[k])
+    for label in labels:
+        p = ours[label]
         v_year = vr[f"{label}_transport_year_end"]
         ny = min(len(v_year), len(p["transport_year_end"]))
         rel = [float(p["transport_year_end"][k] / v_year[k] - 1) for k in range(ny)]
