@@ -215,4 +215,4 @@ def test_every_example_configuration_loads():
     assert len(examples) >= 8
     for p in examples:
         cfg = load_config(p, extra_sections={"hybrid": hybrid_section})
-        assert cfg.kind.name in ("column", "qg", "lorenz63", "lorenz96"), p
+        assert cfg.kind.name in ("column", "qg", "lorenz63", "lorenz96", "hbv"), p

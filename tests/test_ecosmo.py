@@ -17,6 +17,12 @@ from pelagos.bgc.ecosmo import ECOSMO, FABM_SWITCHES, PELAGOS_OPTIONS
 from pelagos.core.errors import ConfigError
 from pelagos.core.paths import DATA_DIR
 
+
+def F32(x: float) -> float:
+    """A default-kind (single precision) Fortran literal, as FABM's do_bottom writes 0.1 and 2.0E-3."""
+    return float(np.float32(x))
+
+
 YAML = DATA_DIR / "fabm" / "fabm-nersc-ecosmo.yaml"  # FABM's test case, shipped with the package
 PAR = "downwelling_photosynthetic_radiative_flux"
 SPAR = "surface_downwelling_photosynthetic_radiative_flux"
@@ -77,10 +83,58 @@ def test_yaml_parameters_accepted_with_values_and_scale_factors():
     for row in m.parameters_table(as_rows=True):
         f = UNIT_SCALE.get(row["units"], 1.0)
         assert float(m.p(row["name"])) == pytest.approx(row["value"] * f, rel=1e-6), row["name"]
-    # FABM reads Exphy before use_chl: nitrogen units (quirk, default) — or mgChl units without the quirk
-    assert float(m.p("Exphy")) == pytest.approx(0.041 / N2C, rel=1e-6)
-    fixed = ECOSMO(quirk_exphy_nitrogen_units=False)
-    assert float(fixed.p("Exphy")) == pytest.approx(0.04)
+    # Exphy in m2/mgChl with use_chl, as a GOTM+FABM build applies it (attenuation = 0.041 (diachl+flachl));
+    # per mmol N (applied to phytoplankton C) only without chlorophyll states
+    assert float(m.p("Exphy")) == pytest.approx(0.041, rel=1e-6)
+    assert float(ECOSMO(use_chl=False).p("Exphy")) == pytest.approx(0.04 / N2C)
+
+
+def test_removed_quirk_options_are_refused_with_the_reason():
+    # no FABM build shows them (docs/ecosmo.md): an old configuration must not silently change meaning
+    for name in ("quirk_exphy_nitrogen_units", "quirk_dic_without_excretion"):
+        with pytest.raises(ConfigError, match=f"{name}.*removed"):
+            ECOSMO(**{name: True})
+        with pytest.raises(ConfigError, match="removed"):
+            ECOSMO.from_config({name: False})
+
+
+def test_quirk_bg_preference_twice_flips_the_grazing_denominators():
+    # FABM adds prefZsBG*bg and prefZlBG*bg to the grazing denominators twice (use_cyanos): the switch flips
+    # exactly that. Grazing on flagellates = GrZsP prefZsPs fla / (Rg + F): compare with F computed by hand.
+    s = {
+        k: torch.full((1, 1), 50.0, dtype=torch.float64)
+        for k, v in ECOSMO().state_variables.items()
+        if v.domain == "interior"
+    }
+    env = {
+        "temperature": torch.full((1, 1), 10.0, dtype=torch.float64),
+        "practical_salinity": torch.full((1, 1), 35.0, dtype=torch.float64),
+        "downwelling_photosynthetic_radiative_flux": torch.zeros(1, 1, dtype=torch.float64),
+        mean_key("downwelling_photosynthetic_radiative_flux", 86400.0): torch.zeros(
+            1, 1, dtype=torch.float64
+        ),
+        mean_key("surface_downwelling_photosynthetic_radiative_flux", 86400.0): torch.zeros(
+            1, dtype=torch.float64
+        ),
+    }
+    out = {}
+    for twice in (True, False):
+        m = ECOSMO(quirk_bg_preference_twice=twice).double()
+        rates, _ = m.do(s, env)
+        P = {n: float(m.p(n)) for n in m.params.specs}
+        # in the dark, fla loses mortality and grazing only: recover the microzooplankton denominator
+        graz = -(float(rates["fla"]) + P["mPs"] * 50.0)  # = (Zs_on_fla + Zl_on_fla) * 50
+        f_s = (P["prefZsPs"] + P["prefZsPl"] + P["prefZsD"] + (2 if twice else 1) * P["prefZsBG"]) * 50.0
+        f_l = (
+            P["prefZlPs"] + P["prefZlPl"] + P["prefZlZs"] + P["prefZlD"] + (2 if twice else 1) * P["prefZlBG"]
+        ) * 50.0
+        want = (
+            P["GrZsP"] * P["prefZsPs"] * 50 / (P["Rg"] + f_s)
+            + P["GrZlP"] * P["prefZlPs"] * 50 / (P["Rg"] + f_l)
+        ) * 50
+        assert graz == pytest.approx(want, rel=1e-12), twice
+        out[twice] = graz
+    assert out[True] < out[False] * (1 - 1e-3)  # the doubled preference dilutes grazing on the others
 
 
 def test_documented_option_defaults_are_the_constructor_defaults():
@@ -271,8 +325,7 @@ def ref_interior(x, e, P, o):
     ) / 6.625 / 12.01  # fmt: skip
     r["oxy"] = ox
     if o["couple_co2"]:
-        exc_dic = 0.0 if o["quirk_dic_without_excretion"] else exc
-        r["dic_target"] = (exc_dic + frem * det + fdom * dom - Prod) / 12.01
+        r["dic_target"] = (exc + frem * det + fdom * dom - Prod) / 12.01
         r["alk_target"] = (amm - nit) / 12.01 / 6.625 - 0.5 * ox * (1 - b6)
     diag["primprod"] = Prod + P["muBG"] * bg * Bfix
     diag["secprod"] = Zlp * Zl + Zsp * Zs
@@ -298,7 +351,11 @@ def ref_bottom(x, e, P, o):
     oxic = oxy > 0
     b1 = np.where(
         oxic,
-        0.1 / D * np.exp(0.11 * T) * np.where(oxic, oxy, 0) / (0.1 * 44.6608009 + np.where(oxic, oxy, 0)),
+        F32(0.1)
+        / D
+        * np.exp(0.11 * T)
+        * np.where(oxic, oxy, 0)
+        / (0.1 * 44.6608009 + np.where(oxic, oxy, 0)),
         0,
     )
     b5 = np.where(~oxic & (no3 > 0), 5.0, 0.0)
@@ -310,7 +367,7 @@ def ref_bottom(x, e, P, o):
     Rsa = np.where(oxic, P["reminSED"] * np.exp(P["TctrlDenit"] * T), 0.0)
     Rdn = np.where(oxic, 0.0, 2 * P["reminSED"] * np.exp(P["TctrlDenit"] * T))
     r = {}
-    r["sed1"] = Rds * det - Rsd * s1 - 2 * Rsa * s1 - Rdn * s1 - 2e-3 * P["burialRt"] * s1 * s1
+    r["sed1"] = Rds * det - Rsd * s1 - 2 * Rsa * s1 - Rdn * s1 - F32(2e-3) * P["burialRt"] * s1 * s1
     fo = -(b6 * 6.625 * 2 * Rsa * s1 + b7 * 6.625 * Rdn * s1 + 2 * b1 * Rsa * s1) / 6.625 / 12.01
     r["oxy"], r["no3"], r["det"], r["nh4"] = fo, -b5 * Rdn * s1, Rsd * s1 - Rds * det, (Rdn + Rsa) * s1
     if o["couple_co2"]:
@@ -321,13 +378,13 @@ def ref_bottom(x, e, P, o):
     y1 = y**2 / (P["RelSEDp2"] ** 2 + y**2)
     r["pho"] = np.where(oxic, Rsap * (1 - P["RelSEDp1"] * y1) * s3, Rsap * s3)
     r["sed3"] = np.where(oxic, 2 * Rsa * s1 - Rsap * (1 - P["RelSEDp1"] * y1) * s3, Rdn * s1 - Rsap * s3)
-    r["sed2"] = 2 * Rds * opa - Rsd * s2 - P["reminSEDsi"] * s2 - 2e-3 * P["burialRt"] * s2 * s2
+    r["sed2"] = 2 * Rds * opa - Rsd * s2 - P["reminSEDsi"] * s2 - F32(2e-3) * P["burialRt"] * s2 * s2
     r["opa"] = Rsd * s2 - 2 * Rds * opa
     r["sil"] = P["reminSEDsi"] * s2
     budget = {
-        "N": -Rsa * s1 - 2e-3 * P["burialRt"] * s1 * s1 - b5 * Rdn * s1,
-        "P": -2e-3 * P["burialRt"] * s1 * s1,
-        "Si": -2e-3 * P["burialRt"] * s2 * s2,
+        "N": -Rsa * s1 - F32(2e-3) * P["burialRt"] * s1 * s1 - b5 * Rdn * s1,
+        "P": -F32(2e-3) * P["burialRt"] * s1 * s1,
+        "Si": -F32(2e-3) * P["burialRt"] * s2 * s2,
     }
     return r, budget
 
@@ -436,7 +493,6 @@ OPTION_SETS = [
         use_cyanos=False,
         use_chl_in_PI_curve=True,
         couple_co2=True,
-        quirk_dic_without_excretion=False,
     ),
     dict(use_chl=False, use_cyanos=True, use_chl_in_PI_curve=False, couple_co2=False),
 ]
@@ -449,7 +505,6 @@ def _opts(m):
         "use_chl_in_PI_curve": m.use_chl_in_PI_curve,
         "couple_co2": m.couple_co2,
         "quirk_bg_preference_twice": m.quirk_bg_preference_twice,
-        "quirk_dic_without_excretion": m.quirk_dic_without_excretion,
     }
 
 
@@ -542,9 +597,7 @@ def test_vertical_movement_and_light_extinction():
     m.set_parameter_value("Exdet", 2.0)
     k = m.light_extinction(s, {})
     chl = s["diachl"] + s["flachl"] + s["bgchl"]
-    assert torch.allclose(k, 0.041 + 0.04 / N2C * chl + 2e-3 * s["det"])
-    fixed = ECOSMO(quirk_exphy_nitrogen_units=False).double()
-    assert torch.allclose(fixed.light_extinction(s, {}), 0.041 + 0.04 * chl)
+    assert torch.allclose(k, 0.041 + 0.04 * chl + 2e-3 * s["det"])
     carbon = ECOSMO(use_chl=False).double()
     assert torch.allclose(
         carbon.light_extinction(s, {}), 0.041 + 0.04 / N2C * (s["dia"] + s["fla"] + s["bg"])

@@ -10,8 +10,10 @@ mgChl m-3; sediment pools in mgC m-2. All rates are per second.
 
 Hard switches (Liebig minima, anti-extinction loss switches, oxic/anoxic branches, light and salinity gates of
 cyanobacteria, the resuspension threshold) are exactly FABM's by default; ``smooth=True`` replaces them by C∞
-versions of width ``scale/sharpness`` (see :mod:`pelagos.bgc.ecosmo_switches`). FABM quirks are reproduced by
-default and can be switched off (``quirk_*`` options); docs/ecosmo.md lists them.
+versions of width ``scale/sharpness`` (see :mod:`pelagos.bgc.ecosmo_switches`). The defaults are FABM's
+behaviour as built (checked against a GOTM+FABM build, docs/ecosmo.md): the one FABM quirk that a build
+shows (the cyanobacteria preference counted twice in the grazing denominators) is on by default and can be
+switched off.
 """
 
 from __future__ import annotations
@@ -31,6 +33,11 @@ C_SI = 6.625  # mol C per mol Si
 MGC = 12.01  # mg C per mmol C
 O2_ML = 44.6608009  # mmol O2 m-3 per ml O2 l-1
 DAY = 86400.0
+# Two constants of FABM's do_bottom are written as default-kind (single precision) Fortran literals, so a
+# build uses their float32 values: the nitrification rate 0.1 d-1 and the burial factor 2.0E-3 (1.5e-8 and
+# 4.7e-8 relative to the decimal values).
+F32_0P1 = 0.10000000149011612
+F32_2EM3 = 0.0020000000949949026
 
 PER_DAY = 1.0 / DAY
 N2C = C_N * MGC  # mmol N m-3 -> mgC m-3
@@ -135,8 +142,20 @@ PELAGOS_OPTIONS: dict[str, object] = {
     "smooth": False,
     "sharpness": 100.0,
     "quirk_bg_preference_twice": True,
-    "quirk_exphy_nitrogen_units": True,
-    "quirk_dic_without_excretion": True,
+}
+
+# Options of earlier pelagos versions for FABM "quirks" that no FABM build shows (docs/ecosmo.md): refused
+# with the reason, so an old configuration does not silently change meaning.
+REMOVED_OPTIONS: dict[str, str] = {
+    "quirk_exphy_nitrogen_units": (
+        "FABM 980a0eaa (GOTM's pinned FABM) built with gfortran applies Exphy in m2/mgChl with use_chl "
+        "(its light attenuation is EXw + Exphy*(diachl+flachl+bgchl)), and FABM master reads use_chl before "
+        "Exphy; remove the option"
+    ),
+    "quirk_dic_without_excretion": (
+        "FABM returns zooplankton excretion to DIC since commit 2a9328b9 (Dec 2024, before GOTM's pinned "
+        "980a0eaa); remove the option"
+    ),
 }
 
 
@@ -150,7 +169,7 @@ class ECOSMO(BGCModel):
 
     Keyword options: the FABM switches (``use_chl``, ``use_cyanos``, ``couple_co2``, ``not_0d``,
     ``use_chl_in_PI_curve``, ``turn_on_additional_diagnostics``), ``smooth``/``sharpness``/``switch_scales``
-    (smooth switches), and the ``quirk_*`` flags (True = FABM behaviour).
+    (smooth switches), and ``quirk_bg_preference_twice`` (True = FABM behaviour).
     """
 
     fabm_name = "nersc/ecosmo_operational"
@@ -168,10 +187,13 @@ class ECOSMO(BGCModel):
         sharpness: float = 100.0,
         switch_scales: Mapping[str, float] | None = None,
         quirk_bg_preference_twice: bool = True,
-        quirk_exphy_nitrogen_units: bool = True,
-        quirk_dic_without_excretion: bool = True,
+        **removed: object,
     ) -> None:
         super().__init__()
+        for k in removed:
+            if k in REMOVED_OPTIONS:
+                raise ConfigError(f"ECOSMO option {k!r} was removed: {REMOVED_OPTIONS[k]}")
+            raise TypeError(f"ECOSMO() got an unexpected keyword argument {k!r}")
         flags = {
             "use_cyanos": use_cyanos,
             "couple_co2": couple_co2,
@@ -181,8 +203,6 @@ class ECOSMO(BGCModel):
             "turn_on_additional_diagnostics": turn_on_additional_diagnostics,
             "smooth": smooth,
             "quirk_bg_preference_twice": quirk_bg_preference_twice,
-            "quirk_exphy_nitrogen_units": quirk_exphy_nitrogen_units,
-            "quirk_dic_without_excretion": quirk_dic_without_excretion,
         }
         for k, v in flags.items():
             if not isinstance(v, bool):
@@ -191,15 +211,12 @@ class ECOSMO(BGCModel):
         self.not_0d, self.use_chl_in_PI_curve = not_0d, use_chl_in_PI_curve
         self.additional_diagnostics = turn_on_additional_diagnostics
         self.quirk_bg_preference_twice = quirk_bg_preference_twice
-        self.quirk_exphy_nitrogen_units = quirk_exphy_nitrogen_units
-        self.quirk_dic_without_excretion = quirk_dic_without_excretion
         self.sw = Switches(smooth, sharpness, dict(switch_scales or {}))
 
         # -- parameters (fabm.yaml names, yaml units, scale factor to SI) ------------------------------------
         for name, default, units, long_name, scale in PARAMETERS:
-            if name == "Exphy" and (not use_chl or quirk_exphy_nitrogen_units):
-                # FABM reads Exphy before use_chl is read (use_chl is still .false.), so it always takes the
-                # nitrogen-units branch: scale 1/(C:N·12.01). Without the quirk: only if use_chl=false.
+            if name == "Exphy" and not use_chl:
+                # without chlorophyll states FABM reads Exphy per mmol N, applied to phytoplankton carbon
                 units, scale = "m**2/mmolN", 1.0 / N2C
             self.register_parameter(name, default, units, long_name, scale_factor=scale)
 
@@ -337,6 +354,14 @@ class ECOSMO(BGCModel):
             self.register_state_dependency("dic_target", "mmol m-3", "dic budget", required=False)
             self.register_state_dependency("alk_target", "mmol m-3", "alkalinity budget", required=False)
 
+    @classmethod
+    def from_config(cls, parameters=None, *, dtype=None, **kwargs):
+        """:meth:`BGCModel.from_config`, refusing the removed quirk options with the reason."""
+        for k in list(parameters or {}) + list(kwargs):
+            if k.lower() in REMOVED_OPTIONS:
+                raise ConfigError(f"ECOSMO option {k!r} was removed: {REMOVED_OPTIONS[k.lower()]}")
+        return super().from_config(parameters, dtype=dtype, **kwargs)
+
     # -- names ------------------------------------------------------------------------------------------
     def canonical_parameter_name(self, name: str) -> str:
         """Registered spelling of a parameter name given in any case (FABM ignores case in names)."""
@@ -357,14 +382,16 @@ class ECOSMO(BGCModel):
         """
         return {n: self.p(n, ref.ndim).to(ref.dtype) for n in self.params.specs}
 
-    def _oxygen_regime(self, oxy: torch.Tensor, no3: torch.Tensor, temp: torch.Tensor, o_nitr: float):
+    def _oxygen_regime(
+        self, oxy: torch.Tensor, no3: torch.Tensor, temp: torch.Tensor, o_nitr: float, rate: float = 0.1
+    ):
         """FABM's bioom1/5/6/7: nitrification rate (s-1) if O2 > 0; else denitrification weight 5 if NO3 > 0;
         else the O2-debt (sulphate) branch. Returns (bioom1, bioom5, bioom6, bioom7)."""
         sw = self.sw
         w_ox = sw.step(oxy, 0.0, "oxygen", inclusive=False)
         w_no3 = sw.step(no3, 0.0, "nitrate", inclusive=False)
         oxp = sw.max(oxy, 0.0, kind="oxygen")  # = oxy wherever FABM's oxic branch is on; smooth if smooth
-        bioom1 = w_ox * (0.1 / DAY) * torch.exp(0.11 * temp) * oxp / (o_nitr + oxp)
+        bioom1 = w_ox * (rate / DAY) * torch.exp(0.11 * temp) * oxp / (o_nitr + oxp)
         bioom5 = 5.0 * (1.0 - w_ox) * w_no3
         bioom6 = w_ox
         bioom7 = (1.0 - w_ox) * (1.0 - w_no3)
@@ -534,8 +561,7 @@ class ECOSMO(BGCModel):
         ) / N2C
         out["oxy"] = rhs_oxy
         if self.couple_co2:
-            resp = remin if self.quirk_dic_without_excretion else remin + excretion
-            out["dic_target"] = (resp - prod) / MGC
+            out["dic_target"] = (remin + excretion - prod) / MGC
             out["alk_target"] = (rhs_amm - rhs_nit) / N2C - 0.5 * rhs_oxy * (1.0 - bioom6)
 
         diags["primprod"] = prod + p["muBG"] * bg * bg_fix
@@ -589,7 +615,7 @@ class ECOSMO(BGCModel):
         tbs = env["bottom_stress"] if self.not_0d else torch.zeros_like(sed1)  # no stress in a 0-D box
 
         # FABM's sediment nitrification uses a half-saturation of 0.1 ml/l (0.01 ml/l in the water column)
-        bioom1, bioom5, bioom6, bioom7 = self._oxygen_regime(oxy, no3, temp, 0.1 * O2_ML)
+        bioom1, bioom5, bioom6, bioom7 = self._oxygen_regime(oxy, no3, temp, 0.1 * O2_ML, F32_0P1)
 
         # resuspension above the critical bottom stress, deposition below
         w_res = sw.step(tbs, p["crBotStr"], "bottom_stress", inclusive=True)
@@ -604,7 +630,7 @@ class ECOSMO(BGCModel):
         base = p["reminSED"] * torch.exp(p["TctrlDenit"] * temp)
         r_sa = w_ox * base
         r_sdenit = (1.0 - w_ox) * 2.0 * base
-        burial1 = 2.0e-3 * p["burialRt"] * sed1 * sed1
+        burial1 = F32_2EM3 * p["burialRt"] * sed1 * sed1
 
         src: dict[str, torch.Tensor] = {}
         src["sed1"] = r_ds * det - r_sd * sed1 - 2.0 * r_sa * sed1 - r_sdenit * sed1 - burial1
@@ -635,7 +661,7 @@ class ECOSMO(BGCModel):
 
         # silicate: opal deposits with twice the deposition rate (FABM), resuspends, dissolves, is buried
         src["sed2"] = (
-            2.0 * r_ds * opa - r_sd * sed2 - p["reminSEDsi"] * sed2 - 2.0e-3 * p["burialRt"] * sed2 * sed2
+            2.0 * r_ds * opa - r_sd * sed2 - p["reminSEDsi"] * sed2 - F32_2EM3 * p["burialRt"] * sed2 * sed2
         )
         src["opa"] = r_sd * sed2 - 2.0 * r_ds * opa
         src["sil"] = p["reminSEDsi"] * sed2

@@ -8,13 +8,20 @@ name                  shape         meaning (units)
 ====================  ============  ===========================================================
 ``h``                 (Bf, nz)      layer thickness (m); index 0 = bottom layer, nz-1 = surface
 ``temp``              (Bf, nz)      temperature (degC)
-``salt``              (Bf, nz)      practical salinity (PSU)
+``salt``              (Bf, nz)      salinity handed to the biology as FABM's ``practical_salinity``:
+                                    GOTM's ``salt`` (Absolute Salinity, g/kg) when the file has
+                                    it, else ``salt_p`` (practical salinity, PSU)
 ``nuh``               (Bf, nz+1)    turbulent diffusivity of heat on interfaces (m2 s-1),
                                     interface 0 = bottom, nz = surface
 ``I_0``               (Bf,)         net shortwave entering the water, after albedo (W m-2)
 ``bottom_stress``     (Bf,)         bottom stress (Pa); only if the file has ``taub`` or the
                                     user gave ``bottom_stress=``
 ====================  ============  ===========================================================
+
+Salinity: GOTM (since it adopted TEOS-10) carries Absolute Salinity ``salt`` and hands *that* to FABM under
+the standard name ``practical_salinity`` (``temp``, likewise, is Conservative Temperature). A FABM model in
+GOTM therefore sees Absolute Salinity; the reader takes ``salt`` first so pelagos's biology sees the same, and
+falls back to ``salt_p`` for files without it (``salinity_source`` records which one was read).
 
 ``Bf`` is 1 (one forcing shared by every column) or the number of columns ``B`` (each column its own).
 
@@ -59,11 +66,11 @@ FORCING_VARIABLES: dict[str, tuple[tuple[str, ...], str | None, str, frozenset[s
         "temperature",
     ),
     "salt": (
-        ("salt_p", "salt"),
+        ("salt", "salt_p"),
         "z",
         "PSU",
-        frozenset({"psu", "1", "", "pss-78", "0.001", "1e-3"}),
-        "practical salinity",
+        frozenset({"psu", "1", "", "pss-78", "0.001", "1e-3", "g/kg", "g kg-1", "g kg^-1"}),
+        "salinity (GOTM's Absolute Salinity salt, else practical salinity salt_p)",
     ),
     "nuh": (
         ("nuh",),
@@ -161,6 +168,7 @@ class ColumnForcing:
         name: str = "forcing",
     ) -> None:
         self.name = name
+        self.salinity_source = "salt_p"  # GOTM name of the salinity (from_dataset sets the one it read)
         t = np.asarray(time.detach().cpu() if torch.is_tensor(time) else time, dtype=np.float64).reshape(-1)
         if t.size < 1:
             raise ForcingError(f"{name}: 'time' is empty; give at least one record (two to interpolate)")
@@ -291,9 +299,9 @@ class ColumnForcing:
         dtype: torch.dtype = torch.float64,
         device: torch.device | str | None = None,
     ) -> ColumnForcing:
-        """Read a GOTM output NetCDF (GOTM's names: ``h``, ``temp``, ``salt_p`` (or ``salt``), ``nuh``,
-        ``I_0``,
-        optional ``taub``; dims ``(time, z|zi, lat, lon)``; index 0 = bottom).
+        """Read a GOTM output NetCDF (GOTM's names: ``h``, ``temp``, ``salt`` (or ``salt_p``), ``nuh``,
+        ``I_0``, optional ``taub``; dims ``(time, z|zi, lat, lon)``; index 0 = bottom). Salinity: ``salt``
+        (Absolute Salinity, what GOTM hands FABM) when present, else ``salt_p`` (module docstring).
 
         ``start``/``stop`` (s, file clock) keep only the records needed for that window (+1 either side).
         ``lat``/``lon`` of length > 1 become separate columns. ``bottom_stress`` (Pa, constant or series)
@@ -398,13 +406,14 @@ class ColumnForcing:
             return np.asarray(arr, dtype=np.float64)
 
         arrs = {k: grab(k, k in _REQUIRED) for k in FORCING_VARIABLES}
+        salinity_source = next(nm for nm in FORCING_VARIABLES["salt"][0] if nm in ds.variables)
         if arrs["bottom_stress"] is None and bottom_stress is not None:
             arrs["bottom_stress"] = bottom_stress
         lat = ds["lat"].values.reshape(-1) if "lat" in ds.variables else None
         lon = ds["lon"].values.reshape(-1) if "lon" in ds.variables else None
         if lat is not None and lon is not None and lat.size * lon.size > 1:
             lat, lon = (np.repeat(lat, lon.size), np.tile(lon, lat.size))
-        return cls(
+        out = cls(
             time,
             arrs["h"],
             arrs["temp"],
@@ -419,6 +428,8 @@ class ColumnForcing:
             device=device,
             name=name,
         )
+        out.salinity_source = salinity_source
+        return out
 
     @classmethod
     def constant(
@@ -493,7 +504,11 @@ class ColumnForcing:
             longitude=cat_opt("longitude"),
             dtype=f0.dtype,
             name="stacked",
-        )
+        )._with_salinity_source(f0.salinity_source)
+
+    def _with_salinity_source(self, source: str) -> ColumnForcing:
+        self.salinity_source = source
+        return self
 
     # -- properties -----------------------------------------------------------------------------------------
     @property
@@ -631,10 +646,12 @@ class ColumnForcing:
                 prof(f["temp"]),
                 {"units": "Celsius", "long_name": "temperature"},
             ),
-            "salt_p": (
+            self.salinity_source: (
                 ("time", "z", "lat", "lon"),
                 prof(f["salt"]),
-                {"units": "PSU", "long_name": "salinity"},
+                {"units": "g/kg", "long_name": "absolute salinity"}
+                if self.salinity_source == "salt"
+                else {"units": "PSU", "long_name": "practical salinity"},
             ),
             "nuh": (
                 ("time", "zi", "lat", "lon"),

@@ -516,6 +516,11 @@ class ColumnModel(Model):
             out[q if q.startswith("total_") else f"total_{q}"] = v
         return out
 
+    def _salinity_units_and_name(self) -> tuple[str, str, str]:
+        if getattr(self.forcing, "salinity_source", "salt_p") == "salt":
+            return "salt", "g kg-1", "Absolute Salinity"
+        return "salt", "PSU", "practical salinity"
+
     def output_variables(self) -> list[Variable]:
         """What :meth:`output` gives: the BGC state variables (FABM global names; interior on dim ``z``,
         bottom/surface pools without dims), the BGC diagnostics and ``PAR`` (interval means when written), the
@@ -532,7 +537,8 @@ class ColumnModel(Model):
         out += [
             Variable("h", "m", "layer thickness", ("z",), "forcing"),
             Variable("temp", "degC", "temperature", ("z",), "forcing"),
-            Variable("salt", "PSU", "practical salinity", ("z",), "forcing"),
+            # GOTM's Absolute Salinity (g/kg) when the forcing file has ``salt``, else practical salinity
+            Variable(*self._salinity_units_and_name(), ("z",), "forcing"),
             Variable("nuh", "m2 s-1", "turbulent diffusivity of heat (as used, scaled)", ("zi",), "forcing"),
             Variable("I_0", "W m-2", "net shortwave radiation entering the water", (), "forcing"),
             Variable("PAR", "W m-2", "photosynthetically active radiation", ("z",), "diagnostic", mean=True),

@@ -19,6 +19,7 @@ MODELS: dict[str, str] = {
     "npzd-column": "pelagos.commands._gradcheck_cases:npzd_column_case",
     "lorenz96": "pelagos.commands._gradcheck_cases:lorenz96_case",
     "qg": "pelagos.commands._gradcheck_cases:qg_case",
+    "hbv": "pelagos.hydro.kind:gradcheck_case",
 }
 
 

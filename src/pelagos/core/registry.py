@@ -109,6 +109,7 @@ BUILTIN: dict[str, str] = {
     "box": "pelagos.bgc.box:KIND",
     "toy_diffusion": "pelagos.core.toy:KIND",
     "acc": "pelagos.ocean.kind:KIND",
+    "hbv": "pelagos.hydro.kind:KIND",
 }
 
 _registered: dict[str, ModelKind] = {}
