@@ -1,6 +1,7 @@
 """Equation of state of Veros's ``eq_of_state_type = 3`` (the ``acc_basic`` setup) and what derives from it.
 
-Veros's type 3 is the simplified nonlinear equation of state of Vallis (2008) (Veros module ``nonlinear_eq2``):
+Veros's type 3 is the simplified nonlinear equation of state of Vallis (2008) (Veros module
+``nonlinear_eq2``):
 compressibility, thermobaricity and a quadratic temperature term, linear in salinity::
 
     ρ' = −ρ₀ [ g z/c₀² + β_T (1 − γ g z ρ₀) Θ' + ½ β_TT Θ'² − β_S (S − S₀) ]     (kg m⁻³, ρ' = ρ − ρ₀)
@@ -9,8 +10,9 @@ with z = −p the height (m, negative below the surface; Veros passes p = |zt| i
 Θ' = Θ − 9.85 °C, ρ₀ = 1024 kg m⁻³, g = 9.81 m s⁻², c₀ = 1490 m s⁻¹, β_T = 1.67e-4 K⁻¹, β_TT = 1e-5 K⁻²,
 β_S = 0.78e-3 (g/kg)⁻¹, γ = 1.1e-8 m s² kg⁻¹, S₀ = 35 g/kg.
 
-Layout (see :mod:`pelagos.ocean.grid`): 3-D fields ``(..., nz, ny, nx)``, level 0 the surface layer, any leading
-batch dims; ``depth`` (m, ≥ 0) broadcastable, e.g. ``(nz, 1, 1)``. Every function is pure and differentiable (a
+Layout (see :mod:`pelagos.ocean.grid`): 3-D fields ``(..., nz, ny, nx)``, level 0 the surface layer, any
+leading batch dims; ``depth`` (m, ≥ 0) broadcastable, e.g. ``(nz, 1, 1)``. Every function is pure and
+differentiable (a
 polynomial: no kinks), float32/float64, any device.
 
 Public API (stable; used by the ``ocean`` model):
@@ -123,10 +125,10 @@ def vertical_grid(dz: torch.Tensor) -> VerticalGrid:
     """Veros's vertical grid from the layer thicknesses ``dz`` (surface first, m), surface first.
 
     Veros builds a "u-centred" grid: the W points ``zw`` (top face of each cell, 0 at the surface) are the
-    cumulative thicknesses, and the T points ``zt`` are placed so that every interior face lies *midway between*
-    the two T points around it (not at the cell centres: for acc_basic ``zt = −14, −26, −70, −106, …`` m
-    instead of ``−10, −34, −68, …``). ``dzw[k]`` is the distance attached to the W point k: ``zt[k−1] − zt[k]``
-    for k ≥ 1 and ``2 dz[0] − dzw[1]`` at the surface (acc_basic: 28, 12, 44, 36, 76, 76, … m).
+    cumulative thicknesses, and the T points ``zt`` are placed so that every interior face lies *midway
+    between* the two T points around it (not at the cell centres: for acc_basic ``zt = −14, −26, −70, −106,
+    …`` m instead of ``−10, −34, −68, …``). ``dzw[k]`` is the distance attached to the W point k: ``zt[k−1] −
+    zt[k]`` for k ≥ 1 and ``2 dz[0] − dzw[1]`` at the surface (acc_basic: 28, 12, 44, 36, 76, 76, … m).
     Returns heights in m (negative below the surface), each ``(nz,)``.
     """
     dz = torch.as_tensor(dz)
@@ -148,7 +150,8 @@ def vertical_grid(dz: torch.Tensor) -> VerticalGrid:
 
 
 def w_spacing(dz: torch.Tensor) -> torch.Tensor:
-    """Veros's ``dzw`` (m, surface first): the distance attached to each W point, see :func:`vertical_grid`."""
+    """Veros's ``dzw`` (m, surface first): the distance attached to each W point, see
+    :func:`vertical_grid`."""
     return vertical_grid(dz).dzw
 
 

@@ -14,23 +14,28 @@ Layout (see :mod:`pelagos.ocean.grid`): fields ``(..., nz, ny, nx)``, level 0 th
 object with these attributes (pelagos's ``ocean.grid.Grid`` has them):
 
 - ``dz`` (nz) layer thickness, m; ``dxt`` (ny, 1) zonal width of T cells at ``yt`` (m, includes cos φ);
-  ``dy`` (scalar) meridional spacing, m; ``cos_t`` (ny, 1), ``cos_v`` (ny, 1) cosine of latitude at T and v rows;
+  ``dy`` (scalar) meridional spacing, m; ``cos_t`` (ny, 1), ``cos_v`` (ny, 1) cosine of latitude at T and v
+  rows;
 - ``mask_t, mask_u, mask_v`` (nz, ny, nx) 0/1; ``cyclic`` (bool) zonally re-entrant.
 
 Safe operations: the slope ``s = −ρ_x / (min(0, ρ_z) − 1e-20)`` is unbounded where the stratification is
 neutral or unstable; it is clipped at ``|s| ≤ s_c + 50 Δs`` where the taper is already 0 to double precision,
-so the forward values equal Veros's and no ``0·∞`` appears in the gradients. ``|s|``, ``min`` and ``max`` keep
-their subgradients (no smoothing: the forward model is Veros's).
+so the forward values equal Veros's and no ``0·∞`` appears in the gradients. Where the stratification is
+neutral/unstable *and* ρ_x is below ~1e-13 (a zonally uniform unstable column) Veros's slope jumps from 0 to
+"infinite" within rounding: the division is :func:`pelagos.core.safe.safe_div` (exact value, derivatives taken
+with |min(0, ρ_z)| ≥ 1e-12 kg m⁻⁴), so the gradient there is bounded instead of ~1e20. ``|s|``, ``min`` and
+``max`` keep their subgradients (no smoothing: the forward model is Veros's).
 
 Public API (stable; used by the ``ocean`` model):
 
 ``isoneutral_tensor(temp, salt, grid, *, K_iso, K_iso_steep=500., iso_slopec=1e-2, iso_dslope=5e-3,
 drho_dT=None, drho_dS=None) -> IsoneutralTensor``
     slopes and diagonal diffusivities from Θ/S at the current time level (Veros ``isoneutral_diffusion_pre``).
-    ``K_iso`` m² s⁻¹ (float, 0-d tensor or field broadcastable to ``(..., nz, ny, nx)``). Fields of the result:
-    ``Ai_ez, Ai_nz (..., nz, ny, nx, 2, 2)`` tapered slopes at east/north faces [neighbour cell, W face (0 the
-    lower, 1 the upper)], ``Ai_bx, Ai_by (..., nz, ny, nx, 2, 2)`` at W points [west/east (south/north) face,
-    cell (0 below, 1 above)], ``K_11, K_22, K_33`` m² s⁻¹ at east faces, north faces, W points.
+    ``K_iso`` m² s⁻¹ (float, 0-d tensor or field broadcastable to ``(..., nz, ny, nx)``). Fields of the
+    result: ``Ai_ez, Ai_nz (..., nz, ny, nx, 2, 2)`` tapered slopes at east/north faces [neighbour cell,
+    W face (0 the lower, 1 the upper)], ``Ai_bx, Ai_by (..., nz, ny, nx, 2, 2)`` at W points [west/east
+    (south/north) face, cell (0 below, 1 above)], ``K_11, K_22, K_33`` m² s⁻¹ at east faces, north faces,
+    W points.
 ``isoneutral_fluxes(tr, tensor, grid, *, K_iso, K_skew, diagonal) -> (flux_east, flux_north, flux_top)``
     tracer fluxes (tracer units · m s⁻¹; flux_north already multiplied by cos φ_v, flux_top positive upward at
     the top face of each cell, 0 at the surface).
@@ -40,9 +45,10 @@ drho_dT=None, drho_dS=None) -> IsoneutralTensor``
 -> IsoneutralResult``
     Veros's sequence for one tracer over one tracer step ``dt`` (s): ``tr_new += dt·div F_iso(tr)``, then the
     implicit K_33 solve, then ``tr_new += dt·div F_skew(tr)``. ``tr`` is the tracer at the current level (the
-    fluxes use it), ``tr_new`` the partly updated next level. Result: ``tr_new``, ``tendency`` (what was added,
-    /dt), and, when ``int_drho`` (``eos.int_drho_dtemp``-like, kg m⁻² per tracer unit) is given, the dissipation
-    of dynamic enthalpy on W points ``P_diss_iso``, ``P_diss_skew`` (m² s⁻³; ``P_diss_skew`` feeds the TKE).
+    fluxes use it), ``tr_new`` the partly updated next level. Result: ``tr_new``, ``tendency`` (what was
+    added, /dt), and, when ``int_drho`` (``eos.int_drho_dtemp``-like, kg m⁻² per tracer unit) is given, the
+    dissipation of dynamic enthalpy on W points ``P_diss_iso``, ``P_diss_skew`` (m² s⁻³; ``P_diss_skew``
+    feeds the TKE).
 ``dissipation_on_w(diss, grid) -> Tensor``: Veros's interpolation of a T-point dissipation to W points.
 """
 
@@ -52,6 +58,7 @@ from typing import NamedTuple
 
 import torch
 
+from ..core.safe import safe_div
 from ..core.tridiagonal import solve_tridiagonal
 from .eos import GRAV, RHO_0, drho_dsalt, drho_dtemp, mask_w, vertical_grid
 
@@ -68,6 +75,7 @@ __all__ = [
 ]
 
 EPSLN = 1e-20
+SLOPE_DEN_EPS = 1e-12  # kg m-4: below this |∂ρ/∂z| the slope's derivatives are those at |∂ρ/∂z| = 1e-12
 
 
 class IsoneutralTensor(NamedTuple):
@@ -87,7 +95,8 @@ class IsoneutralResult(NamedTuple):
     P_diss_skew: torch.Tensor | None
 
 
-# -- neighbours on the (nz, ny, nx) layout: zero outside the domain, x wraps when cyclic ----------------------
+# -- neighbours on the (nz, ny, nx) layout: zero outside the domain, x wraps when cyclic
+# ----------------------
 def _east(a: torch.Tensor, cyclic: bool) -> torch.Tensor:
     return torch.roll(a, -1, -1) if cyclic else torch.nn.functional.pad(a[..., 1:], (0, 1))
 
@@ -132,7 +141,7 @@ def taper(
 
 
 def _slope(drho_h: torch.Tensor, drho_z: torch.Tensor, cap: float) -> torch.Tensor:
-    s = -drho_h / (torch.clamp(drho_z, max=0.0) - EPSLN)
+    s = safe_div(-drho_h, torch.clamp(drho_z, max=0.0) - EPSLN, eps=SLOPE_DEN_EPS)
     return torch.clamp(s, -cap, cap)
 
 
@@ -185,7 +194,8 @@ def isoneutral_tensor(
     drho_dS: torch.Tensor | None = None,
 ) -> IsoneutralTensor:
     """Tapered isoneutral slopes and diagonal diffusivities (see module doc). ``temp`` °C, ``salt`` g/kg
-    ``(..., nz, ny, nx)``; ``drho_dT``/``drho_dS`` default to :mod:`pelagos.ocean.eos` type 3 at Veros's T-point depths; ``salt=None``
+    ``(..., nz, ny, nx)``; ``drho_dT``/``drho_dS`` default to :mod:`pelagos.ocean.eos` type 3 at Veros's
+    T-point depths; ``salt=None``
     treats salinity as uniform (its gradients are not computed)."""
     g = _geometry(grid, temp)
     cyc, mt, mu, mv, mw = g["cyclic"], g["mt"], g["mu"], g["mv"], g["mw"]
@@ -310,7 +320,8 @@ def isoneutral_fluxes(
     K_skew: float | torch.Tensor,
     diagonal: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Isoneutral + skew fluxes of ``tr`` (see module doc); ``diagonal`` adds the K_11/K_22 terms (Redi pass)."""
+    """Isoneutral + skew fluxes of ``tr`` (see module doc); ``diagonal`` adds the K_11/K_22 terms (Redi
+    pass)."""
     g = _geometry(grid, tr)
     cyc, dz = g["cyclic"], g["dz"]
     ones = torch.ones_like(tr)
@@ -394,7 +405,8 @@ def implicit_vertical_diffusion(
 
 def dissipation_on_w(diss: torch.Tensor, grid) -> torch.Tensor:
     """Veros's interpolation of a T-point energy dissipation (m² s⁻³) to the W points (top face of each cell):
-    the mean of the two cells, the deepest wet cell's half-box added to its top face, the surface cell as is."""
+    the mean of the two cells, the deepest wet cell's half-box added to its top face, the surface cell as
+    is."""
     g = _geometry(grid, diss)
     mt, dzw = g["mt"], g["dzw"]
     wet_below = _below(mt)
