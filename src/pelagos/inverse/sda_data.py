@@ -16,9 +16,9 @@ Pipeline (:func:`generate`), every piece from :mod:`pelagos.qg`:
    so the channels of a state are one function of its PV);
 6. members are split into train / valid / test by ``split`` fractions (whole members, so no test trajectory
    shares a run with a training one) and written, as they are produced, to ``train.nc``, ``valid.nc``,
-   ``test.nc`` in physical units (float32, NetCDF-4, chunked one trajectory per chunk, variable ``x`` with dims
-   ``trajectory, time, channel, y, x``); with ``keep_hires_initial`` the simulation-grid PV at the start of each
-   trajectory too (``q0_hr``, for the 4D-Var / EnKF baselines, which run the simulation model);
+   ``test.nc`` in physical units (float32, NetCDF-4, one chunk per trajectory, variable ``x`` with dims
+   ``trajectory, time, channel, y, x``); with ``keep_hires_initial`` the simulation-grid PV at the start of
+   each trajectory too (``q0_hr``, for the 4D-Var / EnKF baselines, which run the simulation model);
 7. per-channel mean and std of the training set (one streaming pass) are stored in every file and in
    ``stats.json``: the network sees ``(x − mean) / std``.
 
@@ -86,11 +86,14 @@ class SDADataConfig:
     keep_hires_initial: bool = True  # store q0_hr, the simulation-grid PV at each trajectory start
     dtype: str = "float64"  # of the simulation (float32 on a GPU halves memory)
     device: str = "cpu"
+    threads: int | None = 1  # torch CPU threads while simulating (None: torch's default)
     seed: int = 0
 
     def validate(self, where: str) -> None:
         if self.nx % self.coarse_nx or self.coarse_nx > self.nx:
-            raise ConfigError(f"{where}.nx = {self.nx} must be a multiple of {where}.coarse_nx = {self.coarse_nx}")
+            raise ConfigError(
+                f"{where}.nx = {self.nx} must be a multiple of {where}.coarse_nx = {self.coarse_nx}"
+            )
         if self.coarsen not in ("spectral", "gaussian", "block"):
             raise ConfigError(f"{where}.coarsen must be spectral, gaussian or block; got {self.coarsen!r}")
         if len(self.split) != 3 or any(s < 0 for s in self.split) or abs(sum(self.split) - 1) > 1e-6:
@@ -177,8 +180,12 @@ class _Writer:
         nc.createDimension("channel", len(CHANNELS))
         nc.createDimension("y", n)
         nc.createDimension("x", n)
-        v = nc.createVariable("x", "f4", ("trajectory", "time", "channel", "y", "x"),
-                              chunksizes=(1, cfg.length, len(CHANNELS), n, n))  # fmt: skip
+        v = nc.createVariable(
+            "x",
+            "f4",
+            ("trajectory", "time", "channel", "y", "x"),
+            chunksizes=(1, cfg.length, len(CHANNELS), n, n),
+        )
         v.long_name = "trajectories of q1, u1, v1, q2, u2, v2 (physical units, see channel_units)"
         nc.createVariable("member", "i4", ("trajectory",)).long_name = "simulation run of the trajectory"
         t0 = nc.createVariable("t0", "f8", ("trajectory",))
@@ -196,8 +203,9 @@ class _Writer:
             nc.createDimension("lev", 2)
             nc.createDimension("y_hr", cfg.nx)
             nc.createDimension("x_hr", cfg.nx)
-            q = nc.createVariable("q0_hr", "f8", ("trajectory", "lev", "y_hr", "x_hr"),
-                                  chunksizes=(1, 2, cfg.nx, cfg.nx))  # fmt: skip
+            q = nc.createVariable(
+                "q0_hr", "f8", ("trajectory", "lev", "y_hr", "x_hr"), chunksizes=(1, 2, cfg.nx, cfg.nx)
+            )
             q.units, q.long_name = "s-1", "simulation-grid PV at the first state of the trajectory"
         nc.channel_units = json.dumps([UNITS[c[0]] for c in CHANNELS])
         nc.config = json.dumps(asdict(cfg))
@@ -247,6 +255,8 @@ def generate(
     import netCDF4
 
     cfg.validate("data")
+    if cfg.threads:
+        torch.set_num_threads(int(cfg.threads))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     hi, lo, C = make_models(cfg)
@@ -276,10 +286,18 @@ def generate(
     with torch.no_grad():
         # 1-2. spin-up of spm members, seeded one by one (independent of how members are batched)
         q0 = torch.stack(
-            [cfg.ic_amplitude * torch.randn(2, cfg.nx, cfg.nx, dtype=torch.float64,
-                                            generator=torch.Generator().manual_seed(cfg.seed * 100003 + i))
-             for i in range(spm)]
-        )  # fmt: skip
+            [
+                cfg.ic_amplitude
+                * torch.randn(
+                    2,
+                    cfg.nx,
+                    cfg.nx,
+                    dtype=torch.float64,
+                    generator=torch.Generator().manual_seed(cfg.seed * 100003 + i),
+                )
+                for i in range(spm)
+            ]
+        )
         st = _spin(hi, hi.state_from_q(q0.to(dtype=dtype, device=dev)), n_spin, tick(spm))
         steps += spm * n_spin
         log(f"spin-up: {n_spin} steps of {cfg.nx}² x {spm} members, {time.perf_counter() - t_start:.0f} s")
@@ -292,18 +310,32 @@ def generate(
             q = q_spun[[i % spm for i in idx]]
             if spm < cfg.members:
                 noise = torch.stack(
-                    [torch.randn(2, cfg.nx, cfg.nx, dtype=torch.float64,
-                                 generator=torch.Generator().manual_seed(cfg.seed * 100003 + 50000 + i))
-                     for i in idx]
-                ).to(dtype=dtype, device=dev)  # fmt: skip
-                q = q + cfg.branch_noise * sdq * noise * torch.tensor([float(i >= spm) for i in idx],
-                                                                       dtype=dtype, device=dev)[:, None, None, None]  # fmt: skip
+                    [
+                        torch.randn(
+                            2,
+                            cfg.nx,
+                            cfg.nx,
+                            dtype=torch.float64,
+                            generator=torch.Generator().manual_seed(cfg.seed * 100003 + 50000 + i),
+                        )
+                        for i in idx
+                    ]
+                ).to(dtype=dtype, device=dev)
+                q = (
+                    q
+                    + cfg.branch_noise
+                    * sdq
+                    * noise
+                    * torch.tensor([float(i >= spm) for i in idx], dtype=dtype, device=dev)[
+                        :, None, None, None
+                    ]
+                )
                 st = _spin(hi, hi.state_from_q(q), n_branch, tick(len(idx)))
                 steps += len(idx) * n_branch
             else:
                 st = hi.state_from_q(q)
             t_run = 0.0
-            for seg in range(cfg.segments):
+            for _ in range(cfg.segments):
                 traj, q0_hr = [], st["q"].cpu().numpy().astype(np.float64)
                 for i in range(cfg.length):
                     if i:
@@ -315,11 +347,17 @@ def generate(
                 for si, s in enumerate(SPLITS):
                     sel = [j for j, m in enumerate(idx) if owner[m] == si]
                     if sel:
-                        writers[s].append(x[sel], np.asarray(idx)[sel], t_run,
-                                          q0_hr[sel] if cfg.keep_hires_initial else None)  # fmt: skip
+                        writers[s].append(
+                            x[sel],
+                            np.asarray(idx)[sel],
+                            t_run,
+                            q0_hr[sel] if cfg.keep_hires_initial else None,
+                        )
                 t_run += (cfg.length + cfg.gap) * cfg.interval
-            log(f"members {idx[0]}-{idx[-1]}: {cfg.segments} trajectories each, "
-                f"{time.perf_counter() - t_start:.0f} s")  # fmt: skip
+            log(
+                f"members {idx[0]}-{idx[-1]}: {cfg.segments} trajectories each, "
+                f"{time.perf_counter() - t_start:.0f} s"
+            )
     if bar is not None:
         bar.close()
     for w in writers.values():
@@ -355,7 +393,9 @@ class SDAData:
         self.root = Path(root)
         p = self.root / "stats.json"
         if not p.exists():
-            raise ConfigError(f"no SDA data in {self.root} (stats.json missing); run `pelagos sda generate` first")
+            raise ConfigError(
+                f"no SDA data in {self.root} (stats.json missing); run `pelagos sda generate` first"
+            )
         info = json.loads(p.read_text())
         self.info = info
         self.config = SDADataConfig(**info["config"])
@@ -405,7 +445,9 @@ class SDAData:
                     "to run the 4D-Var / EnKF baselines"
                 )
             v = nc["q0_hr"]
-            return torch.from_numpy(np.asarray(v[:] if index is None else v[np.asarray(index)], dtype=np.float64))
+            return torch.from_numpy(
+                np.asarray(v[:] if index is None else v[np.asarray(index)], dtype=np.float64)
+            )
 
     def windows(self, split: str, window: int, **kw) -> TrajectoryWindows:
         return TrajectoryWindows(self.path(split), window, self.mean, self.std, **kw)
@@ -437,7 +479,7 @@ class TrajectoryWindows(torch.utils.data.Dataset):
         self.path, self.window, self.random = Path(path), int(window), bool(random)
         with netCDF4.Dataset(self.path) as nc:
             self.shape = tuple(int(s) for s in nc["x"].shape)
-        N, L = self.shape[:2]
+        L = self.shape[1]
         if not 1 <= self.window <= L:
             raise ConfigError(f"window {window} must lie in [1, trajectory length {L}]")
         self.mean = mean.float().reshape(-1, 1, 1)
