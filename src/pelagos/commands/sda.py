@@ -39,7 +39,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
 
     from ..core.errors import ConfigError
     from ..inverse import sda_pipeline as P
@@ -74,15 +73,11 @@ def run(args: argparse.Namespace) -> int:
             samples = None
             sp, wp = d / "samples.pt", d / "score.pt"
             if wp.exists():
-                if not sp.exists() or sp.stat().st_mtime < wp.stat().st_mtime:
+                names = [s.name for s in cfg.scenarios]
+                samples = P.load_samples(sp, cfg.sample, names)
+                if samples is None or sp.stat().st_mtime < wp.stat().st_mtime:
                     P.sample_scenarios(data, wp, cfg.scenario_objects(), cfg.sample, sp, progress=progress)
-                samples = torch.load(sp, weights_only=True)
-                if any(v["samples"].shape[0] < cfg.sample.truths for v in samples.values()) or set(
-                    samples
-                ) != {s.name for s in cfg.scenarios}:
-                    samples = None
-                    P.sample_scenarios(data, wp, cfg.scenario_objects(), cfg.sample, sp, progress=progress)
-                    samples = torch.load(sp, weights_only=True)
+                    samples = P.load_samples(sp)
             else:
                 print(f"no trained network at {wp}: evaluating the baselines only")
             m = P.evaluate(

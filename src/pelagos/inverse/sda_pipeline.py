@@ -50,6 +50,7 @@ __all__ = [
     "evaluate",
     "fourdvar_baseline",
     "letkf_baseline",
+    "load_samples",
     "load_score",
     "sample_scenarios",
     "scenarios_section",
@@ -616,8 +617,26 @@ def sample_scenarios(
                 f"{cost['wall_time_s']:.1f} s"
             )
         out[sc.name] = {"samples": torch.stack(xs), "cost": costs}
-    torch.save(out, out_path)
+    torch.save({"config": asdict(scfg), "scenarios": out}, out_path)
     return out
+
+
+def load_samples(path: str | Path, scfg: SampleConfig | None = None, names=None) -> dict | None:
+    """The samples of :func:`sample_scenarios` in ``path`` (``{scenario: {"samples", "cost"}}``), or None when
+    the file is missing or was drawn with other sample settings / scenarios than ``scfg`` / ``names``."""
+    p = Path(path)
+    if not p.exists():
+        return None
+    saved = torch.load(p, weights_only=True)
+    if "scenarios" in saved and "config" in saved:
+        if scfg is not None and saved["config"] != asdict(scfg):
+            return None
+        saved = saved["scenarios"]
+    if names is not None and set(saved) != set(names):
+        return None
+    if scfg is not None and any(v["samples"].shape[0] < scfg.truths for v in saved.values()):
+        return None
+    return saved
 
 
 # ====================================================================================================
@@ -864,6 +883,19 @@ def evaluate(
         "spectra": {},
     }
     keep: dict = {}
+    # the baselines run the simulation model (minutes): their estimates are kept in baselines.pt and reused
+    # while the data, the scenario and that method's settings are the same
+    cache_path = out / "baselines.pt"
+    cache: dict = {}
+    if cache_path.exists():
+        cache = torch.load(cache_path, weights_only=True).get("results", {})
+
+    def fingerprint(meth: str, sc: Scenario) -> str:
+        b = {k: v for k, v in asdict(bcfg).items() if k.startswith(meth) or k == "seed"}
+        return json.dumps(
+            {"data": data.info["config"], "baseline": b, "scenario": asdict(sc.cfg)}, sort_keys=True
+        )
+
     for sc in scenarios:
         per: dict = {}
         costs: dict = {}
@@ -876,17 +908,23 @@ def evaluate(
             if "climatology" in bcfg.methods:
                 xs, c = climatology_baseline(data, sc, bcfg)
                 est["climatology"] = (xs, c, True)
-            if "fourdvar" in bcfg.methods:
-                xs, c = fourdvar_baseline(data, sc, y, bcfg, progress=progress)
-                est["fourdvar"] = (xs, c, True)
-                log(
-                    f"4D-Var {sc.name} truth {i}: {c['iterations']} iterations, "
-                    f"{c['window_runs']} window runs, {c['wall_time_s']:.1f} s"
-                )
-            if "enkf" in bcfg.methods:
-                xs, c = letkf_baseline(data, sc, y, bcfg, truth_index=i)
-                est["enkf"] = (xs, c, False)
-                log(f"LETKF {sc.name} truth {i}: {c['members']} members, {c['wall_time_s']:.1f} s")
+            for meth in ("fourdvar", "enkf"):
+                if meth not in bcfg.methods:
+                    continue
+                key = f"{meth}/{sc.name}/{i}"
+                if key not in cache or cache[key].get("fingerprint") != fingerprint(meth, sc):
+                    if meth == "fourdvar":
+                        xs, c = fourdvar_baseline(data, sc, y, bcfg, progress=progress)
+                        log(
+                            f"4D-Var {sc.name} truth {i}: {c['iterations']} iterations, "
+                            f"{c['window_runs']} window runs, {c['wall_time_s']:.1f} s"
+                        )
+                    else:
+                        xs, c = letkf_baseline(data, sc, y, bcfg, truth_index=i)
+                        log(f"LETKF {sc.name} truth {i}: {c['members']} members, {c['wall_time_s']:.1f} s")
+                    cache[key] = {"x": xs, "cost": c, "fingerprint": fingerprint(meth, sc)}
+                    torch.save({"results": cache}, cache_path)
+                est[meth] = (cache[key]["x"], cache[key]["cost"], meth == "fourdvar")
             for name, (xs, c, point) in est.items():
                 if name == "climatology":  # the estimate is the climatological mean (0); samples give spread
                     m = estimate_metrics(xs, truth, sc, y)
