@@ -161,7 +161,7 @@ def test_end_to_end_beats_climatology(tiny, tmp_path):
     assert state["epoch"] == tc.epochs - 1
     assert P.train(tiny, tc, tmp_path, log=lambda s: None)["history"]["train"] == h["train"]
     scs = [P.Scenario(P.ScenarioConfig("grid", "grid", stride=2, sigma=0.05), tiny.config.length, 8)]
-    scfg = P.SampleConfig(steps=32, corrections=1, gamma=0.1, samples=3, truths=2)
+    scfg = P.SampleConfig(steps=32, corrections=1, gamma=1e-2, samples=3, truths=2)
     samples = P.sample_scenarios(
         tiny, tmp_path / "score.pt", scs, scfg, tmp_path / "samples.pt", log=lambda s: None
     )
@@ -178,6 +178,26 @@ def test_end_to_end_beats_climatology(tiny, tmp_path):
     assert clim["rmse_obs"] == pytest.approx(clim["rmse_unobs"], rel=0.5)  # both ≈ 1 in standardised units
     assert m["methods"]["fourdvar"]["grid"]["cost"]["model_steps"] > 0
     assert (tmp_path / "sda_rmse.png").exists() and (tmp_path / "sda_grid_fields.png").exists()
+
+
+def test_skip_parameterisation():
+    """eps = sigma(t) x_t + alpha(t) F(x_t, t): exact where alpha -> 0; F's weights under net."""
+    from pelagos.inverse.sda import VPSDE
+
+    tc = P.TrainConfig(window=3, hidden=[8, 16], parameterization="skip")
+    net = P.build_net(tc)
+    x = torch.randn(2, 4, 6, 8, 8)
+    sde = VPSDE(lambda x, t: x)
+    for t in (0.0, 0.3, 1.0):
+        tt = torch.full((2,), t)
+        a, s = sde.alpha(tt)[0], sde.sigma(tt)[0]
+        assert torch.allclose(net(x, tt), s * x + a * net.net(x, tt), atol=1e-6)
+    assert torch.allclose(
+        net(x, torch.ones(2)), x, atol=5e-3 * float(net.net(x, torch.ones(2)).abs().max()) + 1e-6
+    )
+    assert all(k.startswith("net.") for k in net.state_dict())
+    with pytest.raises(ConfigError, match="parameterization"):
+        P.TrainConfig(parameterization="x").validate("train")
 
 
 def test_cli_errors_on_bad_config(tmp_path, capsys):
