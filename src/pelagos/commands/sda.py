@@ -38,6 +38,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
             q.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint")
 
 
+def _physical(data_cfg) -> dict:
+    """The data settings that change the data (not threads, device or batching)."""
+    from dataclasses import asdict
+
+    return {k: v for k, v in asdict(data_cfg).items() if k not in ("threads", "device", "batch")}
+
+
 def run(args: argparse.Namespace) -> int:
 
     from ..core.errors import ConfigError
@@ -56,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"wrote {d / 'data'}")
             continue
         data = SDAData(d / "data")
-        if data.config != cfg.data:
+        if _physical(data.config) != _physical(cfg.data):
             raise ConfigError(
                 f"the data in {d / 'data'} were generated with other data settings than {args.config}; "
                 "run `pelagos sda generate` again"
