@@ -1095,7 +1095,7 @@ def make_figures(
                 arr = np.array(e[f"rmse_{where}_per_channel_state"]["mean"], dtype=float)  # (C, L)
                 n_ok = np.isfinite(arr).sum(0)
                 mse = np.where(n_ok > 0, np.nansum(arr**2, 0) / np.maximum(n_ok, 1), np.nan)
-                ax.plot(np.sqrt(mse), label=meth)
+                ax.plot(np.sqrt(mse), marker=".", label=meth)
             ax.set_title(
                 f"{sc.name}: RMSE at {'observed' if where == 'obs' else 'unobserved'} entries", fontsize=8
             )
