@@ -225,3 +225,29 @@ def test_cli_errors_on_bad_config(tmp_path, capsys):
     f.write_text(base)
     assert main(["sda", "train", str(f)]) == 1  # no data yet
     assert "pelagos sda generate" in capsys.readouterr().err
+
+
+def test_data_parallel_training_with_torchrun(tiny, tmp_path):
+    """Two gloo processes under torchrun: each trains on its share, losses are all-reduced, rank 0 writes."""
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "ddp.py"
+    script.write_text(
+        "import sys, torch\n"
+        "torch.set_num_threads(1)\n"
+        "from pelagos.inverse import sda_pipeline as P\n"
+        "from pelagos.inverse.sda_data import SDAData\n"
+        "tc = P.TrainConfig(window=3, hidden=[8, 16], epochs=2, batch_size=4, valid_batches=1)\n"
+        "P.train(SDAData(sys.argv[1]), tc, sys.argv[2], log=lambda s: None)\n"
+    )
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(script)]
+    cmd += [str(tiny.root), str(tmp_path / "out")]
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    info = json.loads((tmp_path / "out" / "training.json").read_text())
+    assert info["world_size"] == 2 and len(info["history"]["train"]) == 2
+    net, _ = P.load_score(tmp_path / "out" / "score.pt")
+    assert all(torch.isfinite(p).all() for p in net.parameters())
