@@ -93,6 +93,13 @@ def qg_step_ms(nx: int, device, n: int = 10) -> float:
         return 1e3 * best(run, 3) / n
 
 
+def _strip(o):
+    """Metrics without the per-channel-and-state arrays (they stay in <dir>/metrics.json)."""
+    if isinstance(o, dict):
+        return {k: _strip(v) for k, v in o.items() if not k.endswith("_per_channel_state")}
+    return [_strip(v) for v in o] if isinstance(o, list) else o
+
+
 def cpu_part(args) -> dict:
     from pelagos.cli import main
     from pelagos.inverse.sda_pipeline import TrainConfig, load_sda_config
@@ -115,7 +122,7 @@ def cpu_part(args) -> dict:
     return {
         "config": str(args.config),
         "stages": stages,
-        "metrics": {k: v for k, v in metrics.items() if k != "spectra"},
+        "metrics": _strip({k: v for k, v in metrics.items() if k != "spectra"}),
         "table": (d / "metrics.md").read_text(),
         "training": json.loads((d / "training.json").read_text()) if (d / "training.json").exists() else None,
         "network_step_cpu": net,
