@@ -209,10 +209,11 @@ output: {interval: 6 h}
 def test_every_example_configuration_loads():
     from pathlib import Path
 
+    from pelagos.inverse.sda_pipeline import EXTRA_SECTIONS as SDA_SECTIONS
     from pelagos.qg.config import hybrid_section
 
     examples = sorted((Path(__file__).resolve().parent.parent / "examples").glob("*.yaml"))
     assert len(examples) >= 8
     for p in examples:
-        cfg = load_config(p, extra_sections={"hybrid": hybrid_section})
+        cfg = load_config(p, extra_sections={"hybrid": hybrid_section, **SDA_SECTIONS})
         assert cfg.kind.name in ("column", "qg", "lorenz63", "lorenz96", "hbv"), p

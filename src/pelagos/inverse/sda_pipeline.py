@@ -1150,6 +1150,15 @@ def _data_section(raw, where: str = "data") -> dict:
     return dict(raw)
 
 
+EXTRA_SECTIONS = {
+    "data": _data_section,
+    "train": TrainConfig,
+    "sample": SampleConfig,
+    "scenarios": scenarios_section,
+    "baselines": BaselineConfig,
+}  # the sections an SDA configuration adds to those of io.config.load_config
+
+
 @dataclass
 class SDAConfig:
     """A loaded SDA configuration: every section as its dataclass, and the working folder."""
@@ -1176,13 +1185,7 @@ def load_sda_config(source, *, overrides=None, output=None) -> SDAConfig:
     cfg = load_config(
         source,
         overrides=overrides,
-        extra_sections={
-            "data": _data_section,
-            "train": TrainConfig,
-            "sample": SampleConfig,
-            "scenarios": scenarios_section,
-            "baselines": BaselineConfig,
-        },
+        extra_sections=EXTRA_SECTIONS,
     )
     if cfg.kind.name != "qg":
         raise ConfigError(
