@@ -60,19 +60,35 @@ class VPSDE(nn.Module):
     """Variance-preserving diffusion around a noise predictor.
 
     Args:
-        eps_net: ``eps_net(x_t (B, *shape), t (B,)) -> (B, *shape)`` noise prediction (an ``nn.Module`` is
-            registered as a sub-module, so ``sde.parameters()`` are the network's).
+        eps_net: ``eps_net(x_t (B, *shape), t (B,)) -> (B, *shape)`` the network (an ``nn.Module`` is
+            registered as a sub-module, so ``sde.parameters()`` are the network's); it predicts the noise
+            ``eps`` (``parametrization='eps'``) or ``v = alpha eps - sigma x`` (``'v'``).
         shape: event shape of one sample, e.g. ``(L, C, H, W)`` (used by :func:`sample`; may be ``()`` or
             any shape when only :meth:`loss` is used with explicit data).
         alpha: schedule, ``'cos'`` (default), ``'lin'`` (``1 - (1 - eta) t``) or ``'exp'``
             (``exp(log(eta) t**2)``).
         eta: noise floor (dimensionless): ``sigma(0) = eta``, ``alpha(1) = eta``.
+        parametrization: ``'eps'`` (default, the SDA study's: the network predicts ``eps``, loss
+            ``||net - eps||**2``) or ``'v'`` (the network predicts ``v = alpha eps - sigma x``, loss
+            ``||net - v||**2``, and ``eps = (sigma x_t + alpha net) / (1 + eta**2)``). With ``'eps'`` the
+            sampler amplifies the network's error at high noise by up to ``1/eta`` (the denoiser is
+            ``(x_t - sigma eps) / alpha``): a briefly trained network gives diverging samples (measured:
+            benchmarks/sda_parametrization.py, docs/sda_model.md). ``'v'`` bounds that error (the denoiser
+            becomes ``(alpha x_t - sigma net) / (1 + eta**2)``): prefer it for short trainings.
     """
 
     def __init__(
-        self, eps_net: EpsNet, shape: Sequence[int] = (), alpha: str = "cos", eta: float = 1e-3
+        self,
+        eps_net: EpsNet,
+        shape: Sequence[int] = (),
+        alpha: str = "cos",
+        eta: float = 1e-3,
+        parametrization: str = "eps",
     ) -> None:
         super().__init__()
+        if parametrization not in ("eps", "v"):
+            raise ConfigError(f"VPSDE: parametrization must be 'eps' or 'v'; got {parametrization!r}")
+        self.parametrization = parametrization
         if alpha not in ("cos", "lin", "exp"):
             raise ConfigError(f"VPSDE: alpha must be 'cos', 'lin' or 'exp'; got {alpha!r}")
         if not 0.0 < eta < 1.0:
@@ -110,8 +126,13 @@ class VPSDE(nn.Module):
         return _bcast(self.alpha(t), x.ndim) * x + _bcast(self.sigma(t), x.ndim) * eps, eps
 
     def eps(self, x_t: torch.Tensor, t: torch.Tensor | float) -> torch.Tensor:
-        """Noise prediction of the wrapped network at ``(x_t, t)``."""
-        return self.eps_net(x_t, self._t(t, x_t))
+        """Noise prediction at ``(x_t, t)`` (the network's output, or derived from its ``v``)."""
+        t = self._t(t, x_t)
+        out = self.eps_net(x_t, t)
+        if self.parametrization == "eps":
+            return out
+        a, s = _bcast(self.alpha(t), x_t.ndim), _bcast(self.sigma(t), x_t.ndim)
+        return (s * x_t + a * out) / (1 + self.eta**2)
 
     def score(self, x_t: torch.Tensor, t: torch.Tensor | float) -> torch.Tensor:
         """``grad log p_t(x_t) = -eps / sigma(t)``."""
@@ -131,9 +152,13 @@ class VPSDE(nn.Module):
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
         """Denoising score matching: ``mean || eps_net(alpha x + sigma eps, t) - eps ||**2``, ``t ~ U(0, 1)``
-        per sample. ``weight`` (broadcastable to x) gives element weights: ``(err * w).mean() / w.mean()``."""
+        per sample (target ``v = alpha eps - sigma x`` instead of ``eps`` with ``parametrization='v'``).
+        ``weight`` (broadcastable to x) gives element weights: ``(err * w).mean() / w.mean()``."""
         t = torch.rand(x.shape[0], generator=generator, dtype=x.dtype, device=x.device)
         x_t, eps = self.forward(x, t, generator=generator)
+        if self.parametrization == "v":
+            a, s = _bcast(self.alpha(t), x.ndim), _bcast(self.sigma(t), x.ndim)
+            eps = a * eps - s * x
         err = (self.eps_net(x_t, t) - eps).square()
         if weight is None:
             return err.mean()
@@ -183,9 +208,18 @@ class ComposedScore(nn.Module):
 class GaussianScore(nn.Module):
     """Posterior noise predictor for ``y = A(x) + N(0, std**2)`` around a prior :class:`VPSDE`.
 
-    ``eps(x_t | y) = eps(x_t) - sigma(t) grad_{x_t} log N(y | A(x_hat), std**2 + gamma (sigma/alpha)**2)``,
-    with ``x_hat`` the prior's Tweedie denoiser; the gradient goes through the network (autograd) unless
-    ``detach=True`` (then the network's Jacobian is replaced by the identity: cheaper, cruder).
+    ``eps(x_t | y) = eps(x_t) - sigma(t) grad_{x_t} log p(y | x_t)`` with the Gaussian approximation
+    ``p(y | x_t) ~ N(y | A(x_hat), Sigma_t)`` around the prior's Tweedie denoiser ``x_hat = E[x | x_t]``; the
+    gradient goes through the network (autograd) unless ``detach=True`` (then the network's Jacobian is
+    replaced by the identity: cheaper, cruder). Two choices of ``Sigma_t``:
+
+    - ``covariance='gamma'`` (the SDA study): ``Sigma_t = std**2 + gamma (sigma/alpha)**2`` (diagonal), a
+      heuristic for the denoiser's error that keeps the guidance weak at high noise;
+    - ``covariance='tweedie'``: ``Sigma_t = std**2 + A Cov[x | x_t] A^T`` with Tweedie's
+      ``Cov[x | x_t] = (sigma**2/alpha) d x_hat / d x_t`` (network Jacobian by vector-Jacobian products,
+      assumed symmetric; ``A`` linearised at ``x_hat``), solved by ``cg_iters`` conjugate-gradient
+      iterations per sample (as in MMPS, Rozet et al. 2024). Exact for a Gaussian prior and linear ``A``;
+      each iteration costs one extra backward pass through the network.
 
     Args:
         y: observations, shaped like ``A(x)`` for one sample (broadcast over the batch) or for the batch.
@@ -195,6 +229,9 @@ class GaussianScore(nn.Module):
         sde: the prior :class:`VPSDE`.
         gamma: variance of the denoiser error relative to ``(sigma/alpha)**2`` (the study: 1e-2; 3e-2 on
             Lorenz); larger is more robust at high noise, smaller is sharper.
+        detach: do not differentiate through the network (identity Jacobian).
+        covariance: ``'gamma'`` or ``'tweedie'`` (above).
+        cg_iters: CG iterations of ``'tweedie'`` (the observation count per sample makes it exact).
     """
 
     def __init__(
@@ -205,15 +242,24 @@ class GaussianScore(nn.Module):
         sde: VPSDE,
         gamma: float | torch.Tensor = 1e-2,
         detach: bool = False,
+        covariance: str = "gamma",
+        cg_iters: int = 4,
     ) -> None:
         super().__init__()
         if not callable(A):
             raise ConfigError("GaussianScore: A must be a callable observation operator x -> A(x)")
         if float(torch.as_tensor(std).min()) <= 0:
             raise ConfigError("GaussianScore: std must be > 0 (observation error standard deviation)")
-        self.register_buffer("y", torch.as_tensor(y))
-        self.register_buffer("std", torch.as_tensor(std))
+        if covariance not in ("gamma", "tweedie"):
+            raise ConfigError(f"GaussianScore: covariance must be 'gamma' or 'tweedie'; got {covariance!r}")
+        if covariance == "tweedie" and cg_iters < 1:
+            raise ConfigError(f"GaussianScore: cg_iters must be >= 1; got {cg_iters}")
+        # python numbers kept in float64 (cast to the state's dtype at use, no float32 round-off)
+        f64 = torch.float64
+        self.register_buffer("y", y if torch.is_tensor(y) else torch.as_tensor(y, dtype=f64))
+        self.register_buffer("std", std if torch.is_tensor(std) else torch.as_tensor(std, dtype=f64))
         self.A, self.sde, self.gamma, self.detach = A, sde, gamma, detach
+        self.covariance, self.cg_iters = covariance, int(cg_iters)
 
     @property
     def shape(self) -> torch.Size:
@@ -226,20 +272,70 @@ class GaussianScore(nn.Module):
         return self.sde.sigma(t)
 
     def eps(self, x_t: torch.Tensor, t: torch.Tensor | float) -> torch.Tensor:
-        """Posterior noise prediction (no graph kept)."""
+        """Posterior noise prediction at ``(x_t, t)`` (no graph kept)."""
         t = self.sde._t(t, x_t)
         a, s = _bcast(self.sde.alpha(t), x_t.ndim), _bcast(self.sde.sigma(t), x_t.ndim)
         with torch.enable_grad():
             x = x_t.detach().requires_grad_(True)
             eps = self.sde.eps(x, t)
             x_hat = (x - s * (eps.detach() if self.detach else eps)) / a
-            err = self.y.to(x) - self.A(x_hat)
-            ratio = (s / a).reshape(-1)  # (B,)
-            ratio = ratio.reshape(ratio.shape + (1,) * (err.ndim - 1)) if err.ndim else ratio
-            var = self.std.to(x) ** 2 + self.gamma * ratio**2
-            log_p = -0.5 * (err.square() / var).sum()
-            (grad,) = torch.autograd.grad(log_p, x)
+            if self.covariance == "gamma":
+                err = self.y.to(x) - self.A(x_hat)
+                ratio = (s / a).reshape(-1)  # (B,)
+                ratio = ratio.reshape(ratio.shape + (1,) * (err.ndim - 1)) if err.ndim else ratio
+                var = self.std.to(x) ** 2 + self.gamma * ratio**2
+                log_p = -0.5 * (err.square() / var).sum()
+                (grad,) = torch.autograd.grad(log_p, x)
+            else:
+                grad = self._tweedie_grad(x, x_hat, a, s)
         return (eps - s * grad).detach()
+
+    def _tweedie_grad(
+        self, x: torch.Tensor, x_hat: torch.Tensor, a: torch.Tensor, s: torch.Tensor
+    ) -> torch.Tensor:
+        xh = x_hat.detach().requires_grad_(True)
+        Ax = self.A(xh)
+        err = (self.y.to(x) - Ax).detach()
+        red = tuple(range(1, err.ndim))
+        c = (s**2 / a).reshape(-1)
+        c = c.reshape(c.shape + (1,) * (x.ndim - 1))
+
+        def At(v: torch.Tensor) -> torch.Tensor:  # A^T v at x_hat
+            return torch.autograd.grad(Ax, xh, v, retain_graph=True)[0]
+
+        def Jt(u: torch.Tensor) -> torch.Tensor:  # (d x_hat / d x_t)^T u
+            if self.detach:
+                return u / a
+            return torch.autograd.grad(x_hat, x, u, retain_graph=True)[0]
+
+        # A w by the double-vjp trick (works for any autograd-differentiable A)
+        dummy = torch.zeros_like(Ax, requires_grad=True)
+        g = torch.autograd.grad(Ax, xh, dummy, create_graph=True)[0]
+
+        def Af(w: torch.Tensor) -> torch.Tensor:
+            return torch.autograd.grad(g, dummy, w, retain_graph=True)[0]
+
+        var_y = (self.std.to(x) ** 2).expand_as(err)
+
+        def matvec(v: torch.Tensor) -> torch.Tensor:
+            return var_y * v + Af(c * Jt(At(v)))
+
+        def dot(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+            return (p * q).sum(dim=red, keepdim=True) if red else p * q
+
+        # batched conjugate gradients on (Sigma_y + A Cov A^T) v = err, one system per sample
+        v = err / var_y
+        r = err - matvec(v)
+        p, rr = r, dot(r, r)
+        for _ in range(self.cg_iters):
+            Ap = matvec(p)
+            step = rr / dot(p, Ap).clamp_min(torch.finfo(x.dtype).tiny)
+            v = v + step * p
+            r = r - step * Ap
+            rr_new = dot(r, r)
+            p = r + rr_new / rr.clamp_min(torch.finfo(x.dtype).tiny) * p
+            rr = rr_new
+        return Jt(At(v.detach()))
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor | float) -> torch.Tensor:
         return self.eps(x_t, t)
@@ -264,7 +360,8 @@ def sample(
     Reverse time ``t = 1 -> 0`` on a uniform grid of ``steps`` steps from ``x(1) ~ N(0, I)`` (or ``x1``):
     predictor ``x <- (a'/a) x + (s' - (a'/a) s) eps(x, t)`` (exponential integrator), then ``corrections``
     Langevin steps at ``t' = t - 1/steps``: ``delta = tau / mean(eps**2)``, ``x <- x - s' (delta eps +
-    sqrt(2 delta) z)``. ``shape`` defaults to the model's event shape; the default dtype is torch's.
+    sqrt(2 delta) z)``. ``shape`` defaults to the model's event shape, dtype and device to those of the
+    model's parameters (torch's defaults without any). ``generator`` must live on the sampling device.
     """
     if steps < 1 or corrections < 0 or tau <= 0:
         raise ConfigError(
@@ -272,9 +369,11 @@ def sample(
         )
     if x1 is None:
         shape = tuple(model.shape if shape is None else shape)
-        if device is None:
-            p = next(iter(model.parameters()), None) if isinstance(model, nn.Module) else None
-            device = p.device if p is not None else None
+        p = next(iter(model.parameters()), None) if isinstance(model, nn.Module) else None
+        if device is None and p is not None:
+            device = p.device
+        if dtype is None and p is not None and p.is_floating_point():
+            dtype = p.dtype
         x = torch.randn((batch, *shape), generator=generator, dtype=dtype, device=device)
     else:
         x = x1.clone()
@@ -287,17 +386,20 @@ def sample(
         iterator = tqdm(iterator, desc="sda sample")
     with torch.no_grad():
         for i in iterator:
-            t = torch.full((x.shape[0],), float(times[i]), dtype=x.dtype, device=x.device)
-            tn = torch.full_like(t, float(times[i + 1]))
-            a, s = _bcast(model.alpha(t), x.ndim), _bcast(model.sigma(t), x.ndim)
-            an, sn = _bcast(model.alpha(tn), x.ndim), _bcast(model.sigma(tn), x.ndim)
+            # schedule on scalars (one time for the whole batch), networks see (B,) times
+            t0, t1 = times[i], times[i + 1]
+            a, s, an, sn = (
+                float(v) for v in (model.alpha(t0), model.sigma(t0), model.alpha(t1), model.sigma(t1))
+            )
+            t = torch.full((x.shape[0],), float(t0), dtype=x.dtype, device=x.device)
+            tn = torch.full_like(t, float(t1))
             r = an / a
             x = r * x + (sn - r * s) * model.eps(x, t)
             for _ in range(corrections):
                 e = model.eps(x, tn)
                 delta = tau / e.square().mean(dim=red, keepdim=True).clamp_min(1e-12)
                 z = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
-                x = x - sn * (delta * e + torch.sqrt(2 * delta) * z)
+                x = x - sn * (delta * e + (2 * delta).sqrt() * z)
     return x
 
 
@@ -306,7 +408,7 @@ def random_windows(
     x: torch.Tensor, window: int, generator: torch.Generator | None = None, per_item: int = 1
 ) -> torch.Tensor:
     """One (or ``per_item``) random contiguous window(s) of ``window`` states from each trajectory of ``x``
-    (B, L, ...) -> (B * per_item, window, ...)."""
+    (B, L, ...) -> (B * per_item, window, ...). The start indices are drawn on the CPU (``generator`` too)."""
     B, n_states = x.shape[:2]
     if n_states < window:
         raise ShapeError(f"random_windows: trajectories of {n_states} states < window {window}")

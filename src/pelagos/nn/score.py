@@ -197,7 +197,7 @@ class LocalScoreNet(nn.Module):
         for lv in range(n):
             if lv == 0:
                 head = _conv2d(self.channels, hidden[0], ks)
-                tail = nn.Sequential(ChannelNorm(1), _conv2d(hidden[0], self.channels, ks))
+                tail = _conv2d(hidden[0], self.channels, ks)
             elif spatial:
                 head = nn.Conv2d(hidden[lv - 1], hidden[lv], 2, stride=2)
                 tail = nn.Sequential(
