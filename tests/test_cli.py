@@ -210,10 +210,13 @@ def test_every_example_configuration_loads():
     from pathlib import Path
 
     from pelagos.hydro.experiment import EXTRA_SECTIONS as HYDRO_SECTIONS
+    from pelagos.inverse.sda_pipeline import EXTRA_SECTIONS as SDA_SECTIONS
     from pelagos.qg.config import hybrid_section
 
     examples = sorted((Path(__file__).resolve().parent.parent / "examples").glob("*.yaml"))
     assert len(examples) >= 8
     for p in examples:
-        cfg = load_config(p, extra_sections={"hybrid": hybrid_section, **HYDRO_SECTIONS})
+        # each command's own sections: pelagos hydro and pelagos sda both name sections `data` and `train`
+        sections = HYDRO_SECTIONS if p.name.startswith("hydro_") else SDA_SECTIONS if p.name.startswith("sda_") else {}
+        cfg = load_config(p, extra_sections={"hybrid": hybrid_section, **sections})
         assert cfg.kind.name in ("column", "qg", "lorenz63", "lorenz96", "hbv", "acc"), p
