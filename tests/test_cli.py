@@ -217,6 +217,12 @@ def test_every_example_configuration_loads():
     assert len(examples) >= 8
     for p in examples:
         # each command's own sections: pelagos hydro and pelagos sda both name sections `data` and `train`
-        sections = HYDRO_SECTIONS if p.name.startswith("hydro_") else SDA_SECTIONS if p.name.startswith("sda_") else {}
+        sections = (
+            HYDRO_SECTIONS
+            if p.name.startswith("hydro_")
+            else SDA_SECTIONS
+            if p.name.startswith("sda_")
+            else {}
+        )
         cfg = load_config(p, extra_sections={"hybrid": hybrid_section, **sections})
         assert cfg.kind.name in ("column", "qg", "lorenz63", "lorenz96", "hbv", "acc"), p
