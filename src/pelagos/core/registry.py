@@ -108,6 +108,7 @@ BUILTIN: dict[str, str] = {
     "lorenz96": "pelagos.models.lorenz:KIND96",
     "box": "pelagos.bgc.box:KIND",
     "toy_diffusion": "pelagos.core.toy:KIND",
+    "hbv": "pelagos.hydro.kind:KIND",
 }
 
 _registered: dict[str, ModelKind] = {}
