@@ -106,7 +106,7 @@ class SyntheticSpec:
     n_years: int = 5  # length of the synthetic series (365-day years): 1 warm-up + train + test
     train_years: int = 3
 
-    def validate(self) -> None:
+    def validate(self, where: str = "data") -> None:
         if self.n_basins is not None and self.n_basins < 4:
             raise ConfigError(f"data.n_basins must be at least 4 (or null for all 671); got {self.n_basins}")
         if not 0.0 <= self.ungauged_fraction < 1.0:

@@ -155,7 +155,7 @@ class TrainSpec:
     threads: int | None = None  # torch threads (None: leave as is)
     progress: bool | None = None  # tqdm bar (None: when stderr is a terminal)
 
-    def validate(self) -> None:
+    def validate(self, where: str = "train") -> None:
         for k in ("epochs", "batch_basins", "rho"):
             if getattr(self, k) < 1:
                 raise ConfigError(f"train.{k} must be >= 1; got {getattr(self, k)}")
