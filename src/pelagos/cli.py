@@ -20,7 +20,7 @@ from . import __version__
 from .core.errors import Interrupted, PelagosError
 
 # module names under pelagos.commands; a module that is not shipped is skipped.
-COMMANDS = ["run", "calibrate", "assimilate", "models", "params", "plot", "gradcheck", "qg", "bench"]
+COMMANDS = ["run", "calibrate", "assimilate", "models", "params", "plot", "gradcheck", "qg", "hydro", "bench"]
 
 
 def add_config_arguments(p: argparse.ArgumentParser, *, output_help: str) -> None:
