@@ -381,3 +381,26 @@ def test_courant_violation_is_reported_with_the_fix():
     out = muskingum_cunge(net, lat, 0.03, substeps=need)
     assert bool((out.min_c2 >= 0).all())
     muskingum_cunge(net, lat, 0.03, substeps=1, check=False)  # accepted when asked
+
+
+# -- HBV runoff feeds the network ------------------------------------------------------------------------
+def test_hbv_runoff_routed_through_a_network_keeps_its_volume():
+    """The 4 sample basins' HBV runoff (mm/d) as the lateral inflow of a 4-reach network (areas from CAMELS):
+    the water leaving the outlet plus the change of channel storage equals the runoff volume."""
+    from pelagos.hydro.camels import SAMPLE, SAMPLE_BASINS, load_basins, stack_basins
+    from pelagos.hydro.hbv import DEFAULTS, run_hbv
+
+    basins = load_basins(SAMPLE, SAMPLE_BASINS, "2000-03-01", "2000-05-31")
+    f = stack_basins(basins)
+    p = {k: torch.tensor(v) for k, v in DEFAULTS.items()}
+    runoff = run_hbv(f["P"], f["T"], f["PET"], p).Q  # (92, 4) mm/d
+    area = torch.tensor([b.area_km2 for b in basins])
+    net = RiverNetwork.build([2, 2, 3, -1], length=[4e4, 3e4, 5e4, 6e4], slope=1e-3, width=[20, 20, 40, 60],
+                             area=area)  # fmt: skip
+    lat = lateral_from_runoff(runoff, net.area)
+    out = muskingum_cunge(net, lat, 0.04, substeps=24, method="constant")
+    vin = float((runoff * area).sum()) * 1e3  # mm·km² → m³
+    vout = float(out.Q_mean[:, 3].sum()) * 86400.0
+    dS = float((out.storage[-1] - out.storage0).sum())
+    assert vin - vout == pytest.approx(dS, rel=1e-9, abs=1e-9 * vin)
+    assert vin > 1e7 and abs(dS) > 1e-3 * vin  # real volumes, a real storage change
