@@ -6,6 +6,10 @@
 
 Writes OUT/summary.json (per basin: estimates, NSE/KGE first guess and calibrated, model runs, wall time,
 the series) and docs/figures/hydro_calibration_hydrographs.png (with --figure).
+
+``--report DIR [DIR ...]`` calibrates nothing: it merges the summaries of earlier runs (e.g. basins calibrated
+in two processes) into OUT/summary.json, adds the SCE-UA hydrographs of benchmarks/results/hydro_sceua.json
+(scripts/sceua_hbv.py) when present, and draws the figure.
 """
 
 from __future__ import annotations
@@ -60,6 +64,44 @@ def figure(summary: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def merge(folders: list[str], out: Path) -> dict:
+    """Merge the summary.json of ``folders`` (later ones win per basin), add SCE-UA series; write OUT."""
+    import json
+
+    from pelagos.hydro.calibration import evaluate
+    from pelagos.hydro.camels import SAMPLE
+
+    summary: dict = {}
+    for f in folders:
+        s = json.loads((Path(f) / "summary.json").read_text())
+        basins = {**summary.get("basins", {}), **s["basins"]}
+        summary = {**s, "basins": basins}
+    sce_path = ROOT / "benchmarks" / "results" / "hydro_sceua.json"
+    if sce_path.exists():
+        sce = json.loads(sce_path.read_text())
+        for g, b in summary["basins"].items():
+            if g in sce.get("basins", {}):
+                cal, test = tuple(summary["calibration"]), tuple(summary["test"])
+                ev = evaluate(
+                    SAMPLE, g, sce["basins"][g]["best"], start="2000-01-01", calibration=cal, test=test
+                )
+                b["series"]["Q_sceua"] = ev["Q_sim"]
+                b["sceua"] = {k: ev[k] for k in ("calibration", "test")}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    for g, b in summary["basins"].items():
+        fg, c = b["first_guess"], b["calibrated"]
+        line = (f"| {g} | {fg['calibration']['NSE']:.3f} / {fg['test']['NSE']:.3f} | "
+                f"{c['calibration']['NSE']:.3f} / {c['test']['NSE']:.3f} | "
+                f"{c['calibration']['KGE']:.3f} / {c['test']['KGE']:.3f} | {b['n_evals']} |")  # fmt: skip
+        if "sceua" in b:
+            sc = b["sceua"]
+            line += (f" {sc['calibration']['NSE']:.3f} / {sc['test']['NSE']:.3f} | "
+                     f"{sc['calibration']['KGE']:.3f} / {sc['test']['KGE']:.3f} |")  # fmt: skip
+        print(line)
+    return summary
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--config", default=str(ROOT / "examples" / "hbv_calibrate.yaml"))
@@ -67,9 +109,13 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default="results/hbv_calibrate")
     ap.add_argument("--set", action="append", default=[], dest="overrides")
     ap.add_argument("--figure", default=None, help="also draw the hydrographs to this PNG")
+    ap.add_argument("--report", nargs="*", default=None, help="merge these result folders; no calibration")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
-    summary = calibrate_basins(args.config, args.basins, out_dir=args.out, overrides=args.overrides)
+    if args.report is not None:
+        summary = merge(args.report, Path(args.out))
+    else:
+        summary = calibrate_basins(args.config, args.basins, out_dir=args.out, overrides=args.overrides)
     if args.figure:
         figure(summary, Path(args.figure))
         print(f"wrote {args.figure}")
