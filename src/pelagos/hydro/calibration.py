@@ -183,5 +183,5 @@ def calibrate_basins(
             f"{before['test']['NSE']:.3f} -> {s['NSE']:.3f}; KGE cal {c['KGE']:.3f}, test {s['KGE']:.3f}; "
             f"{res.get('n_evals')} model runs, {wall:.1f} s"
         )
-    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+        (out / "summary.json").write_text(json.dumps(summary, indent=1))  # after each basin
     return summary
