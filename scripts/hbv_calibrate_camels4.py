@@ -74,6 +74,8 @@ def merge(folders: list[str], out: Path) -> dict:
     summary: dict = {}
     for f in folders:
         s = json.loads((Path(f) / "summary.json").read_text())
+        for g, b in s["basins"].items():  # where pelagos calibrate's own results file is
+            b.setdefault("results", str((Path(f) / f"calibrate_{g}.json").resolve()))
         basins = {**summary.get("basins", {}), **s["basins"]}
         summary = {**s, "basins": basins}
     sce_path = ROOT / "benchmarks" / "results" / "hydro_sceua.json"

@@ -174,6 +174,7 @@ def calibrate_basins(
             "stop_reason": res.get("stop_reason"),
             "misfit": res.get("misfit"),
             "wall_time": wall,
+            "results": str((out / f"calibrate_{g}.json").resolve()),
             "series": {"dates": after["dates"], "Q_obs": after["Q_obs"], "Q_first_guess": before["Q_sim"],
                        "Q_calibrated": after["Q_sim"]},
         }  # fmt: skip
