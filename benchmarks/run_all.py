@@ -22,6 +22,9 @@ SCRIPTS = [
     "dapper_l96.py",
     "inverse.py",
     "run_loop.py",
+    "hydro.py",
+    "hydro_dpl.py",
+    "sda_checkpointing.py",
 ]
 
 

@@ -48,7 +48,7 @@ def net_cost(tcfg, shape, device, repeat: int = 3) -> dict:
     """Time (and CUDA peak memory) of a DSM training step on a batch of windows, plain vs checkpointed."""
     from _timing import best
     from pelagos.inverse.sda import VPSDE
-    from pelagos.inverse.sda_pipeline import build_net
+    from pelagos.io.sda_run import build_net
 
     out = {}
     for ck in (False, True):
@@ -102,7 +102,7 @@ def _strip(o):
 
 def cpu_part(args) -> dict:
     from pelagos.cli import main
-    from pelagos.inverse.sda_pipeline import TrainConfig, load_sda_config
+    from pelagos.io.sda_run import TrainConfig, load_sda_config
 
     cfg = load_sda_config(args.config, output=args.dir)
     d = cfg.dir
@@ -136,7 +136,7 @@ def paper_part() -> dict:
         print("paper scale: GPU only; skipped (CUDA not available)")
         return {"skipped": "CUDA not available"}
     from pelagos.inverse.sda import VPSDE, GaussianScore, sample
-    from pelagos.inverse.sda_pipeline import Scenario, ScenarioConfig, TrainConfig, build_net
+    from pelagos.io.sda_run import Scenario, ScenarioConfig, TrainConfig, build_net
 
     dev = torch.device("cuda")
     tc = TrainConfig(window=9, hidden=[16, 32, 64], blocks=3, kernel=5, embedding=64, expansion=4)

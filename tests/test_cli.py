@@ -210,7 +210,7 @@ def test_every_example_configuration_loads():
     from pathlib import Path
 
     from pelagos.hydro.experiment import EXTRA_SECTIONS as HYDRO_SECTIONS
-    from pelagos.inverse.sda_pipeline import EXTRA_SECTIONS as SDA_SECTIONS
+    from pelagos.io.sda_run import EXTRA_SECTIONS as SDA_SECTIONS
     from pelagos.qg.config import hybrid_section
 
     examples = sorted((Path(__file__).resolve().parent.parent / "examples").glob("*.yaml"))

@@ -11,8 +11,8 @@ import torch
 
 from pelagos.cli import main
 from pelagos.core import ConfigError
-from pelagos.inverse import sda_pipeline as P
-from pelagos.inverse.sda_data import CHANNELS, SDAData, SDADataConfig, channels_from_q, generate, make_models
+from pelagos.io import sda_run as P
+from pelagos.qg.sda_data import CHANNELS, SDAData, SDADataConfig, channels_from_q, generate, make_models
 
 TINY = dict(
     nx=32,
@@ -237,8 +237,8 @@ def test_data_parallel_training_with_torchrun(tiny, tmp_path):
     script.write_text(
         "import sys, torch\n"
         "torch.set_num_threads(1)\n"
-        "from pelagos.inverse import sda_pipeline as P\n"
-        "from pelagos.inverse.sda_data import SDAData\n"
+        "from pelagos.io import sda_run as P\n"
+        "from pelagos.qg.sda_data import SDAData\n"
         "tc = P.TrainConfig(window=3, hidden=[8, 16], epochs=2, batch_size=4, valid_batches=1)\n"
         "P.train(SDAData(sys.argv[1]), tc, sys.argv[2], log=lambda s: None)\n"
     )

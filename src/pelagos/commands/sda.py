@@ -48,9 +48,9 @@ def _physical(data_cfg) -> dict:
 def run(args: argparse.Namespace) -> int:
 
     from ..core.errors import ConfigError
-    from ..inverse import sda_pipeline as P
-    from ..inverse.sda_data import SDAData, generate
+    from ..io import sda_run as P
     from ..io.build import show_progress
+    from ..qg.sda_data import SDAData, generate
 
     cfg = P.load_sda_config(args.config, overrides=args.overrides, output=args.output)
     progress = show_progress(args.progress)

@@ -3,7 +3,7 @@
 Everything around the diffusion model of :mod:`pelagos.inverse.sda` / :mod:`pelagos.nn.score`:
 
 - :func:`train` — AdamW, linear learning-rate decay (per step, to 0), DSM loss on random windows of
-  ``2k+1`` states streamed by :class:`~pelagos.inverse.sda_data.TrajectoryWindows`, validation loss on fixed
+  ``2k+1`` states streamed by :class:`~pelagos.qg.sda_data.TrajectoryWindows`, validation loss on fixed
   windows with fixed noise, EMA of the weights, a checkpoint every epoch (``torch.save`` of state dicts and
   plain numbers, read back with ``weights_only=True``) from which a new call resumes, progress bars, and
   data-parallel training when started by ``torchrun`` (``torch.distributed``, gloo on CPU, nccl on GPU).
@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from ..core.errors import ConfigError
-from .sda_data import CHANNELS, SDAData, channels_from_q, make_models
+from ..qg.sda_data import CHANNELS, SDAData, channels_from_q, make_models
 
 __all__ = [
     "BaselineConfig",
@@ -161,7 +161,7 @@ def default_scenarios() -> list[ScenarioConfig]:
 
 def scenarios_section(raw, where: str = "scenarios") -> list[ScenarioConfig]:
     """``scenarios:`` — a list of :class:`ScenarioConfig` mappings (default: :func:`default_scenarios`)."""
-    from ..io.config import from_mapping
+    from .config import from_mapping
 
     if raw is None:
         return default_scenarios()
@@ -241,7 +241,7 @@ class SkipEps(torch.nn.Module):
 
     def __init__(self, net: torch.nn.Module, eta: float = 1e-3) -> None:
         super().__init__()
-        from .sda import VPSDE
+        from ..inverse.sda import VPSDE
 
         self.net = net
         self._schedule = VPSDE(lambda x, t: x, eta=eta)
@@ -293,7 +293,7 @@ def train(
     """Train the score network on ``data``'s train split; writes ``checkpoint.pt`` (every epoch, resumable)
     and ``score.pt`` (the final, EMA, weights with the network settings) in ``out_dir``. Under ``torchrun``
     every process trains on its share of the trajectories (DistributedDataParallel); rank 0 writes."""
-    from .sda import EMA, VPSDE
+    from ..inverse.sda import EMA, VPSDE
 
     tcfg.validate("train")
     out = Path(out_dir)
@@ -588,7 +588,7 @@ def score_estimate(
 ) -> tuple[torch.Tensor, dict]:
     """``scfg.samples`` posterior trajectories ``(S, L, 6, n, n)`` given ``y`` and the cost
     (network calls, trajectories through the network, wall time)."""
-    from .sda import VPSDE, GaussianScore, sample
+    from ..inverse.sda import VPSDE, GaussianScore, sample
 
     dev = next(net.parameters()).device
     counter = _Counter(net)
@@ -704,7 +704,7 @@ def fourdvar_baseline(
     ``(1, L, 6, n, n)``) and its cost. Background: the climatological mean (zero PV anomaly) with the
     climatological per-layer std (× ``fourdvar_background_scale``), diagonal; L-BFGS."""
     from ..core.covariance import DiagonalCovariance
-    from .fourdvar import fourdvar
+    from ..inverse.fourdvar import fourdvar
 
     model, hi, lo, C = _interval_model(data)
     op = _StateOperator(data, scenario, lo, C)
@@ -748,7 +748,7 @@ def letkf_baseline(
     state (Gaspari–Cohn localisation of radius ``enkf_radius`` in the horizontal, periodic). Returns the
     members' trajectories ``(Ne, L, 6, n, n)`` (analysis at observed states, forecast elsewhere) and the
     cost."""
-    from .ensemble import letkf_analysis, localization_taper, post_process
+    from ..inverse.ensemble import letkf_analysis, localization_taper, post_process
 
     model, hi, lo, C = _interval_model(data)
     op = _StateOperator(data, scenario, lo, C)
@@ -1138,7 +1138,7 @@ _MODEL_KEYS_IN_DATA = {
 
 
 def _data_section(raw, where: str = "data") -> dict:
-    """``data:`` — the fields of :class:`~pelagos.inverse.sda_data.SDADataConfig` except the simulation
+    """``data:`` — the fields of :class:`~pelagos.qg.sda_data.SDADataConfig` except the simulation
     model's (``nx``, ``L``, ``dt``, options), which come from ``model:`` / ``time:``."""
     if raw is None:
         return {}
@@ -1179,8 +1179,8 @@ def load_sda_config(source, *, overrides=None, output=None) -> SDAConfig:
     """Read an SDA configuration with :func:`pelagos.io.config.load_config` (sections ``model`` (kind
     ``qg``: the simulation model), ``time`` (``dt``), ``data``, ``train``, ``sample``, ``scenarios``,
     ``baselines``, ``output: {file: working folder}``); every key is checked by the one strict loader."""
-    from ..io.config import from_mapping, load_config, to_mapping
-    from .sda_data import SDADataConfig
+    from ..qg.sda_data import SDADataConfig
+    from .config import from_mapping, load_config, to_mapping
 
     cfg = load_config(
         source,

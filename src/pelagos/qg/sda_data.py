@@ -129,8 +129,8 @@ class SDADataConfig:
 
 def make_models(cfg: SDADataConfig):
     """``(hires, lores, coarsener)``: the simulation model, the model of the stored grid, and the map."""
-    from ..qg.coarsen import Coarsener, lowres_like
-    from ..qg.models import QGModel
+    from .coarsen import Coarsener, lowres_like
+    from .models import QGModel
 
     try:
         hi = QGModel(
