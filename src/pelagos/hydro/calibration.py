@@ -63,24 +63,23 @@ def write_observations_csv(
     observation CSV (``time,basin,variable,value,sigma``; Q in mm/d) for ``pelagos calibrate``.
 
     ``time`` is the end of each day (the kind ``hbv``'s record time); ``sigma`` is the standard deviation of
-    the observed flow over these days (NSE-equivalent misfit); missing days are written with an empty value.
+    the observed flow over these days (NSE-equivalent misfit); missing days are left out. Written by
+    :func:`pelagos.core.obsio.write_observations`, the one writer of that format.
     """
+    from ..core.observations import ObservationSet
+    from ..core.obsio import write_observations
+
     b = load_basin(root, gauge_id, start, end, source=source)
-    sigma = observation_std(b.q_obs)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    lines = [
-        f"# observed daily discharge of CAMELS-US basin {b.gauge_id}, {start} to {end} (USGS, mm/d)",
-        "# time = end of the day (00:00 of the next date): the hbv kind's record of that day's totals",
-        f"# sigma = {sigma:.6g} mm/d = std of the observed flow over these days: misfit = N (1 - NSE) / 2",
-        "time,basin,variable,value,sigma",
-    ]
-    for d, q in zip(b.dates, b.q_obs):
-        t = (d + np.timedelta64(1, "D")).astype(_dt.date).isoformat()
-        val = f"{q:.10g}" if np.isfinite(q) else ""
-        lines.append(f"{t},{b.gauge_id},Q,{val},{sigma:.10g}")
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    ends = b.dates + np.timedelta64(1, "D")  # the record of day D is at D + 1 day, 00:00
+    epoch = _dt.datetime.fromisoformat(str(ends[0].astype("datetime64[D]")))
+    obs = ObservationSet(
+        times=torch.as_tensor((ends - ends[0]).astype("timedelta64[s]").astype(float)),
+        values=torch.as_tensor(np.asarray(b.q_obs, dtype=float))[:, None],
+        sigma=observation_std(b.q_obs),
+        columns=[("Q", {"basin": b.gauge_id})],
+        start=epoch,
+    )
+    return write_observations(obs, path)  # the one writer of the long format (missing days are left out)
 
 
 def evaluate(
