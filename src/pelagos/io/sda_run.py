@@ -293,7 +293,7 @@ def train(
     """Train the score network on ``data``'s train split; writes ``checkpoint.pt`` (every epoch, resumable)
     and ``score.pt`` (the final, EMA, weights with the network settings) in ``out_dir``. Under ``torchrun``
     every process trains on its share of the trajectories (DistributedDataParallel); rank 0 writes."""
-    from ..inverse.sda import EMA, VPSDE
+    from ..inverse.sda import EMA, VPSDE, train_step
 
     tcfg.validate("train")
     out = Path(out_dir)
@@ -376,17 +376,8 @@ def train(
         model.train()
         losses = []
         for batch in _bar(loader, progress and rank == 0, desc=f"epoch {epoch + 1}/{tcfg.epochs}"):
-            batch = batch.to(dev)
-            opt.zero_grad(set_to_none=True)
-            loss = sde.loss(batch)
-            loss.backward()
-            if tcfg.clip is not None:
-                torch.nn.utils.clip_grad_norm_(net.parameters(), tcfg.clip)
-            opt.step()
+            losses.append(train_step(sde, batch.to(dev), opt, ema, tcfg.clip))  # inverse.sda's one DSM step
             sched.step()
-            if ema is not None:
-                ema.update()
-            losses.append(float(loss.detach()))
         # validation with the weights that will be used (EMA if on), same t and noise every epoch
         vnet = ema.module if ema is not None else net
         vsde = VPSDE(vnet, shape=sde.shape)
