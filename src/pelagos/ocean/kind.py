@@ -22,7 +22,9 @@ class ACCOptions:
     (centered | superbee | superbee_smooth), ``cos_power``, and the parameters ``A_h`` (m2 s-1; default
     Veros's 2e-11 (Δ·degtom)³),
     ``r_bot`` (s-1), ``kappaM_0``, ``kappaH_0``, ``kappa_conv``, ``K_h``, ``K_gm_0`` (m2 s-1), ``taux_0``
-    (N m-2), ``t_rest`` (s)."""
+    (N m-2), ``t_rest`` (s); ``mixing`` (tke | constant: Veros's TKE closure, with ``c_k``, ``c_eps``,
+    ``alpha_tke``, ``kappaM_min``, ``kappaH_min``, or the constant ``kappaM_0``/``kappaH_0`` + convective
+    switch)."""
 
     resolution: float = 2.0
     nz: int = 15
@@ -44,6 +46,12 @@ class ACCOptions:
     isoneutral: bool = True
     K_iso_0: float = 1000.0
     K_iso_steep: float = 500.0
+    mixing: str = "tke"
+    c_k: float = 0.1
+    c_eps: float = 0.7
+    alpha_tke: float = 30.0
+    kappaM_min: float = 2e-4  # noqa: N815 (Veros's name)
+    kappaH_min: float = 2e-5  # noqa: N815 (Veros's name)
 
 
 @dataclass
@@ -59,7 +67,8 @@ class ACCInitial:
 def _build(o: ACCOptions, ctx: BuildContext):
     kw = {k: getattr(o, k) for k in ("advection", "cos_power", "r_bot", "kappaM_0", "kappaH_0", "kappa_conv",
                                      "K_h", "K_gm_0", "taux_0", "t_rest", "solver_rtol", "solver",
-                                     "isoneutral", "K_iso_0", "K_iso_steep")}  # fmt: skip
+                                     "isoneutral", "K_iso_0", "K_iso_steep", "mixing", "c_k", "c_eps",
+                                     "alpha_tke", "kappaM_min", "kappaH_min")}  # fmt: skip
     for k in ("A_h", "dt_mom", "dt_tracer"):
         if getattr(o, k) is not None:
             kw[k] = getattr(o, k)
