@@ -270,11 +270,11 @@ class OceanModel(Model):
 
     # -- state -------------------------------------------------------------------------------------------
     def initial_state(self, batch: int | None = None, *, t_surface: float = 15.0, salt: float = 35.0,
-                      u: float = 0.0) -> dict:  # fmt: skip
+                      u: float = 0.0, tke: float = 0.0) -> dict:  # fmt: skip
         """Rest (or uniform ``u`` m s⁻¹), temperature linear in depth as Veros's acc_basic sets it,
         ``t_surface (1 − z_T / z_b)`` with ``z_T`` the T-point heights and ``z_b`` the top face of the deepest
         cell (so the deepest cell starts below 0 °C: −1.15 °C for acc_basic), uniform salinity ``salt``
-        (g kg⁻¹); with TKE, ``tke = 0`` (Veros's start)."""
+        (g kg⁻¹); with TKE, a uniform ``tke`` (m² s⁻²) on the wet W points (default 0: Veros's start)."""
         g = self.grid
         depth = -g.zt.reshape(-1, 1, 1)
         z_b = float(-g.zw[-2]) if g.nz > 1 else float(-g.zw[-1])
@@ -291,7 +291,7 @@ class OceanModel(Model):
             "dsalt": zero.clone(),
         }
         if self.mixing == "tke":
-            s["tke"] = zero.clone()
+            s["tke"] = tke * g.mask_t
         s = {k: x.to(g.dz.device) for k, x in s.items()}
         if batch is None:
             return s
