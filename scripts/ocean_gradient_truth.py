@@ -5,7 +5,7 @@
 Loss L = mean(u²) + mean(v²) + 1e-4 mean(temp²) after n tracer steps from a 30-day spin-up; derivatives
 w.r.t. (log A_h, log r_bot) and the initial temperature field along random directions (float64,
 pelagos.core.check_directional: relative FD step 1e-5 scaled to each input RMS; Richardson O(h⁴) for the
-temperature field); JVP vs VJP. Run with
+temperature field, step ``--h-temp``: 1e-6 with the TKE, see docs/ocean.md); JVP vs VJP. Run with
 and without Veros's isoneutral/GM scheme (which keeps kinks). Writes ocean_gradient_truth.json/.png.
 """
 
@@ -70,7 +70,7 @@ def main() -> None:
     ap.add_argument("--resolution", type=float, default=4.0)
     ap.add_argument("--steps", type=int, nargs="+", default=[1, 2, 4, 10, 50])
     ap.add_argument("--out", default="docs/figures/ocean")
-    h_help = "relative FD step of the temperature directions (with TKE: 1e-7, see docs/ocean.md)"
+    h_help = "relative FD step of the temperature directions (with TKE: 1e-6, see docs/ocean.md)"
     ap.add_argument("--h-temp", type=float, default=1e-5, help=h_help)
     args = ap.parse_args()
     out = Path(args.out)
