@@ -7,7 +7,12 @@ surface layer, ``k = nz − 1`` the deepest. On the C-grid
   ``xt[i]``);
 - ``u`` (eastward, m s⁻¹) sits on the *east* face of ``T(k, j, i)``, at longitude ``xu[i] = xt[i] + Δλ/2``;
 - ``v`` (northward, m s⁻¹) sits on the *north* face, at latitude ``yv[j] = yt[j] + Δφ/2``;
-- vertical transports sit on the top face of each cell (``zw`` are the cell bottoms, as in Veros).
+- vertical transports sit on the top face of each cell (``zw`` are the cell bottoms).
+
+Vertically the T points follow Veros by default (``vertical="veros"``): the faces are the cumulative layer
+thicknesses, but each interior face lies midway between the two T points around it, so ``zt`` is not the
+cell centre (acc_basic: ``zt = −14, −26, −70, …`` m instead of ``−10, −34, −68, …``; see
+:func:`pelagos.ocean.eos.vertical_grid`). ``vertical="centred"`` puts them at the cell centres.
 
 The land mask comes from ``kbot`` in Veros's convention: ``kbot[j, i] = 0`` is land, ``kbot = 1`` a column
 that reaches the deepest level, ``kbot = m`` one whose deepest wet cell is the m-th from the bottom. Faces
@@ -41,12 +46,15 @@ class Grid(torch.nn.Module):
         dlon, dlat: cell size, degrees.
         cyclic: zonally re-entrant (the east edge joins the west edge).
         radius: sphere radius, m.
+        vertical: ``"veros"`` (T points as Veros places them; default) or ``"centred"`` (cell centres).
         dtype: floating dtype of the metric arrays.
 
     Attributes (all tensors): ``xt, xu`` (nx) and ``yt, yv`` (ny) in degrees; ``dz`` (nz) m;
     ``zt`` (nz) height
-    of cell centres (m, negative below the surface); ``zw`` (nz) height of cell bottoms; ``dzw`` (nz−1)
-    distance between centres k and k+1 (m); ``dxt`` (ny, 1) zonal width of T/u cells at ``yt`` (m); ``dxv``
+    of the T points (m, negative below the surface); ``zw`` (nz) height of cell bottoms; ``dzw`` (nz−1)
+    distance between T points k and k+1 (m); ``dzw_w`` (nz) Veros's ``dzw``: the box size of the W point on
+    the top face of each cell (``dzw_w[1:] = dzw``, ``dzw_w[0]`` the surface box, twice ``|zt[0]|``);
+    ``dxt`` (ny, 1) zonal width of T/u cells at ``yt`` (m); ``dxv``
     (ny, 1) at ``yv``; ``dy`` () meridional width (m); ``area_t``/``area_v`` (ny, 1) m²; ``cos_t, cos_v,
     tan_t, f_t`` (ny, 1); masks ``mask_t, mask_u, mask_v`` (nz, ny, nx) of 0/1 in the grid dtype; ``nlev``
     (ny, nx) number of wet levels.
@@ -65,6 +73,7 @@ class Grid(torch.nn.Module):
         dlat: float = 2.0,
         cyclic: bool = True,
         radius: float = EARTH_RADIUS,
+        vertical: str = "veros",
         dtype: torch.dtype = torch.float64,
     ) -> None:
         super().__init__()
@@ -80,6 +89,9 @@ class Grid(torch.nn.Module):
             raise ConfigError(
                 f"ocean grid: latitudes {y0}..{y0 + ny * dlat} leave [-90, 90]; reduce ny or dlat"
             )
+        if vertical not in ("veros", "centred"):
+            raise ConfigError(f"ocean grid: vertical must be 'veros' or 'centred'; got {vertical!r}")
+        self.vertical = vertical
         kbot = torch.as_tensor(kbot).to(torch.int64)
         if tuple(kbot.shape) != (ny, nx):
             raise ConfigError(
@@ -93,7 +105,14 @@ class Grid(torch.nn.Module):
         xt = x0 + dlon * (torch.arange(nx, dtype=dtype) + 0.5)
         yt = y0 + dlat * (torch.arange(ny, dtype=dtype) + 0.5)
         zw = -torch.cumsum(dz, 0)
-        zt = zw + 0.5 * dz
+        if vertical == "veros":
+            from .eos import vertical_grid
+
+            vg = vertical_grid(dz)
+            zt, dzw_w = vg.zt, vg.dzw
+        else:
+            zt = zw + 0.5 * dz
+            dzw_w = torch.cat([dz[:1], 0.5 * (dz[1:] + dz[:-1])])
         nlev = torch.where(kbot > 0, nz - kbot + 1, torch.zeros_like(kbot))
         k = torch.arange(nz).reshape(nz, 1, 1)
         mask_t = (k < nlev).to(dtype)
@@ -107,7 +126,8 @@ class Grid(torch.nn.Module):
         reg("dz", dz)
         reg("zt", zt)
         reg("zw", zw)
-        reg("dzw", 0.5 * (dz[1:] + dz[:-1]))
+        reg("dzw", dzw_w[1:].clone())
+        reg("dzw_w", dzw_w)
         reg("cos_t", cos_t)
         reg("cos_v", cos_v)
         reg("tan_t", torch.tan(yt * deg).reshape(ny, 1))
