@@ -19,8 +19,9 @@ object with these attributes (pelagos's ``ocean.grid.Grid`` has them):
 - ``mask_t, mask_u, mask_v`` (nz, ny, nx) 0/1; ``cyclic`` (bool) zonally re-entrant.
 
 Safe operations: the slope ``s = −ρ_x / (min(0, ρ_z) − 1e-20)`` is unbounded where the stratification is
-neutral or unstable; it is clipped at ``|s| ≤ s_c + 50 Δs`` where the taper is below 1e-43 (0 to double precision in Veros's tanh form),
-so the forward values equal Veros's and no ``0·∞`` appears in the gradients. Where the stratification is
+neutral or unstable; it is clipped at ``|s| ≤ s_c + 50 Δs`` where the taper is below 1e-43 (0 to double
+precision in Veros's tanh form), so the forward values equal Veros's and no ``0·∞`` appears in the
+gradients. Where the stratification is
 neutral/unstable *and* ρ_x is below ~1e-13 (a zonally uniform unstable column) Veros's slope jumps from 0 to
 "infinite" within rounding: the division is :func:`pelagos.core.safe.safe_div` (exact value, derivatives taken
 with |min(0, ρ_z)| ≥ 1e-12 kg m⁻⁴), so the gradient there is bounded instead of ~1e20. ``|s|``, ``min`` and
@@ -58,6 +59,7 @@ import weakref
 from typing import NamedTuple
 
 import torch
+from torch.autograd import forward_ad
 
 from ..core.safe import safe_div
 from ..core.tridiagonal import solve_tridiagonal
@@ -144,8 +146,23 @@ def taper(
     return torch.sigmoid((iso_slopec - torch.abs(s)) * (2.0 / iso_dslope))
 
 
+_IS_WRAPPED = getattr(torch._C._functorch, "is_functorch_wrapped_tensor", None)
+
+
+def _untracked(*ts: torch.Tensor) -> bool:
+    """True when no autograd/forward-mode/functorch transform can see ``ts`` (plain values suffice)."""
+    if torch.is_grad_enabled() and any(t.requires_grad for t in ts):
+        return False
+    f = _IS_WRAPPED
+    return forward_ad._current_level < 0 and f is not None and not any(f(t) for t in ts)
+
+
 def _slope(drho_h: torch.Tensor, drho_z: torch.Tensor, cap: float) -> torch.Tensor:
-    s = safe_div(-drho_h, torch.clamp(drho_z, max=0.0) - EPSLN, eps=SLOPE_DEN_EPS)
+    den = torch.clamp(drho_z, max=0.0) - EPSLN
+    if _untracked(drho_h, den):  # no derivatives wanted: safe_div's value is the plain quotient
+        s = drho_h / den
+        return torch.clamp(s.neg_(), -cap, cap)
+    s = safe_div(-drho_h, den, eps=SLOPE_DEN_EPS)
     return torch.clamp(s, -cap, cap)
 
 
@@ -248,10 +265,12 @@ def _build_geometry(grid, ref: torch.Tensor) -> _Geometry:
 
 def _geometry(grid, ref: torch.Tensor) -> _Geometry:
     """The grid's state-independent arrays in ``ref``'s dtype/device, built on first use and cached (keyed
-    by the grid object, its masks' version, dtype and device)."""
+    by the grid object, the storage and version of its arrays, dtype and device)."""
     key = (id(grid), ref.dtype, ref.device)
-    mask = grid.mask_t
-    version = (mask.data_ptr(), getattr(mask, "_version", 0))
+    version = tuple(
+        (a.data_ptr(), a._version) if torch.is_tensor(a) else id(a)
+        for a in (grid.mask_t, grid.mask_u, grid.mask_v, grid.dz, grid.dxt, grid.dy)
+    )
     hit = _GEOMETRY_CACHE.get(key)
     if hit is not None and hit[0]() is grid and hit[1] == version:
         return hit[2]
@@ -506,8 +525,12 @@ def implicit_vertical_diffusion(
     lower = -delta / dz * mt
     upper = -delta_below / dz * mt
     diag = 1.0 + (delta + delta_below) / dz * mt
-    mv = lambda a: a.movedim(-3, -1)  # noqa: E731
-    x = solve_tridiagonal(mv(lower), mv(diag), mv(upper), mv(tr))
+    shape = torch.broadcast_shapes(lower.shape, tr.shape)
+
+    def zlast(a: torch.Tensor) -> torch.Tensor:  # contiguous columns: the solver's direct path
+        return a.expand(shape).movedim(-3, -1).contiguous()
+
+    x = solve_tridiagonal(zlast(lower), zlast(diag), zlast(upper), zlast(tr))
     return x.movedim(-1, -3)
 
 

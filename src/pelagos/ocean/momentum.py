@@ -9,12 +9,30 @@ terms, and only decreased by friction.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import torch
 
 from .grid import Grid
 
 GRAV = 9.81  # m s-2 (Veros)
 RHO_0 = 1024.0  # kg m-3 (Veros)
+
+
+def grid_cached(g: Grid, key, ref: torch.Tensor, build: Callable[[], Any]) -> Any:
+    """``build()`` once per grid, ``key``, dtype and device (state-independent coefficients: masks × metric
+    factors), kept on the grid object; rebuilt if the grid's masks or layer thicknesses are replaced or
+    modified in place."""
+    store = g.__dict__.setdefault("_ocean_coefficient_cache", {})
+    version = tuple((a.data_ptr(), a._version) for a in (g.mask_t, g.mask_u, g.mask_v, g.dz))
+    k = (key, ref.dtype, ref.device)
+    hit = store.get(k)
+    if hit is not None and hit[0] == version:
+        return hit[1]
+    value = build()
+    store[k] = (version, value)
+    return value
 
 
 def transports(g: Grid, u: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
