@@ -1,6 +1,7 @@
 """Frozen reference copies of ocean routines as they were before the speed work of 2026-12-04 (triad by
 triad isoneutral slopes, per-call geometry, tanh taper; implicit vertical mixing rebuilding its factors each
-call). ``tests/test_ocean_fast_path.py`` runs the model with these in place of the fast versions and compares
+call; momentum and tracer advection, Coriolis, friction without precomputed coefficients).
+``tests/test_ocean_fast_path.py`` runs the model with these in place of the fast versions and compares
 states and gradients: a regression oracle, not used by pelagos itself."""
 
 # ruff: noqa
@@ -14,6 +15,7 @@ from pelagos.core.safe import safe_div
 from pelagos.core.tridiagonal import solve_tridiagonal
 from pelagos.ocean.eos import GRAV, RHO_0, drho_dsalt, drho_dtemp, mask_w, vertical_grid
 from pelagos.ocean.isoneutral import IsoneutralResult, IsoneutralTensor
+from pelagos.ocean.tracers import SCHEMES, _limited_flux, superbee, superbee_smooth
 
 EPSLN = 1e-20
 SLOPE_DEN_EPS = 1e-12  # kg m-4: below this |∂ρ/∂z| the slope's derivatives are those at |∂ρ/∂z| = 1e-12
@@ -449,3 +451,117 @@ def implicit_vertical(
 
     out = _solve_tridiagonal_core(zlast(lower), zlast(diag), zlast(upper), zlast(rhs), check=False)
     return out.movedim(-1, -3) * mask
+
+
+# -- momentum.py
+def transports(g: Grid, u: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Volume transports (m³ s⁻¹): through east faces ``ut``, north faces ``vt``, and up through the top
+    face of every T cell ``wt`` (from continuity, integrated up from the bottom: ``wt = 0`` below the deepest
+    cell; at the surface ``wt`` is the residual of the depth-integrated divergence, 0 under the rigid lid).
+    """
+    dz = g.dz3
+    ut = u * g.dy * dz
+    vt = v * g.dxv * dz
+    div = ut - g.west(ut) + vt - g.south(vt)
+    wt = -torch.flip(torch.cumsum(torch.flip(div, (-3,)), -3), (-3,))
+    return ut, vt, wt
+
+
+def surface_closed(wt: torch.Tensor) -> torch.Tensor:
+    """``wt`` with the transport through the surface (level 0's top face) set to zero (rigid lid)."""
+    return torch.cat([torch.zeros_like(wt[..., :1, :, :]), wt[..., 1:, :, :]], -3)
+
+
+def coriolis_metric(g: Grid, u: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Coriolis force plus the spherical metric term, ``(f + u tanφ / R) k × u``, energy-neutral.
+
+    Both velocity components are averaged to the T points (``ū, v̄``), multiplied there by
+    ``(f + ū tanφ/R)·area_t``, and averaged back with the transposes of the same averaging operators, so
+    ``Σ V_u u du + Σ V_v v dv = 0`` to rounding for any ``u, v``.
+    """
+    ubar = 0.5 * (u + g.west(u))
+    vbar = 0.5 * (v + g.south(v))
+    feff = (g.f_t + g.tan_t / g.radius * ubar) * g.area_t
+    gx = feff * vbar
+    gy = feff * ubar
+    du = 0.5 * (gx + g.east(gx)) / g.area_t * g.mask_u
+    dv = -0.5 * (gy + g.north(gy)) / g.area_v * g.mask_v
+    return du, dv
+
+
+def momentum_advection(
+    g: Grid, u: torch.Tensor, v: torch.Tensor, transport: tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flux-form momentum advection, second-order centred (transports averaged to the momentum cells' faces).
+
+    ``transport``: ``(ut, vt, wt)`` from :func:`transports`. Returns ``(du, dv)`` in m s⁻².
+    """
+    ut, vt, wt = transport
+    wt = surface_closed(wt)  # rigid lid: nothing leaves through the surface
+    vol_u = g.area_t * g.dz3
+    vol_v = g.area_v * g.dz3
+    # u cells: west face at T(i), north face at the corner (i+½, j+½), top face at w(k)
+    fx = 0.25 * (ut + g.west(ut)) * (u + g.west(u))
+    fy = 0.25 * (vt + g.east(vt)) * (u + g.north(u))
+    fz = 0.25 * (wt + g.east(wt)) * (u + g.above(u))
+    du = -((g.east(fx) - fx) + (fy - g.south(fy)) + (fz - g.below(fz))) / vol_u * g.mask_u
+    # v cells: east face at the corner, south face at T(j), top face at w(k)
+    fx = 0.25 * (ut + g.north(ut)) * (v + g.east(v))
+    fy = 0.25 * (vt + g.south(vt)) * (v + g.south(v))
+    fz = 0.25 * (wt + g.north(wt)) * (v + g.above(v))
+    dv = -((fx - g.west(fx)) + (g.north(fy) - fy) + (fz - g.below(fz))) / vol_v * g.mask_v
+    return du, dv
+
+
+def harmonic_friction(
+    g: Grid, u: torch.Tensor, v: torch.Tensor, A_h: torch.Tensor, cos_power: float = 1.0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Lateral friction ``∇·(A_h cos^p φ ∇u)`` (free slip at coasts), m s⁻².
+
+    ``A_h``: viscosity, m² s⁻¹ (scalar or broadcastable, e.g. ``(B, 1, 1, 1)``); ``cos_power``: Veros's
+    ``hor_friction_cosPower`` (the viscosity is scaled by ``cos(latitude)**cos_power``). Dissipative:
+    ``Σ V_u u du + Σ V_v v dv ≤ 0``.
+    """
+    ct = g.cos_t**cos_power
+    cv = g.cos_v**cos_power
+    mu, mv = g.mask_u, g.mask_v
+    fx = A_h * ct * g.dy / g.dxt * (u - g.west(u)) * mu * g.west(mu)
+    fy = A_h * cv * g.dxv / g.dy * (g.north(u) - u) * mu * g.north(mu)
+    du = ((g.east(fx) - fx) + (fy - g.south(fy))) / g.area_t * mu
+    fx = A_h * cv * g.dy / g.dxv * (g.east(v) - v) * mv * g.east(mv)
+    fy = A_h * ct * g.dxt / g.dy * (v - g.south(v)) * mv * g.south(mv)
+    dv = ((fx - g.west(fx)) + (g.north(fy) - fy)) / g.area_v * mv
+    return du, dv
+
+
+def tracer_advection(
+    g: Grid,
+    c: torch.Tensor,
+    transport: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    dt: float,
+    scheme: str = "superbee",
+) -> torch.Tensor:
+    """Advective tendency ``−∇·(u c)`` (tracer units s⁻¹) at T points.
+
+    ``transport``: ``(ut, vt, wt)`` volume transports (m³ s⁻¹) from :func:`~pelagos.ocean.momentum.transports`
+    (the surface value of ``wt`` is ignored: rigid lid); ``dt``: tracer time step (s), for the Courant
+    number of the superbee scheme; ``scheme``: ``"centered"`` (second order, Veros's default and acc_basic's),
+    ``"superbee"`` (TVD; kinks in ψ), or ``"superbee_smooth"`` (C∞ limiter for gradients).
+    """
+    ut, vt, wt = transport
+    wt = surface_closed(wt)
+    vol = g.area_t * g.dz3 * torch.ones_like(g.mask_t)
+    e, w, n, s, a, b = g.east, g.west, g.north, g.south, g.above, g.below
+    if scheme == "centered":
+        fx = ut * 0.5 * (c + e(c))
+        fy = vt * 0.5 * (c + n(c))
+        fz = wt * 0.5 * (c + a(c))  # through the top face of cell k: between k (below) and k-1 (above)
+    elif scheme in ("superbee", "superbee_smooth"):
+        lim = superbee if scheme == "superbee" else superbee_smooth
+        fx = _limited_flux(ut, c, e(c), w(c), e(e(c)), vol, e(vol), dt, lim)
+        fy = _limited_flux(vt, c, n(c), s(c), n(n(c)), vol, n(vol), dt, lim)
+        # upward transport through the top face of cell k: L = cell k (below), R = cell k-1 (above)
+        fz = _limited_flux(wt, c, a(c), b(c), a(a(c)), vol, a(vol), dt, lim)
+    else:
+        raise ValueError(f"tracer advection scheme {scheme!r}: use one of {SCHEMES}")
+    return -((fx - w(fx)) + (fy - s(fy)) + (fz - b(fz))) / vol * g.mask_t

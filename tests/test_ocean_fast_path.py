@@ -17,6 +17,7 @@ import _ocean_reference as ref
 import pelagos.ocean.model as model_module
 from pelagos.ocean import Grid, acc_model
 from pelagos.ocean import isoneutral as iso
+from pelagos.ocean import momentum as M
 from pelagos.ocean import tracers as T
 from pelagos.ocean.eos import int_drho_dtemp
 from pelagos.ocean.grid import acc_dz
@@ -29,10 +30,23 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).abs().max() / b.abs().max().clamp_min(1e-300))
 
 
+# (module, attribute, reference routine): everything the speed work replaced, as the model looks it up
+REFERENCE_SLOTS = [
+    (model_module, "isoneutral_tensor", ref.isoneutral_tensor),
+    (model_module, "isoneutral_diffusion", ref.isoneutral_diffusion),
+    (model_module, "dissipation_on_w", ref.dissipation_on_w),
+    (T, "implicit_vertical", ref.implicit_vertical),
+    (T, "advection", ref.tracer_advection),
+    (M, "transports", ref.transports),
+    (M, "coriolis_metric", ref.coriolis_metric),
+    (M, "advection", ref.momentum_advection),
+    (M, "harmonic_friction", ref.harmonic_friction),
+]
+
+
 def _reference_path(monkeypatch) -> None:
-    monkeypatch.setattr(model_module, "isoneutral_tensor", ref.isoneutral_tensor)
-    monkeypatch.setattr(model_module, "isoneutral_diffusion", ref.isoneutral_diffusion)
-    monkeypatch.setattr(T, "implicit_vertical", ref.implicit_vertical)
+    for mod, name, fn in REFERENCE_SLOTS:
+        monkeypatch.setattr(mod, name, fn)
 
 
 def _model():
@@ -146,4 +160,32 @@ def test_implicit_vertical_equals_reference():
         for kw in ({}, {"bottom_drag": drag, "surface_flux": flux}, {"surface_relax": relax}):
             a = T.implicit_vertical(g, temp, kappa, mask, 43200.0, **kw)
             b = ref.implicit_vertical(g, temp, kappa, mask, 43200.0, **kw)
+            assert _rel(a, b) <= TOL
+
+
+def test_momentum_and_advection_operators_equal_reference():
+    m = _model()
+    g = m.grid
+    s = _start(m)
+    u, v, temp = s["u"], s["v"], s["temp"]
+    tr = M.transports(g, u, v)
+    for a, b in zip(tr, ref.transports(g, u, v)):
+        assert _rel(a, b) <= TOL
+    pairs = [
+        (M.coriolis_metric(g, u, v), ref.coriolis_metric(g, u, v)),
+        (M.advection(g, u, v, tr), ref.momentum_advection(g, u, v, tr)),
+        (M.harmonic_friction(g, u, v, torch.tensor(2e5, dtype=F64), 1.0),
+         ref.harmonic_friction(g, u, v, torch.tensor(2e5, dtype=F64), 1.0)),
+        (M.harmonic_friction(g, u, v, torch.tensor(2e5, dtype=F64), 2.0),
+         ref.harmonic_friction(g, u, v, torch.tensor(2e5, dtype=F64), 2.0)),
+    ]  # fmt: skip
+    for scheme in T.SCHEMES:
+        pairs.append(
+            (
+                (T.advection(g, temp, tr, 7200.0, scheme),),
+                (ref.tracer_advection(g, temp, tr, 7200.0, scheme),),
+            )
+        )
+    for fast, slow in pairs:
+        for a, b in zip(fast, slow):
             assert _rel(a, b) <= TOL

@@ -24,7 +24,7 @@ import torch
 from ..core import solve_tridiagonal
 from ..core.safe import smooth_max, smooth_min
 from .grid import Grid
-from .momentum import grid_cached
+from .momentum import grid_cached, surface_closed
 
 RATIO_EPS = 1e-20
 SMOOTH_SHARPNESS = 20.0  # 1/(units of r) for superbee_smooth
@@ -70,17 +70,16 @@ def advection(
     number of the superbee scheme; ``scheme``: ``"centered"`` (second order, Veros's default and acc_basic's),
     ``"superbee"`` (TVD; kinks in ψ), or ``"superbee_smooth"`` (C∞ limiter for gradients).
     """
-    from .momentum import surface_closed
-
     ut, vt, wt = transport
     wt = surface_closed(wt)
-    vol = g.area_t * g.dz3 * torch.ones_like(g.mask_t)
     e, w, n, s, a, b = g.east, g.west, g.north, g.south, g.above, g.below
     if scheme == "centered":
-        fx = ut * 0.5 * (c + e(c))
-        fy = vt * 0.5 * (c + n(c))
-        fz = wt * 0.5 * (c + a(c))  # through the top face of cell k: between k (below) and k-1 (above)
-    elif scheme in ("superbee", "superbee_smooth"):
+        fx = ut * (c + e(c))  # twice the flux through the east face
+        fy = vt * (c + n(c))
+        fz = wt * (c + a(c))  # through the top face of cell k: between k (below) and k-1 (above)
+        return ((fx - w(fx)) + (fy - s(fy)) + (fz - b(fz))) * _volumes(g)[1]
+    vol = _volumes(g)[0]
+    if scheme in ("superbee", "superbee_smooth"):
         lim = superbee if scheme == "superbee" else superbee_smooth
         fx = _limited_flux(ut, c, e(c), w(c), e(e(c)), vol, e(vol), dt, lim)
         fy = _limited_flux(vt, c, n(c), s(c), n(n(c)), vol, n(vol), dt, lim)
@@ -89,6 +88,16 @@ def advection(
     else:
         raise ValueError(f"tracer advection scheme {scheme!r}: use one of {SCHEMES}")
     return -((fx - w(fx)) + (fy - s(fy)) + (fz - b(fz))) / vol * g.mask_t
+
+
+def _volumes(g: Grid) -> tuple[torch.Tensor, torch.Tensor]:
+    """T-cell volumes (m³, (nz, ny, nx)) and ``−½ mask_t / volume`` (built once per grid)."""
+
+    def build():
+        vol = g.area_t * g.dz3 * torch.ones_like(g.mask_t)
+        return vol, -0.5 * g.mask_t / vol
+
+    return grid_cached(g, "volumes", g.mask_t, build)
 
 
 def horizontal_diffusion(g: Grid, c: torch.Tensor, K_h: torch.Tensor) -> torch.Tensor:
