@@ -206,8 +206,15 @@ class _Geometry(NamedTuple):
     wx: torch.Tensor  # (nz, ny, nx): Veros's diffloc weights of a uniform K at east faces
     wy: torch.Tensor  # the same at north faces
     inv4dz: torch.Tensor  # 1 / (4 dz)
-    top_x: torch.Tensor  # 1 / (cos_t · 4 dxt / cos_t), the zonal part of the W-point flux
-    top_y: torch.Tensor  # 1 / (4 dy cos_t)
+    top_x: (
+        torch.Tensor
+    )  # (nz, ny, 1): 1 / (cos_t · 4 dxt / cos_t), the zonal part of the W-point flux; 0 at k = 0
+    top_y: torch.Tensor  # (nz, ny, 1): 1 / (4 dy cos_t); 0 at k = 0
+    wmask_dzw: torch.Tensor  # wmask / dzw, m⁻¹
+    mt_dz: torch.Tensor  # mt / dz, m⁻¹
+    w_edge: torch.Tensor  # ½ dzw[k+1]/dzw[k] at the deepest wet cell of each column (dissipation_on_w)
+    mt_deep: torch.Tensor  # mt below the surface level
+    mt_top: torch.Tensor  # mt at the surface level only
     hdiv_x: torch.Tensor  # 1 / dxt
     hdiv_y: torch.Tensor  # 1 / (cos_t dy)
 
@@ -233,6 +240,7 @@ def _build_geometry(grid, ref: torch.Tensor) -> _Geometry:
     valid_e = torch.stack([mu * _below(ones), mu])
     valid_n = torch.stack([mv * _below(ones), mv])
     dzw_k = torch.stack([_below_edge(dzw), dzw])
+    below_surface = _above(torch.ones_like(dz))  # (nz, 1, 1): 0 at the surface level
     return _Geometry(
         dz=dz,
         dzw=dzw,
@@ -256,8 +264,13 @@ def _build_geometry(grid, ref: torch.Tensor) -> _Geometry:
         wx=_face_avg_x(ones, cyc),
         wy=_face_avg_y(ones),
         inv4dz=1.0 / (4.0 * dz),
-        top_x=1.0 / (cos_t * (4.0 * dxt / cos_t)),
-        top_y=1.0 / (4.0 * dy * cos_t),
+        top_x=below_surface / (cos_t * (4.0 * dxt / cos_t)),
+        top_y=below_surface / (4.0 * dy * cos_t),
+        wmask_dzw=mw * _above(ones) / dzw,
+        mt_dz=mt / dz,
+        w_edge=0.5 * _below_edge(dzw) / dzw * (mt * (1.0 - _below(mt))),
+        mt_deep=mt * _above(ones),
+        mt_top=mt * (1.0 - _above(ones)),
         hdiv_x=1.0 / dxt,
         hdiv_y=1.0 / (cos_t * dy),
     )
@@ -421,8 +434,7 @@ def _triad_sums(tr: torch.Tensor, tensor: IsoneutralTensor, g: _Geometry):
         y2 = y2.reshape(2, *([1] * (nb - tr.ndim + 3)), *y2.shape[1:])
     sx = (ax * torch.stack([x2, _above(x2)], 1)).sum((0, 1))
     sy = (ay * _lead(g.cosv_j, nb).unsqueeze(1) * torch.stack([y2, _above(y2)], 1)).sum((0, 1))
-    top = sx * g.top_x + sy * g.top_y
-    top = torch.cat([torch.zeros_like(top[..., :1, :, :]), top[..., 1:, :, :]], -3)
+    top = sx * g.top_x + sy * g.top_y  # 0 at the surface
     return se, sn, top, dxe, dyn
 
 
@@ -519,12 +531,10 @@ def implicit_vertical_diffusion(
     """Backward-Euler step of ``∂τ/∂t = ∂_z(K_33 ∂_z τ)`` over ``dt`` s (no flux through surface and bottom);
     land cells keep their value."""
     g = _geometry(grid, tr)
-    dz, mt = g.dz, g.mt
-    delta = dt / g.dzw * K_33 * g.wmask  # coupling through the top face of each cell (0 at the surface)
-    delta_below = _below(delta)
-    lower = -delta / dz * mt
-    upper = -delta_below / dz * mt
-    diag = 1.0 + (delta + delta_below) / dz * mt
+    delta = (dt * K_33) * g.wmask_dzw  # coupling through the top face of each cell (0 at the surface)
+    lower = -delta * g.mt_dz
+    upper = -_below(delta) * g.mt_dz
+    diag = 1.0 - (lower + upper)
     shape = torch.broadcast_shapes(lower.shape, tr.shape)
 
     def zlast(a: torch.Tensor) -> torch.Tensor:  # contiguous columns: the solver's direct path
@@ -539,14 +549,7 @@ def dissipation_on_w(diss: torch.Tensor, grid) -> torch.Tensor:
     the mean of the two cells, the deepest wet cell's half-box added to its top face, the surface cell as
     is."""
     g = _geometry(grid, diss)
-    mt, dzw = g.mt, g.dzw
-    wet_below = _below(mt)
-    edge = mt * (1.0 - wet_below)  # deepest wet cell of each column
-    mean = 0.5 * (diss + _above(diss))
-    extra = 0.5 * diss * _below_edge(dzw) / dzw * edge
-    out = (mean + extra) * mt
-    surf = diss[..., :1, :, :] * mt[..., :1, :, :]
-    return torch.cat([surf, out[..., 1:, :, :]], -3)
+    return (0.5 * (diss + _above(diss)) + diss * g.w_edge) * g.mt_deep + diss * g.mt_top
 
 
 def _dissipation(int_drho, flux_east, flux_north, g: _Geometry) -> torch.Tensor:
@@ -582,6 +585,7 @@ def isoneutral_diffusion(
     tendency = None
     p_iso = p_skew = None
     sums = _triad_sums(tr, tensor, g) if _uniform(K_iso) and _uniform(K_gm) else None
+    fxa = (int_drho - _above(int_drho)) / dzw if int_drho is not None else None
 
     def fluxes(k_iso, k_skew, diagonal):
         if sums is not None:
@@ -598,7 +602,6 @@ def isoneutral_diffusion(
         tr_new = after
         if int_drho is not None:
             p_iso = dissipation_on_w(_dissipation(int_drho, fe, fn, g), grid)
-            fxa = (int_drho - _above(int_drho)) / dzw
             flux_impl = tensor.K_33 * (_above(tr_new) - tr_new) / dzw
             p_iso = p_iso - c * fxa * (ft + flux_impl) * wmask
     if skew:
@@ -608,7 +611,6 @@ def isoneutral_diffusion(
         tendency = dtr if tendency is None else tendency + dtr
         if int_drho is not None:
             p_skew = dissipation_on_w(_dissipation(int_drho, fe, fn, g), grid)
-            fxa = (int_drho - _above(int_drho)) / dzw
             p_skew = p_skew - c * fxa * ft * wmask
     if tendency is None:
         tendency = torch.zeros_like(tr_new)
