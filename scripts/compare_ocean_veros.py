@@ -31,7 +31,7 @@ YEAR = 365 * 86400.0
 FACTORS = {"base": (1.0, 1.0), "rbot2": (1.0, 2.0), "ah05": (0.5, 1.0), "both": (0.5, 2.0)}
 
 
-def build_model(geometry: str, a_h_factor: float, r_bot_factor: float):
+def build_model(geometry: str, a_h_factor: float, r_bot_factor: float, mixing: str = "tke"):
     from pelagos.ocean import acc_model
     from pelagos.ocean.eos import vertical_grid
     from pelagos.ocean.grid import Grid
@@ -41,16 +41,17 @@ def build_model(geometry: str, a_h_factor: float, r_bot_factor: float):
     a_h = float(g0["A_h"]) * a_h_factor
     r_bot = float(g0["r_bot"]) * r_bot_factor
     if geometry == "pelagos":
-        m = acc_model(2.0, A_h=a_h, r_bot=r_bot)
+        m = acc_model(2.0, A_h=a_h, r_bot=r_bot, mixing=mixing)
         return m, m.initial_state()
     ny, nx = g0["kbot"].shape
     dz = torch.as_tensor(g0["dzt"])
-    grid = Grid(nx, ny, dz, torch.as_tensor(g0["kbot"]), x0=-2.0, y0=-42.0, dlon=2.0, dlat=2.0, cyclic=True)
+    grid = Grid(nx, ny, dz, torch.as_tensor(g0["kbot"]), x0=-2.0, y0=-42.0, dlon=2.0, dlat=2.0, cyclic=True,
+                vertical="veros")  # fmt: skip
     # zonally uniform in the open ocean; a middle column (the last one is masked by the wrap onto the land)
     taux = torch.as_tensor(g0["surface_taux"][:, nx // 2])
     m = OceanModel(
         grid, dt_mom=float(g0["dt_mom"]), dt_tracer=float(g0["dt_tracer"]), taux=taux,
-        t_star=torch.as_tensor(g0["t_star"]), A_h=a_h, r_bot=r_bot, taux_ref=0.1,
+        t_star=torch.as_tensor(g0["t_star"]), A_h=a_h, r_bot=r_bot, taux_ref=0.1, mixing=mixing,
     )  # fmt: skip
     s = m.initial_state()
     vg = vertical_grid(dz)

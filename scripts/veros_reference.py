@@ -21,8 +21,8 @@ the surface layer, Veros's two halo cells removed, float64):
 - ``veros_acc_routines.npz``: single-routine inputs and outputs on the spun-up ``base`` state (after the last
   year): equation of state (type 3), TKE diffusivities + TKE integration for one step, isoneutral diffusion
   and GM skew diffusion of temperature for one tracer step.
-- ``veros_acc_short.npz`` (``--short 4``): the ``base`` fields after a few steps from rest (the TKE-in-the-step
-  test).
+- ``veros_acc_short.npz`` (``--short 4``): the ``base`` fields after a few steps from rest (the test of
+  the TKE in the step).
 - ``veros_acc_meta.json``: settings used, Veros/jax versions, step times.
 """
 
@@ -326,13 +326,14 @@ def main() -> None:
     p.add_argument("--bench", type=int, default=0, help="only time N jitted steps (after 1 compile step)")
     p.add_argument("--json", type=Path, default=None, help="with --bench: write the timing here")
     p.add_argument("--clock", choices=("wall", "cpu"), default="wall", help="with --bench: timer")
-    p.add_argument("--short", default="", help="only write veros_acc_short.npz: base fields after these steps "
-                   "from rest, e.g. 4,40")  # fmt: skip
+    short_help = "only write veros_acc_short.npz: base fields after these steps from rest, e.g. 4,40"
+    p.add_argument("--short", default="", help=short_help)
     a = p.parse_args()
 
     if a.short:
         a.out.mkdir(parents=True, exist_ok=True)
-        np.savez_compressed(a.out / "veros_acc_short.npz", **short_fixture([int(n) for n in a.short.split(",")]))
+        fields = short_fixture([int(n) for n in a.short.split(",")])
+        np.savez_compressed(a.out / "veros_acc_short.npz", **fields)
         return
 
     if a.bench:

@@ -102,7 +102,8 @@ class OceanModel(Model):
             :class:`~pelagos.ocean.streamfunction.SurfacePressureSolver`).
         mixing: vertical mixing ``"tke"`` (Veros's TKE closure, acc_basic's; parameters ``c_k``, ``c_eps``,
             ``alpha_tke``, ``kappaM_min``, ``kappaH_min`` as in Veros; Prandtl number 10, Bryan–Lewis floor
-            on ``kappaH``) or ``"constant"`` (``kappaM_0``, ``kappaH_0`` and the convective switch).
+            on ``kappaH``; needs a ``vertical="veros"`` grid) or ``"constant"`` (default: ``kappaM_0``,
+            ``kappaH_0`` and the convective switch).
         check_stability: raise :class:`StabilityError` at construction for an unstable ``dt_mom`` (lateral
             viscosity, gravity of the wind-driven flow are not checked) and in :meth:`check_cfl`.
     """
@@ -136,7 +137,7 @@ class OceanModel(Model):
         conv_threshold: float = 3e-6,
         K_iso_0: float = 1000.0,
         K_iso_steep: float = 500.0,
-        mixing: str = "tke",
+        mixing: str = "constant",
         c_k: float = 0.1,
         c_eps: float = 0.7,
         alpha_tke: float = 30.0,
@@ -159,6 +160,11 @@ class OceanModel(Model):
         if mixing not in MIXING:
             raise ConfigError(
                 f"ocean: mixing {mixing!r} is not a vertical mixing scheme; use one of {MIXING}"
+            )
+        if mixing == "tke" and getattr(grid, "vertical", "centred") != "veros":
+            raise ConfigError(
+                "ocean: mixing='tke' works on Veros's vertical grid (its W-point boxes); build the grid with "
+                "Grid(..., vertical='veros') (acc_grid does) or use mixing='constant'"
             )
         self.mixing = mixing
         self.kappaM_max, self.mxl_min = float(kappaM_max), float(mxl_min)
@@ -264,11 +270,11 @@ class OceanModel(Model):
 
     # -- state -------------------------------------------------------------------------------------------
     def initial_state(self, batch: int | None = None, *, t_surface: float = 15.0, salt: float = 35.0,
-                      u: float = 0.0) -> dict:  # fmt: skip
+                      u: float = 0.0, tke: float = 0.0) -> dict:  # fmt: skip
         """Rest (or uniform ``u`` m s⁻¹), temperature linear in depth as Veros's acc_basic sets it,
         ``t_surface (1 − z_T / z_b)`` with ``z_T`` the T-point heights and ``z_b`` the top face of the deepest
         cell (so the deepest cell starts below 0 °C: −1.15 °C for acc_basic), uniform salinity ``salt``
-        (g kg⁻¹); with TKE, ``tke = 0`` (Veros's start)."""
+        (g kg⁻¹); with TKE, a uniform ``tke`` (m² s⁻²) on the wet W points (default 0: Veros's start)."""
         g = self.grid
         depth = -g.zt.reshape(-1, 1, 1)
         z_b = float(-g.zw[-2]) if g.nz > 1 else float(-g.zw[-1])
@@ -285,7 +291,7 @@ class OceanModel(Model):
             "dsalt": zero.clone(),
         }
         if self.mixing == "tke":
-            s["tke"] = zero.clone()
+            s["tke"] = tke * g.mask_t
         s = {k: x.to(g.dz.device) for k, x in s.items()}
         if batch is None:
             return s
@@ -309,8 +315,12 @@ class OceanModel(Model):
     def hydrostatic_pressure(self, rho: torch.Tensor) -> torch.Tensor:
         """Hydrostatic pressure anomaly over ρ₀ at the T points (m² s⁻²), as Veros integrates it: from the
         surface to ``zt[0]`` with the surface cell's density, then the trapezoid between neighbouring T points
-        over their distance ``dzw`` (rigid lid: the surface pressure is the solve's job)."""
+        over their distance ``dzw`` (rigid lid: the surface pressure is the solve's job). On a grid with
+        cell-centred T points (``vertical="centred"``): layer by layer,
+        :func:`pelagos.ocean.momentum.hydrostatic_pressure`."""
         g = self.grid
+        if getattr(g, "vertical", "centred") != "veros":
+            return M.hydrostatic_pressure(g, rho)
         b = M.GRAV / M.RHO_0 * (rho - M.RHO_0) * g.mask_t
         dzw = g.dzw_w.reshape(-1, 1, 1)
         top = 0.5 * b[..., :1, :, :] * dzw[:1]
