@@ -422,8 +422,7 @@ class OceanModel(Model):
         # --- tracers
         dtt = self.dt_tracer
         tr = M.transports(g, u, v)  # Veros advects the tracers with the velocities at the start of the step
-        dtemp = T.advection(g, temp, tr, dtt, self.advection)
-        dsalt = T.advection(g, salt, tr, dtt, self.advection)
+        dtemp, dsalt = T.advection(g, torch.stack([temp, salt]), tr, dtt, self.advection).unbind(0)
         if not self.isoneutral:
             K_h = self.param_b("K_h", nd)
             dtemp = dtemp + T.horizontal_diffusion(g, temp, K_h)
@@ -452,8 +451,10 @@ class OceanModel(Model):
         # surface restoring heat flux (K m s⁻¹), explicit from the old SST as Veros's forc_temp_surface
         forc_t = g.dz[0] * (self.t_star - temp[..., 0, :, :]) / self.param_b("t_rest", nd - 1)
         kh = kH[..., 1:, :, :]
-        temp1 = T.implicit_vertical(g, temp1, kh, g.mask_t, dtt, surface_flux=forc_t)
-        salt1 = T.implicit_vertical(g, salt1, kh, g.mask_t, dtt)
+        flux_ts = torch.stack([forc_t, torch.zeros_like(forc_t)])  # salinity: no surface flux
+        temp1, salt1 = T.implicit_vertical(
+            g, torch.stack([temp1, salt1]), kh, g.mask_t, dtt, surface_flux=flux_ts
+        ).unbind(0)
         out = {"u": u1, "v": v1, "temp": temp1, "salt": salt1, "du": du, "dv": dv, "dtemp": dtemp,
                "dsalt": dsalt}  # fmt: skip
         if tke_on:
