@@ -58,7 +58,7 @@ def _reference_routines(enable: bool) -> None:
     from pelagos.ocean import momentum, tracers
 
     slots = [(model_module, "isoneutral_tensor", "isoneutral_tensor"),
-             (model_module, "isoneutral_diffusion", "isoneutral_diffusion"),
+             (model_module, "isoneutral_diffusion", "isoneutral_diffusion_any"),
              (model_module, "dissipation_on_w", "dissipation_on_w"),
              (tracers, "implicit_vertical", "implicit_vertical"), (tracers, "advection", "tracer_advection"),
              (momentum, "transports", "transports"), (momentum, "coriolis_metric", "coriolis_metric"),

@@ -565,3 +565,9 @@ def tracer_advection(
     else:
         raise ValueError(f"tracer advection scheme {scheme!r}: use one of {SCHEMES}")
     return -((fx - w(fx)) + (fy - s(fy)) + (fz - b(fz))) / vol * g.mask_t
+
+
+def isoneutral_diffusion_any(*args, dissipation=None, **kw):
+    """:func:`isoneutral_diffusion` accepting (and ignoring) the newer ``dissipation`` keyword: the reference
+    forms both dissipations always."""
+    return isoneutral_diffusion(*args, **kw)

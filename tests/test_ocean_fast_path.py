@@ -33,7 +33,7 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
 # (module, attribute, reference routine): everything the speed work replaced, as the model looks it up
 REFERENCE_SLOTS = [
     (model_module, "isoneutral_tensor", ref.isoneutral_tensor),
-    (model_module, "isoneutral_diffusion", ref.isoneutral_diffusion),
+    (model_module, "isoneutral_diffusion", ref.isoneutral_diffusion_any),
     (model_module, "dissipation_on_w", ref.dissipation_on_w),
     (T, "implicit_vertical", ref.implicit_vertical),
     (T, "advection", ref.tracer_advection),
@@ -148,6 +148,12 @@ def test_isoneutral_routines_equal_reference(cyclic):
                 assert (x is None) == (y is None)
                 if x is not None:
                     assert _rel(x, y) <= 1e-11
+        # only the GM dissipation (what the model's TKE uses): the same value, the other not formed
+        idr = int_drho_dtemp(temp, 300.0)
+        ra = iso.isoneutral_diffusion(temp, temp, a, g, dt=43200.0, K_iso=K_iso, K_gm=K_gm, int_drho=idr,
+                                      dissipation=("skew",))  # fmt: skip
+        rb = ref.isoneutral_diffusion(temp, temp, b, g, dt=43200.0, K_iso=K_iso, K_gm=K_gm, int_drho=idr)
+        assert ra.P_diss_iso is None and _rel(ra.P_diss_skew, rb.P_diss_skew) <= 1e-11
 
 
 def test_implicit_vertical_equals_reference():

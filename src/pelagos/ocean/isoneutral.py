@@ -42,14 +42,15 @@ drho_dT=None, drho_dS=None) -> IsoneutralTensor``
     the top face of each cell, 0 at the surface).
 ``flux_divergence(flux_east, flux_north, flux_top, grid) -> Tensor``: tendency (tracer units s⁻¹) × mask_t.
 ``implicit_vertical_diffusion(tr, K_33, grid, dt) -> Tensor``: backward-Euler vertical diffusion with K_33.
-``isoneutral_diffusion(tr, tr_new, tensor, grid, *, dt, K_iso, K_gm, iso=True, skew=True, int_drho=None)
--> IsoneutralResult``
+``isoneutral_diffusion(tr, tr_new, tensor, grid, *, dt, K_iso, K_gm, iso=True, skew=True, int_drho=None,
+dissipation=("iso", "skew")) -> IsoneutralResult``
     Veros's sequence for one tracer over one tracer step ``dt`` (s): ``tr_new += dt·div F_iso(tr)``, then the
     implicit K_33 solve, then ``tr_new += dt·div F_skew(tr)``. ``tr`` is the tracer at the current level (the
     fluxes use it), ``tr_new`` the partly updated next level. Result: ``tr_new``, ``tendency`` (what was
     added, /dt), and, when ``int_drho`` (``eos.int_drho_dtemp``-like, kg m⁻² per tracer unit) is given, the
     dissipation of dynamic enthalpy on W points ``P_diss_iso``, ``P_diss_skew`` (m² s⁻³; ``P_diss_skew``
-    feeds the TKE).
+    feeds the TKE; ``dissipation`` names the ones to form, the others are None). ``tr`` may carry a leading
+    dim of several tracers (e.g. ``torch.stack([temp, salt])``) sharing one ``tensor``.
 ``dissipation_on_w(diss, grid) -> Tensor``: Veros's interpolation of a T-point dissipation to W points.
 """
 
@@ -378,8 +379,12 @@ def isoneutral_tensor(
     den = torch.stack(
         [den_e, den_n, den_b.unsqueeze(0).expand_as(num_bx), den_b.unsqueeze(0).expand_as(num_by)]
     )
+    untracked = _untracked(num, den)
     s = _slope(num, den, cap)  # (4 groups, 2, 2, …)
-    t = taper(s, iso_slopec, iso_dslope)
+    if untracked:  # the same numbers as taper(), without temporaries
+        t = s.abs().sub_(iso_slopec).mul_(-2.0 / iso_dslope).sigmoid_()
+    else:
+        t = taper(s, iso_slopec, iso_dslope)
     ts = t * s
     if _uniform(K):
         dxl, dyl = K * g.wx, K * g.wy
@@ -572,6 +577,7 @@ def isoneutral_diffusion(
     iso: bool = True,
     skew: bool = True,
     int_drho: torch.Tensor | None = None,
+    dissipation: tuple[str, ...] = ("iso", "skew"),
 ) -> IsoneutralResult:
     """One tracer's isoneutral (``iso``) and GM skew (``skew``) update over ``dt`` s (see module doc).
 
@@ -600,7 +606,7 @@ def isoneutral_diffusion(
         after = torch.where(mt > 0, after, before)
         tendency = dtr + (after - before) / dt
         tr_new = after
-        if int_drho is not None:
+        if int_drho is not None and "iso" in dissipation:
             p_iso = dissipation_on_w(_dissipation(int_drho, fe, fn, g), grid)
             flux_impl = tensor.K_33 * (_above(tr_new) - tr_new) / dzw
             p_iso = p_iso - c * fxa * (ft + flux_impl) * wmask
@@ -609,7 +615,7 @@ def isoneutral_diffusion(
         dtr = _divergence(fe, fn, ft, g)
         tr_new = tr_new + dt * dtr
         tendency = dtr if tendency is None else tendency + dtr
-        if int_drho is not None:
+        if int_drho is not None and "skew" in dissipation:
             p_skew = dissipation_on_w(_dissipation(int_drho, fe, fn, g), grid)
             p_skew = p_skew - c * fxa * ft * wmask
     if tendency is None:

@@ -444,7 +444,8 @@ class OceanModel(Model):
                 i_ts = torch.stack([int_drho_dtemp(temp, depth), i_s])
             # both tracers in one call, stacked on a new leading dim (half the operations; same numbers)
             pair, pair1 = torch.stack([temp, salt]), torch.stack([temp1, salt1])
-            r = isoneutral_diffusion(pair, pair1, tensor, g, dt=dtt, K_iso=K_iso, K_gm=K_gm, int_drho=i_ts)
+            r = isoneutral_diffusion(pair, pair1, tensor, g, dt=dtt, K_iso=K_iso, K_gm=K_gm, int_drho=i_ts,
+                                     dissipation=("skew",))  # fmt: skip
             temp1, salt1 = (r.tr_new * g.mask_t).unbind(0)
             if tke_on:
                 p_skew = r.P_diss_skew[0] + r.P_diss_skew[1]
