@@ -3,7 +3,7 @@ pattern, and the response to r_bot × 2 and A_h × 0.5 (Veros side: the fixture 
 ``scripts/veros_reference.py``).
 
     PYTHONPATH=src python scripts/compare_ocean_veros.py [--years 2] [--geometry veros|pelagos]
-        [--out docs/figures/ocean_veros] [--runs base,rbot2,ah05]
+        [--out docs/figures/ocean_veros] [--runs base,rbot2,ah05,both] [--short veros_acc_short.npz]
 
 ``--geometry veros`` (default) builds pelagos's model on Veros's exact geometry and forcing read from the
 fixture (T rows at 41°S…41°N, two land columns, Veros's wind stress and restoring SST, initial temperature
@@ -153,11 +153,12 @@ def main() -> None:
     ap.add_argument("--short", type=Path, default=None,
                     help="only compare a few steps from rest with a veros_acc_short.npz")  # fmt: skip
     a = ap.parse_args()
+    a.out.mkdir(parents=True, exist_ok=True)
     if a.short is not None:
         torch.set_num_threads(1)
-        short_compare(a.short)
+        res = short_compare(a.short)
+        (a.out / "short_compare.json").write_text(json.dumps({str(k): v for k, v in res.items()}, indent=1))
         return
-    a.out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(1)
     vr = np.load(DATA / "veros_acc_runs.npz")
     res, ours = {"years": a.years, "geometry": a.geometry, "runs": {}}, {}
