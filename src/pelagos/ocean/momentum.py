@@ -9,6 +9,9 @@ terms, and only decreased by friction.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
 import torch
 
 from .grid import Grid
@@ -17,14 +20,75 @@ GRAV = 9.81  # m s-2 (Veros)
 RHO_0 = 1024.0  # kg m-3 (Veros)
 
 
+def grid_cached(g: Grid, key, ref: torch.Tensor, build: Callable[[], Any]) -> Any:
+    """``build()`` once per grid, ``key``, dtype and device (state-independent coefficients: masks × metric
+    factors), kept on the grid object; rebuilt if the grid's masks or layer thicknesses are replaced or
+    modified in place."""
+    store = g.__dict__.setdefault("_ocean_coefficient_cache", {})
+    version = tuple((a.data_ptr(), a._version) for a in (g.mask_t, g.mask_u, g.mask_v, g.dz))
+    k = (key, ref.dtype, ref.device)
+    hit = store.get(k)
+    if hit is not None and hit[0] == version:
+        return hit[1]
+    value = build()
+    store[k] = (version, value)
+    return value
+
+
+class _Coefficients(NamedTuple):
+    """State-independent factors of the momentum operators (metric terms × masks), built once per grid."""
+
+    ut: torch.Tensor  # dy·dz (nz, 1, 1), m²
+    vt: torch.Tensor  # dxv·dz (nz, ny, 1), m²
+    fa: torch.Tensor  # f·area_t (ny, 1), m² s⁻¹
+    ta: torch.Tensor  # ½ tanφ/R·area_t (ny, 1), m
+    cor_u: torch.Tensor  # ¼ mask_u / area_t
+    cor_v: torch.Tensor  # −¼ mask_v / area_v
+    adv_u: torch.Tensor  # −¼ mask_u / vol_u
+    adv_v: torch.Tensor  # −¼ mask_v / vol_v
+
+
+def _coefficients(g: Grid) -> _Coefficients:
+    def build() -> _Coefficients:
+        dz = g.dz3
+        return _Coefficients(
+            ut=g.dy * dz,
+            vt=g.dxv * dz,
+            fa=g.f_t * g.area_t,
+            ta=0.5 * (g.tan_t / g.radius) * g.area_t,
+            cor_u=0.25 * g.mask_u / g.area_t,
+            cor_v=-0.25 * g.mask_v / g.area_v,
+            adv_u=-0.25 * g.mask_u / (g.area_t * dz),
+            adv_v=-0.25 * g.mask_v / (g.area_v * dz),
+        )
+
+    return grid_cached(g, "momentum", g.mask_t, build)
+
+
+def _friction_coefficients(g: Grid, cos_power: float) -> tuple[torch.Tensor, ...]:
+    def build() -> tuple[torch.Tensor, ...]:
+        ct, cv = g.cos_t**cos_power, g.cos_v**cos_power
+        mu, mv = g.mask_u, g.mask_v
+        return (
+            ct * g.dy / g.dxt * mu * g.west(mu),  # u, west faces
+            cv * g.dxv / g.dy * mu * g.north(mu),  # u, north faces
+            mu / g.area_t,
+            cv * g.dy / g.dxv * mv * g.east(mv),  # v, east faces
+            ct * g.dxt / g.dy * mv * g.south(mv),  # v, south faces
+            mv / g.area_v,
+        )
+
+    return grid_cached(g, ("friction", float(cos_power)), g.mask_t, build)
+
+
 def transports(g: Grid, u: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Volume transports (m³ s⁻¹): through east faces ``ut``, north faces ``vt``, and up through the top
     face of every T cell ``wt`` (from continuity, integrated up from the bottom: ``wt = 0`` below the deepest
     cell; at the surface ``wt`` is the residual of the depth-integrated divergence, 0 under the rigid lid).
     """
-    dz = g.dz3
-    ut = u * g.dy * dz
-    vt = v * g.dxv * dz
+    c = _coefficients(g)
+    ut = u * c.ut
+    vt = v * c.vt
     div = ut - g.west(ut) + vt - g.south(vt)
     wt = -torch.flip(torch.cumsum(torch.flip(div, (-3,)), -3), (-3,))
     return ut, vt, wt
@@ -32,7 +96,7 @@ def transports(g: Grid, u: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor,
 
 def surface_closed(wt: torch.Tensor) -> torch.Tensor:
     """``wt`` with the transport through the surface (level 0's top face) set to zero (rigid lid)."""
-    return torch.cat([torch.zeros_like(wt[..., :1, :, :]), wt[..., 1:, :, :]], -3)
+    return torch.nn.functional.pad(wt[..., 1:, :, :], (0, 0, 0, 0, 1, 0))
 
 
 def coriolis_metric(g: Grid, u: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -42,13 +106,14 @@ def coriolis_metric(g: Grid, u: torch.Tensor, v: torch.Tensor) -> tuple[torch.Te
     ``(f + ū tanφ/R)·area_t``, and averaged back with the transposes of the same averaging operators, so
     ``Σ V_u u du + Σ V_v v dv = 0`` to rounding for any ``u, v``.
     """
-    ubar = 0.5 * (u + g.west(u))
-    vbar = 0.5 * (v + g.south(v))
-    feff = (g.f_t + g.tan_t / g.radius * ubar) * g.area_t
-    gx = feff * vbar
-    gy = feff * ubar
-    du = 0.5 * (gx + g.east(gx)) / g.area_t * g.mask_u
-    dv = -0.5 * (gy + g.north(gy)) / g.area_v * g.mask_v
+    c = _coefficients(g)
+    u2 = u + g.west(u)  # 2 ū
+    v2 = v + g.south(v)  # 2 v̄
+    feff = c.fa + c.ta * u2  # (f + ū tanφ/R)·area_t
+    gx = feff * v2
+    gy = feff * u2
+    du = (gx + g.east(gx)) * c.cor_u
+    dv = (gy + g.north(gy)) * c.cor_v
     return du, dv
 
 
@@ -61,18 +126,18 @@ def advection(
     """
     ut, vt, wt = transport
     wt = surface_closed(wt)  # rigid lid: nothing leaves through the surface
-    vol_u = g.area_t * g.dz3
-    vol_v = g.area_v * g.dz3
+    c = _coefficients(g)
+    e, w, n, so, a, b = g.east, g.west, g.north, g.south, g.above, g.below
     # u cells: west face at T(i), north face at the corner (i+½, j+½), top face at w(k)
-    fx = 0.25 * (ut + g.west(ut)) * (u + g.west(u))
-    fy = 0.25 * (vt + g.east(vt)) * (u + g.north(u))
-    fz = 0.25 * (wt + g.east(wt)) * (u + g.above(u))
-    du = -((g.east(fx) - fx) + (fy - g.south(fy)) + (fz - g.below(fz))) / vol_u * g.mask_u
+    fx = (ut + w(ut)) * (u + w(u))
+    fy = (vt + e(vt)) * (u + n(u))
+    fz = (wt + e(wt)) * (u + a(u))
+    du = ((e(fx) - fx) + (fy - so(fy)) + (fz - b(fz))) * c.adv_u
     # v cells: east face at the corner, south face at T(j), top face at w(k)
-    fx = 0.25 * (ut + g.north(ut)) * (v + g.east(v))
-    fy = 0.25 * (vt + g.south(vt)) * (v + g.south(v))
-    fz = 0.25 * (wt + g.north(wt)) * (v + g.above(v))
-    dv = -((fx - g.west(fx)) + (g.north(fy) - fy) + (fz - g.below(fz))) / vol_v * g.mask_v
+    fx = (ut + n(ut)) * (v + e(v))
+    fy = (vt + so(vt)) * (v + so(v))
+    fz = (wt + n(wt)) * (v + a(v))
+    dv = ((fx - w(fx)) + (n(fy) - fy) + (fz - b(fz))) * c.adv_v
     return du, dv
 
 
@@ -99,15 +164,13 @@ def harmonic_friction(
     ``hor_friction_cosPower`` (the viscosity is scaled by ``cos(latitude)**cos_power``). Dissipative:
     ``Σ V_u u du + Σ V_v v dv ≤ 0``.
     """
-    ct = g.cos_t**cos_power
-    cv = g.cos_v**cos_power
-    mu, mv = g.mask_u, g.mask_v
-    fx = A_h * ct * g.dy / g.dxt * (u - g.west(u)) * mu * g.west(mu)
-    fy = A_h * cv * g.dxv / g.dy * (g.north(u) - u) * mu * g.north(mu)
-    du = ((g.east(fx) - fx) + (fy - g.south(fy))) / g.area_t * mu
-    fx = A_h * cv * g.dy / g.dxv * (g.east(v) - v) * mv * g.east(mv)
-    fy = A_h * ct * g.dxt / g.dy * (v - g.south(v)) * mv * g.south(mv)
-    dv = ((fx - g.west(fx)) + (g.north(fy) - fy)) / g.area_v * mv
+    cxu, cyu, au, cxv, cyv, av = _friction_coefficients(g, cos_power)
+    fx = cxu * (u - g.west(u))
+    fy = cyu * (g.north(u) - u)
+    du = A_h * (((g.east(fx) - fx) + (fy - g.south(fy))) * au)
+    fx = cxv * (g.east(v) - v)
+    fy = cyv * (v - g.south(v))
+    dv = A_h * (((fx - g.west(fx)) + (g.north(fy) - fy)) * av)
     return du, dv
 
 

@@ -17,11 +17,14 @@ bounded derivative of ``ψ(r) Δ``) where the tracer is locally uniform.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 
 from ..core import solve_tridiagonal
 from ..core.safe import smooth_max, smooth_min
 from .grid import Grid
+from .momentum import grid_cached, surface_closed
 
 RATIO_EPS = 1e-20
 SMOOTH_SHARPNESS = 20.0  # 1/(units of r) for superbee_smooth
@@ -67,17 +70,16 @@ def advection(
     number of the superbee scheme; ``scheme``: ``"centered"`` (second order, Veros's default and acc_basic's),
     ``"superbee"`` (TVD; kinks in ψ), or ``"superbee_smooth"`` (C∞ limiter for gradients).
     """
-    from .momentum import surface_closed
-
     ut, vt, wt = transport
     wt = surface_closed(wt)
-    vol = g.area_t * g.dz3 * torch.ones_like(g.mask_t)
     e, w, n, s, a, b = g.east, g.west, g.north, g.south, g.above, g.below
     if scheme == "centered":
-        fx = ut * 0.5 * (c + e(c))
-        fy = vt * 0.5 * (c + n(c))
-        fz = wt * 0.5 * (c + a(c))  # through the top face of cell k: between k (below) and k-1 (above)
-    elif scheme in ("superbee", "superbee_smooth"):
+        fx = ut * (c + e(c))  # twice the flux through the east face
+        fy = vt * (c + n(c))
+        fz = wt * (c + a(c))  # through the top face of cell k: between k (below) and k-1 (above)
+        return ((fx - w(fx)) + (fy - s(fy)) + (fz - b(fz))) * _volumes(g)[1]
+    vol = _volumes(g)[0]
+    if scheme in ("superbee", "superbee_smooth"):
         lim = superbee if scheme == "superbee" else superbee_smooth
         fx = _limited_flux(ut, c, e(c), w(c), e(e(c)), vol, e(vol), dt, lim)
         fy = _limited_flux(vt, c, n(c), s(c), n(n(c)), vol, n(vol), dt, lim)
@@ -88,12 +90,65 @@ def advection(
     return -((fx - w(fx)) + (fy - s(fy)) + (fz - b(fz))) / vol * g.mask_t
 
 
+def _volumes(g: Grid) -> tuple[torch.Tensor, torch.Tensor]:
+    """T-cell volumes (m³, (nz, ny, nx)) and ``−½ mask_t / volume`` (built once per grid)."""
+
+    def build():
+        vol = g.area_t * g.dz3 * torch.ones_like(g.mask_t)
+        return vol, -0.5 * g.mask_t / vol
+
+    return grid_cached(g, "volumes", g.mask_t, build)
+
+
 def horizontal_diffusion(g: Grid, c: torch.Tensor, K_h: torch.Tensor) -> torch.Tensor:
     """``∇·(K_h ∇c)`` with no flux through coasts (tracer units s⁻¹); ``K_h`` in m² s⁻¹."""
     m = g.mask_t
     fx = K_h * g.dy / g.dxt * (g.east(c) - c) * m * g.east(m)
     fy = K_h * g.dxv / g.dy * (g.north(c) - c) * m * g.north(m)
     return ((fx - g.west(fx)) + (fy - g.south(fy))) / g.area_t * m
+
+
+class _Column(NamedTuple):
+    link_dzw: torch.Tensor  # (nz−1, ny, nx): 1/dzw where both levels are wet, else 0, m⁻¹
+    inv_dz: torch.Tensor  # (nz, 1, 1) m⁻¹
+    bottom: torch.Tensor  # (nz, ny, nx): the deepest wet cell of each column
+    top: torch.Tensor  # (nz, ny, nx): the surface cell where wet
+    top_dz: torch.Tensor  # top / dz, m⁻¹
+
+
+def _column(g: Grid, mask: torch.Tensor) -> _Column:
+    """The mask- and grid-only factors of :func:`implicit_vertical` (built once per grid and mask)."""
+
+    def build() -> _Column:
+        link = mask[..., :-1, :, :] * mask[..., 1:, :, :]
+        top = torch.zeros_like(mask)
+        top[..., 0, :, :] = 1.0
+        top = top * mask
+        return _Column(
+            link_dzw=link / g.dzw.reshape(-1, 1, 1),
+            inv_dz=1.0 / g.dz3,
+            bottom=mask * (1 - g.below(mask)),
+            top=top,
+            top_dz=top / g.dz3,
+        )
+
+    for name in ("mask_t", "mask_u", "mask_v"):
+        if mask is getattr(g, name):
+            return grid_cached(g, ("column", name), mask, build)
+    return build()  # some other mask: nothing to key a cache on
+
+
+def _bshape(*shapes) -> tuple[int, ...]:
+    """Broadcast shape (a cheap :func:`torch.broadcast_shapes` for the few shapes of one solve)."""
+    n = max(len(s) for s in shapes)
+    out = [1] * n
+    for s in shapes:
+        for i, d in enumerate(s, n - len(s)):
+            if d != 1:
+                if out[i] not in (1, d):
+                    raise ValueError(f"shapes {shapes} do not broadcast")
+                out[i] = d
+    return tuple(out)
 
 
 def implicit_vertical(
@@ -118,34 +173,30 @@ def implicit_vertical(
         surface_flux: flux into the surface cell, ``(..., ny, nx)``, x-units × m s⁻¹ (e.g. τ/ρ₀ for u).
         surface_relax: ``(rate, target)``: restoring ``rate·(target − x)`` of the surface cell, rate in s⁻¹.
 
-    Solved with :func:`pelagos.core.solve_tridiagonal` (implicit-differentiation backward).
+    Solved with :func:`pelagos.core.solve_tridiagonal` (implicit-differentiation backward); the mask- and
+    grid-only factors are formed once per grid.
     """
-    dz = g.dz3
-    link = mask[..., :-1, :, :] * mask[..., 1:, :, :]
-    c = dt * kappa / g.dzw.reshape(-1, 1, 1) * link  # (…, nz−1, ny, nx)
-    zero = torch.zeros_like(c[..., :1, :, :])
-    c_up = torch.cat([zero, c], -3)  # coupling to k−1
-    c_dn = torch.cat([c, zero], -3)  # coupling to k+1
-    diag = 1 + (c_up + c_dn) / dz
-    lower = -c_up / dz
-    upper = -c_dn / dz
+    col = _column(g, mask)
+    c = (dt * kappa) * col.link_dzw  # (…, nz−1, ny, nx)
+    pad = torch.nn.functional.pad
+    c_up = pad(c, (0, 0, 0, 0, 1, 0))  # coupling to k−1
+    c_dn = pad(c, (0, 0, 0, 0, 0, 1))  # coupling to k+1
+    lower = -c_up * col.inv_dz
+    upper = -c_dn * col.inv_dz
+    diag = 1 - (lower + upper)
     rhs = x * mask
     if bottom_drag is not None:
-        bottom = mask * (1 - g.below(mask))
-        diag = diag + dt * bottom_drag * bottom
-    if surface_flux is not None or surface_relax is not None:
-        top = torch.zeros_like(mask)
-        top = torch.cat([torch.ones_like(mask[..., :1, :, :]), top[..., 1:, :, :]], -3) * mask
-        if surface_flux is not None:
-            rhs = rhs + dt * surface_flux.unsqueeze(-3) / dz * top
-        if surface_relax is not None:
-            rate, target = surface_relax
-            diag = diag + dt * rate * top
-            rhs = rhs + dt * rate * target.unsqueeze(-3) * top
-    shape = torch.broadcast_shapes(lower.shape, diag.shape, upper.shape, rhs.shape)
+        diag = diag + dt * bottom_drag * col.bottom
+    if surface_flux is not None:
+        rhs = rhs + (dt * surface_flux).unsqueeze(-3) * col.top_dz
+    if surface_relax is not None:
+        rate, target = surface_relax
+        diag = diag + dt * rate * col.top
+        rhs = rhs + dt * rate * target.unsqueeze(-3) * col.top
+    shape = _bshape(lower.shape, diag.shape, rhs.shape)
 
     def zlast(t: torch.Tensor) -> torch.Tensor:
-        return t.expand(shape).movedim(-3, -1)
+        return t.expand(shape).movedim(-3, -1).contiguous()
 
     out = solve_tridiagonal(zlast(lower), zlast(diag), zlast(upper), zlast(rhs), check=False)
     return out.movedim(-1, -3) * mask
