@@ -3,6 +3,8 @@ shared-matrix right-hand sides, conservation for implicit diffusion, errors, and
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -110,11 +112,23 @@ def test_falls_back_to_torch_when_the_compiler_fails(monkeypatch):
 
     monkeypatch.setattr(_thomas_c, "_state", {})
     monkeypatch.setattr(_thomas_c, "_build", broken)
-    assert tridiagonal_backend("cpu", F64) == "torch"
+    with pytest.warns(RuntimeWarning, match="C compiler") as record:
+        assert tridiagonal_backend("cpu", F64) == "torch"
+    assert len(record) == 1
     assert "simulated" in _thomas_c.build_error()
     a, b, c = dominant((3, 6))
     d = torch.randn(3, 6, dtype=F64)
-    torch.testing.assert_close(solve_tridiagonal(a, b, c, d), dense_solve(a, b, c, d), rtol=1e-12, atol=1e-12)
+    req = [t.clone().requires_grad_() for t in (a, b, c, d)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the warning comes once, not on every call
+        torch.testing.assert_close(
+            solve_tridiagonal(a, b, c, d), dense_solve(a, b, c, d), rtol=1e-12, atol=1e-12
+        )
+        x = solve_tridiagonal(*req)
+        grads = torch.autograd.grad(x, req, torch.ones_like(x))
+    xr = dense_solve(*req)
+    for u, v in zip(grads, torch.autograd.grad(xr, req, torch.ones_like(xr))):
+        torch.testing.assert_close(u, v, rtol=1e-10, atol=1e-12)
 
 
 def test_ignored_corner_entries_do_not_matter(backend):
@@ -457,15 +471,22 @@ def _thomas_loop(a, b, c, d):
     return torch.stack(xs[::-1], -1)
 
 
-def test_backward_saves_only_inputs_and_solution():
+def test_backward_saves_only_inputs_solution_and_pivots():
     batch, n = 64, 128
     args = [t.requires_grad_() for t in (*dominant((batch, n)), torch.randn(batch, n, dtype=F64))]
     x, ours = _saved_bytes(solve_tridiagonal, *args)
     grad_fn = x.grad_fn
-    assert len(grad_fn.saved_tensors) == 4  # lower, diag, upper, x: nothing from inside the sweep
+    saved = grad_fn.saved_tensors
     one = batch * n * 8
     inputs = 3 * one  # lower, diag, upper are saved by reference (they are alive anyway)
-    assert ours == inputs + one  # + the solution: nothing else
+    if _thomas_c.kernels() is not None:
+        # lower, diag, upper, x and the reciprocal pivots of the factorisation (one matrix-sized array,
+        # so that the backward need not refactorise): nothing else from inside the sweep
+        assert len(saved) == 5 and saved[4].shape == (batch, n)
+        assert ours == inputs + 2 * one
+    else:
+        assert len([t for t in saved if t is not None]) == 4
+        assert ours == inputs + one  # + the solution: nothing else
     xr, loop = _saved_bytes(_thomas_loop, *args)
     torch.testing.assert_close(x, xr)
     # the recorded loop keeps ~5 per-level intermediates of size batch (5 * batch * n in all) on
