@@ -108,8 +108,21 @@ def _triton() -> ModuleType | None:
     return _thomas_triton if _thomas_triton.available() else None
 
 
+_ENV = "PELAGOS_TRIDIAGONAL_BACKEND"
+# os.environ.get costs several Python frames per call; its underlying dict (kept in sync by os.environ,
+# monkeypatch.setenv included) answers the common "unset" case in one lookup
+_ENV_DATA = getattr(os.environ, "_data", None)
+_ENV_KEY = os.environ.encodekey(_ENV) if _ENV_DATA is not None else None
+
+
+def _torch_forced() -> bool:
+    if _ENV_DATA is not None and _ENV_KEY not in _ENV_DATA:
+        return False
+    return os.environ.get(_ENV, "auto").lower() in ("torch", "python")
+
+
 def _backend(t: torch.Tensor) -> ModuleType:
-    if os.environ.get("PELAGOS_TRIDIAGONAL_BACKEND", "auto").lower() in ("torch", "python"):
+    if _torch_forced():
         return _thomas_torch
     if t.device.type == "cpu":
         return _thomas_c if t.dtype in _C_DTYPES and _thomas_c.kernels() is not None else _thomas_torch
@@ -255,6 +268,13 @@ def _sum_to(grads, shapes):
 # --------------------------------------------------------------------------------------------------
 # autograd.Functions
 # --------------------------------------------------------------------------------------------------
+# Keep the reciprocal pivots of the forward for the backward (no refactorisation there)? Measured
+# (benchmarks/tridiagonal.py, N = 64, batch 1 to 1e4): the saved divisions pay just for the extra array
+# the forward writes, no clear gain either way; so off: the graph keeps only inputs and solution. The
+# kernels support both (thomas_solve stores pivots when given a pointer, thomas_adjoint uses them).
+_SAVE_PIVOTS = False
+
+
 class _FastSolve(torch.autograd.Function):
     """Eager reverse mode with little Python: the solve keeps its reciprocal pivots for the backward,
     which is then one fused adjoint sweep (transposed solve and matrix cotangents, no refactorisation).
@@ -266,13 +286,15 @@ class _FastSolve(torch.autograd.Function):
         if backend is _thomas_c and lay.direct and _contiguous(lower, diag, upper, rhs):
             # the common case, inlined: the arguments go to the kernel as they are
             x = torch.empty_like(rhs) if rhs.shape == lay.full else torch.empty(lay.full, dtype=rhs.dtype)
-            piv = torch.empty_like(diag)  # reciprocal pivots (P*N elements)
+            piv = torch.empty_like(diag) if _SAVE_PIVOTS else None  # reciprocal pivots (P*N elements)
             finite = _thomas_c.solve_into(lay.P, lay.K, lay.N, lower, diag, upper, rhs, x, piv)
             if check and not finite:
                 _check_result(x, finite, lower, diag, upper, rhs)
             ctx.direct = True
         else:
-            x, piv = _forward(lay, backend, lower, diag, upper, rhs, check, want_piv=backend is _thomas_c)
+            x, piv = _forward(
+                lay, backend, lower, diag, upper, rhs, check, _SAVE_PIVOTS and backend is _thomas_c
+            )
             ctx.direct = False
         ctx.save_for_backward(lower, diag, upper, x, piv)
         ctx.lay, ctx.rhs_shape = lay, rhs.shape
@@ -291,7 +313,8 @@ class _FastSolve(torch.autograd.Function):
             ga = torch.empty_like(lower) if needs[0] else None
             gb = torch.empty_like(diag) if needs[1] else None
             gc = torch.empty_like(upper) if needs[2] else None
-            _thomas_c.adjoint_into(lay.P, lay.K, lay.N, lower, None, upper, piv, x, gx, lam, ga, gb, gc)
+            b = diag if piv is None else None
+            _thomas_c.adjoint_into(lay.P, lay.K, lay.N, lower, b, upper, piv, x, gx, lam, ga, gb, gc)
             if not needs[3]:
                 return ga, gb, gc, None, None, None, None
             rs = ctx.rhs_shape
