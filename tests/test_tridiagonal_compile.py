@@ -90,27 +90,30 @@ def _column_step(lower, diag, upper, rhs):
     return (y * y).sum() + x.sum()
 
 
-def _compiled_equals_eager(backend: str, dtype=F64, tol=1e-13):
+def _compiled_equals_eager(backend: str, dtype=F64, tol=1e-13, dynamic: bool | None = None):
     torch._dynamo.reset()
-    args = _inputs(((5, 9),) * 4, seed=2, dtype=dtype)
-    f = torch.compile(_column_step, backend=backend, fullgraph=True)
-    loss = f(*args)
-    grads = torch.autograd.grad(loss, args)
-    ref = _column_step(*args)
-    ref_grads = torch.autograd.grad(ref, args)
-    torch.testing.assert_close(loss, ref, rtol=tol, atol=tol)
-    for u, v in zip(grads, ref_grads):
-        torch.testing.assert_close(u, v, rtol=tol, atol=tol)
+    f = torch.compile(_column_step, backend=backend, fullgraph=True, dynamic=dynamic)
+    for shape in ((5, 9), (7, 12)) if dynamic else ((5, 9),):
+        args = _inputs((shape,) * 4, seed=2, dtype=dtype)
+        loss = f(*args)
+        grads = torch.autograd.grad(loss, args)
+        ref = _column_step(*args)
+        ref_grads = torch.autograd.grad(ref, args)
+        torch.testing.assert_close(loss, ref, rtol=tol, atol=tol)
+        for u, v in zip(grads, ref_grads):
+            torch.testing.assert_close(u, v, rtol=tol, atol=tol)
     # bad input still raises the library's error under compile (checked while tracing)
     with pytest.raises(Exception, match="last dimension"):
         torch.compile(lambda a, d: solve_tridiagonal(a, a, a, d), backend=backend, fullgraph=True)(
-            args[0].detach(), torch.ones(5, 4, dtype=dtype)
+            torch.ones(5, 9, dtype=dtype), torch.ones(5, 4, dtype=dtype)
         )
 
 
-def test_compile_fullgraph_forward_and_backward_equal_eager_aot_eager():
-    """Dynamo + AOTAutograd with the op's fake rule and backward (no code generation: quick)."""
-    _compiled_equals_eager("aot_eager")
+@pytest.mark.parametrize("dynamic", [None, True])
+def test_compile_fullgraph_forward_and_backward_equal_eager_aot_eager(dynamic):
+    """Dynamo + AOTAutograd with the op's fake rule and backward (no code generation: quick); with
+    dynamic=True two batch/N sizes go through one symbolic-shape graph."""
+    _compiled_equals_eager("aot_eager", dynamic=dynamic)
 
 
 @pytest.mark.slow
