@@ -18,7 +18,13 @@ Backward (implicit differentiation, memory O(batch * N), nothing of the sweep is
 ``lam = A^-T gx``; ``g_rhs = lam``; ``g_diag = -lam * x``; ``g_lower[i] = -lam[i] x[i-1]``;
 ``g_upper[i] = -lam[i] x[i+1]``, each summed back to its input's shape. Forward mode:
 ``dx = A^-1 (d_rhs - dA x)``. ``torch.func.vmap``, ``jvp``, ``grad`` and double backward work.
-See docs/tridiagonal.md.
+
+Three doors to the same kernels: plain eager reverse mode goes through a lean old-style
+``autograd.Function`` (``_FastSolve``: little Python, no copies of contiguous arguments, one fused
+adjoint kernel); anything a functorch transform or a forward-mode level can see goes through the
+composable ``_SolveTridiagonal``; under ``torch.compile`` the call is the custom op
+``torch.ops.pelagos.solve_tridiagonal`` (fake-tensor rule and backward registered). See
+docs/tridiagonal.md.
 """
 
 from __future__ import annotations
