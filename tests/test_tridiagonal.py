@@ -546,10 +546,13 @@ def test_default_device_does_not_leak_into_cpu_kernel():
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize(
-    "shape_m,shape_d", [((21, 1, 9), (21, 3, 9)), ((37, 5), (37, 5)), ((3, 1, 4), (3, 2, 4))]
+    "shape_m,shape_d",
+    [((21, 1, 9), (21, 3, 9)), ((37, 5), (37, 5)), ((3, 1, 4), (3, 2, 4)), ((35, 1, 40), (35, 2, 40))],
 )
 def test_compiled_kernel_matches_torch_sweep_values_and_gradients(monkeypatch, dtype, shape_m, shape_d):
-    """Full vector blocks, scalar remainder systems and shared right-hand sides, forward and adjoint."""
+    """Full vector blocks, scalar remainder systems and shared right-hand sides, forward and adjoint;
+    N = 40 has full register-transposed tiles of levels (5 x 8 in float64, 2 x 16 in float32) and a
+    remainder of 8 levels in float32."""
     if _thomas_c.kernels() is None:
         pytest.skip("no compiled kernel")
     g = torch.Generator().manual_seed(11)

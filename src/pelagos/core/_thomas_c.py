@@ -9,7 +9,8 @@ If no compiler is available, or compilation fails, or ``PELAGOS_TRIDIAGONAL_BACK
 Canonical layout (made by the caller): the matrices ``a, b, c`` are ``(P, N)`` C-contiguous, the
 right-hand sides ``d`` and solutions ``x`` are ``(P, K, N)``: ``K`` right-hand sides share matrix ``p``,
 so each matrix is factorised once. Systems go in blocks of one vector width (8 float64 or 16
-float32 systems): a block is copied level-major into a small cache-resident workspace, so that each
+float32 systems): a block is copied level-major into a small cache-resident workspace (L x L tiles
+transposed in registers by two-source vector shuffles), so that each
 level of the sweep is one SIMD operation (the serial recurrence runs along the levels, the vector
 lanes across systems). GCC builds AVX-512, AVX2 and SSE2 clones and picks one at load time.
 """
@@ -33,30 +34,45 @@ _BODY = r"""
 typedef REAL V_SFX __attribute__((vector_size(VBYTES)));
 #define L_SFX (VBYTES / (long)sizeof(REAL))  /* systems per block = vector lanes */
 
-/* Copy L rows (row length N, row stride `stride`) of src into level-major vectors dst[i]. */
-static inline void gather_SFX(long N, long stride, const REAL *src, V_SFX *dst)
+/*TRANSPOSE*/
+
+/* Copy L rows (row length N, row stride `stride`) of src into level-major vectors dst[i]: L x L tiles
+   are loaded row-wise, transposed in registers and stored level-wise; the last N % L levels one by one. */
+static INLINE void gather_SFX(long N, long stride, const REAL *src, V_SFX *dst)
 {
-    REAL *t = (REAL *)dst;
     for (long j = 0; j < L_SFX; j++) {
-        const REAL *s = src + j * stride;
         /* the same row of the next block: fetched now, used one block later (prefetch never faults) */
-        const char *nx = (const char *)(s + L_SFX * stride);
+        const char *nx = (const char *)(src + j * stride + L_SFX * stride);
         for (long q = 0; q < N * (long)sizeof(REAL); q += 64) __builtin_prefetch(nx + q, 0, 3);
-        for (long i = 0; i < N; i++) t[i * L_SFX + j] = s[i];
     }
+    long i0 = 0;
+    for (; i0 + L_SFX <= N; i0 += L_SFX) {
+        V_SFX v[L_SFX];
+        for (long j = 0; j < L_SFX; j++) __builtin_memcpy(&v[j], src + j * stride + i0, sizeof(V_SFX));
+        transpose_SFX(v);
+        for (long j = 0; j < L_SFX; j++) dst[i0 + j] = v[j];
+    }
+    REAL *t = (REAL *)dst;
+    for (long j = 0; j < L_SFX; j++)
+        for (long i = i0; i < N; i++) t[i * L_SFX + j] = src[j * stride + i];
 }
 
-static inline void scatter_SFX(long N, long stride, const V_SFX *src, REAL *dst)
+static INLINE void scatter_SFX(long N, long stride, const V_SFX *src, REAL *dst)
 {
-    const REAL *t = (const REAL *)src;
-    for (long j = 0; j < L_SFX; j++) {
-        REAL *s = dst + j * stride;
-        for (long i = 0; i < N; i++) s[i] = t[i * L_SFX + j];
+    long i0 = 0;
+    for (; i0 + L_SFX <= N; i0 += L_SFX) {
+        V_SFX v[L_SFX];
+        for (long j = 0; j < L_SFX; j++) v[j] = src[i0 + j];
+        transpose_SFX(v);
+        for (long j = 0; j < L_SFX; j++) __builtin_memcpy(dst + j * stride + i0, &v[j], sizeof(V_SFX));
     }
+    const REAL *t = (const REAL *)src;
+    for (long j = 0; j < L_SFX; j++)
+        for (long i = i0; i < N; i++) dst[j * stride + i] = t[i * L_SFX + j];
 }
 
 /* Matrix cotangents of one system from lam and x (first right-hand side sets, others add). */
-static inline void cotangents_SFX(long N, int first, const REAL *restrict ls, const REAL *restrict xs,
+static INLINE void cotangents_SFX(long N, int first, const REAL *restrict ls, const REAL *restrict xs,
                                   REAL *restrict ga, REAL *restrict gb, REAL *restrict gc)
 {
     if (first) {
@@ -210,10 +226,47 @@ MV void thomas_adjoint_SFX(long P, long K, long N, const REAL *a, const REAL *b,
 }
 """
 
+
+def _transpose_c(sfx: str, lanes: int, itype: str) -> str:
+    """C source of an in-register transpose of ``lanes`` vectors of ``lanes`` elements (log2(lanes)
+    stages of two-source shuffles swapping off-diagonal blocks)."""
+    lines = [
+        f"typedef {itype} M_{sfx} __attribute__((vector_size(VBYTES)));",
+        f"static INLINE void transpose_{sfx}(V_{sfx} *v)",
+        "{",
+        f"    V_{sfx} t0, t1;",
+    ]
+    s = lanes // 2
+    while s >= 1:
+        for r in range(lanes):
+            if r & s:
+                continue
+            m1 = ", ".join(str(k if not k & s else lanes + k - s) for k in range(lanes))
+            m2 = ", ".join(str(k + s if not k & s else lanes + k) for k in range(lanes))
+            lines.append(f"    t0 = SHUF(M_{sfx}, v[{r}], v[{r + s}], {m1});")
+            lines.append(f"    t1 = SHUF(M_{sfx}, v[{r}], v[{r + s}], {m2});")
+            lines.append(f"    v[{r}] = t0; v[{r + s}] = t1;")
+        s //= 2
+    return "\n".join([*lines, "}"])
+
+
+_SHUF = """/* inlined into each ISA clone (so compiled for its instruction set), not called across them */
+#define INLINE inline __attribute__((always_inline))
+#if defined(__clang__) || (defined(__GNUC__) && __GNUC__ >= 12)
+#define SHUF(M, a, b, ...) __builtin_shufflevector(a, b, __VA_ARGS__)
+#else
+#define SHUF(M, a, b, ...) __builtin_shuffle(a, b, (M){__VA_ARGS__})
+#endif
+"""
+_TYPES = (("double", "f64", VBYTES // 8, "long long"), ("float", "f32", VBYTES // 4, "int"))
 _SOURCE = (
     f"#define VBYTES {VBYTES}\n"
     + MULTIVERSION_HEADER
-    + "".join(_BODY.replace("REAL", r).replace("SFX", x) for r, x in (("double", "f64"), ("float", "f32")))
+    + _SHUF
+    + "".join(
+        _BODY.replace("REAL", r).replace("SFX", x).replace("/*TRANSPOSE*/", _transpose_c(x, n, it))
+        for r, x, n, it in _TYPES
+    )
 )
 _SUFFIX = {torch.float64: "f64", torch.float32: "f32"}
 _PARALLEL_MIN = 1 << 16  # elements (P*K*N) below which one thread is faster than a thread pool
