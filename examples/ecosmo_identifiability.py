@@ -1,4 +1,4 @@
-"""ECOSMO with 20 free parameters on a year of the NNS column: identifiability, recovery, cost of three methods.
+"""ECOSMO, 20 free parameters, a year of the NNS column: identifiability, recovery, cost of three methods.
 
 The twin is ``examples/ecosmo_identifiability.yaml`` (22 × 5 m NNS physics, hourly, 1998; weekly surface
 chlorophyll and nutrients, monthly profiles; 20 free ECOSMO parameters), built through the configuration
@@ -7,7 +7,8 @@ ECOSMO on 22 layers costs about the same for 1 column as for 64 (the step is dis
 
 - the Jacobian of the whitened residuals (2p central differences + the base point) is ONE batched run of
   2p + 1 columns: sensitivity ranking and the Gauss–Newton Laplace posterior come from it;
-- the finite-difference calibration (SciPy L-BFGS-B, forward differences) batches its p + 1 runs as columns;
+- the finite-difference calibration (Levenberg–Marquardt on forward-difference Jacobians, as PEST does)
+  batches the p + 1 runs of each Jacobian as columns: one batched run per iteration;
 - ES-MDA runs its 64 members as columns (4 assimilations);
 - the gradient calibration is pelagos' L-BFGS on ``VariationalProblem.cost`` with the adjoint (autograd):
   one forward + one backward run per evaluation.
@@ -15,11 +16,12 @@ ECOSMO on 22 layers costs about the same for 1 column as for 64 (the step is dis
 Run (the parts can run as two processes; each writes its JSON after every model run, so an interrupted run
 keeps what it computed)::
 
-    python examples/ecosmo_identifiability.py --part batched     # truth, Jacobian/Laplace, ES-MDA, FD
+    python examples/ecosmo_identifiability.py --part esmda       # truth, Jacobian/Laplace, ES-MDA
+    python examples/ecosmo_identifiability.py --part fd          # Levenberg-Marquardt, batched FD Jacobians
     python examples/ecosmo_identifiability.py --part gradient    # adjoint L-BFGS + Laplace at its estimate
     python examples/ecosmo_identifiability.py --part report      # tables + figures from the two JSONs
 
-Outputs: ``benchmarks/results/ecosmo_identifiability_{batched,gradient}.json``, the merged
+Outputs: ``benchmarks/results/ecosmo_identifiability_{esmda,fd,gradient}.json``, the merged
 ``benchmarks/results/ecosmo_identifiability.json`` and ``docs/figures/ecosmo_identifiability_*.png``.
 """
 
@@ -184,15 +186,16 @@ def identifiability(tw: Twin, z: torch.Tensor, rec: Recorder, key: str) -> None:
         "posterior_std_rel": (lap["std"] / theta).tolist(),
         "posterior_corr": (lap["cov"] / torch.outer(lap["std"], lap["std"])).tolist(),
         "data_info_eigenvalues_rel": ev.tolist(),
-        "identifiable": [tw.names[i] for i in range(tw.p) if float(lap["std"][i] / theta[i]) <= IDENTIFIABLE_STD],
+        "identifiable": [
+            tw.names[i] for i in range(tw.p) if float(lap["std"][i] / theta[i]) <= IDENTIFIABLE_STD
+        ],
     }
     rec.save()
     print(f"[{key}] Jacobian of {2 * tw.p + 1} columns: {w2 - w:.0f} s wall, {c2 - c:.0f} s CPU", flush=True)
 
 
-def part_batched(tw: Twin, rec: Recorder, fd_evals: int, members: int) -> None:
-    from scipy.optimize import minimize as sp_minimize
-
+def part_esmda(tw: Twin, rec: Recorder, members: int) -> None:
+    """The Jacobian at the truth (identifiability), then ES-MDA with ``members`` columns."""
     from pelagos.inverse.ensemble import esmda, sample_prior
 
     rec.data.setdefault("header", _header(tw))
@@ -219,48 +222,75 @@ def part_batched(tw: Twin, rec: Recorder, fd_evals: int, members: int) -> None:
         }
         rec.save()
         print(f"[esmda] {E.n_evals} runs of {members} columns: {w2 - w:.0f} s wall", flush=True)
-    if "finite_difference" not in rec.data or not rec.data["finite_difference"].get("done"):
-        log: list = []
-        rec.data["finite_difference"] = {"columns_per_run": tw.p + 1, "log": log, "done": False}
-        h = 1e-5  # in prior-whitened units: 1e-5 of a prior std
-        w0, c0 = rec.clock()
 
-        def fg(vn):  # control in prior-whitened units, z = μ + s v (as the gradient method)
-            if len(log) >= fd_evals or time.time() > STOP_AT[0]:
-                raise _Budget
-            v = torch.as_tensor(vn, dtype=torch.float64)
-            z = tw.prior_mean + tw.prior_std * v
-            try:
-                with torch.no_grad():
-                    R = tw.residuals(torch.cat([z[None], z + h * torch.diag(tw.prior_std)]))
-                J = 0.5 * R.pow(2).sum(-1)
-            except SolverError:  # the model blew up at this trial point: a large cost sends the search back
-                J = torch.full((tw.p + 1,), 1e12)
-            w, c = rec.clock()
-            log.append({"wall_s": w - w0, "cpu_s": c - c0, "cost": float(J[0]),
-                        "rel_error": tw.rel_error(z).tolist(), "z": z.tolist()})  # fmt: skip
-            rec.save()
-            print(f"[fd] run {len(log)}: J = {float(J[0]):.2f}, {w - w0:.0f} s", flush=True)
-            return float(J[0]), ((J[1:] - J[0]) / h).numpy()
 
-        lo, hi = (0.25 * tw.z0 - tw.prior_mean) / tw.prior_std, (4 * tw.z0 - tw.prior_mean) / tw.prior_std
-        bounds = list(zip(lo.tolist(), hi.tolist()))  # positive rates, within a factor 4 of the first guess
-        msg = "budget of evaluations spent"
+def part_fd(tw: Twin, rec: Recorder, runs: int) -> None:
+    """Levenberg–Marquardt (as PEST does) on forward-difference Jacobians, in the prior-whitened control
+    ``v`` (z = μ + s v). Every iteration is ONE batched run of p + 1 columns ``[v, v + h e_i]``: the cost at
+    the trial point and the Jacobian there come together; a rejected trial raises λ and retries from the
+    last accepted point (its Jacobian is kept)."""
+    rec.data.setdefault("header", _header(tw))
+    log: list = []
+    rec.data["finite_difference"] = {
+        "columns_per_run": tw.p + 1,
+        "log": log,
+        "done": False,
+        "method": "Levenberg-Marquardt, forward-difference Jacobian",
+    }
+    h = 1e-5  # in prior-whitened units: 1e-5 of a prior std
+    lo = (0.25 * tw.z0 - tw.prior_mean) / tw.prior_std  # positive rates, within a factor 4 of the first guess
+    hi = (4.0 * tw.z0 - tw.prior_mean) / tw.prior_std
+    w0, c0 = rec.clock()
+
+    def run(v: torch.Tensor) -> tuple[float, torch.Tensor, torch.Tensor]:
+        z = tw.prior_mean + tw.prior_std * v
         try:
-            res = sp_minimize(fg, torch.zeros(tw.p).numpy(), jac=True, method="L-BFGS-B", bounds=bounds,
-                              options={"maxfun": fd_evals, "maxiter": fd_evals, "gtol": 1e-8, "ftol": 1e-12})  # fmt: skip
-            msg = str(res.message)
-        except _Budget:
-            pass
-        zf = torch.tensor(min(log, key=lambda e: e["cost"])["z"])  # the best point evaluated
-        rec.data["finite_difference"].update(
-            done=True, message=msg, estimate=tw.physical(zf).tolist(),
-            rel_error=tw.rel_error(zf).tolist(),
-        )  # fmt: skip
+            with torch.no_grad():
+                R = tw.residuals(torch.cat([z[None], z + h * torch.diag(tw.prior_std)]))
+            J = 0.5 * float(R[0].pow(2).sum())
+        except SolverError:  # the model blew up at this trial point
+            R, J = None, math.inf
+        w, c = rec.clock()
+        log.append({"wall_s": w - w0, "cpu_s": c - c0, "cost": J, "rel_error": tw.rel_error(z).tolist(),
+                    "z": z.tolist()})  # fmt: skip
         rec.save()
+        print(f"[fd] run {len(log)}: J = {J:.2f}, {w - w0:.0f} s", flush=True)
+        if R is None:
+            return J, None, None
+        return J, R[0], ((R[1:] - R[0]) / h).T
+
+    v = torch.zeros(tw.p)
+    J, r, Jm = run(v)
+    lam, msg = 1.0, "budget of runs spent"
+    while len(log) < runs and time.time() <= STOP_AT[0]:
+        A = Jm.T @ Jm
+        g = Jm.T @ r
+        if float(g.norm()) < 1e-6:
+            msg = "gradient norm below 1e-6"
+            break
+        dv = torch.linalg.solve(A + lam * torch.eye(tw.p), -g)
+        vt = torch.maximum(torch.minimum(v + dv, hi), lo)
+        Jt, rt, Jmt = run(vt)
+        if Jt < J:
+            small = J - Jt < 1e-6 * Jt
+            v, J, r, Jm, lam = vt, Jt, rt, Jmt, max(lam / 3, 1e-6)
+            if small:
+                msg = "relative cost change below 1e-6"
+                break
+        else:
+            lam *= 4
+    z = tw.prior_mean + tw.prior_std * v
+    M = Jm.shape[0] - tw.p
+    lap = laplace_from_jacobian(Jm / tw.prior_std, M)  # Jacobian in z units
+    theta = tw.physical(z).abs()
+    rec.data["finite_difference"].update(
+        done=True, message=msg, estimate=tw.physical(z).tolist(), rel_error=tw.rel_error(z).tolist(),
+        laplace_std_rel=(lap["std"] / theta).tolist(), final_lambda=lam, cost=J,
+    )  # fmt: skip
+    rec.save()
 
 
-class _Budget(Exception):
+class _BudgetError(Exception):
     pass
 
 
@@ -297,7 +327,7 @@ def part_gradient(tw: Twin, rec: Recorder, evals: int) -> None:
         if log:  # the previous evaluation (forward + adjoint) is complete when the next one starts
             _stamp(log, rec, w0, c0)
         if len(log) >= evals or time.time() > STOP_AT[0]:
-            raise _Budget
+            raise _BudgetError
         try:
             J = prob.cost(z)
         except SolverError:  # the model blew up at this trial point: infinite cost, the line search backs off
@@ -312,13 +342,19 @@ def part_gradient(tw: Twin, rec: Recorder, evals: int) -> None:
         r = minimize(cost, torch.zeros(tw.p), method="lbfgs", max_iter=evals, gtol=1e-8, ftol=1e-12)
         msg = r.message
         _stamp(log, rec, w0, c0)
-    except _Budget:
+    except _BudgetError:
         pass
     zb = best["z"]
     w, c = rec.clock()
-    rec.data["gradient"].update(done=True, message=msg, wall_s=w - w0, cpu_s=c - c0,
-                                estimate=tw.physical(zb).tolist(), rel_error=tw.rel_error(zb).tolist(),
-                                z=zb.tolist())  # fmt: skip
+    rec.data["gradient"].update(
+        done=True,
+        message=msg,
+        wall_s=w - w0,
+        cpu_s=c - c0,
+        estimate=tw.physical(zb).tolist(),
+        rel_error=tw.rel_error(zb).tolist(),
+        z=zb.tolist(),
+    )
     rec.save()
     identifiability(tw, zb, rec, "laplace_estimate")
     w, c = rec.clock()
@@ -339,7 +375,7 @@ def _stamp(log: list, rec: Recorder, w0: float, c0: float) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--part", choices=["batched", "gradient", "report", "all"], default="all")
+    ap.add_argument("--part", choices=["esmda", "fd", "gradient", "report", "all"], default="all")
     ap.add_argument("--config", default=str(CONFIG))
     ap.add_argument("--set", action="append", default=[], help="configuration override key=value")
     ap.add_argument("--fd-evals", type=int, default=12)
@@ -351,14 +387,161 @@ def main(argv: list[str] | None = None) -> None:
     STOP_AT[0] = _stop_at(args.stop_at)
     torch.set_num_threads(1)
     torch.set_default_dtype(torch.float64)
-    if args.part in ("batched", "all"):
-        part_batched(Twin(args.config, args.set), Recorder(RESULTS / f"{args.tag}_batched.json"),
-                     args.fd_evals, args.members)  # fmt: skip
+    if args.part in ("esmda", "all"):
+        part_esmda(Twin(args.config, args.set), Recorder(RESULTS / f"{args.tag}_esmda.json"), args.members)
+    if args.part in ("fd", "all"):
+        part_fd(Twin(args.config, args.set), Recorder(RESULTS / f"{args.tag}_fd.json"), args.fd_evals)
     if args.part in ("gradient", "all"):
-        part_gradient(Twin(args.config, args.set), Recorder(RESULTS / f"{args.tag}_gradient.json"),
-                      args.grad_evals)  # fmt: skip
+        part_gradient(
+            Twin(args.config, args.set), Recorder(RESULTS / f"{args.tag}_gradient.json"), args.grad_evals
+        )
     if args.part in ("report", "all"):
-        report(args.tag)  # noqa: F821 (defined below)
+        report(args.tag)
+
+
+# -- report --------------------------------------------------------------------------------------------------
+def report(tag: str = "ecosmo_identifiability") -> dict:
+    """Merge the two parts' JSONs, draw the figures and print the markdown tables of the docs page."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    parts = {}
+    for part in ("esmda", "fd", "gradient"):
+        f = RESULTS / f"{tag}_{part}.json"
+        if f.exists():
+            parts[part] = json.loads(f.read_text())
+    b = {**parts.get("esmda", {}), **parts.get("fd", {})}
+    g = parts.get("gradient", {})
+    hd = b.get("header") or g.get("header")
+    if hd is None:
+        raise SystemExit("no results yet: run --part esmda / fd / gradient first")
+    names = [n.removeprefix("ECO.") for n in hd["names"]]
+    p = len(names)
+    lt = b.get("laplace_truth") or {}
+    le = g.get("laplace_estimate") or {}
+    merged = {"header": hd, **b, **{k: v for k, v in g.items() if k != "header"}}
+    (RESULTS / f"{tag}.json").write_text(json.dumps(merged, indent=1))
+    FIGURES.mkdir(parents=True, exist_ok=True)
+    out = []
+    ident = set(lt.get("identifiable", []))
+    order = list(range(p))
+    if lt:
+        order = sorted(range(p), key=lambda i: -lt["sensitivity"][i])
+        fig, ax = plt.subplots(1, 2, figsize=(11, 4.2))
+        x = range(p)
+        ax[0].bar(x, [lt["sensitivity"][i] for i in order], color="C0")
+        ax[0].set_yscale("log")
+        ax[0].set_ylabel("‖∂r/∂ln θ‖ (whitened misfit per relative change)")
+        ax[0].set_title("sensitivity at the truth (ranked)")
+        ax[1].semilogy(x, [lt["posterior_std_rel"][i] for i in order], "o", label="Laplace at the truth")
+        if le:
+            ax[1].semilogy(
+                x, [le["posterior_std_rel"][i] for i in order], "x", label="Laplace at the estimate"
+            )
+        ax[1].semilogy(
+            x,
+            [hd["prior_std_rel"][i] * hd["first_guess"][i] / hd["truth"][i] for i in order],
+            "_",
+            ms=12,
+            color="k",
+            label="prior std",
+        )
+        ax[1].axhline(IDENTIFIABLE_STD, color="r", ls="--", lw=1, label="5 % (identifiable)")
+        ax[1].set_ylabel("posterior std / value")
+        ax[1].set_title("Gauss–Newton Laplace posterior")
+        ax[1].legend(fontsize=8)
+        for a in ax:
+            a.set_xticks(list(x), [names[i] for i in order], rotation=70, fontsize=8)
+        fig.tight_layout()
+        out.append(FIGURES / "ecosmo_identifiability_laplace.png")
+        fig.savefig(out[-1], dpi=110)
+        plt.close(fig)
+    methods = {
+        "first guess": [(f - t) / t for f, t in zip(hd["first_guess"], hd["truth"])],
+        "gradient (adjoint)": (g.get("gradient") or {}).get("rel_error"),
+        "finite differences": (b.get("finite_difference") or {}).get("rel_error"),
+        "ES-MDA": (b.get("esmda") or {}).get("rel_error"),
+    }
+    fig, ax = plt.subplots(figsize=(11, 4))
+    for k, (m, e) in enumerate(methods.items()):
+        if e:
+            ax.plot([j + 0.15 * (k - 1.5) for j in range(p)], [100 * e[i] for i in order], "os^v"[k], label=m)
+    ax.axhspan(-10, 10, color="0.9", zorder=0)
+    ax.set_xticks(
+        range(p),
+        [names[i] + (" *" if hd["names"][i] in ident else "") for i in order],
+        rotation=70,
+        fontsize=8,
+    )
+    ax.set_ylabel("error (% of the true value)")
+    ax.set_title("recovery (grey: ±10 %; * identifiable: Laplace std ≤ 5 %)")
+    ax.legend(fontsize=8, ncol=4)
+    fig.tight_layout()
+    out.append(FIGURES / "ecosmo_identifiability_recovery.png")
+    fig.savefig(out[-1], dpi=110)
+    plt.close(fig)
+    fig, ax = plt.subplots(1, 2, figsize=(11, 4))
+    gl = (g.get("gradient") or {}).get("log") or []
+    fl = (b.get("finite_difference") or {}).get("log") or []
+    if gl:
+        ax[0].plot(
+            range(1, len(gl) + 1), [e["cost"] for e in gl], "o-", label="gradient: forward+adjoint runs"
+        )
+        ax[1].plot([e.get("wall_s", math.nan) for e in gl], [e["cost"] for e in gl], "o-", label="gradient")
+    if fl:
+        ax[0].plot(
+            [(k + 1) * (p + 1) for k in range(len(fl))],
+            [e["cost"] for e in fl],
+            "s-",
+            label=f"FD: member runs ({p + 1} per batched run)",
+        )
+        ax[1].plot([e["wall_s"] for e in fl], [e["cost"] for e in fl], "s-", label="FD (batched)")
+    for a in ax:
+        a.set_yscale("log")
+        a.set_ylabel("cost J (misfit + prior)")
+        a.legend(fontsize=8)
+    ax[0].set_xscale("log")
+    ax[0].set_xlabel("model runs")
+    ax[1].set_xlabel("wall time (s, loaded machine)")
+    fig.tight_layout()
+    out.append(FIGURES / "ecosmo_identifiability_cost.png")
+    fig.savefig(out[-1], dpi=110)
+    plt.close(fig)
+    # tables
+    print(
+        "| parameter | truth | sensitivity rank | ‖∂r/∂ln θ‖ | Laplace std (truth) | Laplace std (estimate) |"
+        " identifiable | gradient error | FD error | ES-MDA error |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|")
+
+    def pc(e, i):
+        return f"{100 * e[i]:+.1f} %" if e else "—"
+
+    for r, i in enumerate(order):
+        pe = f"{100 * le['posterior_std_rel'][i]:.1f} %" if le else "—"
+        print(
+            f"| {names[i]} | {hd['truth'][i]:g} | {r + 1} | {lt['sensitivity'][i]:.3g} | "
+            f"{100 * lt['posterior_std_rel'][i]:.1f} % | "
+            f"{pe} | "
+            f"{'yes' if hd['names'][i] in ident else 'no'} | {pc(methods['gradient (adjoint)'], i)} | "
+            f"{pc(methods['finite differences'], i)} | {pc(methods['ES-MDA'], i)} |"
+        )
+    summ = {}
+    for m, e in methods.items():
+        if e and ident:
+            ii = [i for i in range(p) if hd["names"][i] in ident]
+            summ[m] = (max(abs(e[i]) for i in ii), sum(abs(e[i]) <= 0.1 for i in ii), len(ii))
+            print(
+                f"{m}: identifiable max |error| {100 * summ[m][0]:.1f} %, "
+                f"{summ[m][1]}/{summ[m][2]} within 10 %"
+            )
+    merged["summary_identifiable"] = summ
+    (RESULTS / f"{tag}.json").write_text(json.dumps(merged, indent=1))
+    for f in out:
+        print(f"wrote {f}")
+    return merged
 
 
 if __name__ == "__main__":
