@@ -9,19 +9,20 @@ ECOSMO on 22 layers costs about the same for 1 column as for 64 (the step is dis
   2p + 1 columns: sensitivity ranking and the Gauss–Newton Laplace posterior come from it;
 - the finite-difference calibration (Levenberg–Marquardt on forward-difference Jacobians, as PEST does)
   batches the p + 1 runs of each Jacobian as columns: one batched run per iteration;
-- ES-MDA runs its 64 members as columns (4 assimilations);
+- ES-MDA runs its 64 members as columns (3 assimilations: 4 batched runs);
 - the gradient calibration is pelagos' L-BFGS on ``VariationalProblem.cost`` with the adjoint (autograd):
   one forward + one backward run per evaluation.
 
 Run (the parts can run as two processes; each writes its JSON after every model run, so an interrupted run
 keeps what it computed)::
 
-    python examples/ecosmo_identifiability.py --part esmda       # truth, Jacobian/Laplace, ES-MDA
+    python examples/ecosmo_identifiability.py --part laplace     # Jacobian at the truth: sensitivity, Laplace
+    python examples/ecosmo_identifiability.py --part esmda       # ES-MDA, 64 members as columns
     python examples/ecosmo_identifiability.py --part fd          # Levenberg-Marquardt, batched FD Jacobians
     python examples/ecosmo_identifiability.py --part gradient    # adjoint L-BFGS + Laplace at its estimate
     python examples/ecosmo_identifiability.py --part report      # tables + figures from the two JSONs
 
-Outputs: ``benchmarks/results/ecosmo_identifiability_{esmda,fd,gradient}.json``, the merged
+Outputs: ``benchmarks/results/ecosmo_identifiability_{laplace,esmda,fd,gradient}.json``, the merged
 ``benchmarks/results/ecosmo_identifiability.json`` and ``docs/figures/ecosmo_identifiability_*.png``.
 """
 
@@ -194,19 +195,24 @@ def identifiability(tw: Twin, z: torch.Tensor, rec: Recorder, key: str) -> None:
     print(f"[{key}] Jacobian of {2 * tw.p + 1} columns: {w2 - w:.0f} s wall, {c2 - c:.0f} s CPU", flush=True)
 
 
-def part_esmda(tw: Twin, rec: Recorder, members: int) -> None:
-    """The Jacobian at the truth (identifiability), then ES-MDA with ``members`` columns."""
+def part_laplace(tw: Twin, rec: Recorder) -> None:
+    """The Jacobian at the truth: sensitivity ranking and Laplace posterior (identifiability)."""
+    rec.data.setdefault("header", _header(tw))
+    rec.save()
+    identifiability(tw, tw.truth, rec, "laplace_truth")
+
+
+def part_esmda(tw: Twin, rec: Recorder, members: int, assimilations: int) -> None:
+    """ES-MDA with ``members`` columns and ``assimilations`` equal inflation factors."""
     from pelagos.inverse.ensemble import esmda, sample_prior
 
     rec.data.setdefault("header", _header(tw))
     rec.save()
-    if "laplace_truth" not in rec.data:
-        identifiability(tw, tw.truth, rec, "laplace_truth")
     if "esmda" not in rec.data:
         g = torch.Generator().manual_seed(5)
         U = sample_prior(tw.model, members, generator=g).to(torch.float64)
         w, c = rec.clock()
-        E = esmda(tw.model, tw.obs, tw.states(members), U, alphas=4, t0=tw.t0, generator=g)
+        E = esmda(tw.model, tw.obs, tw.states(members), U, alphas=assimilations, t0=tw.t0, generator=g)
         w2, c2 = rec.clock()
         zm = E.params.mean(0)
         rec.data["esmda"] = {
@@ -375,7 +381,8 @@ def _stamp(log: list, rec: Recorder, w0: float, c0: float) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--part", choices=["esmda", "fd", "gradient", "report", "all"], default="all")
+    ap.add_argument("--part", choices=["laplace", "esmda", "fd", "gradient", "report", "all"], default="all")
+    ap.add_argument("--assimilations", type=int, default=3, help="ES-MDA: number of assimilations")
     ap.add_argument("--config", default=str(CONFIG))
     ap.add_argument("--set", action="append", default=[], help="configuration override key=value")
     ap.add_argument("--fd-evals", type=int, default=12)
@@ -387,8 +394,11 @@ def main(argv: list[str] | None = None) -> None:
     STOP_AT[0] = _stop_at(args.stop_at)
     torch.set_num_threads(1)
     torch.set_default_dtype(torch.float64)
+    if args.part in ("laplace", "all"):
+        part_laplace(Twin(args.config, args.set), Recorder(RESULTS / f"{args.tag}_laplace.json"))
     if args.part in ("esmda", "all"):
-        part_esmda(Twin(args.config, args.set), Recorder(RESULTS / f"{args.tag}_esmda.json"), args.members)
+        rec = Recorder(RESULTS / f"{args.tag}_esmda.json")
+        part_esmda(Twin(args.config, args.set), rec, args.members, args.assimilations)
     if args.part in ("fd", "all"):
         part_fd(Twin(args.config, args.set), Recorder(RESULTS / f"{args.tag}_fd.json"), args.fd_evals)
     if args.part in ("gradient", "all"):
@@ -408,11 +418,11 @@ def report(tag: str = "ecosmo_identifiability") -> dict:
     import matplotlib.pyplot as plt
 
     parts = {}
-    for part in ("esmda", "fd", "gradient"):
+    for part in ("laplace", "esmda", "fd", "gradient"):
         f = RESULTS / f"{tag}_{part}.json"
         if f.exists():
             parts[part] = json.loads(f.read_text())
-    b = {**parts.get("esmda", {}), **parts.get("fd", {})}
+    b = {**parts.get("laplace", {}), **parts.get("esmda", {}), **parts.get("fd", {})}
     g = parts.get("gradient", {})
     hd = b.get("header") or g.get("header")
     if hd is None:
