@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..core._torch_quirks import load_jvp_decompositions
-from ..core.errors import ConfigError, SolverError, check_choice
+from ..core.errors import ConfigError, check_choice
 
 try:  # progress bars are optional at run time
     from tqdm.auto import tqdm
@@ -48,10 +48,7 @@ class _Counter:
             return self._val
         zz = z.detach().clone().requires_grad_(True)
         with torch.enable_grad():
-            try:
-                J = self.cost(zz)
-            except SolverError:  # the model blew up at this trial point (a solver met NaN/Inf): an infinite
-                J = torch.tensor(float("inf"), dtype=zz.dtype)  # cost, so the line search steps back
+            J = self.cost(zz)
             if not torch.isfinite(J):
                 g = torch.zeros_like(zz)
             else:
