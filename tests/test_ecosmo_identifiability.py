@@ -55,4 +55,3 @@ def test_batched_fd_jacobian_equals_adjoint_gradient() -> None:
             torch.testing.assert_close(R[0], r)
     finally:
         torch.set_default_dtype(torch.float32)
-
