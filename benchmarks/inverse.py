@@ -10,6 +10,9 @@ cost with checkpointing, and peak memory versus window length.
    gradients (the p+1 perturbed runs batched as columns). Reported: model runs (member runs for ES-MDA/FD,
    forward+adjoint pairs for the gradient) and wall time to bring the relative parameter RMS error below
    10 % (from 20 %), or the error reached in the budget.
+   A quick consistency check of the three methods only: at this size (18 h, 2 layers) almost nothing is
+   identifiable. The study at a realistic size (a year, 22 layers, 20 parameters, identifiability) is
+   examples/ecosmo_identifiability.py (docs/ecosmo_identifiability.md).
 2. Gradient / forward cost on a long window (NPZD, 11 × 10 m, dt = 6 h, one year = 1460 steps), without and
    with checkpointing (segments of sqrt(n) steps).
 3. Memory of one gradient versus window length (bytes autograd saves for the backward pass), with and
