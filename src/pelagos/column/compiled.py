@@ -30,6 +30,7 @@ default under /tmp), so later runs of the same model and batch pay mostly the tr
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import shutil
@@ -42,7 +43,14 @@ import torch
 from ..core.errors import ConfigError
 from ..core.tridiagonal import solve_tridiagonal as _solve_tridiagonal
 
-__all__ = ["CompiledStep", "compile_mode", "solve_tridiagonal", "compiled_step", "cxx_available", "mean_apply"]
+__all__ = [
+    "CompiledStep",
+    "compile_mode",
+    "compiled_step",
+    "cxx_available",
+    "mean_apply",
+    "solve_tridiagonal",
+]
 
 _MODES = {
     True: "on",
@@ -56,18 +64,21 @@ _MODES = {
     "auto": "auto",
 }
 _warned_no_cxx = False
+# Inductor options: a C++ wrapper (the kernel calls of a step are C++, not generated Python).
+_OPTIONS: dict[str, Any] = {"cpp_wrapper": os.environ.get("PELAGOS_COLUMN_CPP_WRAPPER", "1") == "1"}
 
 
 def compile_mode(value: bool | str) -> str:
     """``"on"``, ``"off"`` or ``"auto"`` from a ``compile`` option (bool or string)."""
     key = value.strip().lower() if isinstance(value, str) else value
-    if isinstance(key, bool) or isinstance(key, str):
+    if isinstance(key, bool | str):
         mode = _MODES.get(key)
         if mode is not None:
             return mode
     raise ConfigError(f"numerics.compile must be true, false or 'auto'; got {value!r}")
 
 
+@functools.cache
 def cxx_available() -> bool:
     """Whether Inductor can build CPU kernels here: a C++ compiler (``$CXX``, g++, c++ or clang++)."""
     names = [os.environ.get("CXX") or "", "g++", "c++", "clang++"]
@@ -78,8 +89,11 @@ def _plain_only(state: Mapping, model: Any) -> bool:
     """Calls the compiled step cannot take: torch.func transforms and forward-mode AD."""
     from torch._C._functorch import is_functorch_wrapped_tensor
 
+    stores = model.__dict__.get("_param_stores")
+    if stores is None:  # the stores of a model tree are fixed once built
+        stores = model.__dict__["_param_stores"] = list(model._stores().values())
     leaves = [v for v in state.values() if torch.is_tensor(v)]
-    leaves += [v for v in model.parameter_overrides().values() if torch.is_tensor(v)]
+    leaves += [v for s in stores for v in s.overrides.values() if torch.is_tensor(v)]
     for v in leaves:
         if is_functorch_wrapped_tensor(v) or torch.autograd.forward_ad.unpack_dual(v).tangent is not None:
             return True
@@ -137,8 +151,45 @@ def mean_apply(buf: Mapping[str, torch.Tensor], x: torch.Tensor, plan: tuple) ->
     return {"samples": samples, "last": x, "mean": mean}
 
 
-# The solve runs as an opaque call inside the compiled program (its own compiled kernel and backward).
-solve_tridiagonal = torch._dynamo.disable(_solve_tridiagonal, recursive=True)
+# The tridiagonal solve as an opaque operator of the compiled program (Inductor calls the compiled Thomas
+# kernel of pelagos.core.tridiagonal; no graph break), with its adjoint as the backward: for A x = d,
+# lam = A^-T g, dL/dd = lam, dL/dA_ij = -lam_i x_j (lower_i = A_i,i-1, upper_i = A_i,i+1). All four
+# arguments have the same shape (the column step expands them).
+@torch.library.custom_op("pelagos_column::thomas", mutates_args=())
+def _thomas(lower: torch.Tensor, diag: torch.Tensor, upper: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return _solve_tridiagonal(lower, diag, upper, rhs)  # a new tensor (never an input)
+
+
+@_thomas.register_fake
+def _(lower: torch.Tensor, diag: torch.Tensor, upper: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
+    return torch.empty_like(rhs, memory_format=torch.contiguous_format)
+
+
+def _thomas_setup(ctx: Any, inputs: tuple, output: torch.Tensor) -> None:
+    lower, diag, upper, _ = inputs
+    ctx.save_for_backward(lower, diag, upper, output)
+
+
+def _thomas_backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    lower, diag, upper, x = ctx.saved_tensors
+    zero = torch.zeros_like(x[..., :1])
+    lam = _thomas(
+        torch.cat([zero, upper[..., :-1]], -1), diag, torch.cat([lower[..., 1:], zero], -1), g.contiguous()
+    )
+    gl = -lam * torch.cat([zero, x[..., :-1]], -1)
+    gu = -lam * torch.cat([x[..., 1:], zero], -1)
+    return gl, -lam * x, gu, lam
+
+
+_thomas.register_autograd(_thomas_backward, setup_context=_thomas_setup)
+
+
+def solve_tridiagonal(
+    lower: torch.Tensor, diag: torch.Tensor, upper: torch.Tensor, rhs: torch.Tensor
+) -> torch.Tensor:
+    """:func:`pelagos.core.tridiagonal.solve_tridiagonal` for the compiled step (same-shape arguments)."""
+    return _thomas(lower.contiguous(), diag.contiguous(), upper.contiguous(), rhs.contiguous())
 
 
 class CompiledStep:
@@ -147,11 +198,22 @@ class CompiledStep:
     def __init__(self, model: Any) -> None:
         self.model = model
         self.loop = 1  # sinking sub-step iterations compiled in; grows when the columns need more
-        self._fn = torch.compile(self._core, dynamic=False)
+        self._fn = torch.compile(self._core, dynamic=False, options=_OPTIONS)
+        self._out: Any = None  # the compiled output, built on first use
 
     def _core(self, state: dict, raw: dict, plans: dict, loop: int) -> tuple[dict, Any]:
         m = self.model
         return m._step_columns(state, None, m._scale_physics(raw), fast=(plans, loop))
+
+    def output(self, state: Mapping, raw: Mapping) -> dict:
+        """:meth:`ColumnModel.output` (diagnostics, light, totals) as a compiled program."""
+        if self._out is None:
+            self._out = torch.compile(self._output_core, dynamic=False, options=_OPTIONS)
+        return self._out(dict(state), dict(raw))
+
+    def _output_core(self, state: dict, raw: dict) -> dict:
+        m = self.model
+        return m._output_from(state, m._scale_physics(raw))
 
     def mean_plans(self, t: float) -> dict[str, tuple]:
         """Sampling plans of the model's running means for the step ``t -> t + dt``."""

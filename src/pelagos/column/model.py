@@ -466,8 +466,8 @@ class ColumnModel(Model):
 
     def _transport(self, svars: dict, phys: Mapping, loop: int | None = None) -> tuple[dict, Any]:
         """Sinking/rising then diffusion of the interior variables; bottom/surface ones are carried over.
-        Returns the new variables and (with ``loop``, a fixed sinking sub-step loop) the largest sub-step count
-        the columns needed (a tensor; ``None`` otherwise)."""
+        Returns the new variables and (with ``loop``, a fixed sinking sub-step loop) the largest sub-step
+        count the columns needed (a tensor; ``None`` otherwise)."""
         advection, _, _ = _numerics()
         h, dt = phys["h"], self.dt
         env0 = self._base_env(phys)
@@ -553,7 +553,13 @@ class ColumnModel(Model):
         ``(B,)``), BGC diagnostics (e.g. ``npzd_PPR``) evaluated on this state with the light of this state,
         the physics (``h``, ``temp``, ``salt``, ``nuh``, ``I_0``), ``PAR`` and the conserved column totals
         (``total_<quantity>``, per m2). Diagnostics are recomputed here rather than carried in the state."""
-        phys = self._physics(float(t), for_step=False)
+        fast = self._compiled_step(state) if isinstance(state, Mapping) else None
+        if fast is not None:
+            return fast.output(state, self._raw_physics(float(t), for_step=False))
+        return self._output_from(state, self._physics(float(t), for_step=False))
+
+    def _output_from(self, state: Mapping[str, Any], phys: Mapping[str, torch.Tensor]) -> dict:
+        """:meth:`output` given the (scaled) physics at the output time."""
         svars = {n: state[n] for n in self.interior + self.bottom + self.surface}
         means = state.get("_means") if isinstance(state, Mapping) else None
         with torch.no_grad() if not torch.is_grad_enabled() else contextlib.nullcontext():
@@ -578,7 +584,8 @@ class ColumnModel(Model):
             for d in self.bgc.diagnostics:
                 if self.bgc.models.get(d.instance) is lm and light.get(d.local) is not None:
                     out[d.name] = full(light[d.local])
-        for q, v in self.totals(state, t).items():
+        totals = self.bgc.conserved_quantities(svars, h=phys["h"])  # = self.totals(state, t)
+        for q, v in totals.items():
             out[q if q.startswith("total_") else f"total_{q}"] = v
         return out
 
