@@ -48,8 +48,8 @@ __all__ = [
     "compile_mode",
     "compiled_step",
     "cxx_available",
+    "diffuse_implicit",
     "mean_apply",
-    "solve_tridiagonal",
 ]
 
 _MODES = {
@@ -153,8 +153,9 @@ def mean_apply(buf: Mapping[str, torch.Tensor], x: torch.Tensor, plan: tuple) ->
 
 # The tridiagonal solve as an opaque operator of the compiled program (Inductor calls the compiled Thomas
 # kernel of pelagos.core.tridiagonal; no graph break), with its adjoint as the backward: for A x = d,
-# lam = A^-T g, dL/dd = lam, dL/dA_ij = -lam_i x_j (lower_i = A_i,i-1, upper_i = A_i,i+1). All four
-# arguments have the same shape (the column step expands them).
+# lam = A^-T g, dL/dd = lam, dL/dA_ij = -lam_i x_j (lower_i = A_i,i-1, upper_i = A_i,i+1). The diagonals may
+# be shared by several right-hand sides: (B, 1, N) against rhs (B, V, N), one factorisation per column for
+# all V tracers (their gradients are then summed over V).
 @torch.library.custom_op("pelagos_column::thomas", mutates_args=())
 def _thomas(lower: torch.Tensor, diag: torch.Tensor, upper: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
     with torch.no_grad():
@@ -171,25 +172,39 @@ def _thomas_setup(ctx: Any, inputs: tuple, output: torch.Tensor) -> None:
     ctx.save_for_backward(lower, diag, upper, output)
 
 
+def _sum_to(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    dims = [i for i, (n, m) in enumerate(zip(like.shape, x.shape)) if n == 1 and m != 1]
+    return x.sum(dims, keepdim=True) if dims else x
+
+
 def _thomas_backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor, ...]:
     lower, diag, upper, x = ctx.saved_tensors
-    zero = torch.zeros_like(x[..., :1])
+    zero = torch.zeros_like(lower[..., :1])
     lam = _thomas(
         torch.cat([zero, upper[..., :-1]], -1), diag, torch.cat([lower[..., 1:], zero], -1), g.contiguous()
     )
-    gl = -lam * torch.cat([zero, x[..., :-1]], -1)
-    gu = -lam * torch.cat([x[..., 1:], zero], -1)
-    return gl, -lam * x, gu, lam
+    zx = torch.zeros_like(x[..., :1])
+    gl = _sum_to(-lam * torch.cat([zx, x[..., :-1]], -1), lower)
+    gu = _sum_to(-lam * torch.cat([x[..., 1:], zx], -1), upper)
+    return gl, _sum_to(-lam * x, diag), gu, lam
 
 
 _thomas.register_autograd(_thomas_backward, setup_context=_thomas_setup)
 
 
-def solve_tridiagonal(
-    lower: torch.Tensor, diag: torch.Tensor, upper: torch.Tensor, rhs: torch.Tensor
-) -> torch.Tensor:
-    """:func:`pelagos.core.tridiagonal.solve_tridiagonal` for the compiled step (same-shape arguments)."""
-    return _thomas(lower.contiguous(), diag.contiguous(), upper.contiguous(), rhs.contiguous())
+def diffuse_implicit(a: torch.Tensor, c: torch.Tensor, Y: torch.Tensor) -> torch.Tensor:
+    """``A Y_new = Y`` for tracers ``Y`` (V, B, nz) with GOTM's cnpar = 1 matrix from ``a, c`` ((B or 1, nz),
+    :func:`~pelagos.column.diffusion.diffusion_matrix`): the same rows as the plain step's solve, factorised
+    once per column for all V tracers."""
+    V, B, nz = Y.shape
+    B = max(B, a.shape[-2] if a.ndim >= 2 else 1)
+
+    def col(x: torch.Tensor) -> torch.Tensor:
+        return x.expand(B, nz).unsqueeze(1).contiguous()
+
+    rhs = Y.expand(V, B, nz).transpose(0, 1).contiguous()
+    x = _thomas(col(-a), col(1.0 + a + c), col(-c), rhs)
+    return x.transpose(0, 1)
 
 
 class CompiledStep:

@@ -513,12 +513,13 @@ class ColumnModel(Model):
         _, diffusion, _ = _numerics()
         if self.cnpar != 1.0:
             return diffusion.diffuse_center(Y, h, nuh, self.dt, cnpar=self.cnpar, posconc=self.posconc)
-        if torch.compiler.is_compiling():
-            from .compiled import solve_tridiagonal
-        else:
-            from ..core.tridiagonal import solve_tridiagonal
-
         a, c = diffusion.diffusion_matrix(h, nuh, self.dt)
+        if torch.compiler.is_compiling():
+            from .compiled import diffuse_implicit
+
+            return diffuse_implicit(a, c, Y)
+        from ..core.tridiagonal import solve_tridiagonal
+
         shape = torch.broadcast_shapes(Y.shape, a.shape)
         lower = (-a).expand(shape).contiguous()
         upper = (-c).expand(shape).contiguous()
