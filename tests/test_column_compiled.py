@@ -193,3 +193,12 @@ def test_compiled_ecosmo_matches_plain():
         torch.testing.assert_close(got["_means"][key]["mean"], buf["mean"], rtol=1e-12, atol=1e-12)
     for k in o_ref:
         torch.testing.assert_close(o[k], o_ref[k], rtol=1e-11, atol=1e-12)
+
+
+def test_each_model_gets_its_own_compiled_code():
+    """dynamo keeps at most 8 compiled variants per code object: models must not share one (the ninth model
+    of a process, e.g. in an ensemble or a calibration, would silently run uncompiled)."""
+    a, b = example(), example()
+    fa, fb = cc._own_code(cc._step_core, a), cc._own_code(cc._step_core, b)
+    assert fa.__code__ is not fb.__code__
+    assert fa.__globals__["_MODEL"] is a and fb.__globals__["_MODEL"] is b

@@ -31,9 +31,11 @@ default under /tmp), so later runs of the same model and batch pay mostly the tr
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 import os
 import shutil
+import types
 import warnings
 from collections.abc import Mapping
 from typing import Any
@@ -64,6 +66,7 @@ _MODES = {
     "auto": "auto",
 }
 _warned_no_cxx = False
+_COUNTER = itertools.count()
 # Inductor options: a C++ wrapper (the kernel calls of a step are C++, not generated Python).
 _OPTIONS: dict[str, Any] = {"cpp_wrapper": os.environ.get("PELAGOS_COLUMN_CPP_WRAPPER", "1") == "1"}
 
@@ -207,28 +210,39 @@ def diffuse_implicit(a: torch.Tensor, c: torch.Tensor, Y: torch.Tensor) -> torch
     return x.transpose(0, 1)
 
 
+def _step_core(state: dict, raw: dict, plans: dict, loop: int) -> tuple[dict, Any]:
+    m = _MODEL  # noqa: F821 - bound per model by _own_code
+    return m._step_columns(state, None, m._scale_physics(raw), fast=(plans, loop))
+
+
+def _output_core(state: dict, raw: dict) -> dict:
+    m = _MODEL  # noqa: F821 - bound per model by _own_code
+    return m._output_from(state, m._scale_physics(raw))
+
+
+def _own_code(fn: Any, model: Any) -> Any:
+    """``fn`` with a code object of its own and ``_MODEL`` bound to ``model`` in its globals: dynamo keeps its
+    compiled variants per code object (at most ``recompile_limit`` = 8), so each model gets its own cache
+    instead of sharing one (the ninth model of a process would otherwise run uncompiled)."""
+    name = f"{fn.__name__}_{next(_COUNTER)}"
+    g = dict(fn.__globals__, _MODEL=model)
+    return types.FunctionType(fn.__code__.replace(co_name=name), g, name, fn.__defaults__)
+
+
 class CompiledStep:
     """The compiled step of one :class:`~pelagos.column.model.ColumnModel` (see the module doc)."""
 
     def __init__(self, model: Any) -> None:
         self.model = model
         self.loop = 1  # sinking sub-step iterations compiled in; grows when the columns need more
-        self._fn = torch.compile(self._core, dynamic=False, options=_OPTIONS)
+        self._fn = torch.compile(_own_code(_step_core, model), dynamic=False, options=_OPTIONS)
         self._out: Any = None  # the compiled output, built on first use
-
-    def _core(self, state: dict, raw: dict, plans: dict, loop: int) -> tuple[dict, Any]:
-        m = self.model
-        return m._step_columns(state, None, m._scale_physics(raw), fast=(plans, loop))
 
     def output(self, state: Mapping, raw: Mapping) -> dict:
         """:meth:`ColumnModel.output` (diagnostics, light, totals) as a compiled program."""
         if self._out is None:
-            self._out = torch.compile(self._output_core, dynamic=False, options=_OPTIONS)
+            self._out = torch.compile(_own_code(_output_core, self.model), dynamic=False, options=_OPTIONS)
         return self._out(dict(state), dict(raw))
-
-    def _output_core(self, state: dict, raw: dict) -> dict:
-        m = self.model
-        return m._output_from(state, m._scale_physics(raw))
 
     def mean_plans(self, t: float) -> dict[str, tuple]:
         """Sampling plans of the model's running means for the step ``t -> t + dt``."""
