@@ -16,7 +16,9 @@ branch:
   (``loop``, 1 at first) and returns the count the columns needed: when that is larger (faster sinking,
   thinner layers) the step is redone with the larger loop (one recompilation), so the result is always the
   plain step's;
-- the tridiagonal solve runs as an opaque call inside the program (the compiled Thomas kernel).
+- the tridiagonal solve is :func:`pelagos.core.tridiagonal.solve_tridiagonal`, which under ``torch.compile``
+  is the custom operator ``pelagos::solve_tridiagonal`` (the compiled Thomas kernel, its fused adjoint as
+  the backward): no graph break; the matrix is factorised once per column for all tracers.
 
 Same operations as the plain step, so the same result up to the rounding of fused code (float64 agreement
 over a model year is tested in tests/test_column_compiled.py). Gradients: AOTAutograd compiles the backward
@@ -154,47 +156,6 @@ def mean_apply(buf: Mapping[str, torch.Tensor], x: torch.Tensor, plan: tuple) ->
     return {"samples": samples, "last": x, "mean": mean}
 
 
-# The tridiagonal solve as an opaque operator of the compiled program (Inductor calls the compiled Thomas
-# kernel of pelagos.core.tridiagonal; no graph break), with its adjoint as the backward: for A x = d,
-# lam = A^-T g, dL/dd = lam, dL/dA_ij = -lam_i x_j (lower_i = A_i,i-1, upper_i = A_i,i+1). The diagonals may
-# be shared by several right-hand sides: (B, 1, N) against rhs (B, V, N), one factorisation per column for
-# all V tracers (their gradients are then summed over V).
-@torch.library.custom_op("pelagos_column::thomas", mutates_args=())
-def _thomas(lower: torch.Tensor, diag: torch.Tensor, upper: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
-    with torch.no_grad():
-        return _solve_tridiagonal(lower, diag, upper, rhs)  # a new tensor (never an input)
-
-
-@_thomas.register_fake
-def _(lower: torch.Tensor, diag: torch.Tensor, upper: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
-    return torch.empty_like(rhs, memory_format=torch.contiguous_format)
-
-
-def _thomas_setup(ctx: Any, inputs: tuple, output: torch.Tensor) -> None:
-    lower, diag, upper, _ = inputs
-    ctx.save_for_backward(lower, diag, upper, output)
-
-
-def _sum_to(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    dims = [i for i, (n, m) in enumerate(zip(like.shape, x.shape)) if n == 1 and m != 1]
-    return x.sum(dims, keepdim=True) if dims else x
-
-
-def _thomas_backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    lower, diag, upper, x = ctx.saved_tensors
-    zero = torch.zeros_like(lower[..., :1])
-    lam = _thomas(
-        torch.cat([zero, upper[..., :-1]], -1), diag, torch.cat([lower[..., 1:], zero], -1), g.contiguous()
-    )
-    zx = torch.zeros_like(x[..., :1])
-    gl = _sum_to(-lam * torch.cat([zx, x[..., :-1]], -1), lower)
-    gu = _sum_to(-lam * torch.cat([x[..., 1:], zx], -1), upper)
-    return gl, _sum_to(-lam * x, diag), gu, lam
-
-
-_thomas.register_autograd(_thomas_backward, setup_context=_thomas_setup)
-
-
 def diffuse_implicit(a: torch.Tensor, c: torch.Tensor, Y: torch.Tensor) -> torch.Tensor:
     """``A Y_new = Y`` for tracers ``Y`` (V, B, nz) with GOTM's cnpar = 1 matrix from ``a, c`` ((B or 1, nz),
     :func:`~pelagos.column.diffusion.diffusion_matrix`): the same rows as the plain step's solve, factorised
@@ -206,7 +167,7 @@ def diffuse_implicit(a: torch.Tensor, c: torch.Tensor, Y: torch.Tensor) -> torch
         return x.expand(B, nz).unsqueeze(1).contiguous()
 
     rhs = Y.expand(V, B, nz).transpose(0, 1).contiguous()
-    x = _thomas(col(-a), col(1.0 + a + c), col(-c), rhs)
+    x = _solve_tridiagonal(col(-a), col(1.0 + a + c), col(-c), rhs)  # the custom op under compile
     return x.transpose(0, 1)
 
 
