@@ -50,7 +50,7 @@ class VariationalProblem:
         B: Covariance | torch.Tensor | float | dict | None = None,
         Q: Covariance | torch.Tensor | float | None = None,
         model_error_every: int = 1,
-        checkpoint: int | None = None,
+        checkpoint: int | str | None = None,
         jacobian: str = "forward",
         bundle_step: float = 1e-5,
         include_prior: bool = True,
