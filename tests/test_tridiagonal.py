@@ -3,6 +3,8 @@ shared-matrix right-hand sides, conservation for implicit diffusion, errors, and
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -110,11 +112,23 @@ def test_falls_back_to_torch_when_the_compiler_fails(monkeypatch):
 
     monkeypatch.setattr(_thomas_c, "_state", {})
     monkeypatch.setattr(_thomas_c, "_build", broken)
-    assert tridiagonal_backend("cpu", F64) == "torch"
+    with pytest.warns(RuntimeWarning, match="C compiler") as record:
+        assert tridiagonal_backend("cpu", F64) == "torch"
+    assert len(record) == 1
     assert "simulated" in _thomas_c.build_error()
     a, b, c = dominant((3, 6))
     d = torch.randn(3, 6, dtype=F64)
-    torch.testing.assert_close(solve_tridiagonal(a, b, c, d), dense_solve(a, b, c, d), rtol=1e-12, atol=1e-12)
+    req = [t.clone().requires_grad_() for t in (a, b, c, d)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the warning comes once, not on every call
+        torch.testing.assert_close(
+            solve_tridiagonal(a, b, c, d), dense_solve(a, b, c, d), rtol=1e-12, atol=1e-12
+        )
+        x = solve_tridiagonal(*req)
+        grads = torch.autograd.grad(x, req, torch.ones_like(x))
+    xr = dense_solve(*req)
+    for u, v in zip(grads, torch.autograd.grad(xr, req, torch.ones_like(xr))):
+        torch.testing.assert_close(u, v, rtol=1e-10, atol=1e-12)
 
 
 def test_ignored_corner_entries_do_not_matter(backend):
@@ -462,7 +476,8 @@ def test_backward_saves_only_inputs_and_solution():
     args = [t.requires_grad_() for t in (*dominant((batch, n)), torch.randn(batch, n, dtype=F64))]
     x, ours = _saved_bytes(solve_tridiagonal, *args)
     grad_fn = x.grad_fn
-    assert len(grad_fn.saved_tensors) == 4  # lower, diag, upper, x: nothing from inside the sweep
+    saved = [t for t in grad_fn.saved_tensors if t is not None]
+    assert len(saved) == 4  # lower, diag, upper, x: nothing from inside the sweep
     one = batch * n * 8
     inputs = 3 * one  # lower, diag, upper are saved by reference (they are alive anyway)
     assert ours == inputs + one  # + the solution: nothing else
@@ -553,3 +568,58 @@ def test_compiled_kernel_matches_torch_sweep_values_and_gradients(monkeypatch, d
     tol = 1e-12 if dtype == torch.float64 else 2e-5
     for u, v in zip(ours, ref):
         torch.testing.assert_close(u, v, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("P,K,N", [(21, 1, 9), (3, 2, 5), (1, 1, 64)])
+def test_compiled_adjoint_with_saved_pivots_equals_refactorised(dtype, P, K, N):
+    """The kernels can keep the forward's reciprocal pivots for the adjoint (no refactorisation): same
+    cotangents as the adjoint that refactorises from the diagonal, and the pivots are 1/u_i."""
+    if _thomas_c.kernels() is None:
+        pytest.skip("no compiled kernel")
+    g = torch.Generator().manual_seed(5)
+    a, b, c = (t.to(dtype) for t in dominant((P, N), generator=g))
+    d = torch.randn(P, K, N, generator=g).to(dtype)
+    w = torch.randn(P, K, N, generator=g).to(dtype)
+    x, piv = torch.empty_like(d), torch.empty_like(b)
+    assert _thomas_c.solve_into(P, K, N, a, b, c, d, x, piv)
+    u = b.clone()  # pivots u_i = b_i - a_i c_{i-1} / u_{i-1}
+    for i in range(1, N):
+        u[:, i] = b[:, i] - a[:, i] * c[:, i - 1] / u[:, i - 1]
+    tol = 1e-12 if dtype == torch.float64 else 1e-5
+    torch.testing.assert_close(piv, 1 / u, rtol=tol, atol=tol)
+    with_piv = _thomas_c.adjoint(a, b, c, x, w, True, piv=piv)
+    without = _thomas_c.adjoint(a, b, c, x, w, True)
+    for p_, q_ in zip(with_piv, without):
+        torch.testing.assert_close(p_, q_, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize(
+    "case", ["contiguous", "transposed", "leading_ones", "expanded_grad", "broadcast_rhs", "only_matrix"]
+)
+def test_eager_reverse_mode_paths_match_dense(backend, case):
+    """The lean eager Function (direct kernel calls on contiguous memory, copies otherwise) against
+    the dense solve's autograd, for layouts that take its different branches."""
+    g = torch.Generator().manual_seed(7)
+    a, b, c = dominant((4, 6), generator=g)
+    d = torch.randn(4, 6, dtype=F64, generator=g)
+    if case == "transposed":  # non-contiguous inputs
+        a, b, c, d = (t.t().contiguous().t() for t in (a, b, c, d))
+    if case == "leading_ones":  # same number of elements, different shapes
+        a, d = a[:1].reshape(1, 1, 6), d[:1]
+        b, c = b[:1], c[:1].reshape(1, 1, 1, 6)
+    if case == "broadcast_rhs":
+        d = d[:1]
+    req = [t.clone().requires_grad_(case != "only_matrix" or i < 3) for i, t in enumerate((a, b, c, d))]
+    x = solve_tridiagonal(*req)
+    xr = dense_solve(*req)
+    torch.testing.assert_close(x, xr, rtol=1e-12, atol=1e-12)
+    if case == "expanded_grad":  # gx = ones expanded (stride 0)
+        grads, ref = torch.autograd.grad(x.sum(), req), torch.autograd.grad(xr.sum(), req)
+    else:
+        w = torch.randn(x.shape, dtype=F64, generator=g)
+        wanted = [t for t in req if t.requires_grad]
+        grads, ref = torch.autograd.grad(x, wanted, w), torch.autograd.grad(xr, wanted, w)
+    for u, v in zip(grads, ref):
+        assert u.shape == v.shape
+        torch.testing.assert_close(u, v, rtol=1e-10, atol=1e-12)

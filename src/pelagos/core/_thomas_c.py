@@ -17,9 +17,9 @@ lanes across systems). GCC builds AVX-512, AVX2 and SSE2 clones and picks one at
 from __future__ import annotations
 
 import ctypes
-import math
 import os
 import threading
+import warnings
 
 import torch
 
@@ -56,8 +56,8 @@ static inline void scatter_SFX(long N, long stride, const V_SFX *src, REAL *dst)
 }
 
 /* Matrix cotangents of one system from lam and x (first right-hand side sets, others add). */
-static inline void cotangents_SFX(long N, int first, const REAL *ls, const REAL *xs, REAL *ga, REAL *gb,
-                                  REAL *gc)
+static inline void cotangents_SFX(long N, int first, const REAL *restrict ls, const REAL *restrict xs,
+                                  REAL *restrict ga, REAL *restrict gb, REAL *restrict gc)
 {
     if (first) {
         if (ga) { ga[0] = 0; for (long i = 1; i < N; i++) ga[i] = -ls[i] * xs[i - 1]; }
@@ -72,7 +72,7 @@ static inline void cotangents_SFX(long N, int first, const REAL *ls, const REAL 
 
 /* One system, scalar (used for the systems that do not fill a vector block, e.g. a single one). */
 static void solve_one_SFX(long K, long N, const REAL *a, const REAL *b, const REAL *c, const REAL *d,
-                          REAL *x, REAL *inv, REAL *cp, REAL *acc)
+                          REAL *x, REAL *piv, REAL *inv, REAL *cp, REAL *acc)
 {
     REAL r = 1 / b[0];
     inv[0] = r;
@@ -82,6 +82,7 @@ static void solve_one_SFX(long K, long N, const REAL *a, const REAL *b, const RE
         inv[i] = r;
         cp[i] = c[i] * r;
     }
+    if (piv) for (long i = 0; i < N; i++) piv[i] = inv[i];
     for (long k = 0; k < K; k++) {
         const REAL *ds = d + k * N;
         REAL *xs = x + k * N, s = 0;
@@ -96,10 +97,11 @@ static void solve_one_SFX(long K, long N, const REAL *a, const REAL *b, const RE
     }
 }
 
-/* Solve A x = d for P matrices (P,N) and K right-hand sides each (P,K,N).
-   work: 4*N vectors; flag: L entries, set to sum(x*0), which is NaN iff some x is NaN/Inf. */
-MV void thomas_solve_SFX(long P, long K, long N, const REAL *a, const REAL *b, const REAL *c,
-                         const REAL *d, REAL *x, V_SFX *work, REAL *flag)
+/* Solve A x = d for P matrices (P,N) and K right-hand sides each (P,K,N). If piv is not NULL, the
+   reciprocal pivots 1/u_i of the factorisation are stored there (P,N) for the adjoint.
+   work: 4*N vectors. Returns 1 if every x is finite (sum of x*0 is NaN iff some x is NaN/Inf). */
+MV int thomas_solve_SFX(long P, long K, long N, const REAL *a, const REAL *b, const REAL *c,
+                        const REAL *d, REAL *x, REAL *piv, V_SFX *work)
 {
     V_SFX *al = work, *inv = work + N, *cp = work + 2 * N, *xl = work + 3 * N;
     V_SFX acc = {0};
@@ -116,6 +118,7 @@ MV void thomas_solve_SFX(long P, long K, long N, const REAL *a, const REAL *b, c
             inv[i] = 1 / (inv[i] - al[i] * cp[i - 1]);
             cp[i] *= inv[i];
         }
+        if (piv) scatter_SFX(N, N, inv, piv + p0 * N);
         for (long k = 0; k < K; k++) {
             gather_SFX(N, K * N, d + (p0 * K + k) * N, xl);
             xl[0] *= inv[0];
@@ -130,18 +133,24 @@ MV void thomas_solve_SFX(long P, long K, long N, const REAL *a, const REAL *b, c
     }
     for (; p0 < P; p0++)
         solve_one_SFX(K, N, a + p0 * N, b + p0 * N, c + p0 * N, d + p0 * K * N, x + p0 * K * N,
-                      (REAL *)work, (REAL *)work + N, &acc1);
-    for (long j = 0; j < L_SFX; j++) flag[j] = acc[j];
-    flag[0] += acc1;
+                      piv ? piv + p0 * N : 0, (REAL *)work, (REAL *)work + N, &acc1);
+    for (long j = 0; j < L_SFX; j++) acc1 += acc[j];
+    return acc1 == acc1;
 }
 
-static void adjoint_one_SFX(long K, long N, const REAL *a, const REAL *b, const REAL *c, const REAL *x,
-                            const REAL *g, REAL *lam, REAL *ga, REAL *gb, REAL *gc, REAL *inv, REAL *cpt)
+static void adjoint_one_SFX(long K, long N, const REAL *a, const REAL *b, const REAL *c, const REAL *piv,
+                            const REAL *x, const REAL *g, REAL *lam, REAL *ga, REAL *gb, REAL *gc,
+                            REAL *inv, REAL *cpt)
 {
-    inv[0] = 1 / b[0];
-    for (long i = 1; i < N; i++) {
-        cpt[i - 1] = a[i] * inv[i - 1];
-        inv[i] = 1 / (b[i] - cpt[i - 1] * c[i - 1]);
+    if (piv) {
+        for (long i = 0; i < N; i++) inv[i] = piv[i];
+        for (long i = 1; i < N; i++) cpt[i - 1] = a[i] * inv[i - 1];
+    } else {
+        inv[0] = 1 / b[0];
+        for (long i = 1; i < N; i++) {
+            cpt[i - 1] = a[i] * inv[i - 1];
+            inv[i] = 1 / (b[i] - cpt[i - 1] * c[i - 1]);
+        }
     }
     for (long k = 0; k < K; k++) {
         const REAL *gs = g + k * N;
@@ -156,23 +165,29 @@ static void adjoint_one_SFX(long K, long N, const REAL *a, const REAL *b, const 
 /* Adjoint: lam = A^-T g for each (p,k); for each of ga/gb/gc that is non-NULL the matrix cotangent
    ga_i = -sum_k lam_i x_{i-1}, gb_i = -sum_k lam_i x_i, gc_i = -sum_k lam_i x_{i+1} (zero at the
    ignored entries ga_0 and gc_{N-1}). A^T has sub-diagonal c_{i-1}, super-diagonal a_{i+1} and
-   the same pivots as A. work: 5*N vectors. */
+   the same pivots as A: taken from piv (saved by thomas_solve) when not NULL, else recomputed
+   from b. work: 5*N vectors. */
 MV void thomas_adjoint_SFX(long P, long K, long N, const REAL *a, const REAL *b, const REAL *c,
-                           const REAL *x, const REAL *g, REAL *lam, REAL *ga, REAL *gb, REAL *gc,
-                           V_SFX *work)
+                           const REAL *piv, const REAL *x, const REAL *g, REAL *lam, REAL *ga, REAL *gb,
+                           REAL *gc, V_SFX *work)
 {
     V_SFX *al = work, *inv = work + N, *cl = work + 2 * N, *cpt = work + 3 * N, *ll = work + 4 * N;
     int want = ga || gb || gc;
     long p0 = 0;
     for (; p0 + L_SFX <= P; p0 += L_SFX) {
         gather_SFX(N, N, a + p0 * N, al);
-        gather_SFX(N, N, b + p0 * N, inv);
         gather_SFX(N, N, c + p0 * N, cl);
         /* pivots of A (= pivots of A^T); cpt_i = a_{i+1} / pivot_i is A^T's scaled super-diagonal */
-        inv[0] = 1 / inv[0];
-        for (long i = 1; i < N; i++) {
-            cpt[i - 1] = al[i] * inv[i - 1];
-            inv[i] = 1 / (inv[i] - cpt[i - 1] * cl[i - 1]);
+        if (piv) {
+            gather_SFX(N, N, piv + p0 * N, inv);
+            for (long i = 1; i < N; i++) cpt[i - 1] = al[i] * inv[i - 1];
+        } else {
+            gather_SFX(N, N, b + p0 * N, inv);
+            inv[0] = 1 / inv[0];
+            for (long i = 1; i < N; i++) {
+                cpt[i - 1] = al[i] * inv[i - 1];
+                inv[i] = 1 / (inv[i] - cpt[i - 1] * cl[i - 1]);
+            }
         }
         for (long k = 0; k < K; k++) {
             gather_SFX(N, K * N, g + (p0 * K + k) * N, ll);
@@ -189,8 +204,8 @@ MV void thomas_adjoint_SFX(long P, long K, long N, const REAL *a, const REAL *b,
     }
     for (; p0 < P; p0++) {
         long m = p0 * N, r = p0 * K * N;
-        adjoint_one_SFX(K, N, a + m, b + m, c + m, x + r, g + r, lam + r, ga ? ga + m : 0, gb ? gb + m : 0,
-                        gc ? gc + m : 0, (REAL *)work, (REAL *)work + N);
+        adjoint_one_SFX(K, N, a + m, b ? b + m : 0, c + m, piv ? piv + m : 0, x + r, g + r, lam + r,
+                        ga ? ga + m : 0, gb ? gb + m : 0, gc ? gc + m : 0, (REAL *)work, (REAL *)work + N);
     }
 }
 """
@@ -201,7 +216,6 @@ _SOURCE = (
     + "".join(_BODY.replace("REAL", r).replace("SFX", x) for r, x in (("double", "f64"), ("float", "f32")))
 )
 _SUFFIX = {torch.float64: "f64", torch.float32: "f32"}
-_CTYPE = {torch.float64: ctypes.c_double, torch.float32: ctypes.c_float}
 _PARALLEL_MIN = 1 << 16  # elements (P*K*N) below which one thread is faster than a thread pool
 
 _lock = threading.Lock()
@@ -215,16 +229,20 @@ def _build() -> ctypes.CDLL:
     for dtype, sfx in _SUFFIX.items():
         f = getattr(dll, f"thomas_solve_{sfx}")
         f.argtypes = [ctypes.c_long] * 3 + [ctypes.c_void_p] * 7
-        f.restype = None
+        f.restype = ctypes.c_int
         g = getattr(dll, f"thomas_adjoint_{sfx}")
-        g.argtypes = [ctypes.c_long] * 3 + [ctypes.c_void_p] * 10
+        g.argtypes = [ctypes.c_long] * 3 + [ctypes.c_void_p] * 11
         g.restype = None
         _fns[("solve", dtype)], _fns[("adjoint", dtype)] = f, g
     return dll
 
 
 def kernels() -> ctypes.CDLL | None:
-    """The loaded library, or ``None`` if the compiled path is disabled or could not be built."""
+    """The loaded library, or ``None`` if the compiled path is disabled or could not be built.
+
+    A failed build (no C compiler, compiler error) is reported once with a :class:`RuntimeWarning`
+    and the caller falls back to the pure-torch sweep (same results, slower).
+    """
     if "dll" not in _state:
         with _lock:
             if "dll" not in _state:
@@ -234,6 +252,15 @@ def kernels() -> ctypes.CDLL | None:
                         dll = _build()
                     except Exception as exc:  # any failure -> pure-torch fallback, reported once
                         _state["error"] = f"{type(exc).__name__}: {exc}"
+                        warnings.warn(
+                            "pelagos: the compiled tridiagonal kernel is unavailable "
+                            f"({_state['error']}); solve_tridiagonal uses the pure-torch sweep "
+                            "(same results, slower). Install a C compiler (or set CC) for the fast "
+                            "path, or set PELAGOS_TRIDIAGONAL_BACKEND=torch to choose the torch "
+                            "sweep explicitly.",
+                            RuntimeWarning,
+                            stacklevel=4,
+                        )
                 _state["dll"] = dll
     return _state["dll"]  # type: ignore[return-value]
 
@@ -245,8 +272,8 @@ def build_error() -> str | None:
 
 def _chunks(P: int, work: int, lanes: int) -> list[tuple[int, int]]:
     """Split ``P`` matrices into contiguous ranges (multiples of ``lanes``) for the thread pool."""
-    n = max(1, torch.get_num_threads())
-    if n == 1 or work < _PARALLEL_MIN or lanes * 2 > P:
+    n = torch.get_num_threads()
+    if n <= 1 or work < _PARALLEL_MIN or lanes * 2 > P:
         return [(0, P)]
     step = -(-P // n)
     step = -(-step // lanes) * lanes
@@ -260,28 +287,59 @@ def _workspace(n: int, vectors: int) -> tuple[torch.Tensor, list[int]]:
     return buf, [base + w * vectors * VBYTES for w in range(n)]
 
 
-def solve_into(P: int, K: int, N: int, a, b, c, d, x) -> bool:
+_tls = threading.local()
+
+
+def _scratch(vectors: int) -> int:
+    """This thread's cached aligned scratch area of at least ``vectors`` vectors (grown on demand)."""
+    hit = getattr(_tls, "scratch", None)
+    if hit is None or hit[2] < vectors:
+        buf, (ptr,) = _workspace(1, max(vectors, 5 * 64))
+        hit = _tls.scratch = (buf, ptr, max(vectors, 5 * 64))
+    return hit[1]
+
+
+def _ptr(t: torch.Tensor | None) -> int | None:
+    return None if t is None else t.data_ptr()
+
+
+def solve_into(P: int, K: int, N: int, a, b, c, d, x, piv=None) -> bool:
     """Solve into the preallocated ``x``; a, b, c hold (P, N) and d, x hold (P, K, N) elements, each
-    C-contiguous (any tensor shape with that memory layout). Returns whether x is all finite."""
-    dtype = d.dtype
-    fn = _fns[("solve", dtype)]
-    lanes = _LANES[dtype]
+    C-contiguous (any tensor shape with that memory layout). If ``piv`` (P, N) is given, the reciprocal
+    pivots are stored there for :func:`adjoint`. Returns whether x is all finite."""
+    fn = _fns[("solve", d.dtype)]
+    lanes = _LANES[d.dtype]
+    if P * K * N < _PARALLEL_MIN or torch.get_num_threads() <= 1:  # common case: no thread pool
+        return bool(
+            fn(
+                P,
+                K,
+                N,
+                a.data_ptr(),
+                b.data_ptr(),
+                c.data_ptr(),
+                d.data_ptr(),
+                x.data_ptr(),
+                _ptr(piv),
+                _scratch(4 * N),
+            )
+        )
     chunks = _chunks(P, P * K * N, lanes)
-    if len(chunks) == 1:  # small problems: no thread pool, reuse this thread's scratch
-        local = _local_scratch(dtype, 4 * N, lanes)
-        fn(P, K, N, a.data_ptr(), b.data_ptr(), c.data_ptr(), d.data_ptr(), x.data_ptr(), *local[1:])
-        return math.isfinite(sum(local[2]))
     _buf, work = _workspace(len(chunks), 4 * N)
-    flag = (_CTYPE[dtype] * (lanes * len(chunks)))()  # read back without a torch op
     es = d.element_size()
+    ok = [0] * len(chunks)
     calls = []
     for w, (s, e) in enumerate(chunks):
         m, r = s * N * es, s * K * N * es
         ptrs = (a.data_ptr() + m, b.data_ptr() + m, c.data_ptr() + m, d.data_ptr() + r, x.data_ptr() + r)
-        ptrs += (work[w], ctypes.addressof(flag) + w * lanes * es)
-        calls.append(lambda s=s, e=e, p=ptrs: fn(e - s, K, N, *p))
+        ptrs += (None if piv is None else piv.data_ptr() + m, work[w])
+
+        def call(w=w, n=e - s, p=ptrs):
+            ok[w] = fn(n, K, N, *p)
+
+        calls.append(call)
     run_calls(calls)
-    return math.isfinite(sum(flag))
+    return all(ok)
 
 
 def solve(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, d: torch.Tensor) -> tuple[torch.Tensor, bool]:
@@ -290,19 +348,40 @@ def solve(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, d: torch.Tensor) ->
     return x, solve_into(*d.shape, a, b, c, d, x)
 
 
-_tls = threading.local()
-
-
-def _local_scratch(dtype: torch.dtype, vectors: int, lanes: int) -> tuple:
-    """This thread's cached (buffer, aligned pointer, flag array), grown when a larger N comes."""
-    cache = _tls.__dict__.setdefault("scratch", {})
-    hit = cache.get(dtype)
-    if hit is None or hit[3] < vectors:
-        buf, (ptr,) = _workspace(1, vectors)
-        flag = (_CTYPE[dtype] * lanes)()
-        hit = (buf, ptr, flag, vectors)
-        cache[dtype] = hit
-    return hit
+def adjoint_into(P: int, K: int, N: int, a, b, c, piv, x, g, lam, ga=None, gb=None, gc=None) -> None:
+    """lam = A^-T g and the matrix cotangents ga, gb, gc (those not ``None``) summed over K, written
+    into preallocated C-contiguous tensors: a, b, c, piv, ga, gb, gc hold (P, N) elements, x, g, lam
+    (P, K, N). ``piv`` (reciprocal pivots from :func:`solve_into`) may be ``None``: then they are
+    recomputed from ``b`` (which may be ``None`` when ``piv`` is given)."""
+    fn = _fns[("adjoint", g.dtype)]
+    outs = (_ptr(ga), _ptr(gb), _ptr(gc))
+    if P * K * N < _PARALLEL_MIN or torch.get_num_threads() <= 1:
+        fn(
+            P,
+            K,
+            N,
+            a.data_ptr(),
+            _ptr(b),
+            c.data_ptr(),
+            _ptr(piv),
+            x.data_ptr(),
+            g.data_ptr(),
+            lam.data_ptr(),
+            *outs,
+            _scratch(5 * N),
+        )
+        return
+    chunks = _chunks(P, P * K * N, _LANES[g.dtype])
+    _buf, work = _workspace(len(chunks), 5 * N)
+    es = g.element_size()
+    calls = []
+    for w, (s, e) in enumerate(chunks):
+        m, r = s * N * es, s * K * N * es
+        mat = tuple(None if p is None else p + m for p in (a.data_ptr(), _ptr(b), c.data_ptr(), _ptr(piv)))
+        vec = (x.data_ptr() + r, g.data_ptr() + r, lam.data_ptr() + r)
+        gp = tuple(None if p is None else p + m for p in outs)
+        calls.append(lambda n=e - s, p=(*mat, *vec, *gp, work[w]): fn(n, K, N, *p))
+    run_calls(calls)
 
 
 def adjoint(
@@ -312,22 +391,12 @@ def adjoint(
     x: torch.Tensor,
     g: torch.Tensor,
     matrix_grads: bool | tuple[bool, bool, bool],
+    piv: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
     """lam = A^-T g and the cotangents of a, b, c (those flagged in ``matrix_grads``) summed over K."""
     P, K, N = g.shape
     need = (matrix_grads,) * 3 if isinstance(matrix_grads, bool) else tuple(matrix_grads)
     lam = torch.empty_like(g)
     grads = [torch.empty(P, N, dtype=g.dtype, device="cpu") if n else None for n in need]
-    fn = _fns[("adjoint", g.dtype)]
-    chunks = _chunks(P, P * K * N, _LANES[g.dtype])
-    _buf, work = _workspace(len(chunks), 5 * N)
-    es = g.element_size()
-    calls = []
-    for w, (s, e) in enumerate(chunks):
-        m, r = s * N * es, s * K * N * es
-        gptr = tuple(None if t is None else t.data_ptr() + m for t in grads)
-        ptrs = (a.data_ptr() + m, b.data_ptr() + m, c.data_ptr() + m, x.data_ptr() + r, g.data_ptr() + r)
-        ptrs += (lam.data_ptr() + r, *gptr, work[w])
-        calls.append(lambda s=s, e=e, p=ptrs: fn(e - s, K, N, *p))
-    run_calls(calls)
+    adjoint_into(P, K, N, a, b, c, piv, x, g, lam, *grads)
     return lam, grads[0], grads[1], grads[2]

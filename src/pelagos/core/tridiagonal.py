@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from functools import lru_cache, reduce
+from functools import lru_cache
 from math import prod
 from types import ModuleType
 
@@ -55,6 +55,9 @@ class _Layout:
     N: int
 
     identity: bool  # perm is the identity (the rhs-only dims already sit just before N)
+    # identity, no broadcasting to materialise (each diagonal has P*N elements, rhs P*K*N): contiguous
+    # arguments can go to the kernel as they are
+    direct: bool
 
     def matrix_in(self, t: torch.Tensor) -> torch.Tensor:
         if t.numel() == self.P * self.N and t.is_contiguous():
@@ -89,7 +92,9 @@ def _layout(sa: torch.Size, sb: torch.Size, sc: torch.Size, sd: torch.Size) -> _
     P = prod(full[j] for j in mdims)
     K = prod(full[j] for j in rdims)
     identity = perm == tuple(range(len(perm)))
-    return _Layout(full, matrix, perm, inv_perm, P, K, full[-1], identity)
+    pn = P * full[-1]
+    direct = identity and prod(sa) == prod(sb) == prod(sc) == pn and prod(sd) == pn * K
+    return _Layout(full, matrix, perm, inv_perm, P, K, full[-1], identity, direct)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -103,8 +108,21 @@ def _triton() -> ModuleType | None:
     return _thomas_triton if _thomas_triton.available() else None
 
 
+_ENV = "PELAGOS_TRIDIAGONAL_BACKEND"
+# os.environ.get costs several Python frames per call; its underlying dict (kept in sync by os.environ,
+# monkeypatch.setenv included) answers the common "unset" case in one lookup
+_ENV_DATA = getattr(os.environ, "_data", None)
+_ENV_KEY = os.environ.encodekey(_ENV) if _ENV_DATA is not None else None
+
+
+def _torch_forced() -> bool:
+    if _ENV_DATA is not None and _ENV_KEY not in _ENV_DATA:
+        return False
+    return os.environ.get(_ENV, "auto").lower() in ("torch", "python")
+
+
 def _backend(t: torch.Tensor) -> ModuleType:
-    if os.environ.get("PELAGOS_TRIDIAGONAL_BACKEND", "auto").lower() in ("torch", "python"):
+    if _torch_forced():
         return _thomas_torch
     if t.device.type == "cpu":
         return _thomas_c if t.dtype in _C_DTYPES and _thomas_c.kernels() is not None else _thomas_torch
@@ -167,38 +185,42 @@ def _check_result(x: torch.Tensor, finite: bool | None, lower, diag, upper, rhs)
 
 
 # --------------------------------------------------------------------------------------------------
-# autograd.Function
+# Kernel calls in the canonical layout
 # --------------------------------------------------------------------------------------------------
-def _solve_plain(lower, diag, upper, rhs, check: bool, lay: _Layout | None = None) -> torch.Tensor:
-    if lay is None:
-        lay = _layout(lower.shape, diag.shape, upper.shape, rhs.shape)
-    backend = _backend(rhs)
-    if backend is _thomas_c and lay.identity and _dense_layout(lay, lower, diag, upper, rhs):
-        # common case (no broadcasting to materialise): hand the memory straight to the kernel
-        x = torch.empty(lay.full, dtype=rhs.dtype, device="cpu")
-        finite = _thomas_c.solve_into(lay.P, lay.K, lay.N, lower, diag, upper, rhs, x)
+def _contiguous(*ts: torch.Tensor) -> bool:
+    return all(t.is_contiguous() for t in ts)
+
+
+def _forward(lay: _Layout, backend: ModuleType, lower, diag, upper, rhs, check: bool, want_piv: bool = False):
+    """x = A^-1 rhs in the full broadcast shape, and (compiled kernel only, if ``want_piv``) the
+    reciprocal pivots (P, N) of the factorisation for the adjoint."""
+    piv = None
+    if backend is _thomas_c:
+        if want_piv:
+            piv = torch.empty((lay.P, lay.N), dtype=rhs.dtype, device="cpu")
+        if lay.direct and _contiguous(lower, diag, upper, rhs):
+            # common case (no broadcasting to materialise): hand the memory straight to the kernel
+            x = torch.empty_like(rhs) if rhs.shape == lay.full else torch.empty(lay.full, dtype=rhs.dtype)
+            finite = _thomas_c.solve_into(lay.P, lay.K, lay.N, lower, diag, upper, rhs, x, piv)
+        else:
+            a, b, c = (lay.matrix_in(t) for t in (lower, diag, upper))
+            d = lay.rhs_in(rhs)
+            x = torch.empty_like(d)
+            finite = _thomas_c.solve_into(lay.P, lay.K, lay.N, a, b, c, d, x, piv)
+            x = lay.rhs_out(x)
     else:
         a, b, c = (lay.matrix_in(t) for t in (lower, diag, upper))
-        d = lay.rhs_in(rhs)
-        x, finite = backend.solve(a, b, c, d)
+        x, finite = backend.solve(a, b, c, lay.rhs_in(rhs))
         x = lay.rhs_out(x)
     if check:
         _check_result(x, finite, lower, diag, upper, rhs)
-    return x
+    return x, piv
 
 
-def _dense_layout(lay: _Layout, lower, diag, upper, rhs) -> bool:
-    pn = lay.P * lay.N
-    return (
-        lower.numel() == pn
-        and diag.numel() == pn
-        and upper.numel() == pn
-        and rhs.numel() == pn * lay.K
-        and lower.is_contiguous()
-        and diag.is_contiguous()
-        and upper.is_contiguous()
-        and rhs.is_contiguous()
-    )
+def _solve_plain(lower, diag, upper, rhs, check: bool, lay: _Layout | None = None) -> torch.Tensor:
+    if lay is None:
+        lay = _layout(lower.shape, diag.shape, upper.shape, rhs.shape)
+    return _forward(lay, _backend(rhs), lower, diag, upper, rhs, check)[0]
 
 
 def _adjoint_composable(lower, diag, upper, x, gx, needs):
@@ -215,17 +237,106 @@ def _adjoint_composable(lower, diag, upper, x, gx, needs):
     return grads
 
 
-def _adjoint_fast(lower, diag, upper, x, gx, needs):
-    """Fused kernel: one adjoint sweep that also forms the matrix cotangents (no graph, no copies)."""
-    lay = _layout(lower.shape, diag.shape, upper.shape, x.shape)
-    a, b, c = (lay.matrix_in(t) for t in (lower, diag, upper))
-    g = lay.rhs_in(gx)
-    lam, ga, gb, gc = _backend(g).adjoint(a, b, c, lay.rhs_in(x), g, tuple(needs[:3]))
-    out = [lay.matrix_out(t) if t is not None and n else None for t, n in zip((ga, gb, gc), needs)]
-    return [*out, lay.rhs_out(lam) if needs[3] else None]
+def _adjoint_fast(lower, diag, upper, x, gx, needs, lay: _Layout | None = None, piv=None):
+    """Fused kernel: one adjoint sweep that also forms the matrix cotangents (no graph). With the
+    compiled kernel and ``piv`` (reciprocal pivots saved by the forward) nothing is refactorised.
+    Returns the four cotangents in the broadcast shapes (matrix shape / full shape), not yet summed."""
+    if lay is None:
+        lay = _layout(lower.shape, diag.shape, upper.shape, x.shape)
+    backend = _backend(gx)
+    P, K, N = lay.P, lay.K, lay.N
+    if backend is _thomas_c:
+        if lay.direct and _contiguous(lower, diag, upper, x, gx):
+            a, b, c, xs, g = lower, diag, upper, x, gx
+        else:
+            a, b, c = (lay.matrix_in(t) for t in (lower, diag, upper))
+            xs, g = lay.rhs_in(x), lay.rhs_in(gx)
+        lam = torch.empty_like(g)
+        ga, gb, gc = (torch.empty_like(b) if n else None for n in needs[:3])  # (P, N) elements
+        _thomas_c.adjoint_into(P, K, N, a, None if piv is not None else b, c, piv, xs, g, lam, ga, gb, gc)
+    else:
+        a, b, c = (lay.matrix_in(t) for t in (lower, diag, upper))
+        lam, ga, gb, gc = backend.adjoint(a, b, c, lay.rhs_in(x), lay.rhs_in(gx), tuple(needs[:3]))
+    out = [t.view(lay.matrix) if t is not None and n else None for t, n in zip((ga, gb, gc), needs)]
+    return [*out, lay.rhs_out(lam.view(P, K, N)) if needs[3] else None]
+
+
+def _sum_to(grads, shapes):
+    return [g.sum_to_size(s) if g is not None and g.shape != s else g for g, s in zip(grads, shapes)]
+
+
+# --------------------------------------------------------------------------------------------------
+# autograd.Functions
+# --------------------------------------------------------------------------------------------------
+# Keep the reciprocal pivots of the forward for the backward (no refactorisation there)? Measured
+# (benchmarks/tridiagonal.py, N = 64, batch 1 to 1e4): the saved divisions pay just for the extra array
+# the forward writes, no clear gain either way; so off: the graph keeps only inputs and solution. The
+# kernels support both (thomas_solve stores pivots when given a pointer, thomas_adjoint uses them).
+_SAVE_PIVOTS = False
+
+
+class _FastSolve(torch.autograd.Function):
+    """Eager reverse mode with little Python: the solve keeps its reciprocal pivots for the backward,
+    which is then one fused adjoint sweep (transposed solve and matrix cotangents, no refactorisation).
+    Used whenever no functorch transform or forward-mode level can see the call; double backward
+    (``create_graph=True``) goes through the composable backward."""
+
+    @staticmethod
+    def forward(ctx, lower, diag, upper, rhs, check, lay, backend):  # type: ignore[override]
+        if backend is _thomas_c and lay.direct and _contiguous(lower, diag, upper, rhs):
+            # the common case, inlined: the arguments go to the kernel as they are
+            x = torch.empty_like(rhs) if rhs.shape == lay.full else torch.empty(lay.full, dtype=rhs.dtype)
+            piv = torch.empty_like(diag) if _SAVE_PIVOTS else None  # reciprocal pivots (P*N elements)
+            finite = _thomas_c.solve_into(lay.P, lay.K, lay.N, lower, diag, upper, rhs, x, piv)
+            if check and not finite:
+                _check_result(x, finite, lower, diag, upper, rhs)
+            ctx.direct = True
+        else:
+            x, piv = _forward(
+                lay, backend, lower, diag, upper, rhs, check, _SAVE_PIVOTS and backend is _thomas_c
+            )
+            ctx.direct = False
+        ctx.save_for_backward(lower, diag, upper, x, piv)
+        ctx.lay, ctx.rhs_shape = lay, rhs.shape
+        return x
+
+    @staticmethod
+    def backward(ctx, gx):  # type: ignore[override]
+        lower, diag, upper, x, piv = ctx.saved_tensors
+        needs = ctx.needs_input_grad
+        if torch.is_grad_enabled():  # create_graph: differentiable backward
+            grads = _adjoint_composable(lower, diag, upper, x, gx, needs)
+        elif ctx.direct and gx.is_contiguous():
+            # fused sweep on the saved memory; each cotangent is allocated in its argument's shape
+            lay = ctx.lay
+            lam = torch.empty_like(gx)
+            ga = torch.empty_like(lower) if needs[0] else None
+            gb = torch.empty_like(diag) if needs[1] else None
+            gc = torch.empty_like(upper) if needs[2] else None
+            b = diag if piv is None else None
+            _thomas_c.adjoint_into(lay.P, lay.K, lay.N, lower, b, upper, piv, x, gx, lam, ga, gb, gc)
+            if not needs[3]:
+                return ga, gb, gc, None, None, None, None
+            rs = ctx.rhs_shape
+            return ga, gb, gc, (lam if lam.shape == rs else lam.view(rs)), None, None, None
+        else:
+            grads = _adjoint_fast(lower, diag, upper, x, gx, needs, ctx.lay, piv)
+        shapes = (lower.shape, diag.shape, upper.shape, ctx.rhs_shape)
+        return (*_sum_to(grads, shapes), None, None, None)
+
+
+# ``Function.apply`` without its Python wrapper (which only unwraps dead functorch wrappers: calls that
+# could involve functorch never come here). Saves a few microseconds per call at small batch.
+try:
+    _fast_apply = super(torch.autograd.Function, _FastSolve).apply
+except AttributeError:  # pragma: no cover - other torch versions
+    _fast_apply = _FastSolve.apply
 
 
 class _SolveTridiagonal(torch.autograd.Function):
+    """The composable form (setup_context style): torch.func transforms (vmap, grad, jvp, jacrev),
+    forward-mode dual numbers and double backward."""
+
     @staticmethod
     def forward(lower, diag, upper, rhs, check):  # type: ignore[override]
         return _solve_plain(lower, diag, upper, rhs, check)
@@ -246,9 +357,7 @@ class _SolveTridiagonal(torch.autograd.Function):
             grads = _adjoint_composable(lower, diag, upper, x, gx, needs)
         else:
             grads = _adjoint_fast(lower, diag, upper, x, gx, needs)
-        shapes = (lower.shape, diag.shape, upper.shape, ctx.rhs_shape)
-        out = [g.sum_to_size(s) if g is not None and g.shape != s else g for g, s in zip(grads, shapes)]
-        return (*out, None)
+        return (*_sum_to(grads, (lower.shape, diag.shape, upper.shape, ctx.rhs_shape)), None)
 
     @staticmethod
     def jvp(ctx, d_lower, d_diag, d_upper, d_rhs, _):  # type: ignore[override]
@@ -276,6 +385,63 @@ class _SolveTridiagonal(torch.autograd.Function):
 
 
 # --------------------------------------------------------------------------------------------------
+# torch.library custom op: what torch.compile sees (fake-tensor rule and autograd formula registered)
+# --------------------------------------------------------------------------------------------------
+@torch.library.custom_op("pelagos::solve_tridiagonal", mutates_args=())
+def _op_solve(
+    lower: torch.Tensor, diag: torch.Tensor, upper: torch.Tensor, rhs: torch.Tensor, check: bool
+) -> torch.Tensor:
+    """``solve_tridiagonal`` as an opaque operator (same kernels); the output is contiguous."""
+    (lower, diag, upper, rhs), lay = _validate((lower, diag, upper, rhs))
+    return _forward(lay, _backend(rhs), lower, diag, upper, rhs, check)[0].contiguous()
+
+
+@_op_solve.register_fake
+def _op_solve_fake(lower, diag, upper, rhs, check):
+    shape = torch.broadcast_shapes(lower.shape, diag.shape, upper.shape, rhs.shape)
+    return rhs.new_empty(shape, dtype=_promoted(lower, diag, upper, rhs))
+
+
+@torch.library.custom_op("pelagos::solve_tridiagonal_backward", mutates_args=())
+def _op_adjoint(
+    lower: torch.Tensor,
+    diag: torch.Tensor,
+    upper: torch.Tensor,
+    x: torch.Tensor,
+    gx: torch.Tensor,
+    needs: list[bool],
+) -> list[torch.Tensor]:
+    """Cotangents of (lower, diag, upper) in the broadcast matrix shape and of rhs in the full shape
+    (contiguous; an empty tensor where ``needs`` is False), from one fused adjoint sweep."""
+    grads = _adjoint_fast(lower, diag, upper, x, gx, needs)
+    return [g.contiguous() if g is not None else x.new_empty(0) for g in grads]
+
+
+@_op_adjoint.register_fake
+def _op_adjoint_fake(lower, diag, upper, x, gx, needs):
+    m = torch.broadcast_shapes(lower.shape, diag.shape, upper.shape)
+    m = (1,) * (x.dim() - len(m)) + tuple(m)
+    return [x.new_empty(s if n else (0,)) for s, n in zip((m, m, m, x.shape), needs)]
+
+
+def _op_setup(ctx, inputs, output):
+    lower, diag, upper, rhs, _ = inputs
+    ctx.save_for_backward(lower, diag, upper, output)
+    ctx.shapes = (lower.shape, diag.shape, upper.shape, rhs.shape)
+
+
+def _op_backward(ctx, gx):
+    lower, diag, upper, x = ctx.saved_tensors
+    needs = [bool(n) for n in ctx.needs_input_grad[:4]]
+    grads = torch.ops.pelagos.solve_tridiagonal_backward(lower, diag, upper, x, gx, needs)
+    grads = [g if n else None for g, n in zip(grads, needs)]
+    return (*_sum_to(grads, ctx.shapes), None)
+
+
+_op_solve.register_autograd(_op_backward, setup_context=_op_setup)
+
+
+# --------------------------------------------------------------------------------------------------
 # Public entry point
 # --------------------------------------------------------------------------------------------------
 def _validate(args: tuple) -> tuple[tuple[torch.Tensor, ...], _Layout]:
@@ -293,10 +459,19 @@ def _validate(args: tuple) -> tuple[tuple[torch.Tensor, ...], _Layout]:
         if key is not None and len(_validated) < 512:
             _validated[key] = hit
     dtype = hit[0]
+    if a.dtype is dtype and b.dtype is dtype and c.dtype is dtype and d.dtype is dtype:
+        return args, hit[1]
     return tuple(t if t.dtype == dtype else t.to(dtype) for t in args), hit[1]
 
 
 _validated: dict[tuple, tuple] = {}  # metadata already checked -> (promoted dtype, layout)
+
+
+def _promoted(*args: torch.Tensor) -> torch.dtype:
+    dtype = args[0].dtype
+    for t in args[1:]:
+        dtype = torch.promote_types(dtype, t.dtype)
+    return dtype
 
 
 def _validate_meta(args: tuple) -> torch.dtype:
@@ -307,33 +482,35 @@ def _validate_meta(args: tuple) -> torch.dtype:
             )
         if t.dim() == 0:
             raise ShapeError(f"solve_tridiagonal: {name} is a scalar; it needs a last dimension of size N.")
-    shapes = ", ".join(f"{n}={tuple(t.shape)}" for n, t in zip(_NAMES, args))
     n = args[1].shape[-1]
     if any(t.shape[-1] != n for t in args) or n == 0:
         raise ShapeError(
             f"solve_tridiagonal: the last dimension (system size N) must be the same and > 0 for all "
-            f"arguments; got {shapes}. lower and upper have length N too: pad lower at index 0 and upper "
-            f"at index N-1 (those entries are ignored)."
+            f"arguments; got {_shapes(args)}. lower and upper have length N too: pad lower at index 0 "
+            f"and upper at index N-1 (those entries are ignored)."
         )
     try:
         torch.broadcast_shapes(*(t.shape for t in args))
     except RuntimeError:
         raise ShapeError(
-            f"solve_tridiagonal: leading (batch) dimensions do not broadcast: {shapes}. For K right-hand "
-            f"sides sharing one matrix use rhs (..., K, N) with the diagonals (..., 1, N)."
+            f"solve_tridiagonal: leading (batch) dimensions do not broadcast: {_shapes(args)}. For K "
+            f"right-hand sides sharing one matrix use rhs (..., K, N) with the diagonals (..., 1, N)."
         ) from None
-    devices = {t.device for t in args}
-    if len(devices) > 1:
-        raise ConfigError(
-            f"solve_tridiagonal: arguments are on different devices {sorted(map(str, devices))}."
-        )
-    dtype = reduce(torch.promote_types, (t.dtype for t in args))
+    dev = args[0].device
+    if any(t.device != dev for t in args):
+        devices = {str(t.device) for t in args}
+        raise ConfigError(f"solve_tridiagonal: arguments are on different devices {sorted(devices)}.")
+    dtype = _promoted(*args)
     if not dtype.is_floating_point:
         raise ConfigError(
             "solve_tridiagonal: needs real floating-point tensors; got dtypes "
             f"{[str(t.dtype) for t in args]}."
         )
     return dtype
+
+
+def _shapes(args: tuple) -> str:
+    return ", ".join(f"{n}={tuple(t.shape)}" for n, t in zip(_NAMES, args))
 
 
 def solve_tridiagonal(
@@ -350,8 +527,9 @@ def solve_tridiagonal(
         rhs: right-hand side(s), ``(..., N)``. Dimensions along which the matrix is broadcast (size 1 or
             absent in all three diagonals) are extra right-hand sides sharing one factorisation, e.g.
             ``rhs (B, K, N)`` with diagonals ``(B, 1, N)``.
-        check: if True (default) one ``isfinite`` reduction on the solution; a non-finite solution raises
-            :class:`~pelagos.core.errors.SolverError` naming the non-finite input or the failing system.
+        check: if True (default) a non-finite solution raises
+            :class:`~pelagos.core.errors.SolverError` naming the non-finite input or the failing system
+            (free with the compiled CPU kernel; one ``isfinite`` reduction otherwise).
             ``check=False`` skips it (no host sync on GPU).
 
     Returns:
@@ -359,18 +537,22 @@ def solve_tridiagonal(
         Units: those of ``rhs`` divided by those of the matrix.
 
     The matrix must be diagonally dominant or an M-matrix (no pivoting). Gradients with respect to all
-    four arguments come from one adjoint solve ``A^T lam = grad_x`` (implicit differentiation).
+    four arguments come from one adjoint solve ``A^T lam = grad_x`` (implicit differentiation). Under
+    ``torch.compile`` the call becomes the custom operator ``torch.ops.pelagos.solve_tridiagonal``
+    (fake-tensor rule and backward registered), so it compiles with ``fullgraph=True``.
     """
-    args, lay = _validate((lower, diag, upper, rhs))
-    if _plain_call(args):  # nothing to differentiate: skip the autograd.Function machinery (~20 us)
-        return _solve_plain(*args, bool(check), lay)
-    return _SolveTridiagonal.apply(*args, bool(check))
-
-
-def _plain_call(args: tuple[torch.Tensor, ...]) -> bool:
-    """True when no autograd/functorch transform can see this call (so the Function can be skipped)."""
-    a, b, c, d = args
-    if torch.is_grad_enabled() and (a.requires_grad or b.requires_grad or c.requires_grad or d.requires_grad):
-        return False
+    if torch.compiler.is_compiling():
+        dtype = _validate_meta((lower, diag, upper, rhs))
+        args = [t if t.dtype == dtype else t.to(dtype) for t in (lower, diag, upper, rhs)]
+        return torch.ops.pelagos.solve_tridiagonal(*args, bool(check))
+    (a, b, c, d), lay = _validate((lower, diag, upper, rhs))
+    grad = torch.is_grad_enabled() and (
+        a.requires_grad or b.requires_grad or c.requires_grad or d.requires_grad
+    )
     f = _IS_WRAPPED
-    return forward_ad._current_level < 0 and f is not None and not (f(a) or f(b) or f(c) or f(d))
+    if forward_ad._current_level >= 0 or f is None or f(a) or f(b) or f(c) or f(d):
+        # a functorch transform or a forward-mode level may see this call: the composable Function
+        return _SolveTridiagonal.apply(a, b, c, d, bool(check))
+    if grad:  # plain reverse mode: the lean Function (pivots kept for a fused backward)
+        return _fast_apply(a, b, c, d, bool(check), lay, _backend(d))
+    return _forward(lay, _backend(d), a, b, c, d, bool(check))[0]  # nothing to differentiate
