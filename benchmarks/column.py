@@ -1,26 +1,35 @@
-"""Throughput of the NNS NPZD water column (pelagos.column.ColumnModel) versus batch size.
+"""The water column against GOTM+FABM (issue 10's table): NNS NPZD throughput, ECOSMO step, `pelagos run`.
 
 Case: GOTM's nns_annual physics (110 layers of 1 m, the shared GOTM output; the shipped 22-layer compact file
 when it is absent), ``gotm/npzd`` with FABM's testcase yaml, dt = 3600 s, P2_PDM sinking, cnpar = 1
 diffusion with the lagged nuh, GOTM light (Jerlov I), forward Euler sources. A batch of B columns is an
 ensemble with log-normally perturbed ``npzd.rmax`` and ``npzd.gmax`` (one value per column, via
-``model.using``), all sharing the physics.
+``model.using``), all sharing the physics. Each configuration runs plain (``compile: false``) and compiled
+(``compile: true``, :mod:`pelagos.column.compiled`).
 
-Measured: a window of ``--steps`` hourly steps starting on 1 May (biology active) is timed ``--repeat`` times
-in CPU time of the process (``time.process_time``: on a machine shared with other engineers, wall time swings
-by several times with their load, CPU time much less; wall times are kept in the JSON too); the minimum is
-kept and extrapolated linearly to a year
-(8760 steps): column-years per second = B · 3600 / (seconds per step · 8760 · 3600). Modes: ``forward``
-(no gradient) and ``fwd+bwd`` (rollout with checkpoint="sqrt", then backward of the sum of final
-phytoplankton to the per-column parameters and the initial state). One thread (``torch.set_num_threads(1)``):
-the figures are per core. Each configuration runs in its own subprocess so that its peak resident memory
-(``ru_maxrss``) is its own.
+Reference, measured in the same run: GOTM+FABM (the Fortran binary of the side env ``.side/gotm``) runs the
+NPZD year of this case (physics included) through ``scripts/run_gotm_fabm_npzd.sh``; its CPU time (user +
+sys, minimum of ``--gotm-repeat`` runs) is the anchor of every "x GOTM+FABM" column. Without the side env the
+figure given in the issue (1.5 s per column-year) is used and the JSON says so.
 
-Anchor: GOTM+FABM (Fortran) runs this case, physics included, in about 1.5 s per column-year on one core of
-this machine (figure given in the task; GOTM itself is not run here). Target: >= 20x that per core at >= 1000
-columns, i.e. >= 13.3 column-years per second.
+Measured (CPU time of the process, ``time.process_time``, one thread; the machine is shared, so the minimum
+of ``--repeat`` windows is kept): a window of ``--steps`` hourly steps from 1 May, extrapolated to a year
+(8760 steps): column-years per second = B · 8760 / (seconds per step · 8760). Modes: ``forward`` (no
+gradient) and ``fwd+bwd`` (rollout with checkpoint="sqrt", backward of the final phytoplankton to the
+per-column parameters and the initial state). Compiled configurations also report the compile time of their
+first call (wall, and CPU including Inductor's compiler subprocesses). Each configuration runs in its own
+subprocess (its peak RSS is its own).
 
-Usage: python benchmarks/column.py [--quick] [--batches 1 16 128 1024 4096] [--steps 24] [--repeat 5]
+ECOSMO: one column, 110 layers, FABM's ECOSMO yaml, one forward step, plain and compiled; the ratio to the
+NPZD step of the same mode.
+
+``pelagos run`` path: the configuration examples/nns_annual_npzd.yaml on the 110-layer physics with
+``numerics.columns`` 1 and 1024, through :func:`pelagos.io.build.run` (what the command calls: config
+loading, Simulation, running-mean diagnostics, daily NetCDF output); two windows are run in one process and
+their CPU-time difference divided by the step difference gives the per-step cost without start-up and
+compilation.
+
+Usage: python benchmarks/column.py [--quick] [--steps 24] [--repeat 5]
 Writes benchmarks/results/column.json and docs/bench_column.md.
 """
 
@@ -31,21 +40,26 @@ import json
 import os
 import platform
 import resource
+import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared" / "data"
 GOTM_FILE = SHARED / "gotm_nns_annual" / "physics_hourly.nc"
 FABM_YAML = SHARED / "fabm" / "fabm-gotm-npzd.yaml"
-GOTM_S_PER_COLUMN_YEAR = 1.5
+ECOSMO_YAML = SHARED / "fabm" / "fabm-nersc-ecosmo.yaml"
+EXAMPLE = ROOT / "examples" / "nns_annual_npzd.yaml"
+GOTM_BINARY = ROOT / ".side" / "gotm" / "build" / "gotm"
+GOTM_GIVEN_S_PER_COLUMN_YEAR = 1.5  # the issue's figure, used only when GOTM cannot be run here
 STEPS_PER_YEAR = 8760
 START = 120 * 86400.0  # 1 May 1998
 
 
-def build(B: int, dtype_name: str, chunk: int | None = None):
+def build(B: int, dtype_name: str, chunk: int | None = None, compile: bool = False, bgc_name: str = "npzd"):
     import torch
 
     from pelagos.bgc.npzd import NPZD
@@ -55,9 +69,19 @@ def build(B: int, dtype_name: str, chunk: int | None = None):
 
     dtype = getattr(torch, dtype_name)
     path = GOTM_FILE if GOTM_FILE.exists() else compact_forcing_path()
-    forcing = ColumnForcing.from_gotm(path, start=START - 7200, stop=START + 40 * 86400, dtype=dtype)
-    bgc = BGCSystem.from_yaml(FABM_YAML) if FABM_YAML.exists() else BGCSystem({"npzd": NPZD()})
-    model = ColumnModel(bgc, forcing, dt=3600.0, chunk_columns=chunk)
+    stress = 0.05 if bgc_name == "ecosmo" else None
+    forcing = ColumnForcing.from_gotm(
+        path, start=START - 7200, stop=START + 40 * 86400, dtype=dtype, bottom_stress=stress
+    )
+    if bgc_name == "ecosmo":
+        bgc = BGCSystem.from_yaml(ECOSMO_YAML, drop_unsupported=True, dtype=dtype)
+    else:
+        bgc = (
+            BGCSystem.from_yaml(FABM_YAML, dtype=dtype) if FABM_YAML.exists() else BGCSystem({"npzd": NPZD()})
+        )
+    model = ColumnModel(bgc, forcing, dt=3600.0, chunk_columns=chunk, compile=compile).to(dtype)
+    if bgc_name == "ecosmo":
+        return model, {}, path
     g = torch.Generator().manual_seed(0)
     raw = {}
     for name in ("npzd.rmax", "npzd.gmax"):
@@ -67,17 +91,103 @@ def build(B: int, dtype_name: str, chunk: int | None = None):
     return model, raw, path
 
 
-def run_one(B: int, dtype_name: str, mode: str, steps: int, repeat: int, chunk: int | None = None) -> dict:
+def _children_cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def time_gotm(repeat: int) -> dict | None:
+    """GOTM+FABM's NNS NPZD year (scripts/run_gotm_fabm_npzd.sh): CPU seconds (user + sys), all runs."""
+    if not GOTM_BINARY.exists():
+        return None
+    runs = []
+    for _ in range(repeat):
+        p = subprocess.run(
+            [str(ROOT / "scripts" / "run_gotm_fabm_npzd.sh")], capture_output=True, text=True, check=True
+        )
+        r = json.loads(p.stdout.strip().splitlines()[-1])
+        shutil.rmtree(r.pop("run_dir"), ignore_errors=True)
+        runs.append(r)
+    cpu = [r["user_s"] + r["sys_s"] for r in runs]
+    return {"cpu_s_per_column_year": min(cpu), "cpu_s_all": cpu, "runs": runs}
+
+
+def run_path(columns: int, compile: bool, days: int, dtype_name: str = "float64") -> dict:
+    """``pelagos run`` of examples/nns_annual_npzd.yaml on the 110-layer physics through
+    :func:`pelagos.io.build.run`: a 1-day run and a (1 + days)-day run in this process; their CPU-time
+    difference over the step difference is the per-step cost without start-up and compilation."""
+    import tempfile
+
+    import torch
+
+    from pelagos.io.build import run
+
+    torch.set_num_threads(1)
+    tmp = Path(tempfile.mkdtemp(prefix="colbench_"))
+    base = [
+        f"numerics.columns={columns}",
+        f"numerics.compile={'true' if compile else 'false'}",
+        f"model.dtype={dtype_name}",
+        f"output.file={tmp / 'out.nc'}",
+        "restart.file=null",
+    ]
+    if GOTM_FILE.exists():
+        base.append(f"forcing.file={GOTM_FILE}")
+
+    def once(d: int) -> tuple[float, float]:
+        stop = f'time.stop="1998-01-{1 + d:02d} 00:00:00"' if d < 31 else None
+        if stop is None:
+            import datetime as dt
+
+            day = dt.date(1998, 1, 1) + dt.timedelta(days=d)
+            stop = f'time.stop="{day:%Y-%m-%d} 00:00:00"'
+        c, w = time.process_time(), time.perf_counter()
+        run(EXAMPLE, overrides=[*base, stop], fresh=True, progress=False)
+        return time.process_time() - c, time.perf_counter() - w
+
+    first = once(1)  # imports, first compilation
+    short = once(1)
+    long = once(1 + days)
+    per_step = (long[0] - short[0]) / (24 * days)
+    shutil.rmtree(tmp, ignore_errors=True)
+    return {
+        "columns": columns,
+        "compile": compile,
+        "dtype": dtype_name,
+        "days_timed": days,
+        "cpu_s_first_1day_run": first[0],
+        "wall_s_first_1day_run": first[1],
+        "cpu_s_1day_run": short[0],
+        "cpu_s_long_run": long[0],
+        "seconds_per_step": per_step,
+        "startup_and_compile_cpu_s": short[0] - 24 * per_step,
+        "column_years_per_second": columns / (per_step * STEPS_PER_YEAR),
+    }
+
+
+def run_one(
+    B: int,
+    dtype_name: str,
+    mode: str,
+    steps: int,
+    repeat: int,
+    chunk: int | None = None,
+    compile: bool = False,
+    bgc_name: str = "npzd",
+) -> dict:
     """Time one configuration in this process (called in a subprocess)."""
     import torch
 
     from pelagos.core.rollout import rollout
 
     torch.set_num_threads(1)
-    model, raw, path = build(B, dtype_name, chunk)
+    model, raw, path = build(B, dtype_name, chunk, compile, bgc_name)
     s0 = model.initial_state(B, t0=START)
     times, walls = [], []
-    for _ in range(repeat + 1):  # the first is a warm-up
+    compile_wall = compile_cpu = None
+    for i in range(repeat + 1):  # the first is a warm-up (and, compiled, the compilation)
+        if i == 0:
+            w0, c0, ch0 = time.perf_counter(), time.process_time(), _children_cpu()
         t, w = time.process_time(), time.perf_counter()
         if mode == "forward":
             with torch.no_grad(), model.using(raw):
@@ -89,11 +199,14 @@ def run_one(B: int, dtype_name: str, mode: str, steps: int, repeat: int, chunk: 
                 tr = rollout(
                     model, x0, steps, t0=START, save_every=steps, include_initial=False, checkpoint="sqrt"
                 )
-            loss = tr.final["npzd_phy"].sum()
+            loss = tr.final[model.interior[0] if bgc_name != "npzd" else "npzd_phy"].sum()
             loss.backward()
             assert all(v.grad is not None and torch.isfinite(v.grad).all() for v in u.values())
         times.append(time.process_time() - t)
         walls.append(time.perf_counter() - w)
+        if i == 0:
+            compile_wall = time.perf_counter() - w0
+            compile_cpu = time.process_time() - c0 + _children_cpu() - ch0
     best = min(times[1:])
     per_step = best / steps
     cy = B * 3600.0 / (per_step * STEPS_PER_YEAR * 3600.0)
@@ -101,6 +214,10 @@ def run_one(B: int, dtype_name: str, mode: str, steps: int, repeat: int, chunk: 
         "batch": B,
         "dtype": dtype_name,
         "mode": mode,
+        "compile": bool(compile),
+        "bgc": bgc_name,
+        "first_window_wall_s": compile_wall,
+        "first_window_cpu_s_with_compiler": compile_cpu,
         "nz": model.nz,
         "chunk_columns": chunk,
         "forcing": path.name,
@@ -110,7 +227,6 @@ def run_one(B: int, dtype_name: str, mode: str, steps: int, repeat: int, chunk: 
         "seconds_per_step_all": [x / steps for x in times[1:]],
         "wall_seconds_per_step_all": [x / steps for x in walls[1:]],
         "column_years_per_second": cy,
-        "speedup_vs_gotm_fabm_per_core": cy * GOTM_S_PER_COLUMN_YEAR,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
     }
 
@@ -158,125 +274,256 @@ def _cpu_name() -> str:
     return platform.processor() or "cpu"
 
 
-def table(results: list[dict]) -> str:
+def _sub(args: list[str], env: dict) -> dict:
+    p = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True, env=env)
+    if p.returncode != 0:
+        print(p.stderr[-3000:], file=sys.stderr)
+        raise SystemExit(f"configuration {args} failed")
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+def table(results: list[dict], gotm_s: float) -> str:
     lines = [
-        "| batch | chunk | dtype | mode | CPU ms / step | column-years / s (per core) "
-        "| x GOTM+FABM (1.5 s/col-yr) | peak RSS MB |",
-        "|---:|---:|---|---|---:|---:|---:|---:|",
+        "| model | batch | dtype | mode | compiled | CPU ms / step | column-years / s (per core) "
+        "| x GOTM+FABM | first window (compile) wall s | peak RSS MB |",
+        "|---|---:|---|---|---|---:|---:|---:|---:|---:|",
     ]
     for r in results:
+        cw = r.get("first_window_wall_s")
         lines.append(
-            f"| {r['batch']} | {r.get('chunk_columns') or '-'} | {r['dtype']} | {r['mode']} | "
-            f"{1e3 * r['seconds_per_step_min']:.2f} | "
-            f"{r['column_years_per_second']:.3g} | {r['speedup_vs_gotm_fabm_per_core']:.3g} | "
-            f"{r['peak_rss_mb']:.0f} |"
+            f"| {r.get('bgc', 'npzd')} | {r['batch']} | {r['dtype']} | {r['mode']} | "
+            f"{'yes' if r.get('compile') else 'no'} | {1e3 * r['seconds_per_step_min']:.3f} | "
+            f"{r['column_years_per_second']:.3g} | {r['column_years_per_second'] * gotm_s:.3g} | "
+            f"{cw:.1f} | {r['peak_rss_mb']:.0f} |"
+        )
+    return "\n".join(lines)
+
+
+def _find(results: list[dict], **kw: Any) -> dict | None:
+    for r in results:
+        if all(r.get(k) == v for k, v in kw.items()):
+            return r
+    return None
+
+
+def summary(results: list[dict], runs: list[dict], gotm_s: float) -> list[dict]:
+    """Issue 10's table: one row per target, ours (plain and compiled) against GOTM+FABM."""
+    rows = []
+    gotm_step = gotm_s / STEPS_PER_YEAR
+
+    def both(**kw: Any) -> tuple[dict | None, dict | None]:
+        return _find(results, compile=False, **kw), _find(results, compile=True, **kw)
+
+    p, c = both(batch=1, dtype="float64", mode="forward", bgc="npzd")
+    if p and c:
+        rows.append({
+            "case": "one column, 110 layers, hourly, NPZD, float64, forward: "
+            "time per column-year / GOTM+FABM's",
+            "gotm": f"{1e3 * gotm_step:.3f} ms/step",
+            "plain": p["seconds_per_step_min"] / gotm_step,
+            "compiled": c["seconds_per_step_min"] / gotm_step,
+            "target": "<= 1", "ok": c["seconds_per_step_min"] / gotm_step <= 1.0,
+        })  # fmt: skip
+    for B in (1, 1024):
+        pb, cb = both(batch=B, dtype="float64", mode="fwd+bwd", bgc="npzd")
+        pf, cf = both(batch=B, dtype="float64", mode="forward", bgc="npzd")
+        if pb and cb and pf and cf:
+            rows.append({
+                "case": f"{B} column(s), float64, forward + backward (checkpoint sqrt) / forward",
+                "gotm": "-",
+                "plain": pb["seconds_per_step_min"] / pf["seconds_per_step_min"],
+                "compiled": cb["seconds_per_step_min"] / cf["seconds_per_step_min"],
+                "target": "<= 3", "ok": cb["seconds_per_step_min"] / cf["seconds_per_step_min"] <= 3.0,
+            })  # fmt: skip
+    for dtype, target in (("float64", 100.0), ("float32", 200.0)):
+        big = sorted({r["batch"] for r in results if r["batch"] >= 1000 and r["dtype"] == dtype})
+        for B in big:
+            pf, cf = both(batch=B, dtype=dtype, mode="forward", bgc="npzd")
+            if pf and cf:
+                x = cf["column_years_per_second"] * gotm_s
+                rows.append({
+                    "case": f"{B} columns, {dtype}, forward, per core: x GOTM+FABM (benchmark)",
+                    "gotm": f"{gotm_s:.2f} s/column-year",
+                    "plain": pf["column_years_per_second"] * gotm_s, "compiled": x,
+                    "target": f">= {target:g}", "ok": x >= target,
+                })  # fmt: skip
+    for cols in sorted({r["columns"] for r in runs}):
+        rp = _find(runs, columns=cols, compile=False)
+        rc = _find(runs, columns=cols, compile=True)
+        if rp and rc:
+            x = rc["column_years_per_second"] * gotm_s
+            target = "<= 1 (time per column-year)" if cols == 1 else ">= 100"
+            val = (lambda r: 1.0 / (r["column_years_per_second"] * gotm_s)) if cols == 1 else (
+                lambda r: r["column_years_per_second"] * gotm_s)  # fmt: skip
+            rows.append({
+                "case": f"`pelagos run` nns_annual_npzd.yaml, 110 layers, columns {cols}, float64"
+                + (": time per column-year / GOTM+FABM's" if cols == 1 else ": x GOTM+FABM per core"),
+                "gotm": f"{gotm_s:.2f} s/column-year",
+                "plain": val(rp), "compiled": val(rc), "target": target,
+                "ok": (val(rc) <= 1.0) if cols == 1 else (x >= 100.0),
+            })  # fmt: skip
+    for comp in (False, True):
+        e = _find(results, bgc="ecosmo", compile=comp)
+        n = _find(results, bgc="npzd", batch=1, dtype="float64", mode="forward", compile=comp)
+        if e and n:
+            rows.append({
+                "case": "ECOSMO (19 states) one column-step / NPZD step, 110 layers, float64"
+                + (" (compiled)" if comp else " (plain)"),
+                "gotm": "-",
+                "plain" if not comp else "compiled": e["seconds_per_step_min"] / n["seconds_per_step_min"],
+                "target": "<= 3", "ok": e["seconds_per_step_min"] / n["seconds_per_step_min"] <= 3.0,
+            })  # fmt: skip
+    return rows
+
+
+def summary_table(rows: list[dict]) -> str:
+    def f(x: Any) -> str:
+        return "-" if x is None else (f"{x:.3g}" if isinstance(x, float) else str(x))
+
+    lines = [
+        "| case | GOTM+FABM | ours, plain | ours, compiled | target | met |",
+        "|---|---|---:|---:|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['case']} | {r['gotm']} | {f(r.get('plain'))} | {f(r.get('compiled'))} | {r['target']} | "
+            f"{'yes' if r['ok'] else 'no'} |"
         )
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--batches", type=int, nargs="+", default=[1, 16, 128, 1024, 4096])
-    ap.add_argument("--dtypes", nargs="+", default=["float32", "float64"])
-    ap.add_argument("--modes", nargs="+", default=["forward", "fwd+bwd"])
+    ap.add_argument("--batches", type=int, nargs="+", default=[1, 1024, 4096])
+    ap.add_argument("--dtypes", nargs="+", default=["float64", "float32"])
+    ap.add_argument("--grad-batches", type=int, nargs="+", default=[1, 1024])
     ap.add_argument("--steps", type=int, default=24)
     ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--gotm-repeat", type=int, default=5)
     ap.add_argument("--chunk", type=int, default=512, help="ColumnModel chunk_columns (0: no chunking)")
-    ap.add_argument("--quick", action="store_true", help="batches 1 and 128, float32, 12 steps, 2 repeats")
-    ap.add_argument("--one", nargs=3, metavar=("B", "DTYPE", "MODE"), help=argparse.SUPPRESS)
+    ap.add_argument("--run-days", type=int, nargs=2, default=[60, 6], metavar=("DAYS_1COL", "DAYS_1024"))
+    ap.add_argument("--quick", action="store_true", help="batches 1 and 128, float64, 12 steps, 2 repeats")
+    ap.add_argument(
+        "--one", nargs=5, metavar=("B", "DTYPE", "MODE", "COMPILE", "BGC"), help=argparse.SUPPRESS
+    )
+    ap.add_argument("--run-path", nargs=3, metavar=("COLUMNS", "COMPILE", "DAYS"), help=argparse.SUPPRESS)
     ap.add_argument("--phases", nargs=2, metavar=("B", "DTYPE"), help=argparse.SUPPRESS)
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "column.json")
     ap.add_argument("--doc", type=Path, default=ROOT / "docs" / "bench_column.md")
     a = ap.parse_args(argv)
     if a.one:
+        B, dtype, mode, comp, bgc = a.one
         chunk = a.chunk or None
-        print(json.dumps(run_one(int(a.one[0]), a.one[1], a.one[2], a.steps, a.repeat, chunk)))
+        r = run_one(int(B), dtype, mode, a.steps, a.repeat, chunk, comp == "1", bgc)
+        print(json.dumps(r))
+        return
+    if a.run_path:
+        print(json.dumps(run_path(int(a.run_path[0]), a.run_path[1] == "1", int(a.run_path[2]))))
         return
     if a.phases:
         print(json.dumps(phases(int(a.phases[0]), a.phases[1], a.repeat)))
         return
     if a.quick:
-        a.batches, a.dtypes, a.steps, a.repeat = [1, 128], ["float32"], 12, 2
+        a.batches, a.dtypes, a.grad_batches, a.steps, a.repeat = [1, 128], ["float64"], [1], 12, 2
+        a.gotm_repeat, a.run_days = 2, [10, 2]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    gotm = time_gotm(a.gotm_repeat)
+    gotm_s = gotm["cpu_s_per_column_year"] if gotm else GOTM_GIVEN_S_PER_COLUMN_YEAR
+    print(f"GOTM+FABM NPZD year: {gotm_s:.3f} s CPU" + ("" if gotm else " (given, not measured)"), flush=True)
+    configs = [(B, d, "forward", "npzd") for d in a.dtypes for B in a.batches]
+    configs += [(B, "float64", "fwd+bwd", "npzd") for B in a.grad_batches]
+    configs += [(1, "float64", "forward", "ecosmo")]
     results = []
-    for dtype in a.dtypes:
-        for mode in a.modes:
-            for B in a.batches:
-                cmd = [sys.executable, __file__, "--one", str(B), dtype, mode, "--steps", str(a.steps)]
-                cmd += ["--repeat", str(a.repeat), "--chunk", str(a.chunk)]
-                p = subprocess.run(cmd, capture_output=True, text=True, env=env)
-                if p.returncode != 0:
-                    print(p.stderr[-3000:], file=sys.stderr)
-                    raise SystemExit(f"configuration B={B} {dtype} {mode} failed")
-                r = json.loads(p.stdout.strip().splitlines()[-1])
-                results.append(r)
-                print(
-                    f"B={B:5d} {dtype} {mode:8s} {1e3 * r['seconds_per_step_min']:8.2f} ms/step "
-                    f"{r['column_years_per_second']:9.3g} col-yr/s  "
-                    f"x{r['speedup_vs_gotm_fabm_per_core']:.3g} GOTM  {r['peak_rss_mb']:.0f} MB",
-                    flush=True,
-                )
-    ph = {}
-    for dtype in a.dtypes:
-        B = max(b for b in a.batches if b <= 1024)
-        cmd = [sys.executable, __file__, "--phases", str(B), dtype, "--repeat", str(a.repeat)]
-        p = subprocess.run(cmd, capture_output=True, text=True, env=env)
-        if p.returncode == 0:
-            ph[f"{dtype} B={B}"] = json.loads(p.stdout.strip().splitlines()[-1])
+    for B, dtype, mode, bgc in configs:
+        for comp in (False, True):
+            r = _sub(["--one", str(B), dtype, mode, "1" if comp else "0", bgc, "--steps", str(a.steps),
+                      "--repeat", str(a.repeat), "--chunk", str(a.chunk)], env)  # fmt: skip
+            results.append(r)
+            print(
+                f"{bgc:6s} B={B:5d} {dtype} {mode:8s} compiled={comp!s:5s} "
+                f"{1e3 * r['seconds_per_step_min']:8.3f} ms/step "
+                f"{r['column_years_per_second']:9.3g} col-yr/s x{r['column_years_per_second'] * gotm_s:.3g} "
+                f"GOTM  first window {r['first_window_wall_s']:.1f} s",
+                flush=True,
+            )
+    runs = []
+    for cols, days in ((1, a.run_days[0]), (1024, a.run_days[1])):
+        for comp in (False, True):
+            r = _sub(["--run-path", str(cols), "1" if comp else "0", str(days)], env)
+            runs.append(r)
+            print(
+                f"pelagos run columns={cols} compiled={comp}: {1e3 * r['seconds_per_step']:.3f} ms/step, "
+                f"x{r['column_years_per_second'] * gotm_s:.3g} GOTM, start-up+compile "
+                f"{r['startup_and_compile_cpu_s']:.1f} s CPU "
+                f"(first run {r['wall_s_first_1day_run']:.1f} s wall)",
+                flush=True,
+            )
+    rows = summary(results, runs, gotm_s)
+    print(summary_table(rows))
     import torch
 
     meta = {
-        "case": "GOTM nns_annual physics + gotm/npzd (fabm-gotm-npzd.yaml), dt=3600 s, Euler, P2_PDM, "
-        "cnpar=1",
+        "case": "GOTM nns_annual physics (110 x 1 m) + gotm/npzd (fabm-gotm-npzd.yaml), dt=3600 s, Euler, "
+        "P2_PDM, cnpar=1",
         "machine": f"{platform.machine()} {_cpu_name()}, {os.cpu_count()} logical CPUs (shared)",
         "python": platform.python_version(),
         "torch": torch.__version__,
         "threads": 1,
         "chunk_columns": a.chunk or None,
-        "anchor": "GOTM+FABM Fortran: 1.5 s per column-year on one core of this machine (given, not re-run "
-        "here)",
-        "target": ">= 20x GOTM+FABM per core at >= 1000 columns (>= 13.3 column-years/s)",
+        "gotm_fabm": gotm or {"cpu_s_per_column_year": gotm_s, "note": "given in issue 10, not measured"},
         "extrapolation": f"{a.steps} hourly steps from 1998-05-01 timed (process CPU time), minimum of "
         f"{a.repeat} repeats, x8760/steps",
         "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
     }
     a.out.parent.mkdir(parents=True, exist_ok=True)
-    a.out.write_text(json.dumps({"meta": meta, "results": results, "phases_ms_per_step": ph}, indent=1))
+    payload = {"meta": meta, "summary": rows, "results": results, "run_path": runs}
+    a.out.write_text(json.dumps(payload, indent=1))
     print(f"wrote {a.out}")
     if a.doc:
-        write_doc(a.doc, meta, results, ph)
+        write_doc(a.doc, meta, rows, results, runs, gotm_s)
         print(f"wrote {a.doc}")
 
 
-def write_doc(path: Path, meta: dict, results: list[dict], ph: dict) -> None:
+def write_doc(
+    path: Path, meta: dict, rows: list, results: list[dict], runs: list[dict], gotm_s: float
+) -> None:
+    g = meta["gotm_fabm"]
     lines = [
-        "# Water column throughput (NNS NPZD)",
+        "# Water column against GOTM+FABM (NNS NPZD; issue 10)",
         "",
         "Generated by `benchmarks/column.py` (raw numbers in `benchmarks/results/column.json`).",
         "",
         f"- Case: {meta['case']}.",
-        f"- Machine: {meta['machine']}; torch {meta['torch']}; {meta['threads']} thread (per-core figures).",
-        f"- Method: {meta['extrapolation']}. The machine was shared with other engineers during the run;",
-        "  CPU time is much less affected by that than wall time, but caches and memory bandwidth are shared",
-        "  too, so expect noise of tens of percent.",
-        f"- Anchor: {meta['anchor']}. Target: {meta['target']}.",
+        f"- Machine: {meta['machine']}; torch {meta['torch']}; {meta['threads']} thread (per-core figures);"
+        f" {meta['date_utc']} UTC. CPU time, loaded machine (up to 7 other jobs on 2 cores).",
+        f"- GOTM+FABM: {gotm_s:.3f} s CPU per column-year"
+        + (f" (minimum of {len(g['cpu_s_all'])} runs of `scripts/run_gotm_fabm_npzd.sh` in this benchmark"
+           f" run: {', '.join(f'{x:.2f}' for x in g['cpu_s_all'])} s)" if "cpu_s_all" in g else " (given)")
+        + ", k-epsilon turbulence and mean flow included.",
+        f"- Method: {meta['extrapolation']}; `pelagos run`: CPU-time difference of a 1-day and a longer run "
+        "in one process (start-up and compilation excluded, reported separately).",
         "",
-        table(results),
+        "## Targets",
         "",
-    ]
-    if ph:
-        lines += ["## Where a step goes (ms, forward, minima)", ""]
-        keys = list(next(iter(ph.values())))
-        lines.append("| part | " + " | ".join(ph) + " |")
-        lines.append("|---|" + "---:|" * len(ph))
-        for k in keys:
-            lines.append(f"| {k} | " + " | ".join(f"{v[k]:.2f}" for v in ph.values()) + " |")
-        lines.append("")
+        summary_table(rows),
+        "",
+        "## All configurations",
+        "",
+        table(results, gotm_s),
+        "",
+        "## `pelagos run` path",
+        "",
+        "| columns | compiled | CPU ms / step | column-years / s | x GOTM+FABM | start-up + compile CPU s "
+        "| first 1-day run wall s |",
+        "|---:|---|---:|---:|---:|---:|---:|",
+    ]  # fmt: skip
+    for r in runs:
         lines.append(
-            "The parts overlap (the source step recomputes the light; the whole step includes the rest),"
+            f"| {r['columns']} | {'yes' if r['compile'] else 'no'} | {1e3 * r['seconds_per_step']:.3f} | "
+            f"{r['column_years_per_second']:.3g} | {r['column_years_per_second'] * gotm_s:.3g} | "
+            f"{r['startup_and_compile_cpu_s']:.1f} | {r['wall_s_first_1day_run']:.1f} |"
         )
-        lines.append("so they do not add up exactly.")
-        lines.append("")
+    lines.append("")
     marker = "<!-- notes (kept when the tables are regenerated) -->"
     notes = ""
     if path.exists() and marker in path.read_text():

@@ -370,7 +370,7 @@ class BGCModel(Model):
         unconstrained tensor is replaced or modified in place; with autograd it is recomputed every call so
         that every graph, jvp or vmap sees its own parameter tensors.
         """
-        if torch.is_grad_enabled():
+        if torch.is_grad_enabled() or torch.compiler.is_compiling():  # traced: the value joins the graph
             v = self.param_b(name, ndim) if ndim else self.param(name)
             return v * self.scale_factors[name]
         store = self.__dict__.get("_store_ref")

@@ -13,7 +13,13 @@ BCSpec = tuple[str, "float | torch.Tensor"]
 
 
 def concrete(*xs: object) -> bool:
-    """True when no tensor among ``xs`` is wrapped by vmap/jvp/grad (value checks need concrete data)."""
+    """True when no tensor among ``xs`` is wrapped by vmap/jvp/grad (value checks need concrete data).
+
+    False while ``torch.compile`` traces (the compiled column step, :mod:`pelagos.column.compiled`): values
+    are symbolic there, so value checks and value-dependent shortcuts are skipped (the inputs were checked on
+    the plain path / when the forcing was read)."""
+    if torch.compiler.is_compiling():
+        return False
     return not any(torch.is_tensor(x) and is_functorch_wrapped_tensor(x) for x in xs)
 
 

@@ -172,6 +172,7 @@ def advect_center(
     bc_down: BCSpec = ("flux", 0.0),
     max_substeps: int = ITMAX,
     substeps: int | None = None,
+    loop: int | None = None,
 ) -> torch.Tensor:
     """One advection step of cell-centred quantities, exactly as GOTM's ``adv_center``.
 
@@ -193,6 +194,10 @@ def advect_center(
             ``it = min(max_substeps, int(cmax)+1)`` per column (from detached values) and runs each column
             with its own ``it`` (columns needing fewer sub-steps are frozen once done), as GOTM would.
             That count is data-dependent, so under ``torch.func.vmap`` pass an int here (the same for all).
+        loop: with ``substeps=None``, run exactly ``loop`` sub-step iterations, each column advancing only
+            during its first ``it`` of them (GOTM's count, computed on tensors without reading it back): the
+            same result as the default whenever ``loop >= max(it)``, with no value-dependent Python branch
+            (what a compiled step needs). The caller checks ``courant_substeps(...).max() <= loop``.
 
     Returns:
         Y after one step, shape = broadcast batch dims + (nz,).
@@ -227,6 +232,9 @@ def advect_center(
             raise ConfigError(f"substeps must be a positive int or None; got {substeps!r}.")
         it_col = None
         n_loop = substeps
+    elif loop is not None:
+        it_col = courant_substeps(ww, h, dt_t, max_substeps)
+        n_loop = int(loop)
     else:
         it_col = courant_substeps(ww, h, dt_t, max_substeps)
         try:

@@ -6,7 +6,10 @@ Configuration sections (all keys optional):
   biology, a fabm.yaml file (``builtin:fabm/fabm-gotm-npzd.yaml`` by default) or its ``instances:`` inline;
 - ``forcing: {file: PATH, bottom_stress: Pa}``: GOTM physics (NetCDF; ``builtin:nns_annual_22x5m.nc``);
 - ``numerics: {ode_method, sinking_method, cnpar, light, nuh_lag, repair, split_factor, chunk_columns,
-  columns}``: see :class:`~pelagos.column.model.ColumnModel`; ``columns`` is the batch of ``initial_state``;
+  compile, columns}``: see :class:`~pelagos.column.model.ColumnModel`; ``columns`` is the batch of
+  ``initial_state``; ``compile: true | false | auto`` runs the compiled step (:mod:`pelagos.column.compiled`:
+  same results, faster steps, a compile of tens of seconds at the first step; ``auto`` = on when a C++
+  compiler is found);
 - ``initial: {profiles: {name: value}}``: initial profiles over the BGC initial values.
 
 ``time.dt`` (s) is the step (3600 when absent); the configuration's dtype is that of forcing and parameters.
@@ -53,6 +56,7 @@ class ColumnNumerics:
     repair: bool = False
     split_factor: int = 1
     chunk_columns: int | None = None
+    compile: bool | str = False  # true | false | auto: the compiled step (pelagos.column.compiled)
     columns: int = 1
     coarsen_layers: int | None = None  # merge layers by this factor (applied by pelagos.io.build)
 
@@ -89,6 +93,7 @@ def build(options: ColumnOptions, ctx: BuildContext):
         repair=num.repair,
         split_factor=num.split_factor,
         chunk_columns=num.chunk_columns,
+        compile=num.compile,
     )
     return model.to(dtype)
 

@@ -82,6 +82,9 @@ class ColumnModel(Model):
         split_factor: number of source sub-steps per step (GOTM's ``split_factor``).
         chunk_columns: advance the columns in chunks of this many (same result; keeps each chunk's working set
             in cache: about 1000 is fastest on one CPU core for the NNS case). ``None``: all at once.
+        compile: run the step as one compiled program (``torch.compile``/Inductor: fused C++ loops on CPU);
+            ``True``, ``False`` or ``"auto"`` (on when a C++ compiler is found). Same results as the plain
+            step; see :mod:`pelagos.column.compiled` for what it costs (compile time) and when it falls back.
 
     Parameters (declared, so they can be made free and batched with ``using``): ``nuh_scale`` (factor on the
     forcing's ``nuh``) and ``I0_scale`` (factor on ``I_0``), both 1 by default; the BGC parameters appear as
@@ -102,6 +105,7 @@ class ColumnModel(Model):
         repair: bool = False,
         split_factor: int = 1,
         chunk_columns: int | None = None,
+        compile: bool | str = False,
     ) -> None:
         super().__init__()
         if isinstance(bgc, (str, os.PathLike, Mapping)):
@@ -136,6 +140,9 @@ class ColumnModel(Model):
         if chunk_columns is not None and int(chunk_columns) < 1:
             raise ConfigError(f"chunk_columns must be >= 1 or None; got {chunk_columns}")
         self.chunk_columns = None if chunk_columns is None else int(chunk_columns)
+        from .compiled import compile_mode
+
+        self.compile_mode = compile_mode(compile)
         self.declare_parameter(
             "nuh_scale",
             1.0,
@@ -189,14 +196,23 @@ class ColumnModel(Model):
     # -- environment -------------------------------------------------------------------------------------
     def _physics(self, t: float, *, for_step: bool) -> dict[str, torch.Tensor]:
         """Forcing for the step starting at ``t`` (for_step) or at the instant ``t``; scaled by parameters."""
+        return self._scale_physics(self._raw_physics(t, for_step=for_step))
+
+    def _raw_physics(self, t: float, *, for_step: bool) -> dict[str, torch.Tensor]:
+        """The forcing's fields for :meth:`_physics`, before the parameters scale them (no parameter inside:
+        the compiled step takes these as inputs)."""
         f = self.forcing
         t1 = t + self.dt if for_step else t
         names = ["h", "temp", "salt", "I_0"] + (["bottom_stress"] if f.has_bottom_stress else [])
         phys = f.sample(t1, names)
         phys["nuh"] = f.sample(t if (for_step and self.nuh_lag) else t1, ["nuh"])["nuh"]
+        phys["doy"] = torch.tensor(f.day_of_year(t1), dtype=phys["h"].dtype)
+        return phys
+
+    def _scale_physics(self, raw: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        phys = dict(raw)
         phys["nuh"] = phys["nuh"] * self.param_b("nuh_scale", 2)  # (Bf or B, nz+1)
         phys["I_0"] = phys["I_0"] * self.param_b("I0_scale", 1)
-        phys["doy"] = torch.tensor(f.day_of_year(t1), dtype=phys["h"].dtype)
         return phys
 
     def _light(self, state: Mapping[str, torch.Tensor], phys: Mapping[str, torch.Tensor], env: dict) -> dict:
@@ -348,13 +364,30 @@ class ColumnModel(Model):
         return state
 
     def step(self, state: dict, t: float | torch.Tensor) -> dict:
-        """Advance all columns from ``t`` to ``t + dt`` (pure: returns a new dict)."""
+        """Advance all columns from ``t`` to ``t + dt`` (pure: returns a new dict).
+
+        With ``compile`` on (see :mod:`pelagos.column.compiled`) the step runs as one compiled program; the
+        result is that of the plain step (same operations, fused)."""
         t = float(t)
-        phys = self._physics(t, for_step=True)
+        fast = self._compiled_step(state)
+        if fast is not None:
+            raw = self._raw_physics(t, for_step=True)
+            plans = fast.mean_plans(t)
+
+            def one(s: dict, ph: Mapping) -> dict:
+                return fast(s, ph, plans)
+
+            phys = raw
+        else:
+            phys = self._physics(t, for_step=True)
+
+            def one(s: dict, ph: Mapping) -> dict:
+                return self._step_columns(s, t, ph)
+
         B = state[(self.interior + self.bottom + self.surface)[0]].shape[0]
         c = self.chunk_columns
         if c is None or c >= B:
-            return self._step_columns(state, t, phys)
+            return one(state, phys)
         # Columns in chunks: the working set of a chunk stays in cache. Batched parameter values and
         # per-column forcing are sliced along with the state; chunks are independent: same result.
         snap = self.parameter_overrides()
@@ -368,7 +401,7 @@ class ColumnModel(Model):
         for a in range(0, B, c):
             sl = slice(a, min(a + c, B))
             with self.using_only(cut(snap, sl)):
-                outs.append(self._step_columns(cut(state, sl), t, cut(phys, sl)))
+                outs.append(one(cut(state, sl), cut(phys, sl)))
 
         def join(parts: list) -> Any:
             if isinstance(parts[0], Mapping):
@@ -377,10 +410,21 @@ class ColumnModel(Model):
 
         return join(outs)
 
-    def _step_columns(self, state: dict, t: float, phys: Mapping) -> dict:
+    def _compiled_step(self, state: Mapping) -> Any:
+        """The compiled step when ``compile`` is on and this call can use it (else ``None``: plain step)."""
+        if self.compile_mode == "off":
+            return None
+        from .compiled import compiled_step
+
+        return compiled_step(self, state)
+
+    def _step_columns(self, state: dict, t: float | None, phys: Mapping, fast: Any = None) -> Any:
+        """One step of a batch of columns. ``fast`` (the compiled step's ``(mean plans, sinking loop)``):
+        running means from precomputed sampling plans and sinking with a fixed sub-step loop; then returns
+        ``(new state, largest sub-step count needed)``."""
         dt = self.dt
         svars = {n: state[n] for n in self.interior + self.bottom + self.surface}
-        new = self._transport(svars, phys)
+        new, need = self._transport(svars, phys, loop=None if fast is None else fast[1])
         # 4. repair
         if self.repair:
             for n in new:
@@ -389,7 +433,19 @@ class ColumnModel(Model):
                     new[n] = torch.clamp(new[n], min=lo)
         # 6. running means of the light seen after transport
         means = None
-        if self.means:
+        if self.means and fast is not None:
+            from .compiled import mean_apply
+
+            env = self._full_env(new, phys, None)
+            means = {
+                key: mean_apply(
+                    state["_means"][key],
+                    torch.broadcast_to(env[std], state["_means"][key]["last"].shape),
+                    fast[0][key],
+                )
+                for key, (std, per, res) in self.means.items()
+            }
+        elif self.means:
             env = self._full_env(new, phys, None)
             means = {
                 key: running_mean_update(
@@ -406,10 +462,12 @@ class ColumnModel(Model):
         new = self._integrate(new, phys, means)
         if means is not None:
             new["_means"] = means
-        return new
+        return new if fast is None else (new, need)
 
-    def _transport(self, svars: dict, phys: Mapping) -> dict:
-        """Sinking/rising then diffusion of the interior variables; bottom/surface ones are carried over."""
+    def _transport(self, svars: dict, phys: Mapping, loop: int | None = None) -> tuple[dict, Any]:
+        """Sinking/rising then diffusion of the interior variables; bottom/surface ones are carried over.
+        Returns the new variables and (with ``loop``, a fixed sinking sub-step loop) the largest sub-step
+        count the columns needed (a tensor; ``None`` otherwise)."""
         advection, _, _ = _numerics()
         h, dt = phys["h"], self.dt
         env0 = self._base_env(phys)
@@ -420,6 +478,7 @@ class ColumnModel(Model):
         moving = [n for n in self.interior if n in ws]
         still = [n for n in self.interior if n not in ws]
         parts = []
+        need = None
         if moving:
             Ym = torch.stack([svars[n] for n in moving])
             w_rows = [_shared_rows(ws[n]) for n in moving]
@@ -427,8 +486,12 @@ class ColumnModel(Model):
             w_c = torch.stack([torch.broadcast_to(w, shape) for w in w_rows])
             ww = advection.face_velocities(w_c, h)
             parts.append(
-                advection.advect_center(Ym, h, ww, dt, method=self.sinking_method, mode="conservative")
+                advection.advect_center(
+                    Ym, h, ww, dt, method=self.sinking_method, mode="conservative", loop=loop
+                )
             )
+            if loop is not None:
+                need = advection.courant_substeps(ww, h, dt).amax()
         if still:
             parts.append(torch.stack([svars[n] for n in still]))
         Y = torch.cat(parts) if len(parts) > 1 else parts[0]
@@ -437,7 +500,7 @@ class ColumnModel(Model):
         new = {n: Y[i] for i, n in enumerate(moving + still)}
         for n in self.bottom + self.surface:
             new[n] = svars[n]
-        return new
+        return new, need
 
     def _diffuse(self, Y: torch.Tensor, h: torch.Tensor, nuh: torch.Tensor) -> torch.Tensor:
         """GOTM's diff_center with no-flux boundaries for all tracers ``Y`` (V, B, nz).
@@ -450,9 +513,13 @@ class ColumnModel(Model):
         _, diffusion, _ = _numerics()
         if self.cnpar != 1.0:
             return diffusion.diffuse_center(Y, h, nuh, self.dt, cnpar=self.cnpar, posconc=self.posconc)
+        a, c = diffusion.diffusion_matrix(h, nuh, self.dt)
+        if torch.compiler.is_compiling():
+            from .compiled import diffuse_implicit
+
+            return diffuse_implicit(a, c, Y)
         from ..core.tridiagonal import solve_tridiagonal
 
-        a, c = diffusion.diffusion_matrix(h, nuh, self.dt)
         shape = torch.broadcast_shapes(Y.shape, a.shape)
         lower = (-a).expand(shape).contiguous()
         upper = (-c).expand(shape).contiguous()
@@ -487,7 +554,13 @@ class ColumnModel(Model):
         ``(B,)``), BGC diagnostics (e.g. ``npzd_PPR``) evaluated on this state with the light of this state,
         the physics (``h``, ``temp``, ``salt``, ``nuh``, ``I_0``), ``PAR`` and the conserved column totals
         (``total_<quantity>``, per m2). Diagnostics are recomputed here rather than carried in the state."""
-        phys = self._physics(float(t), for_step=False)
+        fast = self._compiled_step(state) if isinstance(state, Mapping) else None
+        if fast is not None:
+            return fast.output(state, self._raw_physics(float(t), for_step=False))
+        return self._output_from(state, self._physics(float(t), for_step=False))
+
+    def _output_from(self, state: Mapping[str, Any], phys: Mapping[str, torch.Tensor]) -> dict:
+        """:meth:`output` given the (scaled) physics at the output time."""
         svars = {n: state[n] for n in self.interior + self.bottom + self.surface}
         means = state.get("_means") if isinstance(state, Mapping) else None
         with torch.no_grad() if not torch.is_grad_enabled() else contextlib.nullcontext():
@@ -512,7 +585,8 @@ class ColumnModel(Model):
             for d in self.bgc.diagnostics:
                 if self.bgc.models.get(d.instance) is lm and light.get(d.local) is not None:
                     out[d.name] = full(light[d.local])
-        for q, v in self.totals(state, t).items():
+        totals = self.bgc.conserved_quantities(svars, h=phys["h"])  # = self.totals(state, t)
+        for q, v in totals.items():
             out[q if q.startswith("total_") else f"total_{q}"] = v
         return out
 

@@ -1,0 +1,255 @@
+"""The compiled column step: :meth:`ColumnModel.step` as one program built by ``torch.compile`` (Inductor).
+
+Why: a column step is a few hundred small tensor operations (transport, light, the user's FABM-style
+biology, the source integrator). For one column of 110 layers each operation costs microseconds of Python and
+dispatch and nanoseconds of arithmetic; Inductor traces the step once (the biology included: any model written
+against :class:`~pelagos.bgc.base.BGCModel`, not only the shipped ones) and fuses the elementwise work into a
+few C++ loops. The forcing lookup, the time bookkeeping of running means and the sinking sub-step count stay
+outside, in Python, and are handed in as inputs or constants, so the compiled program has no value-dependent
+branch:
+
+- forcing: the fields at ``t + dt`` (and ``nuh`` at ``t``) are sampled outside; the parameter scalings
+  (``nuh_scale``, ``I0_scale``) are inside, so gradients to them flow;
+- running means (FABM's temporal means): the sampling pattern of a step depends on the clock only; it is
+  computed outside (:meth:`CompiledStep.mean_plans`) and is the same tuple of constants every hourly step;
+- sinking: GOTM's per-column sub-step count is computed inside; the program loops a fixed number of times
+  (``loop``, 1 at first) and returns the count the columns needed: when that is larger (faster sinking,
+  thinner layers) the step is redone with the larger loop (one recompilation), so the result is always the
+  plain step's;
+- the tridiagonal solve runs as an opaque call inside the program (the compiled Thomas kernel).
+
+Same operations as the plain step, so the same result up to the rounding of fused code (float64 agreement
+over a model year is tested in tests/test_column_compiled.py). Gradients: AOTAutograd compiles the backward
+of the same program. Falls back to the plain step, silently, inside ``torch.func`` transforms (vmap, jvp) and
+for forward-mode dual tensors, and, with one warning, when no C++ compiler is found.
+
+Cost: the first step of a run compiles (tens of seconds on a loaded 2-core machine; see
+docs/bench_column.md); Inductor keeps compiled kernels in its on-disk cache (``TORCHINDUCTOR_CACHE_DIR``,
+default under /tmp), so later runs of the same model and batch pay mostly the tracing.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+import shutil
+import warnings
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+from ..core.errors import ConfigError
+from ..core.tridiagonal import solve_tridiagonal as _solve_tridiagonal
+
+__all__ = [
+    "CompiledStep",
+    "compile_mode",
+    "compiled_step",
+    "cxx_available",
+    "diffuse_implicit",
+    "mean_apply",
+]
+
+_MODES = {
+    True: "on",
+    False: "off",
+    "true": "on",
+    "on": "on",
+    "yes": "on",
+    "false": "off",
+    "off": "off",
+    "no": "off",
+    "auto": "auto",
+}
+_warned_no_cxx = False
+# Inductor options: a C++ wrapper (the kernel calls of a step are C++, not generated Python).
+_OPTIONS: dict[str, Any] = {"cpp_wrapper": os.environ.get("PELAGOS_COLUMN_CPP_WRAPPER", "1") == "1"}
+
+
+def compile_mode(value: bool | str) -> str:
+    """``"on"``, ``"off"`` or ``"auto"`` from a ``compile`` option (bool or string)."""
+    key = value.strip().lower() if isinstance(value, str) else value
+    if isinstance(key, bool | str):
+        mode = _MODES.get(key)
+        if mode is not None:
+            return mode
+    raise ConfigError(f"numerics.compile must be true, false or 'auto'; got {value!r}")
+
+
+@functools.cache
+def cxx_available() -> bool:
+    """Whether Inductor can build CPU kernels here: a C++ compiler (``$CXX``, g++, c++ or clang++)."""
+    names = [os.environ.get("CXX") or "", "g++", "c++", "clang++"]
+    return any(n and shutil.which(n) for n in names)
+
+
+def _plain_only(state: Mapping, model: Any) -> bool:
+    """Calls the compiled step cannot take: torch.func transforms and forward-mode AD."""
+    from torch._C._functorch import is_functorch_wrapped_tensor
+
+    stores = model.__dict__.get("_param_stores")
+    if stores is None:  # the stores of a model tree are fixed once built
+        stores = model.__dict__["_param_stores"] = list(model._stores().values())
+    leaves = [v for v in state.values() if torch.is_tensor(v)]
+    leaves += [v for s in stores for v in s.overrides.values() if torch.is_tensor(v)]
+    for v in leaves:
+        if is_functorch_wrapped_tensor(v) or torch.autograd.forward_ad.unpack_dual(v).tangent is not None:
+            return True
+    return False
+
+
+def compiled_step(model: Any, state: Mapping) -> CompiledStep | None:
+    """The model's :class:`CompiledStep` if this call may use it, else ``None`` (plain step)."""
+    global _warned_no_cxx
+    if not cxx_available():
+        if not _warned_no_cxx:
+            warnings.warn(
+                "pelagos column: numerics.compile is on but no C++ compiler (g++, c++, clang++ or $CXX) was "
+                "found; running the plain (slower) step. Install one (e.g. apt-get install g++) to compile.",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            _warned_no_cxx = True
+        model.compile_mode = "off"
+        return None
+    if _plain_only(state, model):
+        return None
+    cs = model.__dict__.get("_compiled_step_obj")
+    if cs is None:
+        cs = model.__dict__["_compiled_step_obj"] = CompiledStep(model)
+    return cs
+
+
+def _mean_plan(t: float, t_prev: float, period: float, resolution: float) -> tuple:
+    """The clock-only part of :func:`pelagos.core.running_mean.running_mean_update` for a step
+    ``t_prev -> t``: weights of the new samples, the window fraction since the last sample, the sample
+    count (same formulas)."""
+    from ..core.running_mean import _n_samples
+
+    n = _n_samples(period, resolution)
+    if not t > t_prev:
+        raise ConfigError(f"running mean: time must increase (t={t:g} s after t_prev={t_prev:g} s)")
+    k0 = math.floor(t_prev / resolution + 1e-9) + 1
+    k1 = math.floor(t / resolution + 1e-9)
+    ws = tuple((k * resolution - t_prev) / (t - t_prev) for k in range(max(k0, k1 - n + 1), k1 + 1))
+    return ws, (t - k1 * resolution) / period, n
+
+
+def mean_apply(buf: Mapping[str, torch.Tensor], x: torch.Tensor, plan: tuple) -> dict[str, torch.Tensor]:
+    """:func:`~pelagos.core.running_mean.running_mean_update` with its clock part precomputed (``plan`` from
+    :func:`_mean_plan`): the same operations on the tensors."""
+    ws, frac, n = plan
+    samples, last = buf["samples"], buf["last"]
+    new = [last if w <= 0.0 else x if w >= 1.0 else torch.lerp(last, x, w) for w in ws]
+    if new:
+        samples = torch.cat([samples[..., len(new) :], torch.stack(new, dim=-1)], dim=-1)[..., -n:]
+    mean = samples.mean(dim=-1)
+    if frac != 0.0:
+        mean = mean + frac * (x - samples[..., 0])
+    return {"samples": samples, "last": x, "mean": mean}
+
+
+# The tridiagonal solve as an opaque operator of the compiled program (Inductor calls the compiled Thomas
+# kernel of pelagos.core.tridiagonal; no graph break), with its adjoint as the backward: for A x = d,
+# lam = A^-T g, dL/dd = lam, dL/dA_ij = -lam_i x_j (lower_i = A_i,i-1, upper_i = A_i,i+1). The diagonals may
+# be shared by several right-hand sides: (B, 1, N) against rhs (B, V, N), one factorisation per column for
+# all V tracers (their gradients are then summed over V).
+@torch.library.custom_op("pelagos_column::thomas", mutates_args=())
+def _thomas(lower: torch.Tensor, diag: torch.Tensor, upper: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return _solve_tridiagonal(lower, diag, upper, rhs)  # a new tensor (never an input)
+
+
+@_thomas.register_fake
+def _(lower: torch.Tensor, diag: torch.Tensor, upper: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
+    return torch.empty_like(rhs, memory_format=torch.contiguous_format)
+
+
+def _thomas_setup(ctx: Any, inputs: tuple, output: torch.Tensor) -> None:
+    lower, diag, upper, _ = inputs
+    ctx.save_for_backward(lower, diag, upper, output)
+
+
+def _sum_to(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    dims = [i for i, (n, m) in enumerate(zip(like.shape, x.shape)) if n == 1 and m != 1]
+    return x.sum(dims, keepdim=True) if dims else x
+
+
+def _thomas_backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    lower, diag, upper, x = ctx.saved_tensors
+    zero = torch.zeros_like(lower[..., :1])
+    lam = _thomas(
+        torch.cat([zero, upper[..., :-1]], -1), diag, torch.cat([lower[..., 1:], zero], -1), g.contiguous()
+    )
+    zx = torch.zeros_like(x[..., :1])
+    gl = _sum_to(-lam * torch.cat([zx, x[..., :-1]], -1), lower)
+    gu = _sum_to(-lam * torch.cat([x[..., 1:], zx], -1), upper)
+    return gl, _sum_to(-lam * x, diag), gu, lam
+
+
+_thomas.register_autograd(_thomas_backward, setup_context=_thomas_setup)
+
+
+def diffuse_implicit(a: torch.Tensor, c: torch.Tensor, Y: torch.Tensor) -> torch.Tensor:
+    """``A Y_new = Y`` for tracers ``Y`` (V, B, nz) with GOTM's cnpar = 1 matrix from ``a, c`` ((B or 1, nz),
+    :func:`~pelagos.column.diffusion.diffusion_matrix`): the same rows as the plain step's solve, factorised
+    once per column for all V tracers."""
+    V, B, nz = Y.shape
+    B = max(B, a.shape[-2] if a.ndim >= 2 else 1)
+
+    def col(x: torch.Tensor) -> torch.Tensor:
+        return x.expand(B, nz).unsqueeze(1).contiguous()
+
+    rhs = Y.expand(V, B, nz).transpose(0, 1).contiguous()
+    x = _thomas(col(-a), col(1.0 + a + c), col(-c), rhs)
+    return x.transpose(0, 1)
+
+
+class CompiledStep:
+    """The compiled step of one :class:`~pelagos.column.model.ColumnModel` (see the module doc)."""
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+        self.loop = 1  # sinking sub-step iterations compiled in; grows when the columns need more
+        self._fn = torch.compile(self._core, dynamic=False, options=_OPTIONS)
+        self._out: Any = None  # the compiled output, built on first use
+
+    def _core(self, state: dict, raw: dict, plans: dict, loop: int) -> tuple[dict, Any]:
+        m = self.model
+        return m._step_columns(state, None, m._scale_physics(raw), fast=(plans, loop))
+
+    def output(self, state: Mapping, raw: Mapping) -> dict:
+        """:meth:`ColumnModel.output` (diagnostics, light, totals) as a compiled program."""
+        if self._out is None:
+            self._out = torch.compile(self._output_core, dynamic=False, options=_OPTIONS)
+        return self._out(dict(state), dict(raw))
+
+    def _output_core(self, state: dict, raw: dict) -> dict:
+        m = self.model
+        return m._output_from(state, m._scale_physics(raw))
+
+    def mean_plans(self, t: float) -> dict[str, tuple]:
+        """Sampling plans of the model's running means for the step ``t -> t + dt``."""
+        m = self.model
+        return {key: _mean_plan(t + m.dt, t, per, res) for key, (_, per, res) in m.means.items()}
+
+    def __call__(self, state: dict, raw: Mapping, plans: dict) -> dict:
+        from .advection import ITMAX
+
+        while True:
+            new, need = self._fn(state, dict(raw), plans, self.loop)
+            if need is None:
+                return new
+            n = int(need)
+            if n <= self.loop:
+                return new
+            if n >= ITMAX:
+                warnings.warn(
+                    f"advect_center: sub-steps clipped to max_substeps={ITMAX} (Courant number per sub-step "
+                    "exceeds 1; results are not stable). Reduce dt or raise max_substeps.",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
+            self.loop = n

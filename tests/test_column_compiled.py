@@ -1,0 +1,195 @@
+"""The compiled column step (pelagos.column.compiled, ``ColumnModel(compile=True)``) against the plain step.
+
+The compiled step runs the same operations fused by Inductor: states and outputs must agree with the plain
+step to rounding (float64), gradients must match the plain step's and finite differences. Compiling costs
+tens of seconds on a loaded machine, so the fast tests share one small model (4 layers, NPZD); the year-long
+checks on the NNS physics and ECOSMO are slow-marked.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+
+from pelagos.bgc.system import BGCSystem
+from pelagos.column import ColumnForcing, ColumnModel, compact_forcing_path
+from pelagos.column import compiled as cc
+from pelagos.column.kind import example
+from pelagos.core.errors import ConfigError
+from pelagos.core.rollout import rollout
+from pelagos.io.config import resolve_path
+
+pytestmark = pytest.mark.skipif(not cc.cxx_available(), reason="no C++ compiler: the compiled step is off")
+
+F64 = torch.float64
+T0 = 6 * 3600.0
+
+
+def _start(model: ColumnModel, B: int = 3) -> dict:
+    s = model.initial_state(B, t0=T0)
+    g = torch.Generator().manual_seed(1)
+    for k in ("npzd_phy", "npzd_zoo", "npzd_det"):
+        s[k] = s[k] + torch.rand(s[k].shape, generator=g, dtype=F64)
+    return s
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Largest difference relative to the field's magnitude (max abs), per variable."""
+    return float((a - b).abs().max() / b.abs().max().clamp_min(1e-300))
+
+
+@pytest.fixture(scope="module")
+def models() -> tuple[ColumnModel, ColumnModel]:
+    plain = example()
+    fast = example()
+    fast.compile_mode = "on"
+    return plain, fast
+
+
+def test_compile_option_parsing():
+    assert cc.compile_mode(True) == "on" and cc.compile_mode("auto") == "auto"
+    assert cc.compile_mode("no") == "off"
+    with pytest.raises(ConfigError, match=r"numerics\.compile"):
+        cc.compile_mode("sometimes")
+
+
+def test_compiled_step_and_output_match_plain(models):
+    plain, fast = models
+    s = _start(plain)
+    rmax = torch.tensor([0.8, 1.0, 1.3], dtype=F64)  # per-column parameter through `using`
+    with torch.no_grad():
+        with plain.using({"npzd.rmax": torch.log(rmax)}):
+            ref = rollout(plain, s, 30, t0=T0).final
+            out_ref = plain.output(ref, T0 + 30 * 3600.0)
+        with fast.using({"npzd.rmax": torch.log(rmax)}):
+            got = rollout(fast, s, 30, t0=T0).final
+            out = fast.output(got, T0 + 30 * 3600.0)
+    assert fast.__dict__.get("_compiled_step_obj") is not None  # the compiled path ran
+    for k in ref:
+        assert _rel(got[k], ref[k]) < 1e-12, k
+    for k in out_ref:
+        torch.testing.assert_close(out[k], out_ref[k], rtol=1e-12, atol=1e-14)
+
+
+def test_compiled_gradients_match_plain_and_finite_differences(models):
+    plain, fast = models
+    s = _start(plain)
+    n = 12
+
+    def loss(model: ColumnModel, log_rmax: torch.Tensor, nuh: torch.Tensor, phy0: torch.Tensor):
+        x0 = dict(s, npzd_phy=phy0)
+        with model.using({"npzd.rmax": log_rmax, "nuh_scale": nuh}):
+            fin = rollout(model, x0, n, t0=T0, checkpoint=4).final
+        return (fin["npzd_phy"] ** 2).sum() + fin["npzd_det"].sum()
+
+    base = (torch.zeros(3, dtype=F64), torch.zeros((), dtype=F64), s["npzd_phy"].clone())
+    grads = {}
+    for name, model in (("plain", plain), ("fast", fast)):
+        xs = [x.clone().requires_grad_(True) for x in base]
+        grads[name] = torch.autograd.grad(loss(model, *xs), xs)
+    for gp, gf in zip(grads["plain"], grads["fast"]):
+        torch.testing.assert_close(gf, gp, rtol=1e-10, atol=1e-14)
+    # central differences of the compiled path along a random direction
+    g = torch.Generator().manual_seed(3)
+    dirs = [torch.randn(x.shape, generator=g, dtype=F64) for x in base]
+    eps = 1e-6
+    with torch.no_grad():
+        up = loss(fast, *[x + eps * d for x, d in zip(base, dirs)])
+        dn = loss(fast, *[x - eps * d for x, d in zip(base, dirs)])
+    fd = float(up - dn) / (2 * eps)
+    ad = sum(float((gx * d).sum()) for gx, d in zip(grads["fast"], dirs))
+    assert fd == pytest.approx(ad, rel=1e-6)
+
+
+def test_no_compiler_warns_once_and_runs_plain(monkeypatch):
+    m = example()
+    m.compile_mode = "on"
+    monkeypatch.setattr(cc, "cxx_available", lambda: False)
+    monkeypatch.setattr(cc, "_warned_no_cxx", False)
+    s = m.initial_state(1, t0=T0)
+    with pytest.warns(RuntimeWarning, match="no C\\+\\+ compiler"):
+        a = m.step(s, T0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        m.step(a, T0 + 3600.0)
+    assert m.compile_mode == "off"
+    torch.testing.assert_close(a["npzd_phy"], example().step(s, T0)["npzd_phy"], rtol=0, atol=0)
+
+
+def test_sinking_loop_grows_when_columns_need_more_substeps():
+    """Fast sinking (Courant > 1 per step) needs GOTM's sub-steps: the compiled step notices and recompiles
+    with the larger loop, giving the plain step's result."""
+    from pelagos.bgc.npzd import NPZD
+
+    f = example().forcing
+    fl = {k: v[0] for k, v in f.fields.items()}
+    thin = ColumnForcing(f.time, fl["h"] * 0.2, fl["temp"], fl["salt"], fl["nuh"],
+                         fl["I_0"])  # fmt: skip
+    plain = ColumnModel(BGCSystem({"npzd": NPZD()}), thin).to(F64)
+    fast = ColumnModel(BGCSystem({"npzd": NPZD()}), thin, compile=True).to(F64)
+    fast_sink = {"npzd.w_d": torch.tensor(-100.0, dtype=F64)}  # m/d: 4.2 m per hour through 1 m layers
+    raw = {k: fast.parameter_spec(k).transform.inverse(v) for k, v in fast_sink.items()}
+    s = _start(plain, 2)
+    with torch.no_grad():
+        with plain.using(raw):
+            ref = rollout(plain, s, 4, t0=T0).final
+        with fast.using(raw):
+            got = rollout(fast, s, 4, t0=T0).final
+    assert fast._compiled_step_obj.loop > 1
+    for k in ref:
+        assert _rel(got[k], ref[k]) < 1e-12, k
+
+
+@pytest.mark.slow
+def test_compiled_year_nns_npzd_agrees_and_gradient_is_exact():
+    """A model year of the NNS NPZD column (compact 22-layer physics, hourly): compiled vs plain <= 1e-12,
+    and a finite-difference check of the compiled path's gradient over the year."""
+    f = ColumnForcing.from_gotm(compact_forcing_path())
+    bgc = BGCSystem.from_yaml(resolve_path("builtin:fabm/fabm-gotm-npzd.yaml", None))
+    plain = ColumnModel(bgc, f).to(F64)
+    fast = ColumnModel(BGCSystem.from_yaml(resolve_path("builtin:fabm/fabm-gotm-npzd.yaml", None)), f).to(F64)
+    fast.compile_mode = "on"
+    t0, n = f.t_start, 8760
+    s = plain.initial_state(2, t0=t0)
+    with torch.no_grad():
+        ref = rollout(plain, s, n, t0=t0).final
+        got = rollout(fast, s, n, t0=t0).final
+    for k in ref:
+        assert _rel(got[k], ref[k]) < 1e-12, k
+
+    def loss(log_rmax: torch.Tensor) -> torch.Tensor:
+        with fast.using({"npzd.rmax": log_rmax}):
+            fin = rollout(fast, s, n, t0=t0, checkpoint="sqrt").final
+        return fin["npzd_phy"].sum() + fin["npzd_nut"].sum()
+
+    x = torch.zeros(2, dtype=F64, requires_grad=True)
+    (g,) = torch.autograd.grad(loss(x), x)
+    d = torch.tensor([0.6, -0.8], dtype=F64)
+    eps = 1e-5
+    with torch.no_grad():
+        fd = (float(loss(eps * d)) - float(loss(-eps * d))) / (2 * eps)
+    assert fd == pytest.approx(float((g * d).sum()), rel=1e-5)
+
+
+@pytest.mark.slow
+def test_compiled_ecosmo_matches_plain():
+    """ECOSMO (19 states, bottom fluxes, running means of surface PAR): two days, compiled vs plain."""
+    f = ColumnForcing.from_gotm(compact_forcing_path(), stop=3 * 86400.0, bottom_stress=0.05)
+    yaml = resolve_path("builtin:fabm/fabm-nersc-ecosmo.yaml", None)
+    plain = ColumnModel(BGCSystem.from_yaml(yaml, drop_unsupported=True), f).to(F64)
+    fast = ColumnModel(BGCSystem.from_yaml(yaml, drop_unsupported=True), f).to(F64)
+    fast.compile_mode = "on"
+    s = plain.initial_state(2, t0=T0)
+    with torch.no_grad():
+        ref = rollout(plain, s, 48, t0=T0).final
+        got = rollout(fast, s, 48, t0=T0).final
+        o_ref, o = plain.output(ref, T0 + 48 * 3600.0), fast.output(got, T0 + 48 * 3600.0)
+    for k in ref:
+        if k != "_means":
+            assert _rel(got[k], ref[k]) < 1e-12, k
+    for key, buf in ref["_means"].items():
+        torch.testing.assert_close(got["_means"][key]["mean"], buf["mean"], rtol=1e-12, atol=1e-12)
+    for k in o_ref:
+        torch.testing.assert_close(o[k], o_ref[k], rtol=1e-11, atol=1e-12)
