@@ -44,7 +44,7 @@ GOTM_FILE = ROOT.parent / "shared" / "data" / "gotm_nns_annual" / "physics_hourl
 OUT = ROOT / "benchmarks" / "results" / "column_adjoint.json"
 
 
-def problem(days: int, layers: int, checkpoint):
+def problem(days: int, layers: int, checkpoint, compile_: bool = False):
     """(VariationalProblem, z0, forcing file) of the benchmark case."""
     from pelagos.core import obsio
     from pelagos.io import inverse_run as ir
@@ -58,7 +58,13 @@ def problem(days: int, layers: int, checkpoint):
             "model": {"kind": "column", "fabm_yaml": "builtin:fabm/fabm-gotm-npzd.yaml", "dtype": "float64"},
             "forcing": {"file": forcing},
             "time": {"start": "1998-01-01 00:00:00", "stop": stop, "dt": 3600},
-            "numerics": {"ode_method": "euler", "sinking_method": "P2_PDM", "cnpar": 1.0, "light": "I"},
+            "numerics": {
+                "ode_method": "euler",
+                "sinking_method": "P2_PDM",
+                "cnpar": 1.0,
+                "light": "I",
+                "compile": compile_,
+            },
             "parameters": {"npzd.rmax": 0.7, "npzd.gmax": 0.3},
         }
     )
@@ -101,14 +107,15 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--days", type=int, default=365)
     ap.add_argument("--layers", type=int, default=110, choices=[22, 110])
     ap.add_argument("--repeat", type=int, default=2)
+    ap.add_argument("--compile", action="store_true", help="numerics.compile: the compiled column step")
     ap.add_argument("--out", default=str(OUT))
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     from pelagos.core._torch_quirks import load_jvp_decompositions
 
     load_jvp_decompositions()
-    P, z, forcing, nz = problem(args.days, args.layers, None)
-    Pc, _, _, _ = problem(args.days, args.layers, "sqrt")
+    P, z, forcing, nz = problem(args.days, args.layers, None, args.compile)
+    Pc, _, _, _ = problem(args.days, args.layers, "sqrt", args.compile)
     n_steps = int(P.obs.step_indices(P.dt, P.t0).max())
 
     def forward() -> None:
@@ -133,6 +140,10 @@ def main(argv: list[str] | None = None) -> dict:
             prob.cost(zz)
         return total[0]
 
+    if args.compile:  # the first runs compile (forward, backward): not timed
+        forward()
+        fwd_bwd(P)
+        fwd_bwd(Pc)
     P._jac_checked = True  # the check (one batched no-grad run) is timed with pelagos calibrate, not here
     t_fwd = cpu(forward, args.repeat)
     t_fb = cpu(lambda: fwd_bwd(P), args.repeat)
@@ -143,6 +154,7 @@ def main(argv: list[str] | None = None) -> dict:
     Jm = P.jacobian(z)
     res = {
         "case": f"one column, {nz} layers, NPZD, float64, hourly, {args.days} days ({n_steps} steps)",
+        "step": "compiled (numerics.compile)" if args.compile else "plain",
         "forcing": forcing,
         "n_obs": int(P.obs.n_obs),
         "cpu_s": {"forward": t_fwd, "fwd+bwd keep": t_fb, "fwd+bwd sqrt": t_fbc, "jacobian fwd-mode": t_jac},
