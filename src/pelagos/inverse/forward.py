@@ -85,7 +85,10 @@ def predict(
     k = 0
     x = state
     for ki in idx:
-        x = propagate(model, x, ki - k, t0=t0 + k * dt_, dt=dt_, checkpoint=checkpoint)
+        # rollout checkpoints only runs longer than one segment: a run between two observations that is not
+        # gets two segments (its last step alone), so it is still recomputed rather than kept
+        seg = checkpoint if checkpoint is None or ki - k > checkpoint else max(1, ki - k - 1)
+        x = propagate(model, x, ki - k, t0=t0 + k * dt_, dt=dt_, checkpoint=seg)
         k = ki
         preds.append(obs.operator(x))
         if return_states:
