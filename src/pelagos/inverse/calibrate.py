@@ -157,7 +157,9 @@ def calibrate(
         progress=progress,
         desc="calibrate",
     )
+    predictions = {"initial": problem.predictions(problem.z0), "final": problem.predictions(opt.z)}
     res = summarize(model, problem, opt, method=f"calibrate[{optimizer}]", uncertainty=uncertainty)
+    res.predictions = predictions
     if write_back and problem.p:
         model.load_free_vector(opt.z[: problem.p].to(model.free_vector().dtype))
     return res

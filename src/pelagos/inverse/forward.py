@@ -2,13 +2,14 @@
 
 Only the ``Model`` contract is used: ``model.step(state, t)`` (pure) and ``model.dt``, through
 :func:`pelagos.core.rollout`. Memory: the graph of every step is kept for the backward pass unless
-``checkpoint`` is given (an int segment length or ``"sqrt"``); then the steps between two observation times
-are
-recomputed in the backward pass segment by segment, as ``rollout`` does.
+``checkpoint`` is given (an int segment length or ``"sqrt"``: segments of ⌈√T⌉ steps for the T steps of the
+whole window, cut at the observation times); then the steps between two observation times are recomputed in
+the backward pass segment by segment, as ``rollout`` does: about one extra forward run.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -67,7 +68,7 @@ def predict(
     *,
     t0: float = 0.0,
     dt: float | None = None,
-    checkpoint: int | None = None,
+    checkpoint: int | str | None = None,
     return_final: bool = False,
     return_states: bool = False,
 ) -> torch.Tensor | tuple:
@@ -78,11 +79,16 @@ def predict(
     """
     _, dt_ = step_function(model, dt)
     idx = obs.step_indices(dt_, t0).tolist()
+    if checkpoint == "sqrt" and idx:  # √T of the whole window (the runs between observations are shorter)
+        checkpoint = max(1, math.ceil(math.sqrt(max(idx))))
     preds, states = [], []
     k = 0
     x = state
     for ki in idx:
-        x = propagate(model, x, ki - k, t0=t0 + k * dt_, dt=dt_, checkpoint=checkpoint)
+        # rollout checkpoints only runs longer than one segment: a run between two observations that is not
+        # gets two segments (its last step alone), so it is still recomputed rather than kept
+        seg = checkpoint if checkpoint is None or ki - k > checkpoint else max(1, ki - k - 1)
+        x = propagate(model, x, ki - k, t0=t0 + k * dt_, dt=dt_, checkpoint=seg)
         k = ki
         preds.append(obs.operator(x))
         if return_states:

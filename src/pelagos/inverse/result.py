@@ -43,6 +43,8 @@ class CalibrationResult:
     method: str = ""
     initial_state: object = None  # analysed initial state when it was part of the control
     z: torch.Tensor | None = None  # the optimal control vector
+    # H(x(t_i)) at the first guess ("initial") and at the estimate ("final"), (n_t, *batch, m), no graph
+    predictions: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         d = {

@@ -393,8 +393,10 @@ def run_inverse(
     set_priors(model, meth)
     names = model.free_parameter_names()
     u_prior = model.free_vector().clone()
-    with model.using(u_prior) if names else contextlib.nullcontext():
-        pred_before = _predict(model, x0, obs, s.t0)
+    pred_before = None  # calibrate: the optimiser's own first-guess run gives it (res.predictions)
+    if kind != "calibrate":
+        with model.using(u_prior) if names else contextlib.nullcontext():
+            pred_before = _predict(model, x0, obs, s.t0)
     result: dict[str, Any] = {
         "method": kind,
         "model": cfg.kind.name,
@@ -416,6 +418,7 @@ def run_inverse(
             )  # fmt: skip
             if meth.control_state and res.initial_state is not None:
                 x_an = res.initial_state.detach()
+            pred_before, pred_after = res.predictions["initial"], res.predictions["final"]
             pres, hist, n_evals, n_iter = res, res.history, res.n_evals, res.n_iter
             converged, message = res.converged, res.message
         else:

@@ -1,0 +1,133 @@
+"""The fast parts of ``pelagos calibrate`` on the water column (issue 10) give the numbers of the slow ones.
+
+- the first-guess and final predictions the driver reuses are those of a fresh run, bitwise;
+- forward-mode derivatives with torch's zero tangents run as ordinary arithmetic: same values as reverse mode
+  and finite differences;
+- ``checkpoint="sqrt"`` over the whole window gives the gradient of the kept graph;
+- the calibrate cost's gradient (reverse) equals central differences in float64 and the forward-mode
+  Jacobian's ``Jᵀ r``.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pelagos.core import obsio
+from pelagos.core._torch_quirks import fast_zero_tangents, load_jvp_decompositions
+from pelagos.inverse.calibrate import calibrate
+from pelagos.inverse.forward import predict
+from pelagos.inverse.problem import VariationalProblem
+from pelagos.io import inverse_run as ir
+from pelagos.io.build import setup
+from pelagos.io.config import load_config
+
+TRUTH = {"npzd.rmax": 1.0, "npzd.gmax": 0.2}
+
+
+def _column_problem(days: float = 3.0, checkpoint=None):
+    """A short NNS column (22 × 5 m, hourly, May) with log observations of a twin; 2 free parameters."""
+    cfg = load_config(
+        {
+            "model": {"kind": "column", "fabm_yaml": "builtin:fabm/fabm-gotm-npzd.yaml", "dtype": "float64"},
+            "forcing": {"file": "builtin:nns_annual_22x5m.nc"},
+            "time": {
+                "start": "1998-05-01 00:00:00",
+                "stop": f"1998-05-0{1 + int(days)} 00:00:00",
+                "dt": 3600,
+            },
+            "numerics": {"ode_method": "euler", "sinking_method": "P2_PDM", "cnpar": 1.0, "light": "I"},
+            "parameters": {"npzd.rmax": 0.7, "npzd.gmax": 0.3},
+        }
+    )
+    s = setup(cfg)
+    model, x0 = ir.inverse_view(s, "calibrate")
+    samplings = [
+        obsio.Sampling(
+            "npzd_phy", {"depth": ["surface", 20.0]}, obsio.regular_times(model, s.t0, s.t1, 21600.0)
+        ),
+        obsio.Sampling("npzd_nut", {"depth": [5.0, 50.0]}, obsio.regular_times(model, s.t0, s.t1, 43200.0)),
+    ]
+    raw = {
+        n: model.parameter_spec(n).transform.inverse(torch.tensor(v, dtype=torch.float64))
+        for n, v in TRUTH.items()
+    }
+    with model.using(raw):
+        obs = obsio.synthetic_observations(
+            model, x0, None, samplings, start=s.t0, noise="lognormal", sigma=0.1,
+            generator=torch.Generator().manual_seed(3),
+        )  # fmt: skip
+    obs = ir._squeezed(obs)
+    model.select_free(list(TRUTH))
+    for n in TRUTH:
+        model.set_prior(n, float(model.get_parameter_value(n).detach()), 1.0)
+    return model, x0, obs, s.t0, VariationalProblem(model, obs, x0, t0=s.t0, checkpoint=checkpoint)
+
+
+def _grad(P, z):
+    zz = z.detach().clone().requires_grad_(True)
+    (g,) = torch.autograd.grad(P.cost(zz), zz)
+    return g
+
+
+def test_zero_tangent_arithmetic_keeps_values():
+    fast_zero_tangents()
+    x = torch.tensor([0.5, -2.0, 3.0], dtype=torch.float64)
+    z = torch._efficientzerotensor((3,), dtype=torch.float64)
+    assert torch.equal(z * x, torch.zeros(3, dtype=torch.float64))
+    assert torch.equal(z + x, x) and torch.equal(x - z, x) and torch.equal(z - x, -x)
+    assert torch.equal(torch.add(z, x, alpha=2.0), 2.0 * x)
+    assert torch.equal(z / x, torch.zeros(3, dtype=torch.float64))
+    assert (z * torch.ones(2, 1, dtype=torch.float64)).shape == (2, 3)  # broadcast as the ordinary kernel
+
+    c = torch.tensor(1.7, dtype=torch.float64)  # a constant: no tangent (a zero tensor in forward mode)
+
+    def f(u: torch.Tensor) -> torch.Tensor:
+        return (u * c + 2.0) / (c - u) - 3.0 * u * u + c / (1.0 + u.exp())
+
+    u = torch.tensor([0.3, -0.4], dtype=torch.float64)
+    J_fwd = torch.func.jacfwd(f)(u)
+    J_rev = torch.func.jacrev(f)(u)
+    torch.testing.assert_close(J_fwd, J_rev, rtol=1e-14, atol=1e-14)
+    h = 1e-6
+    fd = torch.stack([(f(u + h * e) - f(u - h * e)) / (2 * h) for e in torch.eye(2, dtype=torch.float64)], 1)
+    torch.testing.assert_close(J_fwd, fd, rtol=1e-8, atol=1e-9)
+
+
+def test_remembered_predictions_are_those_of_a_fresh_run():
+    model, x0, obs, t0, _ = _column_problem(days=2.0)
+    z0 = model.free_vector().clone()
+    res = calibrate(model, obs, x0, t0=t0, max_iter=3, uncertainty=None, write_back=False)
+    with torch.no_grad(), model.using(z0):
+        before = predict(model, x0, obs, t0=t0)
+    with torch.no_grad(), model.using(res.z[: len(TRUTH)]):
+        after = predict(model, x0, obs, t0=t0)
+    assert torch.equal(res.predictions["initial"], before)
+    assert torch.equal(res.predictions["final"], after)
+    assert not torch.equal(before, after)  # the estimate moved
+
+
+def test_sqrt_checkpoint_gradient_equals_kept_graph():
+    _, _, _, _, P = _column_problem(days=2.0, checkpoint=None)
+    _, _, _, _, Pc = _column_problem(days=2.0, checkpoint="sqrt")
+    z = P.z0 + torch.tensor([0.1, -0.2], dtype=torch.float64)
+    torch.testing.assert_close(_grad(Pc, z), _grad(P, z), rtol=1e-12, atol=0.0)
+
+
+def test_calibrate_cost_gradient_exact_float64():
+    load_jvp_decompositions()
+    _, _, _, _, P = _column_problem(days=3.0)
+    z = P.z0 + torch.tensor([0.15, -0.25], dtype=torch.float64)
+    g = _grad(P, z)
+    # central differences along two random directions (the cost is smooth here: no clipping is active)
+    gen = torch.Generator().manual_seed(5)
+    for _ in range(2):
+        d = torch.randn(2, generator=gen, dtype=torch.float64)
+        h = 1e-5
+        with torch.no_grad():
+            fd = (P.cost(z + h * d) - P.cost(z - h * d)) / (2 * h)
+        assert float(g @ d) == pytest.approx(float(fd), rel=1e-7)
+    # forward mode (the Gauss–Newton Jacobian) against reverse mode: g = Jᵀ r
+    J = P.jacobian(z)
+    r = P.residuals(z.detach())
+    torch.testing.assert_close(J.T @ r, g, rtol=1e-11, atol=1e-12 * float(g.abs().max()))
