@@ -89,8 +89,8 @@ def window(cfg: Config, model) -> tuple[float, float, int]:
 
 
 def initial_state(cfg: Config, model, t0: float, batch: int | None = None):
-    """``model.initial_state(batch, **initial options)`` (or the state of the restart file ``initial.restart``,
-    read on that template), then ``time.spinup`` of model time run from it.
+    """``model.initial_state(batch, **initial options)`` (or the state of the restart file
+    ``initial.restart``, read on that template), then ``time.spinup`` of model time run from it.
 
     ``batch``: ``initial.batch`` (the column: also ``numerics.columns``); ``None``: the model's single member.
     """

@@ -649,9 +649,7 @@ def _migration(raw: Mapping) -> None:
         and isinstance(init, Mapping)
         and set(init) - {"profiles", "batch", "restart"}
     ):
-        names = ", ".join(
-            f"{k}: {v}" for k, v in init.items() if k not in ("profiles", "batch", "restart")
-        )
+        names = ", ".join(f"{k}: {v}" for k, v in init.items() if k not in ("profiles", "batch", "restart"))
         raise ConfigError(
             f"initial profiles of the column go under `profiles:`: write `initial: {{profiles: {{{names}}}}}`"
         )
