@@ -155,11 +155,12 @@ def main() -> None:
     else:
         rows = timing(args.resolution, args.steps, args.repeats)
     mem = []
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "8192"}
     for n in args.steps:
         for mode in ("none", "sqrt"):
             out = subprocess.run(
                 [sys.executable, __file__, "--resolution", str(args.resolution), "--worker", str(n), mode],
-                capture_output=True, text=True, check=True, env={**os.environ, "MALLOC_MMAP_THRESHOLD_": "8192"},
+                capture_output=True, text=True, check=True, env=env,
             )  # fmt: skip
             mem.append(json.loads(out.stdout.strip().splitlines()[-1]))
             print(mem[-1], flush=True)
