@@ -3,7 +3,7 @@ pattern, and the response to r_bot × 2 and A_h × 0.5 (Veros side: the fixture 
 ``scripts/veros_reference.py``).
 
     PYTHONPATH=src python scripts/compare_ocean_veros.py [--years 2] [--geometry veros|pelagos]
-        [--out docs/figures/ocean_veros] [--runs base,rbot2,ah05]
+        [--out docs/figures/ocean_veros] [--runs base,rbot2,ah05,both] [--short veros_acc_short.npz]
 
 ``--geometry veros`` (default) builds pelagos's model on Veros's exact geometry and forcing read from the
 fixture (T rows at 41°S…41°N, two land columns, Veros's wind stress and restoring SST, initial temperature
@@ -28,10 +28,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "tests" / "data" / "ocean"
 YEAR = 365 * 86400.0
-FACTORS = {"base": (1.0, 1.0), "rbot2": (1.0, 2.0), "ah05": (0.5, 1.0)}
+FACTORS = {"base": (1.0, 1.0), "rbot2": (1.0, 2.0), "ah05": (0.5, 1.0), "both": (0.5, 2.0)}
 
 
-def build_model(geometry: str, a_h_factor: float, r_bot_factor: float):
+def build_model(geometry: str, a_h_factor: float, r_bot_factor: float, mixing: str = "tke"):
     from pelagos.ocean import acc_model
     from pelagos.ocean.eos import vertical_grid
     from pelagos.ocean.grid import Grid
@@ -41,16 +41,17 @@ def build_model(geometry: str, a_h_factor: float, r_bot_factor: float):
     a_h = float(g0["A_h"]) * a_h_factor
     r_bot = float(g0["r_bot"]) * r_bot_factor
     if geometry == "pelagos":
-        m = acc_model(2.0, A_h=a_h, r_bot=r_bot)
+        m = acc_model(2.0, A_h=a_h, r_bot=r_bot, mixing=mixing)
         return m, m.initial_state()
     ny, nx = g0["kbot"].shape
     dz = torch.as_tensor(g0["dzt"])
-    grid = Grid(nx, ny, dz, torch.as_tensor(g0["kbot"]), x0=-2.0, y0=-42.0, dlon=2.0, dlat=2.0, cyclic=True)
+    grid = Grid(nx, ny, dz, torch.as_tensor(g0["kbot"]), x0=-2.0, y0=-42.0, dlon=2.0, dlat=2.0, cyclic=True,
+                vertical="veros")  # fmt: skip
     # zonally uniform in the open ocean; a middle column (the last one is masked by the wrap onto the land)
     taux = torch.as_tensor(g0["surface_taux"][:, nx // 2])
     m = OceanModel(
         grid, dt_mom=float(g0["dt_mom"]), dt_tracer=float(g0["dt_tracer"]), taux=taux,
-        t_star=torch.as_tensor(g0["t_star"]), A_h=a_h, r_bot=r_bot, taux_ref=0.1,
+        t_star=torch.as_tensor(g0["t_star"]), A_h=a_h, r_bot=r_bot, taux_ref=0.1, mixing=mixing,
     )  # fmt: skip
     s = m.initial_state()
     vg = vertical_grid(dz)
@@ -102,6 +103,32 @@ def run(geometry: str, labels: list[str], years: float, every: int) -> dict[str,
     return out
 
 
+def short_compare(path: Path) -> dict:
+    """pelagos ``base`` from the same state of rest as Veros, stepped to each step stored in ``path`` (written
+    by ``veros_reference.py --short``): max |pelagos − Veros| / max |Veros| of u, v, temp, tke and of the
+    kappaM, kappaH used during the step, and the ACC transport."""
+    ref = np.load(path)
+    m, s = build_model("veros", 1.0, 1.0)
+    res = {}
+    with torch.no_grad():
+        for n in range(1, int(ref["steps"].max()) + 1):
+            mix = m.vertical_mixing(s)
+            s = m.step(s, (n - 1) * m.dt_tracer)
+            if n not in set(int(k) for k in ref["steps"]):
+                continue
+            ours = {k: s[k] for k in ("u", "v", "temp", "tke")}
+            ours.update(kappaM=mix["kappaM"], kappaH=mix["kappaH"])
+            row = {}
+            for k, x in ours.items():
+                r = ref[f"{k}_{n}"].astype(np.float64)
+                row[k] = float(np.abs(x.numpy() - r).max() / max(np.abs(r).max(), 1e-30))
+            row["transport"] = [transport_sv(m, s["u"]), float(ref[f"transport_{n}"])]
+            res[n] = row
+            print(f"step {n}: " + ", ".join(f"{k} {v:.2e}" if isinstance(v, float) else f"{k} {v}"
+                                            for k, v in row.items()), flush=True)  # fmt: skip
+    return res
+
+
 def pattern_stats(a: np.ndarray, b: np.ndarray) -> dict:
     """Pattern correlation and normalised RMS difference of two BSF maps (means removed), both in Sv, and
     the range of each in the closed basin (corner rows 12… = north of 20°S, columns 2… = east of the land)."""
@@ -119,12 +146,19 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--years", type=float, default=2.0)
     ap.add_argument("--geometry", choices=("veros", "pelagos"), default="veros")
-    ap.add_argument("--runs", default="base,rbot2,ah05")
+    ap.add_argument("--runs", default="base,rbot2,ah05,both")
     ap.add_argument("--every", type=int, default=10)
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "figures" / "ocean_veros")
     ap.add_argument("--load", action="store_true", help="reuse the pelagos runs saved in --out")
+    ap.add_argument("--short", type=Path, default=None,
+                    help="only compare a few steps from rest with a veros_acc_short.npz")  # fmt: skip
     a = ap.parse_args()
     a.out.mkdir(parents=True, exist_ok=True)
+    if a.short is not None:
+        torch.set_num_threads(1)
+        res = short_compare(a.short)
+        (a.out / "short_compare.json").write_text(json.dumps({str(k): v for k, v in res.items()}, indent=1))
+        return
     torch.set_num_threads(1)
     vr = np.load(DATA / "veros_acc_runs.npz")
     res, ours = {"years": a.years, "geometry": a.geometry, "runs": {}}, {}
@@ -155,7 +189,7 @@ def main() -> None:
         res["runs"][label] = entry
         print(f"{label}: {json.dumps(entry)}", flush=True)
     if "base" in ours:
-        for label in ("rbot2", "ah05"):
+        for label in ("rbot2", "ah05", "both"):
             if label not in ours:
                 continue
             resp = {}
@@ -177,7 +211,7 @@ def plot(ours: dict, vr, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(1, 3, figsize=(15, 4.2))
-    for label, col in zip(("base", "rbot2", "ah05"), ("k", "C0", "C1")):
+    for label, col in zip(("base", "rbot2", "ah05", "both"), ("k", "C0", "C1", "C2")):
         if label in ours:
             ax[0].plot(
                 ours[label]["time_days"] / 365, ours[label]["transport"], col, label=f"pelagos {label}"

@@ -14,12 +14,15 @@ the surface layer, Veros's two halo cells removed, float64):
   at the surface W point), ``zt, zw`` (nz, m), ``xt, yt, xu, yu`` (degrees), ``cost, cosu`` (ny), ``kbot``
   (ny, nx, Veros convention), ``coriolis_t`` (ny, nx, 1/s), masks ``maskT, maskU, maskV, maskW`` (nz, ny, nx),
   ``surface_taux`` (ny, nx, N/m²), ``t_star`` (ny), ``t_rest`` (ny, nx, m/s), ``forc_tke_surface`` (ny, nx).
-- ``veros_acc_runs.npz``: for the runs ``base``, ``rbot2`` (r_bot × 2) and ``ah05`` (A_h × 0.5): time (days)
+- ``veros_acc_runs.npz``: for the runs ``base``, ``rbot2`` (r_bot × 2), ``ah05`` (A_h × 0.5) and ``both``
+  (r_bot × 2 with A_h × 0.5; runs not named in ``--runs`` are kept from the existing file): time (days)
   and ACC transport (Sv) every ``--record-every`` steps, and the barotropic streamfunction ``psi`` (Sv) and
   the transport at every year end.
 - ``veros_acc_routines.npz``: single-routine inputs and outputs on the spun-up ``base`` state (after the last
   year): equation of state (type 3), TKE diffusivities + TKE integration for one step, isoneutral diffusion
   and GM skew diffusion of temperature for one tracer step.
+- ``veros_acc_short.npz`` (``--short 4``): the ``base`` fields after a few steps from rest (the test of
+  the TKE in the step).
 - ``veros_acc_meta.json``: settings used, Veros/jax versions, step times.
 """
 
@@ -294,6 +297,26 @@ def _routine_fixture(sim, state, vs, s) -> dict:
     return out
 
 
+def short_fixture(steps: list[int]) -> dict:
+    """``base`` from rest: ``u, v, temp, tke`` after each of ``steps`` tracer steps and the ``kappaM,
+    kappaH`` (W points) used during that step, float32, pelagos layout; ``psi`` (Sv)."""
+    sim = make_setup()
+    step = jitted_step(sim)
+    st = sim.state
+    out = {"steps": np.array(steps)}
+    for n in range(1, max(steps) + 1):
+        st._variables = step(st.variables)
+        if n in steps:
+            vs = st.variables
+            for name in ("u", "v", "temp", "tke"):
+                out[f"{name}_{n}"] = interior(getattr(vs, name)[..., vs.tau]).astype(np.float32)
+            for name in ("kappaM", "kappaH"):
+                out[f"{name}_{n}"] = interior(getattr(vs, name)).astype(np.float32)
+            out[f"psi_{n}"] = (interior(vs.psi[:, :, vs.tau]) / 1e6).astype(np.float32)
+            out[f"transport_{n}"] = np.array(acc_transport(vs))
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--years", type=float, default=2.0)
@@ -303,7 +326,15 @@ def main() -> None:
     p.add_argument("--bench", type=int, default=0, help="only time N jitted steps (after 1 compile step)")
     p.add_argument("--json", type=Path, default=None, help="with --bench: write the timing here")
     p.add_argument("--clock", choices=("wall", "cpu"), default="wall", help="with --bench: timer")
+    short_help = "only write veros_acc_short.npz: base fields after these steps from rest, e.g. 4,40"
+    p.add_argument("--short", default="", help=short_help)
     a = p.parse_args()
+
+    if a.short:
+        a.out.mkdir(parents=True, exist_ok=True)
+        fields = short_fixture([int(n) for n in a.short.split(",")])
+        np.savez_compressed(a.out / "veros_acc_short.npz", **fields)
+        return
 
     if a.bench:
         clock = time.process_time if a.clock == "cpu" else time.perf_counter
@@ -330,8 +361,15 @@ def main() -> None:
         return
 
     a.out.mkdir(parents=True, exist_ok=True)
-    factors = {"base": (1.0, 1.0), "rbot2": (1.0, 2.0), "ah05": (0.5, 1.0)}
+    factors = {"base": (1.0, 1.0), "rbot2": (1.0, 2.0), "ah05": (0.5, 1.0), "both": (0.5, 2.0)}
     runs, meta = {}, dict(veros=veros.__version__, jax=jax.__version__, years=a.years, runs={})
+    # runs not redone this time are kept from the existing fixture (same years only)
+    old_runs, old_meta = a.out / "veros_acc_runs.npz", a.out / "veros_acc_meta.json"
+    if old_runs.exists() and old_meta.exists():
+        prev = json.loads(old_meta.read_text())
+        if prev.get("years") == a.years:
+            meta["runs"] = {k: v for k, v in prev["runs"].items() if k not in a.runs.split(",")}
+            runs = {k: v for k, v in np.load(old_runs).items() if k.split("_")[0] in meta["runs"]}
     base_sim = None
     for label in a.runs.split(","):
         fa, fr = factors[label]

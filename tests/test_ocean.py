@@ -4,7 +4,9 @@ barotropic solve and its gradient, AD vs finite differences, errors. Tiny grids;
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -72,14 +74,18 @@ def test_acc_geometry_matches_veros_acc_basic():
     assert bool((g.mask_u[:, 11:, :2] == 0).all()) and bool((g.mask_u[:, 11:, -1] == 0).all())
     assert bool((g.mask_u[:, :11, -1] == 1).all())
     assert g.nlev.max() == 15
-    # Veros's wind on the channel rows: 0.1 sin(π (yu + 40)/21) with yu = yt + 1
+    # Veros's wind and restoring SST (normalised with Veros's latitude extremes, halo rows included):
+    # 0.1 sin(π (yu + 44)/25) on the channel rows (yu = yt + 1), and equal to Veros's own fields (fixture)
     from pelagos.ocean.setups import acc_t_star, acc_wind
 
     tx = acc_wind(g)
     yu = g.yt + 1
-    assert torch.allclose(tx[:11], 0.1 * torch.sin(math.pi * (yu[:11] + 40) / 21))
+    assert torch.allclose(tx[:11], 0.1 * torch.sin(math.pi * (yu[:11] + 44) / 25))
     assert float(tx[11:25].abs().max()) == 0.0
-    assert float(acc_t_star(g)[0]) == 0.0 and float(acc_t_star(g)[20]) == 15.0
+    ref = np.load(Path(__file__).parent / "data" / "ocean" / "veros_acc_grid.npz")
+    assert np.allclose(tx.numpy(), ref["surface_taux"][:, 15], rtol=0, atol=1e-15)
+    assert np.allclose(acc_t_star(g).numpy(), ref["t_star"], rtol=0, atol=1e-13)
+    assert np.array_equal(g.zt.numpy(), ref["zt"])
 
 
 def test_grid_rejects_bad_configuration():

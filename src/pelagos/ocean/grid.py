@@ -7,7 +7,14 @@ surface layer, ``k = nz − 1`` the deepest. On the C-grid
   ``xt[i]``);
 - ``u`` (eastward, m s⁻¹) sits on the *east* face of ``T(k, j, i)``, at longitude ``xu[i] = xt[i] + Δλ/2``;
 - ``v`` (northward, m s⁻¹) sits on the *north* face, at latitude ``yv[j] = yt[j] + Δφ/2``;
-- vertical transports sit on the top face of each cell (``zw`` are the cell bottoms, as in Veros).
+- vertical transports sit on the top face of each cell (``zw`` are the cell bottoms).
+
+Vertically the T points follow Veros with ``vertical="veros"``: the faces are the cumulative layer
+thicknesses, but each interior face lies midway between the two T points around it, so ``zt`` is not the
+cell centre (acc_basic: ``zt = −14, −26, −70, …`` m instead of ``−10, −34, −68, …``; see
+:func:`pelagos.ocean.eos.vertical_grid`); the TKE closure needs it. ``vertical="centred"`` (default) puts them
+at the cell centres. Veros's construction only works for smoothly varying thicknesses: where it would put a
+T point outside its cell the grid raises :class:`~pelagos.core.errors.ConfigError`.
 
 The land mask comes from ``kbot`` in Veros's convention: ``kbot[j, i] = 0`` is land, ``kbot = 1`` a column
 that reaches the deepest level, ``kbot = m`` one whose deepest wet cell is the m-th from the bottom. Faces
@@ -41,12 +48,15 @@ class Grid(torch.nn.Module):
         dlon, dlat: cell size, degrees.
         cyclic: zonally re-entrant (the east edge joins the west edge).
         radius: sphere radius, m.
+        vertical: ``"centred"`` (T points at the cell centres; default) or ``"veros"`` (as Veros places them).
         dtype: floating dtype of the metric arrays.
 
     Attributes (all tensors): ``xt, xu`` (nx) and ``yt, yv`` (ny) in degrees; ``dz`` (nz) m;
     ``zt`` (nz) height
-    of cell centres (m, negative below the surface); ``zw`` (nz) height of cell bottoms; ``dzw`` (nz−1)
-    distance between centres k and k+1 (m); ``dxt`` (ny, 1) zonal width of T/u cells at ``yt`` (m); ``dxv``
+    of the T points (m, negative below the surface); ``zw`` (nz) height of cell bottoms; ``dzw`` (nz−1)
+    distance between T points k and k+1 (m); ``dzw_w`` (nz) Veros's ``dzw``: the box size of the W point on
+    the top face of each cell (``dzw_w[1:] = dzw``, ``dzw_w[0]`` the surface box, twice ``|zt[0]|``);
+    ``dxt`` (ny, 1) zonal width of T/u cells at ``yt`` (m); ``dxv``
     (ny, 1) at ``yv``; ``dy`` () meridional width (m); ``area_t``/``area_v`` (ny, 1) m²; ``cos_t, cos_v,
     tan_t, f_t`` (ny, 1); masks ``mask_t, mask_u, mask_v`` (nz, ny, nx) of 0/1 in the grid dtype; ``nlev``
     (ny, nx) number of wet levels.
@@ -65,6 +75,7 @@ class Grid(torch.nn.Module):
         dlat: float = 2.0,
         cyclic: bool = True,
         radius: float = EARTH_RADIUS,
+        vertical: str = "centred",
         dtype: torch.dtype = torch.float64,
     ) -> None:
         super().__init__()
@@ -80,6 +91,9 @@ class Grid(torch.nn.Module):
             raise ConfigError(
                 f"ocean grid: latitudes {y0}..{y0 + ny * dlat} leave [-90, 90]; reduce ny or dlat"
             )
+        if vertical not in ("veros", "centred"):
+            raise ConfigError(f"ocean grid: vertical must be 'veros' or 'centred'; got {vertical!r}")
+        self.vertical = vertical
         kbot = torch.as_tensor(kbot).to(torch.int64)
         if tuple(kbot.shape) != (ny, nx):
             raise ConfigError(
@@ -93,7 +107,21 @@ class Grid(torch.nn.Module):
         xt = x0 + dlon * (torch.arange(nx, dtype=dtype) + 0.5)
         yt = y0 + dlat * (torch.arange(ny, dtype=dtype) + 0.5)
         zw = -torch.cumsum(dz, 0)
-        zt = zw + 0.5 * dz
+        if vertical == "veros":
+            from .eos import vertical_grid
+
+            vg = vertical_grid(dz)
+            zt, dzw_w = vg.zt, vg.dzw
+            top = torch.cat([torch.zeros_like(zw[:1]), zw[:-1]])
+            if not bool(((zt < top) & (zt > zw)).all()):
+                raise ConfigError(
+                    "ocean grid: Veros's vertical grid puts T points outside their cells for these layer "
+                    f"thicknesses (zt = {[round(float(z), 1) for z in zt]} m); use thicknesses that vary "
+                    "more smoothly (e.g. nz ≤ 15 for acc_grid) or vertical='centred' (without TKE mixing)"
+                )
+        else:
+            zt = zw + 0.5 * dz
+            dzw_w = torch.cat([dz[:1], 0.5 * (dz[1:] + dz[:-1])])
         nlev = torch.where(kbot > 0, nz - kbot + 1, torch.zeros_like(kbot))
         k = torch.arange(nz).reshape(nz, 1, 1)
         mask_t = (k < nlev).to(dtype)
@@ -107,7 +135,8 @@ class Grid(torch.nn.Module):
         reg("dz", dz)
         reg("zt", zt)
         reg("zw", zw)
-        reg("dzw", 0.5 * (dz[1:] + dz[:-1]))
+        reg("dzw", dzw_w[1:].clone())
+        reg("dzw_w", dzw_w)
         reg("cos_t", cos_t)
         reg("cos_v", cos_v)
         reg("tan_t", torch.tan(yt * deg).reshape(ny, 1))
@@ -208,6 +237,7 @@ def acc_grid(
     y0: float = -42.0,
     lat_extent: float = 84.0,
     lon_extent: float = 60.0,
+    vertical: str = "veros",
 ) -> Grid:
     """The Veros ``acc_basic`` geometry: a re-entrant channel south of 20°S joined to a closed basin.
 
@@ -216,7 +246,8 @@ def acc_grid(
     ``resolution`` degrees (2° gives 30 × 42 × 15), flat bottom at 2080 m, land where ``xt ≤ 1°`` and
     ``yt ≥ −20°`` (Veros: ``kbot = (xt > 1) | (yt < −20)``: two columns at 2°, 11 channel rows). At
     resolutions
-    too coarse for a T point at ``xt ≤ 1°`` the first column is the wall.
+    too coarse for a T point at ``xt ≤ 1°`` the first column is the wall. ``vertical``: see :class:`Grid`
+    (Veros's by default, as the TKE closure needs).
     """
     if resolution <= 0:
         raise ConfigError(f"acc_grid: resolution must be > 0 degrees; got {resolution}")
@@ -230,4 +261,4 @@ def acc_grid(
     wet = (xt.reshape(1, nx) > wall) | (yt.reshape(ny, 1) < -20.0)
     kbot = wet.to(torch.int64)
     return Grid(nx, ny, acc_dz(nz), kbot, x0=x0, y0=y0, dlon=resolution, dlat=resolution, cyclic=True,
-                dtype=dtype)  # fmt: skip
+                vertical=vertical, dtype=dtype)  # fmt: skip

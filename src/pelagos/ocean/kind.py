@@ -22,7 +22,9 @@ class ACCOptions:
     (centered | superbee | superbee_smooth), ``cos_power``, and the parameters ``A_h`` (m2 s-1; default
     Veros's 2e-11 (Δ·degtom)³),
     ``r_bot`` (s-1), ``kappaM_0``, ``kappaH_0``, ``kappa_conv``, ``K_h``, ``K_gm_0`` (m2 s-1), ``taux_0``
-    (N m-2), ``t_rest`` (s)."""
+    (N m-2), ``t_rest`` (s); ``mixing`` (tke | constant: Veros's TKE closure, with ``c_k``, ``c_eps``,
+    ``alpha_tke``, ``kappaM_min``, ``kappaH_min``, or the constant ``kappaM_0``/``kappaH_0`` + convective
+    switch)."""
 
     resolution: float = 2.0
     nz: int = 15
@@ -44,22 +46,30 @@ class ACCOptions:
     isoneutral: bool = True
     K_iso_0: float = 1000.0
     K_iso_steep: float = 500.0
+    mixing: str = "tke"
+    c_k: float = 0.1
+    c_eps: float = 0.7
+    alpha_tke: float = 30.0
+    kappaM_min: float = 2e-4  # noqa: N815 (Veros's name)
+    kappaH_min: float = 2e-5  # noqa: N815 (Veros's name)
 
 
 @dataclass
 class ACCInitial:
-    """``initial:`` section of kind ``acc``: surface temperature (°C; linear to 0 at the bottom), salinity
-    (g kg-1), uniform zonal velocity (m s-1)."""
+    """``initial:`` section of kind ``acc``: surface temperature (°C; linear in depth as Veros's acc_basic),
+    salinity (g kg-1), uniform zonal velocity (m s-1), uniform TKE (m2 s-2; with ``mixing: tke``)."""
 
     t_surface: float = 15.0
     salt: float = 35.0
     u: float = 0.0
+    tke: float = 0.0
 
 
 def _build(o: ACCOptions, ctx: BuildContext):
     kw = {k: getattr(o, k) for k in ("advection", "cos_power", "r_bot", "kappaM_0", "kappaH_0", "kappa_conv",
                                      "K_h", "K_gm_0", "taux_0", "t_rest", "solver_rtol", "solver",
-                                     "isoneutral", "K_iso_0", "K_iso_steep")}  # fmt: skip
+                                     "isoneutral", "K_iso_0", "K_iso_steep", "mixing", "c_k", "c_eps",
+                                     "alpha_tke", "kappaM_min", "kappaH_min")}  # fmt: skip
     for k in ("A_h", "dt_mom", "dt_tracer"):
         if getattr(o, k) is not None:
             kw[k] = getattr(o, k)
@@ -71,11 +81,12 @@ def _build(o: ACCOptions, ctx: BuildContext):
 def _example():
     """A 10° × 10° version with 4 levels (6 × 8 × 4), hours-long steps: fast enough for the conformance test.
 
-    Convective mixing is weakened (``kappa_conv`` 1e-4) and isoneutral mixing off: the conformance test
-    perturbs salinity randomly by 1 %, which makes many interfaces statically unstable and puts them on the
-    steep sigmoid of the convective switch, where the *central differences* (not the adjoint) lose accuracy
-    beyond 1e-6; and Veros's isoneutral scheme keeps its kinks (|s|, min, max). Both are covered at their own
-    tolerances in tests/test_ocean.py."""
+    TKE mixing as the ``acc`` kind runs it; isoneutral mixing off (Veros's scheme keeps its kinks |s|, min,
+    max; covered at its own tolerance in tests/test_ocean.py). The conformance settings below start the TKE
+    at 1e-4 m² s⁻² (at 0 every W point sits on the kink of √e), use the FD step h = 1e-6 (at 1e-5 central
+    differences straddle the min/max kinks of the TKE mixing-length limiter; the adjoint is right: it agrees
+    with FD as h shrinks) and leave the floors ``kappaM_min``/``kappaH_min`` fixed (piecewise: derivative 0
+    or 1)."""
     return acc_model(10.0, nz=4, dt_mom=3600.0, dt_tracer=7200.0, A_h=1e5, kappa_conv=1e-4, isoneutral=False)
 
 
@@ -104,5 +115,11 @@ KIND = ModelKind(
     initial=ACCInitial,
     example=_example,
     description="primitive-equation ocean: Veros acc_basic channel + basin (z-level C-grid, rigid lid)",
-    conformance={"steps": 3, "initial": {"u": 0.05}},
+    # TKE away from 0, where √e (safe_sqrt) has its kink and every W point would sit on it
+    conformance={
+        "steps": 3,
+        "initial": {"u": 0.05, "tke": 1e-4},
+        "h": 1e-6,
+        "free": ["A_h", "r_bot", "taux_0", "t_rest", "c_k", "c_eps", "alpha_tke"],
+    },
 )

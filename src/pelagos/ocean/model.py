@@ -1,25 +1,37 @@
 """The primitive-equation ocean model: hydrostatic, Boussinesq, rigid lid, z-levels, spherical C-grid.
 
-One :meth:`OceanModel.step` (pure) advances
+One :meth:`OceanModel.step` (pure) advances, in Veros's order,
 
-1. **momentum** by ``dt_mom`` (s): AB2 (Veros's ``AB_eps`` = 0.1; the previous tendency starts at zero, as in
-   Veros) of Coriolis + metric (energy-neutral), flux-form advection, hydrostatic pressure gradient from the
-   density, lateral harmonic friction ``A_h cos^p φ``; then implicit vertical friction ``kappaM`` with the
-   wind stress in the surface cell and linear bottom friction ``r_bot`` in the deepest cell (one tridiagonal
-   solve per column); then the rigid-lid projection (surface-pressure CG solve,
-   :mod:`pelagos.ocean.streamfunction`);
+0. **vertical mixing coefficients** from the state at the start of the step: with ``mixing="tke"`` (Veros's
+   acc_basic) the TKE closure of :mod:`pelagos.ocean.tke` gives the viscosity ``kappaM`` and diffusivity
+   ``kappaH`` on the W points from the TKE ``tke`` and N² (:func:`pelagos.ocean.eos.buoyancy_frequency_sq`);
+   with ``mixing="constant"`` they are ``kappaM_0``/``kappaH_0`` plus a smooth convective switch;
+1. **momentum** by ``dt_mom`` (s) as Veros does it: ``u⁺ = u + dt (du_mix + AB2(du))`` with the explicit
+   tendency ``du`` (Coriolis + metric, flux-form advection, hydrostatic pressure gradient, wind stress
+   ``τ/ρ₀`` in the surface cell) stepped by AB2 (Veros's ``AB_eps`` = 0.1; the previous tendency starts at
+   zero) and the mixing terms ``du_mix`` taken from ``u`` alone (forward): implicit vertical friction
+   ``(F⁻¹u − u)/dt`` with ``kappaM``, lateral friction ``A_h cos^p φ``, linear bottom friction ``−r_bot u`` in
+   the deepest wet cell; then the rigid-lid projection (:mod:`pelagos.ocean.streamfunction`);
 2. **tracers** (temperature °C, salinity g kg⁻¹) by ``dt_tracer`` (s; Bryan acceleration when larger than
    ``dt_mom``) with the new velocities: AB2 of flux-form advection (centred as Veros's acc_basic, or
-   superbee-limited) + horizontal diffusion ``K_h`` (or isoneutral + GM mixing),
-   then implicit vertical diffusion ``kappaH`` (plus convective mixing ``kappa_conv`` where the water column
-   is statically unstable, switched on by a smooth step of N²) with surface restoring to ``t_star`` over
-   ``t_rest``.
+   superbee-limited) + horizontal diffusion ``K_h`` (or isoneutral + GM mixing), then implicit vertical
+   diffusion ``kappaH`` with surface restoring to ``t_star`` over ``t_rest``;
+3. with TKE: one implicit **TKE** step over ``dt_mom`` (Veros's ``dt_tke``), forced by the wind
+   ``(|τ|/ρ₀)^{3/2}`` at the surface and the energy transfers of this step: vertical-friction dissipation
+   ``K_diss_v``, lateral- and bottom-friction dissipation ``K_diss_h``, ``K_diss_bot``, minus the work
+   against stratification of vertical mixing ``P_diss_v`` (Veros's energy-consistent form) and of GM
+   ``P_diss_skew`` (Veros's acc_basic switches; the globally spread advective term ``P_diss_adv`` is left
+   out).
 
 Model time advances by ``dt = dt_tracer`` per step (Veros: 730 steps per 365-day year at 43 200 s).
 
-State: a dict of tensors ``(…, nz, ny, nx)``: ``u, v`` (m s⁻¹), ``temp`` (°C), ``salt`` (g kg⁻¹), and the
+State: a dict of tensors ``(…, nz, ny, nx)``: ``u, v`` (m s⁻¹), ``temp`` (°C), ``salt`` (g kg⁻¹), the
 previous explicit tendencies times their time steps ``du, dv`` (m s⁻¹), ``dtemp`` (°C), ``dsalt`` (g kg⁻¹)
-(the AB2 history, kept as increments so that every leaf has the units of its field).
+(the AB2 history, kept as increments so that every leaf has the units of its field), and with TKE ``tke``
+(m² s⁻², on the W points: ``tke[..., k, :, :]`` on the top face of cell k).
+
+The vertical grid is Veros's (:class:`~pelagos.ocean.grid.Grid` ``vertical="veros"``): T points where Veros
+puts them, W-point boxes ``dzw_w``; the hydrostatic pressure is integrated between those T points.
 """
 
 from __future__ import annotations
@@ -34,12 +46,14 @@ from ..core.model import Coordinate, Variable
 from ..core.safe import smooth_step
 from . import momentum as M
 from . import tracers as T
-from .eos import density_anomaly
+from .eos import buoyancy_frequency_sq, density_anomaly, int_drho_dsalt, int_drho_dtemp
 from .grid import Grid
-from .isoneutral import isoneutral_diffusion, isoneutral_tensor
+from .isoneutral import dissipation_on_w, isoneutral_diffusion, isoneutral_tensor
 from .streamfunction import SurfacePressureSolver, channel_transport, streamfunction
+from .tke import integrate_tke, surface_tke_forcing, tke_diffusivities, tke_forcing
 
 STATE_KEYS = ("u", "v", "temp", "salt", "du", "dv", "dtemp", "dsalt")
+MIXING = ("tke", "constant")
 
 
 def veros_density(salt: torch.Tensor, temp: torch.Tensor, depth: torch.Tensor | float) -> torch.Tensor:
@@ -86,6 +100,10 @@ class OceanModel(Model):
         solver_rtol: relative tolerance of the barotropic CG solve.
         solver: barotropic solve ``"auto"``, ``"direct"`` or ``"cg"`` (see
             :class:`~pelagos.ocean.streamfunction.SurfacePressureSolver`).
+        mixing: vertical mixing ``"tke"`` (Veros's TKE closure, acc_basic's; parameters ``c_k``, ``c_eps``,
+            ``alpha_tke``, ``kappaM_min``, ``kappaH_min`` as in Veros; Prandtl number 10, Bryan–Lewis floor
+            on ``kappaH``; needs a ``vertical="veros"`` grid) or ``"constant"`` (default: ``kappaM_0``,
+            ``kappaH_0`` and the convective switch).
         check_stability: raise :class:`StabilityError` at construction for an unstable ``dt_mom`` (lateral
             viscosity, gravity of the wind-driven flow are not checked) and in :meth:`check_cfl`.
     """
@@ -119,6 +137,14 @@ class OceanModel(Model):
         conv_threshold: float = 3e-6,
         K_iso_0: float = 1000.0,
         K_iso_steep: float = 500.0,
+        mixing: str = "constant",
+        c_k: float = 0.1,
+        c_eps: float = 0.7,
+        alpha_tke: float = 30.0,
+        kappaM_min: float = 2e-4,
+        kappaH_min: float = 2e-5,
+        kappaM_max: float = 100.0,
+        mxl_min: float = 1e-8,
         check_stability: bool = True,
     ) -> None:
         super().__init__()
@@ -131,6 +157,17 @@ class OceanModel(Model):
             raise ConfigError(f"ocean: advection {advection!r} is not a scheme; use one of {T.SCHEMES}")
         self.dt_mom, self.dt_tracer, self.dt = float(dt_mom), float(dt_tracer), float(dt_tracer)
         self.advection, self.cos_power, self.AB_eps = advection, float(cos_power), float(AB_eps)
+        if mixing not in MIXING:
+            raise ConfigError(
+                f"ocean: mixing {mixing!r} is not a vertical mixing scheme; use one of {MIXING}"
+            )
+        if mixing == "tke" and getattr(grid, "vertical", "centred") != "veros":
+            raise ConfigError(
+                "ocean: mixing='tke' works on Veros's vertical grid (its W-point boxes); build the grid with "
+                "Grid(..., vertical='veros') (acc_grid does) or use mixing='constant'"
+            )
+        self.mixing = mixing
+        self.kappaM_max, self.mxl_min = float(kappaM_max), float(mxl_min)
         self.density = density or veros_density
         self.isoneutral = bool(isoneutral)
         self.conv_sharpness, self.conv_threshold = float(conv_sharpness), float(conv_threshold)
@@ -184,6 +221,15 @@ class OceanModel(Model):
             description="SST restoring time scale",
             dtype=dtype,
         )
+        decl("c_k", c_k, units="1", bounds=(0.0, None), description="TKE mixing-length constant", dtype=dtype)
+        decl("c_eps", c_eps, units="1", bounds=(0.0, None), description="TKE dissipation constant",
+             dtype=dtype)  # fmt: skip
+        decl("alpha_tke", alpha_tke, units="1", bounds=(0.0, None),
+             description="TKE vertical diffusivity factor (× kappaM)", dtype=dtype)  # fmt: skip
+        decl("kappaM_min", kappaM_min, units="m2 s-1", bounds=(0.0, None),
+             description="minimum vertical viscosity (TKE)", dtype=dtype)  # fmt: skip
+        decl("kappaH_min", kappaH_min, units="m2 s-1", bounds=(0.0, None),
+             description="minimum vertical diffusivity (TKE)", dtype=dtype)  # fmt: skip
         if check_stability:
             self._check_static()
         rtol = solver_rtol or (1e-12 if dtype == torch.float64 else 1e-6)
@@ -224,12 +270,15 @@ class OceanModel(Model):
 
     # -- state -------------------------------------------------------------------------------------------
     def initial_state(self, batch: int | None = None, *, t_surface: float = 15.0, salt: float = 35.0,
-                      u: float = 0.0) -> dict:  # fmt: skip
-        """Rest (or uniform ``u`` m s⁻¹), temperature linear in depth from ``t_surface`` (°C) at the surface
-        to 0 at the bottom (Veros acc: ``15 (1 − z/z_bottom)``), uniform salinity ``salt`` (g kg⁻¹)."""
+                      u: float = 0.0, tke: float = 0.0) -> dict:  # fmt: skip
+        """Rest (or uniform ``u`` m s⁻¹), temperature linear in depth as Veros's acc_basic sets it,
+        ``t_surface (1 − z_T / z_b)`` with ``z_T`` the T-point heights and ``z_b`` the top face of the deepest
+        cell (so the deepest cell starts below 0 °C: −1.15 °C for acc_basic), uniform salinity ``salt``
+        (g kg⁻¹); with TKE, a uniform ``tke`` (m² s⁻²) on the wet W points (default 0: Veros's start)."""
         g = self.grid
         depth = -g.zt.reshape(-1, 1, 1)
-        temp = t_surface * (1 - depth / float(-g.zw[-1])) * g.mask_t
+        z_b = float(-g.zw[-2]) if g.nz > 1 else float(-g.zw[-1])
+        temp = t_surface * (1 - depth / z_b) * g.mask_t
         zero = torch.zeros(g.shape, dtype=self.dtype)
         s = {
             "u": (zero + u) * g.mask_u,
@@ -241,6 +290,8 @@ class OceanModel(Model):
             "dtemp": zero.clone(),
             "dsalt": zero.clone(),
         }
+        if self.mixing == "tke":
+            s["tke"] = tke * g.mask_t
         s = {k: x.to(g.dz.device) for k, x in s.items()}
         if batch is None:
             return s
@@ -261,47 +312,116 @@ class OceanModel(Model):
         dn = self.density(salt[..., 1:, :, :], temp[..., 1:, :, :], zi)
         return M.GRAV / M.RHO_0 * (dn - up) / g.dzw.reshape(-1, 1, 1)
 
+    def hydrostatic_pressure(self, rho: torch.Tensor) -> torch.Tensor:
+        """Hydrostatic pressure anomaly over ρ₀ at the T points (m² s⁻²), as Veros integrates it: from the
+        surface to ``zt[0]`` with the surface cell's density, then the trapezoid between neighbouring T points
+        over their distance ``dzw`` (rigid lid: the surface pressure is the solve's job). On a grid with
+        cell-centred T points (``vertical="centred"``): layer by layer,
+        :func:`pelagos.ocean.momentum.hydrostatic_pressure`."""
+        g = self.grid
+        if getattr(g, "vertical", "centred") != "veros":
+            return M.hydrostatic_pressure(g, rho)
+        b = M.GRAV / M.RHO_0 * (rho - M.RHO_0) * g.mask_t
+        dzw = g.dzw_w.reshape(-1, 1, 1)
+        top = 0.5 * b[..., :1, :, :] * dzw[:1]
+        inner = 0.5 * (b[..., :-1, :, :] + b[..., 1:, :, :]) * dzw[1:]
+        return torch.cumsum(torch.cat([top, inner], -3), -3) * g.mask_t
+
     def momentum_tendency(self, state: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        """Explicit momentum tendencies (m s⁻²): Coriolis + metric, advection, pressure gradient, friction."""
+        """Explicit (AB2) momentum tendencies (m s⁻²): Coriolis + metric, advection, pressure gradient and the
+        wind stress in the surface cell (Veros's ``du``; the frictions are in :meth:`mixing_tendency`)."""
         g = self.grid
         u, v = state["u"], state["v"]
         nd = u.ndim
         du, dv = M.coriolis_metric(g, u, v)
         a_u, a_v = M.advection(g, u, v, M.transports(g, u, v))
-        p = M.hydrostatic_pressure(g, self.rho(state))
-        p_u, p_v = M.pressure_gradient(g, p)
-        f_u, f_v = M.harmonic_friction(g, u, v, self.param_b("A_h", nd), self.cos_power)
-        return du + a_u + p_u + f_u, dv + a_v + p_v + f_v
+        p_u, p_v = M.pressure_gradient(g, self.hydrostatic_pressure(self.rho(state)))
+        du, dv = du + a_u + p_u, dv + a_v + p_v
+        wind = self.taux * (self.param_b("taux_0", nd - 1) / self.taux_ref) / M.RHO_0  # m2 s-2, (…, ny, 1)
+        surf = (wind / g.dz[0]) * g.mask_u[0]
+        du = torch.cat([du[..., :1, :, :] + surf.unsqueeze(-3), du[..., 1:, :, :]], -3)
+        return du, dv
+
+    def vertical_mixing(self, state: dict) -> dict:
+        """Vertical viscosity and diffusivity on the W points (m² s⁻¹, ``kappaM``, ``kappaH``; index k is the
+        top face of cell k, the solves use k ≥ 1) from the state at the start of a step; with TKE also the
+        :class:`~pelagos.ocean.tke.TKEDiffusivities` (``diff``) for the TKE step."""
+        g = self.grid
+        temp, salt = state["temp"], state["salt"]
+        nd = temp.ndim
+        if self.mixing == "tke":
+            nsqr = buoyancy_frequency_sq(temp, salt, g.dz, g.mask_t)
+            diff = tke_diffusivities(
+                state["tke"], nsqr, g.dz, g.mask_t, c_k=self.param_b("c_k", nd),
+                kappaM_min=self.param_b("kappaM_min", nd), kappaH_min=self.param_b("kappaH_min", nd),
+                kappaM_max=self.kappaM_max, mxl_min=self.mxl_min,
+            )  # fmt: skip
+            return {"kappaM": diff.kappaM, "kappaH": diff.kappaH, "diff": diff, "Nsqr": nsqr}
+        n2 = self.n2(salt, temp)
+        conv = self.param_b("kappa_conv", nd) * smooth_step(
+            -n2, sharpness=self.conv_sharpness, x0=self.conv_threshold
+        )
+        pad = lambda a: torch.cat([a[..., :1, :, :], a], -3)  # noqa: E731  (surface W point: unused)
+        return {
+            "kappaM": pad(self.param_b("kappaM_0", nd) + conv),
+            "kappaH": pad(self.param_b("kappaH_0", nd) + conv),
+        }
+
+    def _bottom(self, mask: torch.Tensor) -> torch.Tensor:
+        return mask * (1 - self.grid.below(mask))
+
+    def _u_to_t(self, a: torch.Tensor) -> torch.Tensor:
+        return 0.5 * (a + self.grid.west(a))  # Veros ugrid_to_tgrid (uniform zonal spacing)
+
+    def _v_to_t(self, a: torch.Tensor) -> torch.Tensor:
+        g = self.grid
+        return 0.5 * (g.area_v * a + g.south(g.area_v * a)) / g.area_t  # Veros vgrid_to_tgrid
+
+    def _lateral_dissipation(self, u: torch.Tensor, v: torch.Tensor, A_h: torch.Tensor) -> torch.Tensor:
+        """Veros's ``K_diss_h`` (m² s⁻³ on the W points): the local dissipation of the lateral friction,
+        ``A_h cos^p φ |∇u|²`` face by face, each point the mean over its two faces in each direction."""
+        g = self.grid
+        ct, cv = g.cos_t**self.cos_power, g.cos_v**self.cos_power
+        mu, mv = g.mask_u, g.mask_v
+        # u: faces west (between u[i-1], u[i]) and north (between u[j], u[j+1])
+        dxu = (u - g.west(u)) * mu * g.west(mu)
+        dyu = (g.north(u) - u) * mu * g.north(mu)
+        ex = A_h * ct * dxu * dxu / g.dxt**2
+        ny_ = A_h * cv * g.dxv / g.dxt * dyu * dyu / g.dy**2
+        diss_u = 0.5 * (ex + g.east(ex)) + 0.5 * (ny_ + g.south(ny_))
+        # v: faces east (between v[i], v[i+1]) and south (between v[j-1], v[j])
+        dxv = (g.east(v) - v) * mv * g.east(mv)
+        dyv = (v - g.south(v)) * mv * g.south(mv)
+        ex = A_h * cv * dxv * dxv / g.dxv**2
+        sy = A_h * ct * g.dxt / g.dxv * dyv * dyv / g.dy**2
+        diss_v = 0.5 * (ex + g.west(ex)) + 0.5 * (sy + g.north(sy))
+        return self._u_to_t(dissipation_on_w(diss_u * mu, g)) + self._v_to_t(dissipation_on_w(diss_v * mv, g))
 
     def step(self, state: dict, t: float | torch.Tensor = 0.0) -> dict:
         g = self.grid
         u, v, temp, salt = state["u"], state["v"], state["temp"], state["salt"]
         nd = u.ndim
         ab1, ab0 = 1.5 + self.AB_eps, 0.5 + self.AB_eps
-        # mixing coefficients from the current stratification
-        n2 = self.n2(salt, temp)
-        conv = self.param_b("kappa_conv", nd) * smooth_step(
-            -n2, sharpness=self.conv_sharpness, x0=self.conv_threshold
-        )
-        kappaH = self.param_b("kappaH_0", nd) + conv
-        kappaM_t = self.param_b("kappaM_0", nd) + conv
-        # --- momentum
-        du, dv = self.momentum_tendency(state)
+        mix = self.vertical_mixing(state)
+        kM, kH = mix["kappaM"], mix["kappaH"]
+        # --- momentum: u⁺ = u + dt (du_mix + AB2(du)), then the rigid-lid projection
         dt = self.dt_mom
+        du, dv = self.momentum_tendency(state)
         du, dv = dt * du, dt * dv  # AB2 history is kept as increments (units of the fields)
-        u1 = u + (ab1 * du - ab0 * state["du"]) * g.mask_u
-        v1 = v + (ab1 * dv - ab0 * state["dv"]) * g.mask_v
-        km_u = 0.5 * (kappaM_t + g.east(kappaM_t))
-        km_v = 0.5 * (kappaM_t + g.north(kappaM_t))
-        wind = self.taux * (self.param_b("taux_0", nd - 1) / self.taux_ref) / M.RHO_0  # m2 s-2
+        km_u = 0.5 * (kM + g.east(kM))[..., 1:, :, :]
+        km_v = 0.5 * (kM + g.north(kM))[..., 1:, :, :]
+        uf = T.implicit_vertical(g, u, km_u, g.mask_u, dt)  # vertical friction of u alone (Veros: du_mix)
+        vf = T.implicit_vertical(g, v, km_v, g.mask_v, dt)
+        A_h = self.param_b("A_h", nd)
+        f_u, f_v = M.harmonic_friction(g, u, v, A_h, self.cos_power)
         r_bot = self.param_b("r_bot", nd)
-        u1 = T.implicit_vertical(g, u1, km_u, g.mask_u, dt, bottom_drag=r_bot,
-                                 surface_flux=wind * g.mask_u[0])  # fmt: skip
-        v1 = T.implicit_vertical(g, v1, km_v, g.mask_v, dt, bottom_drag=r_bot)
+        bot_u, bot_v = self._bottom(g.mask_u), self._bottom(g.mask_v)
+        u1 = uf + (dt * (f_u - r_bot * bot_u * u) + ab1 * du - ab0 * state["du"]) * g.mask_u
+        v1 = vf + (dt * (f_v - r_bot * bot_v * v) + ab1 * dv - ab0 * state["dv"]) * g.mask_v
         u1, v1, _ = self.solver.project(u1, v1)
-        # --- tracers (with the new, depth-integrated non-divergent velocities)
+        # --- tracers
         dtt = self.dt_tracer
-        tr = M.transports(g, u1, v1)
+        tr = M.transports(g, u, v)  # Veros advects the tracers with the velocities at the start of the step
         dtemp = T.advection(g, temp, tr, dtt, self.advection)
         dsalt = T.advection(g, salt, tr, dtt, self.advection)
         if not self.isoneutral:
@@ -311,19 +431,72 @@ class OceanModel(Model):
         dtemp, dsalt = dtt * dtemp, dtt * dsalt
         temp1 = temp + (ab1 * dtemp - ab0 * state["dtemp"]) * g.mask_t
         salt1 = salt + (ab1 * dsalt - ab0 * state["dsalt"]) * g.mask_t
+        tke_on = self.mixing == "tke"
+        depth = -g.zt.reshape(-1, 1, 1)
+        p_skew = None
         if self.isoneutral:  # Veros: after the explicit update, before vertical mixing, from the old tracers
             K_iso, K_gm = self.param_b("K_iso_0", nd), self.param_b("K_gm_0", nd)
             tensor = isoneutral_tensor(
                 temp, salt, g, K_iso=K_iso, K_iso_steep=self.param_b("K_iso_steep", nd)
             )
-            temp1 = isoneutral_diffusion(temp, temp1, tensor, g, dt=dtt, K_iso=K_iso, K_gm=K_gm).tr_new
-            salt1 = isoneutral_diffusion(salt, salt1, tensor, g, dt=dtt, K_iso=K_iso, K_gm=K_gm).tr_new
-            temp1, salt1 = temp1 * g.mask_t, salt1 * g.mask_t
-        rate = 1.0 / self.param_b("t_rest", nd)
-        temp1 = T.implicit_vertical(g, temp1, kappaH, g.mask_t, dtt, surface_relax=(rate, self.t_star))
-        salt1 = T.implicit_vertical(g, salt1, kappaH, g.mask_t, dtt)
-        return {"u": u1, "v": v1, "temp": temp1, "salt": salt1, "du": du, "dv": dv, "dtemp": dtemp,
-                "dsalt": dsalt}  # fmt: skip
+            i_t = int_drho_dtemp(temp, depth) if tke_on else None
+            i_s = int_drho_dsalt(depth).to(temp) * torch.ones_like(salt) if tke_on else None
+            rt = isoneutral_diffusion(temp, temp1, tensor, g, dt=dtt, K_iso=K_iso, K_gm=K_gm, int_drho=i_t)
+            rs = isoneutral_diffusion(salt, salt1, tensor, g, dt=dtt, K_iso=K_iso, K_gm=K_gm, int_drho=i_s)
+            temp1, salt1 = rt.tr_new * g.mask_t, rs.tr_new * g.mask_t
+            if tke_on:
+                p_skew = rt.P_diss_skew + rs.P_diss_skew
+        # surface restoring heat flux (K m s⁻¹), explicit from the old SST as Veros's forc_temp_surface
+        forc_t = g.dz[0] * (self.t_star - temp[..., 0, :, :]) / self.param_b("t_rest", nd - 1)
+        kh = kH[..., 1:, :, :]
+        temp1 = T.implicit_vertical(g, temp1, kh, g.mask_t, dtt, surface_flux=forc_t)
+        salt1 = T.implicit_vertical(g, salt1, kh, g.mask_t, dtt)
+        out = {"u": u1, "v": v1, "temp": temp1, "salt": salt1, "du": du, "dv": dv, "dtemp": dtemp,
+               "dsalt": dsalt}  # fmt: skip
+        if tke_on:
+            # energy transfers of this step (m² s⁻³ on the W points), Veros's acc_basic TKE sources
+            mu, mv = g.mask_u, g.mask_v
+            dzw = g.dzw.reshape(-1, 1, 1)
+            zero = torch.zeros_like(u[..., :1, :, :])
+
+            def shear_diss(x, xf, km, m):
+                d = (x[..., :-1, :, :] - x[..., 1:, :, :]) * (xf[..., :-1, :, :] - xf[..., 1:, :, :])
+                return torch.cat([zero, d * km / dzw**2 * m[:-1] * m[1:]], -3)
+
+            k_diss_v = self._u_to_t(shear_diss(u, uf, km_u, mu)) + self._v_to_t(shear_diss(v, vf, km_v, mv))
+            k_diss_bot = self._u_to_t(dissipation_on_w(r_bot * bot_u * u * u, g)) + self._v_to_t(
+                dissipation_on_w(r_bot * bot_v * v * v, g)
+            )
+            k_diss_h = self._lateral_dissipation(u, v, A_h)
+            # work of vertical mixing against the stratification, Veros's energy-consistent P_diss_v
+            c = M.GRAV / M.RHO_0
+            mw = g.mask_t[1:] * g.mask_t[:-1]
+            i_t1 = int_drho_dtemp(temp1, depth)
+            i_s1 = int_drho_dsalt(depth).to(temp1)
+            p_v = (
+                -c
+                * (i_t1[..., 1:, :, :] - i_t1[..., :-1, :, :])
+                / dzw
+                * kh
+                * (temp1[..., :-1, :, :] - temp1[..., 1:, :, :])
+                / dzw
+                - c * (i_s1[1:] - i_s1[:-1]) / dzw * kh * (salt1[..., :-1, :, :] - salt1[..., 1:, :, :]) / dzw
+            ) * mw
+            # surface: the restoring heat flux into the ocean
+            p_top = -c * 2 * i_t1[..., 0, :, :] / g.dzw_w[0] * forc_t * g.mask_t[0]
+            p_diss_v = torch.cat([p_top.unsqueeze(-3), p_v], -3)
+            p_skew = 0.0 if p_skew is None else p_skew
+            forc = tke_forcing(k_diss_v, P_diss_v=p_diss_v, K_diss_h=k_diss_h, P_diss_skew=p_skew,
+                               K_diss_bot=k_diss_bot)  # fmt: skip
+            wind = self.taux * (self.param_b("taux_0", nd - 1) / self.taux_ref)  # N m-2, (…, ny, 1)
+            wind = wind * g.mask_u[0]  # Veros: surface_taux = taux · maskU
+            forc_surf = surface_tke_forcing(wind, torch.zeros_like(wind), g.cyclic)
+            step = integrate_tke(
+                state["tke"], forc, mix["diff"], g.dz, g.mask_t, forc_surf, dt_tke=dt,
+                alpha_tke=self.param_b("alpha_tke", nd), c_eps=self.param_b("c_eps", nd),
+            )  # fmt: skip
+            out["tke"] = step.tke
+        return out
 
     # -- output ------------------------------------------------------------------------------------------
     def output_variables(self) -> list[Variable]:
