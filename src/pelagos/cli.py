@@ -28,6 +28,7 @@ COMMANDS = [
     "params",
     "plot",
     "gradcheck",
+    "sensitivity",
     "qg",
     "hydro",
     "sda",

@@ -89,7 +89,8 @@ def window(cfg: Config, model) -> tuple[float, float, int]:
 
 
 def initial_state(cfg: Config, model, t0: float, batch: int | None = None):
-    """``model.initial_state(batch, **initial options)``, then ``time.spinup`` of model time run from it.
+    """``model.initial_state(batch, **initial options)`` (or the state of the restart file
+    ``initial.restart``, read on that template), then ``time.spinup`` of model time run from it.
 
     ``batch``: ``initial.batch`` (the column: also ``numerics.columns``); ``None``: the model's single member.
     """
@@ -104,7 +105,29 @@ def initial_state(cfg: Config, model, t0: float, batch: int | None = None):
         state = model.initial_state(batch, profiles=profiles or None, t0=t0, dtype=dtype)
     else:
         state = _cast(model.initial_state(batch, **opts), dtype)
+    if cfg.initial_restart:
+        state = _restart_state(cfg, state)
     return _spinup(cfg, model, state, t0)
+
+
+def _restart_state(cfg: Config, template):
+    """The state stored in the restart file ``initial.restart`` (e.g. the end of a spin-up written by
+    ``pelagos run`` with ``restart.file``), rebuilt on ``template`` (same kind, grid, batch and dtype)."""
+    from ..core.restart import load_restart
+
+    path = cfg.resolve(cfg.initial_restart)
+    if not path.exists():
+        raise ConfigError(
+            f"initial.restart: {path} not found; write it first with `pelagos run` and restart.file "
+            "(e.g. the spin-up configuration)"
+        )
+    try:
+        return load_restart(path, template).state
+    except ConfigError as err:
+        raise ConfigError(
+            f"initial.restart: {str(err).replace('; use --fresh to start over', '')} (the restart must come "
+            "from the same model kind, resolution, initial.batch and model.dtype)"
+        ) from None
 
 
 def _spinup(cfg: Config, model, state, t0: float):

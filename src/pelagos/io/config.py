@@ -9,7 +9,7 @@ every key)::
     time:         {start, stop | duration, dt}
     numerics:     {<the kind's numerics options>}
     parameters:   {name: physical value, ...}
-    initial:      {batch: N, <the kind's initial-state options>}
+    initial:      {batch: N, restart: spinup.restart.pt, <the kind's initial-state options>}
     observations: {file: obs.csv, log: false} | {synthetic: {...}}
     method:       {kind: calibrate | 4dvar | weak4dvar | enkf | letkf | esmda, <its options>}
     output:       {file, interval, precision, variables}
@@ -569,6 +569,7 @@ class Config:
     parameters: dict = field(default_factory=dict)
     initial: Any = None
     batch: int | None = None
+    initial_restart: str | None = None
     observations: ObservationsSection | None = None
     method: Any = None
     output: OutputSection = field(default_factory=OutputSection)
@@ -646,9 +647,9 @@ def _migration(raw: Mapping) -> None:
         isinstance(model, Mapping)
         and model.get("kind") == "column"
         and isinstance(init, Mapping)
-        and set(init) - {"profiles", "batch"}
+        and set(init) - {"profiles", "batch", "restart"}
     ):
-        names = ", ".join(f"{k}: {v}" for k, v in init.items() if k not in ("profiles", "batch"))
+        names = ", ".join(f"{k}: {v}" for k, v in init.items() if k not in ("profiles", "batch", "restart"))
         raise ConfigError(
             f"initial profiles of the column go under `profiles:`: write `initial: {{profiles: {{{names}}}}}`"
         )
@@ -809,10 +810,17 @@ def load_config(
     if initial_raw is not None and not isinstance(initial_raw, Mapping):
         raise ConfigError(f"initial must be a mapping; got {initial_raw!r}")
     batch = None
+    initial_restart = None
     if initial_raw:
         batch = initial_raw.pop("batch", None)
         if batch is not None and (isinstance(batch, bool) or not isinstance(batch, int) or batch < 1):
             raise ConfigError(f"initial.batch must be a positive integer; got {batch!r}")
+        initial_restart = initial_raw.pop("restart", None)
+        if initial_restart is not None and not isinstance(initial_restart, str):
+            raise ConfigError(
+                f"initial.restart must be the path of a restart file (restart.file of `pelagos run`); "
+                f"got {initial_restart!r}"
+            )
     if kind.initial is not None:
         initial = from_mapping(kind.initial, initial_raw, "initial")
     else:  # a free mapping {state variable: value}, checked against the model when it is built
@@ -839,6 +847,7 @@ def load_config(
         parameters=dict(params),
         initial=initial,
         batch=batch,
+        initial_restart=initial_restart,
         observations=(
             from_mapping(ObservationsSection, raw["observations"], "observations")
             if raw.get("observations") is not None

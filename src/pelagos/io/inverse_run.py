@@ -649,3 +649,124 @@ def run_inverse_cli(source, *, mode: str, overrides=None, output=None, progress=
     for f in res.get("files", []):
         log(f"wrote {f}")
     return 0
+
+
+# -- pelagos sensitivity: the misfit on a grid of two free parameters ----------------------------------------
+def _axis_range(spec, u_c: float, u_t: float | None, span: float, given: tuple[float, float] | None):
+    """Unconstrained ``(lo, hi)`` of one axis: ``given`` physical bounds, else the configured value (and the
+    truth, when known) widened by ``log(span)`` on each side (×/÷ span for log-transformed parameters)."""
+    if given is not None:
+        lo, hi = (float(spec.transform.inverse(torch.tensor(v, dtype=torch.float64))) for v in given)
+        return min(lo, hi), max(lo, hi)
+    w = math.log(span)
+    lo, hi = (u_c, u_c) if u_t is None else (min(u_c, u_t), max(u_c, u_t))
+    return lo - w, hi + w
+
+
+def run_sensitivity(
+    source: str | os.PathLike | Mapping[str, Any] | Config,
+    *,
+    grid: int = 9,
+    span: float = 2.0,
+    ranges: Mapping[str, tuple[float, float]] | None = None,
+    overrides: Sequence[str] | None = None,
+    output: str | os.PathLike | None = None,
+    plot: bool = True,
+    progress: bool | None = False,
+) -> dict[str, Any]:
+    """``pelagos sensitivity CONFIG``: the observation misfit of a calibrate configuration (its model, window,
+    ``observations:`` and the two parameters of ``method.free``) on a ``grid × grid`` tensor grid of the two
+    parameters, evenly spaced in their unconstrained (log) space, with the forward-mode gradient at every node
+    (:func:`pelagos.inverse.sensitivity.loss_map`). Priors are left out: the map is the data misfit
+    ``½ Σ ((H(x) − y)/σ)²``.
+
+    ``ranges``: ``{name: (lo, hi)}`` physical bounds of an axis; default: the configured value and the truth
+    of a twin (``observations.synthetic.truth`` or ``method.truth``), widened by ×/÷ ``span``. Writes the JSON
+    (``output``, else ``results/<config>_sensitivity.json``) and the quiver plot next to it (``.png``).
+    """
+    from ..inverse.problem import VariationalProblem
+    from ..inverse.sensitivity import loss_map
+
+    cfg = (
+        source
+        if isinstance(source, Config)
+        else load_config(source, overrides=overrides, require=("observations", "method"))
+    )
+    meth = cfg.method
+    if cfg.observations is None or meth is None:
+        raise ConfigError("sensitivity needs `observations:` and `method:` (with free: [two parameters])")
+    if len(meth.free) != 2:
+        raise ConfigError(
+            f"sensitivity maps two parameters: method.free lists {len(meth.free)} ({meth.free}); "
+            "give exactly two (e.g. --set 'method.free=[A_h, r_bot]')"
+        )
+    if grid < 2:
+        raise ConfigError(f"--grid must be >= 2 nodes per axis; got {grid}")
+    if not span > 1:
+        raise ConfigError(f"--span must be > 1 (a factor); got {span}")
+    ranges = dict(ranges or {})
+    unknown = set(ranges) - set(meth.free)
+    if unknown:
+        raise ConfigError(f"--range for {sorted(unknown)}, which are not in method.free {meth.free}")
+    progress = show_progress(progress)
+    wall0 = time.perf_counter()
+    s = setup(cfg)
+    model, x0 = inverse_view(s, "calibrate")
+    obs, truth = observations(cfg, s, model, x0)
+    truth = truth or (meth.truth or {})
+    model.select_free(meth.free)
+    set_priors(model, meth)
+    names = model.free_parameter_names()
+    specs = [model.parameter_spec(n) for n in names]
+    u_c = model.free_vector().detach().to(torch.float64)
+    if cfg.observations.synthetic is not None:  # a twin: parameters without a truth value keep the configured
+        truth = {n: float(truth.get(n, model.get_parameter_value(n).detach())) for n in names}
+    axes = []
+    for i, (n, sp) in enumerate(zip(names, specs, strict=True)):
+        u_t = None
+        if n in truth:
+            u_t = float(sp.transform.inverse(torch.tensor(float(truth[n]), dtype=torch.float64)))
+        lo, hi = _axis_range(sp, float(u_c[i]), u_t, span, ranges.get(n))
+        axes.append(torch.linspace(lo, hi, grid, dtype=torch.float64))
+    prob = VariationalProblem(model, obs, x0, t0=s.t0, include_prior=False)
+
+    def cost(u: torch.Tensor) -> torch.Tensor:
+        return prob.cost(u.to(prob.dtype))
+
+    def physical(i: int, u: torch.Tensor) -> torch.Tensor:
+        return specs[i].transform.forward(u)
+
+    smap = loss_map(cost, axes[0], axes[1], names=names, to_physical=physical, progress=progress)
+    result: dict[str, Any] = {
+        "command": "sensitivity",
+        "model": cfg.kind.name,
+        "config": str(cfg.path) if cfg.path is not None else None,
+        **smap.to_dict(),
+        "units": {n: sp.units for n, sp in zip(names, specs, strict=True)},
+        "transforms": {n: sp.transform.name for n, sp in zip(names, specs, strict=True)},
+        "configured": {n: float(physical(i, u_c[i])) for i, n in enumerate(names)},
+        "loss_definition": "0.5 * sum(((H(x) - y) / sigma)**2) over all observations (no prior)",
+        "n_obs": int(obs.n_obs),
+        "window_steps": int(s.n_steps),
+        "wall_time": time.perf_counter() - wall0,
+    }
+    result["marks_unconstrained"] = {"configured": u_c.tolist()}
+    if truth:
+        result["truth"] = {n: float(truth[n]) for n in names if n in truth}
+        if len(result["truth"]) == 2:
+            result["marks_unconstrained"]["truth"] = [
+                float(sp.transform.inverse(torch.tensor(result["truth"][n], dtype=torch.float64)))
+                for n, sp in zip(names, specs, strict=True)
+            ]
+    dest = Path(output) if output is not None else Path("results") / f"{cfg.stem}_sensitivity.json"
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    files = [dest]
+    if plot:
+        from .plots import _plt, plot_sensitivity_map
+
+        fig = plot_sensitivity_map(result, out=dest.with_suffix(".png"), title=cfg.title or None)
+        _plt().close(fig)
+        files.insert(0, dest.with_suffix(".png"))
+    result["files"] = [str(f) for f in files]
+    dest.write_text(json.dumps(json.loads(json.dumps(result, default=_jsonable)), indent=1))
+    return result

@@ -299,3 +299,46 @@ def plot_observation_fit(
     if out is not None:
         fig.savefig(out, dpi=110)
     return fig
+
+
+def plot_sensitivity_map(result: Mapping, *, out=None, title: str | None = None):
+    """The loss map of ``pelagos sensitivity`` (``result`` as in its JSON): filled contours of log10 L on the
+    unconstrained axes (ticks in physical values), forward-mode descent directions −∇L as arrows of unit
+    length coloured by log10 |∇L|, the configured value (first guess, ○) and the truth of a twin (★)."""
+    plt = _plt()
+    a, b = result["names"]
+    ua = np.asarray(result["unconstrained"][a])
+    ub = np.asarray(result["unconstrained"][b])
+    loss = np.asarray(result["loss"])  # (len ua, len ub)
+    g = np.asarray(result["grad_unconstrained"])  # (len ua, len ub, 2)
+    log_scale = {n: result.get("transforms", {}).get(n) == "log" for n in (a, b)}
+    marks = result.get("marks_unconstrained", {})
+    fig, ax = plt.subplots(figsize=(6.4, 5.2), layout="constrained")
+    A, B = np.meshgrid(ua, ub, indexing="ij")
+    cs = ax.contourf(A, B, np.log10(np.maximum(loss, 1e-300)), levels=20, cmap="viridis")
+    fig.colorbar(cs, ax=ax, label="log10 misfit L (dimensionless)")
+    norm = np.hypot(g[..., 0], g[..., 1])
+    safe = np.where(norm > 0, norm, 1.0)
+    q = ax.quiver(A, B, -g[..., 0] / safe, -g[..., 1] / safe, np.log10(np.maximum(norm, 1e-300)),
+                  cmap="autumn", angles="xy", pivot="mid", scale=1.0 / (0.6 * (ua[1] - ua[0])),
+                  scale_units="xy", width=0.006)  # fmt: skip
+    fig.colorbar(q, ax=ax, label="log10 |∇L| (per unit log parameter)", location="bottom", shrink=0.7)
+    styles = {"configured": ("wo", "first guess (configured)"), "truth": ("w*", "truth")}
+    for key, (style, label) in styles.items():
+        if key in marks:
+            ax.plot(*marks[key], style, mfc="none" if key == "configured" else "w", ms=12, mew=2, label=label)
+    if marks:
+        ax.legend(loc="upper right", fontsize=8, framealpha=0.6)
+    units = result.get("units", {})
+    for axis, n, u in ((ax.xaxis, a, ua), (ax.yaxis, b, ub)):
+        vals = np.asarray(result["values"][n])
+        idx = np.unique(np.linspace(0, len(u) - 1, min(len(u), 5)).round().astype(int))
+        axis.set_ticks(u[idx])
+        axis.set_ticklabels([f"{v:.3g}" for v in vals[idx]])
+        lab = f"{n} ({units[n]})" if units.get(n) else n
+        axis.set_label_text(lab + (", log scale" if log_scale[n] else ""))
+    default = f"misfit and forward-mode descent directions ({result.get('model', '')})"
+    ax.set_title(title or default, fontsize=9)
+    if out is not None:
+        fig.savefig(out, dpi=110)
+    return fig
