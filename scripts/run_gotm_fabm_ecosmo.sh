@@ -16,57 +16,7 @@ run="$side/run_ecosmo"
 rm -rf "$run"; cp -r "$side/cases/nns_annual" "$run"
 cp "$yaml" "$run/fabm-ecosmo.yaml"
 cd "$run"
-"${PYTHON:-python3}" - <<'PY'
-import re
-t = open("gotm.yaml").read()
-i = t.index("\nfabm:")
-j = t.index("\n", t.index("   input:", i))  # end of the fabm block's first lines we replace
-fabm = """
-fabm:
-   use: true
-   yaml_file: fabm-ecosmo.yaml
-   freshwater_impact: true
-   feedbacks:
-      shade: false
-      albedo: false
-      surface_drag: false
-   repair_state: false
-   numerics:
-      ode_method: FE
-      split_factor: 2
-      w_adv_discr: P2_PDM
-      cnpar: 1.0
-   input:
-      mole_fraction_of_carbon_dioxide_in_air:   # pml/carbonate needs it; no feedback on ECOSMO
-         method: constant
-         constant_value: 0.0"""
-t = t[:i] + fabm + t[j:]
-k = t.index("\noutput:")
-t = t[:k] + """
-output:
-   physics:
-      time_unit: hour
-      time_step: 1
-      time_method: point
-      variables:
-      - source: h
-      - source: z
-      - source: zi
-      - source: temp
-      - source: salt
-      - source: salt_p
-      - source: nuh
-      - source: I_0
-      - source: taub
-   ecosmo:
-      time_unit: hour
-      time_step: 6
-      time_method: point
-      variables:
-      - source: /*
-"""
-open("gotm.yaml", "w").write(t)
-PY
+"${PYTHON:-python3}" "$here/scripts/gotm_fabm_case.py" gotm.yaml --fabm-yaml fabm-ecosmo.yaml --split-factor 2 --co2 --outputs ecosmo
 start=$(date +%s.%N)
 "$side/build/gotm" > gotm.log 2>&1
 end=$(date +%s.%N)

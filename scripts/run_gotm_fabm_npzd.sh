@@ -17,42 +17,7 @@ run="${1:-$(mktemp -d /tmp/gotm_npzd.XXXXXX)}"
 rm -rf "$run"; cp -r "$side/cases/nns_annual" "$run"
 cp "$yaml" "$run/fabm.yaml"
 cd "$run"
-"${PYTHON:-python3}" - <<'PY'
-t = open("gotm.yaml").read()
-i = t.index("\nfabm:")
-j = t.index("\n", t.index("   input:", i))
-fabm = """
-fabm:
-   use: true
-   yaml_file: fabm.yaml
-   freshwater_impact: true
-   feedbacks:
-      shade: false
-      albedo: false
-      surface_drag: false
-   repair_state: false
-   numerics:
-      ode_method: FE
-      split_factor: 1
-      w_adv_discr: P2_PDM
-      cnpar: 1.0
-   input:"""
-t = t[:i] + fabm + t[j:]
-k = t.index("\noutput:")
-t = t[:k] + """
-output:
-   npzd:
-      time_unit: day
-      time_step: 1
-      time_method: point
-      variables:
-      - source: npzd_nut
-      - source: npzd_phy
-      - source: npzd_zoo
-      - source: npzd_det
-"""
-open("gotm.yaml", "w").write(t)
-PY
+"${PYTHON:-python3}" "$here/scripts/gotm_fabm_case.py" gotm.yaml --fabm-yaml fabm.yaml --split-factor 1 --outputs npzd
 /usr/bin/time -f "%U %S %e" -o time.txt "$side/build/gotm" > gotm.log 2>&1
 cpu=$(grep -E "^ *CPU time:" gotm.log | awk '{print $3}')
 read -r user sys wall < time.txt
