@@ -156,6 +156,7 @@ def calibrate(
         jacobian=problem.jacobian,
         progress=progress,
         desc="calibrate",
+        names=problem.param_names,
     )
     predictions = {"initial": problem.predictions(problem.z0), "final": problem.predictions(opt.z)}
     res = summarize(model, problem, opt, method=f"calibrate[{optimizer}]", uncertainty=uncertainty)

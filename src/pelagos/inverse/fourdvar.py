@@ -110,6 +110,7 @@ def fourdvar(
         progress=progress,
         desc="4D-Var",
         keep_iterates=params,
+        names=problem.param_names,
     )
     z = opt.z
     x0 = problem.initial_state(z)

@@ -2,18 +2,26 @@
 
 All three record the cost after each iteration, the iterates, the number of cost evaluations (= forward model
 runs; each gradient adds one backward run) and the wall time, and show a tqdm bar with the current cost.
+
+L-BFGS treats a trial point of its line search whose cost or gradient is not finite, or whose model run raises
+a numerical error (:class:`~pelagos.core.errors.SolverError`, :class:`~pelagos.core.errors.StabilityError`:
+"this parameter value is unusable"), as a failed step: it backtracks from the last good point along the same
+direction (step × 0.2, at most 10 times, Armijo decrease) and keeps only finite pairs in its curvature memory;
+when every backtracked point fails too it stops there, keeping the last good point, with a message naming the
+controls the failing step moved and the last finite cost.
 """
 
 from __future__ import annotations
 
+import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
 
 from ..core._torch_quirks import load_jvp_decompositions
-from ..core.errors import ConfigError, check_choice
+from ..core.errors import ConfigError, SolverError, StabilityError, check_choice
 
 try:  # progress bars are optional at run time
     from tqdm.auto import tqdm
@@ -35,6 +43,135 @@ class OptimizeResult:
     wall_time: float = 0.0
 
 
+# Errors of a model run that mean "this control value is unusable" (not a mistake of the configuration).
+NUMERICAL_ERRORS: tuple[type[Exception], ...] = (SolverError, StabilityError)
+_BACKTRACK_SHRINK, _BACKTRACK_TRIES, _ARMIJO_C1 = 0.2, 10, 1e-4
+
+
+class _TrialFailed(Exception):  # noqa: N818 - internal signal, never escapes minimize
+    """A line-search trial point is unusable (non-finite cost/gradient or a numerical error of the model)."""
+
+    def __init__(self, z: torch.Tensor, reason: str) -> None:
+        super().__init__(reason)
+        self.z, self.reason = z, reason
+
+
+def _usable(f: _Counter, z: torch.Tensor) -> tuple[float, torch.Tensor]:
+    """``f.value_and_grad(z)``; raises :class:`_TrialFailed` for a numerical error or a non-finite value."""
+    try:
+        J, g = f.value_and_grad(z)
+    except NUMERICAL_ERRORS as err:
+        raise _TrialFailed(z.detach().clone(), f"{type(err).__name__}: {err}") from err
+    if not math.isfinite(J):
+        raise _TrialFailed(z.detach().clone(), f"the cost is not finite (J = {J})")
+    if not bool(torch.isfinite(g).all()):
+        raise _TrialFailed(z.detach().clone(), "the gradient is not finite")
+    return J, g
+
+
+def _backtrack(
+    f: _Counter, z_good: torch.Tensor, J_good: float, g_good: torch.Tensor, z_fail: torch.Tensor
+) -> tuple[torch.Tensor | None, float, str]:
+    """Shrink the failed step ``z_fail − z_good`` until a point is usable with an Armijo decrease.
+
+    Returns ``(z_new, t, "")`` with ``z_new = z_good + t (z_fail − z_good)``, or ``(None, t_last, reason)``.
+    """
+    dz = z_fail - z_good
+    slope = float(g_good.dot(dz))
+    t, reason = 1.0, ""
+    for _ in range(_BACKTRACK_TRIES):
+        t *= _BACKTRACK_SHRINK
+        zt = z_good + t * dz
+        try:
+            Jt, _ = _usable(f, zt)
+        except _TrialFailed as fail:
+            reason = fail.reason
+            continue
+        if Jt <= J_good + _ARMIJO_C1 * t * slope:
+            return zt, t, ""
+        reason = f"no sufficient decrease (J = {Jt:.6g} at step fraction {t:.1e})"
+    return None, t, reason
+
+
+def _lbfgs_snapshot(state: dict) -> dict:
+    """The L-BFGS state before a ``step``, cheaply: torch's step appends to/pops from the history lists and
+    overwrites ``prev_flat_grad`` in place, but replaces (never modifies) the history tensors and ``d``."""
+    snap = dict(state)
+    for k in ("old_dirs", "old_stps", "ro"):
+        if k in snap:
+            snap[k] = list(snap[k])
+    if snap.get("prev_flat_grad") is not None:
+        snap["prev_flat_grad"] = snap["prev_flat_grad"].clone()
+    snap.pop("al", None)  # scratch buffer
+    return snap
+
+
+def _lbfgs_accept(
+    opt: torch.optim.LBFGS,
+    zp: torch.Tensor,
+    snap: dict,
+    J_good: float,
+    g_good: torch.Tensor,
+    dz: torch.Tensor,
+    t: float,
+    history_size: int,
+) -> None:
+    """Make torch's L-BFGS state as if its line search had returned the backtracked step ``t·dz``.
+
+    ``snap`` is the state before the failed ``step``: redo torch's own bookkeeping of that step (the curvature
+    pair of the previous step, from finite values only), then record ``dz``/``t`` and ``g_good`` so the next
+    ``step`` adds the pair of the backtracked step.
+    """
+    st = snap
+    n = int(st.get("n_iter", 0)) + 1
+    if n == 1:
+        old_dirs, old_stps, ro, H_diag = [], [], [], 1
+    else:
+        old_dirs, old_stps, ro, H_diag = st["old_dirs"], st["old_stps"], st["ro"], st["H_diag"]
+        y = g_good.sub(st["prev_flat_grad"])
+        s = st["d"].mul(st["t"])
+        ys = y.dot(s)
+        if ys > 1e-10:
+            if len(old_dirs) == history_size:
+                old_dirs.pop(0)
+                old_stps.pop(0)
+                ro.pop(0)
+            old_dirs.append(y)
+            old_stps.append(s)
+            ro.append(1.0 / ys)
+            H_diag = ys / y.dot(y)
+    st.update(
+        n_iter=n,
+        d=dz.clone(),
+        t=t,
+        old_dirs=old_dirs,
+        old_stps=old_stps,
+        ro=ro,
+        H_diag=H_diag,
+        prev_flat_grad=g_good.clone(),
+        prev_loss=J_good,
+    )
+    opt.state[zp] = st
+
+
+def _failure_message(
+    names: Sequence[str], z_good: torch.Tensor, z_fail: torch.Tensor, J_good: float, it: int, reason: str
+) -> str:
+    dz = (z_fail - z_good).abs()
+    order = [int(i) for i in torch.argsort(dz, descending=True)[:3] if float(dz[i]) > 0]
+    label = [names[i] if i < len(names) else f"z[{i}]" for i in order]
+    moved = ", ".join(
+        f"{lab} ({float(z_good[i]):.4g} -> {float(z_fail[i]):.4g})" for lab, i in zip(label, order)
+    )
+    return (
+        f"L-BFGS stopped at iteration {it}: every trial step from the last good point failed "
+        f"({_BACKTRACK_TRIES} backtracks, step x{_BACKTRACK_SHRINK} each; last: {reason}). "
+        f"The failing step moved mostly {moved} (unconstrained values). Last finite cost J = {J_good:.6g}, "
+        "kept as the result; bound the parameters (log/logit transforms), tighten their priors or start "
+        "closer"
+    )
+
+
 class _Counter:
     """Cost + gradient with a one-entry cache (L-BFGS re-evaluates the point its line search accepted)."""
 
@@ -47,13 +184,13 @@ class _Counter:
         if self._z is not None and torch.equal(self._z, z):
             return self._val
         zz = z.detach().clone().requires_grad_(True)
+        self.n += 1  # a run that raises counts too
         with torch.enable_grad():
             J = self.cost(zz)
             if not torch.isfinite(J):
                 g = torch.zeros_like(zz)
             else:
                 (g,) = torch.autograd.grad(J, zz)
-        self.n += 1
         self._z, self._val = z.detach().clone(), (float(J.detach()), g.detach())
         return self._val
 
@@ -73,13 +210,15 @@ def minimize(
     progress: bool = False,
     desc: str = "minimise",
     keep_iterates: bool = True,
+    names: Sequence[str] | None = None,
 ) -> OptimizeResult:
     """Minimise ``cost(z)`` from ``z0``.
 
     ``gtol``: stop when ‖∇J‖ ≤ gtol·max(1, ‖∇J(z0)‖); ``ftol``: stop when the relative cost change of an
     iteration is below it. ``gauss-newton`` needs ``residuals(z)`` with J = ½‖r‖² (small controls only: it
     forms
-    the Jacobian by forward mode, one tangent per control entry).
+    the Jacobian by forward mode, one tangent per control entry). ``names``: labels of the leading control
+    entries (e.g. the free parameters) for the message of an L-BFGS stop on failed trial steps.
     """
     check_choice("optimizer", method, ["lbfgs", "adam", "gauss-newton"])
     if max_iter < 0:
@@ -116,13 +255,25 @@ def minimize(
         )
 
         def closure() -> torch.Tensor:
-            J, g = f.value_and_grad(zp.detach())
+            J, g = _usable(f, zp.detach())
             zp.grad = g.clone()
             return torch.tensor(J, dtype=zp.dtype)
 
         J_old, restarted = J0, False
         for it in range(max_iter):
-            opt.step(closure)
+            z_good = zp.detach().clone()
+            J_good, g_good = f.value_and_grad(z_good)  # cached: the point the last step ended on
+            snap = _lbfgs_snapshot(opt.state[zp])
+            try:
+                opt.step(closure)
+            except _TrialFailed as fail:  # backtrack from the last good point; never keep a failed pair
+                z_new, t, reason = _backtrack(f, z_good, J_good, g_good, fail.z)
+                with torch.no_grad():
+                    zp.copy_(z_good if z_new is None else z_new)
+                if z_new is None:
+                    res.message = _failure_message(names or [], z_good, fail.z, J_good, it + 1, reason)
+                    break
+                _lbfgs_accept(opt, zp, snap, J_good, g_good, fail.z - z_good, t, history_size)
             Jn, gn = f.value_and_grad(zp.detach())
             record(zp.detach(), Jn)
             res.n_iter = it + 1
