@@ -19,7 +19,7 @@ temperature:
   the parent.) Without checkpointing the memory grows like T (every step's intermediates are kept); with √T
   segments like √T (T/s boundary states + one segment recomputed).
 
-Writes benchmarks/results/ocean_gradient_cost.json and docs/figures/ocean/ocean_gradient_cost.png.
+Writes benchmarks/results/ocean_gradient_cost.json and docs/figures/ocean_experiments/ocean_gradient_cost.png.
 """
 
 from __future__ import annotations
@@ -142,7 +142,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, nargs="+", default=[10, 20, 40, 80, 160, 320])
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--json", default=str(ROOT / "benchmarks/results/ocean_gradient_cost.json"))
-    ap.add_argument("--figure", default=str(ROOT / "docs/figures/ocean/ocean_gradient_cost.png"))
+    ap.add_argument("--figure", default=str(ROOT / "docs/figures/ocean_experiments/ocean_gradient_cost.png"))
     ap.add_argument("--reuse-timing", action="store_true", help="keep the timing rows of --json, redo memory")
     ap.add_argument("--worker", nargs=2, metavar=("STEPS", "MODE"), help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -168,7 +168,7 @@ def main() -> None:
         "what": "ACC gradient cost vs window length, and gradient memory with/without sqrt checkpointing",
         "resolution_deg": args.resolution,
         "grid": "15 x 21 x 15" if args.resolution == 4.0 else None,
-        "physics": "z-level lateral diffusion (isoneutral off), Veros EOS",
+        "physics": "TKE vertical mixing, z-level lateral diffusion (isoneutral off), Veros EOS",
         "timing": "CPU time (process_time), 1 thread, min of repeats, loaded shared machine",
         "memory_method": "peak RSS above the pre-gradient RSS, fresh subprocess, MALLOC_MMAP_THRESHOLD_=8192",
         "torch": torch.__version__,

@@ -1,13 +1,15 @@
 """Gradient truth of the ACC model: reverse mode vs central finite differences after 1 … 200 steps.
 
-    python scripts/ocean_gradient_truth.py --resolution 4 --steps 1 2 4 10 50 200 --out docs/figures/ocean
+    python scripts/ocean_gradient_truth.py --resolution 4 --steps 1 2 4 10 50 200 --h-temp 1e-7 \
+        --out docs/figures/ocean_experiments
 
 Loss L = mean(u²) + mean(v²) + 1e-4 mean(temp²) after n tracer steps from a 30-day spin-up; derivatives
 w.r.t. (log A_h, log r_bot) and the initial temperature field along random directions (float64,
-pelagos.core.check_directional: relative FD step 1e-5 scaled to each input RMS; Richardson O(h⁴) for the
-temperature field); JVP vs VJP (``check_jvp_vjp``: forward and reverse mode of the same loss w.r.t. both
-inputs, at every horizon). Run with
-and without Veros's isoneutral/GM scheme (which keeps kinks). Writes ocean_gradient_truth.json/.png.
+pelagos.core.check_directional: relative FD step 1e-5 scaled to each input RMS, ``--h-temp`` for the
+temperature field, with Richardson O(h⁴); with TKE use 1e-7: larger steps straddle the kinks of the TKE
+mixing-length limiter); JVP vs VJP (``check_jvp_vjp``: forward and reverse mode of the same loss w.r.t. both
+inputs, at every horizon). Run with and without Veros's isoneutral/GM scheme (which keeps kinks). Writes
+ocean_gradient_truth.json/.png (``--replot``: only the figure, from the JSON).
 """
 
 from __future__ import annotations
@@ -62,6 +64,7 @@ def experiment(
             "rel_err_temp": max(r["rel_error"] for r in rt.rows),
             "jvp_vs_vjp": None if rj is None else max(r["rel_error"] for r in rj.rows),
             "wall_s": time.time() - t0,
+            "h_temp": h_temp,
         }
         print(row, flush=True)
         rows.append(row)
@@ -76,13 +79,23 @@ def main() -> None:
     ap.add_argument("--out", default="docs/figures/ocean")
     h_help = "relative FD step of the temperature directions (with TKE: 1e-7, see docs/ocean.md)"
     ap.add_argument("--h-temp", type=float, default=1e-5, help=h_help)
+    ap.add_argument(
+        "--replot", action="store_true", help="only redraw the figure from OUT/ocean_gradient_truth.json"
+    )
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    torch.set_num_threads(1)
-    rows = experiment(args.resolution, args.steps, False, args.jvp_max, args.h_temp)
-    rows += experiment(args.resolution, args.steps, True, args.jvp_max, args.h_temp)
-    (out / "ocean_gradient_truth.json").write_text(json.dumps(rows, indent=1))
+    if args.replot:
+        rows = json.loads((out / "ocean_gradient_truth.json").read_text())
+    else:
+        torch.set_num_threads(1)
+        rows = experiment(args.resolution, args.steps, False, args.jvp_max, args.h_temp)
+        rows += experiment(args.resolution, args.steps, True, args.jvp_max, args.h_temp)
+        (out / "ocean_gradient_truth.json").write_text(json.dumps(rows, indent=1))
+    plot(rows, out, args.resolution)
+
+
+def plot(rows: list[dict], out: Path, resolution: float) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -100,9 +113,7 @@ def main() -> None:
     ax.axhline(1e-6, color="k", lw=0.5)
     ax.axhline(1e-2, color="r", lw=0.5, ls=":")
     ax.text(1, 1.3e-2, "Veros-Autodiff at 4 steps", color="r", fontsize=8)
-    ax.set(
-        xlabel="tracer steps", ylabel="|AD − FD| / |FD|", title=f"ACC {args.resolution:g}°: gradient truth"
-    )
+    ax.set(xlabel="tracer steps", ylabel="|AD − FD| / |FD|", title=f"ACC {resolution:g}°: gradient truth")
     ax.legend(fontsize=7)
     for iso, ls in ((False, "-"), (True, "--")):
         r = [x for x in rows if x["isoneutral"] == iso and x["jvp_vs_vjp"] is not None]
