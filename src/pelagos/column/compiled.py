@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import functools
 import itertools
-import math
 import os
 import shutil
 import types
@@ -45,6 +44,7 @@ from typing import Any
 import torch
 
 from ..core.errors import ConfigError
+from ..core.running_mean import running_mean_plan
 from ..core.tridiagonal import solve_tridiagonal as _solve_tridiagonal
 
 __all__ = [
@@ -53,7 +53,6 @@ __all__ = [
     "compiled_step",
     "cxx_available",
     "diffuse_implicit",
-    "mean_apply",
 ]
 
 _MODES = {
@@ -127,35 +126,6 @@ def compiled_step(model: Any, state: Mapping) -> CompiledStep | None:
     return cs
 
 
-def _mean_plan(t: float, t_prev: float, period: float, resolution: float) -> tuple:
-    """The clock-only part of :func:`pelagos.core.running_mean.running_mean_update` for a step
-    ``t_prev -> t``: weights of the new samples, the window fraction since the last sample, the sample
-    count (same formulas)."""
-    from ..core.running_mean import _n_samples
-
-    n = _n_samples(period, resolution)
-    if not t > t_prev:
-        raise ConfigError(f"running mean: time must increase (t={t:g} s after t_prev={t_prev:g} s)")
-    k0 = math.floor(t_prev / resolution + 1e-9) + 1
-    k1 = math.floor(t / resolution + 1e-9)
-    ws = tuple((k * resolution - t_prev) / (t - t_prev) for k in range(max(k0, k1 - n + 1), k1 + 1))
-    return ws, (t - k1 * resolution) / period, n
-
-
-def mean_apply(buf: Mapping[str, torch.Tensor], x: torch.Tensor, plan: tuple) -> dict[str, torch.Tensor]:
-    """:func:`~pelagos.core.running_mean.running_mean_update` with its clock part precomputed (``plan`` from
-    :func:`_mean_plan`): the same operations on the tensors."""
-    ws, frac, n = plan
-    samples, last = buf["samples"], buf["last"]
-    new = [last if w <= 0.0 else x if w >= 1.0 else torch.lerp(last, x, w) for w in ws]
-    if new:
-        samples = torch.cat([samples[..., len(new) :], torch.stack(new, dim=-1)], dim=-1)[..., -n:]
-    mean = samples.mean(dim=-1)
-    if frac != 0.0:
-        mean = mean + frac * (x - samples[..., 0])
-    return {"samples": samples, "last": x, "mean": mean}
-
-
 def diffuse_implicit(a: torch.Tensor, c: torch.Tensor, Y: torch.Tensor) -> torch.Tensor:
     """``A Y_new = Y`` for tracers ``Y`` (V, B, nz) with GOTM's cnpar = 1 matrix from ``a, c`` ((B or 1, nz),
     :func:`~pelagos.column.diffusion.diffusion_matrix`): the same rows as the plain step's solve, factorised
@@ -208,7 +178,10 @@ class CompiledStep:
     def mean_plans(self, t: float) -> dict[str, tuple]:
         """Sampling plans of the model's running means for the step ``t -> t + dt``."""
         m = self.model
-        return {key: _mean_plan(t + m.dt, t, per, res) for key, (_, per, res) in m.means.items()}
+        return {
+            key: running_mean_plan(t + m.dt, t, period=per, resolution=res)
+            for key, (_, per, res) in m.means.items()
+        }
 
     def __call__(self, state: dict, raw: Mapping, plans: dict) -> dict:
         from .advection import ITMAX

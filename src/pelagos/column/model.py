@@ -33,7 +33,7 @@ import torch
 
 from ..core.errors import ConfigError, ForcingError
 from ..core.model import Coordinate, Model, Variable
-from ..core.running_mean import running_mean_init, running_mean_update
+from ..core.running_mean import running_mean_apply, running_mean_init, running_mean_update
 from .forcing import ColumnForcing
 
 __all__ = ["ColumnModel", "run_column", "to_dataset"]
@@ -434,11 +434,9 @@ class ColumnModel(Model):
         # 6. running means of the light seen after transport
         means = None
         if self.means and fast is not None:
-            from .compiled import mean_apply
-
             env = self._full_env(new, phys, None)
             means = {
-                key: mean_apply(
+                key: running_mean_apply(
                     state["_means"][key],
                     torch.broadcast_to(env[std], state["_means"][key]["last"].shape),
                     fast[0][key],

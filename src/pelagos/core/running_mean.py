@@ -23,7 +23,7 @@ import torch
 
 from .errors import ConfigError
 
-__all__ = ["running_mean_init", "running_mean_update"]
+__all__ = ["running_mean_apply", "running_mean_init", "running_mean_plan", "running_mean_update"]
 
 
 def _n_samples(period: float, resolution: float) -> int:
@@ -44,6 +44,37 @@ def running_mean_init(x: torch.Tensor, *, period: float = 86400.0, resolution: f
     return {"samples": x.unsqueeze(-1).expand(*x.shape, n).clone(), "last": x, "mean": x}
 
 
+def running_mean_plan(
+    t: float, t_prev: float, *, period: float = 86400.0, resolution: float = 3600.0
+) -> tuple:
+    """The clock-only part of an update from ``t_prev`` to ``t`` (s): the interpolation weights of the samples
+    taken in ``(t_prev, t]``, the fraction of the window ``period`` (s) since the last sample, and the sample
+    count. It depends on the model clock only, so a compiled step can take it as a constant."""
+    n = _n_samples(period, resolution)
+    t, t_prev = float(t), float(t_prev)
+    if not t > t_prev:
+        raise ConfigError(f"running mean: time must increase (t={t:g} s after t_prev={t_prev:g} s)")
+    # Sample times k·resolution in (t_prev, t]: each a linear interpolation between last (t_prev) and x (t);
+    # only the last n can survive.
+    k0 = math.floor(t_prev / resolution + 1e-9) + 1
+    k1 = math.floor(t / resolution + 1e-9)
+    ws = tuple((k * resolution - t_prev) / (t - t_prev) for k in range(max(k0, k1 - n + 1), k1 + 1))
+    return ws, (t - k1 * resolution) / period, n
+
+
+def running_mean_apply(buf: dict, x: torch.Tensor, plan: tuple) -> dict:
+    """New buffer from the old one, the value ``x`` at the new time and a :func:`running_mean_plan`."""
+    ws, frac, n = plan
+    samples, last = buf["samples"], buf["last"]
+    new = [last if w <= 0.0 else x if w >= 1.0 else torch.lerp(last, x, w) for w in ws]
+    if new:
+        samples = torch.cat([samples[..., len(new) :], torch.stack(new, dim=-1)], dim=-1)[..., -n:]
+    mean = samples.mean(dim=-1)
+    if frac != 0.0:
+        mean = mean + frac * (x - samples[..., 0])
+    return {"samples": samples, "last": x, "mean": mean}
+
+
 def running_mean_update(
     buf: dict,
     x: torch.Tensor,
@@ -58,27 +89,10 @@ def running_mean_update(
     ``buf["mean"]`` of the result is the running mean at ``t``. ``t``/``t_prev`` are plain floats (the model
     clock), so the sampling pattern is fixed by the clock, not by tensor values.
     """
-    n = _n_samples(period, resolution)
-    t, t_prev = float(t), float(t_prev)
-    if not t > t_prev:
-        raise ConfigError(f"running mean: time must increase (t={t:g} s after t_prev={t_prev:g} s)")
-    samples, last = buf["samples"], buf["last"]
-    if samples.shape[-1] != n:
+    plan = running_mean_plan(t, t_prev, period=period, resolution=resolution)
+    n = plan[2]
+    if buf["samples"].shape[-1] != n:
         raise ConfigError(
-            f"running mean buffer holds {samples.shape[-1]} samples; period/resolution needs {n}"
+            f"running mean buffer holds {buf['samples'].shape[-1]} samples; period/resolution needs {n}"
         )
-    # Sample times k·resolution in (t_prev, t]: each a linear interpolation between last (t_prev) and x (t).
-    k0 = math.floor(t_prev / resolution + 1e-9) + 1
-    k1 = math.floor(t / resolution + 1e-9)
-    new = []
-    for k in range(max(k0, k1 - n + 1), k1 + 1):  # only the last n can survive
-        w = (k * resolution - t_prev) / (t - t_prev)
-        new.append(last if w <= 0.0 else x if w >= 1.0 else torch.lerp(last, x, w))
-    if new:
-        samples = torch.cat([samples[..., len(new) :], torch.stack(new, dim=-1)], dim=-1)[..., -n:]
-    t_last_sample = k1 * resolution
-    frac = (t - t_last_sample) / period
-    mean = samples.mean(dim=-1)
-    if frac != 0.0:
-        mean = mean + frac * (x - samples[..., 0])
-    return {"samples": samples, "last": x, "mean": mean}
+    return running_mean_apply(buf, x, plan)
