@@ -382,3 +382,53 @@ def test_qg_run_goes_through_simulation_and_ctrl_c_keeps_the_output(tmp_path, mo
     # the one run loop keeps what was written before Ctrl-C: a readable file of the outputs so far
     assert ds["q"].dims == ("time", "member", "lev", "y", "x") and ds.sizes["time"] >= 4
     assert not any("q.png" in line for line in lines)  # no plot of an interrupted run
+
+
+def test_buffered_netcdf_equals_a_flush_every_record_file(tmp_path):
+    model = Wave()
+    files = {}
+    for name, kw in {"every": {"buffer_records": 1}, "buffered": {"buffer_records": 4}}.items():
+        w = ModelNetCDFWriter(tmp_path / f"{name}.nc", model, precision="f8", **kw)
+        sim = Simulation(
+            model, model.initial_state(2), start="2000-01-01", stop="2000-01-03", output_every=5,
+            writers=[w], progress=False,
+        )  # fmt: skip
+        sim.run()
+        files[name] = xr.load_dataset(tmp_path / f"{name}.nc")
+    a, b = files["every"], files["buffered"]
+    assert a.sizes["time"] == b.sizes["time"] == 11  # the initial + 10 outputs: 3 flushes
+    for v in ("time", "x", "light", "x_sq_total"):
+        np.testing.assert_array_equal(a[v].values, b[v].values)
+    with pytest.raises(ConfigError, match="buffer_records"):
+        ModelNetCDFWriter(tmp_path / "z.nc", model, buffer_records=0)
+
+
+def test_writer_holds_records_briefly_and_flushes_before_each_restart(tmp_path, monkeypatch):
+    import pelagos.core.simulation as simmod
+
+    model = Wave()
+    w = ModelNetCDFWriter(tmp_path / "r.nc", model, precision="f8", buffer_records=100, flush_seconds=1e9)
+    pending_at_restart = []
+    real = simmod.save_restart
+
+    def spy(*a, **k):
+        pending_at_restart.append((len(w._pending), k["records"][w.key], w.record))
+        return real(*a, **k)
+
+    monkeypatch.setattr(simmod, "save_restart", spy)
+    held = []
+    sim = _sim(model, tmp_path / "r.nc", restart=RestartPolicy(tmp_path / "r.pt", every_steps=12))
+    sim.writers = [w]
+    sim.callbacks = [lambda s, state, t, k: held.append(len(w._pending))]
+    sim.run()
+    assert max(held) >= 2  # records were held in memory between restarts (buffering is on)
+    # every restart was written with nothing pending, and counts exactly the records on disk
+    assert pending_at_restart and all(p == 0 and r == n for p, r, n in pending_at_restart)
+    # flush_seconds = 0: every record goes to disk at once
+    w0 = ModelNetCDFWriter(tmp_path / "s.nc", model, precision="f8", flush_seconds=0.0)
+    sim = _sim(model, tmp_path / "s.nc")
+    sim.writers = [w0]
+    sim.callbacks = [lambda s, state, t, k: held.append(-len(w0._pending))]
+    held.clear()
+    sim.run()
+    assert held and max(held) == 0 == min(held)

@@ -81,8 +81,9 @@ class Writer:
     written. ``open(sim, record)`` is called before the loop (``record=None``: a new output; an int: continue
     an existing one at that record, after ``can_resume(record)`` said yes); ``write(t, values)`` gets the
     model time (model seconds) and ``{name: tensor (*batch, *dims)}`` of the names ``variable_names(sim)``
-    asked for (``None``: all the model outputs); ``close()`` must leave a readable output and may be called
-    twice.
+    asked for (``None``: all the model outputs); ``flush()`` puts every record taken so far on disk (called
+    before each restart file, so a restart never counts records that are not there); ``close()`` must flush,
+    leave a readable output and may be called twice.
     """
 
     key: str = "writer"
@@ -106,6 +107,9 @@ class Writer:
 
     def write(self, t: float, values: Mapping[str, torch.Tensor]) -> None:
         raise NotImplementedError
+
+    def flush(self) -> None:
+        pass
 
     def close(self) -> None:
         pass
@@ -469,6 +473,10 @@ class Simulation:
     def _save_restart(self, state: Any, step: int, records: dict[str, int]) -> None:
         if self.restart is None:
             return
+        for w in self.writers:  # records first: the restart must not point past what is on disk
+            flush = getattr(w, "flush", None)
+            if flush is not None:
+                flush()
         p = save_restart(
             self.restart.path,
             state,

@@ -1,7 +1,12 @@
-"""Incremental CF-NetCDF output of any model's declared variables: one record per output, flushed as written.
+"""Incremental CF-NetCDF output of any model's declared variables: records buffered briefly, then flushed.
 
-:class:`ModelNetCDFWriter` is the file writer of :class:`pelagos.core.simulation.Simulation`. A long run that
-fails keeps every record already written (the file is closed on Ctrl-C and on errors). On restart the writer
+:class:`ModelNetCDFWriter` is the file writer of :class:`pelagos.core.simulation.Simulation`. Records are
+kept in memory for at most ``buffer_records`` records or ``flush_seconds`` of wall time and then written in
+one call per variable and synced: netCDF4's per-call cost (≈ 0.1 ms per variable and record, plus ≈ 1 ms per
+sync) was half the time of a fast one-column run written daily. A long run that fails keeps every record
+already computed: the file is flushed and closed on Ctrl-C and on errors, and ``Simulation`` flushes its
+writers before it writes a restart file, so a restart never points past what is on disk (a hard kill loses
+at most the unflushed records after the last restart, which a resumed run recomputes). On restart the writer
 reopens the file and continues at the restart's record, overwriting any records written after the restart
 point, so the final file equals that of an uninterrupted run.
 """
@@ -9,6 +14,7 @@ point, so the final file equals that of an uninterrupted run.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Mapping
 
 import netCDF4
@@ -20,7 +26,7 @@ from ..core.errors import ConfigError
 
 # -- the model-driven writer used by Simulation --------------------------------------------------------------
 class ModelNetCDFWriter:
-    """CF-NetCDF output of a model's declared variables, one record per output, flushed as written.
+    """CF-NetCDF output of a model's declared variables, one record per output, flushed in small batches.
 
     Every variable in ``model.output_variables()`` is written (or the ``variables`` named), with its units,
     long name, role and ``cell_methods`` (``time: mean`` for interval means), on dims ``(time, *batch,
@@ -30,6 +36,9 @@ class ModelNetCDFWriter:
 
     ``variables`` may also be :class:`~pelagos.core.model.Variable` objects (a model that does not declare
     its variables yet), with ``coordinates`` to match. Use with :class:`pelagos.core.simulation.Simulation`.
+
+    ``buffer_records`` (≥ 1; 1 = flush every record) and ``flush_seconds`` bound what is held in memory
+    before it is written and synced (see the module doc); :meth:`flush` writes it at once.
     """
 
     def __init__(
@@ -43,6 +52,8 @@ class ModelNetCDFWriter:
         coordinates: Mapping | None = None,
         batch_dims: tuple[str, ...] | None = None,
         attrs: Mapping[str, object] | None = None,
+        buffer_records: int = 32,
+        flush_seconds: float = 30.0,
     ) -> None:
         from pathlib import Path
 
@@ -79,8 +90,18 @@ class ModelNetCDFWriter:
                     if not isinstance(n, str) or n not in by:
                         raise ConfigError("output.variables: " + unknown_variable_message(str(n), list(by)))
                 self.variables = [by[n] for n in given]
+        if isinstance(buffer_records, bool) or not isinstance(buffer_records, int) or buffer_records < 1:
+            raise ConfigError(
+                f"buffer_records must be an int >= 1 (1: flush every record); got {buffer_records!r}"
+            )
+        if not flush_seconds >= 0:
+            raise ConfigError(f"flush_seconds must be >= 0 (0: flush every record); got {flush_seconds!r}")
+        self.buffer_records = buffer_records
+        self.flush_seconds = float(flush_seconds)
         self.ds = None
         self.record = 0
+        self._pending: list[tuple[float, dict[str, np.ndarray]]] = []  # records not yet on disk
+        self._last_flush = time.monotonic()
 
     # -- Writer protocol ------------------------------------------------------------------------------------
     def variable_names(self, sim) -> list[str]:
@@ -188,25 +209,46 @@ class ModelNetCDFWriter:
         self.ds = ds
 
     def write(self, t: float, values: Mapping[str, torch.Tensor]) -> None:
-        """Write one record at model time ``t`` and flush it to disk."""
-        if self.ds is None:
-            self._create(values)
-        i = self.record
-        self.ds.variables["time"][i] = float(t)
+        """Take one record at model time ``t``; it reaches the disk at the next :meth:`flush` (class doc)."""
+        rec = {}
         for v in self.variables:
             if v.name not in values:
                 raise ConfigError(f"output record lacks variable {v.name!r}")
             x = values[v.name]
-            if torch.is_tensor(x):
-                x = x.detach().cpu().numpy()
-            self.ds.variables[v.name][i, ...] = x
+            x = x.detach().cpu().numpy() if torch.is_tensor(x) else np.asarray(x)
+            rec[v.name] = np.array(x, copy=True)  # the caller may reuse its buffers
+        if self.ds is None and not self._pending:
+            self._create(values)  # layout errors surface at the first record, not at a later flush
+        self._pending.append((float(t), rec))
         self.record += 1
+        if (
+            len(self._pending) >= self.buffer_records
+            or time.monotonic() - self._last_flush >= self.flush_seconds
+        ):
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the buffered records (one call per variable) and sync the file."""
+        self._last_flush = time.monotonic()
+        if not self._pending:
+            return
+        n = len(self._pending)
+        i0 = self.record - n
+        self.ds.variables["time"][i0 : i0 + n] = np.array([t for t, _ in self._pending])
+        for v in self.variables:
+            self.ds.variables[v.name][i0 : i0 + n, ...] = np.stack([r[v.name] for _, r in self._pending])
+        self._pending = []
         self.ds.sync()
 
     def close(self) -> None:
-        if self.ds is not None and self.ds.isopen():
-            self.ds.close()
-        self.ds = None
+        try:
+            if self.ds is not None and self.ds.isopen():
+                self.flush()
+        finally:
+            self._pending = []
+            if self.ds is not None and self.ds.isopen():
+                self.ds.close()
+            self.ds = None
 
     def __enter__(self) -> ModelNetCDFWriter:
         return self
