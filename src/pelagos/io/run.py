@@ -2,9 +2,9 @@
 
 A thin wrapper of :func:`pelagos.io.build.run`: the one loader (:mod:`pelagos.io.config`) reads the
 configuration, the model kind builds the model, :class:`~pelagos.core.simulation.Simulation` runs it with a
-:class:`~pelagos.io.netcdf_writer.ModelNetCDFWriter`: records reach the disk in small batches (and before every restart), a restart file
-(written atomically every ``restart.every`` seconds of model time, at output times, at the end and on Ctrl-C)
-lets an interrupted run continue bit for bit.
+:class:`~pelagos.io.netcdf_writer.ModelNetCDFWriter`: records reach the disk in small batches (and before
+every restart); a restart file (written atomically every ``restart.every`` seconds of model time, at output
+times, at the end and on Ctrl-C) lets an interrupted run continue bit for bit.
 """
 
 from __future__ import annotations
