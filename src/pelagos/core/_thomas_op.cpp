@@ -417,7 +417,11 @@ struct SolveFunction : public torch::autograd::Function<SolveFunction> {
 
 Tensor solve_autograd(const Tensor &lower, const Tensor &diag, const Tensor &upper, const Tensor &rhs,
                       bool check) {
-  return SolveFunction::apply(lower, diag, upper, rhs, check);
+  if (at::GradMode::is_enabled() &&
+      (lower.requires_grad() || diag.requires_grad() || upper.requires_grad() || rhs.requires_grad()))
+    return SolveFunction::apply(lower, diag, upper, rhs, check);
+  at::AutoDispatchBelowADInplaceOrView guard;  // nothing to record: no autograd node
+  return solve_op().call(lower, diag, upper, rhs, check);
 }
 
 }  // namespace

@@ -149,6 +149,8 @@ def tridiagonal_backend(device: str | torch.device = "cpu", dtype: torch.dtype =
 
 
 _IS_WRAPPED = getattr(torch._C._functorch, "is_functorch_wrapped_tensor", None)
+_TENSOR = torch.Tensor
+_functorch_active = getattr(torch._C, "_are_functorch_transforms_active", lambda: True)
 
 
 def _is_wrapped(*ts: torch.Tensor | None) -> bool:
@@ -600,6 +602,19 @@ def solve_tridiagonal(
         dtype = _validate_meta((lower, diag, upper, rhs))
         args = [t if t.dtype == dtype else t.to(dtype) for t in (lower, diag, upper, rhs)]
         return torch.ops.pelagos.solve_tridiagonal(*args, bool(check))
+    if (
+        _OP_LIBRARY is not None
+        and type(rhs) is _TENSOR
+        and type(lower) is _TENSOR
+        and type(diag) is _TENSOR
+        and type(upper) is _TENSOR
+        and rhs.is_cpu
+        and forward_ad._current_level < 0
+        and not _functorch_active()
+    ):
+        # the C++ operator (it validates, promotes and reports errors as below): its CPU kernel and, when
+        # something requires grad, its C++ autograd node; no Python between here and the kernel
+        return _OP_CALL(lower, diag, upper, rhs, bool(check))
     (a, b, c, d), lay = _validate((lower, diag, upper, rhs))
     grad = torch.is_grad_enabled() and (
         a.requires_grad or b.requires_grad or c.requires_grad or d.requires_grad
@@ -609,9 +624,6 @@ def solve_tridiagonal(
         # a functorch transform or a forward-mode level may see this call: the composable Function
         return _SolveTridiagonal.apply(a, b, c, d, bool(check))
     backend = _backend(d)
-    if backend is _thomas_c and _OP_LIBRARY is not None:
-        # the C++ operator: its CPU kernel and (with grad) its C++ autograd node, no Python in between
-        return _OP_CALL(a, b, c, d, bool(check))
     if grad:  # plain reverse mode: the lean Function (one fused adjoint sweep in its backward)
         return _fast_apply(a, b, c, d, bool(check), lay, backend)
     return _forward(lay, backend, a, b, c, d, bool(check))[0]  # nothing to differentiate
