@@ -20,7 +20,7 @@ from pelagos.core import tridiagonal as T
 
 F64 = torch.float64
 OP = torch.ops.pelagos.solve_tridiagonal
-BWD = torch.ops.pelagos.solve_tridiagonal_backward
+BWD = torch.ops.pelagos.solve_tridiagonal_adjoint
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = str(Path(T.__file__).resolve().parents[1])  # .../pelagos
 
@@ -298,8 +298,22 @@ def test_inductor_cpp_wrapper_calls_the_operator_without_python():
 
         _grads, code = run_and_get_cpp_code(run)
         assert 'aoti_torch_call_dispatcher("pelagos::solve_tridiagonal"' in code
-        assert 'aoti_torch_call_dispatcher("pelagos::solve_tridiagonal_backward"' in code
+        assert 'aoti_torch_call_dispatcher("pelagos::solve_tridiagonal_adjoint"' in code
         assert "PyObject_CallObject" not in code
         assert _pelagos_frames(run) == []
         for u, v in zip(run(), torch.autograd.grad(step(*args), args)):
             assert _bits_equal(u, v)
+
+
+def test_legacy_backward_operator_still_runs():
+    """``pelagos::solve_tridiagonal_backward`` (list of flags in, list out) is what compiled backward graphs
+    cached by earlier versions call: it returns the adjoint operator's tensors."""
+    a, b, c, d = _inputs(SHAPES[2])
+    x = OP(a, b, c, d, True)
+    gx = torch.randn_like(x)
+    old = torch.ops.pelagos.solve_tridiagonal_backward(a, b, c, x, gx, [True, False, True, True])
+    new = BWD(a, b, c, x, gx, True, False, True, True)
+    assert isinstance(old, list) and len(old) == 4
+    for u, v in zip(old, new):
+        assert _bits_equal(u, v)
+    torch.library.opcheck(BWD, (a, b, c, x, gx, True, True, False, True))

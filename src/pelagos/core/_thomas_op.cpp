@@ -1,14 +1,14 @@
 // The tridiagonal solve as a C++ torch operator: pelagos::solve_tridiagonal and its fused adjoint
-// pelagos::solve_tridiagonal_backward (CPU kernels) and the C++ autograd kernel of the solve.
+// pelagos::solve_tridiagonal_adjoint (CPU kernels) and the C++ autograd kernel of the solve.
 //
 // Built on first use by pelagos/core/_thomas_op.py with the system C++ compiler against the installed
 // torch, linked with the C Thomas kernels of _thomas_c.py (compiled from the same C source with the
 // same flags as the ctypes library, so the arithmetic is the same object code), and loaded with
 // torch.ops.load_library. The Python side registers the fake-tensor rules, the kernels for devices
 // and dtypes the C kernels do not cover (CUDA, float16, ..., PELAGOS_TRIDIAGONAL_BACKEND=torch: the
-// helper ops _solve_tridiagonal_python / _solve_tridiagonal_backward_python), and the error report
+// helper ops _solve_tridiagonal_python / _solve_tridiagonal_adjoint_python), the error report
 // (_solve_tridiagonal_error, which raises pelagos' ShapeError / ConfigError / SolverError with the
-// messages of the Python path).
+// messages of the Python path) and the legacy backward operator solve_tridiagonal_backward.
 //
 // Canonical layout as in _thomas_c.py / tridiagonal.py: matrices (P, N), right-hand sides (P, K, N);
 // every dimension along which the three diagonals are broadcast but rhs is not is a "K" dimension.
@@ -285,7 +285,7 @@ using AdjointSig = Grads(const Tensor &, const Tensor &, const Tensor &, const T
 
 const c10::TypedOperatorHandle<AdjointSig> &python_adjoint() {
   static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("pelagos::_solve_tridiagonal_backward_python", "")
+                       .findSchemaOrThrow("pelagos::_solve_tridiagonal_adjoint_python", "")
                        .typed<AdjointSig>();
   return op;
 }
@@ -300,7 +300,7 @@ solve_op() {
 
 const c10::TypedOperatorHandle<AdjointSig> &adjoint_op() {
   static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("pelagos::solve_tridiagonal_backward", "")
+                       .findSchemaOrThrow("pelagos::solve_tridiagonal_adjoint", "")
                        .typed<AdjointSig>();
   return op;
 }
@@ -429,18 +429,23 @@ Tensor solve_autograd(const Tensor &lower, const Tensor &diag, const Tensor &upp
 TORCH_LIBRARY_FRAGMENT(pelagos, m) {
   m.def("solve_tridiagonal(Tensor lower, Tensor diag, Tensor upper, Tensor rhs, bool check) -> Tensor");
   m.def(
-      "solve_tridiagonal_backward(Tensor lower, Tensor diag, Tensor upper, Tensor x, Tensor gx, "
+      "solve_tridiagonal_adjoint(Tensor lower, Tensor diag, Tensor upper, Tensor x, Tensor gx, "
       "bool need_lower, bool need_diag, bool need_upper, bool need_rhs) -> (Tensor, Tensor, Tensor, Tensor)");
+  // the backward operator of earlier pelagos versions (a Python kernel calling the adjoint), kept so
+  // that compiled backward graphs in torch's on-disk caches still run
+  m.def(
+      "solve_tridiagonal_backward(Tensor lower, Tensor diag, Tensor upper, Tensor x, Tensor gx, bool[] needs) "
+      "-> Tensor[]");
   m.def("_solve_tridiagonal_python(Tensor lower, Tensor diag, Tensor upper, Tensor rhs, bool check) -> Tensor");
   m.def(
-      "_solve_tridiagonal_backward_python(Tensor lower, Tensor diag, Tensor upper, Tensor x, Tensor gx, "
+      "_solve_tridiagonal_adjoint_python(Tensor lower, Tensor diag, Tensor upper, Tensor x, Tensor gx, "
       "bool need_lower, bool need_diag, bool need_upper, bool need_rhs) -> (Tensor, Tensor, Tensor, Tensor)");
   m.def("_solve_tridiagonal_error(Tensor lower, Tensor diag, Tensor upper, Tensor rhs, Tensor? x) -> ()");
 }
 
 TORCH_LIBRARY_IMPL(pelagos, CPU, m) {
   m.impl("solve_tridiagonal", &solve_cpu);
-  m.impl("solve_tridiagonal_backward", &adjoint_cpu);
+  m.impl("solve_tridiagonal_adjoint", &adjoint_cpu);
 }
 
 TORCH_LIBRARY_IMPL(pelagos, Autograd, m) { m.impl("solve_tridiagonal", &solve_autograd); }

@@ -1,6 +1,6 @@
 """Build and load the C++ registration of the tridiagonal operator (``_thomas_op.cpp``).
 
-``pelagos::solve_tridiagonal`` and ``pelagos::solve_tridiagonal_backward`` get C++ CPU kernels (the C
+``pelagos::solve_tridiagonal`` and ``pelagos::solve_tridiagonal_adjoint`` get C++ CPU kernels (the C
 Thomas kernels of :mod:`pelagos.core._thomas_c`, compiled from the same source with the same flags and
 linked in) and the solve a C++ autograd kernel, registered with ``TORCH_LIBRARY``. The library is
 compiled once with the system C and C++ compilers against the installed torch (about 10-30 s), cached on

@@ -441,6 +441,22 @@ def _py_report(lower, diag, upper, rhs, x) -> None:
     )
 
 
+def _py_backward_legacy(
+    lower: torch.Tensor,
+    diag: torch.Tensor,
+    upper: torch.Tensor,
+    x: torch.Tensor,
+    gx: torch.Tensor,
+    needs: list[bool],
+) -> list[torch.Tensor]:
+    """The backward operator of earlier versions (``pelagos::solve_tridiagonal_backward``, a list of
+    flags in, a list of tensors out): kept so that compiled backward graphs in torch's on-disk caches
+    (which do not notice a change of an operator's autograd formula) still run. New graphs call
+    ``pelagos::solve_tridiagonal_adjoint`` (tensors in and out only: Inductor's C++ wrapper calls it
+    through the dispatcher without Python)."""
+    return list(torch.ops.pelagos.solve_tridiagonal_adjoint(lower, diag, upper, x, gx, *needs))
+
+
 def _op_solve_fake(lower, diag, upper, rhs, check):
     shape = torch.broadcast_shapes(lower.shape, diag.shape, upper.shape, rhs.shape)
     return rhs.new_empty(shape, dtype=_promoted(lower, diag, upper, rhs))
@@ -454,24 +470,34 @@ def _op_adjoint_fake(lower, diag, upper, x, gx, need_lower, need_diag, need_uppe
     return a, b, c, d
 
 
+def _op_backward_legacy_fake(lower, diag, upper, x, gx, needs):
+    return list(_op_adjoint_fake(lower, diag, upper, x, gx, *needs))
+
+
 _OP_LIBRARY = _thomas_op.load()
 if _OP_LIBRARY is not None:
     _lib = torch.library.Library("pelagos", "FRAGMENT")  # kept alive: the registrations live with it
     for _name, _fn in (
         ("solve_tridiagonal", _py_solve),  # devices other than CPU (the C++ kernel takes the CPU)
-        ("solve_tridiagonal_backward", _py_adjoint),
+        ("solve_tridiagonal_adjoint", _py_adjoint),
+        ("solve_tridiagonal_backward", _py_backward_legacy),
         ("_solve_tridiagonal_python", _py_solve),  # called by the C++ kernels for dtypes they lack
-        ("_solve_tridiagonal_backward_python", _py_adjoint),
+        ("_solve_tridiagonal_adjoint_python", _py_adjoint),
         ("_solve_tridiagonal_error", _py_report),
     ):
         _lib.impl(_name, _fn, "CompositeExplicitAutograd")
     torch.library.register_fake("pelagos::solve_tridiagonal", _op_solve_fake, lib=_lib)
-    torch.library.register_fake("pelagos::solve_tridiagonal_backward", _op_adjoint_fake, lib=_lib)
+    torch.library.register_fake("pelagos::solve_tridiagonal_adjoint", _op_adjoint_fake, lib=_lib)
+    torch.library.register_fake("pelagos::solve_tridiagonal_backward", _op_backward_legacy_fake, lib=_lib)
 else:
     _op_solve = torch.library.custom_op("pelagos::solve_tridiagonal", _py_solve, mutates_args=())
     _op_solve.register_fake(_op_solve_fake)
-    _op_adjoint = torch.library.custom_op("pelagos::solve_tridiagonal_backward", _py_adjoint, mutates_args=())
+    _op_adjoint = torch.library.custom_op("pelagos::solve_tridiagonal_adjoint", _py_adjoint, mutates_args=())
     _op_adjoint.register_fake(_op_adjoint_fake)
+    _op_legacy = torch.library.custom_op(
+        "pelagos::solve_tridiagonal_backward", _py_backward_legacy, mutates_args=()
+    )
+    _op_legacy.register_fake(_op_backward_legacy_fake)
 
     def _op_setup(ctx, inputs, output):
         lower, diag, upper, rhs, _ = inputs
@@ -481,7 +507,7 @@ else:
     def _op_backward(ctx, gx):
         lower, diag, upper, x = ctx.saved_tensors
         needs = [bool(n) for n in ctx.needs_input_grad[:4]]
-        grads = torch.ops.pelagos.solve_tridiagonal_backward(lower, diag, upper, x, gx, *needs)
+        grads = torch.ops.pelagos.solve_tridiagonal_adjoint(lower, diag, upper, x, gx, *needs)
         grads = [g if n else None for g, n in zip(grads, needs)]
         return (*_sum_to(grads, ctx.shapes), None)
 
