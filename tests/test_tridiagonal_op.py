@@ -194,8 +194,12 @@ def test_no_python_runs_inside_the_operator_and_its_backward():
     x = OP(*args, True)
     g = torch.randn_like(x)
     assert _pelagos_frames(lambda: torch.autograd.grad(OP(*args, True), args, g)) == []
-    # the public function adds only itself in front of the operator
+    # the public function adds only itself in front of the operator (nn.Parameter arguments too)
     assert _pelagos_frames(lambda: torch.autograd.grad(solve_tridiagonal(*args), args, g)) == [
+        "solve_tridiagonal"
+    ]
+    params = [torch.nn.Parameter(t.detach().clone()) for t in args]
+    assert _pelagos_frames(lambda: torch.autograd.grad(solve_tridiagonal(*params), params, g)) == [
         "solve_tridiagonal"
     ]
 

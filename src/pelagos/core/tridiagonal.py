@@ -19,11 +19,13 @@ Backward (implicit differentiation, memory O(batch * N), nothing of the sweep is
 ``g_upper[i] = -lam[i] x[i+1]``, each summed back to its input's shape. Forward mode:
 ``dx = A^-1 (d_rhs - dA x)``. ``torch.func.vmap``, ``jvp``, ``grad`` and double backward work.
 
-Three doors to the same kernels: plain eager reverse mode goes through a lean old-style
-``autograd.Function`` (``_FastSolve``: little Python, no copies of contiguous arguments, one fused
-adjoint kernel); anything a functorch transform or a forward-mode level can see goes through the
-composable ``_SolveTridiagonal``; under ``torch.compile`` the call is the custom op
-``torch.ops.pelagos.solve_tridiagonal`` (fake-tensor rule and backward registered). See
+Doors to the same kernels: eager calls on CPU (with or without grad) go straight to the custom operator
+``torch.ops.pelagos.solve_tridiagonal``, registered in C++ (``_thomas_op.cpp``: CPU kernels, a C++
+autograd node whose backward is the fused adjoint operator) when a C++ compiler is available; anything a
+functorch transform or a forward-mode level can see goes through the composable ``_SolveTridiagonal``;
+under ``torch.compile`` the call is the operator (fake-tensor rule and backward registered). Without the
+C++ operator, the operator is registered from Python and eager reverse mode goes through a lean
+old-style ``autograd.Function`` (``_FastSolve``: little Python, one fused adjoint kernel). See
 docs/tridiagonal.md.
 """
 
@@ -149,7 +151,7 @@ def tridiagonal_backend(device: str | torch.device = "cpu", dtype: torch.dtype =
 
 
 _IS_WRAPPED = getattr(torch._C._functorch, "is_functorch_wrapped_tensor", None)
-_TENSOR = torch.Tensor
+_PLAIN = (torch.Tensor, torch.nn.Parameter)  # tensor types with no __torch_function__ of their own
 _functorch_active = getattr(torch._C, "_are_functorch_transforms_active", lambda: True)
 
 
@@ -630,10 +632,10 @@ def solve_tridiagonal(
         return torch.ops.pelagos.solve_tridiagonal(*args, bool(check))
     if (
         _OP_LIBRARY is not None
-        and type(rhs) is _TENSOR
-        and type(lower) is _TENSOR
-        and type(diag) is _TENSOR
-        and type(upper) is _TENSOR
+        and type(rhs) in _PLAIN
+        and type(lower) in _PLAIN
+        and type(diag) in _PLAIN
+        and type(upper) in _PLAIN
         and rhs.is_cpu
         and forward_ad._current_level < 0
         and not _functorch_active()
