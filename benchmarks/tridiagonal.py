@@ -435,7 +435,27 @@ def target_markdown(rows: list[dict], before: list[dict] | None = None) -> list[
     return lines
 
 
-def overhead(reps: int = 7) -> dict:
+def _column_step(a, b, c, d):
+    """A compiled step's worth of work around one solve: build the matrix, solve, use the result."""
+    x = solve_tridiagonal(a, 2.0 * b, c, d + 1.0)
+    return x * x + 1.0
+
+
+def compiled_step(a, b, c, d) -> dict:
+    """CPU time per call of ``torch.compile(_column_step)`` (Inductor, Python and C++ wrapper)."""
+    import torch._inductor.config as ic
+
+    out = {}
+    for name, cpp in (("step_py_wrapper", False), ("step_cpp_wrapper", True)):
+        torch._dynamo.reset()
+        with ic.patch(cpp_wrapper=cpp):
+            f = torch.compile(_column_step, fullgraph=True, dynamic=False)
+            f(a, b, c, d)  # compile outside the timing
+            out[name] = loop_rounds({name: lambda f=f: f(a, b, c, d)}, budget=1.0)[name]
+    return out
+
+
+def overhead(reps: int = 7, step: bool = False) -> dict:
     """Per-call CPU time of the operator and the public function at one column of 110 layers and 4
     tracers (matrix (1, 1, 110), rhs (1, 4, 110), float64, no grad), and of ``a + b`` on the same
     tensors (the cost of any small torch op called from Python)."""
@@ -452,6 +472,8 @@ def overhead(reps: int = 7) -> dict:
         },
         budget=1.0,
     )
+    if step:
+        t.update(compiled_step(a, b, c, d))
     return {f"{k}_us": 1e6 * v for k, v in t.items()}
 
 
@@ -465,8 +487,12 @@ def overhead_markdown(now: dict, before: dict | None) -> list[str]:
         ("op_us", "`torch.ops.pelagos.solve_tridiagonal(..., True)`"),
         ("api_us", "`solve_tridiagonal(...)` (the public function)"),
         ("add_us", "`a + b` (any small torch op)"),
+        ("step_py_wrapper_us", "compiled step (matrix scaling, solve, `x * x + 1`), Inductor"),
+        ("step_cpp_wrapper_us", "the same, Inductor with `cpp_wrapper=True`"),
     ):
-        lines.append(f"| {name} | {fmt(now[k])} |" + (f" {fmt(before[k])} |" if before else ""))
+        if k in now:
+            old = f" {fmt(before.get(k))} |" if before else ""
+            lines.append(f"| {name} | {fmt(now[k])} |" + old)
     return lines
 
 
@@ -482,6 +508,7 @@ def python_registration_run(opts) -> dict | None:
         env = dict(os.environ, PELAGOS_TRIDIAGONAL_OP="python")
         cmd = [sys.executable, __file__, "--child-json", str(out), "--target-budget", str(opts.target_budget)]
         cmd += ["--no-lapack"] if opts.no_lapack else []
+        cmd += ["--compile-step"] if opts.compile_step else []
         res = subprocess.run(cmd, env=env, capture_output=True, text=True)
         if res.returncode != 0 or not out.exists():
             print("python-registration run failed:", res.stderr[-2000:])
@@ -705,6 +732,9 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="skip the run with the Python registration of the operator (PELAGOS_TRIDIAGONAL_OP=python)",
     )
+    p.add_argument(
+        "--compile-step", action="store_true", help="also time a compiled step around one solve (slow)"
+    )
     p.add_argument("--child-json", help=argparse.SUPPRESS)  # internal: target rows of a child run
     p.add_argument(
         "--threads",
@@ -727,7 +757,8 @@ def main(argv: list[str] | None = None) -> None:
         return
     if opts.child_json:
         solve_tridiagonal(*systems(2, 4, torch.float64))
-        child = {"overhead": overhead(), "target_rows": target_rows(opts), "registration": op_registration()}
+        child = {"overhead": overhead(step=opts.compile_step), "target_rows": target_rows(opts)}
+        child["registration"] = op_registration()
         Path(opts.child_json).write_text(json.dumps(child))
         return
     ns, batches = ((16, 64), (100, 10_000)) if opts.quick else (NS, BATCHES)
@@ -759,7 +790,7 @@ def main(argv: list[str] | None = None) -> None:
                 print(target_line(r))
             print({k: round(v, 2) for k, v in child["overhead"].items()})
     print(f"This process: operator registered in {op_registration()}")
-    meta["overhead"] = overhead()
+    meta["overhead"] = overhead(step=opts.compile_step)
     print({k: round(v, 2) for k, v in meta["overhead"].items()})
     print(TARGET_HEAD)
     meta["target_rows"] = target_rows(opts)
