@@ -46,7 +46,7 @@ from pathlib import Path
 import torch
 
 from pelagos.core import solve_tridiagonal
-from pelagos.core.tridiagonal import tridiagonal_backend
+from pelagos.core.tridiagonal import op_registration, tridiagonal_backend
 
 ROOT = Path(__file__).resolve().parents[1]
 # With one thread, time the CPU time of this thread: on a shared, oversubscribed machine wall time
@@ -298,6 +298,7 @@ def target_case(opts, batch: int, n: int, dtype: torch.dtype) -> dict:
     a, b, c, d = systems(batch, n, dtype)
     g = torch.randn_like(d)
     req = [t.clone().requires_grad_() for t in (a, b, c, d)]
+    g4 = torch.randn(4, *d.shape, dtype=dtype)
 
     def torch_fwd():
         with _Env():
@@ -313,6 +314,7 @@ def target_case(opts, batch: int, n: int, dtype: torch.dtype) -> dict:
         "torch_fwd": torch_fwd,
         "torch_fb": torch_fb,
         "floor_fb": lambda: torch.autograd.grad(_Floor.apply(*req), req, g),
+        "native_floor_fb": lambda: torch.autograd.grad(torch.stack(req), req, g4),
     }
     if opts.compile:
         cf = torch.compile(lambda *t: solve_tridiagonal(*t), fullgraph=True, dynamic=False)
@@ -341,7 +343,8 @@ def target_case(opts, batch: int, n: int, dtype: torch.dtype) -> dict:
 
 TARGET_HEAD = (
     f"{'dtype':>7} {'batch':>6} {'fwd us':>9} {'f+b us':>9} {'f+b/fwd':>7} | {'torch fwd':>9} "
-    f"{'torch f+b':>9} {'ratio':>5} | {'floor f+b':>9} {'floor/fwd':>9} | {'LAPACK':>9} {'dense':>9}"
+    f"{'torch f+b':>9} {'ratio':>5} | {'floor f+b':>9} {'floor/fwd':>9} {'C++ floor':>9} "
+    f"{'/fwd':>5} | {'LAPACK':>9} {'dense':>9}"
 )
 
 
@@ -350,7 +353,9 @@ def target_line(r: dict) -> str:
         f"{r['dtype']:>7} {r['batch']:>6} {r['fwd_us']:>9.1f} {r['fb_us']:>9.1f} "
         f"{r['fb_us'] / r['fwd_us']:>7.2f} | {r['torch_fwd_us']:>9.1f} {r['torch_fb_us']:>9.1f} "
         f"{r['torch_fb_us'] / r['torch_fwd_us']:>5.2f} | {r['floor_fb_us']:>9.1f} "
-        f"{r['floor_fb_us'] / r['fwd_us']:>9.2f} | {fmt(r.get('lapack_us')):>9} {fmt(r.get('dense_us')):>9}"
+        f"{r['floor_fb_us'] / r['fwd_us']:>9.2f} {r['native_floor_fb_us']:>9.1f} "
+        f"{r['native_floor_fb_us'] / r['fwd_us']:>5.2f} | {fmt(r.get('lapack_us')):>9} "
+        f"{fmt(r.get('dense_us')):>9}"
     )
     if "compiled_fb_us" in r:
         line += f" | compiled {r['compiled_fwd_us']:.1f} / {r['compiled_fb_us']:.1f}"
@@ -366,30 +371,45 @@ def target_reading(rows: list[dict]) -> list[str]:
             continue
         parts = []
         for batch, r in sorted(sel.items()):
-            q, fl = r["fb_us"] / r["fwd_us"], r["floor_fb_us"] / r["fwd_us"]
+            q, nf = r["fb_us"] / r["fwd_us"], r["native_floor_fb_us"] / r["fwd_us"]
             parts.append(
-                f"batch {batch:g}: {q:.2f}× ({'met' if q <= 3 else 'missed'}; the do-nothing autograd node "
-                f"alone is {fl:.2f}× our forward, ours adds {r['fb_us'] - r['floor_fb_us']:.0f} µs)"
+                f"batch {batch:g}: {q:.2f}× ({'met' if q <= 3 else 'missed'}; `torch.autograd.grad` "
+                f"through one native C++ node alone is {nf:.2f}× our forward, ours adds "
+                f"{r['fb_us'] - r['native_floor_fb_us']:.0f} µs)"
             )
         out.append(f"- {dt}: " + "; ".join(parts) + ".")
     out += [
-        "- Where the floor alone exceeds 3× (batch 1), no Python-level autograd node can meet the target:"
-        " `Function.apply`, `torch.autograd.grad`'s engine and the Python backward call are fixed costs."
-        " At large batch the ratio is bounded by memory traffic near (5 + 9)/5 = 2.8 (backward: five"
-        " arrays in, four out; forward: four in, one out).",
+        "- A forward+backward needs at least the C++-node floor (the autograd engine and"
+        " `torch.autograd.grad`'s Python wrapper, fixed costs that a native op pays too), a forward and an"
+        " adjoint sweep (≈ 1.3 forward sweeps): about (floor + 2.3 × forward) / forward, i.e. "
+        + ", ".join(
+            f"{(r['native_floor_fb_us'] + 2.3 * r['fwd_us']) / r['fwd_us']:.1f}× at batch {r['batch']:g}"
+            f" ({r['dtype']})"
+            for r in rows
+            if r["batch"] <= 100
+        )
+        + ". Where that exceeds 3×, no eager autograd node can meet the target on this machine. At large"
+        " batch the C++-node floor (`torch.stack` copies the inputs) is no floor, and the ratio is bounded"
+        " by memory traffic near (5 + 9)/5 = 2.8 (backward: five arrays in, four out; forward: four in,"
+        " one out).",
         "- The torch-path columns show the pure-torch sweep (no compiler): ~6 small ops per level, so"
         " launch-bound at small batch.",
     ]
     return out
 
 
-def target_markdown(rows: list[dict]) -> list[str]:
+def target_markdown(rows: list[dict], before: list[dict] | None = None) -> list[str]:
     comp = any("compiled_fb_us" in r for r in rows)
+    old = {(r["dtype"], r["batch"]): r for r in before or []}
     head = (
         "| dtype | batch | ours fwd µs | ours f+b µs | **f+b / fwd** | torch-path fwd µs | torch-path f+b µs "
-        "| torch-path f+b/fwd | floor f+b µs | floor / ours fwd | LAPACK loop fwd µs | dense fwd µs |"
+        "| torch-path f+b/fwd | Python-node floor f+b µs | C++-node floor f+b µs | C++ floor / ours fwd "
+        "| LAPACK loop fwd µs | dense fwd µs |"
     )
-    sep = "|---|---|---|---|---|---|---|---|---|---|---|---|"
+    sep = "|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+    if old:
+        head += " Python registration: fwd µs | f+b µs | f+b / fwd |"
+        sep += "---|---|---|"
     if comp:
         head += " compiled fwd µs | compiled f+b µs |"
         sep += "---|---|"
@@ -399,12 +419,101 @@ def target_markdown(rows: list[dict]) -> list[str]:
             f"| {r['dtype']} | {r['batch']:g} | {fmt(r['fwd_us'])} | {fmt(r['fb_us'])} "
             f"| **{r['fb_us'] / r['fwd_us']:.2f}** | {fmt(r['torch_fwd_us'])} | {fmt(r['torch_fb_us'])} "
             f"| {r['torch_fb_us'] / r['torch_fwd_us']:.2f} | {fmt(r['floor_fb_us'])} "
-            f"| {r['floor_fb_us'] / r['fwd_us']:.2f} | {fmt(r.get('lapack_us'))} | {fmt(r.get('dense_us'))} |"
+            f"| {fmt(r['native_floor_fb_us'])} | {r['native_floor_fb_us'] / r['fwd_us']:.2f} "
+            f"| {fmt(r.get('lapack_us'))} | {fmt(r.get('dense_us'))} |"
         )
+        if old:
+            o = old.get((r["dtype"], r["batch"]))
+            line += (
+                f" {fmt(o['fwd_us'])} | {fmt(o['fb_us'])} | {o['fb_us'] / o['fwd_us']:.2f} |"
+                if o
+                else " - | - | - |"
+            )
         if comp:
             line += f" {fmt(r.get('compiled_fwd_us'))} | {fmt(r.get('compiled_fb_us'))} |"
         lines.append(line)
     return lines
+
+
+def _column_step(a, b, c, d):
+    """A compiled step's worth of work around one solve: build the matrix, solve, use the result."""
+    x = solve_tridiagonal(a, 2.0 * b, c, d + 1.0)
+    return x * x + 1.0
+
+
+def compiled_step(a, b, c, d) -> dict:
+    """CPU time per call of ``torch.compile(_column_step)`` (Inductor, Python and C++ wrapper)."""
+    import torch._inductor.config as ic
+
+    out = {}
+    for name, cpp in (("step_py_wrapper", False), ("step_cpp_wrapper", True)):
+        torch._dynamo.reset()
+        with ic.patch(cpp_wrapper=cpp):
+            f = torch.compile(_column_step, fullgraph=True, dynamic=False)
+            f(a, b, c, d)  # compile outside the timing
+            out[name] = loop_rounds({name: lambda f=f: f(a, b, c, d)}, budget=1.0)[name]
+    return out
+
+
+def overhead(reps: int = 7, step: bool = False) -> dict:
+    """Per-call CPU time of the operator and the public function at one column of 110 layers and 4
+    tracers (matrix (1, 1, 110), rhs (1, 4, 110), float64, no grad), and of ``a + b`` on the same
+    tensors (the cost of any small torch op called from Python)."""
+    g = torch.Generator().manual_seed(0)
+    a, c = (torch.randn(1, 1, 110, dtype=torch.float64, generator=g) for _ in range(2))
+    b = a.abs() + c.abs() + 1.0
+    d = torch.randn(1, 4, 110, dtype=torch.float64, generator=g)
+    op = torch.ops.pelagos.solve_tridiagonal
+    t = loop_rounds(
+        {
+            "op": lambda: op(a, b, c, d, True),
+            "api": lambda: solve_tridiagonal(a, b, c, d),
+            "add": lambda: a + b,
+        },
+        budget=1.0,
+    )
+    if step:
+        t.update(compiled_step(a, b, c, d))
+    return {f"{k}_us": 1e6 * v for k, v in t.items()}
+
+
+def overhead_markdown(now: dict, before: dict | None) -> list[str]:
+    lines = [
+        "| call (one column: matrix (1, 1, 110), rhs (1, 4, 110), float64, no grad) | µs per call |"
+        + (" Python registration µs |" if before else ""),
+        "|---|---|" + ("---|" if before else ""),
+    ]
+    for k, name in (
+        ("op_us", "`torch.ops.pelagos.solve_tridiagonal(..., True)`"),
+        ("api_us", "`solve_tridiagonal(...)` (the public function)"),
+        ("add_us", "`a + b` (any small torch op)"),
+        ("step_py_wrapper_us", "compiled step (matrix scaling, solve, `x * x + 1`), Inductor"),
+        ("step_cpp_wrapper_us", "the same, Inductor with `cpp_wrapper=True`"),
+    ):
+        if k in now:
+            old = f" {fmt(before.get(k))} |" if before else ""
+            lines.append(f"| {name} | {fmt(now[k])} |" + old)
+    return lines
+
+
+def python_registration_run(opts) -> dict | None:
+    """The same target table and overhead rows in a child process with ``PELAGOS_TRIDIAGONAL_OP=python``
+    (the operator registered from Python, as before the C++ operator): run just before ours."""
+    import subprocess
+    import sys
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "rows.json"
+        env = dict(os.environ, PELAGOS_TRIDIAGONAL_OP="python")
+        cmd = [sys.executable, __file__, "--child-json", str(out), "--target-budget", str(opts.target_budget)]
+        cmd += ["--no-lapack"] if opts.no_lapack else []
+        cmd += ["--compile-step"] if opts.compile_step else []
+        res = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        if res.returncode != 0 or not out.exists():
+            print("python-registration run failed:", res.stderr[-2000:])
+            return None
+        return json.loads(out.read_text())
 
 
 # ------------------------------------------------------------------------------------------------
@@ -435,16 +544,43 @@ def markdown(records: list[dict], meta: dict) -> str:
         " themselves are kept by reference in both; the loop adds its per-level intermediates.",
         "",
     ]
+    before = meta.get("python_registration")
+    if meta.get("targets_run"):
+        lines += [f"Target table and call overheads: run of {meta['targets_run']} (`--targets-only`).", ""]
+    if meta.get("overhead"):
+        lines += [
+            "## Cost of one call",
+            "",
+            f"Operator registered in {meta.get('registration', 'python')}"
+            + (
+                "; the right column: the same calls in a child process with the operator registered from"
+                " Python (`PELAGOS_TRIDIAGONAL_OP=python`, what pelagos did before the C++ operator), run"
+                " just before. "
+                if before
+                else ". "
+            )
+            + "CPU time per call, one thread, minimum over rounds of call loops.",
+            "",
+            *overhead_markdown(meta["overhead"], before and before["overhead"]),
+            "",
+        ]
     if meta.get("target_rows"):
         lines += [
             "## Forward + backward against forward (issue 10: ≤ 3× at every batch), N = 64",
             "",
             "All four gradients (`torch.autograd.grad` of lower, diag, upper, rhs). `torch-path` = the"
-            " pure-torch sweep (`PELAGOS_TRIDIAGONAL_BACKEND=torch`), `floor` = an `autograd.Function`"
-            " that does nothing but allocate its outputs: the cost of any Python-level autograd node."
-            " CPU time per call, minimum over interleaved rounds of call loops, one thread.",
+            " pure-torch sweep (`PELAGOS_TRIDIAGONAL_BACKEND=torch`). Two floors: `Python-node` = an"
+            " `autograd.Function` that does nothing but allocate its outputs (any Python-level autograd"
+            " node); `C++-node` = `torch.autograd.grad` through `torch.stack` of the four inputs (one native"
+            " autograd node whose backward is free: what the engine and `torch.autograd.grad` cost by"
+            " themselves). CPU time per call, minimum over interleaved rounds of call loops, one thread."
+            + (
+                " `Python registration` columns: the child run with `PELAGOS_TRIDIAGONAL_OP=python`."
+                if before
+                else ""
+            ),
             "",
-            *target_markdown(meta["target_rows"]),
+            *target_markdown(meta["target_rows"], before and before["target_rows"]),
             "",
             *target_reading(meta["target_rows"]),
             "",
@@ -507,7 +643,8 @@ def targets(records: list[dict], rows: list[dict] | None = None) -> list[str]:
         q = r["fb_us"] / r["fwd_us"]
         out.append(
             f"forward+backward <= 3x forward, N=64, batch {r['batch']:g}, {r['dtype']}: {q:.2f}x -> "
-            f"{'met' if q <= 3 else 'MISSED'} (floor of a do-nothing autograd node: "
+            f"{'met' if q <= 3 else 'MISSED'} (torch.autograd.grad through one native node: "
+            f"{r['native_floor_fb_us'] / r['fwd_us']:.2f}x, a do-nothing Python autograd node: "
             f"{r['floor_fb_us'] / r['fwd_us']:.2f}x)"
         )
     cpu = [r for r in records if r["device"] == "cpu"]
@@ -555,6 +692,28 @@ def targets(records: list[dict], rows: list[dict] | None = None) -> list[str]:
     return out
 
 
+def write_targets_page(meta: dict) -> None:
+    """docs/bench_tridiagonal.md with the target table and call overheads of a ``--targets-only`` run
+    (``meta``) and the other tables from the last full run (benchmarks/results/tridiagonal.json)."""
+    full = ROOT / "benchmarks" / "results" / "tridiagonal.json"
+    if not full.exists():
+        return
+    saved = json.loads(full.read_text())
+    merged = dict(saved["meta"])
+    for k in ("target_rows", "overhead", "python_registration", "registration"):
+        merged.pop(k, None)
+        if k in meta:
+            merged[k] = meta[k]
+    merged["targets_run"] = (
+        f"{meta['date']}, load average {meta['load_before']} before, {meta['load_after']} after"
+    )
+    md = ROOT / "docs" / "bench_tridiagonal.md"
+    md.write_text(markdown(saved["records"], merged))
+    print(
+        f"wrote {md.relative_to(ROOT)} (target table and overheads: --targets-only run; others: {full.name})"
+    )
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="small subset (N 16, 64; batch 100, 1e4)")
@@ -569,6 +728,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--target-budget", type=float, default=1.5, help="seconds per target-table case")
     p.add_argument("--markdown-only", action="store_true", help="rewrite the docs page from the saved JSON")
     p.add_argument(
+        "--no-compare",
+        action="store_true",
+        help="skip the run with the Python registration of the operator (PELAGOS_TRIDIAGONAL_OP=python)",
+    )
+    p.add_argument(
+        "--compile-step", action="store_true", help="also time a compiled step around one solve (slow)"
+    )
+    p.add_argument("--child-json", help=argparse.SUPPRESS)  # internal: target rows of a child run
+    p.add_argument(
         "--threads",
         type=int,
         default=1,
@@ -580,8 +748,18 @@ def main(argv: list[str] | None = None) -> None:
     CLOCK = time.thread_time if opts.threads == 1 else time.perf_counter
 
     if opts.markdown_only:
-        saved = json.loads((ROOT / "benchmarks" / "results" / "tridiagonal.json").read_text())
-        (ROOT / "docs" / "bench_tridiagonal.md").write_text(markdown(saved["records"], saved["meta"]))
+        targets_json = ROOT / "benchmarks" / "results" / "tridiagonal_targets.json"
+        if targets_json.exists():  # the page with the last --targets-only run's tables
+            write_targets_page(json.loads(targets_json.read_text())["meta"])
+        else:
+            saved = json.loads((ROOT / "benchmarks" / "results" / "tridiagonal.json").read_text())
+            (ROOT / "docs" / "bench_tridiagonal.md").write_text(markdown(saved["records"], saved["meta"]))
+        return
+    if opts.child_json:
+        solve_tridiagonal(*systems(2, 4, torch.float64))
+        child = {"overhead": overhead(step=opts.compile_step), "target_rows": target_rows(opts)}
+        child["registration"] = op_registration()
+        Path(opts.child_json).write_text(json.dumps(child))
         return
     ns, batches = ((16, 64), (100, 10_000)) if opts.quick else (NS, BATCHES)
     devices = [d for d in opts.device.split(",") if d == "cpu" or (d == "cuda" and torch.cuda.is_available())]
@@ -598,10 +776,22 @@ def main(argv: list[str] | None = None) -> None:
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "backend": tridiagonal_backend("cpu", torch.float64),
+        "registration": op_registration(),
         "load_before": " ".join(f"{x:.1f}" for x in os.getloadavg()),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }
     solve_tridiagonal(*systems(2, 4, torch.float64))  # compile/load the kernel outside the timings
+    if not opts.no_compare and op_registration() == "c++":
+        print("Python registration of the operator (PELAGOS_TRIDIAGONAL_OP=python), in a child process:")
+        child = python_registration_run(opts)
+        if child is not None:
+            meta["python_registration"] = child
+            for r in child["target_rows"]:
+                print(target_line(r))
+            print({k: round(v, 2) for k, v in child["overhead"].items()})
+    print(f"This process: operator registered in {op_registration()}")
+    meta["overhead"] = overhead(step=opts.compile_step)
+    print({k: round(v, 2) for k, v in meta["overhead"].items()})
     print(TARGET_HEAD)
     meta["target_rows"] = target_rows(opts)
     records = []
@@ -642,10 +832,12 @@ def main(argv: list[str] | None = None) -> None:
     print(f"\nwrote {out.relative_to(ROOT)}")
     for t in targets(records, meta["target_rows"]):
         print(" -", t)
+    md = ROOT / "docs" / "bench_tridiagonal.md"
     if not opts.quick and not opts.targets_only:
-        md = ROOT / "docs" / "bench_tridiagonal.md"
         md.write_text(markdown(records, meta))
         print(f"wrote {md.relative_to(ROOT)}")
+    elif opts.targets_only:
+        write_targets_page(meta)
 
 
 if __name__ == "__main__":

@@ -277,8 +277,14 @@ _fns: dict[tuple[str, torch.dtype], ctypes._CFuncPtr] = {}  # filled when the li
 
 
 def _build() -> ctypes.CDLL:
-    """Compile (once, cached by source hash) and load the shared library. Raises on any failure."""
-    dll = build_library("thomas", _SOURCE)
+    """Compile (once, cached by source hash) and load the shared library. Raises on any failure.
+
+    When the C++ operator library is loaded (:mod:`pelagos.core._thomas_op`), it already holds these
+    kernels (linked from the same source): they are taken from it, with no second compilation."""
+    from . import _thomas_op
+
+    op_lib = _thomas_op._state.get("path")
+    dll = ctypes.CDLL(str(op_lib)) if op_lib else build_library("thomas", _SOURCE)
     for dtype, sfx in _SUFFIX.items():
         f = getattr(dll, f"thomas_solve_{sfx}")
         f.argtypes = [ctypes.c_long] * 3 + [ctypes.c_void_p] * 7

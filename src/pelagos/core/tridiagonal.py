@@ -19,11 +19,13 @@ Backward (implicit differentiation, memory O(batch * N), nothing of the sweep is
 ``g_upper[i] = -lam[i] x[i+1]``, each summed back to its input's shape. Forward mode:
 ``dx = A^-1 (d_rhs - dA x)``. ``torch.func.vmap``, ``jvp``, ``grad`` and double backward work.
 
-Three doors to the same kernels: plain eager reverse mode goes through a lean old-style
-``autograd.Function`` (``_FastSolve``: little Python, no copies of contiguous arguments, one fused
-adjoint kernel); anything a functorch transform or a forward-mode level can see goes through the
-composable ``_SolveTridiagonal``; under ``torch.compile`` the call is the custom op
-``torch.ops.pelagos.solve_tridiagonal`` (fake-tensor rule and backward registered). See
+Doors to the same kernels: eager calls on CPU (with or without grad) go straight to the custom operator
+``torch.ops.pelagos.solve_tridiagonal``, registered in C++ (``_thomas_op.cpp``: CPU kernels, a C++
+autograd node whose backward is the fused adjoint operator) when a C++ compiler is available; anything a
+functorch transform or a forward-mode level can see goes through the composable ``_SolveTridiagonal``;
+under ``torch.compile`` the call is the operator (fake-tensor rule and backward registered). Without the
+C++ operator, the operator is registered from Python and eager reverse mode goes through a lean
+old-style ``autograd.Function`` (``_FastSolve``: little Python, one fused adjoint kernel). See
 docs/tridiagonal.md.
 """
 
@@ -38,7 +40,7 @@ from types import ModuleType
 import torch
 from torch.autograd import forward_ad
 
-from . import _thomas_c, _thomas_torch
+from . import _thomas_c, _thomas_op, _thomas_torch
 from .errors import ConfigError, ShapeError, SolverError
 
 __all__ = ["solve_tridiagonal", "tridiagonal_backend"]
@@ -149,6 +151,8 @@ def tridiagonal_backend(device: str | torch.device = "cpu", dtype: torch.dtype =
 
 
 _IS_WRAPPED = getattr(torch._C._functorch, "is_functorch_wrapped_tensor", None)
+_PLAIN = (torch.Tensor, torch.nn.Parameter)  # tensor types with no __torch_function__ of their own
+_functorch_active = getattr(torch._C, "_are_functorch_transforms_active", lambda: True)
 
 
 def _is_wrapped(*ts: torch.Tensor | None) -> bool:
@@ -391,10 +395,13 @@ class _SolveTridiagonal(torch.autograd.Function):
 
 
 # --------------------------------------------------------------------------------------------------
-# torch.library custom op: what torch.compile sees (fake-tensor rule and autograd formula registered)
+# The custom operator torch.ops.pelagos.solve_tridiagonal: what torch.compile sees (fake-tensor rule and
+# autograd formula registered). Registered in C++ (_thomas_op.cpp: CPU kernels and the autograd kernel,
+# built and loaded by _thomas_op.load) when a C++ compiler is available, else from Python (below). The
+# Python kernels serve in both cases for what the C kernels do not cover (CUDA, other dtypes, the forced
+# torch sweep), and _py_report raises pelagos' errors for the C++ kernels.
 # --------------------------------------------------------------------------------------------------
-@torch.library.custom_op("pelagos::solve_tridiagonal", mutates_args=())
-def _op_solve(
+def _py_solve(
     lower: torch.Tensor, diag: torch.Tensor, upper: torch.Tensor, rhs: torch.Tensor, check: bool
 ) -> torch.Tensor:
     """``solve_tridiagonal`` as an opaque operator (same kernels); the output is contiguous."""
@@ -402,14 +409,41 @@ def _op_solve(
     return _forward(lay, _backend(rhs), lower, diag, upper, rhs, check)[0].contiguous()
 
 
-@_op_solve.register_fake
-def _op_solve_fake(lower, diag, upper, rhs, check):
-    shape = torch.broadcast_shapes(lower.shape, diag.shape, upper.shape, rhs.shape)
-    return rhs.new_empty(shape, dtype=_promoted(lower, diag, upper, rhs))
+def _py_adjoint(
+    lower: torch.Tensor,
+    diag: torch.Tensor,
+    upper: torch.Tensor,
+    x: torch.Tensor,
+    gx: torch.Tensor,
+    need_lower: bool,
+    need_diag: bool,
+    need_upper: bool,
+    need_rhs: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Cotangents of (lower, diag, upper) in the broadcast matrix shape and of rhs in the full shape
+    (contiguous; an empty tensor where not needed), from one fused adjoint sweep."""
+    needs = (need_lower, need_diag, need_upper, need_rhs)
+    if not (lower.dtype == diag.dtype == upper.dtype == x.dtype == gx.dtype):
+        dtype = _promoted(lower, diag, upper, x, gx)
+        lower, diag, upper, x, gx = (t.to(dtype) for t in (lower, diag, upper, x, gx))
+    grads = _adjoint_fast(lower, diag, upper, x, gx, needs)
+    a, b, c, d = (g.contiguous() if g is not None else x.new_empty(0) for g in grads)
+    return a, b, c, d
 
 
-@torch.library.custom_op("pelagos::solve_tridiagonal_backward", mutates_args=())
-def _op_adjoint(
+def _py_report(lower, diag, upper, rhs, x) -> None:
+    """Raise the error the Python path raises (ShapeError/ConfigError for bad arguments, SolverError
+    naming the non-finite input or the failing system) for a failure found by the C++ kernel."""
+    _validate_meta((lower, diag, upper, rhs))
+    if x is not None:
+        _check_result(x, False, lower, diag, upper, rhs)
+    raise SolverError(
+        "solve_tridiagonal: the C++ operator reported a failure that the Python checks do not reproduce "
+        f"(shapes {_shapes((lower, diag, upper, rhs))}); set PELAGOS_TRIDIAGONAL_OP=python and retry."
+    )
+
+
+def _py_backward_legacy(
     lower: torch.Tensor,
     diag: torch.Tensor,
     upper: torch.Tensor,
@@ -417,34 +451,79 @@ def _op_adjoint(
     gx: torch.Tensor,
     needs: list[bool],
 ) -> list[torch.Tensor]:
-    """Cotangents of (lower, diag, upper) in the broadcast matrix shape and of rhs in the full shape
-    (contiguous; an empty tensor where ``needs`` is False), from one fused adjoint sweep."""
-    grads = _adjoint_fast(lower, diag, upper, x, gx, needs)
-    return [g.contiguous() if g is not None else x.new_empty(0) for g in grads]
+    """The backward operator of earlier versions (``pelagos::solve_tridiagonal_backward``, a list of
+    flags in, a list of tensors out): kept so that compiled backward graphs in torch's on-disk caches
+    (which do not notice a change of an operator's autograd formula) still run. New graphs call
+    ``pelagos::solve_tridiagonal_adjoint`` (tensors in and out only: Inductor's C++ wrapper calls it
+    through the dispatcher without Python)."""
+    return list(torch.ops.pelagos.solve_tridiagonal_adjoint(lower, diag, upper, x, gx, *needs))
 
 
-@_op_adjoint.register_fake
-def _op_adjoint_fake(lower, diag, upper, x, gx, needs):
+def _op_solve_fake(lower, diag, upper, rhs, check):
+    shape = torch.broadcast_shapes(lower.shape, diag.shape, upper.shape, rhs.shape)
+    return rhs.new_empty(shape, dtype=_promoted(lower, diag, upper, rhs))
+
+
+def _op_adjoint_fake(lower, diag, upper, x, gx, need_lower, need_diag, need_upper, need_rhs):
     m = torch.broadcast_shapes(lower.shape, diag.shape, upper.shape)
     m = (1,) * (x.dim() - len(m)) + tuple(m)
-    return [x.new_empty(s if n else (0,)) for s, n in zip((m, m, m, x.shape), needs)]
+    needs = (need_lower, need_diag, need_upper, need_rhs)
+    a, b, c, d = (x.new_empty(s if n else (0,)) for s, n in zip((m, m, m, x.shape), needs))
+    return a, b, c, d
 
 
-def _op_setup(ctx, inputs, output):
-    lower, diag, upper, rhs, _ = inputs
-    ctx.save_for_backward(lower, diag, upper, output)
-    ctx.shapes = (lower.shape, diag.shape, upper.shape, rhs.shape)
+def _op_backward_legacy_fake(lower, diag, upper, x, gx, needs):
+    return list(_op_adjoint_fake(lower, diag, upper, x, gx, *needs))
 
 
-def _op_backward(ctx, gx):
-    lower, diag, upper, x = ctx.saved_tensors
-    needs = [bool(n) for n in ctx.needs_input_grad[:4]]
-    grads = torch.ops.pelagos.solve_tridiagonal_backward(lower, diag, upper, x, gx, needs)
-    grads = [g if n else None for g, n in zip(grads, needs)]
-    return (*_sum_to(grads, ctx.shapes), None)
+_OP_LIBRARY = _thomas_op.load()
+if _OP_LIBRARY is not None:
+    _lib = torch.library.Library("pelagos", "FRAGMENT")  # kept alive: the registrations live with it
+    for _name, _fn in (
+        ("solve_tridiagonal", _py_solve),  # devices other than CPU (the C++ kernel takes the CPU)
+        ("solve_tridiagonal_adjoint", _py_adjoint),
+        ("solve_tridiagonal_backward", _py_backward_legacy),
+        ("_solve_tridiagonal_python", _py_solve),  # called by the C++ kernels for dtypes they lack
+        ("_solve_tridiagonal_adjoint_python", _py_adjoint),
+        ("_solve_tridiagonal_error", _py_report),
+    ):
+        _lib.impl(_name, _fn, "CompositeExplicitAutograd")
+    torch.library.register_fake("pelagos::solve_tridiagonal", _op_solve_fake, lib=_lib)
+    torch.library.register_fake("pelagos::solve_tridiagonal_adjoint", _op_adjoint_fake, lib=_lib)
+    torch.library.register_fake("pelagos::solve_tridiagonal_backward", _op_backward_legacy_fake, lib=_lib)
+else:
+    _op_solve = torch.library.custom_op("pelagos::solve_tridiagonal", _py_solve, mutates_args=())
+    _op_solve.register_fake(_op_solve_fake)
+    _op_adjoint = torch.library.custom_op("pelagos::solve_tridiagonal_adjoint", _py_adjoint, mutates_args=())
+    _op_adjoint.register_fake(_op_adjoint_fake)
+    _op_legacy = torch.library.custom_op(
+        "pelagos::solve_tridiagonal_backward", _py_backward_legacy, mutates_args=()
+    )
+    _op_legacy.register_fake(_op_backward_legacy_fake)
+
+    def _op_setup(ctx, inputs, output):
+        lower, diag, upper, rhs, _ = inputs
+        ctx.save_for_backward(lower, diag, upper, output)
+        ctx.shapes = (lower.shape, diag.shape, upper.shape, rhs.shape)
+
+    def _op_backward(ctx, gx):
+        lower, diag, upper, x = ctx.saved_tensors
+        needs = [bool(n) for n in ctx.needs_input_grad[:4]]
+        grads = torch.ops.pelagos.solve_tridiagonal_adjoint(lower, diag, upper, x, gx, *needs)
+        grads = [g if n else None for g, n in zip(grads, needs)]
+        return (*_sum_to(grads, ctx.shapes), None)
+
+    _op_solve.register_autograd(_op_backward, setup_context=_op_setup)
+
+# The C++ entry of the operator's default overload (what OpOverload.__call__ calls, minus its frame)
+_OP_CALL = torch.ops.pelagos.solve_tridiagonal.default._op
 
 
-_op_solve.register_autograd(_op_backward, setup_context=_op_setup)
+def op_registration() -> str:
+    """How ``torch.ops.pelagos.solve_tridiagonal`` is registered in this process: ``"c++"`` (the
+    compiled operator library) or ``"python"`` (``torch.library`` in Python; see
+    :func:`pelagos.core._thomas_op.load` for why)."""
+    return "c++" if _OP_LIBRARY is not None else "python"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -551,6 +630,19 @@ def solve_tridiagonal(
         dtype = _validate_meta((lower, diag, upper, rhs))
         args = [t if t.dtype == dtype else t.to(dtype) for t in (lower, diag, upper, rhs)]
         return torch.ops.pelagos.solve_tridiagonal(*args, bool(check))
+    if (
+        _OP_LIBRARY is not None
+        and type(rhs) in _PLAIN
+        and type(lower) in _PLAIN
+        and type(diag) in _PLAIN
+        and type(upper) in _PLAIN
+        and rhs.is_cpu
+        and forward_ad._current_level < 0
+        and not _functorch_active()
+    ):
+        # the C++ operator (it validates, promotes and reports errors as below): its CPU kernel and, when
+        # something requires grad, its C++ autograd node; no Python between here and the kernel
+        return _OP_CALL(lower, diag, upper, rhs, bool(check))
     (a, b, c, d), lay = _validate((lower, diag, upper, rhs))
     grad = torch.is_grad_enabled() and (
         a.requires_grad or b.requires_grad or c.requires_grad or d.requires_grad
@@ -559,6 +651,7 @@ def solve_tridiagonal(
     if forward_ad._current_level >= 0 or f is None or f(a) or f(b) or f(c) or f(d):
         # a functorch transform or a forward-mode level may see this call: the composable Function
         return _SolveTridiagonal.apply(a, b, c, d, bool(check))
-    if grad:  # plain reverse mode: the lean Function (pivots kept for a fused backward)
-        return _fast_apply(a, b, c, d, bool(check), lay, _backend(d))
-    return _forward(lay, _backend(d), a, b, c, d, bool(check))[0]  # nothing to differentiate
+    backend = _backend(d)
+    if grad:  # plain reverse mode: the lean Function (one fused adjoint sweep in its backward)
+        return _fast_apply(a, b, c, d, bool(check), lay, backend)
+    return _forward(lay, backend, a, b, c, d, bool(check))[0]  # nothing to differentiate
