@@ -32,6 +32,7 @@ from torch.utils.checkpoint import checkpoint as _checkpoint
 
 from .errors import ConfigError, ShapeError
 from .model import Model
+from .segment import run_segment
 
 State = Any
 StepFn = Callable[[State, float], State]
@@ -261,9 +262,13 @@ def rollout(
                 with context():
                     return advance(s, k0, k1)
 
+            guard: dict = {}  # shared by the segments of this rollout (see core/segment.py)
             for k0 in range(0, n_steps, seg):
                 k1 = min(k0 + seg, n_steps)
-                state, out = _checkpoint(segment, state, k0, k1, use_reentrant=False)
+                if isinstance(model_or_step, Model):  # explicit inputs: state, overrides, parameters
+                    state, out = run_segment(model_or_step, advance, state, k0, k1, guard)
+                else:  # a bare step may close over any tensor: torch.utils.checkpoint finds them
+                    state, out = _checkpoint(segment, state, k0, k1, use_reentrant=False)
                 saved.extend(out)
                 saved_steps.extend(k for k in range(k0 + 1, k1 + 1) if k % save_every == 0)
                 if bar is not None:
