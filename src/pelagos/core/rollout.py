@@ -6,13 +6,15 @@ step taken at ``t_k`` produces the state at ``t_{k+1}``), saves every ``save_eve
 ``observe(state)`` of it) stacked along a new leading time dimension, and returns a :class:`Trajectory`.
 
 Gradients. The loop is plain PyTorch, so autograd, ``torch.func.jvp`` and ``torch.func.vmap`` pass through it.
-With ``checkpoint=`` the loop is cut into segments wrapped in ``torch.utils.checkpoint`` (non-reentrant): only
-the states at segment boundaries are kept for the backward pass and each segment is recomputed once when its
-gradient is needed. With segments of length ``s`` the memory of a ``T``-step gradient is
-``O(T/s + s)`` states, ``O(√T)`` for ``s = √T`` (``checkpoint="sqrt"``), at the price of about one extra
-forward pass. Checkpointing only matters for reverse mode; when gradients are off, or inside a ``torch.func``
-transform (``jvp``, ``vmap``, ``grad``: ``torch.func.grad`` does not support the saved-tensor hooks that
-checkpointing relies on), the plain loop runs instead and gives the same numbers.
+With ``checkpoint=`` the loop is cut into segments: only the states at segment boundaries are kept for the
+backward pass and each segment is recomputed once when its gradient is needed. With segments of length ``s``
+the memory of a ``T``-step gradient is ``O(T/s + s)`` states, ``O(√T)`` for ``s = √T``
+(``checkpoint="sqrt"``), at the price of about one extra forward pass. For a Model a segment is one
+``autograd.Function`` (:mod:`pelagos.core.segment`: forward without a graph, the model's overrides and
+parameters as explicit inputs); a bare step function may close over any tensor, so its segments are wrapped
+in ``torch.utils.checkpoint`` (non-reentrant), whose saved-tensor hooks find them. Checkpointing only matters
+for reverse mode; when gradients are off, or inside a ``torch.func`` transform (``jvp``, ``vmap``, ``grad``),
+the plain loop runs instead and gives the same numbers.
 
 State. A tensor or a pytree of tensors: dict, list, tuple, namedtuple or dataclass (dataclass types are
 registered with ``torch.utils._pytree`` on first use, which also lets ``torch.func.vmap`` map over them).
