@@ -6,6 +6,8 @@ step that reads a tensor outside its inputs."""
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import math
 
 import pytest
@@ -266,3 +268,103 @@ def test_memory_kept_is_the_segment_inputs():
         n_seg = math.ceil(n / math.ceil(math.sqrt(n)))
         # per segment: x, fixed, count, _means.x, the override-free model's w
         assert sum(packed) <= n_seg * (3 + 3 + 1 + 3 + 3)
+
+
+# -- the water column (4 layers, NPZD): the model the segment Function was written for ---------------------
+T0 = 6 * 3600.0
+
+
+@contextlib.contextmanager
+def _torch_checkpoint_segments():
+    """rollout's Model segments through torch.utils.checkpoint with the overrides re-installed (its path
+    before core/segment.py; a bare lambda step cannot stand in for the column: the column's first run builds
+    caches, so the forward and its recomputation save different tensors)."""
+    from torch.utils.checkpoint import checkpoint
+
+    ro = importlib.import_module("pelagos.core.rollout")
+
+    def run_segment(model, advance, state, k0, k1, guard):
+        snap = model.parameter_overrides()
+
+        def seg(st, k0, k1):
+            with model.using_only(snap):
+                return advance(st, k0, k1)
+
+        return checkpoint(seg, state, k0, k1, use_reentrant=False)
+
+    orig, ro.run_segment = ro.run_segment, run_segment
+    try:
+        yield
+    finally:
+        ro.run_segment = orig
+
+
+def _column_case(model):
+    s = model.initial_state(3, t0=T0)
+    g = torch.Generator().manual_seed(1)
+    for k in ("npzd_phy", "npzd_zoo", "npzd_det"):
+        s[k] = s[k] + torch.rand(s[k].shape, generator=g, dtype=F64)
+    base = (torch.zeros(3, dtype=F64), torch.zeros((), dtype=F64), s["npzd_phy"].clone())
+
+    def loss(log_rmax, nuh, phy0, ckpt, n=20):
+        x0 = dict(s, npzd_phy=phy0)
+        with model.using({"npzd.rmax": log_rmax, "nuh_scale": nuh}):
+            tr = rollout(model, x0, n, t0=T0, checkpoint=ckpt, observe=lambda st: st["npzd_phy"][:, 0])
+        return (tr.states**2).sum() + tr.final["npzd_det"].sum()
+
+    return base, loss
+
+
+def _column_grads(loss, base, ckpt):
+    xs = [x.clone().requires_grad_(True) for x in base]
+    return torch.autograd.grad(loss(*xs, ckpt), xs)
+
+
+def _column_fd_check(loss, base, grads):
+    g = torch.Generator().manual_seed(3)
+    dirs = [torch.randn(x.shape, generator=g, dtype=F64) for x in base]
+    eps = 1e-6
+    with torch.no_grad():
+        up = loss(*[x + eps * d for x, d in zip(base, dirs)], None)
+        dn = loss(*[x - eps * d for x, d in zip(base, dirs)], None)
+    fd = float(up - dn) / (2 * eps)
+    ad = sum(float((gx * d).sum()) for gx, d in zip(grads, dirs))
+    assert fd == pytest.approx(ad, rel=1e-6)
+
+
+def test_column_gradients_equal_unchecked_and_torch_checkpoint_and_fd():
+    from pelagos.column.kind import example
+
+    base, loss = _column_case(example())
+    g_plain = _column_grads(loss, base, None)
+    with _torch_checkpoint_segments():
+        g_torch = _column_grads(loss, base, "sqrt")
+    g_seg = _column_grads(loss, base, "sqrt")
+    for a, b, c in zip(g_seg, g_torch, g_plain):
+        assert float(c.abs().max()) > 0
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=0)
+        torch.testing.assert_close(a, c, rtol=1e-12, atol=0)
+    _column_fd_check(loss, base, g_seg)
+
+
+@pytest.mark.slow
+def test_compiled_column_gradients_equal_plain_and_fd():
+    """The compiled step (ColumnModel(compile=True)): the segment's forward takes the compiled no-grad
+    program, its recomputation the compiled graph-recording one (compiling both: tens of seconds)."""
+    from pelagos.column import compiled as cc
+    from pelagos.column.kind import example
+
+    if not cc.cxx_available():
+        pytest.skip("no C++ compiler: the compiled step is off")
+    plain, fast = example(), example()
+    fast.compile_mode = "on"
+    base, loss_plain = _column_case(plain)
+    _, loss_fast = _column_case(fast)
+    g_plain = _column_grads(loss_plain, base, None)
+    g_fast = _column_grads(loss_fast, base, "sqrt")
+    assert fast.__dict__.get("_compiled_step_obj") is not None
+    g_fast_keep = _column_grads(loss_fast, base, None)
+    for a, b, c in zip(g_fast, g_fast_keep, g_plain):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=0)  # the same compiled programs
+        torch.testing.assert_close(a, c, rtol=1e-10, atol=1e-14)  # fused code rounds differently
+    _column_fd_check(loss_fast, base, g_fast)
