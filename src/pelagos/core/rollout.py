@@ -112,7 +112,7 @@ def _stack(items: list[State]) -> State:
     return pytree.tree_unflatten(stacked, spec)
 
 
-# -- the step function and model-parameter context ----------------------------------------------------------
+# -- the step function --------------------------------------------------------------------------------------
 def _resolve_step(model_or_step: Model | StepFn, dt: float | None) -> tuple[StepFn, float]:
     if isinstance(model_or_step, Model):
         step = model_or_step.step
@@ -131,18 +131,6 @@ def _resolve_step(model_or_step: Model | StepFn, dt: float | None) -> tuple[Step
     if not math.isfinite(dt) or dt <= 0:
         raise ConfigError(f"rollout: dt must be a finite positive number; got {dt!r}")
     return step, dt
-
-
-def _override_snapshot(model_or_step: Model | StepFn) -> Callable[[], Any]:
-    """Context factory that re-installs the parameter overrides active *now* (``Model.using``).
-
-    A checkpointed segment is recomputed during ``backward()``, which usually runs after the ``with
-    model.using(u):`` block has exited; without this the recomputation would silently use the stored values.
-    """
-    if not isinstance(model_or_step, Model):
-        return contextlib.nullcontext
-    snap = model_or_step.parameter_overrides()
-    return lambda: model_or_step.using_only(snap)
 
 
 def _segment_length(checkpoint: int | str | None, n_steps: int) -> int | None:
@@ -258,19 +246,14 @@ def rollout(
                 if bar is not None:
                     bar.update(1)
         else:
-            context = _override_snapshot(model_or_step)
-
-            def segment(s: State, k0: int, k1: int) -> tuple[State, list[Any]]:
-                with context():
-                    return advance(s, k0, k1)
-
             guard: dict = {}  # shared by the segments of this rollout (see core/segment.py)
             for k0 in range(0, n_steps, seg):
                 k1 = min(k0 + seg, n_steps)
                 if isinstance(model_or_step, Model):  # explicit inputs: state, overrides, parameters
+                    # (the overrides active now are re-installed for the recomputation in backward)
                     state, out = run_segment(model_or_step, advance, state, k0, k1, guard)
                 else:  # a bare step may close over any tensor: torch.utils.checkpoint finds them
-                    state, out = _checkpoint(segment, state, k0, k1, use_reentrant=False)
+                    state, out = _checkpoint(advance, state, k0, k1, use_reentrant=False)
                 saved.extend(out)
                 saved_steps.extend(k for k in range(k0 + 1, k1 + 1) if k % save_every == 0)
                 if bar is not None:

@@ -91,11 +91,15 @@ class _Segment:
         ns, no = len(self.tensor_slots), len(self.override_names)
         return list(inputs[:ns]), list(inputs[ns : ns + no]), list(inputs[ns + no :])
 
-    def run(self, state_tensors: list, override_tensors: list) -> tuple[Any, list[Any]]:
+    def run(self, state_tensors: list, override_tensors: list, install: bool = True) -> tuple[Any, list[Any]]:
+        """The segment's steps from these inputs; ``install``: put the overrides in place first (the forward
+        runs inside rollout, where they are in place already)."""
         leaves = list(self.state_leaves)
         for i, x in zip(self.tensor_slots, state_tensors):
             leaves[i] = x
         state = pytree.tree_unflatten(leaves, self.state_spec)
+        if not install:
+            return self.advance(state, self.k0, self.k1)
         raw = dict(self.override_consts)
         raw.update(zip(self.override_names, override_tensors))
         with self.model.using_only(raw):
@@ -124,7 +128,7 @@ class SegmentFunction(torch.autograd.Function):
     def forward(ctx: Any, seg: _Segment, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
         seg.rng = torch.get_rng_state()
         state_t, over_t, _ = seg.split(inputs)
-        result = seg.run(state_t, over_t)  # autograd.Function.forward runs without a graph
+        result = seg.run(state_t, over_t, install=False)  # autograd.Function.forward runs without a graph
         unique, index, spec, leaves = seg.outputs(result)
         seg.out_spec = spec
         k = iter(index)
@@ -229,16 +233,19 @@ def _raise_external(seg: _Segment, shape: tuple) -> None:
 def run_segment(model: Any, advance: Advance, state: Any, k0: int, k1: int, guard: dict) -> tuple[Any, list]:
     """Steps ``k0 … k1-1`` of ``advance`` on ``model`` as one :class:`SegmentFunction`: ``(state, saved)``.
 
-    ``guard`` is a dict shared by the segments of one rollout (the check for tensors outside the inputs runs
-    in the first recomputation only).
+    ``guard`` is a dict shared by the segments of one rollout: the overrides and parameters are read at its
+    first segment (they cannot change during a rollout), and the check for tensors outside the inputs runs in
+    the first recomputation only.
     """
     leaves, spec = pytree.tree_flatten(state)
     state_tensors = [x for x in leaves if torch.is_tensor(x)]
     slots = [None if torch.is_tensor(x) else x for x in leaves]
-    overrides = model.parameter_overrides()
+    if "overrides" not in guard:
+        guard["overrides"] = model.parameter_overrides()
+        guard["params"] = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    overrides, params = guard["overrides"], guard["params"]
     names = [n for n, v in overrides.items() if torch.is_tensor(v)]
     consts = {n: v for n, v in overrides.items() if not torch.is_tensor(v)}
-    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     seg = _Segment(model, advance, k0, k1, slots, spec, names, consts, params, guard)
     outs = SegmentFunction.apply(seg, *state_tensors, *[overrides[n] for n in names], *[p for _, p in params])
     if torch.is_tensor(outs):
