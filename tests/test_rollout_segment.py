@@ -368,3 +368,32 @@ def test_compiled_column_gradients_equal_plain_and_fd():
         torch.testing.assert_close(a, b, rtol=1e-12, atol=0)  # the same compiled programs
         torch.testing.assert_close(a, c, rtol=1e-10, atol=1e-14)  # fused code rounds differently
     _column_fd_check(loss_fast, base, g_fast)
+
+
+class Blocky(Toy):
+    """A model with the multi-step hook ``step_block(state, times)`` (helper colblock's): the segments use it
+    in their forward and recomputation alike (here the steps one by one, counted; ``None`` for odd blocks)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.blocks: list[int] = []
+
+    def step_block(self, s: dict, times: list[float]):
+        if len(times) % 2:
+            return None  # "not this time": the loop calls step per step
+        self.blocks.append(len(times))
+        for t in times:
+            s = self.step(s, t)
+        return s, {}, None
+
+
+def test_segments_use_the_models_step_block_hook():
+    m = Blocky()
+    x0, u = torch.randn(3), torch.tensor(0.2)
+    _, l_p, g_p = _run(Toy(), x0, u, None)
+    _, l_s, g_s = _run(m, x0, u, 6)  # 23 steps, save_every=2: blocks of 2 (and the last step alone)
+    assert m.blocks and set(m.blocks) == {2}
+    assert len(m.blocks) == 2 * 11  # forward and recomputation
+    assert l_s == l_p
+    for a, b in zip(g_s, g_p):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=0)

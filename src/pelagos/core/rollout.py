@@ -216,12 +216,24 @@ def rollout(
         saved.append(obs(state))
         saved_steps.append(0)
 
+    # a Model may advance several steps per call: ``step_block(state, times) -> (state, ...)``, or ``None``
+    # (not this time); called up to the next save point at most (helper colblock's hook of the plain loop)
+    block = getattr(model_or_step, "step_block", None) if isinstance(model_or_step, Model) else None
+
     def advance(s: State, k0: int, k1: int) -> tuple[State, list[Any]]:
-        """Steps k0 … k1-1; returns the state at k1 and the entries saved on the way."""
+        """Steps k0 … k1-1 (a checkpointed segment): the state at k1 and the entries saved on the way."""
         out = []
-        for k in range(k0, k1):
-            s = step(s, t0 + k * dt)
-            if (k + 1) % save_every == 0:
+        k = k0
+        while k < k1:
+            n = min(save_every - k % save_every, k1 - k)
+            res = block(s, [t0 + j * dt for j in range(k, k + n)]) if block is not None and n > 1 else None
+            if res is not None:
+                s = res[0]
+            else:
+                for j in range(k, k + n):
+                    s = step(s, t0 + j * dt)
+            k += n
+            if k % save_every == 0:
                 out.append(obs(s))
         return s, out
 
