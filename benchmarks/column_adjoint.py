@@ -16,15 +16,21 @@ nutrient at 5/25/50/100 m every 12 days against a run with other parameters (a t
 - ``forward``: the cost without gradients;
 - ``fwd+bwd``: cost and gradient (reverse mode), with the whole graph kept (``checkpoint=None``, what
   ``pelagos calibrate`` does) and with ``checkpoint="sqrt"`` (⌈√T⌉-step segments between observation times,
-  each recomputed once in the backward pass);
+  each recomputed once in the backward pass): ``sqrt`` is rollout's segment Function
+  (:mod:`pelagos.core.segment`: forward without a graph, one recomputation with the graph in the backward);
+  ``sqrt torch.utils.checkpoint`` is the same segments through ``torch.utils.checkpoint(use_reentrant=False)``
+  (rollout's path before, and still the path of a bare step function), for comparison in the same run;
 - ``jacobian``: the (M, 2) Jacobian of the whitened residuals by forward mode (both directions in one batched
   run; the Gauss–Newton uncertainty of ``pelagos calibrate``).
 
-Ratios are against ``forward`` measured in the same run. The memory the backward pass keeps (``saved MB``) is
-the sum of the bytes of the tensors autograd saves during the forward (``saved_tensors_hooks``).
+Ratios are against ``forward`` measured in the same run; the four modes above are timed in rounds (each
+mode once per round, ``--repeat`` rounds), so a change of the machine's load hits them alike. The memory
+the backward pass keeps (``saved MB``) is the sum of the bytes of the tensors autograd saves during the
+forward (``saved_tensors_hooks``).
 
-Usage: python benchmarks/column_adjoint.py [--days 365] [--layers 110] [--repeat 2]
-Writes benchmarks/results/column_adjoint.json.
+Usage: python benchmarks/column_adjoint.py [--days 365] [--layers 110] [--repeat 2] [--compile]
+[--no-jacobian]
+Writes benchmarks/results/column_adjoint.json (``--out`` to change).
 """
 
 from __future__ import annotations
@@ -93,6 +99,37 @@ def problem(days: int, layers: int, checkpoint, compile_: bool = False):
     return P, P.z0.clone(), forcing, int(x0.shape[-1])
 
 
+def torch_checkpoint_segments():
+    """Context: rollout's checkpointed segments through ``torch.utils.checkpoint(use_reentrant=False)`` with
+    the parameter overrides re-installed at recomputation (rollout's path before core/segment.py)."""
+    import contextlib
+    import importlib
+
+    from torch.utils.checkpoint import checkpoint
+
+    ro = importlib.import_module("pelagos.core.rollout")  # the module (pelagos.core.rollout is the function)
+
+    def run_segment(model, advance, state, k0, k1, guard):
+        snap = model.parameter_overrides()
+
+        def segment(s, k0, k1):
+            with model.using_only(snap):
+                return advance(s, k0, k1)
+
+        return checkpoint(segment, state, k0, k1, use_reentrant=False)
+
+    @contextlib.contextmanager
+    def ctx():
+        orig = ro.run_segment
+        ro.run_segment = run_segment
+        try:
+            yield
+        finally:
+            ro.run_segment = orig
+
+    return ctx()
+
+
 def cpu(fn, repeat: int) -> float:
     best = float("inf")
     for _ in range(repeat):
@@ -108,6 +145,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--layers", type=int, default=110, choices=[22, 110])
     ap.add_argument("--repeat", type=int, default=2)
     ap.add_argument("--compile", action="store_true", help="numerics.compile: the compiled column step")
+    ap.add_argument("--no-jacobian", action="store_true", help="skip the forward-mode Jacobian")
     ap.add_argument("--out", default=str(OUT))
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
@@ -140,33 +178,87 @@ def main(argv: list[str] | None = None) -> dict:
             prob.cost(zz)
         return total[0]
 
+    def rollout_saved_bytes(n: int) -> int:
+        """Bytes autograd keeps for one rollout of ``n`` steps with ``checkpoint="sqrt"`` (surface value
+        observed every step): the memory of the checkpointed gradient without predict's cut at observation
+        times (predict keeps the state at every observation time, O(number of observations))."""
+        from pelagos.core.rollout import rollout
+
+        total = [0]
+
+        def pack(t: torch.Tensor) -> torch.Tensor:
+            total[0] += t.numel() * t.element_size()
+            return t
+
+        zz = z.clone().requires_grad_(True)
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), Pc.params_context(zz):
+            rollout(
+                Pc.model, Pc.initial_state(zz), n, t0=Pc.t0, checkpoint="sqrt", observe=lambda x: x[..., 0]
+            )
+        return total[0]
+
+    def fwd_bwd_torch_checkpoint():
+        with torch_checkpoint_segments():
+            return fwd_bwd(Pc)
+
+    def saved_bytes_torch_checkpoint():
+        with torch_checkpoint_segments():
+            return saved_bytes(Pc)
+
     if args.compile:  # the first runs compile (forward, backward): not timed
         forward()
         fwd_bwd(P)
         fwd_bwd(Pc)
+        fwd_bwd_torch_checkpoint()
     P._jac_checked = True  # the check (one batched no-grad run) is timed with pelagos calibrate, not here
-    t_fwd = cpu(forward, args.repeat)
-    t_fb = cpu(lambda: fwd_bwd(P), args.repeat)
-    t_fbc = cpu(lambda: fwd_bwd(Pc), args.repeat)
-    t_jac = cpu(lambda: P.jacobian(z), args.repeat)
-    g, gc = fwd_bwd(P), fwd_bwd(Pc)
-    r = P.residuals(z.detach())
-    Jm = P.jacobian(z)
+    # rounds of all modes in turn (minimum per mode): a change of the machine's load hits every mode alike
+    modes = {
+        "forward": forward,
+        "fwd+bwd keep": lambda: fwd_bwd(P),
+        "fwd+bwd sqrt": lambda: fwd_bwd(Pc),
+        "fwd+bwd sqrt torch.utils.checkpoint": fwd_bwd_torch_checkpoint,
+    }
+    best = dict.fromkeys(modes, float("inf"))
+    for _ in range(args.repeat):
+        for name, fn in modes.items():
+            best[name] = min(best[name], cpu(fn, 1))
+    t_fwd, t_fb, t_fbc, t_fbt = best.values()
+    cpu_s = {
+        "forward": t_fwd,
+        "fwd+bwd keep": t_fb,
+        "fwd+bwd sqrt": t_fbc,
+        "fwd+bwd sqrt torch.utils.checkpoint": t_fbt,
+    }
+    if not args.no_jacobian:
+        cpu_s["jacobian fwd-mode"] = cpu(lambda: P.jacobian(z), args.repeat)
+    g, gc, gt = fwd_bwd(P), fwd_bwd(Pc), fwd_bwd_torch_checkpoint()
+
+    def rel(a, b) -> float:
+        return float(((a - b).abs() / b.abs().clamp(min=1e-300)).max())
+
     res = {
         "case": f"one column, {nz} layers, NPZD, float64, hourly, {args.days} days ({n_steps} steps)",
         "step": "compiled (numerics.compile)" if args.compile else "plain",
         "forcing": forcing,
         "n_obs": int(P.obs.n_obs),
-        "cpu_s": {"forward": t_fwd, "fwd+bwd keep": t_fb, "fwd+bwd sqrt": t_fbc, "jacobian fwd-mode": t_jac},
-        "ratio_to_forward": {
-            "fwd+bwd keep": t_fb / t_fwd,
-            "fwd+bwd sqrt": t_fbc / t_fwd,
-            "jacobian fwd-mode": t_jac / t_fwd,
-        },
+        "cpu_s": cpu_s,
+        "ratio_to_forward": {k: v / t_fwd for k, v in cpu_s.items() if k != "forward"},
         "ms_per_step_forward": 1e3 * t_fwd / n_steps,
-        "saved_MB": {"keep": saved_bytes(P) / 2**20, "sqrt": saved_bytes(Pc) / 2**20},
-        "gradient_keep_vs_sqrt_max_rel": float(((g - gc).abs() / g.abs().clamp(min=1e-300)).max()),
-        "gradient_vs_JTr_max_rel": float(((Jm.T @ r - g).abs() / g.abs().clamp(min=1e-300)).max()),
+        "saved_MB": {
+            "keep": saved_bytes(P) / 2**20,
+            "sqrt": saved_bytes(Pc) / 2**20,
+            "sqrt torch.utils.checkpoint": saved_bytes_torch_checkpoint() / 2**20,
+        },
+        "rollout_sqrt_saved_MB": {
+            f"{n} steps": rollout_saved_bytes(n) / 2**20 for n in (n_steps // 4, n_steps)
+        },  # O(√T): 2× for 4× the steps
+        "gradient_keep_vs_sqrt_max_rel": rel(gc, g),
+        "gradient_sqrt_vs_torch_checkpoint_max_rel": rel(gc, gt),
+        **(
+            {}
+            if args.no_jacobian
+            else {"gradient_vs_JTr_max_rel": rel(P.jacobian(z).T @ P.residuals(z.detach()), g)}
+        ),
         "timing": "CPU time (time.process_time), one thread, minimum of repeats; loaded shared machine",
         "load_avg": os.getloadavg(),
         "machine": platform.processor() or platform.machine(),

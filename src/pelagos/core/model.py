@@ -207,8 +207,10 @@ class Model(torch.nn.Module):
                 out[key] = mod.params
         return out
 
-    def _resolve(self, name: str) -> tuple[ParameterStore, str]:
-        stores = self._stores()
+    def _resolve(
+        self, name: str, stores: dict[str, ParameterStore] | None = None
+    ) -> tuple[ParameterStore, str]:
+        stores = self._stores() if stores is None else stores
         path, _, local = name.rpartition(".")
         if path in stores and local in stores[path].specs:
             return stores[path], local
@@ -296,9 +298,10 @@ class Model(torch.nn.Module):
         With :meth:`parameter_overrides` it re-installs a snapshot (a checkpointed segment recomputed after
         the ``using`` block ended) or a slice of one (columns stepped in chunks).
         """
-        by_store: dict[int, tuple[ParameterStore, dict]] = {id(s): (s, {}) for s in self._stores().values()}
+        stores = self._stores()  # walked once (a deep model tree costs ~0.1 ms per walk)
+        by_store: dict[int, tuple[ParameterStore, dict]] = {id(s): (s, {}) for s in stores.values()}
         for n, v in raw_values.items():
-            store, local = self._resolve(n)
+            store, local = self._resolve(n, stores)
             by_store[id(store)][1][local] = v
         with contextlib.ExitStack() as stack:
             for store, vals in by_store.values():

@@ -6,13 +6,15 @@ step taken at ``t_k`` produces the state at ``t_{k+1}``), saves every ``save_eve
 ``observe(state)`` of it) stacked along a new leading time dimension, and returns a :class:`Trajectory`.
 
 Gradients. The loop is plain PyTorch, so autograd, ``torch.func.jvp`` and ``torch.func.vmap`` pass through it.
-With ``checkpoint=`` the loop is cut into segments wrapped in ``torch.utils.checkpoint`` (non-reentrant): only
-the states at segment boundaries are kept for the backward pass and each segment is recomputed once when its
-gradient is needed. With segments of length ``s`` the memory of a ``T``-step gradient is
-``O(T/s + s)`` states, ``O(√T)`` for ``s = √T`` (``checkpoint="sqrt"``), at the price of about one extra
-forward pass. Checkpointing only matters for reverse mode; when gradients are off, or inside a ``torch.func``
-transform (``jvp``, ``vmap``, ``grad``: ``torch.func.grad`` does not support the saved-tensor hooks that
-checkpointing relies on), the plain loop runs instead and gives the same numbers.
+With ``checkpoint=`` the loop is cut into segments: only the states at segment boundaries are kept for the
+backward pass and each segment is recomputed once when its gradient is needed. With segments of length ``s``
+the memory of a ``T``-step gradient is ``O(T/s + s)`` states, ``O(√T)`` for ``s = √T``
+(``checkpoint="sqrt"``), at the price of about one extra forward pass. For a Model a segment is one
+``autograd.Function`` (:mod:`pelagos.core.segment`: forward without a graph, the model's overrides and
+parameters as explicit inputs); a bare step function may close over any tensor, so its segments are wrapped
+in ``torch.utils.checkpoint`` (non-reentrant), whose saved-tensor hooks find them. Checkpointing only matters
+for reverse mode; when gradients are off, or inside a ``torch.func`` transform (``jvp``, ``vmap``, ``grad``),
+the plain loop runs instead and gives the same numbers.
 
 State. A tensor or a pytree of tensors: dict, list, tuple, namedtuple or dataclass (dataclass types are
 registered with ``torch.utils._pytree`` on first use, which also lets ``torch.func.vmap`` map over them).
@@ -32,6 +34,7 @@ from torch.utils.checkpoint import checkpoint as _checkpoint
 
 from .errors import ConfigError, ShapeError
 from .model import Model
+from .segment import run_segment
 
 State = Any
 StepFn = Callable[[State, float], State]
@@ -109,7 +112,7 @@ def _stack(items: list[State]) -> State:
     return pytree.tree_unflatten(stacked, spec)
 
 
-# -- the step function and model-parameter context ----------------------------------------------------------
+# -- the step function --------------------------------------------------------------------------------------
 def _resolve_step(model_or_step: Model | StepFn, dt: float | None) -> tuple[StepFn, float]:
     if isinstance(model_or_step, Model):
         step = model_or_step.step
@@ -128,18 +131,6 @@ def _resolve_step(model_or_step: Model | StepFn, dt: float | None) -> tuple[Step
     if not math.isfinite(dt) or dt <= 0:
         raise ConfigError(f"rollout: dt must be a finite positive number; got {dt!r}")
     return step, dt
-
-
-def _override_snapshot(model_or_step: Model | StepFn) -> Callable[[], Any]:
-    """Context factory that re-installs the parameter overrides active *now* (``Model.using``).
-
-    A checkpointed segment is recomputed during ``backward()``, which usually runs after the ``with
-    model.using(u):`` block has exited; without this the recomputation would silently use the stored values.
-    """
-    if not isinstance(model_or_step, Model):
-        return contextlib.nullcontext
-    snap = model_or_step.parameter_overrides()
-    return lambda: model_or_step.using_only(snap)
 
 
 def _segment_length(checkpoint: int | str | None, n_steps: int) -> int | None:
@@ -225,12 +216,24 @@ def rollout(
         saved.append(obs(state))
         saved_steps.append(0)
 
+    # a Model may advance several steps per call: ``step_block(state, times) -> (state, ...)``, or ``None``
+    # (not this time); called up to the next save point at most (helper colblock's hook of the plain loop)
+    block = getattr(model_or_step, "step_block", None) if isinstance(model_or_step, Model) else None
+
     def advance(s: State, k0: int, k1: int) -> tuple[State, list[Any]]:
-        """Steps k0 … k1-1; returns the state at k1 and the entries saved on the way."""
+        """Steps k0 … k1-1 (a checkpointed segment): the state at k1 and the entries saved on the way."""
         out = []
-        for k in range(k0, k1):
-            s = step(s, t0 + k * dt)
-            if (k + 1) % save_every == 0:
+        k = k0
+        while k < k1:
+            n = min(save_every - k % save_every, k1 - k)
+            res = block(s, [t0 + j * dt for j in range(k, k + n)]) if block is not None and n > 1 else None
+            if res is not None:
+                s = res[0]
+            else:
+                for j in range(k, k + n):
+                    s = step(s, t0 + j * dt)
+            k += n
+            if k % save_every == 0:
                 out.append(obs(s))
         return s, out
 
@@ -255,15 +258,14 @@ def rollout(
                 if bar is not None:
                     bar.update(1)
         else:
-            context = _override_snapshot(model_or_step)
-
-            def segment(s: State, k0: int, k1: int) -> tuple[State, list[Any]]:
-                with context():
-                    return advance(s, k0, k1)
-
+            guard: dict = {}  # shared by the segments of this rollout (see core/segment.py)
             for k0 in range(0, n_steps, seg):
                 k1 = min(k0 + seg, n_steps)
-                state, out = _checkpoint(segment, state, k0, k1, use_reentrant=False)
+                if isinstance(model_or_step, Model):  # explicit inputs: state, overrides, parameters
+                    # (the overrides active now are re-installed for the recomputation in backward)
+                    state, out = run_segment(model_or_step, advance, state, k0, k1, guard)
+                else:  # a bare step may close over any tensor: torch.utils.checkpoint finds them
+                    state, out = _checkpoint(advance, state, k0, k1, use_reentrant=False)
                 saved.extend(out)
                 saved_steps.extend(k for k in range(k0 + 1, k1 + 1) if k % save_every == 0)
                 if bar is not None:
