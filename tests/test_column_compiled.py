@@ -144,8 +144,8 @@ def test_sinking_loop_grows_when_columns_need_more_substeps():
 
 @pytest.mark.slow
 def test_compiled_year_nns_npzd_agrees_and_gradient_is_exact():
-    """A model year of the NNS NPZD column (compact 22-layer physics, hourly): compiled vs plain <= 1e-12,
-    and a finite-difference check of the compiled path's gradient over the year."""
+    """A model year of the NNS NPZD column (compact 22-layer physics, hourly): compiled (one step per call
+    and in blocks) vs plain <= 1e-12, and a finite-difference check of the compiled path's gradient over the year."""
     f = ColumnForcing.from_gotm(compact_forcing_path())
     bgc = BGCSystem.from_yaml(resolve_path("builtin:fabm/fabm-gotm-npzd.yaml", None))
     plain = ColumnModel(bgc, f).to(F64)
@@ -155,9 +155,12 @@ def test_compiled_year_nns_npzd_agrees_and_gradient_is_exact():
     s = plain.initial_state(2, t0=t0)
     with torch.no_grad():
         ref = rollout(plain, s, n, t0=t0).final
-        got = rollout(fast, s, n, t0=t0).final
+        got = rollout(fast, s, n, t0=t0).final  # every step saved: one compiled step per call
+        blocks = rollout(fast, s, n, t0=t0, save_every=24).final  # daily saves: blocks of block_steps
+    assert fast._compiled_step_obj._block is not None
     for k in ref:
         assert _rel(got[k], ref[k]) < 1e-12, k
+        assert _rel(blocks[k], ref[k]) < 1e-12, k
 
     def loss(log_rmax: torch.Tensor) -> torch.Tensor:
         with fast.using({"npzd.rmax": log_rmax}):
@@ -326,6 +329,8 @@ def test_block_falls_back_inside_torch_func_and_when_off():
     """``step_block`` declines (None: the loop steps) without compile, with block_steps = 1 and inside
     torch.func transforms; rollout's results are then the plain step's."""
     m = example()
+    with pytest.raises(ConfigError, match="block_steps"):
+        ColumnModel(m.bgc, m.forcing, block_steps=0)
     s = _start(m)
     assert m.step_block(s, [T0, T0 + 3600.0]) is None  # compile off
     fast = example()
