@@ -145,7 +145,8 @@ def test_sinking_loop_grows_when_columns_need_more_substeps():
 @pytest.mark.slow
 def test_compiled_year_nns_npzd_agrees_and_gradient_is_exact():
     """A model year of the NNS NPZD column (compact 22-layer physics, hourly): compiled (one step per call
-    and in blocks) vs plain <= 1e-12, and a finite-difference check of the compiled path's gradient over the year."""
+    and in blocks) vs plain <= 1e-12, and a finite-difference check of the compiled path's gradient over
+    the year."""
     f = ColumnForcing.from_gotm(compact_forcing_path())
     bgc = BGCSystem.from_yaml(resolve_path("builtin:fabm/fabm-gotm-npzd.yaml", None))
     plain = ColumnModel(bgc, f).to(F64)
