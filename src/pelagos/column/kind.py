@@ -6,10 +6,10 @@ Configuration sections (all keys optional):
   biology, a fabm.yaml file (``builtin:fabm/fabm-gotm-npzd.yaml`` by default) or its ``instances:`` inline;
 - ``forcing: {file: PATH, bottom_stress: Pa}``: GOTM physics (NetCDF; ``builtin:nns_annual_22x5m.nc``);
 - ``numerics: {ode_method, sinking_method, cnpar, light, nuh_lag, repair, split_factor, chunk_columns,
-  compile, block_steps, columns}``: see :class:`~pelagos.column.model.ColumnModel`; ``columns`` is the batch of
-  ``initial_state``; ``compile: true | false | auto`` runs the compiled step (:mod:`pelagos.column.compiled`:
-  same results, faster steps, a compile of tens of seconds at the first step; ``auto`` = on when a C++
-  compiler is found);
+  compile, block_steps, columns}``: see :class:`~pelagos.column.model.ColumnModel`; ``columns`` is the
+  batch of ``initial_state``; ``compile: true | false | auto`` runs the compiled step
+  (:mod:`pelagos.column.compiled`: same results, faster steps, a compile of tens of seconds at the first
+  step; ``auto`` = on when a C++ compiler is found); ``block_steps`` (default 12) steps per compiled call;
 - ``initial: {profiles: {name: value}}``: initial profiles over the BGC initial values.
 
 ``time.dt`` (s) is the step (3600 when absent); the configuration's dtype is that of forcing and parameters.
