@@ -20,6 +20,14 @@ branch:
   is the custom operator ``pelagos::solve_tridiagonal`` (the compiled Thomas kernel, its fused adjoint as
   the backward): no graph break; the matrix is factorised once per column for all tracers.
 
+Blocks of steps (:meth:`CompiledStep.block`, used by :meth:`ColumnModel.step_block` and so by the run loop):
+``k`` steps in one compiled program (the loop unrolled by tracing), their forcing sampled in one call and
+stacked, their running-mean plans handed in as a tuple of constants; optionally the outputs after every
+step summed in float64 (interval means) and the outputs after the last. One call then pays the per-call
+cost (guards, wrappers, forcing lookup) for ``k`` steps; compile time grows with ``k``
+(docs/column_compiled.md). torch's ``scan`` higher-order op would compile once whatever ``k``, but Inductor
+(torch 2.13) fails to lower it for this step.
+
 Same operations as the plain step, so the same result up to the rounding of fused code (float64 agreement
 over a model year is tested in tests/test_column_compiled.py). Gradients: AOTAutograd compiles the backward
 of the same program. Falls back to the plain step, silently, inside ``torch.func`` transforms (vmap, jvp) and
