@@ -144,8 +144,9 @@ def test_sinking_loop_grows_when_columns_need_more_substeps():
 
 @pytest.mark.slow
 def test_compiled_year_nns_npzd_agrees_and_gradient_is_exact():
-    """A model year of the NNS NPZD column (compact 22-layer physics, hourly): compiled vs plain <= 1e-12,
-    and a finite-difference check of the compiled path's gradient over the year."""
+    """A model year of the NNS NPZD column (compact 22-layer physics, hourly): compiled (one step per call
+    and in blocks) vs plain <= 1e-12, and a finite-difference check of the compiled path's gradient over
+    the year."""
     f = ColumnForcing.from_gotm(compact_forcing_path())
     bgc = BGCSystem.from_yaml(resolve_path("builtin:fabm/fabm-gotm-npzd.yaml", None))
     plain = ColumnModel(bgc, f).to(F64)
@@ -155,9 +156,12 @@ def test_compiled_year_nns_npzd_agrees_and_gradient_is_exact():
     s = plain.initial_state(2, t0=t0)
     with torch.no_grad():
         ref = rollout(plain, s, n, t0=t0).final
-        got = rollout(fast, s, n, t0=t0).final
+        got = rollout(fast, s, n, t0=t0).final  # every step saved: one compiled step per call
+        blocks = rollout(fast, s, n, t0=t0, save_every=24).final  # daily saves: blocks of block_steps
+    assert fast._compiled_step_obj._block is not None
     for k in ref:
         assert _rel(got[k], ref[k]) < 1e-12, k
+        assert _rel(blocks[k], ref[k]) < 1e-12, k
 
     def loss(log_rmax: torch.Tensor) -> torch.Tensor:
         with fast.using({"npzd.rmax": log_rmax}):
@@ -193,6 +197,157 @@ def test_compiled_ecosmo_matches_plain():
         torch.testing.assert_close(got["_means"][key]["mean"], buf["mean"], rtol=1e-12, atol=1e-12)
     for k in o_ref:
         torch.testing.assert_close(o[k], o_ref[k], rtol=1e-11, atol=1e-12)
+
+
+# -- the multi-step block (ColumnModel.step_block: k steps per compiled call) ------------------------------
+def _mean_model(**kw) -> ColumnModel:
+    """The example column with a daily running mean of PAR in the biology's environment (as ECOSMO's), at
+    dt = 1800 s on hourly forcing: the forcing is interpolated and the running-mean plans alternate."""
+    from pelagos.bgc.npzd import NPZD
+
+    class NPZDMean(NPZD):
+        def __init__(self) -> None:
+            super().__init__()
+            self.register_dependency(
+                "parmean", "downwelling_photosynthetic_radiative_flux", "W m-2", mean_period=86400.0,
+                mean_resolution=3600.0,
+            )  # fmt: skip
+
+    return ColumnModel(BGCSystem({"npzd": NPZDMean()}), example().forcing, dt=1800.0, **kw).to(F64)
+
+
+def test_forcing_sample_many_equals_sample():
+    f = example().forcing
+    times = [T0, T0 + 1800.0, T0 + 3600.0, T0 + 5000.0, T0 + 7200.0]
+    many = f.sample_many(times, ["h", "nuh", "I_0"])
+    for j, t in enumerate(times):
+        one = f.sample(t, ["h", "nuh", "I_0"])
+        for k in one:
+            assert torch.equal(many[k][j], one[k]), (k, t)
+    hourly = f.sample_many(times[::2], ["nuh"])  # on the records: a gather, no interpolation
+    assert all(torch.equal(hourly["nuh"][j], f.sample(t, ["nuh"])["nuh"]) for j, t in enumerate(times[::2]))
+
+
+def test_block_matches_plain_with_saves_chunks_and_running_means():
+    """Blocks of 4 steps (never across a save point: save_every = 6 gives blocks 4 + 2), columns in chunks
+    of 2 of 3, per-column parameters, a running mean with alternating plans: states and saved entries equal
+    the plain step's."""
+    plain, fast = _mean_model(), _mean_model(compile=True, block_steps=4, chunk_columns=2)
+    s = _start(plain)
+    rmax = {"npzd.rmax": torch.log(torch.tensor([0.8, 1.0, 1.3], dtype=F64))}
+    with torch.no_grad():
+        with plain.using(rmax):
+            ref = rollout(plain, s, 12, t0=T0, save_every=6)
+        with fast.using(rmax):
+            got = rollout(fast, s, 12, t0=T0, save_every=6)
+    assert fast._compiled_step_obj._block is not None  # the block ran
+    assert got.steps == ref.steps == [0, 6, 12]
+    for k in ref.final:
+        if k != "_means":
+            assert _rel(got.final[k], ref.final[k]) < 1e-12, k
+            assert _rel(got.states[k], ref.states[k]) < 1e-12, k
+    for key, buf in ref.final["_means"].items():
+        for part in buf:
+            assert _rel(got.final["_means"][key][part], buf[part]) < 1e-12, (key, part)
+
+
+def test_block_gradients_match_plain_step():
+    """The block's backward (compiled by AOTAutograd) gives the plain step's gradients, and the same as the
+    compiled single step, to parameters (per column and shared) and the initial state."""
+    plain = example()
+    fast = example()
+    fast.compile_mode, fast.block_steps = "on", 4
+    s = _start(plain)
+
+    def loss(model: ColumnModel, log_rmax: torch.Tensor, nuh: torch.Tensor, phy0: torch.Tensor):
+        with model.using({"npzd.rmax": log_rmax, "nuh_scale": nuh}):
+            fin = rollout(model, dict(s, npzd_phy=phy0), 8, t0=T0, save_every=8).final
+        return (fin["npzd_phy"] ** 2).sum() + fin["npzd_det"].sum() + fin["npzd_zoo"].sum()
+
+    base = (torch.zeros(3, dtype=F64), torch.zeros((), dtype=F64), s["npzd_phy"].clone())
+    grads = {}
+    for name, model in (("plain", plain), ("fast", fast)):
+        xs = [x.clone().requires_grad_(True) for x in base]
+        grads[name] = torch.autograd.grad(loss(model, *xs), xs)
+    assert fast._compiled_step_obj._block is not None
+    for gp, gf in zip(grads["plain"], grads["fast"]):
+        torch.testing.assert_close(gf, gp, rtol=1e-10, atol=1e-14)
+
+
+def test_simulation_interval_means_through_the_block():
+    """Simulation with interval-mean outputs (what `pelagos run` writes) takes the block with the outputs
+    summed inside it: the records equal the plain step-and-output loop's."""
+    from pelagos.core.simulation import MemoryWriter, Simulation
+
+    plain, fast = _mean_model(), _mean_model(compile=True, block_steps=4)
+    recs = {}
+    for name, model in (("plain", plain), ("fast", fast)):
+        s = _start(model, 2)
+        w = MemoryWriter()
+        with torch.no_grad():
+            Simulation(model, s, start=T0, n_steps=12, output_every=6, writers=[w], progress=False).run()
+        recs[name] = w.stacked()
+    assert fast._compiled_step_obj._block is not None
+    assert any(v.mean for v in fast.output_variables())
+    for k, ref in recs["plain"].items():
+        got = recs["fast"][k]
+        assert _rel(got, ref) < 1e-12 if ref.abs().max() > 0 else torch.equal(got, ref), k
+
+
+def test_block_float32_and_sinking_loop_growth():
+    """float32 blocks agree with the plain float32 step to float32 rounding; fast sinking (Courant > 1)
+    grows the block's sinking loop and redoes the block: the plain step's result."""
+    from pelagos.bgc.npzd import NPZD
+
+    f = example().forcing
+    fl = {k: v[0] for k, v in f.fields.items()}
+    thin = ColumnForcing(f.time, fl["h"] * 0.2, fl["temp"], fl["salt"], fl["nuh"], fl["I_0"])
+    plain = ColumnModel(BGCSystem({"npzd": NPZD()}), thin).to(F64)
+    fast = ColumnModel(BGCSystem({"npzd": NPZD()}), thin, compile=True, block_steps=4).to(F64)
+    raw = {"npzd.w_d": fast.parameter_spec("npzd.w_d").transform.inverse(torch.tensor(-100.0, dtype=F64))}
+    s = _start(plain, 2)
+    with torch.no_grad():
+        with plain.using(raw):
+            ref = rollout(plain, s, 4, t0=T0, save_every=4).final
+        with fast.using(raw):
+            got = rollout(fast, s, 4, t0=T0, save_every=4).final
+    assert fast._compiled_step_obj.loop > 1
+    for k in ref:
+        assert _rel(got[k], ref[k]) < 1e-12, k
+    p32 = example().to(torch.float32)
+    f32 = example().to(torch.float32)
+    f32.compile_mode, f32.block_steps = "on", 4
+    s32 = {k: v.float() for k, v in _start(example()).items()}
+    with torch.no_grad():
+        ref = rollout(p32, s32, 8, t0=T0, save_every=8).final
+        got = rollout(f32, s32, 8, t0=T0, save_every=8).final
+    assert f32._compiled_step_obj._block is not None
+    for k in ref:
+        assert _rel(got[k], ref[k]) < 1e-5, k
+
+
+def test_block_falls_back_inside_torch_func_and_when_off():
+    """``step_block`` declines (None: the loop steps) without compile, with block_steps = 1 and inside
+    torch.func transforms; rollout's results are then the plain step's."""
+    m = example()
+    with pytest.raises(ConfigError, match="block_steps"):
+        ColumnModel(m.bgc, m.forcing, block_steps=0)
+    s = _start(m)
+    assert m.step_block(s, [T0, T0 + 3600.0]) is None  # compile off
+    fast = example()
+    fast.compile_mode, fast.block_steps = "on", 1
+    assert fast.step_block(s, [T0, T0 + 3600.0]) is None
+    fast.block_steps = 4
+
+    def fin(phy: torch.Tensor) -> torch.Tensor:
+        return rollout(fast, dict(s, npzd_phy=phy), 3, t0=T0, save_every=3).final["npzd_phy"].sum()
+
+    v = torch.ones_like(s["npzd_phy"])
+    _, jv = torch.func.jvp(fin, (s["npzd_phy"],), (v,))
+    _, jv_ref = torch.func.jvp(
+        lambda p: rollout(m, dict(s, npzd_phy=p), 3, t0=T0).final["npzd_phy"].sum(), (s["npzd_phy"],), (v,)
+    )
+    torch.testing.assert_close(jv, jv_ref, rtol=1e-12, atol=0)
 
 
 def test_each_model_gets_its_own_compiled_code():

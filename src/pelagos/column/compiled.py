@@ -20,6 +20,14 @@ branch:
   is the custom operator ``pelagos::solve_tridiagonal`` (the compiled Thomas kernel, its fused adjoint as
   the backward): no graph break; the matrix is factorised once per column for all tracers.
 
+Blocks of steps (:meth:`CompiledStep.block`, used by :meth:`ColumnModel.step_block` and so by the run loop):
+``k`` steps in one compiled program (the loop unrolled by tracing), their forcing sampled in one call and
+stacked, their running-mean plans handed in as a tuple of constants; optionally the outputs after every
+step summed in float64 (interval means) and the outputs after the last. One call then pays the per-call
+cost (guards, wrappers, forcing lookup) for ``k`` steps; compile time grows with ``k``
+(docs/column_compiled.md). torch's ``scan`` higher-order op would compile once whatever ``k``, but Inductor
+(torch 2.13) fails to lower it for this step.
+
 Same operations as the plain step, so the same result up to the rounding of fused code (float64 agreement
 over a model year is tested in tests/test_column_compiled.py). Gradients: AOTAutograd compiles the backward
 of the same program. Falls back to the plain step, silently, inside ``torch.func`` transforms (vmap, jvp) and
@@ -146,6 +154,27 @@ def _step_core(state: dict, raw: dict, plans: dict, loop: int) -> tuple[dict, An
     return m._step_columns(state, None, m._scale_physics(raw), fast=(plans, loop))
 
 
+def _block_core(state: dict, raws: dict, plans: tuple, loop: int, means: tuple) -> tuple:
+    """``len(plans)`` steps in one program (the loop is unrolled by tracing). ``raws``: the forcing of step
+    ``j`` as entry ``j`` of each stacked field (``"nuh_out"``: ``nuh`` at the end of step ``j``, for the
+    outputs). With ``means``: also the float64 sums over the steps of those outputs and the last outputs."""
+    m = _MODEL  # noqa: F821 - bound per model by _own_code
+    needs, sums, out = [], {}, None
+    for j, plan in enumerate(plans):
+        raw = {k: v[j] for k, v in raws.items() if k != "nuh_out"}
+        state, need = m._step_columns(state, None, m._scale_physics(raw), fast=(plan, loop))
+        if need is not None:
+            needs.append(need)
+        if means:
+            out = m._output_from(state, m._scale_physics(dict(raw, nuh=raws["nuh_out"][j])))
+            for name in means:
+                x = out[name]
+                x = x.to(torch.float64) if x.is_floating_point() else x
+                sums[name] = x if j == 0 else sums[name] + x
+    need = torch.stack(needs).amax() if needs else None
+    return state, need, sums, out
+
+
 def _output_core(state: dict, raw: dict) -> dict:
     m = _MODEL  # noqa: F821 - bound per model by _own_code
     return m._output_from(state, m._scale_physics(raw))
@@ -168,6 +197,7 @@ class CompiledStep:
         self.loop = 1  # sinking sub-step iterations compiled in; grows when the columns need more
         self._fn = torch.compile(_own_code(_step_core, model), dynamic=False, options=_OPTIONS)
         self._out: Any = None  # the compiled output, built on first use
+        self._block: Any = None  # the compiled multi-step block, built on first use
 
     def output(self, state: Mapping, raw: Mapping) -> dict:
         """:meth:`ColumnModel.output` (diagnostics, light, totals) as a compiled program."""
@@ -182,6 +212,34 @@ class CompiledStep:
             key: running_mean_plan(t + m.dt, t, period=per, resolution=res)
             for key, (_, per, res) in m.means.items()
         }
+
+    def block(self, state: dict, raws: Mapping, plans: tuple, means: tuple = ()) -> tuple[dict, dict, Any]:
+        """``len(plans)`` steps as one compiled call (see :meth:`ColumnModel.step_block`): the new state, the
+        float64 sums over the steps of the outputs named in ``means`` and the last outputs (``None`` without
+        ``means``). ``raws``: stacked forcing (:meth:`ColumnModel._raw_block`), ``plans``: one
+        :meth:`mean_plans` per step."""
+        if self._block is None:
+            self._block = torch.compile(_own_code(_block_core, self.model), dynamic=False, options=_OPTIONS)
+        while True:
+            new, need, sums, out = self._block(state, dict(raws), plans, self.loop, means)
+            if need is None or self._grow(int(need)):
+                return new, sums, out
+
+    def _grow(self, n: int) -> bool:
+        """Whether a step that needed ``n`` sinking sub-steps is done (else the loop grows: redo it)."""
+        from .advection import ITMAX
+
+        if n <= self.loop:
+            return True
+        if n >= ITMAX:
+            warnings.warn(
+                f"advect_center: sub-steps clipped to max_substeps={ITMAX} (Courant number per sub-step "
+                "exceeds 1; results are not stable). Reduce dt or raise max_substeps.",
+                RuntimeWarning,
+                stacklevel=4,
+            )
+        self.loop = n
+        return False
 
     def __call__(self, state: dict, raw: Mapping, plans: dict) -> dict:
         from .advection import ITMAX

@@ -587,6 +587,27 @@ class ColumnForcing:
             out[k] = x[:, i] if w == 0.0 else torch.lerp(x[:, i], x[:, i + 1], w)
         return out
 
+    def sample_many(self, times: Sequence[float], names: Sequence[str]) -> dict[str, torch.Tensor]:
+        """:meth:`sample` at several model times (s) in one call: ``{name: (len(times), Bf, ...)}``, entry
+        ``j`` equal to ``sample(times[j])[name]`` (the same interpolation as one gather and one lerp)."""
+        iw = [self._weights(float(t)) for t in times]
+        idx = torch.tensor([i for i, _ in iw], dtype=torch.long)
+        out = {}
+        if all(w == 0.0 for _, w in iw):
+            for k in names:
+                x = self.fields[k]
+                out[k] = x.index_select(1, idx.to(x.device)).movedim(1, 0).contiguous()
+            return out
+        T = self.time.size
+        nxt = torch.tensor([min(i + 1, T - 1) for i, _ in iw], dtype=torch.long)
+        for k in names:
+            x = self.fields[k]
+            w = torch.tensor([w for _, w in iw], dtype=x.dtype, device=x.device)
+            a = x.index_select(1, idx.to(x.device)).movedim(1, 0)
+            b = x.index_select(1, nxt.to(x.device)).movedim(1, 0)
+            out[k] = torch.lerp(a, b, w.reshape(-1, *([1] * (a.ndim - 1)))).contiguous()
+        return out
+
     def day_of_year(self, t: float) -> float:
         """GOTM's decimal year day (days since 1 January 00:00 of the current year; 0.5 = noon on 1 Jan)."""
         if self.epoch is None:

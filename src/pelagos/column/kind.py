@@ -6,10 +6,10 @@ Configuration sections (all keys optional):
   biology, a fabm.yaml file (``builtin:fabm/fabm-gotm-npzd.yaml`` by default) or its ``instances:`` inline;
 - ``forcing: {file: PATH, bottom_stress: Pa}``: GOTM physics (NetCDF; ``builtin:nns_annual_22x5m.nc``);
 - ``numerics: {ode_method, sinking_method, cnpar, light, nuh_lag, repair, split_factor, chunk_columns,
-  compile, columns}``: see :class:`~pelagos.column.model.ColumnModel`; ``columns`` is the batch of
-  ``initial_state``; ``compile: true | false | auto`` runs the compiled step (:mod:`pelagos.column.compiled`:
-  same results, faster steps, a compile of tens of seconds at the first step; ``auto`` = on when a C++
-  compiler is found);
+  compile, block_steps, columns}``: see :class:`~pelagos.column.model.ColumnModel`; ``columns`` is the
+  batch of ``initial_state``; ``compile: true | false | auto`` runs the compiled step
+  (:mod:`pelagos.column.compiled`: same results, faster steps, a compile of tens of seconds at the first
+  step; ``auto`` = on when a C++ compiler is found); ``block_steps`` (default 12) steps per compiled call;
 - ``initial: {profiles: {name: value}}``: initial profiles over the BGC initial values.
 
 ``time.dt`` (s) is the step (3600 when absent); the configuration's dtype is that of forcing and parameters.
@@ -57,6 +57,7 @@ class ColumnNumerics:
     split_factor: int = 1
     chunk_columns: int | None = None
     compile: bool | str = False  # true | false | auto: the compiled step (pelagos.column.compiled)
+    block_steps: int = 12  # with compile: steps per compiled call (ColumnModel.step_block)
     columns: int = 1
     coarsen_layers: int | None = None  # merge layers by this factor (applied by pelagos.io.build)
 
@@ -94,6 +95,7 @@ def build(options: ColumnOptions, ctx: BuildContext):
         split_factor=num.split_factor,
         chunk_columns=num.chunk_columns,
         compile=num.compile,
+        block_steps=num.block_steps,
     )
     return model.to(dtype)
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +85,9 @@ class ColumnModel(Model):
         compile: run the step as one compiled program (``torch.compile``/Inductor: fused C++ loops on CPU);
             ``True``, ``False`` or ``"auto"`` (on when a C++ compiler is found). Same results as the plain
             step; see :mod:`pelagos.column.compiled` for what it costs (compile time) and when it falls back.
+        block_steps: with ``compile`` on, the run loop (:func:`pelagos.core.rollout`, ``Simulation``) advances
+            up to this many steps per compiled call (:meth:`step_block`; 1: one step per call). Same results;
+            fewer calls, so less per-call overhead (docs/column_compiled.md).
 
     Parameters (declared, so they can be made free and batched with ``using``): ``nuh_scale`` (factor on the
     forcing's ``nuh``) and ``I0_scale`` (factor on ``I_0``), both 1 by default; the BGC parameters appear as
@@ -106,6 +109,7 @@ class ColumnModel(Model):
         split_factor: int = 1,
         chunk_columns: int | None = None,
         compile: bool | str = False,
+        block_steps: int = 12,
     ) -> None:
         super().__init__()
         if isinstance(bgc, (str, os.PathLike, Mapping)):
@@ -143,6 +147,9 @@ class ColumnModel(Model):
         from .compiled import compile_mode
 
         self.compile_mode = compile_mode(compile)
+        if isinstance(block_steps, bool) or int(block_steps) < 1:
+            raise ConfigError(f"block_steps must be an int >= 1 (1: one step per call); got {block_steps!r}")
+        self.block_steps = int(block_steps)
         self.declare_parameter(
             "nuh_scale",
             1.0,
@@ -384,6 +391,11 @@ class ColumnModel(Model):
             def one(s: dict, ph: Mapping) -> dict:
                 return self._step_columns(s, t, ph)
 
+        return self._by_chunks(one, state, phys, 0)
+
+    def _by_chunks(self, one: Callable, state: dict, phys: Mapping, phys_dim: int) -> Any:
+        """``one(state, phys)`` over all columns, or chunk by chunk (``chunk_columns``) with the results
+        joined along the column dim 0; ``phys_dim``: the column dim of the forcing tensors."""
         B = state[(self.interior + self.bottom + self.surface)[0]].shape[0]
         c = self.chunk_columns
         if c is None or c >= B:
@@ -392,23 +404,82 @@ class ColumnModel(Model):
         # per-column forcing are sliced along with the state; chunks are independent: same result.
         snap = self.parameter_overrides()
 
-        def cut(x: Any, sl: slice) -> Any:
+        def cut(x: Any, sl: slice, dim: int = 0) -> Any:
             if isinstance(x, Mapping):
-                return {k: cut(v, sl) for k, v in x.items()}
-            return x[sl] if torch.is_tensor(x) and x.ndim >= 1 and x.shape[0] == B else x
+                return {k: cut(v, sl, dim) for k, v in x.items()}
+            if torch.is_tensor(x) and x.ndim > dim and x.shape[dim] == B:
+                return x[(slice(None),) * dim + (sl,)]
+            return x
 
         outs = []
         for a in range(0, B, c):
             sl = slice(a, min(a + c, B))
             with self.using_only(cut(snap, sl)):
-                outs.append(one(cut(state, sl), cut(phys, sl)))
+                outs.append(one(cut(state, sl), cut(phys, sl, phys_dim)))
 
         def join(parts: list) -> Any:
             if isinstance(parts[0], Mapping):
                 return {k: join([p[k] for p in parts]) for k in parts[0]}
+            if isinstance(parts[0], tuple):
+                return tuple(join([p[i] for p in parts]) for i in range(len(parts[0])))
+            if parts[0] is None:
+                return None
+            if parts[0].ndim == 0:
+                return parts[0]
             return torch.cat(parts, dim=0)
 
         return join(outs)
+
+    def step_block(
+        self, state: dict, times: Sequence[float], means: Sequence[str] = ()
+    ) -> tuple[dict, dict[str, torch.Tensor], dict | None] | None:
+        """Run-loop hook (:func:`pelagos.core.rollout`, ``Simulation``): the steps starting at ``times``
+        (model s, consecutive) as compiled blocks of up to ``block_steps`` steps, or ``None`` when this call
+        cannot use the compiled step (``compile`` off, ``block_steps`` 1, torch.func transforms, forward-mode
+        AD: the caller then calls :meth:`step` per step).
+
+        Returns ``(state after the steps, {name: mean over the steps of output(state_j, t_j + dt)[name]},
+        the outputs after the last step)`` for the names in ``means`` (the last outputs are ``None`` without
+        ``means``). Same results as :meth:`step` (and :meth:`output`) step by step: the forcing of all the
+        steps is sampled in one call, the running-mean plans are precomputed, and the steps run inside one
+        compiled program (see :mod:`pelagos.column.compiled`)."""
+        times = [float(t) for t in times]
+        n = len(times)
+        if self.block_steps < 2 or n < 1 or (n < 2 and not means):
+            return None
+        fast = self._compiled_step(state)
+        if fast is None:
+            return None
+        means = tuple(means)
+        sums: dict[str, torch.Tensor] | None = None
+        out = None
+        k = self.block_steps
+        for a in range(0, n, k):
+            ts = times[a : a + k]
+            raws = self._raw_block(ts, with_outputs=bool(means))
+            plans = tuple(fast.mean_plans(t) for t in ts)
+
+            def one(s: dict, r: Mapping, plans: tuple = plans) -> tuple:
+                return fast.block(s, r, plans, means)
+
+            state, part, out = self._by_chunks(one, state, raws, 1)
+            sums = part if sums is None else {name: sums[name] + part[name] for name in means}
+        mean_values = {name: (sums[name] / n).to(out[name].dtype) for name in means} if means else {}
+        return state, mean_values, out
+
+    def _raw_block(self, times: Sequence[float], *, with_outputs: bool) -> dict[str, torch.Tensor]:
+        """:meth:`_raw_physics` of the steps starting at ``times``, stacked on a leading dim (one forcing
+        lookup for all); ``with_outputs``: also ``"nuh_out"``, ``nuh`` at each step's end (what
+        :meth:`output` there uses)."""
+        f, dt = self.forcing, self.dt
+        t1 = [t + dt for t in times]
+        names = ["h", "temp", "salt", "I_0"] + (["bottom_stress"] if f.has_bottom_stress else [])
+        raw = f.sample_many(t1, names)
+        raw["nuh"] = f.sample_many(times if self.nuh_lag else t1, ["nuh"])["nuh"]
+        if with_outputs:
+            raw["nuh_out"] = f.sample_many(t1, ["nuh"])["nuh"] if self.nuh_lag else raw["nuh"]
+        raw["doy"] = torch.tensor([f.day_of_year(t) for t in t1], dtype=raw["h"].dtype)
+        return raw
 
     def _compiled_step(self, state: Mapping) -> Any:
         """The compiled step when ``compile`` is on and this call can use it (else ``None``: plain step)."""

@@ -16,6 +16,11 @@ in ``torch.utils.checkpoint`` (non-reentrant), whose saved-tensor hooks find the
 for reverse mode; when gradients are off, or inside a ``torch.func`` transform (``jvp``, ``vmap``, ``grad``),
 the plain loop runs instead and gives the same numbers.
 
+Multi-step calls. Without checkpointing, a :class:`~pelagos.core.Model` with a method
+``step_block(state, times)`` is asked to advance the steps starting at ``times`` (never past a save point) in
+one call; it returns ``(state, ...)`` (same result as ``step`` at each of ``times``), or ``None`` to have the
+loop call ``step`` instead (e.g. the column's compiled block, :meth:`~pelagos.column.ColumnModel.step_block`).
+
 State. A tensor or a pytree of tensors: dict, list, tuple, namedtuple or dataclass (dataclass types are
 registered with ``torch.utils._pytree`` on first use, which also lets ``torch.func.vmap`` map over them).
 """
@@ -250,13 +255,24 @@ def rollout(
         bar = tqdm(total=n_steps, desc="rollout", unit="step")
     try:
         if not use_ckpt:
-            for k in range(n_steps):
-                state = step(state, t0 + k * dt)
-                if (k + 1) % save_every == 0:
+            # A model may advance several steps per call (``model.step_block(state, times)``, e.g. one
+            # compiled program for k steps; ``None``: not this time): up to the next save point at most.
+            block = getattr(model_or_step, "step_block", None) if isinstance(model_or_step, Model) else None
+            k = 0
+            while k < n_steps:
+                n = min(save_every - k % save_every, n_steps - k)
+                res = block(state, [t0 + j * dt for j in range(k, k + n)]) if block and n > 1 else None
+                if res is not None:
+                    state = res[0]
+                else:
+                    for j in range(k, k + n):
+                        state = step(state, t0 + j * dt)
+                k += n
+                if k % save_every == 0:
                     saved.append(obs(state))
-                    saved_steps.append(k + 1)
+                    saved_steps.append(k)
                 if bar is not None:
-                    bar.update(1)
+                    bar.update(n)
         else:
             guard: dict = {}  # shared by the segments of this rollout (see core/segment.py)
             for k0 in range(0, n_steps, seg):

@@ -22,10 +22,11 @@ What it does, in this order:
    restarts are only written at output times, where no interval mean is half-accumulated.
 3. **Loop.** Output at step 0 and after every ``output_every`` steps (and after the last step); between
    outputs the state advances with :func:`pelagos.core.rollout` (``checkpoint`` passed on; with interval
-   means, one ``model.step`` at a time). Variables the model declares with ``Variable(mean=True)`` are
-   written as the mean over the output interval of their values after each step (GOTM's mean output: a PAR
-   or primary production at midnight says little; its daily mean does); the record at step 0 holds the
-   instantaneous value. Callbacks run after each output.
+   means, one ``model.step`` at a time, or ``model.step_block(state, times, means)`` when the model has it and
+   takes the call: several steps and their interval means at once). Variables the model declares with
+   ``Variable(mean=True)`` are written as the mean over the output interval of their values after each step
+   (GOTM's mean output: a PAR or primary production at midnight says little; its daily mean does); the
+   record at step 0 holds the instantaneous value. Callbacks run after each output.
 4. **Restart** files are written every ``every_steps`` steps (at the first output at or after each multiple),
    at the end, and on any interruption.
 5. **Stops.** Ctrl-C (``KeyboardInterrupt``) or an exception (a callback's ``StabilityError``, a crash):
@@ -531,6 +532,10 @@ class Simulation:
                 include_initial=False,
             )
             return traj.final, {}, None
+        block = getattr(self.model, "step_block", None)  # several steps per call (see core.rollout)
+        res = block(state, [self.time_of(k + j) for j in range(n)], means) if block is not None else None
+        if res is not None:
+            return res
         acc: dict[str, torch.Tensor] = {}
         for j in range(n):  # one step at a time (a 1-step rollout is this call plus per-call overhead)
             state = self.model.step(state, self.time_of(k + j))
