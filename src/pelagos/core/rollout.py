@@ -222,11 +222,12 @@ def rollout(
         saved_steps.append(0)
 
     # a Model may advance several steps per call: ``step_block(state, times) -> (state, ...)``, or ``None``
-    # (not this time); called up to the next save point at most (helper colblock's hook of the plain loop)
+    # (not this time); called up to the next save point at most
     block = getattr(model_or_step, "step_block", None) if isinstance(model_or_step, Model) else None
 
-    def advance(s: State, k0: int, k1: int) -> tuple[State, list[Any]]:
-        """Steps k0 … k1-1 (a checkpointed segment): the state at k1 and the entries saved on the way."""
+    def advance(s: State, k0: int, k1: int, bar: Any = None) -> tuple[State, list[Any]]:
+        """Steps k0 … k1-1 (the whole run, or a checkpointed segment): the state at k1 and the entries saved
+        on the way; a progress ``bar`` is updated as steps are taken."""
         out = []
         k = k0
         while k < k1:
@@ -240,6 +241,8 @@ def rollout(
             k += n
             if k % save_every == 0:
                 out.append(obs(s))
+            if bar is not None:
+                bar.update(n)
         return s, out
 
     use_ckpt = (
@@ -255,24 +258,9 @@ def rollout(
         bar = tqdm(total=n_steps, desc="rollout", unit="step")
     try:
         if not use_ckpt:
-            # A model may advance several steps per call (``model.step_block(state, times)``, e.g. one
-            # compiled program for k steps; ``None``: not this time): up to the next save point at most.
-            block = getattr(model_or_step, "step_block", None) if isinstance(model_or_step, Model) else None
-            k = 0
-            while k < n_steps:
-                n = min(save_every - k % save_every, n_steps - k)
-                res = block(state, [t0 + j * dt for j in range(k, k + n)]) if block and n > 1 else None
-                if res is not None:
-                    state = res[0]
-                else:
-                    for j in range(k, k + n):
-                        state = step(state, t0 + j * dt)
-                k += n
-                if k % save_every == 0:
-                    saved.append(obs(state))
-                    saved_steps.append(k)
-                if bar is not None:
-                    bar.update(n)
+            state, out = advance(state, 0, n_steps, bar)
+            saved.extend(out)
+            saved_steps.extend(range(save_every, n_steps + 1, save_every))
         else:
             guard: dict = {}  # shared by the segments of this rollout (see core/segment.py)
             for k0 in range(0, n_steps, seg):
