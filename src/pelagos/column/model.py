@@ -58,6 +58,8 @@ def _shared_rows(w: torch.Tensor) -> torch.Tensor:
 
     # A forward-mode dual tensor (torch.autograd.forward_ad) has requires_grad False but carries a tangent.
     has_tangent = torch.autograd.forward_ad.unpack_dual(w).tangent is not None
+    if w.ndim >= 2 and w.shape[-2] > 1 and w.stride(-2) == 0:  # a broadcast view: one row by construction
+        return w[..., :1, :]
     if w.ndim >= 2 and w.shape[-2] > 1 and not w.requires_grad and not has_tangent and concrete(w):
         first = w[..., :1, :]
         if torch.equal(w, first.expand_as(w)):
