@@ -264,6 +264,48 @@ def phases(B: int, dtype_name: str, repeat: int) -> dict:
         }
 
 
+def kernels(B: int, dtype_name: str, steps: int, chunk: int | None, repeat: int) -> dict:
+    """The compiled step's parts, kernel by kernel: Inductor's generated C++ kernels (timed by Inductor's
+    kernel profiling, ``cpp.enable_kernel_profile``, with the Python wrapper instead of the C++ one so that
+    the profiler sees them), the tridiagonal custom op, aten fallbacks and dynamo's guard checks:
+    torch.profiler's self CPU time per step (forward, no gradient), minimum of ``repeat`` profiled windows per
+    part (the machine is shared). The profiler adds a little per event; ``ms_per_step_without_profiler`` is
+    without it."""
+    os.environ["PELAGOS_COLUMN_CPP_WRAPPER"] = "0"  # read when pelagos.column.compiled is imported
+    import torch
+    import torch._inductor.config as ic
+    from torch.profiler import ProfilerActivity, profile
+
+    from pelagos.core.rollout import rollout
+
+    ic.cpp.enable_kernel_profile = True
+    torch.set_num_threads(1)
+    model, raw, _ = build(B, dtype_name, chunk, True)
+    s0 = model.initial_state(B, t0=START)
+
+    def window() -> None:
+        with torch.no_grad(), model.using(raw):
+            rollout(model, s0, steps, t0=START, save_every=steps, include_initial=False)
+
+    window()
+    total = 1e9
+    for _ in range(repeat):
+        t = time.process_time()
+        window()
+        total = min(total, (time.process_time() - t) / steps)
+    best: dict[str, dict] = {}
+    for _ in range(repeat):
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            window()
+        for e in prof.key_averages():
+            ms = e.self_cpu_time_total / 1e3 / steps
+            if ms > 0 and (e.key not in best or ms < best[e.key]["ms_per_step"]):
+                best[e.key] = {"name": e.key, "calls_per_step": e.count / steps, "ms_per_step": ms}
+    rows = sorted(best.values(), key=lambda r: -r["ms_per_step"])
+    return {"batch": B, "dtype": dtype_name, "chunk_columns": chunk, "steps": steps,
+            "ms_per_step_without_profiler": 1e3 * total, "parts": rows}  # fmt: skip
+
+
 def _cpu_name() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -408,6 +450,12 @@ def main(argv: list[str] | None = None) -> None:
     )
     ap.add_argument("--run-path", nargs=3, metavar=("COLUMNS", "COMPILE", "DAYS"), help=argparse.SUPPRESS)
     ap.add_argument("--phases", nargs=2, metavar=("B", "DTYPE"), help=argparse.SUPPRESS)
+    ap.add_argument(
+        "--kernels",
+        nargs=2,
+        metavar=("B", "DTYPE"),
+        help="profile the compiled step kernel by kernel, print JSON",
+    )
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "column.json")
     ap.add_argument("--doc", type=Path, default=ROOT / "docs" / "bench_column.md")
     a = ap.parse_args(argv)
@@ -422,6 +470,14 @@ def main(argv: list[str] | None = None) -> None:
         return
     if a.phases:
         print(json.dumps(phases(int(a.phases[0]), a.phases[1], a.repeat)))
+        return
+    if a.kernels:
+        r = kernels(int(a.kernels[0]), a.kernels[1], a.steps, a.chunk or None, a.repeat)
+        for row in r["parts"][:25]:
+            print(
+                f"{row['ms_per_step']:8.3f} ms/step {row['calls_per_step']:6.1f} calls  {row['name'][:110]}"
+            )
+        print(json.dumps(r))
         return
     if a.quick:
         a.batches, a.dtypes, a.grad_batches, a.steps, a.repeat = [1, 128], ["float64"], [1], 12, 2
