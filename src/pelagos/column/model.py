@@ -492,9 +492,8 @@ class ColumnModel(Model):
             )
             if loop is not None:
                 need = advection.courant_substeps(ww, h, dt).amax()
-        if still:
-            parts.append(torch.stack([svars[n] for n in still]))
-        Y = torch.cat(parts) if len(parts) > 1 else parts[0]
+        # one stack (not a stack of the still tracers inside a cat): each still tracer is copied once
+        Y = torch.stack([*(parts[0].unbind(0) if parts else ()), *(svars[n] for n in still)])
         # 3. diffusion of every tracer with the same matrix
         Y = self._diffuse(Y, h, phys["nuh"])
         new = {n: Y[i] for i, n in enumerate(moving + still)}
