@@ -493,7 +493,13 @@ class ColumnModel(Model):
             if loop is not None:
                 need = advection.courant_substeps(ww, h, dt).amax()
         # one stack (not a stack of the still tracers inside a cat): each still tracer is copied once
-        Y = torch.stack([*(parts[0].unbind(0) if parts else ()), *(svars[n] for n in still)])
+        tracers = [*(parts[0].unbind(0) if parts else ()), *(svars[n] for n in still)]
+        if (
+            torch.compiler.is_compiling()
+        ):  # (V, B, nz) seen, (B, V, nz) in memory: what the compiled solve takes
+            Y = torch.stack(tracers, dim=1).transpose(0, 1)
+        else:
+            Y = torch.stack(tracers)
         # 3. diffusion of every tracer with the same matrix
         Y = self._diffuse(Y, h, phys["nuh"])
         new = {n: Y[i] for i, n in enumerate(moving + still)}
