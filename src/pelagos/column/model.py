@@ -480,23 +480,22 @@ class ColumnModel(Model):
         parts = []
         need = None
         if moving:
-            Ym = torch.stack([svars[n] for n in moving])
             w_rows = [_shared_rows(ws[n]) for n in moving]
             shape = torch.broadcast_shapes(*(w.shape for w in w_rows))
             w_c = torch.stack([torch.broadcast_to(w, shape) for w in w_rows])
             ww = advection.face_velocities(w_c, h)
-            parts.append(
-                advection.advect_center(
-                    Ym, h, ww, dt, method=self.sinking_method, mode="conservative", loop=loop
-                )
-            )
+            kw = {"method": self.sinking_method, "mode": "conservative", "loop": loop}
+            if torch.compiler.is_compiling():  # one call per tracer: no stacked copy of the moving states
+                parts = [advection.advect_center(svars[n], h, ww[i], dt, **kw) for i, n in enumerate(moving)]
+            else:
+                Ym = torch.stack([svars[n] for n in moving])
+                parts = list(advection.advect_center(Ym, h, ww, dt, **kw).unbind(0))
             if loop is not None:
                 need = advection.courant_substeps(ww, h, dt).amax()
         # one stack (not a stack of the still tracers inside a cat): each still tracer is copied once
-        tracers = [*(parts[0].unbind(0) if parts else ()), *(svars[n] for n in still)]
-        if (
-            torch.compiler.is_compiling()
-        ):  # (V, B, nz) seen, (B, V, nz) in memory: what the compiled solve takes
+        tracers = [*parts, *(svars[n] for n in still)]
+        if torch.compiler.is_compiling():
+            # (V, B, nz) seen, (B, V, nz) in memory: the layout the compiled solve takes (no transposed copy)
             Y = torch.stack(tracers, dim=1).transpose(0, 1)
         else:
             Y = torch.stack(tracers)
