@@ -264,6 +264,138 @@ def phases(B: int, dtype_name: str, repeat: int) -> dict:
         }
 
 
+def kernels(B: int, dtype_name: str, steps: int, chunk: int | None, repeat: int) -> dict:
+    """The compiled step's parts, kernel by kernel: Inductor's generated C++ kernels (timed by Inductor's
+    kernel profiling, ``cpp.enable_kernel_profile``, with the Python wrapper instead of the C++ one so that
+    the profiler sees them), the tridiagonal custom op, aten fallbacks and dynamo's guard checks:
+    torch.profiler's self CPU time per step (forward, no gradient), minimum of ``repeat`` profiled windows per
+    part (the machine is shared). The profiler adds a little per event; ``ms_per_step_without_profiler`` is
+    without it."""
+    os.environ["PELAGOS_COLUMN_CPP_WRAPPER"] = "0"  # read when pelagos.column.compiled is imported
+    import torch
+    import torch._inductor.config as ic
+    from torch.profiler import ProfilerActivity, profile
+
+    from pelagos.core.rollout import rollout
+
+    ic.cpp.enable_kernel_profile = True
+    torch.set_num_threads(1)
+    model, raw, _ = build(B, dtype_name, chunk, True)
+    s0 = model.initial_state(B, t0=START)
+
+    def window() -> None:
+        with torch.no_grad(), model.using(raw):
+            rollout(model, s0, steps, t0=START, save_every=steps, include_initial=False)
+
+    window()
+    total = 1e9
+    for _ in range(repeat):
+        t = time.process_time()
+        window()
+        total = min(total, (time.process_time() - t) / steps)
+    best: dict[str, dict] = {}
+    for _ in range(repeat):
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            window()
+        for e in prof.key_averages():
+            ms = e.self_cpu_time_total / 1e3 / steps
+            if ms > 0 and (e.key not in best or ms < best[e.key]["ms_per_step"]):
+                best[e.key] = {"name": e.key, "calls_per_step": e.count / steps, "ms_per_step": ms}
+    rows = sorted(best.values(), key=lambda r: -r["ms_per_step"])
+    return {"batch": B, "dtype": dtype_name, "chunk_columns": chunk, "steps": steps,
+            "ms_per_step_without_profiler": 1e3 * total, "parts": rows}  # fmt: skip
+
+
+def op_costs() -> dict:
+    """CPU ns per element of one operation in Inductor-generated loops on this core (the roofline's unit
+    costs): chains of 32 dependent multiply-adds, divisions or ``exp`` on 65 536 elements (in cache), minus a
+    one-operation loop; and the streaming copy bandwidth (ns per byte moved). Minima of repeats."""
+    import torch
+
+    torch.set_num_threads(1)
+    L, n = 32, 65536
+
+    def best(fn: Any, x: Any, reps: int = 15, inner: int = 20) -> float:
+        fn(x)
+        out = 1e9
+        for _ in range(reps):
+            t = time.process_time()
+            for _ in range(inner):
+                fn(x)
+            out = min(out, (time.process_time() - t) / inner)
+        return out
+
+    def chain(op: str) -> Any:
+        def f(x: Any) -> Any:
+            for _ in range(L if op != "base" else 1):
+                x = {"base": lambda y: y * 0.999 + 0.001, "fma": lambda y: y * 0.999 + 0.001,
+                     "div": lambda y: 1.5 / (y + 0.5), "exp": lambda y: torch.exp(-y)}[op](x)  # fmt: skip
+            return x
+
+        return torch.compile(f, dynamic=False)
+
+    out: dict[str, Any] = {}
+    for dtype in (torch.float64, torch.float32):
+        x = torch.rand(n, dtype=dtype)
+        base = best(chain("base"), x)
+        r = {op: (best(chain(op), x) - base) / L / n * 1e9 for op in ("fma", "div", "exp")}
+        big = torch.rand(8 * 1024 * 1024, dtype=dtype)
+        dst = torch.empty_like(big)
+        r["copy_ns_per_byte"] = (
+            best(dst.copy_, big, reps=5, inner=3) / (2 * big.numel() * big.element_size()) * 1e9
+        )
+        out[str(dtype).replace("torch.", "")] = r
+    return out
+
+
+def run_parts(B: int) -> dict:
+    """The parts of one ``pelagos run`` step with interval-mean diagnostics (what ``Simulation._advance``
+    does per step), compiled, float64, B columns not chunked, timed one by one on the same states (CPU ms,
+    minima of 7): the step, the output for the means (all fields; only the mean fields), the running sums."""
+    import torch
+
+    from pelagos.column import compiled as cc
+
+    torch.set_num_threads(1)
+    model, _, _ = build(B, "float64", None, True)
+    s = model.initial_state(B, t0=START)
+    names = [v.name for v in model.output_variables() if v.mean]
+
+    def core(state: dict, raw: dict) -> dict:
+        o = model._output_from(state, model._scale_physics(raw))
+        return {k: o[k] for k in names}
+
+    only = torch.compile(core, dynamic=False, options=cc._OPTIONS)
+    with torch.no_grad():
+        s1 = model.step(s, START)
+        t1 = START + model.dt
+        raw = model._raw_physics(t1, for_step=False)
+        o = model.output(s1, t1)
+        acc = {k: o[k].clone() for k in names}
+
+        def accumulate() -> None:
+            for k in names:
+                acc[k] = acc[k] + o[k].to(torch.float64)
+
+        parts = {
+            "step": lambda: model.step(s, START),
+            "output, all fields": lambda: model.output(s1, t1),
+            "output, mean fields only": lambda: only(dict(s1), dict(raw)),
+            f"running sums of the {len(names)} mean fields": accumulate,
+            "forcing sample at the output time": lambda: model._raw_physics(t1, for_step=False),
+        }
+        res = dict.fromkeys(parts, 1e9)
+        for f in parts.values():
+            f()
+        for _ in range(7):
+            for k, f in parts.items():
+                t = time.process_time()
+                f()
+                res[k] = min(res[k], time.process_time() - t)
+        same = all(torch.equal(o[k], only(dict(s1), dict(raw))[k]) for k in names)
+    return {"batch": B, "mean_fields": names, "ms": {k: 1e3 * v for k, v in res.items()}, "same_values": same}
+
+
 def _cpu_name() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -408,6 +540,14 @@ def main(argv: list[str] | None = None) -> None:
     )
     ap.add_argument("--run-path", nargs=3, metavar=("COLUMNS", "COMPILE", "DAYS"), help=argparse.SUPPRESS)
     ap.add_argument("--phases", nargs=2, metavar=("B", "DTYPE"), help=argparse.SUPPRESS)
+    ap.add_argument(
+        "--kernels",
+        nargs=2,
+        metavar=("B", "DTYPE"),
+        help="profile the compiled step kernel by kernel, print JSON",
+    )
+    ap.add_argument("--op-costs", action="store_true", help="ns per element of add/div/exp here (roofline)")
+    ap.add_argument("--run-parts", action="store_true", help="parts of a `pelagos run` step, 1024 columns")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "column.json")
     ap.add_argument("--doc", type=Path, default=ROOT / "docs" / "bench_column.md")
     a = ap.parse_args(argv)
@@ -422,6 +562,20 @@ def main(argv: list[str] | None = None) -> None:
         return
     if a.phases:
         print(json.dumps(phases(int(a.phases[0]), a.phases[1], a.repeat)))
+        return
+    if a.kernels:
+        r = kernels(int(a.kernels[0]), a.kernels[1], a.steps, a.chunk or None, a.repeat)
+        for row in r["parts"][:25]:
+            print(
+                f"{row['ms_per_step']:8.3f} ms/step {row['calls_per_step']:6.1f} calls  {row['name'][:110]}"
+            )
+        print(json.dumps(r))
+        return
+    if a.op_costs:
+        print(json.dumps(op_costs()))
+        return
+    if a.run_parts:
+        print(json.dumps(run_parts(1024)))
         return
     if a.quick:
         a.batches, a.dtypes, a.grad_batches, a.steps, a.repeat = [1, 128], ["float64"], [1], 12, 2

@@ -263,9 +263,16 @@ class NPZD(BGCModel):
         return t, self._diagnostics(f)
 
     def vertical_movement(self, s, env):
+        # Broadcast views, not (B, nz) copies: unless w_p/w_d are batched per column, every column shares one
+        # velocity row, and the host computes the sinking's Courant coefficients once for all columns.
         ref = s["phy"]
-        zero = torch.zeros_like(ref)
-        return {"phy": zero + self.p("w_p", ref.ndim), "det": zero + self.p("w_d", ref.ndim)}
+        nd, nz = ref.ndim, ref.shape[-1]
+
+        def w(name: str) -> torch.Tensor:
+            v = self.p(name, nd)
+            return v.expand(*v.shape[:-1], nz)
+
+        return {"phy": w("w_p"), "det": w("w_d")}
 
     def light_extinction(self, s, env):
         nd = s["phy"].ndim

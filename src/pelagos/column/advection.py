@@ -62,6 +62,16 @@ def _limiter_coeffs(c: torch.Tensor) -> dict[str, torch.Tensor]:
     }
 
 
+def _realized(coeffs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The limiter coefficients stacked into one tensor and unbound again (the same values). Under
+    ``torch.compile`` a CPU ``cat``/``stack`` is a buffer of its own, so these Courant-only terms (several
+    divisions) are computed once per velocity row instead of being inlined into every column's face loop."""
+    keys = list(coeffs)
+    shape = torch.broadcast_shapes(*(v.shape for v in coeffs.values()))
+    stacked = torch.stack([coeffs[k].expand(shape) for k in keys])
+    return dict(zip(keys, stacked.unbind(0)))
+
+
 def face_reconstruct(
     method: str | int,
     c: torch.Tensor,
@@ -265,6 +275,9 @@ def advect_center(
     dw = ww[..., 1:] - ww[..., :-1]  # only for the non-conservative form
     coeffs = _limiter_coeffs(cour) if name != "UPSTREAM" else None
     fac = 1.0 / itb * dtb  # GOTM: Y - 1/it*dt*(...)
+    compiling = torch.compiler.is_compiling()
+    if compiling and coeffs is not None:
+        coeffs = _realized(coeffs)
     # one direction everywhere (e.g. sinking) needs no per-face selection
     direction = None
     if concrete(pos):
@@ -272,9 +285,13 @@ def advect_center(
     for step in range(n_loop):
         if nz >= 2:
             Ylo, Yhi = Y[..., :-1], Y[..., 1:]
-            if direction != "down":
+            if direction != "down" and compiling:  # the same values as the cat below, fused by Inductor
+                Yu_pos = torch.nn.functional.pad(Y[..., :-2], (1, 0), mode="replicate")
+            elif direction != "down":
                 Yu_pos = torch.cat([Y[..., :1], Y[..., :-2]], -1)  # below lower layer (itself at bed face)
-            if direction != "up":
+            if direction != "up" and compiling:  # the same values as the cat below, fused by Inductor
+                Yu_neg = torch.nn.functional.pad(Y[..., 2:], (0, 1), mode="replicate")
+            elif direction != "up":
                 Yu_neg = torch.cat([Y[..., 2:], Y[..., -1:]], -1)  # above upper layer (itself at top face)
             if direction == "down":
                 Yc, Yd, Yu = Yhi, Ylo, Yu_neg
@@ -289,8 +306,19 @@ def advect_center(
             F_int = Y[..., :0]
         top, bot = _boundary_fluxes(kind_up, v_up, kind_dw, v_dw, F_int, ww, Y)
         fb = torch.broadcast_shapes(F_int.shape[:-1], top.shape, bot.shape)
-        F = torch.cat([bot.expand(fb)[..., None], F_int.expand(*fb, nz - 1), top.expand(fb)[..., None]], -1)
-        div = (F[..., 1:] - F[..., :-1]) / h
+        if compiling and nz >= 2:
+            # fluxes through the upper and lower face of each layer as zero-padded sums (x + 0 = x): pointwise
+            # for Inductor, where the cat below would be a separate copy loop; the same values
+            pad = torch.nn.functional.pad
+            Fi = F_int.expand(*fb, nz - 1)
+            upper = pad(Fi, (0, 1)) + pad(top.expand(fb)[..., None], (nz - 1, 0))
+            lower = pad(Fi, (1, 0)) + pad(bot.expand(fb)[..., None], (0, nz - 1))
+            div = (upper - lower) / h
+        else:
+            F = torch.cat(
+                [bot.expand(fb)[..., None], F_int.expand(*fb, nz - 1), top.expand(fb)[..., None]], -1
+            )
+            div = (F[..., 1:] - F[..., :-1]) / h
         if not conservative:
             div = div - Y * dw / h
         Y_new = Y - fac * div

@@ -58,6 +58,8 @@ def _shared_rows(w: torch.Tensor) -> torch.Tensor:
 
     # A forward-mode dual tensor (torch.autograd.forward_ad) has requires_grad False but carries a tangent.
     has_tangent = torch.autograd.forward_ad.unpack_dual(w).tangent is not None
+    if w.ndim >= 2 and w.shape[-2] > 1 and w.stride(-2) == 0:  # a broadcast view: one row by construction
+        return w[..., :1, :]
     if w.ndim >= 2 and w.shape[-2] > 1 and not w.requires_grad and not has_tangent and concrete(w):
         first = w[..., :1, :]
         if torch.equal(w, first.expand_as(w)):
@@ -549,21 +551,25 @@ class ColumnModel(Model):
         parts = []
         need = None
         if moving:
-            Ym = torch.stack([svars[n] for n in moving])
             w_rows = [_shared_rows(ws[n]) for n in moving]
             shape = torch.broadcast_shapes(*(w.shape for w in w_rows))
             w_c = torch.stack([torch.broadcast_to(w, shape) for w in w_rows])
             ww = advection.face_velocities(w_c, h)
-            parts.append(
-                advection.advect_center(
-                    Ym, h, ww, dt, method=self.sinking_method, mode="conservative", loop=loop
-                )
-            )
+            kw = {"method": self.sinking_method, "mode": "conservative", "loop": loop}
+            if torch.compiler.is_compiling():  # one call per tracer: no stacked copy of the moving states
+                parts = [advection.advect_center(svars[n], h, ww[i], dt, **kw) for i, n in enumerate(moving)]
+            else:
+                Ym = torch.stack([svars[n] for n in moving])
+                parts = list(advection.advect_center(Ym, h, ww, dt, **kw).unbind(0))
             if loop is not None:
                 need = advection.courant_substeps(ww, h, dt).amax()
-        if still:
-            parts.append(torch.stack([svars[n] for n in still]))
-        Y = torch.cat(parts) if len(parts) > 1 else parts[0]
+        # one stack (not a stack of the still tracers inside a cat): each still tracer is copied once
+        tracers = [*parts, *(svars[n] for n in still)]
+        if torch.compiler.is_compiling():
+            # (V, B, nz) seen, (B, V, nz) in memory: the layout the compiled solve takes (no transposed copy)
+            Y = torch.stack(tracers, dim=1).transpose(0, 1)
+        else:
+            Y = torch.stack(tracers)
         # 3. diffusion of every tracer with the same matrix
         Y = self._diffuse(Y, h, phys["nuh"])
         new = {n: Y[i] for i, n in enumerate(moving + still)}
