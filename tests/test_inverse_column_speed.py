@@ -188,3 +188,32 @@ def test_compiled_forward_mode_jacobian_equals_plain_and_fd():
             [(P_plain.residuals(z + h * e) - P_plain.residuals(z - h * e)) / (2 * h) for e in torch.eye(2)], 1
         )
     torch.testing.assert_close(J, fd.to(J), rtol=1e-6, atol=1e-8 * scale)
+
+
+def test_jacobian_check_from_the_remembered_run_catches_a_wrong_batch():
+    """The Jacobian's guard uses the optimiser's remembered run at z (one extra run, one-sided difference):
+    a right model passes it, a model that mixes the members of the control batch is caught (then
+    ``torch.func.jacfwd`` gives the right Jacobian)."""
+    from pelagos.core.obsio import synthetic_observations
+    from pelagos.models import Lorenz63
+
+    class MixedBatch(Lorenz63):
+        def step(self, x, t):
+            out = super().step(x, t)
+            return out[:1].expand_as(out) if out.ndim >= 2 and out.shape[0] > 1 else out
+
+    load_jvp_decompositions()
+    for cls, batched in ((Lorenz63, True), (MixedBatch, False)):
+        truth = cls()
+        x0 = truth.initial_state().to(torch.float64)
+        times = torch.arange(1, 6, dtype=torch.float64) * 5 * truth.dt
+        obs = synthetic_observations(truth, x0, times, sigma=0.5, noise="none")
+        model = cls(sigma=8.0, rho=25.0, beta=2.0).to(torch.float64)
+        model.select_free(["sigma", "rho", "beta"])
+        P = VariationalProblem(model, obs, x0)
+        z = P.z0 + 0.05
+        with torch.no_grad():
+            P.predict(z)  # the optimiser's last run at z, remembered
+        J = P.jacobian(z)
+        assert P._batched_jac is batched
+        torch.testing.assert_close(J, torch.func.jacfwd(P.residuals)(z), rtol=1e-10, atol=1e-10)

@@ -170,9 +170,9 @@ class VariationalProblem:
     def predictions(self, z: torch.Tensor) -> torch.Tensor:
         """``H(x(t_i))`` for the single control ``z`` without a graph: the remembered values when ``z`` is the
         first or the latest control this problem predicted (bitwise the same run), else a new run."""
-        for entry in (self._last, self._first):
-            if entry is not None and entry[0].shape == z.shape and torch.equal(entry[0], z.detach()):
-                return entry[1]
+        pred = self._remembered(z)
+        if pred is not None:
+            return pred
         with torch.no_grad():
             return self.predict(z.detach())
 
@@ -197,8 +197,12 @@ class VariationalProblem:
 
     def residuals(self, z: torch.Tensor) -> torch.Tensor:
         """Whitened residual vector r(z); the cost is ½‖r‖²."""
+        return self._residuals_of(z, self.predict(z))
+
+    def _residuals_of(self, z: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
+        """r(z) from the predictions ``pred = H(x(t_i))`` of the control ``z``."""
         u, v, w = self.split(z)
-        ro = self.obs.residual(self.predict(z))
+        ro = self.obs.residual(pred)
         ro = ro.movedim(1, 0).reshape(z.shape[0], -1) if z.ndim == 2 else ro.reshape(-1)
         r = [ro, v, w]
         if self._prior:
@@ -206,15 +210,30 @@ class VariationalProblem:
             r.append((u[..., list(i)] - torch.tensor(m, dtype=u.dtype)) / torch.tensor(s, dtype=u.dtype))
         return torch.cat(r, dim=-1)
 
+    def _remembered(self, z: torch.Tensor) -> torch.Tensor | None:
+        """The remembered single-run predictions of ``z`` (:meth:`predictions`), or ``None``."""
+        for entry in (self._last, self._first):
+            if entry is not None and entry[0].shape == z.shape and torch.equal(entry[0], z.detach()):
+                return entry[1]
+        return None
+
     def _check_jacobian(self, z: torch.Tensor, J: torch.Tensor) -> bool:
-        """Once per problem: compare J d with a central difference along a random direction (guards against a
-        model that broadcasts the extra batch dim silently in a wrong way)."""
+        """Once per problem: compare J d with a finite difference along a random direction of single
+        (unbatched) runs: guards against a model that broadcasts the extra batch dim silently in a wrong way.
+        When the optimiser's own run at ``z`` is remembered, a one-sided difference from it (one run, step
+        1e-7), else a central one (two runs, step 1e-6)."""
         if self._jac_checked:
             return True
         d = torch.randn(z.numel(), generator=torch.Generator().manual_seed(0), dtype=z.dtype)
-        h = 1e-6 * max(1.0, float(z.abs().max()))
+        scale = max(1.0, float(z.abs().max()))
+        base = self._remembered(z)
         with torch.no_grad():
-            fd = (self.residuals(z.detach() + h * d) - self.residuals(z.detach() - h * d)) / (2 * h)
+            if base is not None:
+                h = 1e-7 * scale
+                fd = (self.residuals(z.detach() + h * d) - self._residuals_of(z.detach(), base)) / h
+            else:
+                h = 1e-6 * scale
+                fd = (self.residuals(z.detach() + h * d) - self.residuals(z.detach() - h * d)) / (2 * h)
         ok = bool(torch.allclose(J @ d, fd, rtol=1e-4, atol=1e-6 * (1.0 + float(fd.abs().max()))))
         self._jac_checked = ok
         return ok
