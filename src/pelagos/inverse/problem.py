@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 
 import torch
+import torch.utils._pytree as pytree
 
 from ..core._torch_quirks import load_jvp_decompositions
 from ..core.covariance import Covariance, as_covariance
@@ -143,6 +144,13 @@ class VariationalProblem:
     def predict(self, z: torch.Tensor, *, return_final: bool = False):
         """``H(x(t_i))`` (n_t, *batch, m) for control ``z`` (and the state at the last observation time)."""
         x0 = self.initial_state(z)
+        if torch.is_grad_enabled() and z.requires_grad and not self.control_state:
+            # the first step's state then requires grad as every later one does: a compiled step (specialised
+            # on which inputs require grad) runs one program for all steps instead of compiling a second one
+            # for the first (the extra gradient, that of x0, is not used)
+            x0 = pytree.tree_map_only(
+                torch.Tensor, lambda t: t.detach().requires_grad_(t.is_floating_point()), x0
+            )
         with self.params_context(z):
             if self.Q is None:
                 out = predict(
@@ -227,12 +235,17 @@ class VariationalProblem:
         d = torch.randn(z.numel(), generator=torch.Generator().manual_seed(0), dtype=z.dtype)
         scale = max(1.0, float(z.abs().max()))
         base = self._remembered(z)
-        with torch.no_grad():
-            if base is not None:
-                h = 1e-7 * scale
-                fd = (self.residuals(z.detach() + h * d) - self._residuals_of(z.detach(), base)) / h
-            else:
-                h = 1e-6 * scale
+        if base is not None:
+            h = 1e-7 * scale
+            # the run as the optimiser's (a control that requires grad): a compiled step then runs the program
+            # it already has instead of compiling one for a run without gradients (same values)
+            zh = (z.detach() + h * d).requires_grad_(True)
+            with torch.enable_grad():
+                r1 = self.residuals(zh).detach()
+            fd = (r1 - self._residuals_of(z.detach(), base)) / h
+        else:
+            h = 1e-6 * scale
+            with torch.no_grad():
                 fd = (self.residuals(z.detach() + h * d) - self.residuals(z.detach() - h * d)) / (2 * h)
         ok = bool(torch.allclose(J @ d, fd, rtol=1e-4, atol=1e-6 * (1.0 + float(fd.abs().max()))))
         self._jac_checked = ok
