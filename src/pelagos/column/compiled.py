@@ -269,9 +269,21 @@ def _split_dual(tree: Any) -> tuple[Any, Any]:
         pairs = [_split_dual(x) for x in tree]
         return [p[0] for p in pairs], [p[1] for p in pairs]
     p, t = torch._unpack_dual(tree, 0)
-    return p.contiguous(), (
-        torch.zeros_like(p, memory_format=torch.contiguous_format) if t is None else t.contiguous()
-    )
+    if t is None:
+        t = torch.zeros_like(p, memory_format=torch.contiguous_format)
+    return _dense(p), _dense(t)
+
+
+def _dense(t: torch.Tensor) -> torch.Tensor:
+    """``t`` with the strides of a new contiguous tensor (views with size-1 dims count as contiguous but
+    keep other strides, which the compiled program is specialised on)."""
+    want, acc = [], 1
+    for n in reversed(t.shape):
+        want.append(acc)
+        acc *= max(n, 1)
+    if t.stride() == tuple(reversed(want)):
+        return t
+    return t.clone(memory_format=torch.contiguous_format)
 
 
 def _join_dual(p: Any, t: Any) -> Any:
