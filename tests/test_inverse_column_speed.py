@@ -12,6 +12,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 
@@ -252,3 +254,33 @@ def test_compiled_forward_mode_dict_state_matches_plain():
         p, t = outs[1][k]
         torch.testing.assert_close(p, p_ref, rtol=1e-12, atol=1e-14)
         torch.testing.assert_close(t, t_ref, rtol=1e-10, atol=1e-12 * float(t_ref.abs().max()))
+
+
+@pytest.mark.skipif(not cxx_available(), reason="needs a C++ compiler for torch.compile")
+def test_compiled_forward_mode_that_cannot_be_built_warns_once_and_runs_plain(monkeypatch):
+    import torch.autograd.forward_ad as fwAD
+
+    from pelagos.column import compiled as cc
+    from pelagos.column.kind import example
+
+    def broken(self, state, raw, plans):
+        raise RuntimeError("dynamo could not trace this model's jvp")
+
+    monkeypatch.setattr(cc.CompiledJvpStep, "_run", broken)
+    plain, fast = example(), example()
+    fast.compile_mode = "on"
+    s0 = plain.initial_state(2, t0=21600.0)
+    tan = {k: torch.ones_like(v) for k, v in s0.items()}
+    outs = []
+    for m in (plain, fast):
+        with fwAD.dual_level():
+            s = {k: fwAD.make_dual(v, tan[k]) for k, v in s0.items()}
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                for k in range(3):
+                    s = m.step(s, 21600.0 + k * m.dt)
+            outs.append({k: [x.clone() for x in fwAD.unpack_dual(v)] for k, v in s.items()})
+        if m is fast:
+            assert sum("forward mode on the compiled step failed" in str(w.message) for w in caught) == 1
+    for k, (p, t) in outs[0].items():
+        assert torch.equal(outs[1][k][0], p) and torch.equal(outs[1][k][1], t)

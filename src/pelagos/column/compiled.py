@@ -328,6 +328,7 @@ class CompiledJvpStep:
         self.model = cs.model
         self._fn = torch.compile(_own_code(_jvp_core, cs.model), dynamic=False, options=_OPTIONS)
         self._t: float | None = None
+        self._works: bool | None = None  # None until the first call has compiled (or failed to)
 
     def mean_plans(self, t: float) -> dict[str, tuple]:
         self._t = float(t)  # kept for the plain fallback below
@@ -339,13 +340,35 @@ class CompiledJvpStep:
         return m._output_from(state, m._scale_physics(raw))
 
     def __call__(self, state: dict, raw: Mapping, plans: dict) -> dict:
+        m = self.model
+        if self._works is False or any(
+            torch._unpack_dual(v, 0).tangent is not None for v in raw.values() if torch.is_tensor(v)
+        ):  # the program could not be built, or forcing with a tangent: the plain step
+            return m._step_columns(state, self._t, m._scale_physics(raw))
+        if self._works is None:
+            try:
+                out = self._run(state, raw, plans)
+            except Exception as err:  # a model whose jvp dynamo cannot trace: the plain step from now on
+                first = str(err).splitlines()[0] if str(err) else ""
+                warnings.warn(
+                    f"pelagos column: forward mode on the compiled step failed ({type(err).__name__}: "
+                    f"{first}); running forward mode on the plain step. Set PELAGOS_COLUMN_COMPILED_JVP=0 "
+                    "to skip the attempt.",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
+                self._works = False
+                return m._step_columns(state, self._t, m._scale_physics(raw))
+            self._works = True
+            return out
+        return self._run(state, raw, plans)
+
+    def _run(self, state: dict, raw: Mapping, plans: dict) -> dict:
         global _TANGENT_SOLVE
         from ..core._torch_quirks import jvp_within_dual_level
         from .advection import ITMAX
 
         m = self.model
-        if any(torch._unpack_dual(v, 0).tangent is not None for v in raw.values() if torch.is_tensor(v)):
-            return m._step_columns(state, self._t, m._scale_physics(raw))  # forcing with a tangent: plain
         stores = m.__dict__["_param_stores"]
         saved = [s._override for s in stores]
         ovp, ovt = _split_dual([dict(o or {}) for o in saved])
