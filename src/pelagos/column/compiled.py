@@ -22,8 +22,10 @@ branch:
 
 Same operations as the plain step, so the same result up to the rounding of fused code (float64 agreement
 over a model year is tested in tests/test_column_compiled.py). Gradients: AOTAutograd compiles the backward
-of the same program. Falls back to the plain step, silently, inside ``torch.func`` transforms (vmap, jvp) and
-for forward-mode dual tensors, and, with one warning, when no C++ compiler is found.
+of the same program. Forward mode (dual tensors of ``torch.autograd.forward_ad``) runs a compiled
+``torch.func.jvp`` of the same program (:class:`CompiledJvpStep`, at the end of this file). Falls back to the
+plain step, silently, inside ``torch.func`` transforms (vmap, jvp), and, with one warning, when no C++
+compiler is found.
 
 Cost: the first step of a run compiles (tens of seconds on a loaded 2-core machine; see
 docs/bench_column.md); Inductor keeps compiled kernels in its on-disk cache (``TORCHINDUCTOR_CACHE_DIR``,
