@@ -1,4 +1,4 @@
-"""`pelagos calibrate CONFIG` with CPU and wall time per phase (how docs/column_inverse.md's figures were taken).
+"""`pelagos calibrate CONFIG` with CPU and wall time per phase (how docs/column_inverse.md was timed).
 
 Wraps the phases of :func:`pelagos.io.inverse_run.run_inverse` (setup, optimisation, Laplace step and its
 Jacobian, the Jacobian's check, analysed run, plots) and dynamo's frame compilations with timers, runs the
@@ -42,8 +42,8 @@ def main() -> int:
     c00, w00 = time.process_time(), time.perf_counter()
     import torch._dynamo.convert_frame as cf
 
-    import pelagos.inverse.calibrate  # noqa: F401
-    import pelagos.inverse.problem  # noqa: F401
+    import pelagos.inverse.calibrate
+    import pelagos.inverse.problem
     import pelagos.io.inverse_run  # noqa: F401
     from pelagos.cli import main as cli
 
