@@ -27,6 +27,12 @@ from pelagos.io import inverse_run as ir
 from pelagos.io.build import setup
 from pelagos.io.config import load_config
 
+# torch's Inductor, imported by the first compilation of a process, scripts a module of its own
+# (torch.utils.mkldnn) and warns about it: not pelagos's
+pytestmark = pytest.mark.filterwarnings(
+    r"ignore:`torch\.jit\.script_method` is deprecated:DeprecationWarning"
+)
+
 TRUTH = {"npzd.rmax": 1.0, "npzd.gmax": 0.2}
 
 
