@@ -5,14 +5,19 @@
   and finite differences;
 - ``checkpoint="sqrt"`` over the whole window gives the gradient of the kept graph;
 - the calibrate cost's gradient (reverse) equals central differences in float64 and the forward-mode
-  Jacobian's ``Jᵀ r``.
+  Jacobian's ``Jᵀ r``;
+- forward mode on the compiled column step (``CompiledJvpStep``: ``torch.func.jvp`` compiled, the solve's
+  tangent by ``A⁻¹``) gives the plain step's Jacobian and central differences.
 """
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 
+from pelagos.column.compiled import cxx_available
 from pelagos.core import obsio
 from pelagos.core._torch_quirks import fast_zero_tangents, load_jvp_decompositions
 from pelagos.inverse.calibrate import calibrate
@@ -22,10 +27,16 @@ from pelagos.io import inverse_run as ir
 from pelagos.io.build import setup
 from pelagos.io.config import load_config
 
+# torch's Inductor, imported by the first compilation of a process, scripts a module of its own
+# (torch.utils.mkldnn) and warns about it: not pelagos's
+pytestmark = pytest.mark.filterwarnings(
+    r"ignore:`torch\.jit\.script_method` is deprecated:DeprecationWarning"
+)
+
 TRUTH = {"npzd.rmax": 1.0, "npzd.gmax": 0.2}
 
 
-def _column_problem(days: float = 3.0, checkpoint=None):
+def _column_problem(days: float = 3.0, checkpoint=None, compile: bool = False):
     """A short NNS column (22 × 5 m, hourly, May) with log observations of a twin; 2 free parameters."""
     cfg = load_config(
         {
@@ -36,7 +47,13 @@ def _column_problem(days: float = 3.0, checkpoint=None):
                 "stop": f"1998-05-0{1 + int(days)} 00:00:00",
                 "dt": 3600,
             },
-            "numerics": {"ode_method": "euler", "sinking_method": "P2_PDM", "cnpar": 1.0, "light": "I"},
+            "numerics": {
+                "ode_method": "euler",
+                "sinking_method": "P2_PDM",
+                "cnpar": 1.0,
+                "light": "I",
+                "compile": compile,
+            },
             "parameters": {"npzd.rmax": 0.7, "npzd.gmax": 0.3},
         }
     )
@@ -131,3 +148,145 @@ def test_calibrate_cost_gradient_exact_float64():
     J = P.jacobian(z)
     r = P.residuals(z.detach())
     torch.testing.assert_close(J.T @ r, g, rtol=1e-11, atol=1e-12 * float(g.abs().max()))
+
+
+def test_solve_tangent_by_inverse_equals_forward_mode_of_the_solve():
+    from pelagos.column.compiled import _solve_with_tangent
+    from pelagos.core.tridiagonal import solve_tridiagonal
+
+    g = torch.Generator().manual_seed(7)
+    B, K, n = 2, 3, 9
+
+    def r(*s):
+        return torch.rand(*s, generator=g, dtype=torch.float64)
+
+    lo, up = -r(B, 1, n), -r(B, 1, n)
+    di = 2.5 + r(B, 1, n)
+    rhs = torch.randn(B, K, n, generator=g, dtype=torch.float64)
+    prim = (lo, di, up, rhs)
+    tan = tuple(torch.randn(t.shape, generator=g, dtype=torch.float64) for t in prim)
+    x, dx = torch.func.jvp(_solve_with_tangent, prim, tan)
+    _, dx_ref = torch.func.jvp(solve_tridiagonal, prim, tan)
+    assert torch.equal(x, solve_tridiagonal(*prim))  # the operator's value, untouched
+    torch.testing.assert_close(dx, dx_ref, rtol=1e-13, atol=1e-14)
+    h = 1e-6
+    fd = (solve_tridiagonal(*(p + h * t for p, t in zip(prim, tan))) - solve_tridiagonal(
+        *(p - h * t for p, t in zip(prim, tan)))) / (2 * h)  # fmt: skip
+    torch.testing.assert_close(dx, fd, rtol=1e-8, atol=1e-9)
+
+
+@pytest.mark.skipif(not cxx_available(), reason="needs a C++ compiler for torch.compile")
+def test_compiled_forward_mode_jacobian_equals_plain_and_fd():
+    """The batched Gauss–Newton Jacobian through the compiled jvp program equals the plain step's forward
+    mode (≤ 1e-10 relative) and central differences, and runs the compiled program (not the plain step)."""
+    load_jvp_decompositions()
+    model, _, _, _, P = _column_problem(days=1.0, compile=True)
+    z = P.z0 + torch.tensor([0.15, -0.25], dtype=torch.float64)
+    col = model.model
+    J = P.jacobian(z)
+    assert col.__dict__.get("_compiled_jvp_obj") is not None  # the compiled forward mode was used
+    col.compile_mode = "off"
+    P_plain = VariationalProblem(model, P.obs, P.xb, t0=P.t0)
+    J_plain = P_plain.jacobian(z)
+    scale = float(J_plain.abs().max())
+    assert float((J - J_plain).abs().max()) <= 1e-10 * scale
+    h = 1e-6
+    with torch.no_grad():
+        fd = torch.stack(
+            [(P_plain.residuals(z + h * e) - P_plain.residuals(z - h * e)) / (2 * h) for e in torch.eye(2)], 1
+        )
+    torch.testing.assert_close(J, fd.to(J), rtol=1e-6, atol=1e-8 * scale)
+
+
+def test_jacobian_check_from_the_remembered_run_catches_a_wrong_batch():
+    """The Jacobian's guard uses the optimiser's remembered run at z (one extra run, one-sided difference):
+    a right model passes it, a model that mixes the members of the control batch is caught (then
+    ``torch.func.jacfwd`` gives the right Jacobian)."""
+    from pelagos.core.obsio import synthetic_observations
+    from pelagos.models import Lorenz63
+
+    class MixedBatch(Lorenz63):
+        def step(self, x, t):
+            out = super().step(x, t)
+            return out[:1].expand_as(out) if out.ndim >= 2 and out.shape[0] > 1 else out
+
+    load_jvp_decompositions()
+    for cls, batched in ((Lorenz63, True), (MixedBatch, False)):
+        truth = cls()
+        x0 = truth.initial_state().to(torch.float64)
+        times = torch.arange(1, 6, dtype=torch.float64) * 5 * truth.dt
+        obs = synthetic_observations(truth, x0, times, sigma=0.5, noise="none")
+        model = cls(sigma=8.0, rho=25.0, beta=2.0).to(torch.float64)
+        model.select_free(["sigma", "rho", "beta"])
+        P = VariationalProblem(model, obs, x0)
+        z = P.z0 + 0.05
+        with torch.no_grad():
+            P.predict(z)  # the optimiser's last run at z, remembered
+        J = P.jacobian(z)
+        assert P._batched_jac is batched
+        torch.testing.assert_close(J, torch.func.jacfwd(P.residuals)(z), rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not cxx_available(), reason="needs a C++ compiler for torch.compile")
+def test_compiled_forward_mode_dict_state_matches_plain():
+    """Dual tensors in a dict state (3 columns) and in batched parameter overrides: the compiled jvp program
+    gives the plain step's primal and tangent over several steps."""
+    import torch.autograd.forward_ad as fwAD
+
+    from pelagos.column.kind import example
+
+    load_jvp_decompositions()
+    g = torch.Generator().manual_seed(2)
+    plain, fast = example(), example()
+    fast.compile_mode = "on"
+    s0 = plain.initial_state(3, t0=21600.0)
+    for k in ("npzd_phy", "npzd_zoo", "npzd_det"):
+        s0[k] = s0[k] + torch.rand(s0[k].shape, generator=g, dtype=torch.float64)
+    tan = {k: torch.randn(v.shape, generator=g, dtype=torch.float64) for k, v in s0.items()}
+    u = torch.tensor([0.1, -0.2, 0.3], dtype=torch.float64)
+    du = torch.randn(3, generator=g, dtype=torch.float64)
+    names = ["nuh_scale", "npzd.kc"]  # a physics scaling and a biology rate
+    outs = []
+    for m in (plain, fast):
+        with fwAD.dual_level():
+            s = {k: fwAD.make_dual(v, tan[k]) for k, v in s0.items()}
+            with m.using({n: fwAD.make_dual(u * (i + 1), du) for i, n in enumerate(names)}):
+                for k in range(4):
+                    s = m.step(s, 21600.0 + k * m.dt)
+            outs.append({k: fwAD.unpack_dual(v) for k, v in s.items()})
+    assert fast.__dict__.get("_compiled_jvp_obj") is not None
+    for k, (p_ref, t_ref) in outs[0].items():
+        p, t = outs[1][k]
+        torch.testing.assert_close(p, p_ref, rtol=1e-12, atol=1e-14)
+        torch.testing.assert_close(t, t_ref, rtol=1e-10, atol=1e-12 * float(t_ref.abs().max()))
+
+
+@pytest.mark.skipif(not cxx_available(), reason="needs a C++ compiler for torch.compile")
+def test_compiled_forward_mode_that_cannot_be_built_warns_once_and_runs_plain(monkeypatch):
+    import torch.autograd.forward_ad as fwAD
+
+    from pelagos.column import compiled as cc
+    from pelagos.column.kind import example
+
+    def broken(self, state, raw, plans):
+        raise RuntimeError("dynamo could not trace this model's jvp")
+
+    monkeypatch.setattr(cc.CompiledJvpStep, "_run", broken)
+    plain, fast = example(), example()
+    fast.compile_mode = "on"
+    s0 = plain.initial_state(2, t0=21600.0)
+    tan = {k: torch.ones_like(v) for k, v in s0.items()}
+    outs = []
+    for m in (plain, fast):
+        with fwAD.dual_level():
+            s = {k: fwAD.make_dual(v, tan[k]) for k, v in s0.items()}
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                for k in range(3):
+                    s = m.step(s, 21600.0 + k * m.dt)
+            outs.append({k: [x.clone() for x in fwAD.unpack_dual(v)] for k, v in s.items()})
+        if m is fast:
+            assert sum("forward mode on the compiled step failed" in str(w.message) for w in caught) == 1
+    for k, (p, t) in outs[0].items():
+        assert torch.equal(outs[1][k][0], p) and torch.equal(outs[1][k][1], t)

@@ -30,8 +30,10 @@ cost (guards, wrappers, forcing lookup) for ``k`` steps; compile time grows with
 
 Same operations as the plain step, so the same result up to the rounding of fused code (float64 agreement
 over a model year is tested in tests/test_column_compiled.py). Gradients: AOTAutograd compiles the backward
-of the same program. Falls back to the plain step, silently, inside ``torch.func`` transforms (vmap, jvp) and
-for forward-mode dual tensors, and, with one warning, when no C++ compiler is found.
+of the same program. Forward mode (dual tensors of ``torch.autograd.forward_ad``) runs a compiled
+``torch.func.jvp`` of the same program (:class:`CompiledJvpStep`, at the end of this file). Falls back to the
+plain step, silently, inside ``torch.func`` transforms (vmap, jvp), and, with one warning, when no C++
+compiler is found.
 
 Cost: the first step of a run compiles (tens of seconds on a loaded 2-core machine; see
 docs/bench_column.md); Inductor keeps compiled kernels in its on-disk cache (``TORCHINDUCTOR_CACHE_DIR``,
@@ -127,7 +129,7 @@ def compiled_step(model: Any, state: Mapping) -> CompiledStep | None:
         model.compile_mode = "off"
         return None
     if _plain_only(state, model):
-        return None
+        return _compiled_jvp_step(model, state)  # forward-mode duals: the compiled jvp program, or None
     cs = model.__dict__.get("_compiled_step_obj")
     if cs is None:
         cs = model.__dict__["_compiled_step_obj"] = CompiledStep(model)
@@ -145,6 +147,8 @@ def diffuse_implicit(a: torch.Tensor, c: torch.Tensor, Y: torch.Tensor) -> torch
         return x.expand(B, nz).unsqueeze(1).contiguous()
 
     rhs = Y.expand(V, B, nz).transpose(0, 1).contiguous()
+    if _TANGENT_SOLVE:  # the forward-mode program (CompiledJvpStep): a solve with a tangent
+        return _solve_with_tangent(col(-a), col(1.0 + a + c), col(-c), rhs).transpose(0, 1)
     x = _solve_tridiagonal(col(-a), col(1.0 + a + c), col(-c), rhs)  # the custom op under compile
     return x.transpose(0, 1)
 
@@ -259,3 +263,198 @@ class CompiledStep:
                     stacklevel=3,
                 )
             self.loop = n
+
+
+# -- forward mode (jvp) on the compiled step ---------------------------------------------------------------
+# Kept apart from the step path above: ``compiled_step`` hands forward-mode calls (dual tensors) to
+# ``_compiled_jvp_step``, and ``diffuse_implicit`` asks ``_TANGENT_SOLVE``; nothing else is shared.
+#
+# Forward-mode AD (``torch.autograd.forward_ad`` dual tensors, e.g. the batched Gauss–Newton Jacobian of
+# :meth:`pelagos.inverse.problem.VariationalProblem.jacobian`) cannot enter a ``torch.compile``'d function,
+# but ``torch.func.jvp`` inside one can: dynamo traces it, AOTAutograd writes out the primal and tangent
+# operations, Inductor fuses both. The dual inputs are split into primal and tangent outside, the program
+# returns both, and they are joined into dual tensors again: to the caller it is the plain step.
+_TANGENT_SOLVE = False  # True while the jvp program runs: diffuse_implicit's solve then carries a tangent
+_JVP_ENABLED = os.environ.get("PELAGOS_COLUMN_COMPILED_JVP", "1") == "1"
+
+
+def _solve_with_tangent(
+    lower: torch.Tensor, diag: torch.Tensor, upper: torch.Tensor, rhs: torch.Tensor
+) -> torch.Tensor:
+    """``A x = rhs`` (diagonals ``(B, 1, N)``, ``rhs (B, K, N)``) inside ``torch.func.jvp``.
+
+    The custom operator has no forward-mode rule, so it sees primal values only: one call solves for the
+    ``K`` right-hand sides and the ``N`` columns of the identity together (one factorisation per column),
+    giving ``x`` and ``A⁻¹``. The tangent ``dx = A⁻¹ (d rhs − dA x)`` is ``A⁻¹`` applied to the residual
+    ``rhs − A x`` (primal ≈ 0, tangent ``d rhs − dA x``); ``x + (y − y.detach())`` has exactly the
+    operator's primal value and that tangent."""
+    import torch.nn.functional as F
+
+    lo, di, up = lower.detach(), diag.detach(), upper.detach()
+    B, K, n = rhs.shape
+    eye = torch.eye(n, dtype=rhs.dtype, device=rhs.device).expand(B, n, n)
+    both = _solve_tridiagonal(lo, di, up, torch.cat([rhs.detach(), eye], dim=1))
+    x, inv_t = both[:, :K], both[:, K:]  # inv_t[b, k, i] = (A⁻¹)[i, k]
+    xm, xp = F.pad(x[..., :-1], (1, 0)), F.pad(x[..., 1:], (0, 1))
+    y = (rhs - (lower * xm + diag * x + upper * xp)) @ inv_t
+    return x + (y - y.detach())
+
+
+def _jvp_core(sp: dict, st: dict, ovp: list, ovt: list, raw: dict, plans: dict, loop: int) -> Any:
+    """``torch.func.jvp`` of the compiled step's core in the state ``sp`` (tangent ``st``) and the parameter
+    overrides ``ovp`` of the model's stores (tangents ``ovt``): ``(new, d new, need)``."""
+    m = _MODEL  # noqa: F821 - bound per model by _own_code
+    stores = m.__dict__["_param_stores"]
+
+    def f(s: dict, ov: list) -> Any:
+        for x, o in zip(stores, ov, strict=True):
+            x._override = o or None
+        try:
+            return m._step_columns(s, None, m._scale_physics(raw), fast=(plans, loop))
+        finally:
+            for x in stores:
+                x._override = None
+
+    return torch.func.jvp(f, (sp, ovp), (st, ovt), has_aux=True)
+
+
+def _split_dual(tree: Any) -> tuple[Any, Any]:
+    """``(primal, tangent)`` of a (nested) dict/list of dual tensors at forward-AD level 0, both contiguous
+    (views of a stacked state change strides: one compiled program for every step); missing tangents are
+    zeros."""
+    if isinstance(tree, Mapping):
+        pairs = {k: _split_dual(x) for k, x in tree.items()}
+        return {k: p[0] for k, p in pairs.items()}, {k: p[1] for k, p in pairs.items()}
+    if isinstance(tree, list):
+        pairs = [_split_dual(x) for x in tree]
+        return [p[0] for p in pairs], [p[1] for p in pairs]
+    p, t = torch._unpack_dual(tree, 0)
+    if t is None:
+        t = torch.zeros_like(p, memory_format=torch.contiguous_format)
+    return _dense(p), _dense(t)
+
+
+def _dense(t: torch.Tensor) -> torch.Tensor:
+    """``t`` with the strides of a new contiguous tensor (views with size-1 dims count as contiguous but
+    keep other strides, which the compiled program is specialised on)."""
+    want, acc = [], 1
+    for n in reversed(t.shape):
+        want.append(acc)
+        acc *= max(n, 1)
+    if t.stride() == tuple(reversed(want)):
+        return t
+    return t.clone(memory_format=torch.contiguous_format)
+
+
+def _join_dual(p: Any, t: Any) -> Any:
+    if isinstance(p, Mapping):
+        return {k: _join_dual(p[k], t[k]) for k in p}
+    return torch._make_dual(p, t, 0)
+
+
+def _compiled_jvp_step(model: Any, state: Mapping) -> CompiledJvpStep | None:
+    """The model's :class:`CompiledJvpStep` for a forward-mode call (dual tensors at the one forward-AD level,
+    floating point, inside no ``torch.func`` transform), else ``None`` (plain step)."""
+    import torch.autograd.forward_ad as fwAD
+    from torch._C._functorch import is_functorch_wrapped_tensor, peek_interpreter_stack
+
+    if not _JVP_ENABLED or fwAD._current_level != 0 or peek_interpreter_stack() is not None:
+        return None
+    stores = model.__dict__["_param_stores"]  # set by _plain_only
+    leaves = [v for v in state.values() if torch.is_tensor(v)]
+    leaves += [v for m in state.values() if isinstance(m, Mapping) for b in m.values() for v in b.values()]
+    leaves += [v for s in stores for v in (s.active_overrides or {}).values()]
+    if any(
+        not torch.is_tensor(v) or is_functorch_wrapped_tensor(v) or not v.is_floating_point() for v in leaves
+    ):
+        return None
+    cs = model.__dict__.get("_compiled_step_obj")  # the model's CompiledStep (its sinking loop is shared)
+    if cs is None:
+        cs = model.__dict__["_compiled_step_obj"] = CompiledStep(model)
+    js = model.__dict__.get("_compiled_jvp_obj")
+    if js is None:
+        js = model.__dict__["_compiled_jvp_obj"] = CompiledJvpStep(cs)
+    return js
+
+
+class CompiledJvpStep:
+    """Forward mode on the compiled step of one model: called like :class:`CompiledStep` with dual tensors
+    (state and/or parameter overrides), it returns the plain step's dual new state: the compiled step's
+    primal values and the tangent of the same operations (the solve's by ``A⁻¹``:
+    :func:`_solve_with_tangent`)."""
+
+    def __init__(self, cs: CompiledStep) -> None:
+        self.cs = cs
+        self.model = cs.model
+        self._fn = torch.compile(_own_code(_jvp_core, cs.model), dynamic=False, options=_OPTIONS)
+        self._t: float | None = None
+        self._works: bool | None = None  # None until the first call has compiled (or failed to)
+
+    def mean_plans(self, t: float) -> dict[str, tuple]:
+        self._t = float(t)  # kept for the plain fallback below
+        return self.cs.mean_plans(t)
+
+    def output(self, state: Mapping, raw: Mapping) -> dict:
+        """Diagnostics of a dual state: the plain computation (outputs are not on the hot path)."""
+        m = self.model
+        return m._output_from(state, m._scale_physics(raw))
+
+    def __call__(self, state: dict, raw: Mapping, plans: dict) -> dict:
+        m = self.model
+        if self._works is False or any(
+            torch._unpack_dual(v, 0).tangent is not None for v in raw.values() if torch.is_tensor(v)
+        ):  # the program could not be built, or forcing with a tangent: the plain step
+            return m._step_columns(state, self._t, m._scale_physics(raw))
+        if self._works is None:
+            try:
+                out = self._run(state, raw, plans)
+            except Exception as err:  # a model whose jvp dynamo cannot trace: the plain step from now on
+                first = str(err).splitlines()[0] if str(err) else ""
+                warnings.warn(
+                    f"pelagos column: forward mode on the compiled step failed ({type(err).__name__}: "
+                    f"{first}); running forward mode on the plain step. Set PELAGOS_COLUMN_COMPILED_JVP=0 "
+                    "to skip the attempt.",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
+                self._works = False
+                return m._step_columns(state, self._t, m._scale_physics(raw))
+            self._works = True
+            return out
+        return self._run(state, raw, plans)
+
+    def _run(self, state: dict, raw: Mapping, plans: dict) -> dict:
+        global _TANGENT_SOLVE
+        from ..core._torch_quirks import jvp_within_dual_level
+        from .advection import ITMAX
+
+        m = self.model
+        stores = m.__dict__["_param_stores"]
+        saved = [s._override for s in stores]
+        ovp, ovt = _split_dual([dict(o or {}) for o in saved])
+        sp, st = _split_dual(state)
+        with jvp_within_dual_level() as ok:
+            if not ok:  # pragma: no cover - a torch without the nesting counter
+                return m._step_columns(state, self._t, m._scale_physics(raw))
+            try:
+                for s in stores:  # the program installs its own (primal) overrides: no dual tensor enters it
+                    s._override = None
+                _TANGENT_SOLVE = True
+                while True:
+                    new_p, new_t, need = self._fn(sp, st, ovp, ovt, dict(raw), plans, self.cs.loop)
+                    n = int(need) if need is not None else 0
+                    if n <= self.cs.loop:
+                        break
+                    if n >= ITMAX:
+                        warnings.warn(
+                            f"advect_center: sub-steps clipped to max_substeps={ITMAX} (Courant number per "
+                            "sub-step exceeds 1; results are not stable). Reduce dt or raise max_substeps.",
+                            RuntimeWarning,
+                            stacklevel=3,
+                        )
+                    self.cs.loop = n
+            finally:
+                _TANGENT_SOLVE = False
+                for s, o in zip(stores, saved, strict=True):
+                    s._override = o
+        return _join_dual(new_p, new_t)

@@ -12,12 +12,16 @@ It also installs :func:`fast_zero_tangents`: in forward mode an input without a 
 forcing field, a fixed parameter) gets a "zero tensor" as its tangent, and with torch 2.13 arithmetic on zero
 tensors runs through torch's Python reference implementations (≈ 0.3–1 ms per ``mul``/``add`` against ≈ 2 µs):
 a Gauss–Newton Jacobian of the water column cost 7–8 forward runs instead of ≈ 1.5.
+
+:func:`jvp_within_dual_level` lets a ``torch.func.jvp`` (the compiled column step's forward mode,
+:class:`pelagos.column.compiled.CompiledJvpStep`) run inside an open ``forward_ad.dual_level``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import warnings
+from collections.abc import Iterator
 
 _loaded = False
 
@@ -74,3 +78,30 @@ def load_jvp_decompositions() -> None:
         with contextlib.suppress(ImportError):  # a torch without this private module: nothing to silence
             from torch._decomp import decompositions_for_jvp  # noqa: F401
     _loaded = True
+
+
+@contextlib.contextmanager
+def jvp_within_dual_level() -> Iterator[bool]:
+    """Let ``torch.func.jvp`` run (or be traced by ``torch.compile``) inside an open forward-AD level.
+
+    Autograd has one forward-mode level: ``torch.func.jvp`` enters it when it is the outermost forward-mode
+    transform (its counter ``torch._functorch.eager_transforms.JVP_NESTING`` is 0) and raises "Nested forward
+    mode AD is not supported" if a ``dual_level`` is already open; nested inside another ``jvp`` it reuses
+    the open level. This context counts the open ``dual_level`` as that outer ``jvp``, so a ``jvp`` of plain
+    (primal, tangent) tensors — what the compiled column step's forward mode traces — reuses the level instead
+    of opening a second one; it touches no dual tensor of the caller. Yields ``False`` (and changes nothing)
+    on a torch without that counter: the caller then keeps its plain forward-mode path.
+    """
+    try:
+        from torch._functorch import eager_transforms as et
+    except ImportError:  # pragma: no cover - a torch without functorch's eager transforms
+        yield False
+        return
+    if not isinstance(getattr(et, "JVP_NESTING", None), int):  # pragma: no cover - another torch layout
+        yield False
+        return
+    et.JVP_NESTING += 1
+    try:
+        yield True
+    finally:
+        et.JVP_NESTING -= 1

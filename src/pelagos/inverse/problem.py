@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 
 import torch
+import torch.utils._pytree as pytree
 
 from ..core._torch_quirks import load_jvp_decompositions
 from ..core.covariance import Covariance, as_covariance
@@ -143,6 +144,13 @@ class VariationalProblem:
     def predict(self, z: torch.Tensor, *, return_final: bool = False):
         """``H(x(t_i))`` (n_t, *batch, m) for control ``z`` (and the state at the last observation time)."""
         x0 = self.initial_state(z)
+        if torch.is_grad_enabled() and z.requires_grad and not self.control_state:
+            # the first step's state then requires grad as every later one does: a compiled step (specialised
+            # on which inputs require grad) runs one program for all steps instead of compiling a second one
+            # for the first (the extra gradient, that of x0, is not used)
+            x0 = pytree.tree_map_only(
+                torch.Tensor, lambda t: t.detach().requires_grad_(t.is_floating_point()), x0
+            )
         with self.params_context(z):
             if self.Q is None:
                 out = predict(
@@ -170,9 +178,9 @@ class VariationalProblem:
     def predictions(self, z: torch.Tensor) -> torch.Tensor:
         """``H(x(t_i))`` for the single control ``z`` without a graph: the remembered values when ``z`` is the
         first or the latest control this problem predicted (bitwise the same run), else a new run."""
-        for entry in (self._last, self._first):
-            if entry is not None and entry[0].shape == z.shape and torch.equal(entry[0], z.detach()):
-                return entry[1]
+        pred = self._remembered(z)
+        if pred is not None:
+            return pred
         with torch.no_grad():
             return self.predict(z.detach())
 
@@ -197,8 +205,12 @@ class VariationalProblem:
 
     def residuals(self, z: torch.Tensor) -> torch.Tensor:
         """Whitened residual vector r(z); the cost is ½‖r‖²."""
+        return self._residuals_of(z, self.predict(z))
+
+    def _residuals_of(self, z: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
+        """r(z) from the predictions ``pred = H(x(t_i))`` of the control ``z``."""
         u, v, w = self.split(z)
-        ro = self.obs.residual(self.predict(z))
+        ro = self.obs.residual(pred)
         ro = ro.movedim(1, 0).reshape(z.shape[0], -1) if z.ndim == 2 else ro.reshape(-1)
         r = [ro, v, w]
         if self._prior:
@@ -206,15 +218,35 @@ class VariationalProblem:
             r.append((u[..., list(i)] - torch.tensor(m, dtype=u.dtype)) / torch.tensor(s, dtype=u.dtype))
         return torch.cat(r, dim=-1)
 
+    def _remembered(self, z: torch.Tensor) -> torch.Tensor | None:
+        """The remembered single-run predictions of ``z`` (:meth:`predictions`), or ``None``."""
+        for entry in (self._last, self._first):
+            if entry is not None and entry[0].shape == z.shape and torch.equal(entry[0], z.detach()):
+                return entry[1]
+        return None
+
     def _check_jacobian(self, z: torch.Tensor, J: torch.Tensor) -> bool:
-        """Once per problem: compare J d with a central difference along a random direction (guards against a
-        model that broadcasts the extra batch dim silently in a wrong way)."""
+        """Once per problem: compare J d with a finite difference along a random direction of single
+        (unbatched) runs: guards against a model that broadcasts the extra batch dim silently in a wrong way.
+        When the optimiser's own run at ``z`` is remembered, a one-sided difference from it (one run, step
+        1e-7), else a central one (two runs, step 1e-6)."""
         if self._jac_checked:
             return True
         d = torch.randn(z.numel(), generator=torch.Generator().manual_seed(0), dtype=z.dtype)
-        h = 1e-6 * max(1.0, float(z.abs().max()))
-        with torch.no_grad():
-            fd = (self.residuals(z.detach() + h * d) - self.residuals(z.detach() - h * d)) / (2 * h)
+        scale = max(1.0, float(z.abs().max()))
+        base = self._remembered(z)
+        if base is not None:
+            h = 1e-7 * scale
+            # the run as the optimiser's (a control that requires grad): a compiled step then runs the program
+            # it already has instead of compiling one for a run without gradients (same values)
+            zh = (z.detach() + h * d).requires_grad_(True)
+            with torch.enable_grad():
+                r1 = self.residuals(zh).detach()
+            fd = (r1 - self._residuals_of(z.detach(), base)) / h
+        else:
+            h = 1e-6 * scale
+            with torch.no_grad():
+                fd = (self.residuals(z.detach() + h * d) - self.residuals(z.detach() - h * d)) / (2 * h)
         ok = bool(torch.allclose(J @ d, fd, rtol=1e-4, atol=1e-6 * (1.0 + float(fd.abs().max()))))
         self._jac_checked = ok
         return ok

@@ -581,7 +581,13 @@ def _analysed_run(cfg: Config, s: Setup, model, x_an, names) -> list[Path]:
         from ..column.stacked import StackedColumn
 
         if isinstance(model, StackedColumn) and torch.is_tensor(x_an):
-            state = model.unstack(x_an.reshape(-1, *x_an.shape[-2:]))
+            # dense copies with the strides of every later step's state (a view of one column has strides
+            # (V·nz, 1) and counts as contiguous): the compiled step and output are specialised on strides,
+            # and views of the stacked state would cost each a second compilation
+            state = {
+                k: v.clone(memory_format=torch.contiguous_format)
+                for k, v in model.unstack(x_an.reshape(-1, *x_an.shape[-2:])).items()
+            }
     elif _is_qg(s.model):
         state = s.model.state_from_q(x_an) if torch.is_tensor(x_an) else x_an
     return run(cfg2, fresh=True, progress=False, state=state)
