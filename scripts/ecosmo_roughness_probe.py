@@ -10,7 +10,8 @@ Variants (``--variant``, repeatable):
 - ``upstream``: hard switches, sinking by first-order upstream instead of the P2_PDM limiter.
 
 The window is ``--stop`` (the twin's observations are regenerated for it). Plain step (no compile: each
-variant is a different graph). Run from the repository root with PYTHONPATH=src; writes JSON.
+variant is a different graph). Run from the repository root with PYTHONPATH=src; writes JSON (``--out``).
+``--plot A.json [B.json ...]`` draws docs/figures/ecosmo_roughness.png from such files instead.
 """
 
 from __future__ import annotations
@@ -50,6 +51,35 @@ def set_variant(tw: Twin, variant: str, sharpness: float) -> None:
     tw.model.sinking_method = "UPSTREAM" if variant == "upstream" else "P2_PDM"
 
 
+def plot(files: list[str], out: Path) -> None:
+    """|ΔJ| against the step t on log axes (left) and ΔJ on a uniform scan (right), one panel row per file."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    data = [json.loads(Path(f).read_text()) for f in files]
+    fig, axes = plt.subplots(len(data), 2, figsize=(11, 3.6 * len(data)), squeeze=False)
+    for row, d in zip(axes, data):
+        span = f"1998-01-01 → {d['stop'][:10]}"
+        for k, (v, r) in enumerate(d["variants"].items()):
+            t, dj = r["t_log"][1:], r["dJ_log"][1:]
+            row[0].loglog(t, [abs(x) for x in dj], "o-", color=f"C{k}", label=v, ms=4)
+            row[1].plot(r["t_fine"], r["dJ_fine"], "o-", color=f"C{k}", label=v, ms=3)
+        row[0].set_xlabel("t (prior std along d)")
+        row[0].set_ylabel("|J(t) − J(0)|")
+        row[0].set_title(f"{span}: a smooth cost is a line of slope 1")
+        row[1].set_xlabel("t (prior std along d)")
+        row[1].set_ylabel("J(t) − J(0)")
+        row[1].set_title(f"{span}: uniform scan")
+        row[0].legend(fontsize=7)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    print(f"wrote {out}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--stop", default="1998-02-01 00:00:00")
@@ -58,7 +88,11 @@ def main() -> None:
     ap.add_argument("--fine", type=float, default=1e-3, help="also a uniform scan t in [0, fine] (12 points)")
     ap.add_argument("--seed", type=int, default=3)
     ap.add_argument("--out", default=None)
+    ap.add_argument("--plot", nargs="+", default=None, help="JSON files of earlier runs: draw the figure")
     a = ap.parse_args()
+    if a.plot:
+        plot(a.plot, Path(__file__).resolve().parents[1] / "docs" / "figures" / "ecosmo_roughness.png")
+        return
     torch.set_num_threads(1)
     torch.set_default_dtype(torch.float64)
     variants = a.variant or ["hard", "smooth"]
@@ -81,7 +115,7 @@ def main() -> None:
             "t_fine": fine,
             "dJ_fine": [j - J[n] for j in J[n:]],
             "J0": J[0],
-            "n_obs": int(tw.obs.values.numel()),
+            "n_obs": int(tw.obs.n_obs),
             "cpu_s": time.process_time() - c,
             "wall_s": time.perf_counter() - w,
         }
