@@ -30,6 +30,13 @@ from ecosmo_identifiability import Twin
 from pelagos.bgc.ecosmo import ECOSMO
 from pelagos.bgc.ecosmo_switches import DEFAULT_SCALES, Switches
 
+LABELS = {
+    "hard": "hard (FABM)",
+    "smooth": "all switches smooth",
+    "smooth:loss_phyto,loss_zoo": "only the loss switches smooth",
+    "smooth:limitation,silicate,oxygen,nitrate,salinity,par,bottom_stress,chl2c": "all but the loss switches smooth",
+    "upstream": "hard, upstream sinking",
+}
 LOG_TS = [0.0, 1e-8, 1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2]
 
 
@@ -64,6 +71,7 @@ def plot(files: list[str], out: Path) -> None:
         span = f"1998-01-01 → {d['stop'][:10]}"
         for k, (v, r) in enumerate(d["variants"].items()):
             t, dj = r["t_log"][1:], r["dJ_log"][1:]
+            v = LABELS.get(v, v)
             row[0].loglog(t, [abs(x) for x in dj], "o-", color=f"C{k}", label=v, ms=4)
             row[1].plot(r["t_fine"], r["dJ_fine"], "o-", color=f"C{k}", label=v, ms=3)
         row[0].set_xlabel("t (prior std along d)")
