@@ -34,7 +34,9 @@ LABELS = {
     "hard": "hard (FABM)",
     "smooth": "all switches smooth",
     "smooth:loss_phyto,loss_zoo": "only the loss switches smooth",
-    "smooth:limitation,silicate,oxygen,nitrate,salinity,par,bottom_stress,chl2c": "all but the loss switches smooth",
+    "smooth:limitation,silicate,oxygen,nitrate,salinity,par,bottom_stress,chl2c": (
+        "all but the loss switches smooth"
+    ),
     "upstream": "hard, upstream sinking",
 }
 LOG_TS = [0.0, 1e-8, 1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2]
