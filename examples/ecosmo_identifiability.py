@@ -462,12 +462,13 @@ def report(tag: str = "ecosmo_identifiability") -> dict:
     import matplotlib.pyplot as plt
 
     parts = {}
-    for part in ("laplace", "esmda", "fd", "gradient"):
+    for part in ("laplace", "esmda", "fd", "gradient", "gradient_from_esmda"):
         f = RESULTS / f"{tag}_{part}.json"
         if f.exists():
             parts[part] = json.loads(f.read_text())
     b = {**parts.get("laplace", {}), **parts.get("esmda", {}), **parts.get("fd", {})}
     g = parts.get("gradient", {})
+    ge = (parts.get("gradient_from_esmda") or {}).get("gradient") or {}
     hd = b.get("header") or g.get("header")
     if hd is None:
         raise SystemExit("no results yet: run --part esmda / fd / gradient first")
@@ -476,6 +477,8 @@ def report(tag: str = "ecosmo_identifiability") -> dict:
     lt = b.get("laplace_truth") or {}
     le = g.get("laplace_estimate") or {}
     merged = {"header": hd, **b, **{k: v for k, v in g.items() if k != "header"}}
+    if ge:
+        merged["gradient_from_esmda"] = ge
     (RESULTS / f"{tag}.json").write_text(json.dumps(merged, indent=1))
     FIGURES.mkdir(parents=True, exist_ok=True)
     out = []
@@ -517,11 +520,12 @@ def report(tag: str = "ecosmo_identifiability") -> dict:
         "gradient (adjoint)": (g.get("gradient") or {}).get("rel_error"),
         "finite differences": (b.get("finite_difference") or {}).get("rel_error"),
         "ES-MDA": (b.get("esmda") or {}).get("rel_error"),
+        "gradient from ES-MDA mean": ge.get("rel_error"),
     }
     fig, ax = plt.subplots(figsize=(11, 4))
     for k, (m, e) in enumerate(methods.items()):
         if e:
-            ax.plot([j + 0.15 * (k - 1.5) for j in range(p)], [100 * e[i] for i in order], "os^v"[k], label=m)
+            ax.plot([j + 0.15 * (k - 2) for j in range(p)], [100 * e[i] for i in order], "os^vD"[k], label=m)
     ax.axhspan(-10, 10, color="0.9", zorder=0)
     ax.set_xticks(
         range(p),
@@ -531,7 +535,8 @@ def report(tag: str = "ecosmo_identifiability") -> dict:
     )
     ax.set_ylabel("error (% of the true value)")
     ax.set_title("recovery (grey: ±10 %; * identifiable: Laplace std ≤ 5 %)")
-    ax.legend(fontsize=8, ncol=4)
+    ax.set_ylim(max(ax.get_ylim()[0], -100), min(ax.get_ylim()[1], 200))
+    ax.legend(fontsize=8, ncol=5)
     fig.tight_layout()
     out.append(FIGURES / "ecosmo_identifiability_recovery.png")
     fig.savefig(out[-1], dpi=110)
@@ -552,6 +557,22 @@ def report(tag: str = "ecosmo_identifiability") -> dict:
             label=f"FD: member runs ({p + 1} per batched run)",
         )
         ax[1].plot([e["wall_s"] for e in fl], [e["cost"] for e in fl], "s-", label="FD (batched)")
+    gel = ge.get("log") or []
+    es = b.get("esmda") or {}
+    if gel and es:  # after the ES-MDA runs: member runs and wall time continue from ES-MDA's
+        n0, w0 = es["member_runs"], es["wall_s"]
+        ax[0].plot(
+            [n0 + k + 1 for k in range(len(gel))],
+            [e["cost"] for e in gel],
+            "D-",
+            label="gradient from the ES-MDA mean (after ES-MDA's runs)",
+        )
+        ax[1].plot(
+            [w0 + e.get("wall_s", math.nan) for e in gel],
+            [e["cost"] for e in gel],
+            "D-",
+            label="gradient from the ES-MDA mean",
+        )
     for a in ax:
         a.set_yscale("log")
         a.set_ylabel("cost J (misfit + prior)")
@@ -566,9 +587,9 @@ def report(tag: str = "ecosmo_identifiability") -> dict:
     # tables
     print(
         "| parameter | truth | sensitivity rank | ‖∂r/∂ln θ‖ | Laplace std (truth) | Laplace std (estimate) |"
-        " identifiable | gradient error | FD error | ES-MDA error |"
+        " identifiable | gradient error | FD error | ES-MDA error | gradient from ES-MDA error |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
 
     def pc(e, i):
         return f"{100 * e[i]:+.1f} %" if e else "—"
@@ -580,7 +601,8 @@ def report(tag: str = "ecosmo_identifiability") -> dict:
             f"{100 * lt['posterior_std_rel'][i]:.1f} % | "
             f"{pe} | "
             f"{'yes' if hd['names'][i] in ident else 'no'} | {pc(methods['gradient (adjoint)'], i)} | "
-            f"{pc(methods['finite differences'], i)} | {pc(methods['ES-MDA'], i)} |"
+            f"{pc(methods['finite differences'], i)} | {pc(methods['ES-MDA'], i)} | "
+            f"{pc(methods['gradient from ES-MDA mean'], i)} |"
         )
     summ = {}
     for m, e in methods.items():
@@ -592,6 +614,14 @@ def report(tag: str = "ecosmo_identifiability") -> dict:
                 f"{summ[m][1]}/{summ[m][2]} within 10 %"
             )
     merged["summary_identifiable"] = summ
+    read = [i for i in range(p) if lt and lt["sensitivity"][i] > 0]  # parameters the model reads
+    summ_read = {}
+    for m, e in methods.items():
+        if e and read:
+            rms = math.sqrt(sum(e[i] ** 2 for i in read) / len(read))
+            summ_read[m] = (rms, sum(abs(e[i]) <= 0.1 for i in read), len(read))
+            print(f"{m}: the {len(read)} read: RMS error {100 * rms:.1f} %, {summ_read[m][1]} within 10 %")
+    merged["summary_read"] = summ_read
     (RESULTS / f"{tag}.json").write_text(json.dumps(merged, indent=1))
     for f in out:
         print(f"wrote {f}")
