@@ -77,6 +77,23 @@ class Twin:
             [self.model.parameter_spec(n).transform.forward(z[..., i]) for i, n in enumerate(self.names)], -1
         )
 
+    def control(self, theta: torch.Tensor) -> torch.Tensor:
+        """Control z (the unconstrained values: log θ for ECOSMO's positive rates) of physical values θ."""
+        return torch.stack(
+            [self.model.parameter_spec(n).transform.inverse(theta[..., i]) for i, n in enumerate(self.names)],
+            -1,
+        )
+
+    def dtheta_dz(self, z: torch.Tensor) -> torch.Tensor:
+        """dθ/dz of each parameter at z (θ for log-transformed parameters, 1 for identity ones)."""
+        zz = z.detach().clone().requires_grad_(True)
+        (d,) = torch.autograd.grad(self.physical(zz).sum(), zz)
+        return d
+
+    def fd_step(self, z: torch.Tensor, rel_step: float) -> torch.Tensor:
+        """Finite-difference steps in z giving a relative change ``rel_step`` of each θ."""
+        return rel_step * self.physical(z).abs().clamp(min=1e-300) / self.dtheta_dz(z).abs()
+
     def rel_error(self, z: torch.Tensor) -> torch.Tensor:
         """Relative error of each parameter (physical values) against the truth."""
         t = self.physical(self.truth)
@@ -104,13 +121,17 @@ class Twin:
 
 
 def batched_jacobian(
-    residuals: Callable[[torch.Tensor], torch.Tensor], z: torch.Tensor, rel_step: float = 1e-5
+    residuals: Callable[[torch.Tensor], torch.Tensor],
+    z: torch.Tensor,
+    rel_step: float = 1e-5,
+    h: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Central-difference Jacobian ∂r/∂z ``(M, p)`` and r(z) from ONE batched call of ``residuals`` on the
-    2p + 1 controls ``[z, z + h_i e_i, z − h_i e_i]`` (h_i = rel_step·max(|z_i|, 1e-12)); truncation error
-    O(h²)."""
+    2p + 1 controls ``[z, z + h_i e_i, z − h_i e_i]`` (h_i = rel_step·max(|z_i|, 1e-12) unless ``h`` is
+    given); truncation error O(h²)."""
     p = z.numel()
-    h = rel_step * z.abs().clamp(min=1e-12)
+    if h is None:
+        h = rel_step * z.abs().clamp(min=1e-12)
     E = torch.diag(h)
     with torch.no_grad():
         R = residuals(torch.cat([z[None], z + E, z - E]))
@@ -170,13 +191,15 @@ def _header(tw: Twin) -> dict:
 def identifiability(tw: Twin, z: torch.Tensor, rec: Recorder, key: str) -> None:
     """Jacobian at z (one run of 2p + 1 columns), sensitivity ranking and Laplace posterior."""
     w, c = rec.clock()
-    Jm, r = batched_jacobian(tw.residuals, z)
+    Jm, r = batched_jacobian(tw.residuals, z, h=tw.fd_step(z, 1e-5))
     w2, c2 = rec.clock()
     M = Jm.shape[0] - tw.p
-    lap = laplace_from_jacobian(Jm, M)
+    lap = laplace_from_jacobian(Jm, M)  # covariance of z
     theta = tw.physical(z).abs()
-    sens = (Jm[:M] * z.abs()).norm(dim=0)  # ‖∂r/∂ln θ_i‖: misfit change per relative change of θ_i
-    ev = torch.linalg.eigvalsh(lap["data_info"] * torch.outer(z.abs(), z.abs()))
+    d = tw.dtheta_dz(z).abs()
+    lnscale = theta / d  # dz/d ln θ
+    sens = (Jm[:M] * lnscale).norm(dim=0)  # ‖∂r/∂ln θ_i‖: misfit change per relative change of θ_i
+    ev = torch.linalg.eigvalsh(lap["data_info"] * torch.outer(lnscale, lnscale))
     rec.data[key] = {
         "columns": 2 * tw.p + 1,
         "wall_s": w2 - w,
@@ -184,11 +207,11 @@ def identifiability(tw: Twin, z: torch.Tensor, rec: Recorder, key: str) -> None:
         "cost": float(0.5 * r.pow(2).sum()),
         "sensitivity": sens.tolist(),
         "rank": [tw.names[i] for i in torch.argsort(sens, descending=True).tolist()],
-        "posterior_std_rel": (lap["std"] / theta).tolist(),
+        "posterior_std_rel": (lap["std"] * d / theta).tolist(),
         "posterior_corr": (lap["cov"] / torch.outer(lap["std"], lap["std"])).tolist(),
         "data_info_eigenvalues_rel": ev.tolist(),
         "identifiable": [
-            tw.names[i] for i in range(tw.p) if float(lap["std"][i] / theta[i]) <= IDENTIFIABLE_STD
+            tw.names[i] for i in range(tw.p) if float(lap["std"][i] * d[i] / theta[i]) <= IDENTIFIABLE_STD
         ],
     }
     rec.save()
@@ -247,8 +270,9 @@ def part_fd(tw: Twin, rec: Recorder, runs: int) -> None:
         "method": "Levenberg-Marquardt, forward-difference Jacobian",
     }
     h = 1e-5  # in prior-whitened units: 1e-5 of a prior std
-    lo = (0.25 * tw.z0 - tw.prior_mean) / tw.prior_std  # positive rates, within a factor 4 of the first guess
-    hi = (4.0 * tw.z0 - tw.prior_mean) / tw.prior_std
+    th0 = tw.physical(tw.z0)  # positive rates, within a factor 4 of the first guess:
+    lo = (tw.control(0.25 * th0) - tw.prior_mean) / tw.prior_std
+    hi = (tw.control(4.0 * th0) - tw.prior_mean) / tw.prior_std
     w0, c0 = rec.clock()
 
     def run(v: torch.Tensor) -> tuple[float, torch.Tensor, torch.Tensor]:
@@ -291,7 +315,7 @@ def part_fd(tw: Twin, rec: Recorder, runs: int) -> None:
     z = tw.prior_mean + tw.prior_std * v
     M = Jm.shape[0] - tw.p
     lap = laplace_from_jacobian(Jm / tw.prior_std, M)  # Jacobian in z units
-    theta = tw.physical(z).abs()
+    theta = tw.physical(z).abs() / tw.dtheta_dz(z).abs()  # std of z -> relative std of θ
     rec.data["finite_difference"].update(
         done=True, message=msg, estimate=tw.physical(z).tolist(), rel_error=tw.rel_error(z).tolist(),
         laplace_std_rel=(lap["std"] / theta).tolist(), final_lambda=lam, cost=J,
@@ -320,13 +344,21 @@ def _stop_at(hhmm: str | None) -> float:
     return t.timestamp()
 
 
-def part_gradient(tw: Twin, rec: Recorder, evals: int) -> None:
+def part_gradient(tw: Twin, rec: Recorder, evals: int, start: dict | None = None) -> None:
+    """Adjoint L-BFGS in the prior-whitened control from the first guess, or from ``start`` (the ES-MDA
+    part's results: its ensemble mean), then the Laplace posterior at the best point."""
     from pelagos.inverse.optim import minimize
     from pelagos.inverse.problem import VariationalProblem
 
     rec.data.setdefault("header", _header(tw))
-    rec.data["gradient"] = {"log": [], "done": False}
+    rec.data["gradient"] = {"log": [], "done": False, "start": "first guess"}
     log = rec.data["gradient"]["log"]
+    v0 = torch.zeros(tw.p)
+    if start is not None:
+        z_start = tw.control(torch.tensor(start["estimate"], dtype=torch.float64))
+        v0 = (z_start - tw.prior_mean) / tw.prior_std
+        rec.data["gradient"]["start"] = "ES-MDA mean"
+        rec.data["gradient"]["start_rel_error"] = tw.rel_error(z_start).tolist()
     prob = VariationalProblem(tw.model, tw.obs, tw.x0, t0=tw.t0)
     w0, c0 = rec.clock()
     best = {"J": math.inf, "z": tw.z0}
@@ -348,7 +380,7 @@ def part_gradient(tw: Twin, rec: Recorder, evals: int) -> None:
 
     msg = "budget of evaluations spent"
     try:
-        r = minimize(cost, torch.zeros(tw.p), method="lbfgs", max_iter=evals, gtol=1e-8, ftol=1e-12)
+        r = minimize(cost, v0, method="lbfgs", max_iter=evals, gtol=1e-8, ftol=1e-12)
         msg = r.message
         _stamp(log, rec, w0, c0)
     except _BudgetError:
@@ -393,6 +425,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--members", type=int, default=64)
     ap.add_argument("--tag", default="ecosmo_identifiability")
     ap.add_argument("--stop-at", default=None, help="HH:MM UTC: optimisers start no model run after it")
+    ap.add_argument(
+        "--grad-start",
+        choices=["first_guess", "esmda"],
+        default="first_guess",
+        help="gradient part: start L-BFGS at the first guess, or at the ES-MDA mean of <tag>_esmda.json "
+        "(results then go to <tag>_gradient_from_esmda.json)",
+    )
     args = ap.parse_args(argv)
     STOP_AT[0] = _stop_at(args.stop_at)
     torch.set_num_threads(1)
@@ -405,9 +444,11 @@ def main(argv: list[str] | None = None) -> None:
     if args.part in ("fd", "all"):
         part_fd(Twin(args.config, args.set), Recorder(RESULTS / f"{args.tag}_fd.json"), args.fd_evals)
     if args.part in ("gradient", "all"):
-        part_gradient(
-            Twin(args.config, args.set), Recorder(RESULTS / f"{args.tag}_gradient.json"), args.grad_evals
-        )
+        start, name = None, f"{args.tag}_gradient.json"
+        if args.grad_start == "esmda":
+            start = json.loads((RESULTS / f"{args.tag}_esmda.json").read_text())["esmda"]
+            name = f"{args.tag}_gradient_from_esmda.json"
+        part_gradient(Twin(args.config, args.set), Recorder(RESULTS / name), args.grad_evals, start)
     if args.part in ("report", "all"):
         report(args.tag)
 
@@ -421,12 +462,13 @@ def report(tag: str = "ecosmo_identifiability") -> dict:
     import matplotlib.pyplot as plt
 
     parts = {}
-    for part in ("laplace", "esmda", "fd", "gradient"):
+    for part in ("laplace", "esmda", "fd", "gradient", "gradient_from_esmda"):
         f = RESULTS / f"{tag}_{part}.json"
         if f.exists():
             parts[part] = json.loads(f.read_text())
     b = {**parts.get("laplace", {}), **parts.get("esmda", {}), **parts.get("fd", {})}
     g = parts.get("gradient", {})
+    ge = (parts.get("gradient_from_esmda") or {}).get("gradient") or {}
     hd = b.get("header") or g.get("header")
     if hd is None:
         raise SystemExit("no results yet: run --part esmda / fd / gradient first")
@@ -435,6 +477,8 @@ def report(tag: str = "ecosmo_identifiability") -> dict:
     lt = b.get("laplace_truth") or {}
     le = g.get("laplace_estimate") or {}
     merged = {"header": hd, **b, **{k: v for k, v in g.items() if k != "header"}}
+    if ge:
+        merged["gradient_from_esmda"] = ge
     (RESULTS / f"{tag}.json").write_text(json.dumps(merged, indent=1))
     FIGURES.mkdir(parents=True, exist_ok=True)
     out = []
@@ -476,11 +520,12 @@ def report(tag: str = "ecosmo_identifiability") -> dict:
         "gradient (adjoint)": (g.get("gradient") or {}).get("rel_error"),
         "finite differences": (b.get("finite_difference") or {}).get("rel_error"),
         "ES-MDA": (b.get("esmda") or {}).get("rel_error"),
+        "gradient from ES-MDA mean": ge.get("rel_error"),
     }
     fig, ax = plt.subplots(figsize=(11, 4))
     for k, (m, e) in enumerate(methods.items()):
         if e:
-            ax.plot([j + 0.15 * (k - 1.5) for j in range(p)], [100 * e[i] for i in order], "os^v"[k], label=m)
+            ax.plot([j + 0.15 * (k - 2) for j in range(p)], [100 * e[i] for i in order], "os^vD"[k], label=m)
     ax.axhspan(-10, 10, color="0.9", zorder=0)
     ax.set_xticks(
         range(p),
@@ -490,7 +535,8 @@ def report(tag: str = "ecosmo_identifiability") -> dict:
     )
     ax.set_ylabel("error (% of the true value)")
     ax.set_title("recovery (grey: ±10 %; * identifiable: Laplace std ≤ 5 %)")
-    ax.legend(fontsize=8, ncol=4)
+    ax.set_ylim(max(ax.get_ylim()[0], -100), min(ax.get_ylim()[1], 300))
+    ax.legend(fontsize=8, ncol=5, loc="upper center")
     fig.tight_layout()
     out.append(FIGURES / "ecosmo_identifiability_recovery.png")
     fig.savefig(out[-1], dpi=110)
@@ -511,6 +557,22 @@ def report(tag: str = "ecosmo_identifiability") -> dict:
             label=f"FD: member runs ({p + 1} per batched run)",
         )
         ax[1].plot([e["wall_s"] for e in fl], [e["cost"] for e in fl], "s-", label="FD (batched)")
+    gel = ge.get("log") or []
+    es = b.get("esmda") or {}
+    if gel and es:  # after the ES-MDA runs: member runs and wall time continue from ES-MDA's
+        n0, w0 = es["member_runs"], es["wall_s"]
+        ax[0].plot(
+            [n0 + k + 1 for k in range(len(gel))],
+            [e["cost"] for e in gel],
+            "D-",
+            label="gradient from the ES-MDA mean (after ES-MDA's runs)",
+        )
+        ax[1].plot(
+            [w0 + e.get("wall_s", math.nan) for e in gel],
+            [e["cost"] for e in gel],
+            "D-",
+            label="gradient from the ES-MDA mean",
+        )
     for a in ax:
         a.set_yscale("log")
         a.set_ylabel("cost J (misfit + prior)")
@@ -525,9 +587,9 @@ def report(tag: str = "ecosmo_identifiability") -> dict:
     # tables
     print(
         "| parameter | truth | sensitivity rank | ‖∂r/∂ln θ‖ | Laplace std (truth) | Laplace std (estimate) |"
-        " identifiable | gradient error | FD error | ES-MDA error |"
+        " identifiable | gradient error | FD error | ES-MDA error | gradient from ES-MDA error |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
 
     def pc(e, i):
         return f"{100 * e[i]:+.1f} %" if e else "—"
@@ -539,7 +601,8 @@ def report(tag: str = "ecosmo_identifiability") -> dict:
             f"{100 * lt['posterior_std_rel'][i]:.1f} % | "
             f"{pe} | "
             f"{'yes' if hd['names'][i] in ident else 'no'} | {pc(methods['gradient (adjoint)'], i)} | "
-            f"{pc(methods['finite differences'], i)} | {pc(methods['ES-MDA'], i)} |"
+            f"{pc(methods['finite differences'], i)} | {pc(methods['ES-MDA'], i)} | "
+            f"{pc(methods['gradient from ES-MDA mean'], i)} |"
         )
     summ = {}
     for m, e in methods.items():
@@ -551,6 +614,14 @@ def report(tag: str = "ecosmo_identifiability") -> dict:
                 f"{summ[m][1]}/{summ[m][2]} within 10 %"
             )
     merged["summary_identifiable"] = summ
+    read = [i for i in range(p) if lt and lt["sensitivity"][i] > 0]  # parameters the model reads
+    summ_read = {}
+    for m, e in methods.items():
+        if e and read:
+            rms = math.sqrt(sum(e[i] ** 2 for i in read) / len(read))
+            summ_read[m] = (rms, sum(abs(e[i]) <= 0.1 for i in read), len(read))
+            print(f"{m}: the {len(read)} read: RMS error {100 * rms:.1f} %, {summ_read[m][1]} within 10 %")
+    merged["summary_read"] = summ_read
     (RESULTS / f"{tag}.json").write_text(json.dumps(merged, indent=1))
     for f in out:
         print(f"wrote {f}")

@@ -18,7 +18,7 @@ switched off.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import torch
 
@@ -126,6 +126,34 @@ PARAMETERS: list[tuple[str, float, str, str, float]] = [
     ("alfaBG", 0.0393, "mmolN m2/(mgChl day W)**-1", "initial slope of the P-I curve BG", N2C),
 ]
 
+# Bounds and calibration transforms of the parameters (yaml units). The biological rates, half-saturations and
+# efficiencies a calibration frees are positive with a log transform (optimisers step in log space, so a step
+# cannot make them negative; a value configured exactly 0 keeps an identity transform, see
+# :meth:`pelagos.bgc.base.BGCModel.register_parameter`). The other non-negative parameters, which setups often
+# switch off with 0 after construction too (background extinction EXw, grazing preferences, zpr, deposition,
+# the sediment rates), get the bound 0 (fractions also 1) with an identity transform: negative values are
+# refused, 0 is allowed.
+# Parameters whose sign means something (sinking/rising speeds, the reference temperature) are unbounded.
+LOG_POSITIVE = frozenset(
+    {
+        "muPl", "muPs", "muBG", "aa", "Exphy", "rNH4", "rNO3", "psi", "rPO4", "rSi", "mPl", "mPs", "mBG",
+        "GrZlP", "GrZsP", "GrZlZ", "GrBG", "Rg", "mZl", "mZs", "excZl", "excZs", "reminD", "regenSi",
+        "alfaPs", "alfaPl", "alfaBG",
+    }
+)  # fmt: skip
+UNBOUNDED = frozenset({"TrefBG", "sinkDet", "sinkOPAL", "sinkBG", "sinkDia", "Wa", "upliftBG"})
+FRACTIONS = frozenset({"frr", "gammaZlp", "gammaZsp", "gammaZd", "RelSEDp1"})
+
+
+def parameter_bounds(name: str) -> tuple[float | None, float | None, str]:
+    """(minimum, maximum, transform) of ECOSMO parameter ``name`` in yaml units (see :data:`LOG_POSITIVE`)."""
+    if name in LOG_POSITIVE:
+        return (0.0, None, "auto")
+    if name in UNBOUNDED:
+        return (None, None, "identity")
+    return (0.0, 1.0 if name in FRACTIONS else None, "identity")
+
+
 # FABM's logical switches (fabm.yaml ``parameters:``) and their defaults; they shape the variable set,
 # so they are constructor options, not (differentiable) parameters.
 FABM_SWITCHES: dict[str, bool] = {
@@ -141,6 +169,7 @@ FABM_SWITCHES: dict[str, bool] = {
 PELAGOS_OPTIONS: dict[str, object] = {
     "smooth": False,
     "sharpness": 100.0,
+    "smooth_only": None,
     "quirk_bg_preference_twice": True,
 }
 
@@ -169,7 +198,9 @@ class ECOSMO(BGCModel):
 
     Keyword options: the FABM switches (``use_chl``, ``use_cyanos``, ``couple_co2``, ``not_0d``,
     ``use_chl_in_PI_curve``, ``turn_on_additional_diagnostics``), ``smooth``/``sharpness``/``switch_scales``
-    (smooth switches), and ``quirk_bg_preference_twice`` (True = FABM behaviour).
+    (smooth switches; ``smooth_only``: a list of the switch kinds of
+    :data:`~pelagos.bgc.ecosmo_switches.DEFAULT_SCALES` to smooth, the others stay hard), and
+    ``quirk_bg_preference_twice`` (True = FABM behaviour).
     """
 
     fabm_name = "nersc/ecosmo_operational"
@@ -186,6 +217,7 @@ class ECOSMO(BGCModel):
         smooth: bool = False,
         sharpness: float = 100.0,
         switch_scales: Mapping[str, float] | None = None,
+        smooth_only: Sequence[str] | None = None,
         quirk_bg_preference_twice: bool = True,
         **removed: object,
     ) -> None:
@@ -211,14 +243,30 @@ class ECOSMO(BGCModel):
         self.not_0d, self.use_chl_in_PI_curve = not_0d, use_chl_in_PI_curve
         self.additional_diagnostics = turn_on_additional_diagnostics
         self.quirk_bg_preference_twice = quirk_bg_preference_twice
-        self.sw = Switches(smooth, sharpness, dict(switch_scales or {}))
+        if smooth_only is not None and (
+            isinstance(smooth_only, str) or not all(isinstance(k, str) for k in smooth_only)
+        ):
+            raise ConfigError(
+                f"ECOSMO option 'smooth_only' must be a list of switch kinds; got {smooth_only!r}"
+            )
+        self.sw = Switches(smooth, sharpness, dict(switch_scales or {}), only=smooth_only)
 
         # -- parameters (fabm.yaml names, yaml units, scale factor to SI) ------------------------------------
         for name, default, units, long_name, scale in PARAMETERS:
             if name == "Exphy" and not use_chl:
                 # without chlorophyll states FABM reads Exphy per mmol N, applied to phytoplankton carbon
                 units, scale = "m**2/mmolN", 1.0 / N2C
-            self.register_parameter(name, default, units, long_name, scale_factor=scale)
+            lo, hi, transform = parameter_bounds(name)
+            self.register_parameter(
+                name,
+                default,
+                units,
+                long_name,
+                scale_factor=scale,
+                minimum=lo,
+                maximum=hi,
+                transform=transform,
+            )
 
         # -- state variables (FABM order, initial values and minimums) ---------------------------------------
         n_q = {"total_nitrogen": 1.0 / N2C}  # mmol N per mgC
@@ -619,7 +667,7 @@ class ECOSMO(BGCModel):
 
         # resuspension above the critical bottom stress, deposition below
         w_res = sw.step(tbs, p["crBotStr"], "bottom_stress", inclusive=True)
-        if sw.smooth:
+        if "limitation" in sw.smooth_kinds:
             r_sd = w_res * p["resuspRt"] * sw.min(1.0, tbs**2 * 100.0)
         else:
             r_sd = w_res * torch.minimum(p["resuspRt"], p["resuspRt"] * tbs**2 * 100.0)

@@ -22,6 +22,7 @@ large or infinite arguments (the Chl:C ratio is infinite at PAR = 0).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from functools import reduce
 
 import torch
@@ -49,7 +50,11 @@ class Switches:
     """Switch primitives shared by all ECOSMO processes (see module docstring)."""
 
     def __init__(
-        self, smooth: bool = False, sharpness: float = 100.0, scales: dict[str, float] | None = None
+        self,
+        smooth: bool = False,
+        sharpness: float = 100.0,
+        scales: dict[str, float] | None = None,
+        only: Iterable[str] | None = None,
     ):
         if not (isinstance(sharpness, int | float) and sharpness > 0):
             raise ConfigError(f"ECOSMO: sharpness must be a positive number; got {sharpness!r}")
@@ -58,7 +63,16 @@ class Switches:
             raise ConfigError(
                 f"ECOSMO: unknown switch scale(s) {sorted(unknown)}; valid kinds: {', '.join(DEFAULT_SCALES)}"
             )
+        only_set = set(DEFAULT_SCALES) if only is None else set(only)
+        bad = only_set - set(DEFAULT_SCALES)
+        if bad:
+            raise ConfigError(
+                f"ECOSMO: unknown switch kind(s) {sorted(bad)} in smooth_only; valid kinds: "
+                f"{', '.join(DEFAULT_SCALES)}"
+            )
         self.smooth = bool(smooth)
+        # the kinds made smooth (all by default when smooth; none when not)
+        self.smooth_kinds = frozenset(only_set) if self.smooth else frozenset()
         self.sharpness = float(sharpness)
         self.scales = {**DEFAULT_SCALES, **(scales or {})}
         for k, v in self.scales.items():
@@ -77,21 +91,21 @@ class Switches:
 
     def min(self, *xs: torch.Tensor | float, kind: str = "limitation") -> torch.Tensor:
         ts = self._tensors(xs)
-        if not self.smooth:
+        if kind not in self.smooth_kinds:
             return reduce(torch.minimum, ts)
         w = self.width(kind)
         return -w * torch.logsumexp(torch.stack(torch.broadcast_tensors(*ts)) / -w, dim=0)
 
     def max(self, *xs: torch.Tensor | float, kind: str = "limitation") -> torch.Tensor:
         ts = self._tensors(xs)
-        if not self.smooth:
+        if kind not in self.smooth_kinds:
             return reduce(torch.maximum, ts)
         w = self.width(kind)
         return w * torch.logsumexp(torch.stack(torch.broadcast_tensors(*ts)) / w, dim=0)
 
     def step(self, x: torch.Tensor, x0: float | torch.Tensor, kind: str, *, inclusive: bool) -> torch.Tensor:
         """Heaviside ``x ≥ x0`` (``inclusive``) or ``x > x0`` as 0./1. of x's dtype, or its smooth version."""
-        if not self.smooth:
+        if kind not in self.smooth_kinds:
             hit = (x >= x0) if inclusive else (x > x0)
             return hit.to(x.dtype)
         return smooth_step(x, 1.0 / self.width(kind), x0)
