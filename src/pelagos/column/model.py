@@ -450,7 +450,7 @@ class ColumnModel(Model):
         if self.block_steps < 2 or n < 1 or (n < 2 and not means):
             return None
         fast = self._compiled_step(state)
-        if fast is None:
+        if fast is None or not hasattr(fast, "block"):  # plain, or forward mode (the compiled jvp step)
             return None
         means = tuple(means)
         sums: dict[str, torch.Tensor] | None = None

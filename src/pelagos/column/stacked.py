@@ -86,17 +86,34 @@ class StackedColumn(Model):
     def output_coordinates(self) -> dict:
         return self.model.output_coordinates()
 
-    def step(self, x: torch.Tensor, t: float) -> torch.Tensor:
-        lead = x.shape[:-2]
+    def _flat(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``(..., V, nz)`` -> the column's dict state ``{name: (B, nz)}`` (a single column is repeated for
+        the members of a parameter batch set by ``using``)."""
         flat = x.reshape(-1, *x.shape[-2:])
         if flat.shape[0] == 1:  # one column, maybe parameters batched by `using`: run one column per value
             nb = self._parameter_batch()
             if nb > 1:
                 flat = flat.expand(nb, *flat.shape[1:])
-        new = self.stack(self.model.step(self.unstack(flat), t))
-        if new.shape[0] != x.reshape(-1, *x.shape[-2:]).shape[0]:  # parameter batch: members lead
-            return new
-        return new.reshape(*lead, *x.shape[-2:])
+        return self.unstack(flat)
+
+    def _shaped(self, new: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        out = self.stack(new)
+        if out.shape[0] != x.reshape(-1, *x.shape[-2:]).shape[0]:  # parameter batch: members lead
+            return out
+        return out.reshape(*x.shape[:-2], *x.shape[-2:])
+
+    def step(self, x: torch.Tensor, t: float) -> torch.Tensor:
+        return self._shaped(self.model.step(self._flat(x), t), x)
+
+    def step_block(self, x: torch.Tensor, times: Any, means: Any = ()) -> tuple | None:
+        """The column's multi-step hook (:meth:`ColumnModel.step_block`) on the stacked state: several steps
+        per compiled call in :func:`~pelagos.core.rollout.rollout`; ``None`` when the column cannot."""
+        if means:
+            return None
+        res = self.model.step_block(self._flat(x), times)
+        if res is None:
+            return None
+        return (self._shaped(res[0], x), *res[1:])
 
     def _parameter_batch(self) -> int:
         nb = 1
