@@ -246,23 +246,10 @@ class CompiledStep:
         return False
 
     def __call__(self, state: dict, raw: Mapping, plans: dict) -> dict:
-        from .advection import ITMAX
-
         while True:
             new, need = self._fn(state, dict(raw), plans, self.loop)
-            if need is None:
+            if need is None or self._grow(int(need)):
                 return new
-            n = int(need)
-            if n <= self.loop:
-                return new
-            if n >= ITMAX:
-                warnings.warn(
-                    f"advect_center: sub-steps clipped to max_substeps={ITMAX} (Courant number per sub-step "
-                    "exceeds 1; results are not stable). Reduce dt or raise max_substeps.",
-                    RuntimeWarning,
-                    stacklevel=3,
-                )
-            self.loop = n
 
 
 # -- forward mode (jvp) on the compiled step ---------------------------------------------------------------
