@@ -18,6 +18,7 @@ import torch
 
 from pelagos.core import ConfigError, ShapeError, SolverError, _thomas_op, solve_tridiagonal
 from pelagos.core import tridiagonal as T
+from test_tridiagonal_compile import _inputs as _dominant
 
 F64 = torch.float64
 OP = torch.ops.pelagos.solve_tridiagonal
@@ -43,13 +44,8 @@ SHAPES = [
 
 
 def _inputs(shapes, dtype=F64, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    a = torch.randn(shapes[0], dtype=F64, generator=g)
-    c = torch.randn(shapes[2], dtype=F64, generator=g)
-    b = torch.randn(shapes[1], dtype=F64, generator=g)
-    b = torch.sign(b) * (a.abs().amax() + c.abs().amax() + 0.5 + b.abs())
-    d = torch.randn(shapes[3], dtype=F64, generator=g)
-    return [t.to(dtype) for t in (a, b, c, d)]
+    """Diagonally dominant systems (test_tridiagonal_compile's), without gradients."""
+    return [t.detach() for t in _dominant(shapes, seed=seed, dtype=dtype)]
 
 
 def _python_kernels(a, b, c, d, gx):

@@ -413,7 +413,6 @@ class CompiledJvpStep:
     def _run(self, state: dict, raw: Mapping, plans: dict) -> dict:
         global _TANGENT_SOLVE
         from ..core._torch_quirks import jvp_within_dual_level
-        from .advection import ITMAX
 
         m = self.model
         stores = m.__dict__["_param_stores"]
@@ -429,17 +428,8 @@ class CompiledJvpStep:
                 _TANGENT_SOLVE = True
                 while True:
                     new_p, new_t, need = self._fn(sp, st, ovp, ovt, dict(raw), plans, self.cs.loop)
-                    n = int(need) if need is not None else 0
-                    if n <= self.cs.loop:
+                    if need is None or self.cs._grow(int(need)):  # the sinking loop is the step's
                         break
-                    if n >= ITMAX:
-                        warnings.warn(
-                            f"advect_center: sub-steps clipped to max_substeps={ITMAX} (Courant number per "
-                            "sub-step exceeds 1; results are not stable). Reduce dt or raise max_substeps.",
-                            RuntimeWarning,
-                            stacklevel=3,
-                        )
-                    self.cs.loop = n
             finally:
                 _TANGENT_SOLVE = False
                 for s, o in zip(stores, saved, strict=True):
