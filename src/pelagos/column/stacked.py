@@ -106,8 +106,10 @@ class StackedColumn(Model):
         return self._shaped(self.model.step(self._flat(x), t), x)
 
     def step_block(self, x: torch.Tensor, times: Any, means: Any = ()) -> tuple | None:
-        """The column's multi-step hook (:meth:`ColumnModel.step_block`) on the stacked state: several steps
-        per compiled call in :func:`~pelagos.core.rollout.rollout`; ``None`` when the column cannot."""
+        """The column's multi-step hook (:meth:`ColumnModel.step_block`) on the stacked state
+        ``(..., V, nz)``: the steps starting at ``times`` (model s) in compiled blocks inside
+        :func:`~pelagos.core.rollout.rollout`; ``None`` when the column cannot (the loop then calls
+        :meth:`step`)."""
         if means:
             return None
         res = self.model.step_block(self._flat(x), times)
