@@ -24,7 +24,9 @@ Blocks of steps (:meth:`CompiledStep.block`, used by :meth:`ColumnModel.step_blo
 ``k`` steps in one compiled program (the loop unrolled by tracing), their forcing sampled in one call and
 stacked, their running-mean plans handed in as a tuple of constants; optionally the outputs after every
 step summed in float64 (interval means) and the outputs after the last. One call then pays the per-call
-cost (guards, wrappers, forcing lookup) for ``k`` steps; compile time grows with ``k``
+cost (guards, wrappers, forcing lookup) for ``k`` steps. Dynamo traces one step as a nested compile region
+and stamps it out for the others (then inlines them: Inductor still gets one flat graph), so tracing costs
+about one step whatever ``k``; Inductor's code generation and C++ compile still grow with ``k``
 (docs/column_compiled.md). torch's ``scan`` higher-order op would compile once whatever ``k``, but Inductor
 (torch 2.13) fails to lower it for this step.
 
