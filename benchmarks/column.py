@@ -36,6 +36,7 @@ Writes benchmarks/results/column.json and docs/bench_column.md.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -308,12 +309,22 @@ def kernels(B: int, dtype_name: str, steps: int, chunk: int | None, repeat: int)
 
 def op_costs() -> dict:
     """CPU ns per element of one operation in Inductor-generated loops on this core (the roofline's unit
-    costs): chains of 32 dependent multiply-adds, divisions or ``exp`` on 65 536 elements (in cache), minus a
-    one-operation loop; and the streaming copy bandwidth (ns per byte moved). Minima of repeats."""
+    costs), two ways, on 65 536 elements (in cache), minima of repeats:
+
+    - ``fma``, ``div``, ``exp``: chains of 32 *dependent* operations minus a one-operation loop: the latency
+      of each operation, what a loop with one long chain per element pays;
+    - ``*_independent``: 16 *independent* operations per element summed (``acc + f(x * c_i)``), minus the
+      same loop with ``x * c_i`` terms: the throughput, what a kernel pays whose operations per element do
+      not wait on one another (the column step's three ``exp`` per cell do not);
+    - ``eager_exp``: ``torch.exp(x, out=y)`` (ATen's vectorised loop) in cache and on 8 Mi elements;
+    - ``copy_ns_per_byte``: the streaming copy of 8 Mi elements (ns per byte moved).
+
+    Inductor's CPU code here is AVX-512 (``at::vec::Vectorized``, 8 doubles or 16 floats a register) and its
+    ``exp`` is Sleef's 1-ulp vector exp (``Sleef_expd8_u10`` / ``Sleef_expf16_u10``)."""
     import torch
 
     torch.set_num_threads(1)
-    L, n = 32, 65536
+    L, K, n = 32, 16, 65536
 
     def best(fn: Any, x: Any, reps: int = 15, inner: int = 20) -> float:
         fn(x)
@@ -334,13 +345,39 @@ def op_costs() -> dict:
 
         return torch.compile(f, dynamic=False)
 
+    def independent(op: str) -> Any:
+        cs = [0.3 + 0.05 * i for i in range(K)]
+
+        def term(x: Any, c: float) -> Any:
+            if op == "fma":
+                return (x * c + 0.25) * x + c  # two multiply-adds
+            if op == "div":
+                return c / (x + (c + 3.5))
+            return torch.exp(x * c) if op == "exp" else x * c
+
+        def f(x: Any) -> Any:
+            acc = x * 0.0
+            for c in cs:
+                acc = acc + term(x, c)
+            return acc
+
+        return torch.compile(f, dynamic=False)
+
     out: dict[str, Any] = {}
     for dtype in (torch.float64, torch.float32):
         x = torch.rand(n, dtype=dtype)
         base = best(chain("base"), x)
         r = {op: (best(chain(op), x) - base) / L / n * 1e9 for op in ("fma", "div", "exp")}
+        xi = -3.0 * torch.rand(n, dtype=dtype)
+        base = best(independent("base"), xi)
+        for op in ("fma", "div", "exp"):
+            per = (best(independent(op), xi) - base) / K / n * 1e9
+            r[f"{op}_independent"] = per / 2 if op == "fma" else per
+        r["eager_exp"] = best(functools.partial(torch.exp, out=torch.empty_like(xi)), xi) / n * 1e9
         big = torch.rand(8 * 1024 * 1024, dtype=dtype)
         dst = torch.empty_like(big)
+        exp_big = functools.partial(torch.exp, out=dst)
+        r["eager_exp_8Mi"] = best(exp_big, big, reps=5, inner=3) / big.numel() * 1e9
         r["copy_ns_per_byte"] = (
             best(dst.copy_, big, reps=5, inner=3) / (2 * big.numel() * big.element_size()) * 1e9
         )
