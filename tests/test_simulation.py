@@ -151,10 +151,9 @@ def test_interval_means_ask_only_for_the_mean_fields_and_equal_the_full_output_l
     only, and for every field after the interval's last step: the records (means and snapshots) equal those of
     the same model asked for every field at every step; a mean field left out would fail here."""
     ref, only = MemoryWriter(), MemoryWriter()
-    base = Wave()
-    Simulation(base, base.initial_state(2), n_steps=20, output_every=6, writers=[ref], progress=False).run()
-    model = WaveNames()
-    Simulation(model, model.initial_state(2), n_steps=20, output_every=6, writers=[only], progress=False).run()
+    base, model = Wave(), WaveNames()
+    for m, w in ((base, ref), (model, only)):
+        Simulation(m, m.initial_state(2), n_steps=20, output_every=6, writers=[w], progress=False).run()
     a, b = ref.stacked(), only.stacked()
     assert set(a) == set(b) >= {"x", "light", "x_sq_total"}
     for k in a:
