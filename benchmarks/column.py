@@ -388,25 +388,21 @@ def op_costs() -> dict:
 def run_parts(B: int) -> dict:
     """The parts of one ``pelagos run`` step with interval-mean diagnostics (what ``Simulation._advance``
     does per step), compiled, float64, B columns not chunked, timed one by one on the same states (CPU ms,
-    minima of 7): the step, the output for the means (all fields; only the mean fields), the running sums."""
+    minima of 7): the step, the output for the means (all fields; only the mean fields, ``names=``), the
+    running sums (the block path sums inside its program: ``benchmarks/column_block.py --means``)."""
     import torch
-
-    from pelagos.column import compiled as cc
 
     torch.set_num_threads(1)
     model, _, _ = build(B, "float64", None, True)
     s = model.initial_state(B, t0=START)
-    names = [v.name for v in model.output_variables() if v.mean]
-
-    def core(state: dict, raw: dict) -> dict:
-        o = model._output_from(state, model._scale_physics(raw))
-        return {k: o[k] for k in names}
-
-    only = torch.compile(core, dynamic=False, options=cc._OPTIONS)
+    names = tuple(v.name for v in model.output_variables() if v.mean)
     with torch.no_grad():
         s1 = model.step(s, START)
         t1 = START + model.dt
-        raw = model._raw_physics(t1, for_step=False)
+
+        def only() -> dict:  # what Simulation asks after a step inside an output interval
+            return model.output(s1, t1, names=names)
+
         o = model.output(s1, t1)
         acc = {k: o[k].clone() for k in names}
 
@@ -417,7 +413,7 @@ def run_parts(B: int) -> dict:
         parts = {
             "step": lambda: model.step(s, START),
             "output, all fields": lambda: model.output(s1, t1),
-            "output, mean fields only": lambda: only(dict(s1), dict(raw)),
+            "output, mean fields only (names=)": only,
             f"running sums of the {len(names)} mean fields": accumulate,
             "forcing sample at the output time": lambda: model._raw_physics(t1, for_step=False),
         }
@@ -429,8 +425,9 @@ def run_parts(B: int) -> dict:
                 t = time.process_time()
                 f()
                 res[k] = min(res[k], time.process_time() - t)
-        same = all(torch.equal(o[k], only(dict(s1), dict(raw))[k]) for k in names)
-    return {"batch": B, "mean_fields": names, "ms": {k: 1e3 * v for k, v in res.items()}, "same_values": same}
+        same = all(torch.equal(o[k], only()[k]) for k in names)
+    ms = {k: 1e3 * v for k, v in res.items()}
+    return {"batch": B, "mean_fields": list(names), "ms": ms, "same_values": same}
 
 
 def _cpu_name() -> str:
