@@ -385,6 +385,58 @@ def op_costs() -> dict:
     return out
 
 
+def light_scan(B: int, dtype_name: str = "float64") -> dict:
+    """What the GOTM light costs compiled (PAR at layer centres, ``B`` columns of the 110 layers here, one
+    compiled program each, CPU ms, minima of 40 calls) and how much of it is the reverse scan of the
+    attenuation: today's routine (:func:`pelagos.column.light.gotm_light`: half-layer extinctions summed
+    from the surface in GOTM's order, interleaved, one aten ``cumsum`` over 2·nz read back reversed with
+    stride 2), the same without any scan (the ``exp`` and arithmetic alone), ``flip(cumsum(flip(.)))`` of
+    the layer extinctions, and a suffix sum ``total - prefix`` (no flips); the last two round differently
+    (``rel_diff``: largest difference relative to PAR's magnitude)."""
+    import torch
+
+    from pelagos.column.grid import centre_depth
+    from pelagos.column.light import gotm_light
+
+    torch.set_num_threads(1)
+    dtype = getattr(torch, dtype_name)
+    g = torch.Generator().manual_seed(0)
+    h = 0.5 + torch.rand(1, 110, generator=g, dtype=dtype)
+    k = 0.1 * torch.rand(B, 110, generator=g, dtype=dtype)
+    I0 = torch.tensor(100.0, dtype=dtype)
+
+    def today(I0: Any, h: Any, k: Any) -> Any:
+        return gotm_light(I0, h, k)["PAR"]
+
+    def no_scan(I0: Any, h: Any, k: Any) -> Any:
+        return I0 * (1 - 0.58) * torch.exp(-centre_depth(h) / 23.0 - k * h)
+
+    def flips(I0: Any, h: Any, k: Any) -> Any:
+        kh = k * h
+        ext = torch.flip(torch.cumsum(torch.flip(kh, [-1]), -1), [-1]) - 0.5 * kh
+        return I0 * (1 - 0.58) * torch.exp(-centre_depth(h) / 23.0 - ext)
+
+    def suffix(I0: Any, h: Any, k: Any) -> Any:
+        kh = k * h
+        ext = kh.sum(-1, keepdim=True) - torch.cumsum(kh, -1) + 0.5 * kh
+        return I0 * (1 - 0.58) * torch.exp(-centre_depth(h) / 23.0 - ext)
+
+    ref = today(I0, h, k)
+    out: dict[str, Any] = {"batch": B, "dtype": dtype_name}
+    for name, fn in (("gotm_order_today", today), ("no_scan", no_scan), ("flip_cumsum_flip", flips),
+                     ("suffix_total_minus_prefix", suffix)):  # fmt: skip
+        f = torch.compile(fn, dynamic=False)
+        f(I0, h, k)
+        best = 1e9
+        for _ in range(40):
+            t = time.process_time()
+            f(I0, h, k)
+            best = min(best, time.process_time() - t)
+        rel = float((fn(I0, h, k) - ref).abs().max() / ref.abs().max())
+        out[name] = {"ms": 1e3 * best, "rel_diff": rel}
+    return out
+
+
 def run_parts(B: int) -> dict:
     """The parts of one ``pelagos run`` step with interval-mean diagnostics (what ``Simulation._advance``
     does per step), compiled, float64, B columns not chunked, timed one by one on the same states (CPU ms,
@@ -582,6 +634,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     ap.add_argument("--op-costs", action="store_true", help="ns per element of add/div/exp here (roofline)")
     ap.add_argument("--run-parts", action="store_true", help="parts of a `pelagos run` step, 1024 columns")
+    ap.add_argument("--light-scan", type=int, metavar="B", help="compiled GOTM light and its scan, B columns")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "column.json")
     ap.add_argument("--doc", type=Path, default=ROOT / "docs" / "bench_column.md")
     a = ap.parse_args(argv)
@@ -610,6 +663,9 @@ def main(argv: list[str] | None = None) -> None:
         return
     if a.run_parts:
         print(json.dumps(run_parts(1024)))
+        return
+    if a.light_scan:
+        print(json.dumps(light_scan(a.light_scan)))
         return
     if a.quick:
         a.batches, a.dtypes, a.grad_batches, a.steps, a.repeat = [1, 128], ["float64"], [1], 12, 2
