@@ -73,6 +73,36 @@ def test_compiled_step_and_output_match_plain(models):
         torch.testing.assert_close(out[k], out_ref[k], rtol=1e-12, atol=1e-14)
 
 
+def test_output_names_give_the_same_fields_and_skip_what_they_do_not_need(models, monkeypatch):
+    """``output(state, t, names)`` (what Simulation asks for inside an output interval: the mean fields): the
+    full output's values of those names, plain and compiled; a forcing field, a state or a column total alone
+    does not evaluate the biology; an unknown name is a clear error."""
+    plain, fast = models
+    s = _start(plain)
+    t = T0 + 3600.0
+    names = tuple(v.name for v in plain.output_variables() if v.mean)
+    assert "PAR" in names and len(names) >= 3  # the NPZD diagnostics and PAR
+    with torch.no_grad():
+        full = plain.output(s, t)
+        some = plain.output(s, t, names=names)
+        fast_some = fast.output(s, t, names=names)
+    assert tuple(some) == names and tuple(fast_some) == names
+    for k in names:
+        assert torch.equal(some[k], full[k]), k
+        torch.testing.assert_close(fast_some[k], full[k], rtol=1e-12, atol=1e-14)
+    with pytest.raises(ConfigError, match="no field"):
+        plain.output(s, t, names=("PAR", "npzd_nothing"))
+    total = next(k for k in full if k.startswith("total_"))
+
+    def no_rates(*args, **kw):
+        raise AssertionError("the biology was evaluated for fields that do not need it")
+
+    monkeypatch.setattr(plain, "_rates", no_rates)
+    cheap = plain.output(s, t, names=("h", "nuh", total, "npzd_phy"))
+    for k in cheap:
+        assert torch.equal(cheap[k], full[k]), k
+
+
 def test_compiled_gradients_match_plain_and_finite_differences(models):
     plain, fast = models
     s = _start(plain)

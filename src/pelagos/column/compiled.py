@@ -210,8 +210,9 @@ def _block_core(state: dict, raws: dict, plans: tuple, loop: int, means: tuple) 
             state = tree_unflatten(leaves, tree_structure(state))
         if need is not None:
             needs.append(need)
-        if means:
-            out = m._output_from(state, m._scale_physics(dict(raw, nuh=raws["nuh_out"][j])))
+        if means:  # the mean fields after each step; every field after the last (the caller writes them)
+            names = None if j == len(plans) - 1 else means
+            out = m._output_from(state, m._scale_physics(dict(raw, nuh=raws["nuh_out"][j])), names)
             for name in means:
                 x = out[name]
                 x = x.to(torch.float64) if x.is_floating_point() else x
@@ -220,9 +221,9 @@ def _block_core(state: dict, raws: dict, plans: tuple, loop: int, means: tuple) 
     return state, need, sums, out
 
 
-def _output_core(state: dict, raw: dict) -> dict:
+def _output_core(state: dict, raw: dict, names: tuple | None = None) -> dict:
     m = _MODEL  # noqa: F821 - bound per model by _own_code
-    return m._output_from(state, m._scale_physics(raw))
+    return m._output_from(state, m._scale_physics(raw), names)
 
 
 def _own_code(fn: Any, model: Any, **names: Any) -> Any:
@@ -259,11 +260,12 @@ class CompiledStep:
         self._block: Any = None  # the compiled multi-step block, built on first use
         self.block_regions = True  # whether the block traces its steps once (False: a step the region refused)
 
-    def output(self, state: Mapping, raw: Mapping) -> dict:
-        """:meth:`ColumnModel.output` (diagnostics, light, totals) as a compiled program."""
+    def output(self, state: Mapping, raw: Mapping, names: tuple | None = None) -> dict:
+        """:meth:`ColumnModel.output` (diagnostics, light, totals) as a compiled program (``names``: only
+        those fields; one program per distinct tuple)."""
         if self._out is None:
             self._out = torch.compile(_own_code(_output_core, self.model), dynamic=False, options=_OPTIONS)
-        return self._out(dict(state), dict(raw))
+        return self._out(dict(state), dict(raw), names)
 
     def mean_plans(self, t: float) -> dict[str, tuple]:
         """Sampling plans of the model's running means for the step ``t -> t + dt``."""
@@ -446,10 +448,10 @@ class CompiledJvpStep:
         self._t = float(t)  # kept for the plain fallback below
         return self.cs.mean_plans(t)
 
-    def output(self, state: Mapping, raw: Mapping) -> dict:
+    def output(self, state: Mapping, raw: Mapping, names: tuple | None = None) -> dict:
         """Diagnostics of a dual state: the plain computation (outputs are not on the hot path)."""
         m = self.model
-        return m._output_from(state, m._scale_physics(raw))
+        return m._output_from(state, m._scale_physics(raw), names)
 
     def __call__(self, state: dict, raw: Mapping, plans: dict) -> dict:
         m = self.model
