@@ -366,6 +366,7 @@ def test_simulation_interval_means_through_the_block():
             Simulation(model, s, start=T0, n_steps=12, output_every=6, writers=[w], progress=False).run()
         recs[name] = w.stacked()
     assert fast._compiled_step_obj._block is not None
+    assert fast._compiled_step_obj.block_regions  # steps and their mean outputs traced once
     assert any(v.mean for v in fast.output_variables())
     for k, ref in recs["plain"].items():
         got = recs["fast"][k]

@@ -177,15 +177,23 @@ def _leaves_like(template: Any, tree: Any) -> list:
 
 def _region_step(model: Any) -> Any:
     """One step of ``model`` for :func:`_block_core`, traced once per block and stamped out for the others
-    (``torch.compiler.nested_compile_region``): the new state's tensors in ``state``'s order, then the
-    sinking sub-steps needed (0 without sinking); flat tensors out, what a region may return. The model is
-    a closure variable, not a global: dynamo guards an inlined function's globals through its module."""
+    (``torch.compiler.nested_compile_region``): the new state's tensors in ``state``'s order, the sinking
+    sub-steps needed (0 without sinking), then the outputs named in ``means`` after the step (float64 copies
+    of the floating-point ones: what the block sums). Flat tensors out, none of them an input: what a region
+    may return. The model is a closure variable, not a global: dynamo guards an inlined function's globals
+    through its module."""
 
-    def step(state: dict, raw: dict, plan: dict, loop: int) -> tuple:
+    def step(state: dict, raw: dict, plan: dict, loop: int, nuh_out: Any, means: tuple) -> tuple:
         new, need = model._step_columns(state, None, model._scale_physics(raw), fast=(plan, loop))
         if need is None:
             need = torch.zeros((), dtype=torch.int64)
-        return (*_leaves_like(state, new), need)
+        vals = []
+        if means:
+            out = model._output_from(new, model._scale_physics(dict(raw, nuh=nuh_out)), means)
+            for name in means:
+                x = out[name]
+                vals.append(x.to(torch.float64, copy=True) if x.is_floating_point() else x.clone())
+        return (*_leaves_like(state, new), need, *vals)
 
     return torch.compiler.nested_compile_region(step)
 
@@ -193,30 +201,41 @@ def _region_step(model: Any) -> Any:
 def _block_core(state: dict, raws: dict, plans: tuple, loop: int, means: tuple) -> tuple:
     """``len(plans)`` steps in one program. ``raws``: the forcing of step ``j`` as entry ``j`` of each
     stacked field (``"nuh_out"``: ``nuh`` at the end of step ``j``, for the outputs). With ``means``: also
-    the float64 sums over the steps of those outputs and the last outputs.
+    the float64 sums over the steps of those outputs and the last outputs (every field).
 
     The loop is unrolled: the first step is traced as it is (it may change the state's structure, e.g. key
-    order), the others go through ``_REGION`` (:func:`_region_step`, a nested compile region), which
-    dynamo traces once and stamps out; the stamped graph is inlined (``inline_invoke_subgraph``), so Inductor
-    still sees, and fuses, one flat program. This cuts the tracing of a block by about ``k``."""
+    order), the others go through ``_REGION`` (:func:`_region_step`, a nested compile region; with their
+    mean outputs but the last), which dynamo traces once and stamps out; the stamped graph is inlined
+    (``inline_invoke_subgraph``), so Inductor still sees, and fuses, one flat program. This cuts the
+    tracing of a block by about ``k``."""
     m = _MODEL  # noqa: F821 - bound per model by _own_code
+    region = _REGION  # noqa: F821 - bound per model by _own_code
     needs, sums, out = [], {}, None
+    last = len(plans) - 1
     for j, plan in enumerate(plans):
         raw = {k: v[j] for k, v in raws.items() if k != "nuh_out"}
-        if j == 0 or _REGION is None:  # noqa: F821 - bound per model by _own_code
+        nuh_out = raws["nuh_out"][j] if means else None
+        vals = None
+        if j == 0 or region is None:
             state, need = m._step_columns(state, None, m._scale_physics(raw), fast=(plan, loop))
         else:
-            *leaves, need = _REGION(state, raw, plan, loop)  # noqa: F821 - bound per model by _own_code
-            state = tree_unflatten(leaves, tree_structure(state))
+            inside = means if j < last else ()  # the last step's outputs (every field) are computed below
+            n = tree_structure(state).num_leaves
+            res = region(state, raw, plan, loop, nuh_out, inside)
+            state, need = tree_unflatten(list(res[:n]), tree_structure(state)), res[n]
+            vals = dict(zip(inside, res[n + 1 :], strict=True)) if inside else None
         if need is not None:
             needs.append(need)
         if means:  # the mean fields after each step; every field after the last (the caller writes them)
-            names = None if j == len(plans) - 1 else means
-            out = m._output_from(state, m._scale_physics(dict(raw, nuh=raws["nuh_out"][j])), names)
+            if vals is None:
+                names = None if j == last else means
+                out = m._output_from(state, m._scale_physics(dict(raw, nuh=nuh_out)), names)
+                vals = {}
+                for name in means:
+                    x = out[name]
+                    vals[name] = x.to(torch.float64) if x.is_floating_point() else x
             for name in means:
-                x = out[name]
-                x = x.to(torch.float64) if x.is_floating_point() else x
-                sums[name] = x if j == 0 else sums[name] + x
+                sums[name] = vals[name] if j == 0 else sums[name] + vals[name]
     need = torch.stack(needs).amax() if needs else None
     return state, need, sums, out
 
@@ -258,7 +277,7 @@ class CompiledStep:
         self._fn = torch.compile(_own_code(_step_core, model), dynamic=False, options=_OPTIONS)
         self._out: Any = None  # the compiled output, built on first use
         self._block: Any = None  # the compiled multi-step block, built on first use
-        self.block_regions = True  # whether the block traces its steps once (False: a step the region refused)
+        self.block_regions = True  # whether the block traces its steps once (False: a region was refused)
 
     def output(self, state: Mapping, raw: Mapping, names: tuple | None = None) -> dict:
         """:meth:`ColumnModel.output` (diagnostics, light, totals) as a compiled program (``names``: only
