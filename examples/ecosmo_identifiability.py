@@ -414,13 +414,23 @@ def _stamp(log: list, rec: Recorder, w0: float, c0: float) -> None:
     print(f"[gradient] evaluation {len(log)}: J = {log[-1]['cost']:.2f}, {w - w0:.0f} s", flush=True)
 
 
-def part_lm(tw: Twin, rec: Recorder, runs: int, start: dict | None = None, key: str = "lm") -> None:
+def part_lm(
+    tw: Twin,
+    rec: Recorder,
+    runs: int,
+    start: dict | None = None,
+    key: str = "lm",
+    lambda0: float = 1e-6,
+    jacobian: str = "forward",
+) -> None:
     """Levenberg–Marquardt with the EXACT Jacobian (pelagos' ``minimize(method="levenberg-marquardt")`` with
     ``VariationalProblem.jacobian``: the 20 tangents of forward mode in one batched run through the compiled
     jvp step), in the prior-whitened control ``v`` (z = μ + s v), from the first guess or from ``start`` (the
     ES-MDA part's ensemble mean). Each trial step is one forward run of one column; each accepted step adds
     one batched forward-mode run (the Jacobian there). The last Jacobian gives the Laplace posterior at the
-    estimate without another run."""
+    estimate without another run. ``lambda0``: the first damping (relative to diag(JᵀJ)); a rejected trial
+    costs one run of one column, a Jacobian far more, so start nearly undamped. ``jacobian="bundle"``: central
+    differences of all 20 directions in one batched run of 40 columns instead (not exact; for comparison)."""
     from pelagos.inverse.optim import minimize
     from pelagos.inverse.problem import VariationalProblem
 
@@ -438,7 +448,10 @@ def part_lm(tw: Twin, rec: Recorder, runs: int, start: dict | None = None, key: 
         v0 = (z_start - tw.prior_mean) / tw.prior_std
         rec.data[key]["start"] = "ES-MDA mean"
         rec.data[key]["start_rel_error"] = tw.rel_error(z_start).tolist()
-    prob = VariationalProblem(tw.model, tw.obs, tw.x0, t0=tw.t0)
+    prob = VariationalProblem(tw.model, tw.obs, tw.x0, t0=tw.t0, jacobian=jacobian)
+    rec.data[key].update(lambda0=lambda0, jacobian=jacobian)
+    if jacobian == "bundle":
+        rec.data[key]["method"] = "Levenberg-Marquardt, central-difference Jacobian (40 columns, step 1e-5)"
     s = tw.prior_std
     w0, c0 = rec.clock()
     last = {}
@@ -467,7 +480,7 @@ def part_lm(tw: Twin, rec: Recorder, runs: int, start: dict | None = None, key: 
         stamp("trial", z, 0.5 * float(r.pow(2).sum()))
         return r
 
-    def jacobian(v: torch.Tensor) -> torch.Tensor:
+    def jacobian_v(v: torch.Tensor) -> torch.Tensor:
         if len(log) >= runs or time.time() > STOP_AT[0]:
             raise _BudgetError
         z = tw.prior_mean + s * v
@@ -483,10 +496,11 @@ def part_lm(tw: Twin, rec: Recorder, runs: int, start: dict | None = None, key: 
             v0,
             method="levenberg-marquardt",
             residuals=residuals,
-            jacobian=jacobian,
+            jacobian=jacobian_v,
             max_iter=10 * runs,
             gtol=1e-10,
             ftol=1e-10,
+            lm_lambda0=lambda0,
         )
         msg, best_v = res.message, res.z
         rec.data[key]["final_lambda"] = res.damping
@@ -528,6 +542,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--fd-evals", type=int, default=12)
     ap.add_argument("--grad-evals", type=int, default=12)
     ap.add_argument("--lm-runs", type=int, default=40, help="lm: model runs (trials + Jacobians)")
+    ap.add_argument("--lm-lambda0", type=float, default=1e-6, help="lm: first damping (relative to diag JᵀJ)")
+    ap.add_argument("--lm-jacobian", choices=["forward", "bundle"], default="forward")
     ap.add_argument("--members", type=int, default=64)
     ap.add_argument("--tag", default="ecosmo_identifiability")
     ap.add_argument("--stop-at", default=None, help="HH:MM UTC: optimisers start no model run after it")
@@ -557,12 +573,16 @@ def main(argv: list[str] | None = None) -> None:
             name = f"{args.tag}_gradient_from_esmda.json"
         part_gradient(Twin(args.config, args.set), Recorder(RESULTS / name), args.grad_evals, start)
     if args.part == "lm":
-        start, name = None, f"{args.tag}_lm.json"
+        lm = "lm" if args.lm_jacobian == "forward" else "lm_bundle"
+        start, name = None, f"{args.tag}_{lm}.json"
         if args.grad_start == "esmda":
             src = RESULTS / f"{args.esmda_tag or args.tag}_esmda.json"
             start = json.loads(src.read_text())["esmda"]
-            name = f"{args.tag}_lm_from_esmda.json"
-        part_lm(Twin(args.config, args.set), Recorder(RESULTS / name), args.lm_runs, start)
+            name = f"{args.tag}_{lm}_from_esmda.json"
+        rec = Recorder(RESULTS / name)
+        part_lm(
+            Twin(args.config, args.set), rec, args.lm_runs, start, "lm", args.lm_lambda0, args.lm_jacobian
+        )
     if args.part in ("report", "all"):
         report(args.tag)
 
@@ -576,7 +596,7 @@ def report(tag: str = "ecosmo_identifiability") -> dict:
     import matplotlib.pyplot as plt
 
     parts = {}
-    for part in ("laplace", "esmda", "fd", "gradient", "gradient_from_esmda"):
+    for part in ("laplace", "esmda", "fd", "gradient", "gradient_from_esmda", "lm", "lm_from_esmda"):
         f = RESULTS / f"{tag}_{part}.json"
         if f.exists():
             parts[part] = json.loads(f.read_text())
@@ -593,6 +613,12 @@ def report(tag: str = "ecosmo_identifiability") -> dict:
     merged = {"header": hd, **b, **{k: v for k, v in g.items() if k != "header"}}
     if ge:
         merged["gradient_from_esmda"] = ge
+    lm = (parts.get("lm") or {}).get("lm") or {}
+    lme = (parts.get("lm_from_esmda") or {}).get("lm") or {}
+    if lm:
+        merged["lm"] = lm
+    if lme:
+        merged["lm_from_esmda"] = lme
     (RESULTS / f"{tag}.json").write_text(json.dumps(merged, indent=1))
     FIGURES.mkdir(parents=True, exist_ok=True)
     out = []
@@ -635,11 +661,15 @@ def report(tag: str = "ecosmo_identifiability") -> dict:
         "finite differences": (b.get("finite_difference") or {}).get("rel_error"),
         "ES-MDA": (b.get("esmda") or {}).get("rel_error"),
         "gradient from ES-MDA mean": ge.get("rel_error"),
+        "LM, exact Jacobian": lm.get("rel_error"),
+        "LM, exact Jacobian, from ES-MDA mean": lme.get("rel_error"),
     }
     fig, ax = plt.subplots(figsize=(11, 4))
     for k, (m, e) in enumerate(methods.items()):
         if e:
-            ax.plot([j + 0.15 * (k - 2) for j in range(p)], [100 * e[i] for i in order], "os^vD"[k], label=m)
+            ax.plot(
+                [j + 0.12 * (k - 3) for j in range(p)], [100 * e[i] for i in order], "os^vDPX"[k], label=m
+            )
     ax.axhspan(-10, 10, color="0.9", zorder=0)
     ax.set_xticks(
         range(p),
@@ -687,6 +717,18 @@ def report(tag: str = "ecosmo_identifiability") -> dict:
             "D-",
             label="gradient from the ES-MDA mean",
         )
+    for run, mark, lab in (
+        (lm, "P-", "LM, exact Jacobian"),
+        (lme, "X-", "LM, exact Jacobian, from ES-MDA mean"),
+    ):
+        ll = [e for e in run.get("log") or [] if "cost" in e and math.isfinite(e["cost"])]
+        if not ll:
+            continue
+        n0, w0 = (es["member_runs"], es["wall_s"]) if run is lme and es else (0, 0.0)
+        idx = {id(e): k for k, e in enumerate(run["log"])}  # model runs so far: trials and Jacobians
+        best = [min(e2["cost"] for e2 in ll[: j + 1]) for j in range(len(ll))]  # the accepted cost
+        ax[0].plot([n0 + idx[id(e)] + 1 for e in ll], best, mark, label=lab + " (runs)")
+        ax[1].plot([w0 + e["wall_s"] for e in ll], best, mark, label=lab)
     for a in ax:
         a.set_yscale("log")
         a.set_ylabel("cost J (misfit + prior)")
@@ -702,8 +744,9 @@ def report(tag: str = "ecosmo_identifiability") -> dict:
     print(
         "| parameter | truth | sensitivity rank | ‖∂r/∂ln θ‖ | Laplace std (truth) | Laplace std (estimate) |"
         " identifiable | gradient error | FD error | ES-MDA error | gradient from ES-MDA error |"
+        " LM (exact J) error | LM (exact J) from ES-MDA error |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 
     def pc(e, i):
         return f"{100 * e[i]:+.1f} %" if e else "—"
@@ -716,7 +759,8 @@ def report(tag: str = "ecosmo_identifiability") -> dict:
             f"{pe} | "
             f"{'yes' if hd['names'][i] in ident else 'no'} | {pc(methods['gradient (adjoint)'], i)} | "
             f"{pc(methods['finite differences'], i)} | {pc(methods['ES-MDA'], i)} | "
-            f"{pc(methods['gradient from ES-MDA mean'], i)} |"
+            f"{pc(methods['gradient from ES-MDA mean'], i)} | {pc(methods['LM, exact Jacobian'], i)} | "
+            f"{pc(methods['LM, exact Jacobian, from ES-MDA mean'], i)} |"
         )
     summ = {}
     for m, e in methods.items():
