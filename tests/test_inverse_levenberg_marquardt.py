@@ -107,3 +107,43 @@ def test_calibrate_with_levenberg_marquardt_reaches_the_lbfgs_minimum():
     assert abs(a.cost - c.cost) < 1e-6 * a.cost
     for n in ["k", "s"]:
         assert abs(a.estimates[n] - c.estimates[n]) < 1e-4 * abs(a.estimates[n])
+
+
+def test_batched_jacobian_of_a_dict_state_with_nested_running_means(monkeypatch):
+    """ECOSMO's column state is a dict (sediment pools, nested running-mean buffers, a leading column dim of
+    1): the batched forward-mode Jacobian (all tangents in one run, the controls as columns) must handle it
+    instead of falling back to a vmapped ``jacfwd``, and give the same Jacobian."""
+    from pelagos.bgc.fabm_yaml import load_system
+    from pelagos.column.forcing import ColumnForcing
+    from pelagos.column.model import ColumnModel
+    from pelagos.core import obsio
+    from pelagos.core.paths import DATA_DIR
+    from pelagos.inverse.problem import VariationalProblem
+
+    nz = 6
+    system = load_system(DATA_DIR / "fabm" / "fabm-nersc-ecosmo.yaml", drop=("CO2",))
+    f = torch.full
+    forcing = ColumnForcing.constant(f((nz,), 5.0), f((nz,), 12.0), f((nz,), 34.0), f((nz + 1,), 1e-4), 150.0,
+                                     bottom_stress=0.05)  # fmt: skip
+    model = ColumnModel(system, forcing, dt=3600.0)
+    x0 = model.initial_state(1)
+    assert isinstance(x0, dict) and any(isinstance(v, dict) for v in x0.values())  # the running means
+    times = torch.arange(1, 5) * 6 * 3600.0
+    obs = obsio.synthetic_observations(
+        model, x0, None, [obsio.Sampling("ECO_no3", {"depth": ["surface", 20.0]}, times)], start=0.0,
+        noise="none", sigma=0.1,
+    )  # fmt: skip
+    model.select_free(["ECO.muPl", "ECO.mPl", "ECO.GrZlP"])
+    P = VariationalProblem(model, obs, x0)
+    z = P.z0 * torch.tensor([1.1, 0.8, 1.05])
+    jacfwd = torch.func.jacfwd
+
+    def no_fallback(*a, **k):
+        raise AssertionError("fell back to torch.func.jacfwd (one vmapped pass of the plain step)")
+
+    monkeypatch.setattr(torch.func, "jacfwd", no_fallback)
+    J = P.jacobian(z)  # the one-run batched path, checked against a finite difference
+    monkeypatch.setattr(torch.func, "jacfwd", jacfwd)
+    assert P._batched_jac
+    torch.testing.assert_close(J, jacfwd(P.residuals)(z), rtol=1e-10, atol=1e-12)
+    assert float(J.abs().max()) > 0

@@ -127,8 +127,8 @@ class VariationalProblem:
         """``x0 = x_b + S_B v``."""
         _, v, _ = self.split(z)
         if not self.control_state:
-            if z.ndim == 2:  # a batch of controls: one copy of the state per control
-                return tree_map(lambda t: t.expand(z.shape[0], *t.shape), self.xb)
+            if z.ndim == 2:  # a batch of controls: one copy of the state per control (nested dicts too)
+                return pytree.tree_map_only(torch.Tensor, lambda t: t.expand(z.shape[0], *t.shape), self.xb)
             return self.xb
         if z.ndim == 2:  # batch of controls (fast Jacobian): tensor states only
             return self.xb + self.B.sqrt_apply(v.reshape(z.shape[0], *self.xb.shape))
@@ -278,7 +278,7 @@ class VariationalProblem:
             with torch.no_grad():
                 r = self.residuals(zb)
             return ((r[:n] - r[n:]) / (2 * h)).T.contiguous()
-        if self._batched_jac and torch.is_tensor(self.xb):
+        if self._batched_jac and (torch.is_tensor(self.xb) or not self.control_state):
             import torch.autograd.forward_ad as fwAD
 
             try:
