@@ -531,10 +531,41 @@ def part_lm(
     rec.save()
 
 
+def part_line(tw: Twin, rec: Recorder, starts: dict[str, torch.Tensor], points: int = 11) -> None:
+    """The cost on the straight lines (in the control z = log θ) from each start to the truth,
+    J(z_s + t (z_true − z_s)) for t in [0, 1]: all points of all lines as columns of ONE run. A rise between
+    start and truth means a barrier: the start lies in another basin of the cost."""
+    rec.data.setdefault("header", _header(tw))
+    t = torch.linspace(0.0, 1.0, points, dtype=torch.float64)
+    Z = torch.cat([zs + t[:, None] * (tw.truth - zs) for zs in starts.values()])
+    w, c = rec.clock()
+    with torch.no_grad():
+        R = tw.residuals(Z)
+    w2, c2 = rec.clock()
+    J = 0.5 * R.pow(2).sum(-1)
+    Jd = 0.5 * R[:, : tw.n_data].pow(2).sum(-1)
+    rec.data["line"] = {
+        "t": t.tolist(),
+        "columns": int(Z.shape[0]),
+        "wall_s": w2 - w,
+        "cpu_s": c2 - c,
+        "lines": {
+            k: {
+                "cost": J[i * points : (i + 1) * points].tolist(),
+                "misfit": Jd[i * points : (i + 1) * points].tolist(),
+            }
+            for i, k in enumerate(starts)
+        },
+    }
+    rec.save()
+    for k, v in rec.data["line"]["lines"].items():
+        print(f"[line] {k}: " + ", ".join(f"{x:.0f}" for x in v["cost"]), flush=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument(
-        "--part", choices=["laplace", "esmda", "fd", "gradient", "lm", "report", "all"], default="all"
+        "--part", choices=["laplace", "esmda", "fd", "gradient", "lm", "line", "report", "all"], default="all"
     )
     ap.add_argument("--assimilations", type=int, default=3, help="ES-MDA: number of assimilations")
     ap.add_argument("--config", default=str(CONFIG))
@@ -583,6 +614,16 @@ def main(argv: list[str] | None = None) -> None:
         part_lm(
             Twin(args.config, args.set), rec, args.lm_runs, start, "lm", args.lm_lambda0, args.lm_jacobian
         )
+    if args.part == "line":
+        tw = Twin(args.config, args.set)
+        es = json.loads((RESULTS / f"{args.esmda_tag or args.tag}_esmda.json").read_text())["esmda"]
+        fd = json.loads((RESULTS / f"{args.tag}_fd.json").read_text())["finite_difference"]
+        starts = {
+            "ES-MDA mean": tw.control(torch.tensor(es["estimate"], dtype=torch.float64)),
+            "first guess": tw.z0.clone(),
+            "LM (FD) estimate": tw.control(torch.tensor(fd["estimate"], dtype=torch.float64)),
+        }
+        part_line(tw, Recorder(RESULTS / f"{args.tag}_line.json"), starts)
     if args.part in ("report", "all"):
         report(args.tag)
 
@@ -740,6 +781,21 @@ def report(tag: str = "ecosmo_identifiability") -> dict:
     out.append(FIGURES / "ecosmo_identifiability_cost.png")
     fig.savefig(out[-1], dpi=110)
     plt.close(fig)
+    line = RESULTS / f"{tag}_line.json"
+    if line.exists():  # the cost on the straight lines from the starts to the truth (--part line)
+        ln = json.loads(line.read_text())["line"]
+        fig, ax = plt.subplots(figsize=(6.5, 4))
+        for k, v in ln["lines"].items():
+            ax.semilogy(ln["t"], v["cost"], "o-", label=f"from the {k}")
+        ax.axhline(ln["lines"][next(iter(ln["lines"]))]["cost"][-1], color="k", lw=0.8, ls=":", label="truth")
+        ax.set_xlabel("t: z = z_start + t (z_truth − z_start), z = ln θ")
+        ax.set_ylabel("cost J (misfit + prior)")
+        ax.set_title("cost on the straight line to the truth (one run of 33 columns)")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        out.append(FIGURES / "ecosmo_identifiability_line.png")
+        fig.savefig(out[-1], dpi=110)
+        plt.close(fig)
     # tables
     print(
         "| parameter | truth | sensitivity rank | ‖∂r/∂ln θ‖ | Laplace std (truth) | Laplace std (estimate) |"
