@@ -393,8 +393,8 @@ def _jvp_core(sp: dict, st: dict, ovp: list, ovt: list, raw: dict, plans: dict, 
 
 def _split_dual(tree: Any) -> tuple[Any, Any]:
     """``(primal, tangent)`` of a (nested) dict/list of dual tensors at forward-AD level 0, both contiguous
-    (views of a stacked state change strides: one compiled program for every step); missing tangents are
-    zeros."""
+    (views of a stacked state change strides: one compiled program for every step); missing and efficient-zero
+    tangents are plain zeros."""
     if isinstance(tree, Mapping):
         pairs = {k: _split_dual(x) for k, x in tree.items()}
         return {k: p[0] for k, p in pairs.items()}, {k: p[1] for k, p in pairs.items()}
@@ -402,7 +402,9 @@ def _split_dual(tree: Any) -> tuple[Any, Any]:
         pairs = [_split_dual(x) for x in tree]
         return [p[0] for p in pairs], [p[1] for p in pairs]
     p, t = torch._unpack_dual(tree, 0)
-    if t is None:
+    if t is None or t._is_zerotensor():
+        # forward AD's efficient zero tangents carry another dispatch key: as inputs they would fail dynamo's
+        # guards and recompile the program every call until its recompile limit (then it runs uncompiled)
         t = torch.zeros_like(p, memory_format=torch.contiguous_format)
     return _dense(p), _dense(t)
 
