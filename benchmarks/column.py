@@ -36,6 +36,7 @@ Writes benchmarks/results/column.json and docs/bench_column.md.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -308,12 +309,22 @@ def kernels(B: int, dtype_name: str, steps: int, chunk: int | None, repeat: int)
 
 def op_costs() -> dict:
     """CPU ns per element of one operation in Inductor-generated loops on this core (the roofline's unit
-    costs): chains of 32 dependent multiply-adds, divisions or ``exp`` on 65 536 elements (in cache), minus a
-    one-operation loop; and the streaming copy bandwidth (ns per byte moved). Minima of repeats."""
+    costs), two ways, on 65 536 elements (in cache), minima of repeats:
+
+    - ``fma``, ``div``, ``exp``: chains of 32 *dependent* operations minus a one-operation loop: the latency
+      of each operation, what a loop with one long chain per element pays;
+    - ``*_independent``: 16 *independent* operations per element summed (``acc + f(x * c_i)``), minus the
+      same loop with ``x * c_i`` terms: the throughput, what a kernel pays whose operations per element do
+      not wait on one another (the column step's three ``exp`` per cell do not);
+    - ``eager_exp``: ``torch.exp(x, out=y)`` (ATen's vectorised loop) in cache and on 8 Mi elements;
+    - ``copy_ns_per_byte``: the streaming copy of 8 Mi elements (ns per byte moved).
+
+    Inductor's CPU code here is AVX-512 (``at::vec::Vectorized``, 8 doubles or 16 floats a register) and its
+    ``exp`` is Sleef's 1-ulp vector exp (``Sleef_expd8_u10`` / ``Sleef_expf16_u10``)."""
     import torch
 
     torch.set_num_threads(1)
-    L, n = 32, 65536
+    L, K, n = 32, 16, 65536
 
     def best(fn: Any, x: Any, reps: int = 15, inner: int = 20) -> float:
         fn(x)
@@ -334,13 +345,39 @@ def op_costs() -> dict:
 
         return torch.compile(f, dynamic=False)
 
+    def independent(op: str) -> Any:
+        cs = [0.3 + 0.05 * i for i in range(K)]
+
+        def term(x: Any, c: float) -> Any:
+            if op == "fma":
+                return (x * c + 0.25) * x + c  # two multiply-adds
+            if op == "div":
+                return c / (x + (c + 3.5))
+            return torch.exp(x * c) if op == "exp" else x * c
+
+        def f(x: Any) -> Any:
+            acc = x * 0.0
+            for c in cs:
+                acc = acc + term(x, c)
+            return acc
+
+        return torch.compile(f, dynamic=False)
+
     out: dict[str, Any] = {}
     for dtype in (torch.float64, torch.float32):
         x = torch.rand(n, dtype=dtype)
         base = best(chain("base"), x)
         r = {op: (best(chain(op), x) - base) / L / n * 1e9 for op in ("fma", "div", "exp")}
+        xi = -3.0 * torch.rand(n, dtype=dtype)
+        base = best(independent("base"), xi)
+        for op in ("fma", "div", "exp"):
+            per = (best(independent(op), xi) - base) / K / n * 1e9
+            r[f"{op}_independent"] = per / 2 if op == "fma" else per
+        r["eager_exp"] = best(functools.partial(torch.exp, out=torch.empty_like(xi)), xi) / n * 1e9
         big = torch.rand(8 * 1024 * 1024, dtype=dtype)
         dst = torch.empty_like(big)
+        exp_big = functools.partial(torch.exp, out=dst)
+        r["eager_exp_8Mi"] = best(exp_big, big, reps=5, inner=3) / big.numel() * 1e9
         r["copy_ns_per_byte"] = (
             best(dst.copy_, big, reps=5, inner=3) / (2 * big.numel() * big.element_size()) * 1e9
         )
@@ -348,28 +385,76 @@ def op_costs() -> dict:
     return out
 
 
+def light_scan(B: int, dtype_name: str = "float64") -> dict:
+    """What the GOTM light costs compiled (PAR at layer centres, ``B`` columns of the 110 layers here, one
+    compiled program each, CPU ms, minima of 40 calls) and how much of it is the reverse scan of the
+    attenuation: today's routine (:func:`pelagos.column.light.gotm_light`: half-layer extinctions summed
+    from the surface in GOTM's order, interleaved, one aten ``cumsum`` over 2·nz read back reversed with
+    stride 2), the same without any scan (the ``exp`` and arithmetic alone), ``flip(cumsum(flip(.)))`` of
+    the layer extinctions, and a suffix sum ``total - prefix`` (no flips); the last two round differently
+    (``rel_diff``: largest difference relative to PAR's magnitude)."""
+    import torch
+
+    from pelagos.column.grid import centre_depth
+    from pelagos.column.light import gotm_light
+
+    torch.set_num_threads(1)
+    dtype = getattr(torch, dtype_name)
+    g = torch.Generator().manual_seed(0)
+    h = 0.5 + torch.rand(1, 110, generator=g, dtype=dtype)
+    k = 0.1 * torch.rand(B, 110, generator=g, dtype=dtype)
+    I0 = torch.tensor(100.0, dtype=dtype)
+
+    def today(I0: Any, h: Any, k: Any) -> Any:
+        return gotm_light(I0, h, k)["PAR"]
+
+    def no_scan(I0: Any, h: Any, k: Any) -> Any:
+        return I0 * (1 - 0.58) * torch.exp(-centre_depth(h) / 23.0 - k * h)
+
+    def flips(I0: Any, h: Any, k: Any) -> Any:
+        kh = k * h
+        ext = torch.flip(torch.cumsum(torch.flip(kh, [-1]), -1), [-1]) - 0.5 * kh
+        return I0 * (1 - 0.58) * torch.exp(-centre_depth(h) / 23.0 - ext)
+
+    def suffix(I0: Any, h: Any, k: Any) -> Any:
+        kh = k * h
+        ext = kh.sum(-1, keepdim=True) - torch.cumsum(kh, -1) + 0.5 * kh
+        return I0 * (1 - 0.58) * torch.exp(-centre_depth(h) / 23.0 - ext)
+
+    ref = today(I0, h, k)
+    out: dict[str, Any] = {"batch": B, "dtype": dtype_name}
+    for name, fn in (("gotm_order_today", today), ("no_scan", no_scan), ("flip_cumsum_flip", flips),
+                     ("suffix_total_minus_prefix", suffix)):  # fmt: skip
+        f = torch.compile(fn, dynamic=False)
+        f(I0, h, k)
+        best = 1e9
+        for _ in range(40):
+            t = time.process_time()
+            f(I0, h, k)
+            best = min(best, time.process_time() - t)
+        rel = float((fn(I0, h, k) - ref).abs().max() / ref.abs().max())
+        out[name] = {"ms": 1e3 * best, "rel_diff": rel}
+    return out
+
+
 def run_parts(B: int) -> dict:
     """The parts of one ``pelagos run`` step with interval-mean diagnostics (what ``Simulation._advance``
     does per step), compiled, float64, B columns not chunked, timed one by one on the same states (CPU ms,
-    minima of 7): the step, the output for the means (all fields; only the mean fields), the running sums."""
+    minima of 7): the step, the output for the means (all fields; only the mean fields, ``names=``), the
+    running sums (the block path sums inside its program: ``benchmarks/column_block.py --means``)."""
     import torch
-
-    from pelagos.column import compiled as cc
 
     torch.set_num_threads(1)
     model, _, _ = build(B, "float64", None, True)
     s = model.initial_state(B, t0=START)
-    names = [v.name for v in model.output_variables() if v.mean]
-
-    def core(state: dict, raw: dict) -> dict:
-        o = model._output_from(state, model._scale_physics(raw))
-        return {k: o[k] for k in names}
-
-    only = torch.compile(core, dynamic=False, options=cc._OPTIONS)
+    names = tuple(v.name for v in model.output_variables() if v.mean)
     with torch.no_grad():
         s1 = model.step(s, START)
         t1 = START + model.dt
-        raw = model._raw_physics(t1, for_step=False)
+
+        def only() -> dict:  # what Simulation asks after a step inside an output interval
+            return model.output(s1, t1, names=names)
+
         o = model.output(s1, t1)
         acc = {k: o[k].clone() for k in names}
 
@@ -380,7 +465,7 @@ def run_parts(B: int) -> dict:
         parts = {
             "step": lambda: model.step(s, START),
             "output, all fields": lambda: model.output(s1, t1),
-            "output, mean fields only": lambda: only(dict(s1), dict(raw)),
+            "output, mean fields only (names=)": only,
             f"running sums of the {len(names)} mean fields": accumulate,
             "forcing sample at the output time": lambda: model._raw_physics(t1, for_step=False),
         }
@@ -392,8 +477,9 @@ def run_parts(B: int) -> dict:
                 t = time.process_time()
                 f()
                 res[k] = min(res[k], time.process_time() - t)
-        same = all(torch.equal(o[k], only(dict(s1), dict(raw))[k]) for k in names)
-    return {"batch": B, "mean_fields": names, "ms": {k: 1e3 * v for k, v in res.items()}, "same_values": same}
+        same = all(torch.equal(o[k], only()[k]) for k in names)
+    ms = {k: 1e3 * v for k, v in res.items()}
+    return {"batch": B, "mean_fields": list(names), "ms": ms, "same_values": same}
 
 
 def _cpu_name() -> str:
@@ -548,6 +634,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     ap.add_argument("--op-costs", action="store_true", help="ns per element of add/div/exp here (roofline)")
     ap.add_argument("--run-parts", action="store_true", help="parts of a `pelagos run` step, 1024 columns")
+    ap.add_argument("--light-scan", type=int, metavar="B", help="compiled GOTM light and its scan, B columns")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "column.json")
     ap.add_argument("--doc", type=Path, default=ROOT / "docs" / "bench_column.md")
     a = ap.parse_args(argv)
@@ -576,6 +663,9 @@ def main(argv: list[str] | None = None) -> None:
         return
     if a.run_parts:
         print(json.dumps(run_parts(1024)))
+        return
+    if a.light_scan:
+        print(json.dumps(light_scan(a.light_scan)))
         return
     if a.quick:
         a.batches, a.dtypes, a.grad_batches, a.steps, a.repeat = [1, 128], ["float64"], [1], 12, 2

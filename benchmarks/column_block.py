@@ -11,7 +11,8 @@ run_path, for 1 column. GOTM+FABM's NPZD year (scripts/run_gotm_fabm_npzd.sh, CP
 ``--gotm-repeat`` runs) is timed in the same run as the reference.
 
 Usage: python benchmarks/column_block.py [--ks 1 4 12 24] [--batch 1] [--steps 48] [--repeat 5] [--run]
-Writes benchmarks/results/column_block.json.
+Writes benchmarks/results/column_block.json. ``--means - PAR npzd_PPR,PAR --batch 1024`` times the block with
+those interval means instead (what averaging each field after every step costs; JSON on stdout, or to --out).
 """
 
 from __future__ import annotations
@@ -115,6 +116,35 @@ def run_path(columns: int, k: int, days: int, dtype: str = "float64") -> dict:
     }
 
 
+def block_means(B: int, variants: list[tuple[str, ...]], dtype: str = "float64", rounds: int = 3) -> dict:
+    """The block (k = 12, ``B`` columns, no chunks) with each tuple of ``means`` (the fields averaged after
+    every step, as ``Simulation`` asks; ``()`` = none, the bare block), in one process: CPU ms per step of
+    24 steps (2 blocks), ``rounds`` interleaved rounds of 3 windows after a first (compiling) call; minima.
+    What the interval means of ``pelagos run`` cost on top of the step, field by field."""
+    import torch
+
+    torch.set_num_threads(1)
+    model, _, _ = colbench.build(B, dtype, None, True)
+    model.block_steps = 12
+    s0 = model.initial_state(B, t0=colbench.START)
+    times = [colbench.START + j * model.dt for j in range(24)]
+    res: dict[str, dict] = {}
+    with torch.no_grad():
+        for means in variants:
+            c = time.process_time()
+            model.step_block(s0, times, means)
+            res[",".join(means) or "-"] = {"first_cpu_s": time.process_time() - c, "ms_all": []}
+        for _ in range(rounds):
+            for means in variants:
+                r = res[",".join(means) or "-"]
+                for _ in range(3):
+                    c = time.process_time()
+                    model.step_block(s0, times, means)
+                    r["ms_all"].append(1e3 * (time.process_time() - c) / len(times))
+                r["ms_min"] = min(r["ms_all"])
+    return {"batch": B, "dtype": dtype, "block_steps": 12, "variants": res}
+
+
 def _sub(args: list[str]) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     p = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True, env=env)
@@ -135,11 +165,24 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--gotm-repeat", type=int, default=3)
     ap.add_argument("--run", type=int, default=0, metavar="DAYS", help="pelagos run, --batch columns, DAYS")
     ap.add_argument("--run-only", action="store_true", help="only the pelagos run timings")
+    ap.add_argument(
+        "--means",
+        nargs="+",
+        metavar="FIELDS",
+        help="only the block with these means: comma-separated fields per variant, '-' = none",
+    )
     ap.add_argument("--one", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--one-run", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--out", type=Path, default=HERE / "results" / "column_block.json")
     a = ap.parse_args(argv)
     chunk = a.chunk or None
+    if a.means:
+        variants = [() if v == "-" else tuple(v.split(",")) for v in a.means]
+        out = block_means(a.batch, variants, a.dtype)
+        print(json.dumps(out))
+        if a.out != HERE / "results" / "column_block.json":
+            a.out.write_text(json.dumps(out, indent=1))
+        return
     if a.one_run is not None:
         print(json.dumps(run_path(a.batch, a.one_run, a.run, a.dtype)))
         return

@@ -414,14 +414,167 @@ def _stamp(log: list, rec: Recorder, w0: float, c0: float) -> None:
     print(f"[gradient] evaluation {len(log)}: J = {log[-1]['cost']:.2f}, {w - w0:.0f} s", flush=True)
 
 
+def part_lm(
+    tw: Twin,
+    rec: Recorder,
+    runs: int,
+    start: dict | None = None,
+    key: str = "lm",
+    lambda0: float = 1e-6,
+    jacobian: str = "forward",
+) -> None:
+    """Levenberg–Marquardt with the EXACT Jacobian (pelagos' ``minimize(method="levenberg-marquardt")`` with
+    ``VariationalProblem.jacobian``: the 20 tangents of forward mode in one batched run through the compiled
+    jvp step), in the prior-whitened control ``v`` (z = μ + s v), from the first guess or from ``start`` (the
+    ES-MDA part's ensemble mean). Each trial step is one forward run of one column; each accepted step adds
+    one batched forward-mode run (the Jacobian there). The last Jacobian gives the Laplace posterior at the
+    estimate without another run. ``lambda0``: the first damping (relative to diag(JᵀJ)); a rejected trial
+    costs one run of one column, a Jacobian far more, so start nearly undamped. ``jacobian="bundle"``: central
+    differences of all 20 directions in one batched run of 40 columns instead (not exact; for comparison)."""
+    from pelagos.inverse.optim import minimize
+    from pelagos.inverse.problem import VariationalProblem
+
+    rec.data.setdefault("header", _header(tw))
+    log: list = []
+    rec.data[key] = {
+        "log": log,
+        "done": False,
+        "start": "first guess",
+        "method": "Levenberg-Marquardt, exact Jacobian (forward mode, batched)",
+    }
+    v0 = torch.zeros(tw.p)
+    if start is not None:
+        z_start = tw.control(torch.tensor(start["estimate"], dtype=torch.float64))
+        v0 = (z_start - tw.prior_mean) / tw.prior_std
+        rec.data[key]["start"] = "ES-MDA mean"
+        rec.data[key]["start_rel_error"] = tw.rel_error(z_start).tolist()
+    prob = VariationalProblem(tw.model, tw.obs, tw.x0, t0=tw.t0, jacobian=jacobian)
+    rec.data[key].update(lambda0=lambda0, jacobian=jacobian)
+    if jacobian == "bundle":
+        rec.data[key]["method"] = "Levenberg-Marquardt, central-difference Jacobian (40 columns, step 1e-5)"
+    s = tw.prior_std
+    w0, c0 = rec.clock()
+    last = {}
+
+    def stamp(kind: str, z: torch.Tensor, cost: float | None) -> None:
+        w, c = rec.clock()
+        entry = {"kind": kind, "wall_s": w - w0, "cpu_s": c - c0, "rel_error": tw.rel_error(z).tolist()}
+        if cost is not None:
+            entry["cost"] = cost
+        log.append(entry)
+        rec.save()
+        print(
+            f"[{key}] run {len(log)} ({kind}): J = {cost}, {w - w0:.0f} s wall, {c - c0:.0f} s CPU",
+            flush=True,
+        )
+
+    def residuals(v: torch.Tensor) -> torch.Tensor:
+        if len(log) >= runs or time.time() > STOP_AT[0]:
+            raise _BudgetError
+        z = tw.prior_mean + s * v
+        try:
+            r = prob.residuals(z)
+        except SolverError:
+            stamp("trial", z, math.inf)
+            raise
+        stamp("trial", z, 0.5 * float(r.pow(2).sum()))
+        return r
+
+    def jacobian_v(v: torch.Tensor) -> torch.Tensor:
+        if len(log) >= runs or time.time() > STOP_AT[0]:
+            raise _BudgetError
+        z = tw.prior_mean + s * v
+        Jz = prob.jacobian(z)
+        stamp("jacobian" + ("" if prob._batched_jac else " (fallback: not batched)"), z, None)
+        last.update(v=v.detach().clone(), J=Jz * s)
+        return Jz * s
+
+    msg, best_v = "budget of runs spent", v0
+    try:
+        res = minimize(
+            lambda v: 0.5 * residuals(v).pow(2).sum(),
+            v0,
+            method="levenberg-marquardt",
+            residuals=residuals,
+            jacobian=jacobian_v,
+            max_iter=10 * runs,
+            gtol=1e-10,
+            ftol=1e-10,
+            lm_lambda0=lambda0,
+        )
+        msg, best_v = res.message, res.z
+        rec.data[key]["final_lambda"] = res.damping
+    except _BudgetError:
+        best_v = last.get("v", v0)  # the last accepted point (Jacobians are formed at accepted points only)
+    z = tw.prior_mean + s * best_v
+    w, c = rec.clock()
+    out = {
+        "done": True,
+        "message": msg,
+        "wall_s": w - w0,
+        "cpu_s": c - c0,
+        "estimate": tw.physical(z).tolist(),
+        "rel_error": tw.rel_error(z).tolist(),
+        "z": z.tolist(),
+        "jacobian_batched": bool(prob._batched_jac),
+    }
+    costs = [e["cost"] for e in log if "cost" in e and math.isfinite(e["cost"])]
+    if costs:
+        out["cost"] = min(costs)
+    if "J" in last and torch.equal(last["v"], best_v):
+        Jz = last["J"] / s
+        M = Jz.shape[0] - tw.p
+        lap = laplace_from_jacobian(Jz, M)
+        theta = tw.physical(z).abs() / tw.dtheta_dz(z).abs()
+        out["laplace_std_rel"] = (lap["std"] / theta).tolist()
+    rec.data[key].update(out)
+    rec.save()
+
+
+def part_line(tw: Twin, rec: Recorder, starts: dict[str, torch.Tensor], points: int = 11) -> None:
+    """The cost on the straight lines (in the control z = log θ) from each start to the truth,
+    J(z_s + t (z_true − z_s)) for t in [0, 1]: all points of all lines as columns of ONE run. A rise between
+    start and truth means a barrier: the start lies in another basin of the cost."""
+    rec.data.setdefault("header", _header(tw))
+    t = torch.linspace(0.0, 1.0, points, dtype=torch.float64)
+    Z = torch.cat([zs + t[:, None] * (tw.truth - zs) for zs in starts.values()])
+    w, c = rec.clock()
+    with torch.no_grad():
+        R = tw.residuals(Z)
+    w2, c2 = rec.clock()
+    J = 0.5 * R.pow(2).sum(-1)
+    Jd = 0.5 * R[:, : tw.n_data].pow(2).sum(-1)
+    rec.data["line"] = {
+        "t": t.tolist(),
+        "columns": int(Z.shape[0]),
+        "wall_s": w2 - w,
+        "cpu_s": c2 - c,
+        "lines": {
+            k: {
+                "cost": J[i * points : (i + 1) * points].tolist(),
+                "misfit": Jd[i * points : (i + 1) * points].tolist(),
+            }
+            for i, k in enumerate(starts)
+        },
+    }
+    rec.save()
+    for k, v in rec.data["line"]["lines"].items():
+        print(f"[line] {k}: " + ", ".join(f"{x:.0f}" for x in v["cost"]), flush=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--part", choices=["laplace", "esmda", "fd", "gradient", "report", "all"], default="all")
+    ap.add_argument(
+        "--part", choices=["laplace", "esmda", "fd", "gradient", "lm", "line", "report", "all"], default="all"
+    )
     ap.add_argument("--assimilations", type=int, default=3, help="ES-MDA: number of assimilations")
     ap.add_argument("--config", default=str(CONFIG))
     ap.add_argument("--set", action="append", default=[], help="configuration override key=value")
     ap.add_argument("--fd-evals", type=int, default=12)
     ap.add_argument("--grad-evals", type=int, default=12)
+    ap.add_argument("--lm-runs", type=int, default=40, help="lm: model runs (trials + Jacobians)")
+    ap.add_argument("--lm-lambda0", type=float, default=1e-6, help="lm: first damping (relative to diag JᵀJ)")
+    ap.add_argument("--lm-jacobian", choices=["forward", "bundle"], default="forward")
     ap.add_argument("--members", type=int, default=64)
     ap.add_argument("--tag", default="ecosmo_identifiability")
     ap.add_argument("--stop-at", default=None, help="HH:MM UTC: optimisers start no model run after it")
@@ -429,9 +582,10 @@ def main(argv: list[str] | None = None) -> None:
         "--grad-start",
         choices=["first_guess", "esmda"],
         default="first_guess",
-        help="gradient part: start L-BFGS at the first guess, or at the ES-MDA mean of <tag>_esmda.json "
-        "(results then go to <tag>_gradient_from_esmda.json)",
+        help="gradient and lm parts: start at the first guess, or at the ES-MDA mean of <tag>_esmda.json "
+        "(results then go to <tag>_gradient_from_esmda.json / <tag>_lm_from_esmda.json)",
     )
+    ap.add_argument("--esmda-tag", default=None, help="read the ES-MDA mean from <esmda-tag>_esmda.json")
     args = ap.parse_args(argv)
     STOP_AT[0] = _stop_at(args.stop_at)
     torch.set_num_threads(1)
@@ -449,6 +603,27 @@ def main(argv: list[str] | None = None) -> None:
             start = json.loads((RESULTS / f"{args.tag}_esmda.json").read_text())["esmda"]
             name = f"{args.tag}_gradient_from_esmda.json"
         part_gradient(Twin(args.config, args.set), Recorder(RESULTS / name), args.grad_evals, start)
+    if args.part == "lm":
+        lm = "lm" if args.lm_jacobian == "forward" else "lm_bundle"
+        start, name = None, f"{args.tag}_{lm}.json"
+        if args.grad_start == "esmda":
+            src = RESULTS / f"{args.esmda_tag or args.tag}_esmda.json"
+            start = json.loads(src.read_text())["esmda"]
+            name = f"{args.tag}_{lm}_from_esmda.json"
+        rec = Recorder(RESULTS / name)
+        part_lm(
+            Twin(args.config, args.set), rec, args.lm_runs, start, "lm", args.lm_lambda0, args.lm_jacobian
+        )
+    if args.part == "line":
+        tw = Twin(args.config, args.set)
+        es = json.loads((RESULTS / f"{args.esmda_tag or args.tag}_esmda.json").read_text())["esmda"]
+        fd = json.loads((RESULTS / f"{args.tag}_fd.json").read_text())["finite_difference"]
+        starts = {
+            "ES-MDA mean": tw.control(torch.tensor(es["estimate"], dtype=torch.float64)),
+            "first guess": tw.z0.clone(),
+            "LM (FD) estimate": tw.control(torch.tensor(fd["estimate"], dtype=torch.float64)),
+        }
+        part_line(tw, Recorder(RESULTS / f"{args.tag}_line.json"), starts)
     if args.part in ("report", "all"):
         report(args.tag)
 
@@ -462,7 +637,7 @@ def report(tag: str = "ecosmo_identifiability") -> dict:
     import matplotlib.pyplot as plt
 
     parts = {}
-    for part in ("laplace", "esmda", "fd", "gradient", "gradient_from_esmda"):
+    for part in ("laplace", "esmda", "fd", "gradient", "gradient_from_esmda", "lm", "lm_from_esmda"):
         f = RESULTS / f"{tag}_{part}.json"
         if f.exists():
             parts[part] = json.loads(f.read_text())
@@ -479,6 +654,12 @@ def report(tag: str = "ecosmo_identifiability") -> dict:
     merged = {"header": hd, **b, **{k: v for k, v in g.items() if k != "header"}}
     if ge:
         merged["gradient_from_esmda"] = ge
+    lm = (parts.get("lm") or {}).get("lm") or {}
+    lme = (parts.get("lm_from_esmda") or {}).get("lm") or {}
+    if lm:
+        merged["lm"] = lm
+    if lme:
+        merged["lm_from_esmda"] = lme
     (RESULTS / f"{tag}.json").write_text(json.dumps(merged, indent=1))
     FIGURES.mkdir(parents=True, exist_ok=True)
     out = []
@@ -521,11 +702,15 @@ def report(tag: str = "ecosmo_identifiability") -> dict:
         "finite differences": (b.get("finite_difference") or {}).get("rel_error"),
         "ES-MDA": (b.get("esmda") or {}).get("rel_error"),
         "gradient from ES-MDA mean": ge.get("rel_error"),
+        "LM, exact Jacobian": lm.get("rel_error"),
+        "LM, exact Jacobian, from ES-MDA mean": lme.get("rel_error"),
     }
     fig, ax = plt.subplots(figsize=(11, 4))
     for k, (m, e) in enumerate(methods.items()):
         if e:
-            ax.plot([j + 0.15 * (k - 2) for j in range(p)], [100 * e[i] for i in order], "os^vD"[k], label=m)
+            ax.plot(
+                [j + 0.12 * (k - 3) for j in range(p)], [100 * e[i] for i in order], "os^vDPX"[k], label=m
+            )
     ax.axhspan(-10, 10, color="0.9", zorder=0)
     ax.set_xticks(
         range(p),
@@ -573,6 +758,18 @@ def report(tag: str = "ecosmo_identifiability") -> dict:
             "D-",
             label="gradient from the ES-MDA mean",
         )
+    for run, mark, lab in (
+        (lm, "P-", "LM, exact Jacobian"),
+        (lme, "X-", "LM, exact Jacobian, from ES-MDA mean"),
+    ):
+        ll = [e for e in run.get("log") or [] if "cost" in e and math.isfinite(e["cost"])]
+        if not ll:
+            continue
+        n0, w0 = (es["member_runs"], es["wall_s"]) if run is lme and es else (0, 0.0)
+        idx = {id(e): k for k, e in enumerate(run["log"])}  # model runs so far: trials and Jacobians
+        best = [min(e2["cost"] for e2 in ll[: j + 1]) for j in range(len(ll))]  # the accepted cost
+        ax[0].plot([n0 + idx[id(e)] + 1 for e in ll], best, mark, label=lab + " (runs)")
+        ax[1].plot([w0 + e["wall_s"] for e in ll], best, mark, label=lab)
     for a in ax:
         a.set_yscale("log")
         a.set_ylabel("cost J (misfit + prior)")
@@ -584,12 +781,28 @@ def report(tag: str = "ecosmo_identifiability") -> dict:
     out.append(FIGURES / "ecosmo_identifiability_cost.png")
     fig.savefig(out[-1], dpi=110)
     plt.close(fig)
+    line = RESULTS / f"{tag}_line.json"
+    if line.exists():  # the cost on the straight lines from the starts to the truth (--part line)
+        ln = json.loads(line.read_text())["line"]
+        fig, ax = plt.subplots(figsize=(6.5, 4))
+        for k, v in ln["lines"].items():
+            ax.semilogy(ln["t"], v["cost"], "o-", label=f"from the {k}")
+        ax.axhline(ln["lines"][next(iter(ln["lines"]))]["cost"][-1], color="k", lw=0.8, ls=":", label="truth")
+        ax.set_xlabel("t: z = z_start + t (z_truth − z_start), z = ln θ")
+        ax.set_ylabel("cost J (misfit + prior)")
+        ax.set_title("cost on the straight line to the truth (one run of 33 columns)")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        out.append(FIGURES / "ecosmo_identifiability_line.png")
+        fig.savefig(out[-1], dpi=110)
+        plt.close(fig)
     # tables
     print(
         "| parameter | truth | sensitivity rank | ‖∂r/∂ln θ‖ | Laplace std (truth) | Laplace std (estimate) |"
         " identifiable | gradient error | FD error | ES-MDA error | gradient from ES-MDA error |"
+        " LM (exact J) error | LM (exact J) from ES-MDA error |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 
     def pc(e, i):
         return f"{100 * e[i]:+.1f} %" if e else "—"
@@ -602,7 +815,8 @@ def report(tag: str = "ecosmo_identifiability") -> dict:
             f"{pe} | "
             f"{'yes' if hd['names'][i] in ident else 'no'} | {pc(methods['gradient (adjoint)'], i)} | "
             f"{pc(methods['finite differences'], i)} | {pc(methods['ES-MDA'], i)} | "
-            f"{pc(methods['gradient from ES-MDA mean'], i)} |"
+            f"{pc(methods['gradient from ES-MDA mean'], i)} | {pc(methods['LM, exact Jacobian'], i)} | "
+            f"{pc(methods['LM, exact Jacobian, from ES-MDA mean'], i)} |"
         )
     summ = {}
     for m, e in methods.items():

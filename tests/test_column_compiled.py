@@ -73,6 +73,36 @@ def test_compiled_step_and_output_match_plain(models):
         torch.testing.assert_close(out[k], out_ref[k], rtol=1e-12, atol=1e-14)
 
 
+def test_output_names_give_the_same_fields_and_skip_what_they_do_not_need(models, monkeypatch):
+    """``output(state, t, names)`` (what Simulation asks for inside an output interval: the mean fields): the
+    full output's values of those names, plain and compiled; a forcing field, a state or a column total alone
+    does not evaluate the biology; an unknown name is a clear error."""
+    plain, fast = models
+    s = _start(plain)
+    t = T0 + 3600.0
+    names = tuple(v.name for v in plain.output_variables() if v.mean)
+    assert "PAR" in names and len(names) >= 3  # the NPZD diagnostics and PAR
+    with torch.no_grad():
+        full = plain.output(s, t)
+        some = plain.output(s, t, names=names)
+        fast_some = fast.output(s, t, names=names)
+    assert tuple(some) == names and tuple(fast_some) == names
+    for k in names:
+        assert torch.equal(some[k], full[k]), k
+        torch.testing.assert_close(fast_some[k], full[k], rtol=1e-12, atol=1e-14)
+    with pytest.raises(ConfigError, match="no field"):
+        plain.output(s, t, names=("PAR", "npzd_nothing"))
+    total = next(k for k in full if k.startswith("total_"))
+
+    def no_rates(*args, **kw):
+        raise AssertionError("the biology was evaluated for fields that do not need it")
+
+    monkeypatch.setattr(plain, "_rates", no_rates)
+    cheap = plain.output(s, t, names=("h", "nuh", total, "npzd_phy"))
+    for k in cheap:
+        assert torch.equal(cheap[k], full[k]), k
+
+
 def test_compiled_gradients_match_plain_and_finite_differences(models):
     plain, fast = models
     s = _start(plain)
@@ -274,6 +304,54 @@ def test_block_gradients_match_plain_step():
         torch.testing.assert_close(gf, gp, rtol=1e-10, atol=1e-14)
 
 
+def test_block_with_a_control_vector_traces_once_and_matches_plain_gradient():
+    """Parameters installed from one flat control vector (views of it, as ``pelagos calibrate`` does) enter
+    the block's nested compile region as copies (region inputs may not alias): the steps are still traced
+    once (``block_regions``) and the gradient to the vector equals the plain step's."""
+    plain, fast = example(), example()
+    fast.compile_mode, fast.block_steps = "on", 3
+    names = ["npzd.rmax", "npzd.gmax"]
+    for m in (plain, fast):
+        m.select_free(names)
+    s = _start(plain)
+    u0 = torch.tensor([0.1, -0.2], dtype=F64)
+
+    def loss(model: ColumnModel, u: torch.Tensor) -> torch.Tensor:
+        with model.using(u):  # a flat tensor: u[0], u[1] are views of one storage
+            fin = rollout(model, s, 7, t0=T0, save_every=7).final
+        return (fin["npzd_phy"] ** 2).sum() + fin["npzd_zoo"].sum()
+
+    grads = []
+    for model in (plain, fast):
+        u = u0.clone().requires_grad_(True)
+        grads.append(torch.autograd.grad(loss(model, u), u)[0])
+    cs = fast._compiled_step_obj
+    assert cs._block is not None and cs.block_regions
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-10, atol=1e-14)
+
+
+def test_block_falls_back_to_tracing_every_step_after_a_graph_break():
+    """A step the nested compile region cannot hold (here a graph break, as a user's model may have) makes the
+    block trace every step instead: same states as the plain step."""
+    plain, fast = example(), example()
+    fast.compile_mode, fast.block_steps = "on", 3
+    inner = fast._step_columns
+
+    def breaking(*a, **k):
+        torch._dynamo.graph_break()
+        return inner(*a, **k)
+
+    fast._step_columns = breaking
+    s = _start(plain)
+    with torch.no_grad():
+        ref = rollout(plain, s, 6, t0=T0, save_every=6).final
+        got = rollout(fast, s, 6, t0=T0, save_every=6).final
+    assert fast._compiled_step_obj._block is not None and not fast._compiled_step_obj.block_regions
+    for k in ref:
+        if k != "_means":
+            assert _rel(got[k], ref[k]) < 1e-12, k
+
+
 def test_simulation_interval_means_through_the_block():
     """Simulation with interval-mean outputs (what `pelagos run` writes) takes the block with the outputs
     summed inside it: the records equal the plain step-and-output loop's."""
@@ -288,6 +366,7 @@ def test_simulation_interval_means_through_the_block():
             Simulation(model, s, start=T0, n_steps=12, output_every=6, writers=[w], progress=False).run()
         recs[name] = w.stacked()
     assert fast._compiled_step_obj._block is not None
+    assert fast._compiled_step_obj.block_regions  # steps and their mean outputs traced once
     assert any(v.mean for v in fast.output_variables())
     for k, ref in recs["plain"].items():
         got = recs["fast"][k]

@@ -290,3 +290,17 @@ def test_compiled_forward_mode_that_cannot_be_built_warns_once_and_runs_plain(mo
             assert sum("forward mode on the compiled step failed" in str(w.message) for w in caught) == 1
     for k, (p, t) in outs[0].items():
         assert torch.equal(outs[1][k][0], p) and torch.equal(outs[1][k][1], t)
+
+
+def test_compiled_jvp_inputs_have_no_efficient_zero_tangents(monkeypatch):
+    """torch's efficient zero tensors (missing tangents) carry another dispatch key: handed to the compiled
+    jvp program they fail dynamo's guards and recompile it every call, so the split gives plain zeros."""
+    from pelagos.column import compiled as cc
+
+    p = torch.ones(3, dtype=torch.float64)
+    zero = torch._efficientzerotensor(3, dtype=torch.float64)
+    assert zero._is_zerotensor()
+    monkeypatch.setattr(torch, "_unpack_dual", lambda x, level: (p, zero))
+    sp, st = cc._split_dual({"a": p, "b": [p]})
+    for t in (st["a"], st["b"][0]):
+        assert not t._is_zerotensor() and torch.equal(t, torch.zeros(3, dtype=torch.float64))

@@ -132,6 +132,38 @@ def test_interval_means_average_the_steps_of_each_output_interval(tmp_path):
     assert float(light_6[2].max()) > 0  # noon-containing intervals are not blank
 
 
+class WaveNames(Wave):
+    """:class:`Wave` whose ``output`` takes ``names`` (only those fields) and logs what each call computed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[tuple[str, ...]] = []
+
+    def output(self, state, t, names=None):
+        out = super().output(state, t)
+        out = out if names is None else {n: out[n] for n in names}
+        self.calls.append(tuple(out))
+        return out
+
+
+def test_interval_means_ask_only_for_the_mean_fields_and_equal_the_full_output_loop():
+    """Inside an output interval Simulation asks a model whose ``output`` takes ``names`` for the mean fields
+    only, and for every field after the interval's last step: the records (means and snapshots) equal those of
+    the same model asked for every field at every step; a mean field left out would fail here."""
+    ref, only = MemoryWriter(), MemoryWriter()
+    base, model = Wave(), WaveNames()
+    for m, w in ((base, ref), (model, only)):
+        Simulation(m, m.initial_state(2), n_steps=20, output_every=6, writers=[w], progress=False).run()
+    a, b = ref.stacked(), only.stacked()
+    assert set(a) == set(b) >= {"x", "light", "x_sq_total"}
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=0, atol=0)
+    full = ("x", "light", "x_sq_total")
+    # step 0; three intervals of 6 steps (5 mean-only calls, then a full one); the last of 2 steps (1 + 1)
+    assert model.calls == [full] + ([("light",)] * 5 + [full]) * 3 + [("light",), full]
+    assert float(b["light"][1:].abs().max()) > 0  # the means are not blank
+
+
 def test_restart_resumes_bit_exactly_and_says_so(tmp_path):
     model = Wave()
     ref = _sim(model, tmp_path / "ref.nc").run()

@@ -624,46 +624,70 @@ class ColumnModel(Model):
         return dict(svars)
 
     # -- outputs -----------------------------------------------------------------------------------------
-    def output(self, state: Mapping[str, Any], t: float) -> dict[str, torch.Tensor]:
+    def output(
+        self, state: Mapping[str, Any], t: float, names: Sequence[str] | None = None
+    ) -> dict[str, torch.Tensor]:
         """Named fields at model time ``t`` for writing: state variables (FABM global names, ``(B, nz)`` or
         ``(B,)``), BGC diagnostics (e.g. ``npzd_PPR``) evaluated on this state with the light of this state,
         the physics (``h``, ``temp``, ``salt``, ``nuh``, ``I_0``), ``PAR`` and the conserved column totals
-        (``total_<quantity>``, per m2). Diagnostics are recomputed here rather than carried in the state."""
+        (``total_<quantity>``, per m2). Diagnostics are recomputed here rather than carried in the state.
+
+        ``names``: only these fields, in that order (the same values as in the full output); the light and
+        the biology are evaluated only when one of them needs it, the totals only when one is asked for. The
+        run loop asks for the interval-mean fields alone after the steps inside an output interval."""
+        names = None if names is None else tuple(names)
         fast = self._compiled_step(state) if isinstance(state, Mapping) else None
         if fast is not None:
-            return fast.output(state, self._raw_physics(float(t), for_step=False))
-        return self._output_from(state, self._physics(float(t), for_step=False))
+            return fast.output(state, self._raw_physics(float(t), for_step=False), names)
+        return self._output_from(state, self._physics(float(t), for_step=False), names)
 
-    def _output_from(self, state: Mapping[str, Any], phys: Mapping[str, torch.Tensor]) -> dict:
-        """:meth:`output` given the (scaled) physics at the output time."""
+    def _output_from(
+        self, state: Mapping[str, Any], phys: Mapping[str, torch.Tensor], names: Sequence[str] | None = None
+    ) -> dict:
+        """:meth:`output` given the (scaled) physics at the output time (``names``: only those fields)."""
         svars = {n: state[n] for n in self.interior + self.bottom + self.surface}
-        means = state.get("_means") if isinstance(state, Mapping) else None
-        with torch.no_grad() if not torch.is_grad_enabled() else contextlib.nullcontext():
-            _, diag, env = self._rates(svars, phys, means)
         B = next(iter(svars.values())).shape[0]
 
         def full(x: torch.Tensor) -> torch.Tensor:
             x = torch.as_tensor(x)
             return torch.broadcast_to(x, (B, *x.shape[1:])) if x.ndim >= 1 else x
 
+        forcing = ("h", "temp", "salt", "nuh", "I_0")
+
+        def total(q: str) -> str:
+            return q if q.startswith("total_") else f"total_{q}"
+
+        totals = {total(q) for q in self._conserved_names()}
+        want = None if names is None else set(names)
+        # what the asked-for fields need: anything not a state, forcing or total field comes from the rates
+        with_rates = want is None or bool(want - set(svars) - set(forcing) - totals)
+        with_totals = want is None or bool(want & totals)
+
         out = {n: svars[n] for n in svars}
-        out.update({k: full(v) for k, v in diag.items()})
-        out["h"] = full(phys["h"])
-        out["temp"] = full(phys["temp"])
-        out["salt"] = full(phys["salt"])
-        out["nuh"] = full(phys["nuh"])
-        out["I_0"] = full(phys["I_0"])
-        out["PAR"] = full(env[_PAR])
-        lm = getattr(self.bgc, "light_model", None)
-        if lm is not None:  # the light instance's declared diagnostics: the light computed here
-            light = {"par": env[_PAR], "swr": env["downwelling_shortwave_flux"], "par0": env.get(_PAR0)}
-            for d in self.bgc.diagnostics:
-                if self.bgc.models.get(d.instance) is lm and light.get(d.local) is not None:
-                    out[d.name] = full(light[d.local])
-        totals = self.bgc.conserved_quantities(svars, h=phys["h"])  # = self.totals(state, t)
-        for q, v in totals.items():
-            out[q if q.startswith("total_") else f"total_{q}"] = v
-        return out
+        if with_rates:
+            means = state.get("_means") if isinstance(state, Mapping) else None
+            with torch.no_grad() if not torch.is_grad_enabled() else contextlib.nullcontext():
+                _, diag, env = self._rates(svars, phys, means)
+            out.update({k: full(v) for k, v in diag.items()})
+        for k in forcing:
+            out[k] = full(phys[k])
+        if with_rates:
+            out["PAR"] = full(env[_PAR])
+            lm = getattr(self.bgc, "light_model", None)
+            if lm is not None:  # the light instance's declared diagnostics: the light computed here
+                light = {"par": env[_PAR], "swr": env["downwelling_shortwave_flux"], "par0": env.get(_PAR0)}
+                for d in self.bgc.diagnostics:
+                    if self.bgc.models.get(d.instance) is lm and light.get(d.local) is not None:
+                        out[d.name] = full(light[d.local])
+        if with_totals:
+            for q, v in self.bgc.conserved_quantities(svars, h=phys["h"]).items():  # = self.totals(state, t)
+                out[total(q)] = v
+        if names is None:
+            return out
+        missing = [n for n in names if n not in out]
+        if missing:
+            raise ConfigError(f"ColumnModel.output has no field(s) {missing}; it has {sorted(out)}")
+        return {n: out[n] for n in names}
 
     def _salinity_units_and_name(self) -> tuple[str, str, str]:
         if getattr(self.forcing, "salinity_source", "salt_p") == "salt":

@@ -135,5 +135,6 @@ class StackedColumn(Model):
             return ColumnObservationOperator(variable, self.variables, fixed_h(self.forcing))
         return column_observation_operator(self, variable, at)
 
-    def output(self, x: torch.Tensor, t: float) -> dict[str, torch.Tensor]:
-        return self.model.output(self.unstack(x.reshape(-1, *x.shape[-2:])), t)
+    def output(self, x: torch.Tensor, t: float, names: Any = None) -> dict[str, torch.Tensor]:
+        """The column's :meth:`ColumnModel.output` of the stacked state (``names``: only those fields)."""
+        return self.model.output(self.unstack(x.reshape(-1, *x.shape[-2:])), t, names)

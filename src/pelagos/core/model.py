@@ -116,17 +116,29 @@ class Model(torch.nn.Module):
             f"{type(self).__name__} does not declare its variables; define output_variables()"
         )
 
-    def output(self, state: State, t: float) -> dict[str, torch.Tensor]:
+    def output(self, state: State, t: float, names: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
         """Values of :meth:`output_variables` on ``state`` at model time ``t``: ``{name: (*batch, *dims)}``.
+
+        ``names``: only these fields (the same values as in the full dict). Optional in a model's own
+        ``output``: when its signature has it, ``Simulation`` asks for the interval-mean fields alone after
+        the steps inside an output interval, so a model can skip work no writer reads.
 
         Default: the entries of a dict state, or the tensor state itself under the single variable's name.
         """
-        names = [v.name for v in self.output_variables()]
+        declared = [v.name for v in self.output_variables()]
         if isinstance(state, Mapping):
-            return {n: state[n] for n in names if n in state}
-        if torch.is_tensor(state) and len(names) == 1:
-            return {names[0]: state}
-        raise NotImplementedError(f"{type(self).__name__} must define output(state, t)")
+            out = {n: state[n] for n in declared if n in state}
+        elif torch.is_tensor(state) and len(declared) == 1:
+            out = {declared[0]: state}
+        else:
+            raise NotImplementedError(f"{type(self).__name__} must define output(state, t)")
+        if names is None:
+            return out
+        missing = [n for n in names if n not in out]
+        if missing:
+            have = sorted(out)
+            raise ConfigError(f"{type(self).__name__}.output() has no field(s) {missing}; it has {have}")
+        return {n: out[n] for n in names}
 
     def output_coordinates(self) -> dict[str, Coordinate]:
         """Coordinates of the variables' dims (``{dim: Coordinate}``); default none (integer positions)."""

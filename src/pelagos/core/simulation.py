@@ -44,6 +44,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as _dt
+import inspect
 import math
 import os
 import sys
@@ -263,6 +264,14 @@ class CFLCheck(Callback):
 
 
 # -- coordinates / names used by the writers -------------------------------------------------------------
+def _takes_names(output: Callable) -> bool:
+    """Whether a model's ``output`` takes ``names`` (only those fields; see :meth:`Model.output`)."""
+    try:
+        return "names" in inspect.signature(output).parameters
+    except (TypeError, ValueError):  # pragma: no cover - a builtin or C callable
+        return False
+
+
 def _coordinates(model: Any) -> dict[str, Coordinate]:
     fn = getattr(model, "output_coordinates", None)
     if fn is None:
@@ -537,9 +546,14 @@ class Simulation:
         if res is not None:
             return res
         acc: dict[str, torch.Tensor] = {}
+        only = _takes_names(self.model.output)
         for j in range(n):  # one step at a time (a 1-step rollout is this call plus per-call overhead)
             state = self.model.step(state, self.time_of(k + j))
-            out = self.model.output(state, self.time_of(k + j + 1))
+            t1 = self.time_of(k + j + 1)
+            # inside the interval only the mean fields are needed (when the model can give only those);
+            # after the last step every field (the caller writes the instantaneous ones from it)
+            inside = only and j < n - 1
+            out = self.model.output(state, t1, names=means) if inside else self.model.output(state, t1)
             for name in means:
                 x = torch.as_tensor(out[name])
                 x64 = x.to(torch.float64) if x.is_floating_point() else x

@@ -125,7 +125,8 @@ def calibrate(
         state: initial state (the background x_b when ``control_state``), with batch dims as the observations.
         free: parameter names to estimate (default: those already free via ``model.select_free``).
         optimizer: ``"lbfgs"`` (strong Wolfe line search), ``"adam"`` (``lr``, ``max_iter`` steps) or
-            ``"gauss-newton"`` (small problems).
+            ``"gauss-newton"`` (small problems) or ``"levenberg-marquardt"`` (damped Gauss–Newton with the
+            exact forward-mode Jacobian, no adjoint runs; ``max_iter`` counts its trial steps).
         uncertainty: Laplace approximation method (``"hessian"``, ``"gauss-newton"``, ``"cg"``) or ``None``.
         write_back: store the estimates in the model's free parameters at the end.
     Returns:

@@ -1,6 +1,6 @@
-"""Minimisers for a cost of one flat control vector: L-BFGS, Adam, Gauss–Newton.
+"""Minimisers for a cost of one flat control vector: L-BFGS, Adam, Gauss–Newton, Levenberg–Marquardt.
 
-All three record the cost after each iteration, the iterates, the number of cost evaluations (= forward model
+All record the cost after each iteration, the iterates, the number of cost evaluations (= forward model
 runs; each gradient adds one backward run) and the wall time, and show a tqdm bar with the current cost.
 
 L-BFGS treats a trial point of its line search whose cost or gradient is not finite, or whose model run raises
@@ -41,6 +41,7 @@ class OptimizeResult:
     converged: bool = False
     message: str = ""
     wall_time: float = 0.0
+    damping: float = float("nan")  # Levenberg–Marquardt: the final λ
 
 
 # Errors of a model run that mean "this control value is unusable" (not a mistake of the configuration).
@@ -195,6 +196,94 @@ class _Counter:
         return self._val
 
 
+def _levenberg_marquardt(
+    residuals: Callable[[torch.Tensor], torch.Tensor],
+    jacobian: Callable[[torch.Tensor], torch.Tensor],
+    z0: torch.Tensor,
+    *,
+    max_iter: int,
+    gtol: float,
+    ftol: float,
+    lambda0: float,
+    keep_iterates: bool,
+    bar: object,
+    t_start: float,
+) -> OptimizeResult:
+    """Levenberg–Marquardt on J = ½‖r‖² with the Jacobian ``jacobian(z)`` (exact: forward mode by default).
+
+    Each iteration solves ``(JᵀJ + λ diag(JᵀJ)) h = −Jᵀr`` (Marquardt's scaling: invariant to a rescaling of
+    the controls) and runs the model once at ``z + h``; the gain ratio ρ = actual / predicted decrease
+    accepts the step (ρ > 0; λ ← λ·max(1/3, 1 − (2ρ − 1)³)) or rejects it (λ ← λ·ν, ν ← 2ν; Nielsen 1999).
+    A Jacobian is formed only at accepted points. A trial whose run raises a numerical error or gives a
+    non-finite cost is a rejected step. ``n_evals`` counts model runs: trial runs plus Jacobian runs (one
+    batched forward-mode pass each)."""
+
+    def value(z: torch.Tensor) -> tuple[float, torch.Tensor | None]:
+        try:
+            with torch.no_grad():
+                r = residuals(z).detach()
+        except NUMERICAL_ERRORS:
+            return math.inf, None
+        F = 0.5 * float(r.pow(2).sum())
+        return (F, r) if math.isfinite(F) else (math.inf, None)
+
+    z = z0.detach().clone()
+    n = 1
+    F, r = value(z)
+    if r is None:
+        raise ConfigError(f"the cost is not finite at the first guess (J = {F}); check the initial values")
+    res = OptimizeResult(z=z, cost=F, history=[F], z_history=[z.clone()] if keep_iterates else [])
+    Jm = jacobian(z).detach()
+    n += 1
+    A, g = Jm.T @ Jm, Jm.T @ r
+    gscale = max(1.0, float(g.norm()))
+    lam, nu = float(lambda0), 2.0
+    for it in range(max_iter):
+        res.n_iter = it + 1
+        if float(g.norm()) <= gtol * gscale:
+            res.converged, res.message = True, "gradient norm below gtol"
+            break
+        D = A.diagonal().clamp(min=1e-12 * float(A.diagonal().max().clamp(min=1.0)))
+        h = torch.linalg.solve(A + lam * torch.diag(D), -g)
+        predicted = 0.5 * float(h.dot(lam * D * h - g))
+        Ft, rt = value(z + h)
+        n += 1
+        rho = (F - Ft) / predicted if (rt is not None and predicted > 0) else -1.0
+        if rho > 0:
+            z, small = z + h, F - Ft <= ftol * max(1.0, abs(Ft))
+            F, r = Ft, rt
+            Jm = jacobian(z).detach()
+            n += 1
+            A, g = Jm.T @ Jm, Jm.T @ r
+            lam *= max(1.0 / 3.0, 1.0 - (2.0 * rho - 1.0) ** 3)
+            nu = 2.0
+        else:
+            small = False
+            lam *= nu
+            nu *= 2.0
+        res.history.append(F)
+        if keep_iterates:
+            res.z_history.append(z.clone())
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(cost=f"{F:.6g}", lam=f"{lam:.1e}")
+        if small:
+            res.converged, res.message = True, "cost change below ftol"
+            break
+        if lam > 1e16:
+            res.message = f"damping grew beyond 1e16 (λ = {lam:.1e}): no step decreases the cost"
+            break
+        if float(h.norm()) <= 1e-14 * (1.0 + float(z.norm())):
+            res.converged, res.message = True, "step below tolerance"
+            break
+    res.z, res.cost, res.grad_norm, res.n_evals = z, F, float(g.norm()), n
+    res.damping = lam
+    if not res.message:
+        res.message = "max_iter reached"
+    res.wall_time = time.perf_counter() - t_start
+    return res
+
+
 def minimize(
     cost: Callable[[torch.Tensor], torch.Tensor],
     z0: torch.Tensor,
@@ -211,6 +300,7 @@ def minimize(
     desc: str = "minimise",
     keep_iterates: bool = True,
     names: Sequence[str] | None = None,
+    lm_lambda0: float = 1e-3,
 ) -> OptimizeResult:
     """Minimise ``cost(z)`` from ``z0``.
 
@@ -219,11 +309,32 @@ def minimize(
     forms
     the Jacobian by forward mode, one tangent per control entry). ``names``: labels of the leading control
     entries (e.g. the free parameters) for the message of an L-BFGS stop on failed trial steps.
+    ``levenberg-marquardt`` needs ``residuals(z)`` too and uses ``jacobian(z)`` (default: ``jacfwd`` of the
+    residuals), never the adjoint: one model run per trial step and one Jacobian per accepted step; ``cost``
+    is not called (J = ½‖r‖²); ``lm_lambda0``: the first damping λ (relative to diag(JᵀJ)). ``max_iter``
+    counts its trial steps, accepted or not.
     """
-    check_choice("optimizer", method, ["lbfgs", "adam", "gauss-newton"])
+    check_choice("optimizer", method, ["lbfgs", "adam", "gauss-newton", "levenberg-marquardt"])
     if max_iter < 0:
         raise ConfigError(f"max_iter must be >= 0; got {max_iter}")
     t_start = time.perf_counter()
+    if method == "levenberg-marquardt":
+        if residuals is None:
+            raise ConfigError("method='levenberg-marquardt' needs the residual function (J = ½‖r‖²)")
+        if not lm_lambda0 > 0:
+            raise ConfigError(f"lm_lambda0 must be > 0; got {lm_lambda0}")
+        if jacobian is None:
+            load_jvp_decompositions()
+            jacobian = torch.func.jacfwd(residuals)
+        bar = tqdm(total=max_iter, desc=desc, leave=False) if (progress and tqdm is not None) else None
+        try:
+            return _levenberg_marquardt(
+                residuals, jacobian, z0, max_iter=max_iter, gtol=gtol, ftol=ftol, lambda0=lm_lambda0,
+                keep_iterates=keep_iterates, bar=bar, t_start=t_start,
+            )  # fmt: skip
+        finally:
+            if bar is not None:
+                bar.close()
     f = _Counter(cost)
     z = z0.detach().clone()
     J0, g0 = f.value_and_grad(z)

@@ -110,8 +110,9 @@ class VariationalProblem:
         self._jac_checked = False
         # H(x(t_i)) (detached) of the first and the latest single control predicted: the driver's misfits,
         # plots and cost terms before/after reuse them instead of running the model again
-        self._first: tuple[torch.Tensor, torch.Tensor] | None = None
-        self._last: tuple[torch.Tensor, torch.Tensor] | None = None
+        # (z, predictions, whether that run recorded a graph)
+        self._first: tuple[torch.Tensor, torch.Tensor, bool] | None = None
+        self._last: tuple[torch.Tensor, torch.Tensor, bool] | None = None
 
     # -- control vector ------------------------------------------------------------------------------------
     @property
@@ -126,8 +127,8 @@ class VariationalProblem:
         """``x0 = x_b + S_B v``."""
         _, v, _ = self.split(z)
         if not self.control_state:
-            if z.ndim == 2:  # a batch of controls: one copy of the state per control
-                return tree_map(lambda t: t.expand(z.shape[0], *t.shape), self.xb)
+            if z.ndim == 2:  # a batch of controls: one copy of the state per control (nested dicts too)
+                return pytree.tree_map_only(torch.Tensor, lambda t: t.expand(z.shape[0], *t.shape), self.xb)
             return self.xb
         if z.ndim == 2:  # batch of controls (fast Jacobian): tensor states only
             return self.xb + self.B.sqrt_apply(v.reshape(z.shape[0], *self.xb.shape))
@@ -170,7 +171,7 @@ class VariationalProblem:
     def _remember(self, z: torch.Tensor, pred: torch.Tensor) -> None:
         if z.ndim != 1 or _is_dual(z) or _is_dual(pred):
             return
-        entry = (z.detach().clone(), pred.detach())
+        entry = (z.detach().clone(), pred.detach(), bool(pred.requires_grad))
         if self._first is None:
             self._first = entry
         self._last = entry
@@ -225,6 +226,13 @@ class VariationalProblem:
                 return entry[1]
         return None
 
+    def _remembered_with_graph(self, z: torch.Tensor) -> bool:
+        """Whether the remembered run of ``z`` recorded a graph (an optimiser's gradient run)."""
+        for entry in (self._last, self._first):
+            if entry is not None and entry[0].shape == z.shape and torch.equal(entry[0], z.detach()):
+                return entry[2]
+        return False
+
     def _check_jacobian(self, z: torch.Tensor, J: torch.Tensor) -> bool:
         """Once per problem: compare J d with a finite difference along a random direction of single
         (unbatched) runs: guards against a model that broadcasts the extra batch dim silently in a wrong way.
@@ -237,10 +245,11 @@ class VariationalProblem:
         base = self._remembered(z)
         if base is not None:
             h = 1e-7 * scale
-            # the run as the optimiser's (a control that requires grad): a compiled step then runs the program
-            # it already has instead of compiling one for a run without gradients (same values)
-            zh = (z.detach() + h * d).requires_grad_(True)
-            with torch.enable_grad():
+            # the run as the optimiser's (with or without a graph, as that run was): a compiled step then runs
+            # the program it already has instead of compiling another one (same values)
+            graph = self._remembered_with_graph(z)
+            zh = (z.detach() + h * d).requires_grad_(graph)
+            with torch.set_grad_enabled(graph):
                 r1 = self.residuals(zh).detach()
             fd = (r1 - self._residuals_of(z.detach(), base)) / h
         else:
@@ -269,7 +278,7 @@ class VariationalProblem:
             with torch.no_grad():
                 r = self.residuals(zb)
             return ((r[:n] - r[n:]) / (2 * h)).T.contiguous()
-        if self._batched_jac and torch.is_tensor(self.xb):
+        if self._batched_jac and (torch.is_tensor(self.xb) or not self.control_state):
             import torch.autograd.forward_ad as fwAD
 
             try:

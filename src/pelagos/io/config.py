@@ -451,7 +451,7 @@ class _MethodBase:
 class CalibrateMethod(_MethodBase):
     """Gradient calibration of parameters (optionally also the initial state, with ``background``)."""
 
-    optimizer: Literal["lbfgs", "adam", "gauss-newton"] = "lbfgs"
+    optimizer: Literal["lbfgs", "adam", "gauss-newton", "levenberg-marquardt"] = "lbfgs"
     max_iter: int = 50
     lr: float = 0.05
     gtol: float = 1e-7
