@@ -302,5 +302,6 @@ def test_compiled_jvp_inputs_have_no_efficient_zero_tangents(monkeypatch):
     assert zero._is_zerotensor()
     monkeypatch.setattr(torch, "_unpack_dual", lambda x, level: (p, zero))
     sp, st = cc._split_dual({"a": p, "b": [p]})
+    assert torch.equal(sp["a"], p) and torch.equal(sp["b"][0], p)
     for t in (st["a"], st["b"][0]):
         assert not t._is_zerotensor() and torch.equal(t, torch.zeros(3, dtype=torch.float64))
