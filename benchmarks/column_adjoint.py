@@ -105,18 +105,9 @@ def torch_checkpoint_segments():
     import contextlib
     import importlib
 
-    from torch.utils.checkpoint import checkpoint
+    from pelagos.core.segment import run_segment_torch_checkpoint as run_segment
 
     ro = importlib.import_module("pelagos.core.rollout")  # the module (pelagos.core.rollout is the function)
-
-    def run_segment(model, advance, state, k0, k1, guard):
-        snap = model.parameter_overrides()
-
-        def segment(s, k0, k1):
-            with model.using_only(snap):
-                return advance(s, k0, k1)
-
-        return checkpoint(segment, state, k0, k1, use_reentrant=False)
 
     @contextlib.contextmanager
     def ctx():

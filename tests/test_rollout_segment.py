@@ -279,18 +279,9 @@ def _torch_checkpoint_segments():
     """rollout's Model segments through torch.utils.checkpoint with the overrides re-installed (its path
     before core/segment.py; a bare lambda step cannot stand in for the column: the column's first run builds
     caches, so the forward and its recomputation save different tensors)."""
-    from torch.utils.checkpoint import checkpoint
+    from pelagos.core.segment import run_segment_torch_checkpoint as run_segment
 
     ro = importlib.import_module("pelagos.core.rollout")
-
-    def run_segment(model, advance, state, k0, k1, guard):
-        snap = model.parameter_overrides()
-
-        def seg(st, k0, k1):
-            with model.using_only(snap):
-                return advance(st, k0, k1)
-
-        return checkpoint(seg, state, k0, k1, use_reentrant=False)
 
     orig, ro.run_segment = ro.run_segment, run_segment
     try:

@@ -44,7 +44,7 @@ import torch.utils._pytree as pytree
 
 from .errors import ConfigError
 
-__all__ = ["SegmentFunction", "run_segment"]
+__all__ = ["SegmentFunction", "run_segment", "run_segment_torch_checkpoint"]
 
 Advance = Callable[[Any, int, int], tuple[Any, list[Any]]]
 
@@ -252,3 +252,21 @@ def run_segment(model: Any, advance: Advance, state: Any, k0: int, k1: int, guar
         outs = (outs,)
     leaves_out = [outs[j] if type(j) is _Out else j for j in seg.out_leaves]
     return pytree.tree_unflatten(leaves_out, seg.out_spec)
+
+
+def run_segment_torch_checkpoint(
+    model: Any, advance: Advance, state: Any, k0: int, k1: int, guard: dict
+) -> tuple[Any, list]:
+    """:func:`run_segment`'s reference: the same segment through ``torch.utils.checkpoint`` (non-reentrant)
+    with the parameter overrides active now re-installed at the recomputation (rollout's path before the
+    segment Function). Kept for comparisons (tests/test_rollout_segment.py, benchmarks/column_adjoint.py);
+    ``guard`` is unused."""
+    from torch.utils.checkpoint import checkpoint
+
+    snap = model.parameter_overrides()
+
+    def segment(s: Any, k0: int, k1: int) -> tuple[Any, list]:
+        with model.using_only(snap):
+            return advance(s, k0, k1)
+
+    return checkpoint(segment, state, k0, k1, use_reentrant=False)
