@@ -84,8 +84,19 @@ _warned_no_cxx = False
 _COUNTER = itertools.count()
 # Inductor options: a C++ wrapper (the kernel calls of a step are C++, not generated Python).
 _OPTIONS: dict[str, Any] = {"cpp_wrapper": os.environ.get("PELAGOS_COLUMN_CPP_WRAPPER", "1") == "1"}
-# The block's steps are traced once as a nested compile region, then inlined: Inductor sees one flat graph.
-_INLINE_REGIONS = functools.partial(torch._dynamo.config.patch, inline_invoke_subgraph=True)
+
+
+@contextlib.contextmanager
+def _inline_regions() -> Iterator[None]:
+    """The block's steps are traced once as a nested compile region, then inlined: Inductor sees one flat
+    graph. Set for the block's call only (a direct set: ``config.patch`` costs ≈ 16 µs a call, this ≈ 4)."""
+    cfg = torch._dynamo.config
+    old = cfg.inline_invoke_subgraph
+    cfg.inline_invoke_subgraph = True
+    try:
+        yield
+    finally:
+        cfg.inline_invoke_subgraph = old
 
 
 def compile_mode(value: bool | str) -> str:
@@ -220,9 +231,10 @@ def _block_core(state: dict, raws: dict, plans: tuple, loop: int, means: tuple) 
             state, need = m._step_columns(state, None, m._scale_physics(raw), fast=(plan, loop))
         else:
             inside = means if j < last else ()  # the last step's outputs (every field) are computed below
-            n = tree_structure(state).num_leaves
+            spec = tree_structure(state)
             res = region(state, raw, plan, loop, nuh_out, inside)
-            state, need = tree_unflatten(list(res[:n]), tree_structure(state)), res[n]
+            n = spec.num_leaves
+            state, need = tree_unflatten(list(res[:n]), spec), res[n]
             vals = dict(zip(inside, res[n + 1 :], strict=True)) if inside else None
         if need is not None:
             needs.append(need)
@@ -304,7 +316,7 @@ class CompiledStep:
             self._block = torch.compile(fn, dynamic=False, options=_OPTIONS)
         while True:
             try:
-                with _unaliased_overrides(self.model), _INLINE_REGIONS():
+                with _unaliased_overrides(self.model), _inline_regions():
                     new, need, sums, out = self._block(state, dict(raws), plans, self.loop, means)
             except torch._dynamo.exc.UncapturedHigherOrderOpError:
                 # a step the region cannot hold (e.g. a graph break in a user's model): trace every step
