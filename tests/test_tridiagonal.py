@@ -183,6 +183,7 @@ GRAD_SHAPES = [
     ((6,), (2, 6), (1, 6), (2, 6)),  # broadcast matrix parts
     ((2, 1, 5), (2, 1, 5), (2, 1, 5), (2, 3, 5)),  # shared matrix, 3 rhs
     ((4,), (4,), (4,), (3, 2, 4)),  # one matrix for everything
+    ((1, 7), (1, 7), (1, 7), (3, 19, 7)),  # one matrix, 57 rhs: the C kernel's vectors across rhs
 ]
 
 

@@ -40,6 +40,10 @@ SHAPES = [
     ((4, 7), (4, 7), (4, 7), (3, 4, 7)),
     ((1, 9), (1, 9), (1, 9), (1, 9)),
     ((21, 1, 13), (21, 1, 13), (21, 1, 13), (21, 2, 13)),
+    # one matrix, 61 right-hand sides: pairs of vector blocks, a single block and a scalar remainder
+    # (8 float64 / 16 float32 lanes)
+    ((1, 1, 11), (1, 1, 11), (1, 1, 11), (1, 61, 11)),
+    ((11,), (11,), (11,), (61, 11)),
 ]
 
 
@@ -108,25 +112,62 @@ def test_eager_gradients_are_bitwise_those_of_the_python_autograd_function(shape
 def test_threaded_large_batch_is_bitwise_the_single_threaded_one(dtype):
     """Enough systems to split over torch's threads (at::parallel_for, chunks of whole vector blocks, as
     the ctypes path splits them); an odd count exercises the scalar remainder."""
-    a, b, c, d = _inputs(((2051, 1, 64),) * 3 + ((2051, 2, 64),), dtype)
+    _threads_agree(_inputs(((2051, 1, 64),) * 3 + ((2051, 2, 64),), dtype))
+    # one matrix, 1100 right-hand sides: the right-hand sides are split over the threads instead
+    _threads_agree(_inputs(((1, 1, 64),) * 3 + ((1, 1100, 64),), dtype))
+
+
+def _threads_agree(inputs: list) -> None:
+    a, b, c, d = inputs
     gx = torch.randn_like(d)
     old = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
         x1 = OP(a, b, c, d, True)
         g1 = BWD(a, b, c, x1, gx, True, True, True, True)
+        lam1 = BWD(a, b, c, x1, gx, False, False, False, True)[3]  # no matrix cotangent: split as well
         torch.set_num_threads(3)
         x3 = OP(a, b, c, d, True)
         g3 = BWD(a, b, c, x3, gx, True, True, True, True)
+        lam3 = BWD(a, b, c, x3, gx, False, False, False, True)[3]
     finally:
         torch.set_num_threads(old)
-    assert _bits_equal(x1, x3)
+    assert _bits_equal(x1, x3) and _bits_equal(lam1, lam3) and _bits_equal(lam1, g1[3])
     for u, v in zip(g1, g3):
         assert _bits_equal(u, v)
     x, grads = _python_kernels(a, b, c, d, gx)
     assert _bits_equal(x1, x)
     for u, v in zip(g1, grads):
         assert _bits_equal(u, v)
+
+
+@pytest.mark.parametrize("dtype", [F64, torch.float32])
+def test_one_matrix_for_many_rhs_equals_the_matrix_copied_per_rhs(dtype):
+    """A matrix shared by K right-hand sides is factorised once and swept a vector of right-hand sides at a
+    time; copying the matrix to every right-hand side (one system each, vectors across systems) must give
+    the same solution to the bit (same operations), and the same gradients up to the order of the sums
+    over right-hand sides; a NaN in one right-hand side of the vector path is still reported."""
+    K = 61
+    a, b, c, d = _inputs(((1, 1, 11),) * 3 + ((1, K, 11),), dtype, seed=5)
+    rows = [t.expand(K, 1, 11).contiguous() for t in (a, b, c)]
+    x = solve_tridiagonal(a, b, c, d)
+    xr = solve_tridiagonal(*rows, d.reshape(K, 1, 11)).reshape(1, K, 11)
+    assert _bits_equal(x, xr)
+    A = torch.diag_embed(b[0, 0]) + torch.diag_embed(a[0, 0, 1:], -1) + torch.diag_embed(c[0, 0, :-1], 1)
+    tol = 1e-12 if dtype == F64 else 1e-4
+    torch.testing.assert_close(x[0] @ A.T, d[0], rtol=tol, atol=tol)
+    args = [t.clone().requires_grad_() for t in (a, b, c, d)]
+    rargs = [t.clone().requires_grad_() for t in (*rows, d.reshape(K, 1, 11))]
+    g = torch.randn(1, K, 11, dtype=dtype)
+    ours = torch.autograd.grad(solve_tridiagonal(*args), args, g)
+    ref = torch.autograd.grad(solve_tridiagonal(*rargs), rargs, g.reshape(K, 1, 11))
+    for u, v in zip(ours[:3], ref[:3]):
+        torch.testing.assert_close(u, v.sum(0, keepdim=True), rtol=tol, atol=tol)
+    assert _bits_equal(ours[3], ref[3].reshape(1, K, 11))
+    bad = d.clone()
+    bad[0, 20, 4] = float("nan")  # inside the second vector block
+    with pytest.raises(SolverError):
+        solve_tridiagonal(a, b, c, bad)
 
 
 @cpp_only

@@ -156,9 +156,17 @@ def compiled_step(model: Any, state: Mapping) -> CompiledStep | None:
 def diffuse_implicit(a: torch.Tensor, c: torch.Tensor, Y: torch.Tensor) -> torch.Tensor:
     """``A Y_new = Y`` for tracers ``Y`` (V, B, nz) with GOTM's cnpar = 1 matrix from ``a, c`` ((B or 1, nz),
     :func:`~pelagos.column.diffusion.diffusion_matrix`): the same rows as the plain step's solve, factorised
-    once per column for all V tracers."""
+    once per column for all V tracers, or once for all columns when they share the matrix."""
     V, B, nz = Y.shape
-    B = max(B, a.shape[-2] if a.ndim >= 2 else 1)
+    if a.ndim < 2 or a.shape[-2] == 1:
+        # one matrix for all columns (physics shared by the columns): factorised once, the V·B tracer
+        # profiles are its right-hand sides, solved a vector of them at a time, in place, no layout copies
+        rows = [x.reshape(1, 1, nz) for x in (-a, 1.0 + a + c, -c)]
+        rhs = Y.reshape(1, V * B, nz)
+        if _TANGENT_SOLVE:
+            return _solve_with_tangent(*rows, rhs).reshape(V, B, nz)
+        return _solve_tridiagonal(*rows, rhs).reshape(V, B, nz)
+    B = max(B, a.shape[-2])
 
     def col(x: torch.Tensor) -> torch.Tensor:
         return x.expand(B, nz).unsqueeze(1).contiguous()
@@ -284,6 +292,9 @@ class CompiledStep:
     """The compiled step of one :class:`~pelagos.column.model.ColumnModel` (see the module doc)."""
 
     def __init__(self, model: Any) -> None:
+        from . import _light_op
+
+        _light_op.load()  # GOTM's light sum as one C++ operator in the programs below (built once, cached)
         self.model = model
         self.loop = 1  # sinking sub-step iterations compiled in; grows when the columns need more
         self._fn = torch.compile(_own_code(_step_core, model), dynamic=False, options=_OPTIONS)

@@ -595,6 +595,8 @@ class ColumnModel(Model):
             return diffuse_implicit(a, c, Y)
         from ..core.tridiagonal import solve_tridiagonal
 
+        if a.ndim < 2 or a.shape[-2] == 1:  # one matrix for all columns: factorised once, V·B rhs
+            return solve_tridiagonal(-a, 1.0 + a + c, -c, Y)
         shape = torch.broadcast_shapes(Y.shape, a.shape)
         lower = (-a).expand(shape).contiguous()
         upper = (-c).expand(shape).contiguous()

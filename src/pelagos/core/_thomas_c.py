@@ -113,6 +113,69 @@ static void solve_one_SFX(long K, long N, const REAL *a, const REAL *b, const RE
     }
 }
 
+/* One matrix shared by K >= L right-hand sides (d, x: (K,N)): the factorisation once, in scalars and in
+   the same operations as solve_one; the right-hand sides in blocks of L (two blocks at a time, so that
+   the two serial recurrences overlap), each level of a sweep one SIMD operation across right-hand sides.
+   work: 4*N vectors. */
+static INLINE void solve_shared_SFX(long K, long N, const REAL *a, const REAL *b, const REAL *c,
+                                    const REAL *d, REAL *x, REAL *piv, V_SFX *work, V_SFX *acc, REAL *acc1)
+{
+    REAL *inv = (REAL *)work, *cp = (REAL *)work + N;  /* 2N scalars: within the first N vectors */
+    V_SFX *xl = work + N, *xm = work + 2 * N;
+    REAL r = 1 / b[0];
+    inv[0] = r;
+    cp[0] = c[0] * r;
+    for (long i = 1; i < N; i++) {
+        r = 1 / (b[i] - a[i] * cp[i - 1]);
+        inv[i] = r;
+        cp[i] = c[i] * r;
+    }
+    if (piv) for (long i = 0; i < N; i++) piv[i] = inv[i];
+    long k0 = 0;
+    for (; k0 + 2 * L_SFX <= K; k0 += 2 * L_SFX) {
+        gather_SFX(N, N, d + k0 * N, xl);
+        gather_SFX(N, N, d + (k0 + L_SFX) * N, xm);
+        xl[0] *= inv[0];
+        xm[0] *= inv[0];
+        for (long i = 1; i < N; i++) {
+            xl[i] = (xl[i] - a[i] * xl[i - 1]) * inv[i];
+            xm[i] = (xm[i] - a[i] * xm[i - 1]) * inv[i];
+        }
+        *acc += xl[N - 1] * 0 + xm[N - 1] * 0;
+        for (long i = N - 2; i >= 0; i--) {
+            xl[i] -= cp[i] * xl[i + 1];
+            xm[i] -= cp[i] * xm[i + 1];
+            *acc += xl[i] * 0 + xm[i] * 0;
+        }
+        scatter_SFX(N, N, xl, x + k0 * N);
+        scatter_SFX(N, N, xm, x + (k0 + L_SFX) * N);
+    }
+    for (; k0 + L_SFX <= K; k0 += L_SFX) {
+        gather_SFX(N, N, d + k0 * N, xl);
+        xl[0] *= inv[0];
+        for (long i = 1; i < N; i++) xl[i] = (xl[i] - a[i] * xl[i - 1]) * inv[i];
+        *acc += xl[N - 1] * 0;
+        for (long i = N - 2; i >= 0; i--) {
+            xl[i] -= cp[i] * xl[i + 1];
+            *acc += xl[i] * 0;
+        }
+        scatter_SFX(N, N, xl, x + k0 * N);
+    }
+    REAL s = 0;
+    for (; k0 < K; k0++) {
+        const REAL *ds = d + k0 * N;
+        REAL *xs = x + k0 * N;
+        xs[0] = ds[0] * inv[0];
+        for (long i = 1; i < N; i++) xs[i] = (ds[i] - a[i] * xs[i - 1]) * inv[i];
+        s += xs[N - 1] * 0;
+        for (long i = N - 2; i >= 0; i--) {
+            xs[i] -= cp[i] * xs[i + 1];
+            s += xs[i] * 0;
+        }
+    }
+    *acc1 += s;
+}
+
 /* Solve A x = d for P matrices (P,N) and K right-hand sides each (P,K,N). If piv is not NULL, the
    reciprocal pivots 1/u_i of the factorisation are stored there (P,N) for the adjoint.
    work: 4*N vectors. Returns 1 if every x is finite (sum of x*0 is NaN iff some x is NaN/Inf). */
@@ -148,8 +211,12 @@ MV int thomas_solve_SFX(long P, long K, long N, const REAL *a, const REAL *b, co
         }
     }
     for (; p0 < P; p0++)
-        solve_one_SFX(K, N, a + p0 * N, b + p0 * N, c + p0 * N, d + p0 * K * N, x + p0 * K * N,
-                      piv ? piv + p0 * N : 0, (REAL *)work, (REAL *)work + N, &acc1);
+        if (K >= L_SFX)  /* a matrix shared by many right-hand sides: vectors across them */
+            solve_shared_SFX(K, N, a + p0 * N, b + p0 * N, c + p0 * N, d + p0 * K * N, x + p0 * K * N,
+                             piv ? piv + p0 * N : 0, work, &acc, &acc1);
+        else
+            solve_one_SFX(K, N, a + p0 * N, b + p0 * N, c + p0 * N, d + p0 * K * N, x + p0 * K * N,
+                          piv ? piv + p0 * N : 0, (REAL *)work, (REAL *)work + N, &acc1);
     for (long j = 0; j < L_SFX; j++) acc1 += acc[j];
     return acc1 == acc1;
 }
@@ -176,6 +243,61 @@ static void adjoint_one_SFX(long K, long N, const REAL *a, const REAL *b, const 
         for (long i = N - 2; i >= 0; i--) ls[i] -= cpt[i] * ls[i + 1];
         cotangents_SFX(N, k == 0, ls, x + k * N, ga, gb, gc);
     }
+}
+
+/* adjoint_one for K >= L right-hand sides sharing the matrix: the pivots once in scalars (the same
+   operations as adjoint_one), lam in blocks of L right-hand sides (one SIMD operation per level), the
+   matrix cotangents summed over the right-hand sides in the order of adjoint_one. work: 5*N vectors. */
+static INLINE void adjoint_shared_SFX(long K, long N, const REAL *a, const REAL *b, const REAL *c,
+                                      const REAL *piv, const REAL *x, const REAL *g, REAL *lam, REAL *ga,
+                                      REAL *gb, REAL *gc, V_SFX *work)
+{
+    REAL *inv = (REAL *)work, *cpt = (REAL *)work + N;
+    V_SFX *ll = work + N, *lm = work + 2 * N;
+    int want = ga || gb || gc;
+    if (piv) {
+        for (long i = 0; i < N; i++) inv[i] = piv[i];
+        for (long i = 1; i < N; i++) cpt[i - 1] = a[i] * inv[i - 1];
+    } else {
+        inv[0] = 1 / b[0];
+        for (long i = 1; i < N; i++) {
+            cpt[i - 1] = a[i] * inv[i - 1];
+            inv[i] = 1 / (b[i] - cpt[i - 1] * c[i - 1]);
+        }
+    }
+    long k0 = 0;
+    for (; k0 + 2 * L_SFX <= K; k0 += 2 * L_SFX) {
+        gather_SFX(N, N, g + k0 * N, ll);
+        gather_SFX(N, N, g + (k0 + L_SFX) * N, lm);
+        ll[0] *= inv[0];
+        lm[0] *= inv[0];
+        for (long i = 1; i < N; i++) {
+            ll[i] = (ll[i] - c[i - 1] * ll[i - 1]) * inv[i];
+            lm[i] = (lm[i] - c[i - 1] * lm[i - 1]) * inv[i];
+        }
+        for (long i = N - 2; i >= 0; i--) {
+            ll[i] -= cpt[i] * ll[i + 1];
+            lm[i] -= cpt[i] * lm[i + 1];
+        }
+        scatter_SFX(N, N, ll, lam + k0 * N);
+        scatter_SFX(N, N, lm, lam + (k0 + L_SFX) * N);
+    }
+    for (; k0 + L_SFX <= K; k0 += L_SFX) {
+        gather_SFX(N, N, g + k0 * N, ll);
+        ll[0] *= inv[0];
+        for (long i = 1; i < N; i++) ll[i] = (ll[i] - c[i - 1] * ll[i - 1]) * inv[i];
+        for (long i = N - 2; i >= 0; i--) ll[i] -= cpt[i] * ll[i + 1];
+        scatter_SFX(N, N, ll, lam + k0 * N);
+    }
+    for (; k0 < K; k0++) {
+        const REAL *gs = g + k0 * N;
+        REAL *ls = lam + k0 * N;
+        ls[0] = gs[0] * inv[0];
+        for (long i = 1; i < N; i++) ls[i] = (gs[i] - c[i - 1] * ls[i - 1]) * inv[i];
+        for (long i = N - 2; i >= 0; i--) ls[i] -= cpt[i] * ls[i + 1];
+    }
+    if (want)
+        for (long k = 0; k < K; k++) cotangents_SFX(N, k == 0, lam + k * N, x + k * N, ga, gb, gc);
 }
 
 /* Adjoint: lam = A^-T g for each (p,k); for each of ga/gb/gc that is non-NULL the matrix cotangent
@@ -220,6 +342,11 @@ MV void thomas_adjoint_SFX(long P, long K, long N, const REAL *a, const REAL *b,
     }
     for (; p0 < P; p0++) {
         long m = p0 * N, r = p0 * K * N;
+        if (K >= L_SFX) {  /* a matrix shared by many right-hand sides: vectors across them */
+            adjoint_shared_SFX(K, N, a + m, b ? b + m : 0, c + m, piv ? piv + m : 0, x + r, g + r, lam + r,
+                               ga ? ga + m : 0, gb ? gb + m : 0, gc ? gc + m : 0, work);
+            continue;
+        }
         adjoint_one_SFX(K, N, a + m, b ? b + m : 0, c + m, piv ? piv + m : 0, x + r, g + r, lam + r,
                         ga ? ga + m : 0, gb ? gb + m : 0, gc ? gc + m : 0, (REAL *)work, (REAL *)work + N);
     }

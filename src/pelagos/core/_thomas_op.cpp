@@ -89,6 +89,18 @@ std::vector<std::pair<int64_t, int64_t>> chunks(int64_t P, int64_t work, int64_t
   return out;
 }
 
+// One matrix shared by K right-hand sides (P == 1): ranges of the right-hand sides (multiples of two
+// vector widths, as the kernel pairs its blocks), one per torch thread when there is enough work.
+std::vector<std::pair<int64_t, int64_t>> rhs_chunks(int64_t P, int64_t K, int64_t work, int64_t lanes) {
+  int64_t n = at::get_num_threads();
+  if (P != 1 || n <= 1 || work < kParallelMin || K < 4 * lanes) return {};
+  int64_t step = (K + n - 1) / n;
+  step = (step + 2 * lanes - 1) / (2 * lanes) * (2 * lanes);
+  std::vector<std::pair<int64_t, int64_t>> out;
+  for (int64_t s = 0; s < K; s += step) out.emplace_back(s, std::min(K, s + step));
+  return out;
+}
+
 template <class F>
 void run_chunks(const std::vector<std::pair<int64_t, int64_t>> &ch, F f) {
   if (ch.size() == 1) {
@@ -129,6 +141,19 @@ bool solve_into(int64_t P, int64_t K, int64_t N, const Tensor &a, const Tensor &
   constexpr int64_t lanes = kVBytes / sizeof(T);
   const T *pa = cptr<T>(a), *pb = cptr<T>(b), *pc = cptr<T>(c), *pd = cptr<T>(d);
   T *px = mptr<T>(x);
+  auto kr = rhs_chunks(P, K, P * K * N, lanes);
+  if (!kr.empty()) {
+    std::vector<int> ok(kr.size(), 1);
+    at::parallel_for(0, (int64_t)kr.size(), 1, [&](int64_t s, int64_t e) {
+      for (int64_t i = s; i < e; i++) {
+        int64_t k0 = kr[i].first, k1 = kr[i].second;
+        ok[i] = Kernels<T>::solve(1, k1 - k0, N, pa, pb, pc, pd + k0 * N, px + k0 * N, nullptr, scratch(4 * N));
+      }
+    });
+    for (int v : ok)
+      if (!v) return false;
+    return true;
+  }
   auto ch = chunks(P, P * K * N, lanes);
   if (ch.size() == 1)
     return Kernels<T>::solve(P, K, N, pa, pb, pc, pd, px, nullptr, scratch(4 * N)) != 0;
@@ -152,6 +177,16 @@ void adjoint_into(int64_t P, int64_t K, int64_t N, const Tensor &a, const Tensor
   constexpr int64_t lanes = kVBytes / sizeof(T);
   const T *pa = cptr<T>(a), *pb = cptr<T>(b), *pc = cptr<T>(c), *px = cptr<T>(x), *pg = cptr<T>(g);
   T *pl = mptr<T>(lam), *qa = mptr<T>(ga), *qb = mptr<T>(gb), *qc = mptr<T>(gc);
+  if (!qa && !qb && !qc) {  // lam alone: the right-hand sides of one matrix split over threads
+    auto kr = rhs_chunks(P, K, P * K * N, lanes);
+    if (!kr.empty()) {
+      run_chunks(kr, [&](int64_t k0, int64_t k1) {
+        Kernels<T>::adjoint(1, k1 - k0, N, pa, pb, pc, nullptr, px + k0 * N, pg + k0 * N, pl + k0 * N, nullptr,
+                            nullptr, nullptr, scratch(5 * N));
+      });
+      return;
+    }
+  }
   run_chunks(chunks(P, P * K * N, lanes), [&](int64_t p0, int64_t p1) {
     int64_t m = p0 * N, r = p0 * K * N;
     Kernels<T>::adjoint(p1 - p0, K, N, pa + m, pb + m, pc + m, nullptr, px + r, pg + r, pl + r,
