@@ -120,3 +120,66 @@ def test_vmap_over_columns():
         return gotm_light(I0, h, k)["PAR"]
 
     torch.testing.assert_close(torch.func.vmap(f)(I0, h, k), f(I0, h, k), rtol=1e-15, atol=0)
+
+
+# -- the compiled light: GOTM's sum as the C++ operator pelagos::light_scan ----------------------------------
+from pelagos.column import _light_op  # noqa: E402
+from pelagos.column import light as light_module  # noqa: E402
+
+op_only = pytest.mark.skipif(
+    not _light_op.load(), reason=f"light_scan operator not built here: {_light_op.build_error()}"
+)
+
+
+@op_only
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_light_scan_operator_is_bitwise_the_eager_gotm_sum(dtype):
+    """Same additions in the same order with aten cumsum's double accumulator: equal to the bit, also
+    in float32 (an accumulator of the input's precision would differ), for odd row counts and layers."""
+    g = torch.Generator().manual_seed(4)
+    half = (torch.rand(3, 37, 53, generator=g, dtype=dtype) * 0.4).pow(3)  # a wide range of magnitudes
+    at_centre, below = torch.ops.pelagos.light_scan(half)
+    ref_at, ref_below = light_module._extinction_sums(half)  # eager: the cumsum
+    assert torch.equal(at_centre, ref_at) and torch.equal(below, ref_below)
+    # GOTM's running sum written out for one column
+    s, col = 0.0, half[1, 5].double().tolist()
+    for i in reversed(range(53)):
+        s += col[i]
+        assert at_centre[1, 5, i].item() == pytest.approx(s, rel=1e-6 if dtype == torch.float32 else 1e-15)
+        s += col[i]
+
+
+@op_only
+def test_light_scan_operator_gradients_against_central_differences():
+    half = torch.rand(4, 9, dtype=torch.float64).requires_grad_()
+    assert torch.autograd.gradcheck(lambda x: torch.ops.pelagos.light_scan(x), (half,), eps=1e-6, atol=1e-9)
+    assert torch.autograd.gradgradcheck(lambda x: torch.ops.pelagos.light_scan(x), (half,), eps=1e-6)
+
+
+@op_only
+def test_compiled_light_uses_the_operator_and_matches_the_eager_light_and_its_gradient():
+    graphs: list[str] = []
+
+    def backend(gm: torch.fx.GraphModule, example_inputs: list) -> object:
+        from torch._inductor.compile_fx import compile_fx
+
+        graphs.append(str(gm.graph))
+        return compile_fx(gm, example_inputs)
+
+    g = torch.Generator().manual_seed(2)
+    h = torch.rand(6, 20, generator=g, dtype=torch.float64) + 0.5
+    k = (torch.rand(6, 20, generator=g, dtype=torch.float64) * 0.3).requires_grad_()
+    I0 = torch.full((6,), 250.0, dtype=torch.float64)
+
+    def loss(k_bio: torch.Tensor) -> torch.Tensor:
+        out = gotm_light(I0, h, k_bio, A=0.7, g1=0.4, g2=8.0)
+        return (out["PAR"] * torch.linspace(0, 1, 20, dtype=torch.float64)).sum() + out["bioshade"].sum()
+
+    compiled = torch.compile(loss, backend=backend, dynamic=False)
+    value = compiled(k)
+    (grad,) = torch.autograd.grad(value, k)
+    assert any("light_scan" in s for s in graphs), "the compiled light should call pelagos::light_scan"
+    ref = loss(k)
+    (ref_grad,) = torch.autograd.grad(ref, k)
+    torch.testing.assert_close(value, ref, rtol=1e-13, atol=0)
+    torch.testing.assert_close(grad, ref_grad, rtol=1e-12, atol=1e-12)

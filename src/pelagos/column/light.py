@@ -20,6 +20,7 @@ from __future__ import annotations
 import torch
 
 from ..core.errors import ConfigError
+from . import _light_op
 from ._checks import as_tensor, batch_shape, check_last, check_nonneg, check_pos
 from .grid import centre_depth
 
@@ -93,12 +94,26 @@ def gotm_light(
     I0, A, g1, g2 = col
 
     z = centre_depth(h)
-    # half-layer extinctions from the surface down, interleaved (before, after each centre) and summed in
-    # GOTM's order, so the accumulated bio-extinction matches its running sum exactly
-    half = (k_bio * h / 2).flip(-1)
-    cum = torch.cumsum(torch.stack([half, half], -1).flatten(-2), -1)
-    at_centre = cum[..., 0::2].flip(-1)
-    below = cum[..., 1::2].flip(-1)
+    at_centre, below = _extinction_sums(k_bio * h / 2)
     par = I0 * (1 - A) * torch.exp(-z / g2 - at_centre)
     swr = par + I0 * A * torch.exp(-z / g1)
     return {"PAR": par, "SWR": swr, "k_par": 1 / g2 + k_bio, "bioshade": torch.exp(-below), "z": z}
+
+
+def _extinction_sums(half: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The accumulated bio-extinction (-) at each layer centre and below each layer, from the half-layer
+    extinctions ``half = k h / 2`` (..., nz): added from the surface down, interleaved (before, after each
+    centre), in GOTM's order, so the sums match its running sum exactly. Compiled on CPU this is the C++
+    operator ``pelagos::light_scan`` (the same additions, same accumulator: the same bits) instead of a
+    cumsum Inductor cannot fuse; not inside the compiled forward-mode program, which needs a tangent."""
+    if torch.compiler.is_compiling() and half.device.type == "cpu" and _light_op.LOADED and not _in_jvp():
+        return torch.ops.pelagos.light_scan(half)
+    flipped = half.flip(-1)
+    cum = torch.cumsum(torch.stack([flipped, flipped], -1).flatten(-2), -1)
+    return cum[..., 0::2].flip(-1), cum[..., 1::2].flip(-1)
+
+
+def _in_jvp() -> bool:
+    from . import compiled  # imported already whenever something is compiling
+
+    return compiled._TANGENT_SOLVE
