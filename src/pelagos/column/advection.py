@@ -285,13 +285,14 @@ def advect_center(
     for step in range(n_loop):
         if nz >= 2:
             Ylo, Yhi = Y[..., :-1], Y[..., 1:]
-            if direction != "down" and compiling:  # the same values as the cat below, fused by Inductor
-                Yu_pos = torch.nn.functional.pad(Y[..., :-2], (1, 0), mode="replicate")
-            elif direction != "down":
+            if compiling:
+                # the profile with its end layers repeated, one buffer (a CPU cat is realised by Inductor):
+                # the upstream values below are then shifted vector loads, not per-element clamped gathers
+                Ye = torch.cat([Y[..., :1], Y, Y[..., -1:]], -1)
+                Yu_pos, Yu_neg = Ye[..., :-3], Ye[..., 3:]
+            if direction != "down" and not compiling:
                 Yu_pos = torch.cat([Y[..., :1], Y[..., :-2]], -1)  # below lower layer (itself at bed face)
-            if direction != "up" and compiling:  # the same values as the cat below, fused by Inductor
-                Yu_neg = torch.nn.functional.pad(Y[..., 2:], (0, 1), mode="replicate")
-            elif direction != "up":
+            if direction != "up" and not compiling:
                 Yu_neg = torch.cat([Y[..., 2:], Y[..., -1:]], -1)  # above upper layer (itself at top face)
             if direction == "down":
                 Yc, Yd, Yu = Yhi, Ylo, Yu_neg

@@ -565,8 +565,10 @@ class ColumnModel(Model):
                 need = advection.courant_substeps(ww, h, dt).amax()
         # one stack (not a stack of the still tracers inside a cat): each still tracer is copied once
         tracers = [*parts, *(svars[n] for n in still)]
-        if torch.compiler.is_compiling():
-            # (V, B, nz) seen, (B, V, nz) in memory: the layout the compiled solve takes (no transposed copy)
+        shared = all(x.ndim < 2 or x.shape[-2] == 1 for x in (h, phys["nuh"]))  # one matrix for all columns
+        if torch.compiler.is_compiling() and not shared:
+            # (V, B, nz) seen, (B, V, nz) in memory: the layout the compiled per-column solve takes (no
+            # transposed copy); a shared matrix takes the V·B profiles in (V, B, nz) order as they are
             Y = torch.stack(tracers, dim=1).transpose(0, 1)
         else:
             Y = torch.stack(tracers)
