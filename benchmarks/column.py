@@ -115,12 +115,16 @@ def time_gotm(repeat: int) -> dict | None:
 
 def run_path(columns: int, compile: bool, days: int, dtype_name: str = "float64") -> dict:
     """``pelagos run`` of examples/nns_annual_npzd.yaml on the 110-layer physics through
-    :func:`pelagos.io.build.run`: a 1-day run and a (1 + days)-day run in this process; their CPU-time
-    difference over the step difference is the per-step cost without start-up and compilation."""
+    :func:`pelagos.io.build.run`: two 1-day runs (the first with imports and compilation), then a
+    (1 + days)-day run whose process CPU time is stamped at every daily record; the per-step cost is that
+    of the records after the first (start-up, compilation and the first day excluded; the output writing
+    and interval means included). A difference of whole runs would also count what only the longer run
+    loads or compiles once."""
     import tempfile
 
     import torch
 
+    from pelagos.io import netcdf_writer
     from pelagos.io.build import run
 
     torch.set_num_threads(1)
@@ -148,8 +152,21 @@ def run_path(columns: int, compile: bool, days: int, dtype_name: str = "float64"
 
     first = once(1)  # imports, first compilation
     short = once(1)
-    long = once(1 + days)
-    per_step = (long[0] - short[0]) / (24 * days)
+    stamps: list[float] = []
+    write = netcdf_writer.ModelNetCDFWriter.write
+
+    def stamped(self: Any, t: Any, values: Any) -> None:
+        write(self, t, values)
+        stamps.append(time.process_time())
+
+    netcdf_writer.ModelNetCDFWriter.write = stamped
+    try:
+        long = once(1 + days)
+    finally:
+        netcdf_writer.ModelNetCDFWriter.write = write
+    if len(stamps) < 3:
+        raise SystemExit(f"run_path: {len(stamps)} daily records stamped; give at least 2 days")
+    per_step = (stamps[-1] - stamps[1]) / (24 * (len(stamps) - 2))  # one record a day
     shutil.rmtree(tmp, ignore_errors=True)
     return {
         "columns": columns,
@@ -161,6 +178,7 @@ def run_path(columns: int, compile: bool, days: int, dtype_name: str = "float64"
         "cpu_s_1day_run": short[0],
         "cpu_s_long_run": long[0],
         "seconds_per_step": per_step,
+        "records_stamped": len(stamps),
         "startup_and_compile_cpu_s": short[0] - 24 * per_step,
         "column_years_per_second": columns / (per_step * STEPS_PER_YEAR),
     }
@@ -389,8 +407,9 @@ def light_scan(B: int, dtype_name: str = "float64") -> dict:
     """What the GOTM light costs compiled (PAR at layer centres, ``B`` columns of the 110 layers here, one
     compiled program each, CPU ms, minima of 40 calls) and how much of it is the reverse scan of the
     attenuation: today's routine (:func:`pelagos.column.light.gotm_light`: half-layer extinctions summed
-    from the surface in GOTM's order, interleaved, one aten ``cumsum`` over 2·nz read back reversed with
-    stride 2), the same without any scan (the ``exp`` and arithmetic alone), ``flip(cumsum(flip(.)))`` of
+    from the surface in GOTM's order, compiled as the C++ operator ``pelagos::light_scan``), the routine
+    before that operator (one aten ``cumsum`` over 2·nz read back reversed with stride 2; the same bits),
+    the same without any scan (the ``exp`` and arithmetic alone), ``flip(cumsum(flip(.)))`` of
     the layer extinctions, and a suffix sum ``total - prefix`` (no flips); the last two round differently
     (``rel_diff``: largest difference relative to PAR's magnitude)."""
     import torch
@@ -421,9 +440,17 @@ def light_scan(B: int, dtype_name: str = "float64") -> dict:
         ext = kh.sum(-1, keepdim=True) - torch.cumsum(kh, -1) + 0.5 * kh
         return I0 * (1 - 0.58) * torch.exp(-centre_depth(h) / 23.0 - ext)
 
+    def gotm_order_cumsum(I0: Any, h: Any, k: Any) -> Any:  # before pelagos::light_scan: aten's cumsum
+        half = (k * h / 2).flip(-1)
+        cum = torch.cumsum(torch.stack([half, half], -1).flatten(-2), -1)
+        return I0 * (1 - 0.58) * torch.exp(-centre_depth(h) / 23.0 - cum[..., 0::2].flip(-1))
+
+    from pelagos.column import _light_op
+
+    out: dict[str, Any] = {"batch": B, "dtype": dtype_name, "light_scan_operator": _light_op.load()}
     ref = today(I0, h, k)
-    out: dict[str, Any] = {"batch": B, "dtype": dtype_name}
-    for name, fn in (("gotm_order_today", today), ("no_scan", no_scan), ("flip_cumsum_flip", flips),
+    for name, fn in (("gotm_order_today", today), ("gotm_order_aten_cumsum", gotm_order_cumsum),
+                     ("no_scan", no_scan), ("flip_cumsum_flip", flips),
                      ("suffix_total_minus_prefix", suffix)):  # fmt: skip
         f = torch.compile(fn, dynamic=False)
         f(I0, h, k)
@@ -620,6 +647,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--gotm-repeat", type=int, default=5)
     ap.add_argument("--chunk", type=int, default=512, help="ColumnModel chunk_columns (0: no chunking)")
     ap.add_argument("--run-days", type=int, nargs=2, default=[60, 6], metavar=("DAYS_1COL", "DAYS_1024"))
+    ap.add_argument(
+        "--runs-only", action="store_true", help="rerun the `pelagos run` rows, keep the step rows of --out"
+    )
     ap.add_argument("--quick", action="store_true", help="batches 1 and 128, float64, 12 steps, 2 repeats")
     ap.add_argument(
         "--one", nargs=5, metavar=("B", "DTYPE", "MODE", "COMPILE", "BGC"), help=argparse.SUPPRESS
@@ -669,15 +699,18 @@ def main(argv: list[str] | None = None) -> None:
         return
     if a.quick:
         a.batches, a.dtypes, a.grad_batches, a.steps, a.repeat = [1, 128], ["float64"], [1], 12, 2
-        a.gotm_repeat, a.run_days = 2, [10, 2]
+        a.gotm_repeat, a.run_days = 2, [10, 3]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    gotm = time_gotm(a.gotm_repeat)
+    # --runs-only: the GOTM+FABM time of the last full run (ratios of the same session)
+    gotm = json.loads(a.out.read_text())["meta"]["gotm_fabm"] if a.runs_only else time_gotm(a.gotm_repeat)
     gotm_s = gotm["cpu_s_per_column_year"] if gotm else GOTM_GIVEN_S_PER_COLUMN_YEAR
     print(f"GOTM+FABM NPZD year: {gotm_s:.3f} s CPU" + ("" if gotm else " (given, not measured)"), flush=True)
     configs = [(B, d, "forward", "npzd") for d in a.dtypes for B in a.batches]
     configs += [(B, "float64", "fwd+bwd", "npzd") for B in a.grad_batches]
     configs += [(1, "float64", "forward", "ecosmo")]
     results = []
+    if a.runs_only:  # the step rows of the last full run
+        configs, results = [], json.loads(a.out.read_text())["results"]
     for B, dtype, mode, bgc in configs:
         for comp in (False, True):
             r = _sub(["--one", str(B), dtype, mode, "1" if comp else "0", bgc, "--steps", str(a.steps),
