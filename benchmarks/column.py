@@ -777,8 +777,8 @@ def write_doc(
         + (f" (minimum of {len(g['cpu_s_all'])} runs of `scripts/run_gotm_fabm_npzd.sh` in this benchmark"
            f" run: {', '.join(f'{x:.2f}' for x in g['cpu_s_all'])} s)" if "cpu_s_all" in g else " (given)")
         + ", k-epsilon turbulence and mean flow included.",
-        f"- Method: {meta['extrapolation']}; `pelagos run`: CPU-time difference of a 1-day and a longer run "
-        "in one process (start-up and compilation excluded, reported separately).",
+        f"- Method: {meta['extrapolation']}; `pelagos run`: process CPU time stamped at each daily record of "
+        "one run, the records after the first (start-up and compilation excluded, reported separately).",
         "",
         "## Targets",
         "",
