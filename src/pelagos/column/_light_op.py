@@ -20,6 +20,8 @@ from pathlib import Path
 
 import torch
 
+from ..core._cbuild import build_torch_library, op_registered
+
 ENV = "PELAGOS_LIGHT_SCAN"
 SOURCE = Path(__file__).with_name("_light_op.cpp")
 _C_PART = "int pelagos_light_op_c(void) { return 1; }\n"  # the build takes a C part; this op has none
@@ -38,9 +40,7 @@ def load() -> bool:
     if os.environ.get(ENV, "auto").lower() in ("aten", "torch", "off"):
         return False
     try:
-        if not _registered():
-            from ..core._cbuild import build_torch_library
-
+        if not op_registered("pelagos::light_scan"):
             torch.ops.load_library(str(build_torch_library("light_op", _C_PART, SOURCE.read_text())))
         torch.library.register_fake("pelagos::light_scan", _fake, lib=_lib())
     except Exception as exc:  # no compiler, no headers, a compile error: the eager cumsum stays
@@ -53,14 +53,6 @@ def load() -> bool:
 def build_error() -> str | None:
     """Why the operator is not in use (``None`` if it is, or was never tried)."""
     return _state.get("error")  # type: ignore[return-value]
-
-
-def _registered() -> bool:
-    try:
-        torch._C._dispatch_find_schema_or_throw("pelagos::light_scan", "")
-    except RuntimeError:
-        return False
-    return True
 
 
 def _lib() -> torch.library.Library:

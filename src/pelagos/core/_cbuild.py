@@ -142,6 +142,16 @@ class _FileLock:
         self.fh.close()  # releases the lock
 
 
+def op_registered(qualname: str) -> bool:
+    """Whether the operator schema ``qualname`` (``"namespace::name"``) exists in this process (loading a
+    library that defines it again would abort on the duplicate definition)."""
+    try:
+        torch._C._dispatch_find_schema_or_throw(qualname, "")
+    except RuntimeError:
+        return False
+    return True
+
+
 def build_torch_library(
     stem: str, c_source: str, cpp_source: str, defines: tuple[str, ...] = (), timeout: float = 600.0
 ) -> Path:

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from . import _thomas_c
-from ._cbuild import build_torch_library
+from ._cbuild import build_torch_library, op_registered
 
 ENV = "PELAGOS_TRIDIAGONAL_OP"
 SOURCE = Path(__file__).with_name("_thomas_op.cpp")
@@ -46,7 +46,7 @@ def load() -> Path | None:
     if "path" in _state:
         return _state["path"]  # type: ignore[return-value]
     path = None
-    if _registered():
+    if op_registered("pelagos::solve_tridiagonal"):
         # the schema exists already (a second copy of the library, or the Python registration): loading
         # would abort the process on the duplicate definition
         _state["error"] = "pelagos::solve_tridiagonal is already registered in this process"
@@ -68,14 +68,6 @@ def load() -> Path | None:
             )
     _state["path"] = path
     return path
-
-
-def _registered() -> bool:
-    try:
-        torch._C._dispatch_find_schema_or_throw("pelagos::solve_tridiagonal", "")
-    except RuntimeError:
-        return False
-    return True
 
 
 def build_error() -> str | None:
