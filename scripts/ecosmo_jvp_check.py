@@ -1,28 +1,39 @@
-"""One-off check: the batched forward-mode Jacobian of the ECOSMO twin on the compiled jvp step (January 1998,
-20 parameters as 20 columns of one run), its finite-difference guard, and J d against central differences.
+"""Check of the batched forward-mode Jacobian of the ECOSMO twin on the compiled jvp step (20 parameters as 20
+columns of one run): which path ``VariationalProblem.jacobian`` takes (``jacobian_info``), what it costs (CPU
+time of the first call, with the compile, and of a second one), and J d against central differences.
 
-Run: PYTHONPATH=src python scripts/ecosmo_jvp_check.py (docs/ecosmo_identifiability.md, "Cost of the exact
-Jacobian").
+Run: PYTHONPATH=src python scripts/ecosmo_jvp_check.py [--stop 1999-01-01] [--at first_guess|truth]
+[--out benchmarks/results/ecosmo_year_jacobian.json]   (docs/ecosmo_identifiability.md, "Cost of the
+exact Jacobian"). The problem is used as the Levenberg–Marquardt part uses it: one single run at z
+(remembered), then ``jacobian(z)``.
 """
 
+import argparse
+import json
+import os
 import time
-import traceback
 
 import torch
-import torch.autograd.forward_ad as fwAD
 
-from pelagos.core._torch_quirks import load_jvp_decompositions
 from pelagos.inverse.problem import VariationalProblem
 from pelagos.io.build import setup
 from pelagos.io.config import load_config
 from pelagos.io.inverse_run import observations, set_priors
 
+ap = argparse.ArgumentParser()
+ap.add_argument("--stop", default="1998-02-05 00:00:00", help="end of the window (time.stop)")
+ap.add_argument("--at", choices=["first_guess", "truth"], default="first_guess")
+ap.add_argument("--compile", default="true")
+ap.add_argument("--steps", default="1e-7,1e-6,1e-5", help="central-difference steps of the J d check")
+ap.add_argument("--second", action="store_true", help="also time a second Jacobian (the warm cost)")
+ap.add_argument("--out", default=None)
+args = ap.parse_args()
 torch.set_num_threads(1)
 torch.set_default_dtype(torch.float64)
 
 cfg = load_config(
     "examples/ecosmo_identifiability.yaml",
-    overrides=["time.stop=1998-02-05 00:00:00", "numerics.compile=true"],
+    overrides=[f"time.stop={args.stop}", f"numerics.compile={args.compile}"],
     require=("observations", "method"),
 )
 s = setup(cfg)
@@ -31,29 +42,48 @@ s.model.select_free(cfg.method.free)
 set_priors(s.model, cfg.method)
 P = VariationalProblem(s.model, obs, s.state, t0=s.t0)
 z = P.z0.clone()
+if args.at == "truth":
+    names = s.model.free_parameter_names()
+    inv = [s.model.parameter_spec(k).transform.inverse for k in names]
+    z = torch.stack([f(torch.tensor(float(truth[k]))) for f, k in zip(inv, names, strict=True)])
 n = z.numel()
-load_jvp_decompositions()
-t = time.process_time()
-try:
-    with fwAD.dual_level():
-        zb = fwAD.make_dual(z.expand(n, n).clone(), torch.eye(n))
-        J = fwAD.unpack_dual(P.residuals(zb)).tangent
-    print(
-        "batched compiled jvp ran", None if J is None else tuple(J.shape), time.process_time() - t, flush=True
-    )
-except Exception as e:
-    print("batched compiled jvp RAISED", type(e).__name__, str(e)[:500], flush=True)
-    traceback.print_exc()
-    raise SystemExit(1) from e
-J = J.T
+out: dict = {"stop": args.stop, "at": args.at, "compile": args.compile, "n": n, "torch": torch.__version__}
+
+
+def clock() -> tuple[float, float]:
+    return time.perf_counter(), time.process_time()
+
+
+w, c = clock()
 with torch.no_grad():
-    P.predict(z)
-print("guard (one-sided FD, as in jacobian):", P._check_jacobian(z, J), flush=True)
-d = torch.randn(n, generator=torch.Generator().manual_seed(0))
-for h in (1e-7, 1e-6, 1e-5):
+    r0 = P.residuals(z)  # the optimiser's run at z (remembered: the guard differences from it)
+w2, c2 = clock()
+out["single_run"] = {"wall_s": w2 - w, "cpu_s": c2 - c, "cost": 0.5 * float(r0.pow(2).sum())}
+print("single run", out["single_run"], flush=True)
+w, c = clock()
+J = P.jacobian(z)
+w2, c2 = clock()
+out["jacobian_first"] = {"wall_s": w2 - w, "cpu_s": c2 - c, **P.jacobian_info}
+print("jacobian (first call):", out["jacobian_first"], flush=True)
+if args.second:
+    z2 = z + 1e-3
+    with torch.no_grad():
+        P.residuals(z2)
+    w, c = clock()
+    P.jacobian(z2)
+    w2, c2 = clock()
+    out["jacobian_second"] = {"wall_s": w2 - w, "cpu_s": c2 - c, **P.jacobian_info}
+    print("jacobian (second call):", out["jacobian_second"], flush=True)
+d = torch.randn(n, generator=torch.Generator().manual_seed(1))
+Jd = J @ d
+out["central"] = []
+for h in (float(x) for x in args.steps.split(",")):
     with torch.no_grad():
         fd = (P.residuals(z + h * d) - P.residuals(z - h * d)) / (2 * h)
-    Jd = J @ d
-    print(
-        f"central h={h}: max|Jd-fd|/max|fd| = {float((Jd - fd).abs().max() / fd.abs().max()):.2e}", flush=True
-    )
+    e = float((Jd - fd).abs().max() / fd.abs().max())
+    out["central"].append({"step": h, "max_abs_error_rel": e})
+    print(f"central h={h}: max|Jd-fd|/max|fd| = {e:.2e}", flush=True)
+out["load_average"] = os.getloadavg()
+if args.out:
+    with open(args.out, "w") as f:
+        json.dump(out, f, indent=1)

@@ -224,6 +224,10 @@ def test_jacobian_check_from_the_remembered_run_catches_a_wrong_batch():
             P.predict(z)  # the optimiser's last run at z, remembered
         J = P.jacobian(z)
         assert P._batched_jac is batched
+        # which path ran, and why not the batched one, is recorded (the ECOSMO study logs it per Jacobian)
+        assert P.jacobian_info["path"] == ("batched" if batched else "jacfwd")
+        assert P.jacobian_info["guard"]["passed"] is batched
+        assert batched or P.jacobian_info["reason"].startswith("guard failed")
         torch.testing.assert_close(J, torch.func.jacfwd(P.residuals)(z), rtol=1e-10, atol=1e-10)
 
 
@@ -305,3 +309,20 @@ def test_compiled_jvp_inputs_have_no_efficient_zero_tangents(monkeypatch):
     assert torch.equal(sp["a"], p) and torch.equal(sp["b"][0], p)
     for t in (st["a"], st["b"][0]):
         assert not t._is_zerotensor() and torch.equal(t, torch.zeros(3, dtype=torch.float64))
+
+
+def test_compiled_jvp_joins_broadcast_outputs_with_their_tangents():
+    """The compiled jvp program can return a broadcast view (stride 0; ECOSMO's running mean of the surface
+    light, the same for every column of a batched Jacobian): joining it with its tangent must give the dual
+    tensor of those values (torch's make_dual cannot write a tangent into a stride-0 primal)."""
+    import torch.autograd.forward_ad as fwAD
+
+    from pelagos.column import compiled as cc
+
+    p = torch.arange(3, dtype=torch.float64)[None].expand(4, 3)
+    assert p.stride()[0] == 0
+    t = torch.randn(4, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    with fwAD.dual_level():
+        out = cc._join_dual({"means": {"last": p}}, {"means": {"last": t}})
+        primal, tangent = fwAD.unpack_dual(out["means"]["last"])
+        assert torch.equal(primal, p) and torch.equal(tangent, t)

@@ -108,6 +108,9 @@ class VariationalProblem:
         self.z0 = torch.cat([u0, torch.zeros(self.nv + self.nw, dtype=self.dtype)])
         self._batched_jac = True
         self._jac_checked = False
+        # how the latest Jacobian was formed: {"path": "batched" | "jacfwd" | "bundle", "reason": why the
+        # batched forward mode was not used (its exception, or the guard's mismatch), "guard": its comparison}
+        self.jacobian_info: dict = {}
         # H(x(t_i)) (detached) of the first and the latest single control predicted: the driver's misfits,
         # plots and cost terms before/after reuse them instead of running the model again
         # (z, predictions, whether that run recorded a graph)
@@ -237,7 +240,8 @@ class VariationalProblem:
         """Once per problem: compare J d with a finite difference along a random direction of single
         (unbatched) runs: guards against a model that broadcasts the extra batch dim silently in a wrong way.
         When the optimiser's own run at ``z`` is remembered, a one-sided difference from it (one run, step
-        1e-7), else a central one (two runs, step 1e-6)."""
+        1e-7), else a central one (two runs, step 1e-6). The comparison is recorded in
+        ``jacobian_info["guard"]``."""
         if self._jac_checked:
             return True
         d = torch.randn(z.numel(), generator=torch.Generator().manual_seed(0), dtype=z.dtype)
@@ -252,11 +256,20 @@ class VariationalProblem:
             with torch.set_grad_enabled(graph):
                 r1 = self.residuals(zh).detach()
             fd = (r1 - self._residuals_of(z.detach(), base)) / h
+            kind = "one-sided"
         else:
             h = 1e-6 * scale
             with torch.no_grad():
                 fd = (self.residuals(z.detach() + h * d) - self.residuals(z.detach() - h * d)) / (2 * h)
-        ok = bool(torch.allclose(J @ d, fd, rtol=1e-4, atol=1e-6 * (1.0 + float(fd.abs().max()))))
+            kind = "central"
+        Jd = J @ d
+        ok = bool(torch.allclose(Jd, fd, rtol=1e-4, atol=1e-6 * (1.0 + float(fd.abs().max()))))
+        self.jacobian_info["guard"] = {
+            "difference": kind,
+            "step": h,
+            "max_abs_error_rel": float((Jd - fd).abs().max() / fd.abs().max().clamp(min=1e-300)),
+            "passed": ok,
+        }
         self._jac_checked = ok
         return ok
 
@@ -277,6 +290,7 @@ class VariationalProblem:
             )
             with torch.no_grad():
                 r = self.residuals(zb)
+            self.jacobian_info.update(path="bundle")
             return ((r[:n] - r[n:]) / (2 * h)).T.contiguous()
         if self._batched_jac and (torch.is_tensor(self.xb) or not self.control_state):
             import torch.autograd.forward_ad as fwAD
@@ -285,11 +299,19 @@ class VariationalProblem:
                 with fwAD.dual_level():
                     zb = fwAD.make_dual(z.detach().expand(n, n).clone(), torch.eye(n, dtype=z.dtype))
                     J = fwAD.unpack_dual(self.residuals(zb)).tangent
-                if J is not None and J.shape[0] == n and self._check_jacobian(z, J.T):
+                if J is None or J.shape[0] != n:
+                    reason = "no tangent in the residuals" if J is None else "wrong batch shape"
+                elif self._check_jacobian(z, J.T):
+                    self.jacobian_info.update(path="batched", reason=None)
                     return J.T.contiguous()
-            except (RuntimeError, ValueError, IndexError, TypeError):
-                pass
+                else:
+                    g = self.jacobian_info["guard"]
+                    reason = f"guard failed (error {g['max_abs_error_rel']:.2e} of max |fd|)"
+            except (RuntimeError, ValueError, IndexError, TypeError) as err:
+                reason = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
             self._batched_jac = False
+            self.jacobian_info["reason"] = reason
+        self.jacobian_info["path"] = "jacfwd"
         return torch.func.jacfwd(self.residuals)(z.detach())
 
     def cost(self, z: torch.Tensor) -> torch.Tensor:
