@@ -226,12 +226,16 @@ def part_laplace(tw: Twin, rec: Recorder) -> None:
 
 
 def part_esmda(tw: Twin, rec: Recorder, members: int, assimilations: int) -> None:
-    """ES-MDA with ``members`` columns and ``assimilations`` equal inflation factors."""
+    """ES-MDA with ``members`` columns and ``assimilations`` equal inflation factors. Keeps the final members
+    (controls z) and the cost J (misfit + prior) of each: the starts of the multi-start Levenberg–Marquardt
+    (``--part lm --lm-start members``). A saved result without members is run again (same seed: same
+    ensemble) and records how far its mean is from the saved one."""
     from pelagos.inverse.ensemble import esmda
 
     rec.data.setdefault("header", _header(tw))
     rec.save()
-    if "esmda" not in rec.data:
+    old = rec.data.get("esmda")
+    if old is None or "members_z" not in old:
         g = torch.Generator().manual_seed(5)
         # prior draws truncated at ±1.5σ (45 % of the value): with untruncated draws one member of 64 made
         # ECOSMO blow up (NaN) within the year, and one failed column stops the whole batched run
@@ -241,6 +245,7 @@ def part_esmda(tw: Twin, rec: Recorder, members: int, assimilations: int) -> Non
         E = esmda(tw.model, tw.obs, tw.states(members), U, alphas=assimilations, t0=tw.t0, generator=g)
         w2, c2 = rec.clock()
         zm = E.params.mean(0)
+        cost = E.member_misfit + 0.5 * ((E.params - tw.prior_mean) / tw.prior_std).pow(2).sum(-1)
         rec.data["esmda"] = {
             "members": members,
             "batched_runs": E.n_evals,
@@ -251,9 +256,17 @@ def part_esmda(tw: Twin, rec: Recorder, members: int, assimilations: int) -> Non
             "estimate": tw.physical(zm).tolist(),
             "rel_error": tw.rel_error(zm).tolist(),
             "ensemble_std_rel": (E.params.std(0) / tw.physical(tw.truth).abs()).tolist(),
+            "members_z": E.params.tolist(),
+            "member_misfit": E.member_misfit.tolist(),
+            "member_cost": cost.tolist(),
         }
+        if old is not None:  # the earlier run of the same seed, saved without its members
+            prev = torch.tensor(old["estimate"], dtype=torch.float64)
+            diff = float(((tw.physical(zm) - prev) / prev).abs().max())
+            rec.data["esmda"]["rerun_mean_max_rel_diff"] = diff
+            rec.data["esmda"]["previous_run"] = {k: old[k] for k in ("wall_s", "cpu_s", "misfit_history")}
         rec.save()
-        print(f"[esmda] {E.n_evals} runs of {members} columns: {w2 - w:.0f} s wall", flush=True)
+        print(f"[esmda] {E.n_evals} runs of {members} columns: {w2 - w:.0f} s wall, {c2 - c:.0f} s CPU")
 
 
 def part_fd(tw: Twin, rec: Recorder, runs: int) -> None:
@@ -414,23 +427,36 @@ def _stamp(log: list, rec: Recorder, w0: float, c0: float) -> None:
     print(f"[gradient] evaluation {len(log)}: J = {log[-1]['cost']:.2f}, {w - w0:.0f} s", flush=True)
 
 
+def _identifiable(tag: str) -> list[str]:
+    """The identifiable parameters of the Laplace part (posterior std ≤ 5 % at the truth), if it has run."""
+    f = RESULTS / f"{tag}_laplace.json"
+    if not f.exists():
+        return []
+    return json.loads(f.read_text()).get("laplace_truth", {}).get("identifiable", [])
+
+
 def part_lm(
     tw: Twin,
     rec: Recorder,
     runs: int,
-    start: dict | None = None,
+    z_start: torch.Tensor | None = None,
+    start_label: str = "first guess",
     key: str = "lm",
     lambda0: float = 1e-6,
     jacobian: str = "forward",
-) -> None:
+    prob: object = None,
+    identifiable: list[str] | None = None,
+) -> dict:
     """Levenberg–Marquardt with the EXACT Jacobian (pelagos' ``minimize(method="levenberg-marquardt")`` with
     ``VariationalProblem.jacobian``: the 20 tangents of forward mode in one batched run through the compiled
-    jvp step), in the prior-whitened control ``v`` (z = μ + s v), from the first guess or from ``start`` (the
-    ES-MDA part's ensemble mean). Each trial step is one forward run of one column; each accepted step adds
-    one batched forward-mode run (the Jacobian there). The last Jacobian gives the Laplace posterior at the
-    estimate without another run. ``lambda0``: the first damping (relative to diag(JᵀJ)); a rejected trial
-    costs one run of one column, a Jacobian far more, so start nearly undamped. ``jacobian="bundle"``: central
-    differences of all 20 directions in one batched run of 40 columns instead (not exact; for comparison)."""
+    jvp step), in the prior-whitened control ``v`` (z = μ + s v), from the first guess or from ``z_start``
+    (the truth, the ES-MDA mean, an ES-MDA member). Each trial step is one forward run of one column; each
+    accepted step adds one batched forward-mode run (the Jacobian there). The last Jacobian gives the Laplace
+    posterior at the estimate without another run. ``lambda0``: the first damping (relative to diag(JᵀJ)); a
+    rejected trial costs one run of one column, a Jacobian more, so start nearly undamped.
+    ``jacobian="bundle"``: central differences of all 20 directions in one batched run of 40 columns instead
+    (not exact; for comparison). ``prob``: a ``VariationalProblem`` to reuse (a multi-start shares its
+    compiled programs and the Jacobian's one-time guard). Returns the record ``rec.data[key]``."""
     from pelagos.inverse.optim import minimize
     from pelagos.inverse.problem import VariationalProblem
 
@@ -439,16 +465,15 @@ def part_lm(
     rec.data[key] = {
         "log": log,
         "done": False,
-        "start": "first guess",
+        "start": start_label,
         "method": "Levenberg-Marquardt, exact Jacobian (forward mode, batched)",
     }
     v0 = torch.zeros(tw.p)
-    if start is not None:
-        z_start = tw.control(torch.tensor(start["estimate"], dtype=torch.float64))
+    if z_start is not None:
         v0 = (z_start - tw.prior_mean) / tw.prior_std
-        rec.data[key]["start"] = "ES-MDA mean"
-        rec.data[key]["start_rel_error"] = tw.rel_error(z_start).tolist()
-    prob = VariationalProblem(tw.model, tw.obs, tw.x0, t0=tw.t0, jacobian=jacobian)
+    rec.data[key]["start_rel_error"] = tw.rel_error(tw.prior_mean + tw.prior_std * v0).tolist()
+    if prob is None:
+        prob = VariationalProblem(tw.model, tw.obs, tw.x0, t0=tw.t0, jacobian=jacobian)
     rec.data[key].update(lambda0=lambda0, jacobian=jacobian)
     if jacobian == "bundle":
         rec.data[key]["method"] = "Levenberg-Marquardt, central-difference Jacobian (40 columns, step 1e-5)"
@@ -456,11 +481,12 @@ def part_lm(
     w0, c0 = rec.clock()
     last = {}
 
-    def stamp(kind: str, z: torch.Tensor, cost: float | None) -> None:
+    def stamp(kind: str, z: torch.Tensor, cost: float | None, extra: dict | None = None) -> None:
         w, c = rec.clock()
         entry = {"kind": kind, "wall_s": w - w0, "cpu_s": c - c0, "rel_error": tw.rel_error(z).tolist()}
         if cost is not None:
             entry["cost"] = cost
+        entry.update(extra or {})
         log.append(entry)
         rec.save()
         print(
@@ -484,8 +510,12 @@ def part_lm(
         if len(log) >= runs or time.time() > STOP_AT[0]:
             raise _BudgetError
         z = tw.prior_mean + s * v
+        c = time.process_time()
         Jz = prob.jacobian(z)
-        stamp("jacobian" + ("" if prob._batched_jac else " (fallback: not batched)"), z, None)
+        info = {"jacobian_cpu_s": time.process_time() - c, "path": prob.jacobian_info.get("path")}
+        if prob.jacobian_info.get("reason"):
+            info["fallback_reason"] = prob.jacobian_info["reason"]
+        stamp("jacobian", z, None, info)
         last.update(v=v.detach().clone(), J=Jz * s)
         return Jz * s
 
@@ -505,22 +535,31 @@ def part_lm(
         msg, best_v = res.message, res.z
         rec.data[key]["final_lambda"] = res.damping
     except _BudgetError:
+        msg = "budget of runs spent" if len(log) >= runs else "--stop-at reached"
         best_v = last.get("v", v0)  # the last accepted point (Jacobians are formed at accepted points only)
     z = tw.prior_mean + s * best_v
     w, c = rec.clock()
+    err = tw.rel_error(z)
     out = {
         "done": True,
         "message": msg,
+        "model_runs": len(log),
         "wall_s": w - w0,
         "cpu_s": c - c0,
         "estimate": tw.physical(z).tolist(),
-        "rel_error": tw.rel_error(z).tolist(),
+        "rel_error": err.tolist(),
         "z": z.tolist(),
         "jacobian_batched": bool(prob._batched_jac),
+        "jacobian_info": {k: v for k, v in prob.jacobian_info.items()},
     }
     costs = [e["cost"] for e in log if "cost" in e and math.isfinite(e["cost"])]
     if costs:
         out["cost"] = min(costs)
+    if identifiable:
+        ii = [i for i, n in enumerate(tw.names) if n in identifiable]
+        out["identifiable_within_10"] = int(sum(float(err[i].abs()) <= 0.1 for i in ii))
+        out["identifiable_max_error"] = max(float(err[i].abs()) for i in ii)
+        out["identifiable_count"] = len(ii)
     if "J" in last and torch.equal(last["v"], best_v):
         Jz = last["J"] / s
         M = Jz.shape[0] - tw.p
@@ -529,6 +568,40 @@ def part_lm(
         out["laplace_std_rel"] = (lap["std"] / theta).tolist()
     rec.data[key].update(out)
     rec.save()
+    print(f"[{key}] {msg}: J = {out.get('cost')}, {len(log)} runs, {w - w0:.0f} s wall, {c - c0:.0f} s CPU")
+    return rec.data[key]
+
+
+def part_lm_members(
+    tw: Twin, rec: Recorder, esmda_rec: dict, k: int, runs: int, lambda0: float, identifiable: list[str]
+) -> None:
+    """Multi-start Levenberg–Marquardt (exact Jacobian) from the ``k`` final ES-MDA members of lowest cost J
+    (misfit + prior), one after the other in this process (one problem: the compiled programs are built once),
+    each with a budget of ``runs`` model runs and all within ``--stop-at``; keeps the best J."""
+    from pelagos.inverse.problem import VariationalProblem
+
+    if "members_z" not in esmda_rec:
+        raise SystemExit("the ES-MDA result has no members: run --part esmda again (it keeps them now)")
+    Z = torch.tensor(esmda_rec["members_z"], dtype=torch.float64)
+    cost = torch.tensor(esmda_rec["member_cost"], dtype=torch.float64)
+    order = torch.argsort(cost)[:k].tolist()
+    prob = VariationalProblem(tw.model, tw.obs, tw.x0, t0=tw.t0)
+    rec.data["multistart"] = {"members": order, "member_cost": [float(cost[i]) for i in order], "runs": []}
+    w0, c0 = rec.clock()
+    for rank, i in enumerate(order):
+        if time.time() > STOP_AT[0]:
+            break
+        key = f"lm_member_{i}"
+        part_lm(tw, rec, runs, Z[i], f"ES-MDA member {i} (rank {rank + 1} by J)", key, lambda0,
+                    prob=prob, identifiable=identifiable)  # fmt: skip
+        rec.data["multistart"]["runs"].append(key)
+        done = [rec.data[x] for x in rec.data["multistart"]["runs"] if "cost" in rec.data[x]]
+        w, c = rec.clock()
+        best = min(done, key=lambda e: e["cost"]) if done else None
+        rec.data["multistart"].update(
+            wall_s=w - w0, cpu_s=c - c0, best=best and best["start"], best_cost=best and best["cost"]
+        )
+        rec.save()
 
 
 def part_line(tw: Twin, rec: Recorder, starts: dict[str, torch.Tensor], points: int = 11) -> None:
@@ -575,6 +648,15 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--lm-runs", type=int, default=40, help="lm: model runs (trials + Jacobians)")
     ap.add_argument("--lm-lambda0", type=float, default=1e-6, help="lm: first damping (relative to diag JᵀJ)")
     ap.add_argument("--lm-jacobian", choices=["forward", "bundle"], default="forward")
+    ap.add_argument(
+        "--lm-start",
+        choices=["first_guess", "truth", "esmda", "members"],
+        default=None,
+        help="lm part: start at the first guess, the truth (the minimum the noisy data define), the ES-MDA "
+        "mean, or (members) multi-start from the --lm-members final ES-MDA members of lowest J; results in "
+        "<tag>_lm.json, <tag>_lm_from_{truth,esmda,members}.json (default: --grad-start)",
+    )
+    ap.add_argument("--lm-members", type=int, default=6, help="lm --lm-start members: how many starts")
     ap.add_argument("--members", type=int, default=64)
     ap.add_argument("--tag", default="ecosmo_identifiability")
     ap.add_argument("--stop-at", default=None, help="HH:MM UTC: optimisers start no model run after it")
@@ -605,15 +687,25 @@ def main(argv: list[str] | None = None) -> None:
         part_gradient(Twin(args.config, args.set), Recorder(RESULTS / name), args.grad_evals, start)
     if args.part == "lm":
         lm = "lm" if args.lm_jacobian == "forward" else "lm_bundle"
-        start, name = None, f"{args.tag}_{lm}.json"
-        if args.grad_start == "esmda":
-            src = RESULTS / f"{args.esmda_tag or args.tag}_esmda.json"
-            start = json.loads(src.read_text())["esmda"]
-            name = f"{args.tag}_{lm}_from_esmda.json"
-        rec = Recorder(RESULTS / name)
-        part_lm(
-            Twin(args.config, args.set), rec, args.lm_runs, start, "lm", args.lm_lambda0, args.lm_jacobian
-        )
+        start = args.lm_start or args.grad_start
+        tw = Twin(args.config, args.set)
+        ident = _identifiable(args.tag)
+        src = RESULTS / f"{args.esmda_tag or args.tag}_esmda.json"
+        if start == "members":
+            es = json.loads(src.read_text())["esmda"]
+            rec = Recorder(RESULTS / f"{args.tag}_{lm}_from_members.json")
+            part_lm_members(tw, rec, es, args.lm_members, args.lm_runs, args.lm_lambda0, ident)
+        else:
+            z_start, label, name = None, "first guess", f"{args.tag}_{lm}.json"
+            if start == "esmda":
+                es = json.loads(src.read_text())["esmda"]
+                z_start = tw.control(torch.tensor(es["estimate"], dtype=torch.float64))
+                label, name = "ES-MDA mean", f"{args.tag}_{lm}_from_esmda.json"
+            elif start == "truth":
+                z_start, label, name = tw.truth.clone(), "truth", f"{args.tag}_{lm}_from_truth.json"
+            rec = Recorder(RESULTS / name)
+            part_lm(tw, rec, args.lm_runs, z_start, label, "lm", args.lm_lambda0, args.lm_jacobian,
+                    identifiable=ident)  # fmt: skip
     if args.part == "line":
         tw = Twin(args.config, args.set)
         es = json.loads((RESULTS / f"{args.esmda_tag or args.tag}_esmda.json").read_text())["esmda"]
@@ -637,7 +729,8 @@ def report(tag: str = "ecosmo_identifiability") -> dict:
     import matplotlib.pyplot as plt
 
     parts = {}
-    for part in ("laplace", "esmda", "fd", "gradient", "gradient_from_esmda", "lm", "lm_from_esmda"):
+    for part in ("laplace", "esmda", "fd", "gradient", "gradient_from_esmda", "lm", "lm_from_esmda",
+                 "lm_from_truth", "lm_from_members"):  # fmt: skip
         f = RESULTS / f"{tag}_{part}.json"
         if f.exists():
             parts[part] = json.loads(f.read_text())
@@ -660,6 +753,15 @@ def report(tag: str = "ecosmo_identifiability") -> dict:
         merged["lm"] = lm
     if lme:
         merged["lm_from_esmda"] = lme
+    lmt = (parts.get("lm_from_truth") or {}).get("lm") or {}
+    if lmt:
+        merged["lm_from_truth"] = lmt
+    ms = parts.get("lm_from_members") or {}
+    lmm = {}  # the multi-start run that reached the lowest J
+    if ms.get("multistart", {}).get("runs"):
+        merged["lm_from_members"] = {k: ms[k] for k in ["multistart", *ms["multistart"]["runs"]]}
+        done = [ms[k] for k in ms["multistart"]["runs"] if "cost" in ms[k]]
+        lmm = min(done, key=lambda e: e["cost"]) if done else {}
     (RESULTS / f"{tag}.json").write_text(json.dumps(merged, indent=1))
     FIGURES.mkdir(parents=True, exist_ok=True)
     out = []
@@ -704,12 +806,14 @@ def report(tag: str = "ecosmo_identifiability") -> dict:
         "gradient from ES-MDA mean": ge.get("rel_error"),
         "LM, exact Jacobian": lm.get("rel_error"),
         "LM, exact Jacobian, from ES-MDA mean": lme.get("rel_error"),
+        "LM, exact Jacobian, best of ES-MDA members": lmm.get("rel_error"),
+        "LM, exact Jacobian, from the truth": lmt.get("rel_error"),
     }
     fig, ax = plt.subplots(figsize=(11, 4))
     for k, (m, e) in enumerate(methods.items()):
         if e:
             ax.plot(
-                [j + 0.12 * (k - 3) for j in range(p)], [100 * e[i] for i in order], "os^vDPX"[k], label=m
+                [j + 0.09 * (k - 4) for j in range(p)], [100 * e[i] for i in order], "os^vDPX*h"[k], label=m
             )
     ax.axhspan(-10, 10, color="0.9", zorder=0)
     ax.set_xticks(
@@ -761,11 +865,13 @@ def report(tag: str = "ecosmo_identifiability") -> dict:
     for run, mark, lab in (
         (lm, "P-", "LM, exact Jacobian"),
         (lme, "X-", "LM, exact Jacobian, from ES-MDA mean"),
+        (lmm, "*-", "LM, exact Jacobian, best ES-MDA member"),
+        (lmt, "h-", "LM, exact Jacobian, from the truth"),
     ):
         ll = [e for e in run.get("log") or [] if "cost" in e and math.isfinite(e["cost"])]
         if not ll:
             continue
-        n0, w0 = (es["member_runs"], es["wall_s"]) if run is lme and es else (0, 0.0)
+        n0, w0 = (es["member_runs"], es["wall_s"]) if run in (lme, lmm) and es else (0, 0.0)
         idx = {id(e): k for k, e in enumerate(run["log"])}  # model runs so far: trials and Jacobians
         best = [min(e2["cost"] for e2 in ll[: j + 1]) for j in range(len(ll))]  # the accepted cost
         ax[0].plot([n0 + idx[id(e)] + 1 for e in ll], best, mark, label=lab + " (runs)")
@@ -836,6 +942,23 @@ def report(tag: str = "ecosmo_identifiability") -> dict:
             summ_read[m] = (rms, sum(abs(e[i]) <= 0.1 for i in read), len(read))
             print(f"{m}: the {len(read)} read: RMS error {100 * rms:.1f} %, {summ_read[m][1]} within 10 %")
     merged["summary_read"] = summ_read
+    lm_runs = [lm, lme, lmt] + [ms[k] for k in (ms.get("multistart") or {}).get("runs", [])]
+    lm_runs = [r for r in lm_runs if r.get("log")]
+    if lm_runs:
+        print("| LM start | J at the start | model runs (Jacobians) | CPU / wall | J reached | identifiable "
+              "within 10 % | max error (identifiable) | stopped because |")  # fmt: skip
+        print("|---|---|---|---|---|---|---|---|")
+        for r in lm_runs:
+            c0 = next((e["cost"] for e in r["log"] if "cost" in e), math.nan)
+            nj = sum(e["kind"].startswith("jacobian") for e in r["log"])
+            ii = [i for i in range(p) if hd["names"][i] in ident]
+            e = r.get("rel_error")
+            within = sum(abs(e[i]) <= 0.1 for i in ii) if e else "—"
+            mx = f"{100 * max(abs(e[i]) for i in ii):.0f} %" if e and ii else "—"
+            cw = f"{r.get('cpu_s', math.nan):.0f} s / {r.get('wall_s', math.nan):.0f} s"
+            jr = f"{r.get('cost', math.nan):.6g}"
+            print(f"| {r['start']} | {c0:.6g} | {len(r['log'])} ({nj}) | {cw} | {jr} | "
+                  f"{within} of {len(ii)} | {mx} | {r.get('message', '')} |")  # fmt: skip
     (RESULTS / f"{tag}.json").write_text(json.dumps(merged, indent=1))
     for f in out:
         print(f"wrote {f}")

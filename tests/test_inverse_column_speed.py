@@ -231,6 +231,38 @@ def test_jacobian_check_from_the_remembered_run_catches_a_wrong_batch():
         torch.testing.assert_close(J, torch.func.jacfwd(P.residuals)(z), rtol=1e-10, atol=1e-10)
 
 
+def test_jacobian_check_survives_a_cost_too_rough_for_differences():
+    """A cost that wiggles below the difference step (here a term 1e-9·sin(1e6 σ) in each step; a year of
+    ECOSMO has kinks and steep switches) makes the guard's finite difference disagree with an exact J d: the
+    guard then compares with one unbatched forward-mode run along the same direction and keeps the batched
+    Jacobian (before, it fell back to ``torch.func.jacfwd``: n times the work)."""
+    from pelagos.core.obsio import synthetic_observations
+    from pelagos.models import Lorenz63
+
+    class Wiggly(Lorenz63):
+        def step(self, x, t):
+            out = super().step(x, t)
+            return out + 1e-9 * torch.sin(1e6 * self.param_b("sigma", out.ndim))
+
+    load_jvp_decompositions()
+    truth = Wiggly()
+    x0 = truth.initial_state().to(torch.float64)
+    times = torch.arange(1, 6, dtype=torch.float64) * 5 * truth.dt
+    obs = synthetic_observations(truth, x0, times, sigma=0.5, noise="none")
+    model = Wiggly(sigma=8.0, rho=25.0, beta=2.0).to(torch.float64)
+    model.select_free(["sigma", "rho", "beta"])
+    P = VariationalProblem(model, obs, x0)
+    z = P.z0 + 0.05
+    with torch.no_grad():
+        P.predict(z)  # the optimiser's last run at z, remembered
+    J = P.jacobian(z)
+    guard = P.jacobian_info["guard"]
+    assert guard["max_abs_error_rel"] > 1e-3  # the difference is fooled by the wiggle
+    assert guard["passed"] and guard["exact_max_abs_error_rel"] < 1e-12
+    assert P.jacobian_info["path"] == "batched" and P._batched_jac
+    torch.testing.assert_close(J, torch.func.jacfwd(P.residuals)(z), rtol=1e-10, atol=1e-10)
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not cxx_available(), reason="needs a C++ compiler for torch.compile")
 def test_compiled_forward_mode_dict_state_matches_plain():
