@@ -30,6 +30,12 @@ ap.add_argument("--compile", default="true")
 ap.add_argument("--steps", default="1e-7,1e-6,1e-5", help="central-difference steps of the J d check")
 ap.add_argument("--second", action="store_true", help="also time a second batched run (the warm cost)")
 ap.add_argument("--out", default=None)
+ap.add_argument(
+    "--growth",
+    action="store_true",
+    help="also record max |dH/dz| over the 20 parameters and the observations at each observation time "
+    "(the growth of the tangents along the window)",
+)
 args = ap.parse_args()
 torch.set_num_threads(1)
 torch.set_default_dtype(torch.float64)
@@ -73,6 +79,18 @@ def batched() -> torch.Tensor:
 
 
 load_jvp_decompositions()
+if args.growth:
+    with fwAD.dual_level():
+        pred = P.predict(fwAD.make_dual(z.expand(n, n).clone(), torch.eye(n)))
+        tan = fwAD.unpack_dual(pred).tangent  # (n_t, n, m)
+    a = tan.abs().amax(1)  # (n_t, m)
+    names = s.model.free_parameter_names()
+    out["growth"] = {
+        "day": ((obs.times - s.t0) / 86400.0).tolist(),
+        "max_abs_tangent": a.amax(1).tolist(),
+        "worst_parameter": [names[int(tan[i].abs().amax(1).argmax())] for i in range(tan.shape[0])],
+    }
+    print("max |dH/dz| per observation time:", [f"{x:.1e}" for x in out["growth"]["max_abs_tangent"]])
 w, c = clock()
 J = batched()
 w2, c2 = clock()
