@@ -839,7 +839,7 @@ def report(tag: str = "ecosmo_identifiability") -> dict:
         "LM, exact Jacobian, best of ES-MDA members": lmm.get("rel_error"),
         "LM, central-difference Jacobian, from the truth": lmt.get("rel_error"),
     }
-    fig, ax = plt.subplots(figsize=(11, 4))
+    fig, ax = plt.subplots(figsize=(11, 5.6))
     for k, (m, e) in enumerate(methods.items()):
         if e:
             ax.plot(
@@ -855,7 +855,7 @@ def report(tag: str = "ecosmo_identifiability") -> dict:
     ax.set_ylabel("error (% of the true value)")
     ax.set_title("recovery (grey: ±10 %; * identifiable: Laplace std ≤ 5 %)")
     ax.set_ylim(max(ax.get_ylim()[0], -100), min(ax.get_ylim()[1], 300))
-    ax.legend(fontsize=8, ncol=5, loc="upper center")
+    ax.legend(fontsize=8, ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.32))
     fig.tight_layout()
     out.append(FIGURES / "ecosmo_identifiability_recovery.png")
     fig.savefig(out[-1], dpi=110)
@@ -987,9 +987,9 @@ def report(tag: str = "ecosmo_identifiability") -> dict:
             mx = f"{100 * max(abs(e[i]) for i in ii):.0f} %" if e and ii else "—"
             cw = f"{r.get('cpu_s', math.nan):.0f} s / {r.get('wall_s', math.nan):.0f} s"
             jr = f"{r.get('cost', math.nan):.6g}"
-            jac = "exact" if r.get("jacobian", "forward") == "forward" else "central differences"
+            jac = "central differences" if r.get("jacobian") == "bundle" else "exact"
             print(f"| {r['start']} ({jac}) | {c0:.6g} | {len(r['log'])} ({nj}) | {cw} | {jr} | "
-                  f"{within} of {len(ii)} | {mx} | {r.get('message', '')} |")  # fmt: skip
+                  f"{within} of {len(ii)} | {mx} | {r.get('message', r.get('note', ''))} |")  # fmt: skip
     (RESULTS / f"{tag}.json").write_text(json.dumps(merged, indent=1))
     for f in out:
         print(f"wrote {f}")
