@@ -299,8 +299,11 @@ class VariationalProblem:
         """∂r/∂z (M, nz) by forward mode.
 
         Fast path: all nz tangents in one forward-AD pass, the controls stacked along a new leading batch dim
-        that the model treats like ensemble members (a batched state, parameters of shape (nz,)). Models or
-        states that do not accept the extra dim fall back to ``torch.func.jacfwd`` (one vmapped pass).
+        that the model treats like ensemble members (a batched state, parameters of shape (nz,)); a dict state
+        with a batch of one member (every leaf's leading dim 1, e.g. one water column) is batched along that
+        dim instead. Models or states that do not accept the extra dim, or whose batched result the guard
+        (:meth:`_check_jacobian`) rejects, fall back to ``torch.func.jacfwd`` (one vmapped pass);
+        ``jacobian_info`` says which path ran and why.
         """
         n = z.numel()
         load_jvp_decompositions()  # forward mode below: without torch's own torch.jit.script warnings
@@ -328,7 +331,10 @@ class VariationalProblem:
                     return J.T.contiguous()
                 else:
                     g = self.jacobian_info["guard"]
-                    reason = f"guard failed (error {g['max_abs_error_rel']:.2e} of max |fd|)"
+                    reason = f"guard failed (error {g['max_abs_error_rel']:.2e} of max |fd|"
+                    if "exact_max_abs_error_rel" in g:
+                        reason += f"; {g['exact_max_abs_error_rel']:.2e} of an unbatched forward-mode run"
+                    reason += ")"
             except (RuntimeError, ValueError, IndexError, TypeError) as err:
                 reason = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
             self._batched_jac = False
