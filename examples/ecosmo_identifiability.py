@@ -532,6 +532,11 @@ def part_lm(
         except SolverError:
             stamp("trial", z, math.inf)
             raise
+        except RuntimeError as err:  # the compiled solve's failure reaches here untyped (through Inductor)
+            if "solve_tridiagonal" not in str(err):
+                raise
+            stamp("trial", z, math.inf)
+            raise SolverError(f"the tridiagonal solve failed at this trial point: {err}") from err
         stamp("trial", z, 0.5 * float(r.pow(2).sum()))
         return r
 
@@ -605,22 +610,57 @@ def part_lm_members(
     tw: Twin, rec: Recorder, esmda_rec: dict, k: int, runs: int, lambda0: float, identifiable: list[str]
 ) -> None:
     """Multi-start Levenberg–Marquardt (exact Jacobian) from the ``k`` final ES-MDA members of lowest cost J
-    (misfit + prior), one after the other in this process (one problem: the compiled programs are built once),
-    each with a budget of ``runs`` model runs and all within ``--stop-at``; keeps the best J."""
+    (misfit + prior); see :func:`part_lm_multistart`."""
     if "members_z" not in esmda_rec:
         raise SystemExit("the ES-MDA result has no members: run --part esmda again (it keeps them now)")
     Z = torch.tensor(esmda_rec["members_z"], dtype=torch.float64)
     cost = torch.tensor(esmda_rec["member_cost"], dtype=torch.float64)
     order = torch.argsort(cost)[:k].tolist()
-    prob = _validated_problem(tw, rec)
-    rec.data["multistart"] = {"members": order, "member_cost": [float(cost[i]) for i in order], "runs": []}
+    starts = {f"lm_member_{i}": (Z[i], f"ES-MDA member {i} (rank {r + 1} by J)") for r, i in enumerate(order)}
+    extra = {"members": order, "member_cost": [float(cost[i]) for i in order]}
+    part_lm_multistart(tw, rec, starts, runs, lambda0, identifiable, extra)
+
+
+def part_lm_line(
+    tw: Twin,
+    rec: Recorder,
+    ts: list[float],
+    runs: int,
+    lambda0: float,
+    identifiable: list[str],
+    jacobian: str = "forward",
+) -> None:
+    """Levenberg–Marquardt (exact Jacobian) from points on the straight line from the first guess to the
+    truth, z = z_fg + t (z_true − z_fg): how close to the truth a start must be to reach the minimum near it
+    (a probe of the basin's size, knowing the truth; not a method). See :func:`part_lm_multistart`."""
+    starts = {
+        f"lm_line_{t:g}": (tw.z0 + t * (tw.truth - tw.z0), f"line first guess → truth, t = {t:g}") for t in ts
+    }
+    part_lm_multistart(tw, rec, starts, runs, lambda0, identifiable, {"t": ts}, jacobian)
+
+
+def part_lm_multistart(
+    tw: Twin,
+    rec: Recorder,
+    starts: dict[str, tuple[torch.Tensor, str]],
+    runs: int,
+    lambda0: float,
+    identifiable: list[str],
+    extra: dict | None = None,
+    jacobian: str = "forward",
+) -> None:
+    """Levenberg–Marquardt (exact Jacobian) from each of ``starts`` (key -> (z, label)), one after the other
+    in this process (one problem: the compiled programs are built once), each with a budget of ``runs`` model
+    runs and all within ``--stop-at``; records the best J (over these and the earlier starts kept in the same
+    file). ``jacobian``: as in :func:`part_lm`."""
+    prob = _validated_problem(tw, rec, jacobian)
+    kept = [k for k in rec.data.get("multistart", {}).get("runs", []) if k not in starts]  # earlier starts
+    rec.data["multistart"] = {**(extra or {}), "runs": kept}
     w0, c0 = rec.clock()
-    for rank, i in enumerate(order):
+    for key, (z, label) in starts.items():
         if time.time() > STOP_AT[0]:
             break
-        key = f"lm_member_{i}"
-        part_lm(tw, rec, runs, Z[i], f"ES-MDA member {i} (rank {rank + 1} by J)", key, lambda0,
-                    prob=prob, identifiable=identifiable)  # fmt: skip
+        part_lm(tw, rec, runs, z, label, key, lambda0, jacobian, prob=prob, identifiable=identifiable)
         rec.data["multistart"]["runs"].append(key)
         done = [rec.data[x] for x in rec.data["multistart"]["runs"] if "cost" in rec.data[x]]
         w, c = rec.clock()
@@ -677,11 +717,15 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--lm-jacobian", choices=["forward", "bundle"], default="forward")
     ap.add_argument(
         "--lm-start",
-        choices=["first_guess", "truth", "esmda", "members"],
+        choices=["first_guess", "truth", "esmda", "members", "line"],
         default=None,
         help="lm part: start at the first guess, the truth (the minimum the noisy data define), the ES-MDA "
-        "mean, or (members) multi-start from the --lm-members final ES-MDA members of lowest J; results in "
-        "<tag>_lm.json, <tag>_lm_from_{truth,esmda,members}.json (default: --grad-start)",
+        "mean, or (members) multi-start from the --lm-members final ES-MDA members of lowest J, or (line) "
+        "from the points --lm-line-t on the line first guess -> truth; results in <tag>_lm.json, "
+        "<tag>_lm_from_{truth,esmda,members,line}.json (default: --grad-start)",
+    )
+    ap.add_argument(
+        "--lm-line-t", default="0.5,0.8", help="lm --lm-start line: the points t, comma-separated"
     )
     ap.add_argument("--lm-members", type=int, default=6, help="lm --lm-start members: how many starts")
     ap.add_argument("--members", type=int, default=64)
@@ -722,6 +766,10 @@ def main(argv: list[str] | None = None) -> None:
             es = json.loads(src.read_text())["esmda"]
             rec = Recorder(RESULTS / f"{args.tag}_{lm}_from_members.json")
             part_lm_members(tw, rec, es, args.lm_members, args.lm_runs, args.lm_lambda0, ident)
+        elif start == "line":
+            rec = Recorder(RESULTS / f"{args.tag}_{lm}_from_line.json")
+            ts = [float(t) for t in args.lm_line_t.split(",")]
+            part_lm_line(tw, rec, ts, args.lm_runs, args.lm_lambda0, ident, args.lm_jacobian)
         else:
             z_start, label, name = None, "first guess", f"{args.tag}_{lm}.json"
             if start == "esmda":
@@ -757,7 +805,8 @@ def report(tag: str = "ecosmo_identifiability") -> dict:
 
     parts = {}
     for part in ("laplace", "esmda", "fd", "gradient", "gradient_from_esmda", "lm", "lm_from_esmda",
-                 "lm_from_truth", "lm_bundle_from_truth", "lm_from_members"):  # fmt: skip
+                 "lm_from_truth", "lm_bundle_from_truth", "lm_from_members", "lm_from_line",
+                 "lm_bundle_from_line"):  # fmt: skip
         f = RESULTS / f"{tag}_{part}.json"
         if f.exists():
             parts[part] = json.loads(f.read_text())
@@ -972,7 +1021,15 @@ def report(tag: str = "ecosmo_identifiability") -> dict:
             summ_read[m] = (rms, sum(abs(e[i]) <= 0.1 for i in read), len(read))
             print(f"{m}: the {len(read)} read: RMS error {100 * rms:.1f} %, {summ_read[m][1]} within 10 %")
     merged["summary_read"] = summ_read
-    lm_runs = [lm, lme, lmt_exact, lmt] + [ms[k] for k in (ms.get("multistart") or {}).get("runs", [])]
+    lines = []  # the basin probe: starts on the line first guess -> truth (exact, central differences)
+    for name in ("lm_from_line", "lm_bundle_from_line"):
+        ml = parts.get(name) or {}
+        if ml.get("multistart", {}).get("runs"):
+            merged[name] = {k: ml[k] for k in ["multistart", *ml["multistart"]["runs"]]}
+            lines.append(ml)
+    lm_runs = [lm, lme, lmt_exact, lmt] + [
+        m[k] for m in (ms, *lines) for k in (m.get("multistart") or {}).get("runs", [])
+    ]
     lm_runs = [r for r in lm_runs if r.get("log")]
     if lm_runs:
         print("| LM start | J at the start | model runs (Jacobians) | CPU / wall | J reached | identifiable "
