@@ -125,6 +125,18 @@ def test_esmda_agrees_with_gradient_and_laplace():
     assert ens.history[-1] < ens.history[0]
 
 
+def test_esmda_member_misfits_are_those_of_single_runs():
+    # each final member's data misfit (ranks the members for a multi-start) equals the observation part of
+    # the variational cost of that member run on its own
+    model, x0, obs = _decay_twin(seed=4)
+    g = torch.Generator().manual_seed(5)
+    ens = esmda(model, obs, x0.expand(6, 2), sample_prior(model, 6, generator=g), alphas=2, generator=g)
+    P = VariationalProblem(model, obs, x0, include_prior=False)
+    single = torch.stack([P.cost(u).detach() for u in ens.params])
+    assert ens.member_misfit.shape == (6,) and float(single.std()) > 0
+    torch.testing.assert_close(ens.member_misfit, single, rtol=1e-10, atol=1e-12)
+
+
 def test_result_serialisation_and_plots(tmp_path):
     import matplotlib
 

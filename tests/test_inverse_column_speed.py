@@ -224,7 +224,43 @@ def test_jacobian_check_from_the_remembered_run_catches_a_wrong_batch():
             P.predict(z)  # the optimiser's last run at z, remembered
         J = P.jacobian(z)
         assert P._batched_jac is batched
+        # which path ran, and why not the batched one, is recorded (the ECOSMO study logs it per Jacobian)
+        assert P.jacobian_info["path"] == ("batched" if batched else "jacfwd")
+        assert P.jacobian_info["guard"]["passed"] is batched
+        assert batched or P.jacobian_info["reason"].startswith("guard failed")
         torch.testing.assert_close(J, torch.func.jacfwd(P.residuals)(z), rtol=1e-10, atol=1e-10)
+
+
+def test_jacobian_check_survives_a_cost_too_rough_for_differences():
+    """A cost that wiggles below the difference step (here a term 1e-9·sin(1e6 σ) in each step; a year of
+    ECOSMO has kinks and steep switches) makes the guard's finite difference disagree with an exact J d: the
+    guard then compares with one unbatched forward-mode run along the same direction and keeps the batched
+    Jacobian (before, it fell back to ``torch.func.jacfwd``: n times the work)."""
+    from pelagos.core.obsio import synthetic_observations
+    from pelagos.models import Lorenz63
+
+    class Wiggly(Lorenz63):
+        def step(self, x, t):
+            out = super().step(x, t)
+            return out + 1e-9 * torch.sin(1e6 * self.param_b("sigma", out.ndim))
+
+    load_jvp_decompositions()
+    truth = Wiggly()
+    x0 = truth.initial_state().to(torch.float64)
+    times = torch.arange(1, 6, dtype=torch.float64) * 5 * truth.dt
+    obs = synthetic_observations(truth, x0, times, sigma=0.5, noise="none")
+    model = Wiggly(sigma=8.0, rho=25.0, beta=2.0).to(torch.float64)
+    model.select_free(["sigma", "rho", "beta"])
+    P = VariationalProblem(model, obs, x0)
+    z = P.z0 + 0.05
+    with torch.no_grad():
+        P.predict(z)  # the optimiser's last run at z, remembered
+    J = P.jacobian(z)
+    guard = P.jacobian_info["guard"]
+    assert guard["max_abs_error_rel"] > 1e-3  # the difference is fooled by the wiggle
+    assert guard["passed"] and guard["exact_max_abs_error_rel"] < 1e-12
+    assert P.jacobian_info["path"] == "batched" and P._batched_jac
+    torch.testing.assert_close(J, torch.func.jacfwd(P.residuals)(z), rtol=1e-10, atol=1e-10)
 
 
 @pytest.mark.slow
@@ -305,3 +341,20 @@ def test_compiled_jvp_inputs_have_no_efficient_zero_tangents(monkeypatch):
     assert torch.equal(sp["a"], p) and torch.equal(sp["b"][0], p)
     for t in (st["a"], st["b"][0]):
         assert not t._is_zerotensor() and torch.equal(t, torch.zeros(3, dtype=torch.float64))
+
+
+def test_compiled_jvp_joins_broadcast_outputs_with_their_tangents():
+    """The compiled jvp program can return a broadcast view (stride 0; ECOSMO's running mean of the surface
+    light, the same for every column of a batched Jacobian): joining it with its tangent must give the dual
+    tensor of those values (torch's make_dual cannot write a tangent into a stride-0 primal)."""
+    import torch.autograd.forward_ad as fwAD
+
+    from pelagos.column import compiled as cc
+
+    p = torch.arange(3, dtype=torch.float64)[None].expand(4, 3)
+    assert p.stride()[0] == 0
+    t = torch.randn(4, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    with fwAD.dual_level():
+        out = cc._join_dual({"means": {"last": p}}, {"means": {"last": t}})
+        primal, tangent = fwAD.unpack_dual(out["means"]["last"])
+        assert torch.equal(primal, p) and torch.equal(tangent, t)

@@ -109,10 +109,10 @@ def test_calibrate_with_levenberg_marquardt_reaches_the_lbfgs_minimum():
         assert abs(a.estimates[n] - c.estimates[n]) < 1e-4 * abs(a.estimates[n])
 
 
-def test_batched_jacobian_of_a_dict_state_with_nested_running_means(monkeypatch):
-    """ECOSMO's column state is a dict (sediment pools, nested running-mean buffers, a leading column dim of
-    1): the batched forward-mode Jacobian (all tangents in one run, the controls as columns) must handle it
-    instead of falling back to a vmapped ``jacfwd``, and give the same Jacobian."""
+def _ecosmo_dict_problem(compile_mode: str = "off"):
+    """A 6-layer ECOSMO column (dict state: sediment pools, nested running-mean buffers, a leading column dim
+    of 1) with 3 free parameters against surface and 20 m nitrate; the problem and a control off its first
+    guess."""
     from pelagos.bgc.fabm_yaml import load_system
     from pelagos.column.forcing import ColumnForcing
     from pelagos.column.model import ColumnModel
@@ -126,6 +126,7 @@ def test_batched_jacobian_of_a_dict_state_with_nested_running_means(monkeypatch)
     forcing = ColumnForcing.constant(f((nz,), 5.0), f((nz,), 12.0), f((nz,), 34.0), f((nz + 1,), 1e-4), 150.0,
                                      bottom_stress=0.05)  # fmt: skip
     model = ColumnModel(system, forcing, dt=3600.0)
+    model.compile_mode = compile_mode
     x0 = model.initial_state(1)
     assert isinstance(x0, dict) and any(isinstance(v, dict) for v in x0.values())  # the running means
     times = torch.arange(1, 5) * 6 * 3600.0
@@ -135,7 +136,14 @@ def test_batched_jacobian_of_a_dict_state_with_nested_running_means(monkeypatch)
     )  # fmt: skip
     model.select_free(["ECO.muPl", "ECO.mPl", "ECO.GrZlP"])
     P = VariationalProblem(model, obs, x0)
-    z = P.z0 * torch.tensor([1.1, 0.8, 1.05])
+    return model, P, P.z0 * torch.tensor([1.1, 0.8, 1.05])
+
+
+def test_batched_jacobian_of_a_dict_state_with_nested_running_means(monkeypatch):
+    """ECOSMO's column state is a dict (sediment pools, nested running-mean buffers, a leading column dim of
+    1): the batched forward-mode Jacobian (all tangents in one run, the controls as columns) must handle it
+    instead of falling back to a vmapped ``jacfwd``, and give the same Jacobian."""
+    _, P, z = _ecosmo_dict_problem()
     jacfwd = torch.func.jacfwd
 
     def no_fallback(*a, **k):
@@ -144,6 +152,38 @@ def test_batched_jacobian_of_a_dict_state_with_nested_running_means(monkeypatch)
     monkeypatch.setattr(torch.func, "jacfwd", no_fallback)
     J = P.jacobian(z)  # the one-run batched path, checked against a finite difference
     monkeypatch.setattr(torch.func, "jacfwd", jacfwd)
-    assert P._batched_jac
+    assert P._batched_jac and P.jacobian_info["path"] == "batched"
     torch.testing.assert_close(J, jacfwd(P.residuals)(z), rtol=1e-10, atol=1e-12)
     assert float(J.abs().max()) > 0
+    # the controls are columns (the state's own leading dim), as ES-MDA batches members: the compiled column
+    # step takes (B, nz) tracers and cannot trace an extra dim in front of them
+    xs = P.initial_state(z.expand(3, 3))
+    for a, b in zip(torch.utils._pytree.tree_leaves(xs), torch.utils._pytree.tree_leaves(P.xb), strict=True):
+        assert a.shape == (3, *b.shape[1:])
+
+
+@pytest.mark.slow
+def test_batched_jacobian_of_ecosmo_runs_the_compiled_jvp_program():
+    """The same ECOSMO problem on the compiled step: the batched Jacobian runs the compiled jvp program,
+    traced without a graph break (its running mean of the surface light comes out as a broadcast view, which
+    joining primal and tangent must handle; before, the program was given up for the plain step after its
+    first call), and equals the plain step's forward mode."""
+    import warnings
+
+    from pelagos.column.compiled import cxx_available
+
+    if not cxx_available():
+        pytest.skip("needs a C++ compiler for torch.compile")
+    from torch._dynamo.utils import counters
+
+    model, P, z = _ecosmo_dict_problem("on")
+    counters.clear()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*forward mode on the compiled step failed")
+        J = P.jacobian(z)
+    assert model.__dict__["_compiled_jvp_obj"]._works is True and P.jacobian_info["path"] == "batched"
+    # traced whole: a graph break (a state with an extra leading dim broke it) runs the program eagerly,
+    # ≈ 40× slower
+    assert not counters["graph_break"], dict(counters["graph_break"])
+    _, P_plain, _ = _ecosmo_dict_problem("off")
+    torch.testing.assert_close(J, torch.func.jacfwd(P_plain.residuals)(z), rtol=1e-10, atol=1e-12)

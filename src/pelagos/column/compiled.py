@@ -447,7 +447,9 @@ def _dense(t: torch.Tensor) -> torch.Tensor:
 def _join_dual(p: Any, t: Any) -> Any:
     if isinstance(p, Mapping):
         return {k: _join_dual(p[k], t[k]) for k in p}
-    return torch._make_dual(p, t, 0)
+    # the program may return a broadcast view (stride 0: e.g. a running mean of a forcing field, the same for
+    # every column), into which make_dual cannot copy a tangent: dense copies of such outputs only
+    return torch._make_dual(_dense(p), _dense(t), 0)
 
 
 def _compiled_jvp_step(model: Any, state: Mapping) -> CompiledJvpStep | None:

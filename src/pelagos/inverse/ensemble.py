@@ -304,6 +304,7 @@ class ESMDAResult:
     history: list[float] = field(default_factory=list)  # mean data misfit ½Σr² per iteration (ensemble mean)
     n_evals: int = 0  # ensemble forward runs (each of Ne members)
     wall_time: float = 0.0
+    member_misfit: torch.Tensor | None = None  # (Ne,) data misfit ½Σr² of each final member (its own run)
 
 
 def esmda(
@@ -373,6 +374,7 @@ def esmda(
         pred = predict(model, X0, obs, t0=t0, dt=dt)
     h = obs.transform(pred).permute(1, 0, 2)[:, mask]
     hist.append(float(0.5 * (((h.mean(0) - yt) / s) ** 2).sum()))
+    member_misfit = 0.5 * (((h - yt) / s) ** 2).sum(-1)
     phys = torch.stack([model.parameter_spec(n).transform.forward(U[:, i]) for i, n in enumerate(names)], 1)
     return ESMDAResult(
         params=U,
@@ -386,6 +388,7 @@ def esmda(
         history=hist,
         n_evals=n_evals + 1,
         wall_time=time.perf_counter() - t_start,
+        member_misfit=member_misfit,
     )
 
 
