@@ -529,14 +529,9 @@ def part_lm(
         z = tw.prior_mean + s * v
         try:
             r = prob.residuals(z)
-        except SolverError:
+        except SolverError:  # also the compiled solve's failure (pelagos.column.compiled types it)
             stamp("trial", z, math.inf)
             raise
-        except RuntimeError as err:  # the compiled solve's failure reaches here untyped (through Inductor)
-            if "solve_tridiagonal" not in str(err):
-                raise
-            stamp("trial", z, math.inf)
-            raise SolverError(f"the tridiagonal solve failed at this trial point: {err}") from err
         stamp("trial", z, 0.5 * float(r.pow(2).sum()))
         return r
 

@@ -17,7 +17,7 @@ from pelagos.bgc.system import BGCSystem
 from pelagos.column import ColumnForcing, ColumnModel, compact_forcing_path
 from pelagos.column import compiled as cc
 from pelagos.column.kind import example
-from pelagos.core.errors import ConfigError
+from pelagos.core.errors import ConfigError, SolverError
 from pelagos.core.rollout import rollout
 from pelagos.io.config import resolve_path
 
@@ -471,3 +471,17 @@ def test_block_declines_forward_mode_duals_and_runs_for_the_stacked_column():
     assert _rel(out["fast"][0], out["plain"][0]) < 1e-12
     for gf, gp in zip(out["fast"][1:], out["plain"][1:]):
         torch.testing.assert_close(gf, gp, rtol=1e-10, atol=1e-14)
+
+
+def test_a_failed_solve_in_the_compiled_block_is_a_solver_error(models):
+    """Inductor's C++ wrapper reports a failed custom-op call as an untyped RuntimeError; the compiled step
+    turns a failed tridiagonal solve back into SolverError (what line searches and LM treat as a rejected
+    trial), and leaves other errors alone."""
+    plain, fast = models
+    s = _start(plain)
+    s["npzd_det"] = s["npzd_det"].clone()
+    s["npzd_det"][1, 2] = float("nan")
+    with torch.no_grad(), pytest.raises(SolverError, match="tridiagonal solve"):
+        rollout(fast, s, 12, t0=T0)
+    assert fast.__dict__["_compiled_step_obj"].block_regions  # it was the block's program that failed
+    assert cc._raise_solver_error(RuntimeError("index out of range")) is None  # not the solve's: left alone

@@ -57,7 +57,7 @@ from typing import Any
 import torch
 from torch.utils._pytree import tree_structure, tree_unflatten
 
-from ..core.errors import ConfigError
+from ..core.errors import ConfigError, PelagosError, SolverError
 from ..core.running_mean import running_mean_plan
 from ..core.tridiagonal import solve_tridiagonal as _solve_tridiagonal
 
@@ -176,6 +176,21 @@ def diffuse_implicit(a: torch.Tensor, c: torch.Tensor, Y: torch.Tensor) -> torch
         return _solve_with_tangent(col(-a), col(1.0 + a + c), col(-c), rhs).transpose(0, 1)
     x = _solve_tridiagonal(col(-a), col(1.0 + a + c), col(-c), rhs)  # the custom op under compile
     return x.transpose(0, 1)
+
+
+def _raise_solver_error(err: RuntimeError) -> None:
+    """Raise :class:`~pelagos.core.errors.SolverError` for a failed tridiagonal solve inside a compiled
+    program. The operator raises it (naming the failing input) in eager code, but Inductor's C++ wrapper only
+    says that the operator call failed: an untyped ``RuntimeError`` that callers which reject a failed trial
+    (line searches, Levenberg–Marquardt, ES-MDA members) would not recognise. Other errors pass through."""
+    if isinstance(err, PelagosError) or "pelagos::solve_tridiagonal" not in str(err):
+        return
+    raise SolverError(
+        "pelagos column (compiled step): the tridiagonal solve of the diffusion step failed (a non-finite "
+        "solution: NaN or Inf in the state, the forcing or a parameter, or a step that blew up). Run the "
+        "same step with numerics.compile: false (ColumnModel(compile=False)) for the message that names the "
+        "input."
+    ) from err
 
 
 def _step_core(state: dict, raw: dict, plans: dict, loop: int) -> tuple[dict, Any]:
@@ -307,7 +322,11 @@ class CompiledStep:
         those fields; one program per distinct tuple)."""
         if self._out is None:
             self._out = torch.compile(_own_code(_output_core, self.model), dynamic=False, options=_OPTIONS)
-        return self._out(dict(state), dict(raw), names)
+        try:
+            return self._out(dict(state), dict(raw), names)
+        except RuntimeError as err:
+            _raise_solver_error(err)
+            raise
 
     def mean_plans(self, t: float) -> dict[str, tuple]:
         """Sampling plans of the model's running means for the step ``t -> t + dt``."""
@@ -335,6 +354,9 @@ class CompiledStep:
                 fn = _own_code(_block_core, self.model, _REGION=None)
                 self._block = torch.compile(fn, dynamic=False, options=_OPTIONS)
                 continue
+            except RuntimeError as err:
+                _raise_solver_error(err)
+                raise
             if need is None or self._grow(int(need)):
                 return new, sums, out
 
@@ -356,7 +378,11 @@ class CompiledStep:
 
     def __call__(self, state: dict, raw: Mapping, plans: dict) -> dict:
         while True:
-            new, need = self._fn(state, dict(raw), plans, self.loop)
+            try:
+                new, need = self._fn(state, dict(raw), plans, self.loop)
+            except RuntimeError as err:
+                _raise_solver_error(err)
+                raise
             if need is None or self._grow(int(need)):
                 return new
 
@@ -508,6 +534,8 @@ class CompiledJvpStep:
         if self._works is None:
             try:
                 out = self._run(state, raw, plans)
+            except SolverError:  # the program ran and the state is bad: the caller's error, not a fallback
+                raise
             except Exception as err:  # a model whose jvp dynamo cannot trace: the plain step from now on
                 first = str(err).splitlines()[0] if str(err) else ""
                 warnings.warn(
@@ -540,7 +568,11 @@ class CompiledJvpStep:
                     s._override = None
                 _TANGENT_SOLVE = True
                 while True:
-                    new_p, new_t, need = self._fn(sp, st, ovp, ovt, dict(raw), plans, self.cs.loop)
+                    try:
+                        new_p, new_t, need = self._fn(sp, st, ovp, ovt, dict(raw), plans, self.cs.loop)
+                    except RuntimeError as err:
+                        _raise_solver_error(err)
+                        raise
                     if need is None or self.cs._grow(int(need)):  # the sinking loop is the step's
                         break
             finally:
