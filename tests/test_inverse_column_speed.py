@@ -202,7 +202,6 @@ def test_jacobian_check_from_the_remembered_run_catches_a_wrong_batch():
     """The Jacobian's guard uses the optimiser's remembered run at z (one extra run, one-sided difference):
     a right model passes it, a model that mixes the members of the control batch is caught (then
     ``torch.func.jacfwd`` gives the right Jacobian)."""
-    from pelagos.core.obsio import synthetic_observations
     from pelagos.models import Lorenz63
 
     class MixedBatch(Lorenz63):
@@ -212,16 +211,7 @@ def test_jacobian_check_from_the_remembered_run_catches_a_wrong_batch():
 
     load_jvp_decompositions()
     for cls, batched in ((Lorenz63, True), (MixedBatch, False)):
-        truth = cls()
-        x0 = truth.initial_state().to(torch.float64)
-        times = torch.arange(1, 6, dtype=torch.float64) * 5 * truth.dt
-        obs = synthetic_observations(truth, x0, times, sigma=0.5, noise="none")
-        model = cls(sigma=8.0, rho=25.0, beta=2.0).to(torch.float64)
-        model.select_free(["sigma", "rho", "beta"])
-        P = VariationalProblem(model, obs, x0)
-        z = P.z0 + 0.05
-        with torch.no_grad():
-            P.predict(z)  # the optimiser's last run at z, remembered
+        P, z = _lorenz_twin(cls)
         J = P.jacobian(z)
         assert P._batched_jac is batched
         # which path ran, and why not the batched one, is recorded (the ECOSMO study logs it per Jacobian)
@@ -236,7 +226,6 @@ def test_jacobian_check_survives_a_cost_too_rough_for_differences():
     ECOSMO has kinks and steep switches) makes the guard's finite difference disagree with an exact J d: the
     guard then compares with one unbatched forward-mode run along the same direction and keeps the batched
     Jacobian (before, it fell back to ``torch.func.jacfwd``: n times the work)."""
-    from pelagos.core.obsio import synthetic_observations
     from pelagos.models import Lorenz63
 
     class Wiggly(Lorenz63):
@@ -245,16 +234,7 @@ def test_jacobian_check_survives_a_cost_too_rough_for_differences():
             return out + 1e-9 * torch.sin(1e6 * self.param_b("sigma", out.ndim))
 
     load_jvp_decompositions()
-    truth = Wiggly()
-    x0 = truth.initial_state().to(torch.float64)
-    times = torch.arange(1, 6, dtype=torch.float64) * 5 * truth.dt
-    obs = synthetic_observations(truth, x0, times, sigma=0.5, noise="none")
-    model = Wiggly(sigma=8.0, rho=25.0, beta=2.0).to(torch.float64)
-    model.select_free(["sigma", "rho", "beta"])
-    P = VariationalProblem(model, obs, x0)
-    z = P.z0 + 0.05
-    with torch.no_grad():
-        P.predict(z)  # the optimiser's last run at z, remembered
+    P, z = _lorenz_twin(Wiggly)
     J = P.jacobian(z)
     guard = P.jacobian_info["guard"]
     assert guard["max_abs_error_rel"] > 1e-3  # the difference is fooled by the wiggle
@@ -358,3 +338,21 @@ def test_compiled_jvp_joins_broadcast_outputs_with_their_tangents():
         out = cc._join_dual({"means": {"last": p}}, {"means": {"last": t}})
         primal, tangent = fwAD.unpack_dual(out["means"]["last"])
         assert torch.equal(primal, p) and torch.equal(tangent, t)
+
+
+def _lorenz_twin(cls: type) -> tuple:
+    """A 3-parameter Lorenz-63 twin of ``cls`` (5 noise-free observations) and a control ``z`` at which
+    the optimiser's last run is remembered (what the Jacobian's guard differences against)."""
+    from pelagos.core.obsio import synthetic_observations
+
+    truth = cls()
+    x0 = truth.initial_state().to(torch.float64)
+    times = torch.arange(1, 6, dtype=torch.float64) * 5 * truth.dt
+    obs = synthetic_observations(truth, x0, times, sigma=0.5, noise="none")
+    model = cls(sigma=8.0, rho=25.0, beta=2.0).to(torch.float64)
+    model.select_free(["sigma", "rho", "beta"])
+    P = VariationalProblem(model, obs, x0)
+    z = P.z0 + 0.05
+    with torch.no_grad():
+        P.predict(z)
+    return P, z
