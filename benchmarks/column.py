@@ -36,6 +36,7 @@ Writes benchmarks/results/column.json and docs/bench_column.md.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import json
 import os
@@ -45,6 +46,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -113,6 +115,26 @@ def time_gotm(repeat: int) -> dict | None:
     return {"cpu_s_per_column_year": min(cpu), "cpu_s_all": cpu, "runs": runs}
 
 
+@contextlib.contextmanager
+def record_stamps() -> Iterator[list[float]]:
+    """The process CPU time (s) at each record the model's NetCDF writer writes while the block runs (what
+    the ``pelagos run`` timings difference: output writing and interval means included)."""
+    from pelagos.io import netcdf_writer
+
+    stamps: list[float] = []
+    write = netcdf_writer.ModelNetCDFWriter.write
+
+    def stamped(self: Any, t: Any, values: Any) -> None:
+        write(self, t, values)
+        stamps.append(time.process_time())
+
+    netcdf_writer.ModelNetCDFWriter.write = stamped
+    try:
+        yield stamps
+    finally:
+        netcdf_writer.ModelNetCDFWriter.write = write
+
+
 def run_path(columns: int, compile: bool, days: int, dtype_name: str = "float64") -> dict:
     """``pelagos run`` of examples/nns_annual_npzd.yaml on the 110-layer physics through
     :func:`pelagos.io.build.run`: two 1-day runs (the first with imports and compilation), then a
@@ -124,7 +146,6 @@ def run_path(columns: int, compile: bool, days: int, dtype_name: str = "float64"
 
     import torch
 
-    from pelagos.io import netcdf_writer
     from pelagos.io.build import run
 
     torch.set_num_threads(1)
@@ -152,18 +173,8 @@ def run_path(columns: int, compile: bool, days: int, dtype_name: str = "float64"
 
     first = once(1)  # imports, first compilation
     short = once(1)
-    stamps: list[float] = []
-    write = netcdf_writer.ModelNetCDFWriter.write
-
-    def stamped(self: Any, t: Any, values: Any) -> None:
-        write(self, t, values)
-        stamps.append(time.process_time())
-
-    netcdf_writer.ModelNetCDFWriter.write = stamped
-    try:
+    with record_stamps() as stamps:
         long = once(1 + days)
-    finally:
-        netcdf_writer.ModelNetCDFWriter.write = write
     if len(stamps) < 3:
         raise SystemExit(f"run_path: {len(stamps)} daily records stamped; give at least 2 days")
     per_step = (stamps[-1] - stamps[1]) / (24 * (len(stamps) - 2))  # one record a day

@@ -73,19 +73,10 @@ def run_path(columns: int, k: int, days: int, dtype: str = "float64") -> dict:
 
     import torch
 
-    from pelagos.io import netcdf_writer
     from pelagos.io.build import run
 
     torch.set_num_threads(1)
     tmp = Path(tempfile.mkdtemp(prefix="colblock_"))
-    stamps: list[float] = []
-    write = netcdf_writer.ModelNetCDFWriter.write
-
-    def stamped(self, t, values):
-        write(self, t, values)
-        stamps.append(time.process_time())
-
-    netcdf_writer.ModelNetCDFWriter.write = stamped
     import datetime as dt
 
     stop = dt.date(1998, 1, 1) + dt.timedelta(days=days)
@@ -101,7 +92,8 @@ def run_path(columns: int, k: int, days: int, dtype: str = "float64") -> dict:
     if colbench.GOTM_FILE.exists():
         over.append(f"forcing.file={colbench.GOTM_FILE}")
     c0, w0 = time.process_time(), time.perf_counter()
-    run(colbench.EXAMPLE, overrides=over, fresh=True, progress=False)
+    with colbench.record_stamps() as stamps:
+        run(colbench.EXAMPLE, overrides=over, fresh=True, progress=False)
     total_cpu, total_wall = time.process_time() - c0, time.perf_counter() - w0
     per_step = (stamps[-1] - stamps[3]) / (24 * (len(stamps) - 4))
     return {
