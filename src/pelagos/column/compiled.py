@@ -178,19 +178,22 @@ def diffuse_implicit(a: torch.Tensor, c: torch.Tensor, Y: torch.Tensor) -> torch
     return x.transpose(0, 1)
 
 
-def _raise_solver_error(err: RuntimeError) -> None:
-    """Raise :class:`~pelagos.core.errors.SolverError` for a failed tridiagonal solve inside a compiled
-    program. The operator raises it (naming the failing input) in eager code, but Inductor's C++ wrapper only
-    says that the operator call failed: an untyped ``RuntimeError`` that callers which reject a failed trial
-    (line searches, Levenberg–Marquardt, ES-MDA members) would not recognise. Other errors pass through."""
-    if isinstance(err, PelagosError) or "pelagos::solve_tridiagonal" not in str(err):
-        return
-    raise SolverError(
-        "pelagos column (compiled step): the tridiagonal solve of the diffusion step failed (a non-finite "
-        "solution: NaN or Inf in the state, the forcing or a parameter, or a step that blew up). Run the "
-        "same step with numerics.compile: false (ColumnModel(compile=False)) for the message that names the "
-        "input."
-    ) from err
+def _run_program(program: Any, *args: Any) -> Any:
+    """``program(*args)`` with a failed tridiagonal solve raised as :class:`~pelagos.core.errors.SolverError`.
+    The operator raises it (naming the failing input) in eager code, but Inductor's C++ wrapper only says that
+    the operator call failed: an untyped ``RuntimeError`` that callers which reject a failed trial (line
+    searches, Levenberg–Marquardt, ES-MDA members) would not recognise. Other errors pass through."""
+    try:
+        return program(*args)
+    except RuntimeError as err:
+        if isinstance(err, PelagosError) or "pelagos::solve_tridiagonal" not in str(err):
+            raise
+        raise SolverError(
+            "pelagos column (compiled step): the tridiagonal solve of the diffusion step failed (a "
+            "non-finite solution: NaN or Inf in the state, the forcing or a parameter, or a step that blew "
+            "up). Run the same step with numerics.compile: false (ColumnModel(compile=False)) for the "
+            "message that names the input."
+        ) from err
 
 
 def _step_core(state: dict, raw: dict, plans: dict, loop: int) -> tuple[dict, Any]:
@@ -322,11 +325,7 @@ class CompiledStep:
         those fields; one program per distinct tuple)."""
         if self._out is None:
             self._out = torch.compile(_own_code(_output_core, self.model), dynamic=False, options=_OPTIONS)
-        try:
-            return self._out(dict(state), dict(raw), names)
-        except RuntimeError as err:
-            _raise_solver_error(err)
-            raise
+        return _run_program(self._out, dict(state), dict(raw), names)
 
     def mean_plans(self, t: float) -> dict[str, tuple]:
         """Sampling plans of the model's running means for the step ``t -> t + dt``."""
@@ -347,16 +346,14 @@ class CompiledStep:
         while True:
             try:
                 with _unaliased_overrides(self.model), _inline_regions():
-                    new, need, sums, out = self._block(state, dict(raws), plans, self.loop, means)
+                    args = (state, dict(raws), plans, self.loop, means)
+                    new, need, sums, out = _run_program(self._block, *args)
             except torch._dynamo.exc.UncapturedHigherOrderOpError:
                 # a step the region cannot hold (e.g. a graph break in a user's model): trace every step
                 self.block_regions = False
                 fn = _own_code(_block_core, self.model, _REGION=None)
                 self._block = torch.compile(fn, dynamic=False, options=_OPTIONS)
                 continue
-            except RuntimeError as err:
-                _raise_solver_error(err)
-                raise
             if need is None or self._grow(int(need)):
                 return new, sums, out
 
@@ -378,11 +375,7 @@ class CompiledStep:
 
     def __call__(self, state: dict, raw: Mapping, plans: dict) -> dict:
         while True:
-            try:
-                new, need = self._fn(state, dict(raw), plans, self.loop)
-            except RuntimeError as err:
-                _raise_solver_error(err)
-                raise
+            new, need = _run_program(self._fn, state, dict(raw), plans, self.loop)
             if need is None or self._grow(int(need)):
                 return new
 
@@ -568,11 +561,8 @@ class CompiledJvpStep:
                     s._override = None
                 _TANGENT_SOLVE = True
                 while True:
-                    try:
-                        new_p, new_t, need = self._fn(sp, st, ovp, ovt, dict(raw), plans, self.cs.loop)
-                    except RuntimeError as err:
-                        _raise_solver_error(err)
-                        raise
+                    args = (sp, st, ovp, ovt, dict(raw), plans, self.cs.loop)
+                    new_p, new_t, need = _run_program(self._fn, *args)
                     if need is None or self.cs._grow(int(need)):  # the sinking loop is the step's
                         break
             finally:
