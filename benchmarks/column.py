@@ -15,10 +15,11 @@ figure given in the issue (1.5 s per column-year) is used and the JSON says so.
 Measured (CPU time of the process, ``time.process_time``, one thread; the machine is shared, so the minimum
 of ``--repeat`` windows is kept): a window of ``--steps`` hourly steps from 1 May, extrapolated to a year
 (8760 steps): column-years per second = B · 8760 / (seconds per step · 8760). Modes: ``forward`` (no
-gradient) and ``fwd+bwd`` (rollout with checkpoint="sqrt", backward of the final phytoplankton to the
-per-column parameters and the initial state). Compiled configurations also report the compile time of their
-first call (wall, and CPU including Inductor's compiler subprocesses). Each configuration runs in its own
-subprocess (its peak RSS is its own).
+gradient) and ``fwd+bwd`` (a window of ``--grad-steps`` steps checkpointed in segments of the length
+``checkpoint="sqrt"`` takes for a year, ⌈√8760⌉ rounded up to whole compiled blocks = 96 steps; backward of
+the final phytoplankton to the per-column parameters and the initial state). Compiled configurations also
+report the compile time of their first call (wall, and CPU including Inductor's compiler subprocesses). Each
+configuration runs in its own subprocess (its peak RSS is its own).
 
 ECOSMO: one column, 110 layers, FABM's ECOSMO yaml, one forward step, plain and compiled; the ratio to the
 NPZD step of the same mode.
@@ -208,11 +209,12 @@ def run_one(
     """Time one configuration in this process (called in a subprocess)."""
     import torch
 
-    from pelagos.core.rollout import rollout
+    from pelagos.core.rollout import rollout, segment_length
 
     torch.set_num_threads(1)
     model, raw, path = build(B, dtype_name, chunk, compile, bgc_name)
     s0 = model.initial_state(B, t0=START)
+    seg = segment_length("sqrt", STEPS_PER_YEAR, model)
     times, walls = [], []
     compile_wall = compile_cpu = None
     for i in range(repeat + 1):  # the first is a warm-up (and, compiled, the compilation)
@@ -225,9 +227,9 @@ def run_one(
         else:
             u = {k: v.clone().requires_grad_(True) for k, v in raw.items()}
             x0 = {k: v.clone().requires_grad_(True) for k, v in s0.items()}
-            with model.using(u):
+            with model.using(u):  # the segments of a year's checkpointed run, whatever the window
                 tr = rollout(
-                    model, x0, steps, t0=START, save_every=steps, include_initial=False, checkpoint="sqrt"
+                    model, x0, steps, t0=START, save_every=steps, include_initial=False, checkpoint=seg
                 )
             loss = tr.final[model.interior[0] if bgc_name != "npzd" else "npzd_phy"].sum()
             loss.backward()
@@ -654,12 +656,18 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--dtypes", nargs="+", default=["float64", "float32"])
     ap.add_argument("--grad-batches", type=int, nargs="+", default=[1, 1024])
     ap.add_argument("--steps", type=int, default=24)
+    ap.add_argument(
+        "--grad-steps", type=int, default=192, help="fwd+bwd window (segments as in a year: √8760 steps)"
+    )
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--gotm-repeat", type=int, default=5)
     ap.add_argument("--chunk", type=int, default=512, help="ColumnModel chunk_columns (0: no chunking)")
     ap.add_argument("--run-days", type=int, nargs=2, default=[60, 6], metavar=("DAYS_1COL", "DAYS_1024"))
     ap.add_argument(
         "--runs-only", action="store_true", help="rerun the `pelagos run` rows, keep the step rows of --out"
+    )
+    ap.add_argument(
+        "--grad-only", action="store_true", help="rerun the fwd+bwd rows (and their forward), keep the others"
     )
     ap.add_argument("--quick", action="store_true", help="batches 1 and 128, float64, 12 steps, 2 repeats")
     ap.add_argument(
@@ -710,10 +718,12 @@ def main(argv: list[str] | None = None) -> None:
         return
     if a.quick:
         a.batches, a.dtypes, a.grad_batches, a.steps, a.repeat = [1, 128], ["float64"], [1], 12, 2
+        a.grad_steps = 24
         a.gotm_repeat, a.run_days = 2, [10, 3]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    # --runs-only: the GOTM+FABM time of the last full run (ratios of the same session)
-    gotm = json.loads(a.out.read_text())["meta"]["gotm_fabm"] if a.runs_only else time_gotm(a.gotm_repeat)
+    # --runs-only / --grad-only: the GOTM+FABM time of the last full run (ratios of the same session)
+    last = json.loads(a.out.read_text()) if a.runs_only or a.grad_only else None
+    gotm = last["meta"]["gotm_fabm"] if last else time_gotm(a.gotm_repeat)
     gotm_s = gotm["cpu_s_per_column_year"] if gotm else GOTM_GIVEN_S_PER_COLUMN_YEAR
     print(f"GOTM+FABM NPZD year: {gotm_s:.3f} s CPU" + ("" if gotm else " (given, not measured)"), flush=True)
     configs = [(B, d, "forward", "npzd") for d in a.dtypes for B in a.batches]
@@ -721,10 +731,15 @@ def main(argv: list[str] | None = None) -> None:
     configs += [(1, "float64", "forward", "ecosmo")]
     results = []
     if a.runs_only:  # the step rows of the last full run
-        configs, results = [], json.loads(a.out.read_text())["results"]
+        configs, results = [], last["results"]
+    if a.grad_only:  # the fwd+bwd rows and their forward denominators anew, the other rows of the last run
+        configs = [(B, "float64", m, "npzd") for B in a.grad_batches for m in ("forward", "fwd+bwd")]
+        again = {(B, d, m, g) for B, d, m, g in configs}
+        results = [r for r in last["results"] if (r["batch"], r["dtype"], r["mode"], r["bgc"]) not in again]
     for B, dtype, mode, bgc in configs:
         for comp in (False, True):
-            r = _sub(["--one", str(B), dtype, mode, "1" if comp else "0", bgc, "--steps", str(a.steps),
+            steps = a.grad_steps if mode == "fwd+bwd" else a.steps
+            r = _sub(["--one", str(B), dtype, mode, "1" if comp else "0", bgc, "--steps", str(steps),
                       "--repeat", str(a.repeat), "--chunk", str(a.chunk)], env)  # fmt: skip
             results.append(r)
             print(
@@ -734,8 +749,8 @@ def main(argv: list[str] | None = None) -> None:
                 f"GOTM  first window {r['first_window_wall_s']:.1f} s",
                 flush=True,
             )
-    runs = []
-    for cols, days in ((1, a.run_days[0]), (1024, a.run_days[1])):
+    runs = last["run_path"] if a.grad_only else []
+    for cols, days in () if a.grad_only else ((1, a.run_days[0]), (1024, a.run_days[1])):
         for comp in (False, True):
             r = _sub(["--run-path", str(cols), "1" if comp else "0", str(days)], env)
             runs.append(r)
@@ -760,9 +775,12 @@ def main(argv: list[str] | None = None) -> None:
         "chunk_columns": a.chunk or None,
         "gotm_fabm": gotm or {"cpu_s_per_column_year": gotm_s, "note": "given in issue 10, not measured"},
         "extrapolation": f"{a.steps} hourly steps from 1998-05-01 timed (process CPU time), minimum of "
-        f"{a.repeat} repeats, x8760/steps",
+        f"{a.repeat} repeats, x8760/steps; fwd+bwd: {a.grad_steps} steps in checkpointed segments of a "
+        "year's length",
         "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
     }
+    if a.grad_only:  # the other rows are the last full run's
+        meta["date_utc"] = f"{last['meta']['date_utc']} (fwd+bwd rows and their forward: {meta['date_utc']})"
     a.out.parent.mkdir(parents=True, exist_ok=True)
     payload = {"meta": meta, "summary": rows, "results": results, "run_path": runs}
     a.out.write_text(json.dumps(payload, indent=1))

@@ -302,6 +302,18 @@ def test_block_gradients_match_plain_step():
     assert fast._compiled_step_obj._block is not None
     for gp, gf in zip(grads["plain"], grads["fast"]):
         torch.testing.assert_close(gf, gp, rtol=1e-10, atol=1e-14)
+    # what the block keeps for its backward (cc._ACTIVATION_BUDGET = 0): about its inputs, not every
+    # intermediate of its 4 steps (≈ 2 state sizes per block here; ≈ 20 with AOTAutograd's default split)
+    kept = []
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        kept.append(t.numel() * t.element_size())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss(fast, *[x.clone().requires_grad_(True) for x in base])
+    state_bytes = sum(v.numel() * v.element_size() for v in s.values() if torch.is_tensor(v))
+    assert 0 < sum(kept) / 2 <= 4 * state_bytes  # two blocks of 4 steps
 
 
 def test_block_with_a_control_vector_traces_once_and_matches_plain_gradient():

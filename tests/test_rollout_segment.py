@@ -388,3 +388,48 @@ def test_segments_use_the_models_step_block_hook():
     assert l_s == l_p
     for a, b in zip(g_s, g_p):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=0)
+
+
+class WholeBlocks(Blocky):
+    """A model that runs its steps in blocks of 4 (``block_steps``; as the compiled column, one program per
+    block length) and records every block's length."""
+
+    block_steps = 4
+
+    def step_block(self, s: dict, times: list[float]):
+        for a in range(0, len(times), self.block_steps):
+            self.blocks.append(len(times[a : a + self.block_steps]))
+            for t in times[a : a + self.block_steps]:
+                s = self.step(s, t)
+        return s, {}, None
+
+
+def test_sqrt_segments_are_whole_blocks_of_the_models_block_steps():
+    """√30 → 6 steps per segment for a plain Model, 8 (two blocks of 4) for one that prefers blocks of 4:
+    every call of the first three segments is a full block (one compiled program per length), the last
+    segment is what is left (6 = 4 + 2); values and gradients are the unchecked loop's."""
+    from pelagos.core.rollout import segment_length
+
+    m = WholeBlocks()
+    assert segment_length("sqrt", 30, Toy()) == 6
+    assert segment_length("sqrt", 30, m) == 8
+    assert segment_length("sqrt", 5, m) == 4  # never below one block, never above the run
+    assert segment_length("sqrt", 3, m) == 3
+    assert segment_length(5, 30, m) == 5  # an explicit length is the caller's
+    x0, u = torch.randn(3), torch.tensor(0.2)
+
+    def run(ckpt):
+        x = x0.clone().requires_grad_(True)
+        k = u.clone().requires_grad_(True)
+        with m.using({"k": k}):
+            tr = rollout(m, m.initial_state(x), 30, t0=0.3, checkpoint=ckpt, save_every=30, observe=_observe)
+        loss = _loss(tr)
+        return loss.detach(), torch.autograd.grad(loss, [x, k, m.w])
+
+    m.blocks.clear()
+    l_s, g_s = run("sqrt")
+    assert m.blocks == [4, 4] * 3 + [4, 2] + [4, 2] + [4, 4] * 3  # forward, then recomputed from the end
+    l_p, g_p = run(None)
+    assert l_s == l_p
+    for a, b in zip(g_s, g_p, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=0)

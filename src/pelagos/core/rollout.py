@@ -138,17 +138,31 @@ def _resolve_step(model_or_step: Model | StepFn, dt: float | None) -> tuple[Step
     return step, dt
 
 
-def _segment_length(checkpoint: int | str | None, n_steps: int) -> int | None:
+def segment_length(checkpoint: int | str | None, n_steps: int, model: Any = None) -> int | None:
+    """Steps per checkpointed segment of an ``n_steps`` run (``None``: no checkpointing). ``"sqrt"``:
+    ``⌈√n_steps⌉``, rounded up to whole multi-step calls of ``model`` (a Model with ``step_block`` and
+    ``block_steps`` > 1), so that every call of a segment is a full block: a compiled block is one program
+    per length, and a segment that ended mid-block would build (and compile) another for the remainder."""
     if checkpoint is None or checkpoint is False:
         return None
     if checkpoint == "sqrt":
-        return max(1, math.ceil(math.sqrt(n_steps)))
+        s = max(1, math.ceil(math.sqrt(n_steps)))
+        block = _block_steps(model)
+        return max(1, min(n_steps, -(-s // block) * block)) if block > 1 else s
     if isinstance(checkpoint, bool) or not isinstance(checkpoint, int) or checkpoint < 1:
         raise ConfigError(
             f"rollout: checkpoint must be None, a positive int (segment length in steps) or 'sqrt'; "
             f"got {checkpoint!r}"
         )
     return checkpoint
+
+
+def _block_steps(model: Any) -> int:
+    """The steps of one multi-step call a Model with ``step_block`` prefers (its ``block_steps``), else 1."""
+    if not isinstance(model, Model) or getattr(model, "step_block", None) is None:
+        return 1
+    k = getattr(model, "block_steps", 1)
+    return k if isinstance(k, int) and not isinstance(k, bool) and k > 1 else 1
 
 
 def _needs_grad(state: State, model_or_step: Model | StepFn) -> bool:
@@ -192,7 +206,8 @@ def rollout(
         dt: time step; defaults to ``model.dt`` for a Model, required for a step function.
         save_every: save the state after every ``save_every``-th step (steps ``save_every, 2·save_every, …``).
         checkpoint: ``None`` (keep every intermediate for backward), an int segment length, or ``"sqrt"``
-            (segments of ``⌈√n_steps⌉`` steps: O(√T) memory for the gradient). See the module docstring.
+            (segments of ``⌈√n_steps⌉`` steps, rounded up to whole blocks of a model's ``block_steps``: O(√T)
+            memory for the gradient; :func:`segment_length`). See the module docstring.
         observe: if given, save ``observe(state)`` (any pytree of tensors) instead of the whole state; use
             it to keep only what a loss needs.
         include_initial: also save the initial state (entry 0, time ``t0``).
@@ -210,7 +225,10 @@ def rollout(
         raise ConfigError(f"rollout: n_steps must be a non-negative int; got {n_steps!r}")
     if isinstance(save_every, bool) or not isinstance(save_every, int) or save_every < 1:
         raise ConfigError(f"rollout: save_every must be a positive int; got {save_every!r}")
-    seg = _segment_length(checkpoint, n_steps)
+    # a Model may advance several steps per call: ``step_block(state, times) -> (state, ...)``, or ``None``
+    # (not this time); called up to the next save point at most
+    block = getattr(model_or_step, "step_block", None) if isinstance(model_or_step, Model) else None
+    seg = segment_length(checkpoint, n_steps, model_or_step)
     t0 = float(t0)
     _register_dataclasses(state)
     obs = observe if observe is not None else (lambda s: s)
@@ -220,10 +238,6 @@ def rollout(
     if include_initial:
         saved.append(obs(state))
         saved_steps.append(0)
-
-    # a Model may advance several steps per call: ``step_block(state, times) -> (state, ...)``, or ``None``
-    # (not this time); called up to the next save point at most
-    block = getattr(model_or_step, "step_block", None) if isinstance(model_or_step, Model) else None
 
     def advance(s: State, k0: int, k1: int, bar: Any = None) -> tuple[State, list[Any]]:
         """Steps k0 … k1-1 (the whole run, or a checkpointed segment): the state at k1 and the entries saved

@@ -9,14 +9,13 @@ the backward pass segment by segment, as ``rollout`` does: about one extra forwa
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 import torch
 
 from ..core.errors import ConfigError
 from ..core.observations import ObservationSet
-from ..core.rollout import rollout
+from ..core.rollout import rollout, segment_length
 
 StepFn = Callable[[object, float], object]
 
@@ -80,7 +79,7 @@ def predict(
     _, dt_ = step_function(model, dt)
     idx = obs.step_indices(dt_, t0).tolist()
     if checkpoint == "sqrt" and idx:  # √T of the whole window (the runs between observations are shorter)
-        checkpoint = max(1, math.ceil(math.sqrt(max(idx))))
+        checkpoint = segment_length("sqrt", max(idx), model)
     preds, states = [], []
     k = 0
     x = state
