@@ -99,15 +99,16 @@ _ACTIVATION_BUDGET = float(os.environ.get("PELAGOS_COLUMN_ACTIVATION_BUDGET", "0
 def _program_config(inline: bool) -> Iterator[None]:
     """Configuration read when a compiled program is built, set for its calls only (a direct set:
     ``config.patch`` costs ≈ 16 µs a call, this ≈ 4). ``inline``: the block's steps are traced once as a
-    nested compile region, then inlined (``inline_invoke_subgraph``: Inductor sees one flat graph). With
-    gradients on: the activation budget above (AOTAutograd keys its programs on it)."""
+    nested compile region, then inlined (``inline_invoke_subgraph``: Inductor sees one flat graph). The
+    activation budget above is set for every call, with gradients or not: it changes only programs that
+    record a graph, but AOTAutograd keys every program on it, and one key lets a run without gradients and
+    one with them enabled share the cached inference programs."""
     dyn = torch._dynamo.config
     aot = torch._functorch.config
     old = dyn.inline_invoke_subgraph, aot.activation_memory_budget
     if inline:
         dyn.inline_invoke_subgraph = True
-    if torch.is_grad_enabled():
-        aot.activation_memory_budget = _ACTIVATION_BUDGET
+    aot.activation_memory_budget = _ACTIVATION_BUDGET
     try:
         yield
     finally:
@@ -193,13 +194,15 @@ def diffuse_implicit(a: torch.Tensor, c: torch.Tensor, Y: torch.Tensor) -> torch
     return x.transpose(0, 1)
 
 
-def _run_program(program: Any, *args: Any) -> Any:
-    """``program(*args)`` with a failed tridiagonal solve raised as :class:`~pelagos.core.errors.SolverError`.
+def _run_program(program: Any, *args: Any, inline: bool = False) -> Any:
+    """``program(*args)`` under :func:`_program_config` (``inline``: a block's nested regions), with a failed
+    tridiagonal solve raised as :class:`~pelagos.core.errors.SolverError`.
     The operator raises it (naming the failing input) in eager code, but Inductor's C++ wrapper only says that
     the operator call failed: an untyped ``RuntimeError`` that callers which reject a failed trial (line
     searches, Levenberg–Marquardt, ES-MDA members) would not recognise. Other errors pass through."""
     try:
-        return program(*args)
+        with _program_config(inline):
+            return program(*args)
     except RuntimeError as err:
         if isinstance(err, PelagosError) or "pelagos::solve_tridiagonal" not in str(err):
             raise
@@ -360,9 +363,9 @@ class CompiledStep:
             self._block = torch.compile(fn, dynamic=False, options=_OPTIONS)
         while True:
             try:
-                with _unaliased_overrides(self.model), _program_config(inline=True):
+                with _unaliased_overrides(self.model):
                     args = (state, dict(raws), plans, self.loop, means)
-                    new, need, sums, out = _run_program(self._block, *args)
+                    new, need, sums, out = _run_program(self._block, *args, inline=True)
             except torch._dynamo.exc.UncapturedHigherOrderOpError:
                 # a step the region cannot hold (e.g. a graph break in a user's model): trace every step
                 self.block_regions = False
@@ -390,8 +393,7 @@ class CompiledStep:
 
     def __call__(self, state: dict, raw: Mapping, plans: dict) -> dict:
         while True:
-            with _program_config(inline=False):
-                new, need = _run_program(self._fn, state, dict(raw), plans, self.loop)
+            new, need = _run_program(self._fn, state, dict(raw), plans, self.loop)
             if need is None or self._grow(int(need)):
                 return new
 
