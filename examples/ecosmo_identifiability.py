@@ -666,6 +666,69 @@ def part_lm_multistart(
         rec.save()
 
 
+def part_lm_continuation(
+    tw: Twin,
+    rec: Recorder,
+    stages: list[str],
+    runs: list[int],
+    lambda0: float,
+    identifiable: list[str],
+    jacobian: str = "bundle",
+) -> None:
+    """Continuation in the length of the window, from the first guess, without knowing the truth.
+
+    Stage k calibrates (Levenberg–Marquardt, :func:`part_lm`) on the observations up to ``stages[k]`` (a date
+    of the model's calendar) with the run stopped at the last of them, starting from the estimate of stage
+    k − 1 (stage 1: the first guess). The prior term is the same at every stage, and the last stage should end
+    at the end of the year: its cost is then the study's year cost, unchanged. After each stage the year's
+    cost J at its estimate is recorded too (one run of one column), so the stages compare on one scale.
+    ``runs``: the budget of model runs of each stage (the last value repeats)."""
+    from pelagos.inverse.problem import VariationalProblem
+    from pelagos.io.build import model_time
+
+    rec.data.setdefault("header", _header(tw))
+    full = tw.obs
+    year = VariationalProblem(tw.model, full, tw.x0, t0=tw.t0)  # the study's cost (the trials' program)
+    z = tw.z0.clone()
+    rec.data["continuation"] = {"stages": stages, "runs": [], "jacobian": jacobian}
+    w0, c0 = rec.clock()
+    try:
+        for k, stop in enumerate(stages):
+            if time.time() > STOP_AT[0]:
+                break
+            t_end = model_time(tw.model, stop, "--stages")
+            tw.obs = full.window(-math.inf, t_end)
+            key = f"stage_{k + 1}"
+            label = f"stage {k + 1}: observations up to {stop} ({tw.obs.n_obs} values), from " + (
+                "the first guess" if k == 0 else f"stage {k}"
+            )
+            out = part_lm(
+                tw,
+                rec,
+                runs[min(k, len(runs) - 1)],
+                z,
+                label,
+                key,
+                lambda0,
+                jacobian,
+                identifiable=identifiable,
+            )
+            z = torch.tensor(out["z"], dtype=torch.float64)
+            tw.obs = full
+            w, c = rec.clock()
+            with torch.no_grad():
+                jy = 0.5 * float(year.residuals(z).pow(2).sum())
+            w2, c2 = rec.clock()
+            out.update(window_end=stop, n_obs=int(full.window(-math.inf, t_end).n_obs), year_cost=jy,
+                       year_cost_cpu_s=c2 - c, year_cost_wall_s=w2 - w)  # fmt: skip
+            rec.data["continuation"]["runs"].append(key)
+            rec.data["continuation"].update(wall_s=w2 - w0, cpu_s=c2 - c0)
+            rec.save()
+            print(f"[{key}] up to {stop}: J(window) = {out.get('cost')}, J(year) = {jy:.2f}", flush=True)
+    finally:
+        tw.obs = full
+
+
 def part_line(tw: Twin, rec: Recorder, starts: dict[str, torch.Tensor], points: int = 11) -> None:
     """The cost on the straight lines (in the control z = log θ) from each start to the truth,
     J(z_s + t (z_true − z_s)) for t in [0, 1]: all points of all lines as columns of ONE run. A rise between
@@ -712,12 +775,30 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--lm-jacobian", choices=["forward", "bundle"], default="forward")
     ap.add_argument(
         "--lm-start",
-        choices=["first_guess", "truth", "esmda", "members", "line"],
+        choices=["first_guess", "truth", "esmda", "members", "line", "continuation"],
         default=None,
         help="lm part: start at the first guess, the truth (the minimum the noisy data define), the ES-MDA "
         "mean, or (members) multi-start from the --lm-members final ES-MDA members of lowest J, or (line) "
-        "from the points --lm-line-t on the line first guess -> truth; results in <tag>_lm.json, "
-        "<tag>_lm_from_{truth,esmda,members,line}.json (default: --grad-start)",
+        "from the points --lm-line-t on the line first guess -> truth, or (continuation) from the first "
+        "guess "
+        "on windows ending at --stages, each stage starting from the last one's estimate; results in "
+        "<tag>_lm.json, <tag>_lm_from_{truth,esmda,members,line}.json, <tag>_lm_continuation.json (with "
+        "central differences: lm_bundle; default: --grad-start)",
+    )
+    ap.add_argument(
+        "--stages",
+        default="1998-04-01,1998-07-01,1999-01-01",
+        help="lm --lm-start continuation: the ends of the windows (dates), comma-separated; the last should "
+        "be the end of the year (the study's cost)",
+    )
+    ap.add_argument(
+        "--stage-runs",
+        default=None,
+        help="lm --lm-start continuation: runs per stage, comma-separated "
+        "(the last repeats; default: --lm-runs)",
+    )
+    ap.add_argument(
+        "--laplace-tag", default=None, help="read the identifiable parameters from <laplace-tag>_laplace.json"
     )
     ap.add_argument(
         "--lm-line-t", default="0.5,0.8", help="lm --lm-start line: the points t, comma-separated"
@@ -755,12 +836,17 @@ def main(argv: list[str] | None = None) -> None:
         lm = "lm" if args.lm_jacobian == "forward" else "lm_bundle"
         start = args.lm_start or args.grad_start
         tw = Twin(args.config, args.set)
-        ident = _identifiable(args.tag)
+        ident = _identifiable(args.laplace_tag or args.tag)
         src = RESULTS / f"{args.esmda_tag or args.tag}_esmda.json"
         if start == "members":
             es = json.loads(src.read_text())["esmda"]
             rec = Recorder(RESULTS / f"{args.tag}_{lm}_from_members.json")
             part_lm_members(tw, rec, es, args.lm_members, args.lm_runs, args.lm_lambda0, ident)
+        elif start == "continuation":
+            rec = Recorder(RESULTS / f"{args.tag}_{lm}_continuation.json")
+            runs = [int(x) for x in (args.stage_runs or str(args.lm_runs)).split(",")]
+            stages = [x.strip() for x in args.stages.split(",")]
+            part_lm_continuation(tw, rec, stages, runs, args.lm_lambda0, ident, args.lm_jacobian)
         elif start == "line":
             rec = Recorder(RESULTS / f"{args.tag}_{lm}_from_line.json")
             ts = [float(t) for t in args.lm_line_t.split(",")]
