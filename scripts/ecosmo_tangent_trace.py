@@ -31,6 +31,9 @@ ap.add_argument("--stop", default="1999-01-01 00:00:00")
 ap.add_argument("--chunk-days", type=float, default=7.0)
 ap.add_argument("--sharpness", type=float, default=None, help="replace the switches' sharpness (twin: 100)")
 ap.add_argument("--kinds", default=None, help="smooth only these switch kinds (comma-separated)")
+ap.add_argument(
+    "--scale", action="append", default=[], help="KIND=VALUE: a switch's scale (width = scale/sharpness)"
+)
 ap.add_argument("--sinking", default=None, help="replace the sinking limiter (twin: P2_PDM), e.g. UPSTREAM")
 ap.add_argument(
     "--fine", default=None, help="FROM,TO,HOURS: chunks of HOURS between days FROM and TO (a closer look)"
@@ -56,12 +59,13 @@ z = torch.stack(
 )  # the truth's control (ln θ for the log-transformed rates)
 k = names.index(args.param)
 eco = dict(model.named_modules())["bgc.ECO"]
-if args.sharpness is not None or args.kinds is not None:
+if args.sharpness is not None or args.kinds is not None or args.scale:
     from pelagos.bgc.ecosmo_switches import Switches
 
     old = eco.sw
     kinds = args.kinds.split(",") if args.kinds is not None else sorted(old.smooth_kinds)
-    eco.sw = Switches(bool(kinds), args.sharpness or old.sharpness, only=kinds or None)
+    scales = {**old.scales, **{k: float(v) for k, v in (a.split("=") for a in args.scale)}}
+    eco.sw = Switches(bool(kinds), args.sharpness or old.sharpness, scales, only=kinds or None)
 if args.sinking is not None:
     model.sinking_method = args.sinking
 out: dict = {
@@ -69,6 +73,7 @@ out: dict = {
     "sinking": model.sinking_method,
     "sharpness": eco.sw.sharpness,
     "smooth_kinds": sorted(eco.sw.smooth_kinds),
+    "widths": {k: eco.sw.width(k) for k in sorted(eco.sw.smooth_kinds)},
     "chunk_days": args.chunk_days,
     "day": [],
     "max_abs_tangent": {},
