@@ -674,14 +674,17 @@ def part_lm_continuation(
     lambda0: float,
     identifiable: list[str],
     jacobian: str = "bundle",
+    z_start: torch.Tensor | None = None,
+    start_label: str = "the first guess",
 ) -> None:
     """Continuation in the length of the window, from the first guess, without knowing the truth.
 
     Stage k calibrates (Levenberg–Marquardt, :func:`part_lm`) on the observations up to ``stages[k]`` (a date
     of the model's calendar) with the run stopped at the last of them, starting from the estimate of stage
-    k − 1 (stage 1: the first guess). The prior term is the same at every stage, and the last stage should end
-    at the end of the year: its cost is then the study's year cost, unchanged. After each stage the year's
-    cost J at its estimate is recorded too (one run of one column), so the stages compare on one scale.
+    k − 1 (stage 1: the first guess, or ``z_start``). The prior term is the same at every stage, and the last
+    stage should end at the end of the year: its cost is then the study's year cost, unchanged. After each
+    stage the year's cost J at its estimate is recorded too (one run of one column), so the stages compare
+    on one scale.
     ``runs``: the budget of model runs of each stage (the last value repeats)."""
     from pelagos.inverse.problem import VariationalProblem
     from pelagos.io.build import model_time
@@ -689,8 +692,8 @@ def part_lm_continuation(
     rec.data.setdefault("header", _header(tw))
     full = tw.obs
     year = VariationalProblem(tw.model, full, tw.x0, t0=tw.t0)  # the study's cost (the trials' program)
-    z = tw.z0.clone()
-    rec.data["continuation"] = {"stages": stages, "runs": [], "jacobian": jacobian}
+    z = tw.z0.clone() if z_start is None else z_start.clone()
+    rec.data["continuation"] = {"stages": stages, "runs": [], "jacobian": jacobian, "start": start_label}
     w0, c0 = rec.clock()
     try:
         for k, stop in enumerate(stages):
@@ -700,7 +703,7 @@ def part_lm_continuation(
             tw.obs = full.window(-math.inf, t_end)
             key = f"stage_{k + 1}"
             label = f"stage {k + 1}: observations up to {stop} ({tw.obs.n_obs} values), from " + (
-                "the first guess" if k == 0 else f"stage {k}"
+                start_label if k == 0 else f"stage {k}"
             )
             out = part_lm(
                 tw,
@@ -798,6 +801,14 @@ def main(argv: list[str] | None = None) -> None:
         "(the last repeats; default: --lm-runs)",
     )
     ap.add_argument(
+        "--continuation-from",
+        choices=["first_guess", "mirror"],
+        default="first_guess",
+        help="lm --lm-start continuation: start at the first guess (truth × 1.2 / × 0.8), or at its mirror "
+        "image about the truth in ln θ (truth ÷ 1.2 / ÷ 0.8: another start 17–25 %% off; the prior is "
+        "unchanged); results of the mirror in <tag>_lm[_bundle]_continuation_mirror.json",
+    )
+    ap.add_argument(
         "--laplace-tag", default=None, help="read the identifiable parameters from <laplace-tag>_laplace.json"
     )
     ap.add_argument(
@@ -843,10 +854,16 @@ def main(argv: list[str] | None = None) -> None:
             rec = Recorder(RESULTS / f"{args.tag}_{lm}_from_members.json")
             part_lm_members(tw, rec, es, args.lm_members, args.lm_runs, args.lm_lambda0, ident)
         elif start == "continuation":
-            rec = Recorder(RESULTS / f"{args.tag}_{lm}_continuation.json")
             runs = [int(x) for x in (args.stage_runs or str(args.lm_runs)).split(",")]
             stages = [x.strip() for x in args.stages.split(",")]
-            part_lm_continuation(tw, rec, stages, runs, args.lm_lambda0, ident, args.lm_jacobian)
+            z_start, label, name = None, "the first guess", f"{args.tag}_{lm}_continuation.json"
+            if args.continuation_from == "mirror":
+                z_start = 2 * tw.truth - tw.z0
+                label, name = "the mirror of the first guess", f"{args.tag}_{lm}_continuation_mirror.json"
+            rec = Recorder(RESULTS / name)
+            part_lm_continuation(
+                tw, rec, stages, runs, args.lm_lambda0, ident, args.lm_jacobian, z_start, label
+            )
         elif start == "line":
             rec = Recorder(RESULTS / f"{args.tag}_{lm}_from_line.json")
             ts = [float(t) for t in args.lm_line_t.split(",")]
