@@ -732,6 +732,43 @@ def part_lm_continuation(
         tw.obs = full
 
 
+def plot_continuation(files: dict[str, Path], out: Path = FIGURES / "ecosmo_continuation.png") -> Path:
+    """The year's cost J and the identifiable parameters within 10 % at the end of each continuation stage
+    (``files``: label -> a ``--lm-start continuation`` result), against the stage's window end."""
+    import datetime as dt
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(1, 2, figsize=(11, 4))
+    for k, (label, f) in enumerate(files.items()):
+        d = json.loads(f.read_text())
+        runs = [d[x] for x in d["continuation"]["runs"]]
+        if not runs:
+            continue
+        days = [dt.datetime.fromisoformat(r["window_end"]) for r in runs]
+        ax[0].semilogy(days, [r["year_cost"] for r in runs], "os^v"[k % 4] + "-", label=label)
+        ax[1].plot(days, [r.get("identifiable_within_10", math.nan) for r in runs], "os^v"[k % 4] + "-",
+                   label=label)  # fmt: skip
+    ax[0].axhline(349.33, color="k", lw=0.8, ls=":", label="J at the truth (349.33)")
+    ax[0].axhline(41040, color="0.5", lw=0.8, ls="--", label="J at the first guess (41 040)")
+    ax[0].set_ylabel("cost J of the year at the stage's estimate")
+    ax[1].set_ylabel("identifiable parameters within 10 % (of 11)")
+    ax[1].axhline(11, color="k", lw=0.8, ls=":")
+    for a in ax:
+        a.set_xlabel("end of the stage's window (1998)")
+        a.legend(fontsize=8)
+        a.tick_params(axis="x", labelrotation=30)
+    fig.suptitle("continuation in the window length, from the first guess (LM, central-difference Jacobian)")
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
 def part_line(tw: Twin, rec: Recorder, starts: dict[str, torch.Tensor], points: int = 11) -> None:
     """The cost on the straight lines (in the control z = log θ) from each start to the truth,
     J(z_s + t (z_true − z_s)) for t in [0, 1]: all points of all lines as columns of ONE run. A rise between
@@ -766,7 +803,15 @@ def part_line(tw: Twin, rec: Recorder, starts: dict[str, torch.Tensor], points: 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument(
-        "--part", choices=["laplace", "esmda", "fd", "gradient", "lm", "line", "report", "all"], default="all"
+        "--part",
+        choices=["laplace", "esmda", "fd", "gradient", "lm", "line", "report", "continuation_report", "all"],
+        default="all",
+    )
+    ap.add_argument(
+        "--continuation-tags",
+        default="ecocont_weekly,ecocont_monthly",
+        help="continuation_report: the tags whose <tag>_lm_bundle_continuation[_mirror].json are drawn "
+        "(docs/figures/ecosmo_continuation.png)",
     )
     ap.add_argument("--assimilations", type=int, default=3, help="ES-MDA: number of assimilations")
     ap.add_argument("--config", default=str(CONFIG))
@@ -891,6 +936,14 @@ def main(argv: list[str] | None = None) -> None:
         part_line(tw, Recorder(RESULTS / f"{args.tag}_line.json"), starts)
     if args.part in ("report", "all"):
         report(args.tag)
+    if args.part == "continuation_report":
+        files = {}
+        for t in args.continuation_tags.split(","):
+            for suffix, what in (("", "first guess"), ("_mirror", "mirror of the first guess")):
+                f = RESULTS / f"{t}_lm_bundle_continuation{suffix}.json"
+                if f.exists():
+                    files[f"{t.removeprefix('ecocont_')} stages, from the {what}"] = f
+        print(f"wrote {plot_continuation(files)}")
 
 
 # -- report --------------------------------------------------------------------------------------------------
