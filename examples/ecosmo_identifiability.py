@@ -676,6 +676,7 @@ def part_lm_continuation(
     jacobian: str = "bundle",
     z_start: torch.Tensor | None = None,
     start_label: str = "the first guess",
+    adaptive: tuple[float, float] | None = None,
 ) -> None:
     """Continuation in the length of the window, from the first guess, without knowing the truth.
 
@@ -685,7 +686,14 @@ def part_lm_continuation(
     stage should end at the end of the year: its cost is then the study's year cost, unchanged. After each
     stage the year's cost J at its estimate is recorded too (one run of one column), so the stages compare
     on one scale.
-    ``runs``: the budget of model runs of each stage (the last value repeats)."""
+    ``runs``: the budget of model runs of each stage (the last value repeats).
+    ``adaptive = (ratio, min_days)``: ``stages`` is a coarse schedule, refined as it goes: before a stage
+    (after the first), the new window's cost at the current estimate is computed (one run); while it exceeds
+    ``ratio`` × (the last stage's final cost + half the number of values the new window adds: what a fit
+    would cost) and the step is longer than ``min_days``, the end is moved to the middle of the step (whole
+    hours). The schedule that ran is recorded."""
+    import datetime as dt
+
     from pelagos.inverse.problem import VariationalProblem
     from pelagos.io.build import model_time
 
@@ -693,22 +701,49 @@ def part_lm_continuation(
     full = tw.obs
     year = VariationalProblem(tw.model, full, tw.x0, t0=tw.t0)  # the study's cost (the trials' program)
     z = tw.z0.clone() if z_start is None else z_start.clone()
-    rec.data["continuation"] = {"stages": stages, "runs": [], "jacobian": jacobian, "start": start_label}
+    rec.data["continuation"] = {"stages": stages, "runs": [], "jacobian": jacobian, "start": start_label,
+                                "adaptive": adaptive, "schedule": [], "refusals": []}  # fmt: skip
     w0, c0 = rec.clock()
+
+    def window(stop: str):
+        return full.window(-math.inf, model_time(tw.model, stop, "--stages"))
+
+    todo = list(stages)
+    prev, prev_cost, k = None, None, 0
     try:
-        for k, stop in enumerate(stages):
+        while todo:
             if time.time() > STOP_AT[0]:
                 break
-            t_end = model_time(tw.model, stop, "--stages")
-            tw.obs = full.window(-math.inf, t_end)
-            key = f"stage_{k + 1}"
-            label = f"stage {k + 1}: observations up to {stop} ({tw.obs.n_obs} values), from " + (
-                start_label if k == 0 else f"stage {k}"
+            stop = todo[0]
+            if adaptive is not None and prev is not None:
+                ratio, min_days = adaptive
+                a, b = dt.datetime.fromisoformat(prev), dt.datetime.fromisoformat(stop)
+                obs = window(stop)
+                with torch.no_grad():
+                    j0 = 0.5 * float(
+                        VariationalProblem(tw.model, obs, tw.x0, t0=tw.t0).residuals(z).pow(2).sum()
+                    )
+                expect = prev_cost + 0.5 * (obs.n_obs - window(prev).n_obs)
+                if j0 > ratio * expect and (b - a).total_seconds() > min_days * 86400:
+                    mid = a + dt.timedelta(hours=max(1, round((b - a).total_seconds() / 3600 / 2)))
+                    rec.data["continuation"]["refusals"].append({"end": stop, "cost": j0, "expected": expect})
+                    print(
+                        f"[continuation] {stop}: J = {j0:.1f} > {ratio:g} x {expect:.1f}; try {mid}",
+                        flush=True,
+                    )
+                    todo.insert(0, mid.strftime("%Y-%m-%d %H:%M:%S"))
+                    continue
+            todo.pop(0)
+            k += 1
+            tw.obs = window(stop)
+            key = f"stage_{k}"
+            label = f"stage {k}: observations up to {stop} ({tw.obs.n_obs} values), from " + (
+                start_label if k == 1 else f"stage {k - 1}"
             )
             out = part_lm(
                 tw,
                 rec,
-                runs[min(k, len(runs) - 1)],
+                runs[min(k - 1, len(runs) - 1)],
                 z,
                 label,
                 key,
@@ -722,9 +757,11 @@ def part_lm_continuation(
             with torch.no_grad():
                 jy = 0.5 * float(year.residuals(z).pow(2).sum())
             w2, c2 = rec.clock()
-            out.update(window_end=stop, n_obs=int(full.window(-math.inf, t_end).n_obs), year_cost=jy,
+            out.update(window_end=stop, n_obs=int(window(stop).n_obs), year_cost=jy,
                        year_cost_cpu_s=c2 - c, year_cost_wall_s=w2 - w)  # fmt: skip
+            prev, prev_cost = stop, out["cost"]
             rec.data["continuation"]["runs"].append(key)
+            rec.data["continuation"]["schedule"].append(stop)
             rec.data["continuation"].update(wall_s=w2 - w0, cpu_s=c2 - c0)
             rec.save()
             print(f"[{key}] up to {stop}: J(window) = {out.get('cost')}, J(year) = {jy:.2f}", flush=True)
@@ -809,7 +846,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     ap.add_argument(
         "--continuation-tags",
-        default="ecocont_weekly,ecocont_monthly",
+        default="ecocont_weekly,ecocont_fewer,ecocont_monthly",
         help="continuation_report: the tags whose <tag>_lm_bundle_continuation[_mirror].json are drawn "
         "(docs/figures/ecosmo_continuation.png)",
     )
@@ -844,6 +881,13 @@ def main(argv: list[str] | None = None) -> None:
         default=None,
         help="lm --lm-start continuation: runs per stage, comma-separated "
         "(the last repeats; default: --lm-runs)",
+    )
+    ap.add_argument(
+        "--adaptive",
+        default=None,
+        help="lm --lm-start continuation: RATIO,MIN_DAYS: refine the --stages schedule as it runs (halve a "
+        "step "
+        "while the new window's cost at the current estimate exceeds RATIO x what a fit would cost)",
     )
     ap.add_argument(
         "--continuation-from",
@@ -906,8 +950,11 @@ def main(argv: list[str] | None = None) -> None:
                 z_start = 2 * tw.truth - tw.z0
                 label, name = "the mirror of the first guess", f"{args.tag}_{lm}_continuation_mirror.json"
             rec = Recorder(RESULTS / name)
+            adaptive = tuple(float(x) for x in args.adaptive.split(",")) if args.adaptive else None
+            if adaptive:
+                name = name.replace("_continuation", "_continuation_adaptive")
             part_lm_continuation(
-                tw, rec, stages, runs, args.lm_lambda0, ident, args.lm_jacobian, z_start, label
+                tw, rec, stages, runs, args.lm_lambda0, ident, args.lm_jacobian, z_start, label, adaptive
             )
         elif start == "line":
             rec = Recorder(RESULTS / f"{args.tag}_{lm}_from_line.json")

@@ -89,3 +89,24 @@ def test_continuation_stages_use_their_window_and_end_on_the_full_cost(tmp_path)
         assert abs(s1["year_cost"] - j1) <= 1e-9 * j1 and s1["year_cost"] > s1["cost"]
     finally:
         torch.set_default_dtype(torch.float32)
+
+
+def test_adaptive_continuation_halves_a_refused_step(tmp_path) -> None:
+    """``--adaptive RATIO,MIN_DAYS``: a step whose new window costs more than RATIO × the expected fit is
+    halved (whole hours) until it is no longer than MIN_DAYS; a lenient ratio keeps the given schedule."""
+    torch.set_default_dtype(torch.float64)
+    try:
+        mod = _study()
+        tw = mod.Twin(mod.CONFIG, SHORT)
+        stages = ["1998-01-01 05:00:00", "1998-01-01 10:00:00"]
+        strict = mod.Recorder(tmp_path / "strict.json")  # every new window is refused while the step > 2.4 h
+        mod.part_lm_continuation(tw, strict, stages, [2], 1e-6, [], "bundle", adaptive=(1e-9, 0.1))
+        sched = [s[11:16] for s in strict.data["continuation"]["schedule"]]
+        assert sched == ["05:00", "07:00", "09:00", "10:00"]
+        assert [r["end"][11:16] for r in strict.data["continuation"]["refusals"]] == ["10:00", "10:00"]
+        lenient = mod.Recorder(tmp_path / "lenient.json")
+        mod.part_lm_continuation(tw, lenient, stages, [2], 1e-6, [], "bundle", adaptive=(1e9, 0.1))
+        assert lenient.data["continuation"]["schedule"] == stages
+        assert lenient.data["continuation"]["refusals"] == []
+    finally:
+        torch.set_default_dtype(torch.float32)
