@@ -949,10 +949,10 @@ def main(argv: list[str] | None = None) -> None:
             if args.continuation_from == "mirror":
                 z_start = 2 * tw.truth - tw.z0
                 label, name = "the mirror of the first guess", f"{args.tag}_{lm}_continuation_mirror.json"
-            rec = Recorder(RESULTS / name)
             adaptive = tuple(float(x) for x in args.adaptive.split(",")) if args.adaptive else None
             if adaptive:
                 name = name.replace("_continuation", "_continuation_adaptive")
+            rec = Recorder(RESULTS / name)
             part_lm_continuation(
                 tw, rec, stages, runs, args.lm_lambda0, ident, args.lm_jacobian, z_start, label, adaptive
             )
