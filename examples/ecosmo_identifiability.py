@@ -786,9 +786,9 @@ def plot_continuation(files: dict[str, Path], out: Path = FIGURES / "ecosmo_cont
         if not runs:
             continue
         days = [dt.datetime.fromisoformat(r["window_end"]) for r in runs]
-        ax[0].semilogy(days, [r["year_cost"] for r in runs], "os^v"[k % 4] + "-", label=label)
-        ax[1].plot(days, [r.get("identifiable_within_10", math.nan) for r in runs], "os^v"[k % 4] + "-",
-                   label=label)  # fmt: skip
+        mark = "os^vDP"[k % 6] + "-"
+        ax[0].semilogy(days, [r["year_cost"] for r in runs], mark, label=label, ms=4)
+        ax[1].plot(days, [r.get("identifiable_within_10", math.nan) for r in runs], mark, label=label, ms=4)
     ax[0].axhline(349.33, color="k", lw=0.8, ls=":", label="J at the truth (349.33)")
     ax[0].axhline(41040, color="0.5", lw=0.8, ls="--", label="J at the first guess (41 040)")
     ax[0].set_ylabel("cost J of the year at the stage's estimate")
@@ -798,7 +798,7 @@ def plot_continuation(files: dict[str, Path], out: Path = FIGURES / "ecosmo_cont
         a.set_xlabel("end of the stage's window (1998)")
         a.legend(fontsize=8)
         a.tick_params(axis="x", labelrotation=30)
-    fig.suptitle("continuation in the window length, from the first guess (LM, central-difference Jacobian)")
+    fig.suptitle("continuation in the window length from starts 20 % off (LM, central-difference Jacobian)")
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110)
@@ -986,7 +986,12 @@ def main(argv: list[str] | None = None) -> None:
     if args.part == "continuation_report":
         files = {}
         for t in args.continuation_tags.split(","):
-            for suffix, what in (("", "first guess"), ("_mirror", "mirror of the first guess")):
+            for suffix, what in (
+                ("", "first guess"),
+                ("_mirror", "mirror of the first guess"),
+                ("_adaptive", "first guess, adaptive"),
+                ("_adaptive_mirror", "mirror, adaptive"),
+            ):
                 f = RESULTS / f"{t}_lm_bundle_continuation{suffix}.json"
                 if f.exists():
                     files[f"{t.removeprefix('ecocont_')} stages, from the {what}"] = f
