@@ -21,6 +21,8 @@ keeps what it computed)::
     python examples/ecosmo_identifiability.py --part fd          # Levenberg-Marquardt, batched FD Jacobians
     python examples/ecosmo_identifiability.py --part gradient    # adjoint L-BFGS + Laplace at its estimate
     python examples/ecosmo_identifiability.py --part report      # tables + figures from the two JSONs
+    python examples/ecosmo_identifiability.py --part lm --lm-start continuation --lm-jacobian bundle \
+        --stages 1998-04-01,...,1999-01-01 [--adaptive 10,7]     # LM on growing windows from the first guess
 
 Outputs: ``benchmarks/results/ecosmo_identifiability_{laplace,esmda,fd,gradient}.json``, the merged
 ``benchmarks/results/ecosmo_identifiability.json`` and ``docs/figures/ecosmo_identifiability_*.png``.
