@@ -21,6 +21,8 @@ keeps what it computed)::
     python examples/ecosmo_identifiability.py --part fd          # Levenberg-Marquardt, batched FD Jacobians
     python examples/ecosmo_identifiability.py --part gradient    # adjoint L-BFGS + Laplace at its estimate
     python examples/ecosmo_identifiability.py --part report      # tables + figures from the two JSONs
+    python examples/ecosmo_identifiability.py --part lm --lm-start continuation --lm-jacobian bundle \
+        --stages 1998-04-01,...,1999-01-01 [--adaptive 10,7]     # LM on growing windows from the first guess
 
 Outputs: ``benchmarks/results/ecosmo_identifiability_{laplace,esmda,fd,gradient}.json``, the merged
 ``benchmarks/results/ecosmo_identifiability.json`` and ``docs/figures/ecosmo_identifiability_*.png``.
@@ -666,6 +668,146 @@ def part_lm_multistart(
         rec.save()
 
 
+def part_lm_continuation(
+    tw: Twin,
+    rec: Recorder,
+    stages: list[str],
+    runs: list[int],
+    lambda0: float,
+    identifiable: list[str],
+    jacobian: str = "bundle",
+    z_start: torch.Tensor | None = None,
+    start_label: str = "the first guess",
+    adaptive: tuple[float, float] | None = None,
+) -> None:
+    """Continuation in the length of the window, from the first guess, without knowing the truth.
+
+    Stage k calibrates (Levenberg–Marquardt, :func:`part_lm`) on the observations up to ``stages[k]`` (a date
+    of the model's calendar) with the run stopped at the last of them, starting from the estimate of stage
+    k − 1 (stage 1: the first guess, or ``z_start``). The prior term is the same at every stage, and the last
+    stage should end at the end of the year: its cost is then the study's year cost, unchanged. After each
+    stage the year's cost J at its estimate is recorded too (one run of one column), so the stages compare
+    on one scale.
+    ``runs``: the budget of model runs of each stage (the last value repeats).
+    ``adaptive = (ratio, min_days)``: ``stages`` is a coarse schedule, refined as it goes: before a stage
+    (after the first), the new window's cost at the current estimate is computed (one run); while it exceeds
+    ``ratio`` × (the last stage's final cost + half the number of values the new window adds: what a fit
+    would cost) and the step is longer than ``min_days``, the end is moved to the middle of the step (whole
+    hours). The schedule that ran is recorded."""
+    import datetime as dt
+
+    from pelagos.inverse.problem import VariationalProblem
+    from pelagos.io.build import model_time
+
+    rec.data.setdefault("header", _header(tw))
+    full = tw.obs
+    year = VariationalProblem(tw.model, full, tw.x0, t0=tw.t0)  # the study's cost (the trials' program)
+    z = tw.z0.clone() if z_start is None else z_start.clone()
+    rec.data["continuation"] = {"stages": stages, "runs": [], "jacobian": jacobian, "start": start_label,
+                                "adaptive": adaptive, "schedule": [], "refusals": []}  # fmt: skip
+    w0, c0 = rec.clock()
+
+    def window(stop: str):
+        return full.window(-math.inf, model_time(tw.model, stop, "--stages"))
+
+    todo = list(stages)
+    prev, prev_cost, k = None, None, 0
+    try:
+        while todo:
+            if time.time() > STOP_AT[0]:
+                break
+            stop = todo[0]
+            if adaptive is not None and prev is not None:
+                ratio, min_days = adaptive
+                a, b = dt.datetime.fromisoformat(prev), dt.datetime.fromisoformat(stop)
+                obs = window(stop)
+                with torch.no_grad():
+                    j0 = 0.5 * float(
+                        VariationalProblem(tw.model, obs, tw.x0, t0=tw.t0).residuals(z).pow(2).sum()
+                    )
+                expect = prev_cost + 0.5 * (obs.n_obs - window(prev).n_obs)
+                if j0 > ratio * expect and (b - a).total_seconds() > min_days * 86400:
+                    mid = a + dt.timedelta(hours=max(1, round((b - a).total_seconds() / 3600 / 2)))
+                    rec.data["continuation"]["refusals"].append({"end": stop, "cost": j0, "expected": expect})
+                    print(
+                        f"[continuation] {stop}: J = {j0:.1f} > {ratio:g} x {expect:.1f}; try {mid}",
+                        flush=True,
+                    )
+                    todo.insert(0, mid.strftime("%Y-%m-%d %H:%M:%S"))
+                    continue
+            todo.pop(0)
+            k += 1
+            tw.obs = window(stop)
+            key = f"stage_{k}"
+            label = f"stage {k}: observations up to {stop} ({tw.obs.n_obs} values), from " + (
+                start_label if k == 1 else f"stage {k - 1}"
+            )
+            out = part_lm(
+                tw,
+                rec,
+                runs[min(k - 1, len(runs) - 1)],
+                z,
+                label,
+                key,
+                lambda0,
+                jacobian,
+                identifiable=identifiable,
+            )
+            z = torch.tensor(out["z"], dtype=torch.float64)
+            tw.obs = full
+            w, c = rec.clock()
+            with torch.no_grad():
+                jy = 0.5 * float(year.residuals(z).pow(2).sum())
+            w2, c2 = rec.clock()
+            out.update(window_end=stop, n_obs=int(window(stop).n_obs), year_cost=jy,
+                       year_cost_cpu_s=c2 - c, year_cost_wall_s=w2 - w)  # fmt: skip
+            prev, prev_cost = stop, out["cost"]
+            rec.data["continuation"]["runs"].append(key)
+            rec.data["continuation"]["schedule"].append(stop)
+            rec.data["continuation"].update(wall_s=w2 - w0, cpu_s=c2 - c0)
+            rec.save()
+            print(f"[{key}] up to {stop}: J(window) = {out.get('cost')}, J(year) = {jy:.2f}", flush=True)
+    finally:
+        tw.obs = full
+
+
+def plot_continuation(files: dict[str, Path], out: Path = FIGURES / "ecosmo_continuation.png") -> Path:
+    """The year's cost J and the identifiable parameters within 10 % at the end of each continuation stage
+    (``files``: label -> a ``--lm-start continuation`` result), against the stage's window end."""
+    import datetime as dt
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(1, 2, figsize=(11, 4))
+    for k, (label, f) in enumerate(files.items()):
+        d = json.loads(f.read_text())
+        runs = [d[x] for x in d["continuation"]["runs"]]
+        if not runs:
+            continue
+        days = [dt.datetime.fromisoformat(r["window_end"]) for r in runs]
+        mark = "os^vDP"[k % 6] + "-"
+        ax[0].semilogy(days, [r["year_cost"] for r in runs], mark, label=label, ms=4)
+        ax[1].plot(days, [r.get("identifiable_within_10", math.nan) for r in runs], mark, label=label, ms=4)
+    ax[0].axhline(349.33, color="k", lw=0.8, ls=":", label="J at the truth (349.33)")
+    ax[0].axhline(41040, color="0.5", lw=0.8, ls="--", label="J at the first guess (41 040)")
+    ax[0].set_ylabel("cost J of the year at the stage's estimate")
+    ax[1].set_ylabel("identifiable parameters within 10 % (of 11)")
+    ax[1].axhline(11, color="k", lw=0.8, ls=":")
+    for a in ax:
+        a.set_xlabel("end of the stage's window (1998)")
+        a.legend(fontsize=8)
+        a.tick_params(axis="x", labelrotation=30)
+    fig.suptitle("continuation in the window length from starts 20 % off (LM, central-difference Jacobian)")
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
 def part_line(tw: Twin, rec: Recorder, starts: dict[str, torch.Tensor], points: int = 11) -> None:
     """The cost on the straight lines (in the control z = log θ) from each start to the truth,
     J(z_s + t (z_true − z_s)) for t in [0, 1]: all points of all lines as columns of ONE run. A rise between
@@ -700,7 +842,15 @@ def part_line(tw: Twin, rec: Recorder, starts: dict[str, torch.Tensor], points: 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument(
-        "--part", choices=["laplace", "esmda", "fd", "gradient", "lm", "line", "report", "all"], default="all"
+        "--part",
+        choices=["laplace", "esmda", "fd", "gradient", "lm", "line", "report", "continuation_report", "all"],
+        default="all",
+    )
+    ap.add_argument(
+        "--continuation-tags",
+        default="ecocont_weekly,ecocont_fewer,ecocont_monthly",
+        help="continuation_report: the tags whose <tag>_lm_bundle_continuation[_mirror].json are drawn "
+        "(docs/figures/ecosmo_continuation.png)",
     )
     ap.add_argument("--assimilations", type=int, default=3, help="ES-MDA: number of assimilations")
     ap.add_argument("--config", default=str(CONFIG))
@@ -712,12 +862,45 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--lm-jacobian", choices=["forward", "bundle"], default="forward")
     ap.add_argument(
         "--lm-start",
-        choices=["first_guess", "truth", "esmda", "members", "line"],
+        choices=["first_guess", "truth", "esmda", "members", "line", "continuation"],
         default=None,
         help="lm part: start at the first guess, the truth (the minimum the noisy data define), the ES-MDA "
         "mean, or (members) multi-start from the --lm-members final ES-MDA members of lowest J, or (line) "
-        "from the points --lm-line-t on the line first guess -> truth; results in <tag>_lm.json, "
-        "<tag>_lm_from_{truth,esmda,members,line}.json (default: --grad-start)",
+        "from the points --lm-line-t on the line first guess -> truth, or (continuation) from the first "
+        "guess "
+        "on windows ending at --stages, each stage starting from the last one's estimate; results in "
+        "<tag>_lm.json, <tag>_lm_from_{truth,esmda,members,line}.json, <tag>_lm_continuation.json (with "
+        "central differences: lm_bundle; default: --grad-start)",
+    )
+    ap.add_argument(
+        "--stages",
+        default="1998-04-01,1998-07-01,1999-01-01",
+        help="lm --lm-start continuation: the ends of the windows (dates), comma-separated; the last should "
+        "be the end of the year (the study's cost)",
+    )
+    ap.add_argument(
+        "--stage-runs",
+        default=None,
+        help="lm --lm-start continuation: runs per stage, comma-separated "
+        "(the last repeats; default: --lm-runs)",
+    )
+    ap.add_argument(
+        "--adaptive",
+        default=None,
+        help="lm --lm-start continuation: RATIO,MIN_DAYS: refine the --stages schedule as it runs (halve a "
+        "step "
+        "while the new window's cost at the current estimate exceeds RATIO x what a fit would cost)",
+    )
+    ap.add_argument(
+        "--continuation-from",
+        choices=["first_guess", "mirror"],
+        default="first_guess",
+        help="lm --lm-start continuation: start at the first guess (truth × 1.2 / × 0.8), or at its mirror "
+        "image about the truth in ln θ (truth ÷ 1.2 / ÷ 0.8: another start 17–25 %% off; the prior is "
+        "unchanged); results of the mirror in <tag>_lm[_bundle]_continuation_mirror.json",
+    )
+    ap.add_argument(
+        "--laplace-tag", default=None, help="read the identifiable parameters from <laplace-tag>_laplace.json"
     )
     ap.add_argument(
         "--lm-line-t", default="0.5,0.8", help="lm --lm-start line: the points t, comma-separated"
@@ -755,12 +938,26 @@ def main(argv: list[str] | None = None) -> None:
         lm = "lm" if args.lm_jacobian == "forward" else "lm_bundle"
         start = args.lm_start or args.grad_start
         tw = Twin(args.config, args.set)
-        ident = _identifiable(args.tag)
+        ident = _identifiable(args.laplace_tag or args.tag)
         src = RESULTS / f"{args.esmda_tag or args.tag}_esmda.json"
         if start == "members":
             es = json.loads(src.read_text())["esmda"]
             rec = Recorder(RESULTS / f"{args.tag}_{lm}_from_members.json")
             part_lm_members(tw, rec, es, args.lm_members, args.lm_runs, args.lm_lambda0, ident)
+        elif start == "continuation":
+            runs = [int(x) for x in (args.stage_runs or str(args.lm_runs)).split(",")]
+            stages = [x.strip() for x in args.stages.split(",")]
+            z_start, label, name = None, "the first guess", f"{args.tag}_{lm}_continuation.json"
+            if args.continuation_from == "mirror":
+                z_start = 2 * tw.truth - tw.z0
+                label, name = "the mirror of the first guess", f"{args.tag}_{lm}_continuation_mirror.json"
+            adaptive = tuple(float(x) for x in args.adaptive.split(",")) if args.adaptive else None
+            if adaptive:
+                name = name.replace("_continuation", "_continuation_adaptive")
+            rec = Recorder(RESULTS / name)
+            part_lm_continuation(
+                tw, rec, stages, runs, args.lm_lambda0, ident, args.lm_jacobian, z_start, label, adaptive
+            )
         elif start == "line":
             rec = Recorder(RESULTS / f"{args.tag}_{lm}_from_line.json")
             ts = [float(t) for t in args.lm_line_t.split(",")]
@@ -788,6 +985,19 @@ def main(argv: list[str] | None = None) -> None:
         part_line(tw, Recorder(RESULTS / f"{args.tag}_line.json"), starts)
     if args.part in ("report", "all"):
         report(args.tag)
+    if args.part == "continuation_report":
+        files = {}
+        for t in args.continuation_tags.split(","):
+            for suffix, what in (
+                ("", "first guess"),
+                ("_mirror", "mirror of the first guess"),
+                ("_adaptive", "first guess, adaptive"),
+                ("_adaptive_mirror", "mirror, adaptive"),
+            ):
+                f = RESULTS / f"{t}_lm_bundle_continuation{suffix}.json"
+                if f.exists():
+                    files[f"{t.removeprefix('ecocont_')} stages, from the {what}"] = f
+        print(f"wrote {plot_continuation(files)}")
 
 
 # -- report --------------------------------------------------------------------------------------------------
