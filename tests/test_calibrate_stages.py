@@ -139,3 +139,52 @@ def test_stages_are_for_calibrate_only(tmp_path, capsys):
     )
     assert main(["calibrate", str(_cfg(tmp_path, text))]) == 1
     assert "method.stages" in capsys.readouterr().err
+
+
+COLUMN = """
+model: {kind: column, fabm_yaml: builtin:fabm/fabm-gotm-npzd.yaml, dtype: float64}
+forcing: {file: builtin:nns_annual_22x5m.nc}
+time: {start: "1998-04-01 00:00:00", stop: "1998-04-11 00:00:00", dt: 43200}
+numerics: {coarsen_layers: 11}
+parameters: {npzd.rmax: 0.7}
+initial: {profiles: {npzd_nut: 5.0, npzd_phy: 0.3, npzd_zoo: 0.01, npzd_det: 2.0}}
+observations:
+  synthetic:
+    truth: {npzd.rmax: 1.0}
+    patterns: [{variable: npzd_phy, depths: [surface, 80], every: 86400}]
+    noise: none
+    rel: 0.1
+method: {kind: calibrate, free: [npzd.rmax], max_iter: 30, stages: %s}
+"""
+
+
+def test_column_stages_are_calendar_dates(tmp_path, capsys):
+    """The water column twin with stage ends as dates (quoted, and unquoted: YAML dates), parsed as
+    time.start: daily observations at two depths from 2 April give 2 × 3 values up to 4 April, 2 × 6 up to
+    7 April."""
+    res = run_inverse(
+        _cfg(tmp_path, COLUMN % '["1998-04-04", 1998-04-07 00:00:00]'),
+        mode="calibrate",
+        output=tmp_path / "r.json",
+        log=print,
+    )
+    st = res["stages"]
+    assert [s["end"] for s in st] == ["1998-04-04", "1998-04-07 00:00:00", "all"]
+    assert [s["n_obs"] for s in st] == [6, 12, 20] and res["n_obs"] == 20
+    assert "stage 1/3: observations up to 1998-04-04 00:00:00 (6 values)" in capsys.readouterr().out
+    assert abs(res["estimates"]["npzd.rmax"] - 1.0) < 0.01
+
+
+@pytest.mark.parametrize(
+    ("stages", "match"),
+    [
+        ('["1998-03-01"]', "method.stages[0] = '1998-03-01' is not after time.start"),
+        ('["1998-04-31"]', "method.stages[0] '1998-04-31' is neither model seconds nor an ISO date"),
+        ('["1998-04-06", "1998-04-05"]', "method.stages[1] = '1998-04-05' is not after method.stages[0]"),
+        ('["1998-05-01"]', "is not before the last observation"),
+    ],
+)
+def test_column_bad_stage_dates(tmp_path, capsys, stages, match):
+    assert main(["calibrate", str(_cfg(tmp_path, COLUMN % stages))]) == 1
+    err = capsys.readouterr().err
+    assert match in err and "Traceback" not in err
