@@ -449,7 +449,11 @@ class _MethodBase:
 
 @dataclass
 class CalibrateMethod(_MethodBase):
-    """Gradient calibration of parameters (optionally also the initial state, with ``background``)."""
+    """Gradient calibration of parameters (optionally also the initial state, with ``background``).
+
+    ``stages``: continuation in the window length. The end times of the stages before the last (ISO dates or
+    model seconds, read as ``time.start``); each stage calibrates on the observations up to its end from the
+    previous stage's estimate, the last on all of them (:func:`pelagos.io.inverse_run.run_inverse`)."""
 
     optimizer: Literal["lbfgs", "adam", "gauss-newton", "levenberg-marquardt"] = "lbfgs"
     max_iter: int = 50

@@ -7,7 +7,8 @@ observation operators from the model, the method from :mod:`pelagos.inverse`:
 =============  ===================================================================  ====================
 method.kind    what                                                                  command
 =============  ===================================================================  ====================
-calibrate      parameters (+ initial state with ``control_state``), Laplace std     calibrate
+calibrate      parameters (+ initial state with ``control_state``), Laplace std;    calibrate
+               ``stages``: first on growing windows (continuation)
 4dvar          strong-constraint 4D-Var: initial state (+ free parameters)           assimilate
 weak4dvar      weak-constraint 4D-Var: + model-error forcing (``model_error``)       assimilate
 enkf           ensemble Kalman filter (ETKF / perturbed obs), + free parameters      assimilate
