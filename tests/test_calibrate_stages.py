@@ -90,6 +90,7 @@ def test_stages_use_their_window_and_warm_start(tmp_path, capsys):
     assert d["cost_history"][0] == pytest.approx(st[-1]["cost_start"], rel=1e-12)
     assert d["n_obs"] == 120 and d["std"]["rho"] > 0
     assert d["initial"]["rho"] == pytest.approx(25.0)  # the first guess, not the last stage's start
+    assert f"({sum(s['model_runs'] for s in st)} over the stages)" in printed
 
 
 def test_last_stage_is_the_plain_cost(tmp_path):

@@ -727,7 +727,9 @@ def run_inverse_cli(source, *, mode: str, overrides=None, output=None, progress=
     log(
         f"{res['method']} on {res['model']}: misfit {res['misfit']['before']:.4g} -> "
         f"{res['misfit']['after']:.4g} "
-        f"({res['n_obs']} observations), {res.get('n_evals', '?')} model runs, {res['wall_time']:.1f} s"
+        f"({res['n_obs']} observations), {res.get('n_evals', '?')} model runs"
+        + (f" ({sum(st['model_runs'] for st in res['stages'])} over the stages)" if "stages" in res else "")
+        + f", {res['wall_time']:.1f} s"
     )
     if res.get("stop_reason"):
         log(f"  {res['stop_reason']}")
