@@ -449,7 +449,11 @@ class _MethodBase:
 
 @dataclass
 class CalibrateMethod(_MethodBase):
-    """Gradient calibration of parameters (optionally also the initial state, with ``background``)."""
+    """Gradient calibration of parameters (optionally also the initial state, with ``background``).
+
+    ``stages``: continuation in the window length. The end times of the stages before the last (ISO dates or
+    model seconds, read as ``time.start``); each stage calibrates on the observations up to its end from the
+    previous stage's estimate, the last on all of them (:func:`pelagos.io.inverse_run.run_inverse`)."""
 
     optimizer: Literal["lbfgs", "adam", "gauss-newton", "levenberg-marquardt"] = "lbfgs"
     max_iter: int = 50
@@ -458,6 +462,31 @@ class CalibrateMethod(_MethodBase):
     uncertainty: Literal["gauss-newton", "hessian", "cg", "none"] = "gauss-newton"
     control_state: bool = False
     background: CovarianceSection = field(default_factory=_bg_default)
+    # continuation in the window length: end times of the stages before the last (dates or model seconds,
+    # as time.start); each stage calibrates on the observations up to its end, from the previous estimate
+    stages: list[TimeValue] | None = None
+
+    def validate(self, where: str) -> None:
+        super().validate(where)
+        if self.stages is None:
+            return
+        if not self.stages:
+            raise ConfigError(
+                f"{where}.stages is empty: list the end dates of the stages before the last "
+                "(e.g. stages: ['1998-03-01', '1998-05-01']) or leave the key out"
+            )
+        if self.control_state:
+            raise ConfigError(
+                f"{where}.stages warm-starts the parameters only: it cannot be combined with "
+                f"{where}.control_state (drop one of them)"
+            )
+        # YAML reads unquoted dates as date/datetime objects: the ISO text, as in time.start
+        self.stages = [
+            (v.isoformat(sep=" ") if isinstance(v, _dt.datetime) else v.isoformat())
+            if isinstance(v, (_dt.date, _dt.datetime))
+            else v
+            for v in self.stages
+        ]
 
 
 @dataclass

@@ -7,7 +7,8 @@ observation operators from the model, the method from :mod:`pelagos.inverse`:
 =============  ===================================================================  ====================
 method.kind    what                                                                  command
 =============  ===================================================================  ====================
-calibrate      parameters (+ initial state with ``control_state``), Laplace std     calibrate
+calibrate      parameters (+ initial state with ``control_state``), Laplace std;    calibrate
+               ``stages``: first on growing windows (continuation)
 4dvar          strong-constraint 4D-Var: initial state (+ free parameters)           assimilate
 weak4dvar      weak-constraint 4D-Var: + model-error forcing (``model_error``)       assimilate
 enkf           ensemble Kalman filter (ETKF / perturbed obs), + free parameters      assimilate
@@ -43,7 +44,8 @@ import yaml
 
 from ..core.covariance import Covariance
 from ..core.errors import ConfigError
-from .build import Setup, setup, show_progress
+from ..core.timeaxis import format_time
+from .build import Setup, model_time, setup, show_progress
 from .config import Config, CovarianceSection, load_config
 
 __all__ = ["inverse_view", "run_inverse", "run_inverse_cli"]
@@ -349,6 +351,75 @@ def _predict(model, x, obs, t0):
         return predict(model, x, obs, t0=t0)
 
 
+def _stage_ends(meth, s: Setup, obs) -> list[float]:
+    """The end times (model s) of ``method.stages``, checked: strictly increasing, after ``time.start``,
+    before the last observation, each stage holding observations."""
+    where = "method.stages"
+    ends = [model_time(s.model, v, f"{where}[{i}]") for i, v in enumerate(meth.stages)]
+    t_last = float(obs.times.max())
+    fix = (
+        f"list the end dates of the stages before the last, increasing, between time.start "
+        f"({format_time(s.model, s.t0)}) and the last observation ({format_time(s.model, t_last)})"
+    )
+    for i, (v, t) in enumerate(zip(meth.stages, ends, strict=True)):
+        if not t > s.t0:
+            raise ConfigError(f"{where}[{i}] = {v!r} is not after time.start: {fix}")
+        if not t < t_last:
+            raise ConfigError(
+                f"{where}[{i}] = {v!r} is not before the last observation (the last stage always uses "
+                f"them all): {fix}"
+            )
+        if i and not t > ends[i - 1]:
+            raise ConfigError(
+                f"{where}[{i}] = {v!r} is not after {where}[{i - 1}] = {meth.stages[i - 1]!r}: {fix}"
+            )
+        if obs.window(-math.inf, t).n_obs == 0:
+            raise ConfigError(f"{where}[{i}] = {v!r}: no observation up to then; {fix}")
+    return ends
+
+
+def _stage_record(end: Any, t_end: float, obs, res) -> dict[str, Any]:
+    """One stage of a continuation for the results file (costs: the optimiser's J, dimensionless)."""
+    return {
+        "end": end,
+        "end_time": float(t_end),
+        "n_obs": int(obs.n_obs),
+        "cost_start": float(res.history[0]) if res.history else None,
+        "cost_end": float(res.cost),
+        "model_runs": int(res.n_evals),
+        "n_iter": int(res.n_iter),
+        "converged": bool(res.converged),
+        "estimates": dict(res.estimates),
+    }
+
+
+def _stage_line(k: int, n: int, end: str, rec: Mapping[str, Any]) -> str:
+    return (
+        f"stage {k}/{n}: observations up to {end} ({rec['n_obs']} values): J {rec['cost_start']:.6g} -> "
+        f"{rec['cost_end']:.6g}, {rec['model_runs']} model runs"
+    )
+
+
+def _stages(meth, s: Setup, obs, model, x0, progress, log) -> list[dict[str, Any]]:
+    """``method.stages``: continuation in the window length. Calibrates on the observations up to each end in
+    turn (the model run stops at the last of them), each stage from the previous estimate (``calibrate``
+    writes it back into the model's free parameters, where the next starts); priors, free parameters and
+    optimiser settings are those of the last stage, which the caller runs on all the observations."""
+    from ..inverse.calibrate import calibrate
+
+    ends = _stage_ends(meth, s, obs)
+    out = []
+    for k, (v, t) in enumerate(zip(meth.stages, ends, strict=True), start=1):
+        o = obs.window(-math.inf, t)
+        r = calibrate(
+            model, o, x0, t0=s.t0, optimizer=meth.optimizer, max_iter=int(meth.max_iter), lr=float(meth.lr),
+            gtol=float(meth.gtol), uncertainty=None, progress=progress,
+        )  # fmt: skip
+        out.append(_stage_record(v, t, o, r))
+        log(_stage_line(k, len(ends) + 1, format_time(s.model, t), out[-1]))
+    return out
+
+
 def run_inverse(
     source: str | os.PathLike | Mapping[str, Any] | Config,
     *,
@@ -411,6 +482,7 @@ def run_inverse(
             from ..inverse.calibrate import calibrate
 
             B = covariance(model, x0, meth.background) if meth.control_state else None
+            stages = _stages(meth, s, obs, model, x0, progress, log) if meth.stages else None
             res = calibrate(
                 model, obs, x0, t0=s.t0, control_state=meth.control_state, B=B, optimizer=meth.optimizer,
                 max_iter=int(meth.max_iter), lr=float(meth.lr), gtol=float(meth.gtol),
@@ -419,6 +491,13 @@ def run_inverse(
             if meth.control_state and res.initial_state is not None:
                 x_an = res.initial_state.detach()
             pred_before, pred_after = res.predictions["initial"], res.predictions["final"]
+            if stages is not None:  # before/after span the whole continuation: from the first guess
+                t_last = float(obs.times.max())
+                stages.append(_stage_record("all", t_last, obs, res))
+                log(_stage_line(len(stages), len(stages), format_time(s.model, t_last), stages[-1]))
+                result["stages"] = stages
+                with model.using(u_prior):
+                    pred_before = _predict(model, x0, obs, s.t0)
             pres, hist, n_evals, n_iter = res, res.history, res.n_evals, res.n_iter
             converged, message = res.converged, res.message
         else:
@@ -444,6 +523,9 @@ def run_inverse(
                       stop_reason=_reason(message, converged))  # fmt: skip
         if pres is not None:
             d = pres.to_dict()
+            if "stages" in result:  # the start of the whole continuation, not that of its last stage
+                d["initial"] = {n: float(model.parameter_spec(n).transform.forward(u_prior[i]))
+                                for i, n in enumerate(names)}  # fmt: skip
             keys = (
                 "names",
                 "estimates",
@@ -645,7 +727,9 @@ def run_inverse_cli(source, *, mode: str, overrides=None, output=None, progress=
     log(
         f"{res['method']} on {res['model']}: misfit {res['misfit']['before']:.4g} -> "
         f"{res['misfit']['after']:.4g} "
-        f"({res['n_obs']} observations), {res.get('n_evals', '?')} model runs, {res['wall_time']:.1f} s"
+        f"({res['n_obs']} observations), {res.get('n_evals', '?')} model runs"
+        + (f" ({sum(st['model_runs'] for st in res['stages'])} over the stages)" if "stages" in res else "")
+        + f", {res['wall_time']:.1f} s"
     )
     if res.get("stop_reason"):
         log(f"  {res['stop_reason']}")
