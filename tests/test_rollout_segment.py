@@ -433,3 +433,18 @@ def test_sqrt_segments_are_whole_blocks_of_the_models_block_steps():
     assert l_s == l_p
     for a, b in zip(g_s, g_p, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=0)
+
+
+def test_a_short_run_is_split_into_whole_blocks():
+    """What ``predict`` uses for a run between two observations no longer than one segment: two segments
+    of whole blocks when the model has blocks (no second compiled block length), else the last step alone."""
+    from pelagos.core.rollout import split_segment
+
+    m = WholeBlocks()  # blocks of 4
+    assert [split_segment(n, m) for n in (1, 2, 4, 5, 8, 9, 24)] == [1, 1, 3, 4, 4, 8, 20]
+    assert [split_segment(n, Toy()) for n in (1, 2, 5, 24)] == [1, 1, 4, 23]
+    m.blocks.clear()
+    x = torch.randn(3).requires_grad_(True)
+    tr = rollout(m, m.initial_state(x), 8, checkpoint=split_segment(8, m), save_every=8, observe=_observe)
+    _loss(tr).backward()
+    assert m.blocks == [4, 4, 4, 4]  # two segments of one block, forward and recomputation

@@ -157,6 +157,16 @@ def segment_length(checkpoint: int | str | None, n_steps: int, model: Any = None
     return checkpoint
 
 
+def split_segment(n_steps: int, model: Any = None) -> int:
+    """A segment length that makes :func:`rollout` checkpoint a run of ``n_steps`` (≥ 2) that is no longer
+    than one segment (it checkpoints only runs longer than one): the largest whole number of ``model``'s
+    blocks below ``n_steps`` (24 steps in blocks of 12: 12 + 12), else ``n_steps - 1`` (the last step
+    alone). ``1`` for a one-step run, which is then kept."""
+    block = _block_steps(model)
+    whole = (n_steps - 1) // block * block
+    return whole if block > 1 and whole >= block else max(1, n_steps - 1)
+
+
 def _block_steps(model: Any) -> int:
     """The steps of one multi-step call a Model with ``step_block`` prefers (its ``block_steps``), else 1."""
     if not isinstance(model, Model) or getattr(model, "step_block", None) is None:

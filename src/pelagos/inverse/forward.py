@@ -15,7 +15,7 @@ import torch
 
 from ..core.errors import ConfigError
 from ..core.observations import ObservationSet
-from ..core.rollout import rollout, segment_length
+from ..core.rollout import rollout, segment_length, split_segment
 
 StepFn = Callable[[object, float], object]
 
@@ -85,8 +85,9 @@ def predict(
     x = state
     for ki in idx:
         # rollout checkpoints only runs longer than one segment: a run between two observations that is not
-        # gets two segments (its last step alone), so it is still recomputed rather than kept
-        seg = checkpoint if checkpoint is None or ki - k > checkpoint else max(1, ki - k - 1)
+        # gets two segments (whole blocks of a block model, else its last step alone), so it is still
+        # recomputed rather than kept
+        seg = checkpoint if checkpoint is None or ki - k > checkpoint else split_segment(ki - k, model)
         x = propagate(model, x, ki - k, t0=t0 + k * dt_, dt=dt_, checkpoint=seg)
         k = ki
         preds.append(obs.operator(x))
