@@ -11,6 +11,8 @@ run_path, for 1 column. GOTM+FABM's NPZD year (scripts/run_gotm_fabm_npzd.sh, CP
 ``--gotm-repeat`` runs) is timed in the same run as the reference.
 
 Usage: python benchmarks/column_block.py [--ks 1 4 12 24] [--batch 1] [--steps 48] [--repeat 5] [--run]
+``--grad-parts [--batch B]``: one 12-step block without a graph, with one, with its backward, and what it keeps
+for the backward (JSON on stdout; run with PELAGOS_COLUMN_ACTIVATION_BUDGET=1 for AOTAutograd's default split).
 Writes benchmarks/results/column_block.json. ``--means - PAR npzd_PPR,PAR --batch 1024`` times the block with
 those interval means instead (what averaging each field after every step costs; JSON on stdout, or to --out).
 """
@@ -23,6 +25,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -137,6 +140,59 @@ def block_means(B: int, variants: list[tuple[str, ...]], dtype: str = "float64",
     return {"batch": B, "dtype": dtype, "block_steps": 12, "variants": res}
 
 
+def grad_parts(B: int, dtype: str = "float64", chunk: int | None = None, repeat: int = 8) -> dict:
+    """One 12-step block (``B`` columns) without a graph, with a graph, and with its backward (per-column
+    ``rmax``/``gmax`` and the state requiring grad), CPU µs per step, minimum of ``repeat`` calls after two;
+    and what the block keeps for its backward (tensors and bytes autograd saves: ``saved_tensors_hooks``).
+    What the compiled programs' activation budget (``PELAGOS_COLUMN_ACTIVATION_BUDGET``) changes."""
+    import torch
+
+    torch.set_num_threads(1)
+    model, raw, _ = colbench.build(B, dtype, chunk, True)
+    model.block_steps = 12
+    s0 = model.initial_state(B, t0=colbench.START)
+    ts = [colbench.START + j * model.dt for j in range(12)]
+    u = {k: v.clone().requires_grad_(True) for k, v in raw.items()}
+    x0 = {k: v.clone().requires_grad_(True) for k, v in s0.items()}
+
+    def best(fn: Callable[[], object]) -> float:
+        fn(), fn()
+        runs = []
+        for _ in range(repeat):
+            c = time.process_time()
+            fn()
+            runs.append(time.process_time() - c)
+        return 1e6 * min(runs) / len(ts)
+
+    def no_graph() -> None:
+        with torch.no_grad(), model.using(raw):
+            model.step_block(s0, ts)
+
+    def with_graph() -> dict:
+        with model.using(u):
+            return model.step_block(x0, ts)[0]
+
+    def with_backward() -> None:
+        new = with_graph()
+        outs = list(new.values())
+        torch.autograd.grad(outs, [*u.values(), *x0.values()], [torch.ones_like(v) for v in outs])
+
+    kept = []
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        kept.append(t.numel() * t.element_size())
+        return t
+
+    res = {"batch": B, "dtype": dtype, "chunk_columns": chunk, "block_steps": 12,
+           "activation_budget": os.environ.get("PELAGOS_COLUMN_ACTIVATION_BUDGET") or "0 (default)",
+           "us_per_step_no_graph": best(no_graph), "us_per_step_with_graph": best(with_graph),
+           "us_per_step_forward_backward": best(with_backward)}  # fmt: skip
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        with_graph()
+    res["kept_tensors_per_block"], res["kept_kB_per_block"] = len(kept), sum(kept) / 1e3
+    return res
+
+
 def _sub(args: list[str]) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     p = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True, env=env)
@@ -163,6 +219,9 @@ def main(argv: list[str] | None = None) -> None:
         metavar="FIELDS",
         help="only the block with these means: comma-separated fields per variant, '-' = none",
     )
+    ap.add_argument(
+        "--grad-parts", action="store_true", help="block without/with graph/with backward, and what it keeps"
+    )
     ap.add_argument("--one", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--one-run", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--out", type=Path, default=HERE / "results" / "column_block.json")
@@ -174,6 +233,9 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(out))
         if a.out != HERE / "results" / "column_block.json":
             a.out.write_text(json.dumps(out, indent=1))
+        return
+    if a.grad_parts:
+        print(json.dumps(grad_parts(a.batch, a.dtype, chunk)))
         return
     if a.one_run is not None:
         print(json.dumps(run_path(a.batch, a.one_run, a.run, a.dtype)))

@@ -1,6 +1,6 @@
 """`method.stages` of `pelagos calibrate`: continuation in the window length through the one inverse driver.
 
-The Lorenz-63 twin of tests/test_inverse_cli.py (observations every 0.05 time units from 0.05 to 2, three
+The Lorenz-63 twin of tests/_cli_configs.py (observations every 0.05 time units from 0.05 to 2, three
 variables): each stage's cost is recomputed here, independently of the driver, from the observations up to
 its end and the previous stage's estimate."""
 
@@ -12,30 +12,14 @@ import math
 import pytest
 import torch
 
+from _cli_configs import COLUMN
+from _cli_configs import L63_TEMPLATE as L63
+from _cli_configs import write_config as _cfg
 from pelagos.cli import main
 from pelagos.inverse.problem import VariationalProblem
 from pelagos.io.build import setup
 from pelagos.io.config import load_config
 from pelagos.io.inverse_run import inverse_view, observations, run_inverse, set_priors
-
-L63 = """
-model: {kind: lorenz63, dtype: float64}
-time: {start: 0, duration: 2.0, dt: 0.01}
-parameters: {rho: 25.0}
-observations:
-  synthetic:
-    truth: {rho: 28.0}
-    patterns: [{variable: x, every: 0.05}, {variable: y, every: 0.05}, {variable: z, every: 0.05}]
-    sigma: 0.5
-    seed: 1
-method: {kind: calibrate, free: [rho], priors: {rho: {std: 0.5}}, max_iter: 50, uncertainty: hessian%s}
-"""
-
-
-def _cfg(tmp_path, text, name="c.yaml"):
-    p = tmp_path / name
-    p.write_text(text)
-    return p
 
 
 def _problem(text: str, rho: float, t_end: float) -> VariationalProblem:
@@ -142,12 +126,9 @@ def test_stages_are_for_calibrate_only(tmp_path, capsys):
     assert "method.stages" in capsys.readouterr().err
 
 
-COLUMN = """
-model: {kind: column, fabm_yaml: builtin:fabm/fabm-gotm-npzd.yaml, dtype: float64}
-forcing: {file: builtin:nns_annual_22x5m.nc}
-time: {start: "1998-04-01 00:00:00", stop: "1998-04-11 00:00:00", dt: 43200}
-numerics: {coarsen_layers: 11}
-parameters: {npzd.rmax: 0.7}
+COLUMN_TWIN = (
+    COLUMN
+    + """\
 initial: {profiles: {npzd_nut: 5.0, npzd_phy: 0.3, npzd_zoo: 0.01, npzd_det: 2.0}}
 observations:
   synthetic:
@@ -157,6 +138,7 @@ observations:
     rel: 0.1
 method: {kind: calibrate, free: [npzd.rmax], max_iter: 30, stages: %s}
 """
+)
 
 
 def test_column_stages_are_calendar_dates(tmp_path, capsys):
@@ -164,7 +146,7 @@ def test_column_stages_are_calendar_dates(tmp_path, capsys):
     time.start: daily observations at two depths from 2 April give 2 × 3 values up to 4 April, 2 × 6 up to
     7 April."""
     res = run_inverse(
-        _cfg(tmp_path, COLUMN % '["1998-04-04", 1998-04-07 00:00:00]'),
+        _cfg(tmp_path, COLUMN_TWIN % '["1998-04-04", 1998-04-07 00:00:00]'),
         mode="calibrate",
         output=tmp_path / "r.json",
         log=print,
@@ -186,6 +168,6 @@ def test_column_stages_are_calendar_dates(tmp_path, capsys):
     ],
 )
 def test_column_bad_stage_dates(tmp_path, capsys, stages, match):
-    assert main(["calibrate", str(_cfg(tmp_path, COLUMN % stages))]) == 1
+    assert main(["calibrate", str(_cfg(tmp_path, COLUMN_TWIN % stages))]) == 1
     err = capsys.readouterr().err
     assert match in err and "Traceback" not in err

@@ -7,28 +7,10 @@ import json
 
 import pytest
 
+from _cli_configs import COLUMN, L63
+from _cli_configs import write_config as _cfg
 from pelagos.cli import main
 from pelagos.io.inverse_run import run_inverse
-
-
-def _cfg(tmp_path, text, name="c.yaml"):
-    p = tmp_path / name
-    p.write_text(text)
-    return p
-
-
-L63 = """
-model: {kind: lorenz63, dtype: float64}
-time: {start: 0, duration: 2.0, dt: 0.01}
-parameters: {rho: 25.0}
-observations:
-  synthetic:
-    truth: {rho: 28.0}
-    patterns: [{variable: x, every: 0.05}, {variable: y, every: 0.05}, {variable: z, every: 0.05}]
-    sigma: 0.5
-    seed: 1
-method: {kind: calibrate, free: [rho], priors: {rho: {std: 0.5}}, max_iter: 50, uncertainty: hessian}
-"""
 
 L96 = """
 model: {kind: lorenz96, nx: 10, dtype: float64}
@@ -130,15 +112,6 @@ method: {kind: calibrate, free: [rek], max_iter: 10, uncertainty: none}
         output=tmp_path / "a.json",
     )
     assert res["misfit"]["after"] < 0.5 * res["misfit"]["before"]
-
-
-COLUMN = """
-model: {kind: column, fabm_yaml: builtin:fabm/fabm-gotm-npzd.yaml, dtype: float64}
-forcing: {file: builtin:nns_annual_22x5m.nc}
-time: {start: "1998-04-01 00:00:00", stop: "1998-04-11 00:00:00", dt: 43200}
-numerics: {coarsen_layers: 11}
-parameters: {npzd.rmax: 0.7}
-"""
 
 
 def test_column_calibrate_esmda_4dvar(tmp_path):

@@ -92,7 +92,7 @@ _OPTIONS: dict[str, Any] = {"cpp_wrapper": os.environ.get("PELAGOS_COLUMN_CPP_WR
 # backward program recomputes the elementwise work, fused with it. One column, a 12-step block: 25 saved
 # tensors (25 kB) instead of 514 (355 kB), forward with graph 62 instead of 104 µs/step, forward + backward
 # 123 instead of 163 µs/step (docs/column_compiled.md, "What the backward keeps").
-_ACTIVATION_BUDGET = float(os.environ.get("PELAGOS_COLUMN_ACTIVATION_BUDGET", "0"))
+_ACTIVATION_BUDGET = float(os.environ.get("PELAGOS_COLUMN_ACTIVATION_BUDGET") or "0")
 
 
 @contextlib.contextmanager

@@ -400,22 +400,17 @@ def _stage_line(k: int, n: int, end: str, rec: Mapping[str, Any]) -> str:
     )
 
 
-def _stages(meth, s: Setup, obs, model, x0, progress, log) -> list[dict[str, Any]]:
-    """``method.stages``: continuation in the window length. Calibrates on the observations up to each end in
-    turn (the model run stops at the last of them), each stage from the previous estimate (``calibrate``
-    writes it back into the model's free parameters, where the next starts); priors, free parameters and
-    optimiser settings are those of the last stage, which the caller runs on all the observations."""
-    from ..inverse.calibrate import calibrate
-
+def _stages(meth, s: Setup, obs, fit: Callable[[Any], Any], log) -> list[dict[str, Any]]:
+    """``method.stages``: continuation in the window length. ``fit(observations)`` (the command's
+    ``calibrate`` call, without uncertainty) on the observations up to each end in turn (the model run stops
+    at the last of them), each stage from the previous estimate (``calibrate`` writes it back into the
+    model's free parameters, where the next starts); priors, free parameters and optimiser settings are
+    those of the last stage, which the caller runs on all the observations."""
     ends = _stage_ends(meth, s, obs)
     out = []
     for k, (v, t) in enumerate(zip(meth.stages, ends, strict=True), start=1):
         o = obs.window(-math.inf, t)
-        r = calibrate(
-            model, o, x0, t0=s.t0, optimizer=meth.optimizer, max_iter=int(meth.max_iter), lr=float(meth.lr),
-            gtol=float(meth.gtol), uncertainty=None, progress=progress,
-        )  # fmt: skip
-        out.append(_stage_record(v, t, o, r))
+        out.append(_stage_record(v, t, o, fit(o)))
         log(_stage_line(k, len(ends) + 1, format_time(s.model, t), out[-1]))
     return out
 
@@ -482,11 +477,18 @@ def run_inverse(
             from ..inverse.calibrate import calibrate
 
             B = covariance(model, x0, meth.background) if meth.control_state else None
-            stages = _stages(meth, s, obs, model, x0, progress, log) if meth.stages else None
+            settings = dict(t0=s.t0, optimizer=meth.optimizer, max_iter=int(meth.max_iter), lr=float(meth.lr),
+                            gtol=float(meth.gtol), progress=progress)  # fmt: skip
+            stages = None
+            if meth.stages:  # control_state is refused with stages: the parameters alone are warm-started
+
+                def fit(o):  # one stage: the same calibration on a window of the observations
+                    return calibrate(model, o, x0, uncertainty=None, **settings)
+
+                stages = _stages(meth, s, obs, fit, log)
             res = calibrate(
-                model, obs, x0, t0=s.t0, control_state=meth.control_state, B=B, optimizer=meth.optimizer,
-                max_iter=int(meth.max_iter), lr=float(meth.lr), gtol=float(meth.gtol),
-                uncertainty=uncertainty if names else None, progress=progress,
+                model, obs, x0, control_state=meth.control_state, B=B,
+                uncertainty=uncertainty if names else None, **settings,
             )  # fmt: skip
             if meth.control_state and res.initial_state is not None:
                 x_an = res.initial_state.detach()
