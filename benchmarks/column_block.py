@@ -11,8 +11,8 @@ run_path, for 1 column. GOTM+FABM's NPZD year (scripts/run_gotm_fabm_npzd.sh, CP
 ``--gotm-repeat`` runs) is timed in the same run as the reference.
 
 Usage: python benchmarks/column_block.py [--ks 1 4 12 24] [--batch 1] [--steps 48] [--repeat 5] [--run]
-``--grad-parts [--batch B]``: one 12-step block without a graph, with one, with its backward, and what it keeps
-for the backward (JSON on stdout; run with PELAGOS_COLUMN_ACTIVATION_BUDGET=1 for AOTAutograd's default split).
+``--grad-parts [--batch B]``: one 12-step block without a graph, with one, with its backward, and what it
+keeps for the backward (JSON on stdout; PELAGOS_COLUMN_ACTIVATION_BUDGET=1 for AOTAutograd's default split).
 Writes benchmarks/results/column_block.json. ``--means - PAR npzd_PPR,PAR --batch 1024`` times the block with
 those interval means instead (what averaging each field after every step costs; JSON on stdout, or to --out).
 """
