@@ -453,10 +453,11 @@ class ColumnModel(Model):
         if fast is None or not hasattr(fast, "block"):  # plain, or forward mode (the compiled jvp step)
             return None
         means = tuple(means)
-        sums: dict[str, torch.Tensor] | None = None
+        # many columns without a gradient: the fused kernel, as far as it takes the steps; the rest compiled
+        state, sums, done = self._fused_steps(state, times, means)
         out = None
         k = self.block_steps
-        for a in range(0, n, k):
+        for a in range(done, n, k):
             ts = times[a : a + k]
             raws = self._raw_block(ts, with_outputs=bool(means))
             plans = tuple(fast.mean_plans(t) for t in ts)
@@ -466,8 +467,36 @@ class ColumnModel(Model):
 
             state, part, out = self._by_chunks(one, state, raws, 1)
             sums = part if sums is None else {name: sums[name] + part[name] for name in means}
+        if means and out is None:  # every step fused: the outputs after the last one
+            out = self.output(state, times[-1] + self.dt)
         mean_values = {name: (sums[name] / n).to(out[name].dtype) for name in means} if means else {}
         return state, mean_values, out
+
+    def _fused_steps(self, state: dict, times: list[float], means: tuple) -> tuple[dict, dict | None, int]:
+        """The first steps of ``times`` through the fused column kernel (:mod:`pelagos.column.fused`), as
+        many as it takes (all, when the call has many columns, no gradient and a configuration it supports):
+        the state after them, the float64 sums of the ``means`` fields after each (``None``: no step) and
+        the number of steps done."""
+        from .fused import MIN_COLUMNS, fused_column
+
+        x = state.get(self.interior[0]) if self.interior else None
+        if x is None or x.ndim != 2 or x.shape[0] < MIN_COLUMNS:
+            return state, None, 0
+        fc = fused_column(self, state)
+        if fc is None:
+            return state, None, 0
+        sums = None
+        done = 0
+        while done < len(times):
+            ts = times[done : done + fc.max_steps]
+            res = fc.steps(state, self._raw_block(ts, with_outputs=False), means)
+            if isinstance(res, str):  # this call's inputs are outside the kernel: the compiled step
+                self.__dict__["_fused_reason"] = res
+                break
+            state, part = res
+            sums = part if sums is None else {q: sums[q] + part[q] for q in means}
+            done += len(ts)
+        return state, sums, done
 
     def _raw_block(self, times: Sequence[float], *, with_outputs: bool) -> dict[str, torch.Tensor]:
         """:meth:`_raw_physics` of the steps starting at ``times``, stacked on a leading dim (one forcing

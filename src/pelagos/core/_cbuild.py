@@ -43,13 +43,14 @@ def cache_dir() -> Path:
     return Path(root)
 
 
-def _compile(cc: str, flags: list[str], source: str, lib: Path) -> None:
+def _compile(cc: str, flags: list[str], source: str, lib: Path, libs: list[str] = ()) -> None:
     lib.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=lib.parent) as tmp:
         src = Path(tmp) / "kernel.c"
         src.write_text(source)
         out = Path(tmp) / "kernel.so"
-        subprocess.run([cc, *flags, str(src), "-o", str(out)], check=True, capture_output=True, timeout=120)
+        cmd = [cc, *flags, str(src), "-o", str(out), *libs]  # libraries after the source: --as-needed
+        subprocess.run(cmd, check=True, capture_output=True, timeout=120)
         os.replace(out, lib)  # atomic: concurrent first uses never see a half-written file
 
 
@@ -69,8 +70,9 @@ def _library_path(name: str) -> Path:
     return lib
 
 
-def build_library(stem: str, source: str, flags: list[str] = FLAGS) -> ctypes.CDLL:
+def build_library(stem: str, source: str, flags: list[str] = FLAGS, libs: list[str] = ()) -> ctypes.CDLL:
     """Compile ``source`` (once, cached by hash) into ``<stem>-<hash>.so`` and load it. Raises on failure.
+    ``libs``: linker arguments (``-lm``), placed after the source.
 
     The first attempt defines ``PELAGOS_MV`` (see :data:`MULTIVERSION_HEADER`); if the compiler rejects
     it, the portable build is tried.
@@ -78,13 +80,13 @@ def build_library(stem: str, source: str, flags: list[str] = FLAGS) -> ctypes.CD
     cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if not cc:
         raise RuntimeError("no C compiler found (set CC)")
-    key = hashlib.sha256((source + " ".join(flags) + platform.machine()).encode()).hexdigest()[:16]
+    key = hashlib.sha256((source + " ".join([*flags, *libs]) + platform.machine()).encode()).hexdigest()[:16]
     lib = _library_path(f"{stem}-{key}.so")
     if not lib.exists():
         try:
-            _compile(cc, [*flags, "-DPELAGOS_MV"], source, lib)
+            _compile(cc, [*flags, "-DPELAGOS_MV"], source, lib, libs)
         except (subprocess.CalledProcessError, OSError):
-            _compile(cc, flags, source, lib)
+            _compile(cc, flags, source, lib, libs)
     return ctypes.CDLL(str(lib))
 
 

@@ -1,0 +1,308 @@
+"""The C source of the fused column kernel (:mod:`pelagos.column.fused`): a fixed skeleton (GOTM's sinking,
+the implicit diffusion, GOTM's light, Euler, interval sums) around the generated biology of one model.
+
+Layout inside the kernel: a block of ``W`` columns (one SIMD vector) at a time, every profile stored
+layer-major, ``x[k*W + j]`` (layer ``k``, column ``j`` of the block), so that each layer's work is one vector
+operation across the block's columns; the block stays in these local arrays for all the steps of a call.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..core import _cbuild
+
+_HEAD = """
+#include <math.h>
+#include <stddef.h>
+{mv}
+typedef {real} real;
+#define W {W}
+#define NV {NV}
+#define NM {NM}
+#define NR {NR}
+#ifdef PELAGOS_MVEC
+#pragma omp declare simd notinbranch
+extern {real} {exp}({real});
+#endif
+#define EXP {exp}
+#define LOG {log}
+#define SQRT {sqrt}
+#define FABS {fabs}
+#define TANH {tanh}
+#define POW {pow}
+#define SIMD _Pragma("omp simd")
+"""
+
+_BODY = """
+MV void pelagos_fused_column(int B, int nz, int nsteps, double dt_, const real *state, real *out,
+                             void **bp, const real *rowbuf, const real *pre, const real *swr,
+                             const int *nsub, int nmeans, const int *msel, double *sums, int lo, int hi)
+{{
+    const real dt = (real)dt_;
+    /* the tridiagonal factorisation of every step (one matrix for all columns and tracers) */
+    real cp[nsteps][nz], mi[nsteps][nz];
+    for (int s = 0; s < nsteps; s++) {{
+        const real *R = rowbuf + (size_t)s * NR * nz;
+        const real *l = R + nz, *d = R + 2 * nz, *u = R + 3 * nz;
+        mi[s][0] = (real)1 / d[0];
+        cp[s][0] = u[0] * mi[s][0];
+        for (int k = 1; k < nz; k++) {{
+            mi[s][k] = (real)1 / (d[k] - l[k] * cp[s][k - 1]);
+            cp[s][k] = u[k] * mi[s][k];
+        }}
+    }}
+{bdecl}
+    real Y[NV][nz * W], KB[nz * W], PAR[nz * W], SWR[nz * W], KPAR[nz * W], FL[nz * W];
+    double SUM[nmeans > 0 ? nmeans : 1][nz * W];
+    for (int b0 = lo; b0 < hi; b0 += W) {{
+        const int nb = hi - b0 < W ? hi - b0 : W;
+        for (int v = 0; v < NV; v++)
+            for (int j = 0; j < W; j++) {{
+                const real *src = state + ((size_t)v * B + b0 + (j < nb ? j : nb - 1)) * nz;
+                for (int k = 0; k < nz; k++) Y[v][k * W + j] = src[k];
+            }}
+        for (int q = 0; q < nmeans; q++)
+            for (int kj = 0; kj < nz * W; kj++) SUM[q][kj] = 0.0;
+{bblock}
+        for (int s = 0; s < nsteps; s++) {{
+            const real *R = rowbuf + (size_t)s * NR * nz;
+            const real *h = R, *lw = R + nz, *mz = R + 4 * nz;
+            const real *swr_s = swr + (size_t)s * nz;
+            const real pre_s = pre[s];
+{bstep}
+            /* 2. sinking / rising of the moving tracers (GOTM adv_center, flux boundaries closed) */
+            for (int m = 0; m < NM; m++) {{
+                const real *w = R + (5 + 7 * m) * nz, *omc = w + nz, *xp = w + 2 * nz, *xm = w + 3 * nz;
+                const real *two_omc = w + 4 * nz, *ceps = w + 5 * nz, *fih = w + 6 * nz;
+                real *y = Y[m];
+                for (int it = 0; it < nsub[s * NM + m]; it++) {{
+                    for (int i = 0; i < nz - 1; i++) {{
+                        const int up = w[i] > 0;
+                        const real *yc = y + (up ? i : i + 1) * W, *yd = y + (up ? i + 1 : i) * W;
+                        const int iu = up ? (i > 0 ? i - 1 : 0) : (i + 2 < nz ? i + 2 : nz - 1);
+                        const real *yu = y + iu * W;
+                        const real wi = w[i], c1 = omc[i], a1 = xp[i], a2 = xm[i];
+                        const real t1 = two_omc[i], ce = ceps[i];
+                        (void)c1; (void)a1; (void)a2; (void)t1; (void)ce;
+                        SIMD for (int j = 0; j < W; j++) {{
+{face}
+                            FL[i * W + j] = wi * face;
+                        }}
+                    }}
+                    for (int k = 0; k < nz; k++) {{
+                        SIMD for (int j = 0; j < W; j++) {{
+                            const real upper = k < nz - 1 ? FL[k * W + j] + (real)0 : (real)0;
+                            const real lower = k > 0 ? FL[(k - 1) * W + j] + (real)0 : (real)0;
+                            y[k * W + j] = y[k * W + j] - fih[k] * (upper - lower);
+                        }}
+                    }}
+                }}
+            }}
+            /* 3. implicit diffusion, the tracers' sweeps interleaved: their recurrences overlap */
+            {{
+                const real m0 = mi[s][0];
+                for (int v = 0; v < NV; v++) SIMD for (int j = 0; j < W; j++) Y[v][j] = Y[v][j] * m0;
+                for (int k = 1; k < nz; k++) {{
+                    const real l = lw[k], mk = mi[s][k];
+                    for (int v = 0; v < NV; v++) {{
+                        real *y = Y[v];
+                        SIMD for (int j = 0; j < W; j++)
+                            y[k * W + j] = (y[k * W + j] - l * y[(k - 1) * W + j]) * mk;
+                    }}
+                }}
+                for (int k = nz - 2; k >= 0; k--) {{
+                    const real ck = cp[s][k];
+                    for (int v = 0; v < NV; v++) {{
+                        real *y = Y[v];
+                        SIMD for (int j = 0; j < W; j++)
+                            y[k * W + j] = y[k * W + j] - ck * y[(k + 1) * W + j];
+                    }}
+                }}
+            }}
+{repair}
+            for (int pass = 0; pass < (nmeans > 0 ? 2 : 1); pass++) {{
+                /* light: GOTM's sum of half-layer extinctions from the surface down */
+                for (int k = 0; k < nz; k++) {{
+{bk}
+                    SIMD for (int j = 0; j < W; j++) {{
+                        const int kj = k * W + j;
+{ext}
+                    }}
+                }}
+                {{
+                    double acc[W];
+                    for (int j = 0; j < W; j++) acc[j] = 0.0;
+                    for (int k = nz - 1; k >= 0; k--) {{
+                        SIMD for (int j = 0; j < W; j++) {{
+                            const int kj = k * W + j;
+                            const real half = KB[kj] * h[k] / (real)2;
+                            acc[j] += half;
+                            const real at = (real)acc[j];
+                            acc[j] += half;
+                            PAR[kj] = pre_s * EXP(mz[k] - at);
+                            SWR[kj] = PAR[kj] + swr_s[k];
+                            KPAR[kj] = (real){inv_g2} + KB[kj];
+                        }}
+                    }}
+                }}
+                if (pass == 0) {{
+                    /* sources and the Euler update, cell by cell */
+                    for (int k = 0; k < nz; k++) {{
+{bk}
+                        SIMD for (int j = 0; j < W; j++) {{
+                            const int kj = k * W + j;
+{src}
+                        }}
+                    }}
+                }} else {{
+                    /* the interval means: fields after the step, summed in float64 */
+                    for (int k = 0; k < nz; k++) {{
+{bk}
+                        SIMD for (int j = 0; j < W; j++) {{
+                            const int kj = k * W + j;
+{diag}
+                            for (int q = 0; q < nmeans; q++) {{
+                                const int c = msel[q];
+                                const real x = c >= 2000 ? PAR[kj] : c >= 1000 ? DG[c - 1000] : Y[c][kj];
+                                SUM[q][kj] += (double)x;
+                            }}
+                        }}
+                    }}
+                }}
+            }}
+        }}
+        for (int v = 0; v < NV; v++)
+            for (int j = 0; j < nb; j++) {{
+                real *dst = out + ((size_t)v * B + b0 + j) * nz;
+                for (int k = 0; k < nz; k++) dst[k] = Y[v][k * W + j];
+            }}
+        for (int q = 0; q < nmeans; q++)
+            for (int j = 0; j < nb; j++) {{
+                double *dst = sums + ((size_t)q * B + b0 + j) * nz;
+                for (int k = 0; k < nz; k++) dst[k] = SUM[q][k * W + j];
+            }}
+    }}
+}}
+"""
+
+_FACES = {
+    "UPSTREAM": "const real face = yc[j];",
+    "P2_PDM": ("const real r2 = r * ce, m2 = phi < t1 ? phi : t1; const real lim = r2 < m2 ? r2 : m2;"),
+    "SUPERBEE": (
+        "const real m1 = (real)2 * r < (real)1 ? (real)2 * r : (real)1, m2 = r < (real)2 ? r : (real)2;"
+        " const real lim = m1 > m2 ? m1 : m2;"
+    ),
+    "MUSCL": (
+        "const real m2 = (real)0.5 * ((real)1 + r) < (real)2 ? (real)0.5 * ((real)1 + r) : (real)2;"
+        " const real lim = (real)2 * r < m2 ? (real)2 * r : m2;"
+    ),
+}
+
+
+def _face(method: str) -> str:
+    pad = " " * 28
+    if method == "UPSTREAM":
+        return pad + _FACES["UPSTREAM"]
+    lines = [
+        "const real df = yd[j] - yc[j], dfu = yc[j] - yu[j];",
+        "const int mono = df * dfu > 0;",
+        "const real r = dfu / (mono ? df : (real)1);",
+        "const real phi = a1 + a2 * r;",
+        _FACES[method],
+        "const real face = mono ? yc[j] + (real)0.5 * lim * c1 * df : yc[j];",
+    ]
+    return "\n".join(pad + x for x in lines)
+
+
+def kernel_source(plan: Any) -> str:
+    """The whole C file for ``plan`` (a :class:`pelagos.column.fused._Plan` with its boundary kinds)."""
+    import torch
+
+    from .advection import _method_name
+
+    f32 = plan.dtype == torch.float32
+    suffix = "f" if f32 else ""
+    nm = len(plan.moving)
+    head = _HEAD.format(
+        mv=_cbuild.MULTIVERSION_HEADER,
+        real="float" if f32 else "double",
+        W=16 if f32 else 8,
+        NV=len(plan.order),
+        NM=nm,
+        NR=5 + 7 * nm,
+        exp="exp" + suffix,
+        log="log" + suffix,
+        sqrt="sqrt" + suffix,
+        fabs="fabs" + suffix,
+        tanh="tanh" + suffix,
+        pow="pow" + suffix,
+    )
+    bdecl, bblock, bstep, bk = [], [], [], []
+    col = "(j < nb ? j : nb - 1)"
+    for i, kind in enumerate(plan.kinds):
+        shape, when = kind[0], kind[1]
+        bdecl.append(f"    const real *bp{i} = (const real *)bp[{i}];")
+        if shape == "s":
+            if when == "P":
+                bdecl.append(f"    const real bs{i} = bp{i}[0];")
+            else:
+                bstep.append(f"            const real bs{i} = bp{i}[s];")
+        elif shape == "r":
+            off = "0" if when == "P" else "(size_t)s * nz"
+            bstep.append(f"            const real *br{i} = bp{i} + {off};")
+        elif shape == "c":
+            off = "" if when == "P" else "(size_t)s * B + "
+            tgt = bblock if when == "P" else bstep
+            ind = " " * (8 if when == "P" else 12)
+            tgt.append(f"{ind}real bc{i}[W];")
+            tgt.append(f"{ind}for (int j = 0; j < W; j++) bc{i}[j] = bp{i}[{off}b0 + {col}];")
+        else:
+            off = "" if when == "P" else "(size_t)s * B * nz + "
+            tgt = bblock if when == "P" else bstep
+            ind = " " * (8 if when == "P" else 12)
+            tgt.append(f"{ind}real bf{i}[nz * W];")
+            tgt.append(
+                f"{ind}for (int j = 0; j < W; j++) for (int k = 0; k < nz; k++) "
+                f"bf{i}[k * W + j] = bp{i}[{off}((size_t)b0 + {col}) * nz + k];"
+            )
+    del bk
+    pad = " " * 24
+    order = plan.order
+    ext = plan.emit([plan.k_node], ["KB[kj]"], pad)
+    rt = [f"const real R{i}" for i in range(len(plan.rate_nodes))]
+    src = plan.emit(plan.rate_nodes, rt, pad + "    ")
+    upd = [
+        f"{pad}    Y[{order.index(q)}][kj] = Y[{order.index(q)}][kj] + dt * R{i};"
+        for i, q in enumerate(plan.rate_names)
+    ]
+    nd = len(plan.diag_nodes)
+    dg = [f"DG[{i}]" for i in range(nd)]
+    diag = (
+        (f"{pad}    real DG[{max(nd, 1)}];\n" + plan.emit(plan.diag_nodes, dg, pad + "    "))
+        if nd
+        else (f"{pad}    real DG[1] = {{0}};")
+    )
+    rep = []
+    if plan.model.repair:
+        for q in order:
+            lo = plan.model._minimum.get(q)
+            if lo is not None:
+                v = order.index(q)
+                rep.append(
+                    f"            for (int kj = 0; kj < nz * W; kj++) "
+                    f"Y[{v}][kj] = Y[{v}][kj] < (real){float(lo)!r} ? (real){float(lo)!r} : Y[{v}][kj];"
+                )
+    body = _BODY.format(
+        bdecl="\n".join(bdecl),
+        bblock="\n".join(bblock),
+        bstep="\n".join(bstep),
+        bk="",
+        face=_face(_method_name(plan.model.sinking_method)),
+        repair="\n".join(rep),
+        ext=ext,
+        src=src + "\n" + "\n".join(upd),
+        diag=diag,
+        inv_g2=repr(1.0 / plan.model.g2),
+    )
+    return head + body

@@ -1,0 +1,664 @@
+"""The fused column kernel: a no-gradient forward step of many columns as one generated C loop nest.
+
+Why: at ≥ 1000 columns the compiled step (:mod:`pelagos.column.compiled`, Inductor) spends its time between
+kernels — the state, the face fluxes and the light's sums streamed through memory between Inductor's loops
+and the tridiagonal solve — not in arithmetic (docs/bench_column.md, "Where the time goes"). Here one
+generated C function does a whole step for a block of ``W`` columns (one SIMD vector: 8 float64 / 16
+float32) with the block held in a few kB of local arrays: sinking (GOTM's ``adv_center`` with its
+limiter), the implicit diffusion (Thomas, one factorisation per step shared by every column and tracer), the
+light (GOTM's summation order), the biology and the Euler update — and then the next step, for all the steps
+of a call, before the block goes back to memory. The per-column work is vectorised across the ``W`` columns.
+
+The biology is not hand-written: the model's own ``light_extinction``, ``vertical_velocities`` and
+``interior_sources`` (any FABM-style :class:`~pelagos.bgc.base.BGCModel`) are traced once with
+``make_fx`` (fake tensors) and split by what each operation depends on:
+
+- parameters and constants (evaluated once per call, in torch),
+- the forcing (evaluated once per step, in torch: e.g. NPZD's light optimum from surface PAR),
+- the cells (the state after transport, the light): emitted as straight-line C, one statement an
+  operation, compiled once per model and batch layout (cached on disk by the source's hash).
+
+Same operations as the plain step in the same order, except where C evaluates ``exp`` (glibc's vector
+``exp`` under 4 ulp, or the scalar one) and the Thomas sweep multiplies by a reciprocal: float64 agreement
+with the plain step is ~1e-15 per step (tested over a model year ≤ 1e-12 in tests/test_column_fused.py).
+
+When it is used: ``compile`` on (``numerics.compile``), CPU, float32/float64, no gradient recorded
+(``torch.no_grad`` or nothing requires grad: ``pelagos run``, ensembles, the benchmark), physics shared by
+the columns (``h``, ``nuh`` one row), ``cnpar = 1``, Euler sources without splitting, no running means, no
+surface or bottom fluxes, GOTM's light, and a model whose state-dependent arithmetic is elementwise from the
+operations of :data:`_UNARY`/:data:`_BINARY`. Anything else runs the compiled step, unchanged; the reason is
+kept in ``model._fused_reason`` (``None`` when the kernel runs). ``PELAGOS_COLUMN_FUSED=0`` turns it off.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import warnings
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+
+from ..core import _cbuild
+
+__all__ = ["FusedColumn", "fused_column"]
+
+_ENABLED = os.environ.get("PELAGOS_COLUMN_FUSED", "1") == "1"
+# Below this many columns the compiled step is as fast: the kernel's per-call cost in Python (the forcing's
+# values of each step, the physics rows) is then not paid back (docs/bench_column.md, "The fused kernel").
+MIN_COLUMNS = int(os.environ.get("PELAGOS_COLUMN_FUSED_MIN", "64"))
+_PAR = "downwelling_photosynthetic_radiative_flux"
+_SWR = "downwelling_shortwave_flux"
+_KPAR = "attenuation_coefficient_of_photosynthetic_radiative_flux"
+_LIGHT = (_PAR, _SWR, _KPAR)
+_LIMITERS = ("UPSTREAM", "P2_PDM", "SUPERBEE", "MUSCL")
+
+aten = torch.ops.aten
+# state-dependent operations the generator writes as C expressions of their (C) arguments
+_UNARY = {
+    aten.exp.default: "EXP({0})",
+    aten.log.default: "LOG({0})",
+    aten.sqrt.default: "SQRT({0})",
+    aten.rsqrt.default: "((real)1 / SQRT({0}))",
+    aten.neg.default: "(-{0})",
+    aten.reciprocal.default: "((real)1 / {0})",
+    aten.abs.default: "FABS({0})",
+    aten.sigmoid.default: "((real)1 / ((real)1 + EXP(-{0})))",
+    aten.tanh.default: "TANH({0})",
+    aten.relu.default: "({0} > 0 ? {0} : (real)0)",
+    aten.logical_not.default: "(!{0})",
+}
+_BINARY = {
+    aten.add.Tensor: "({0} + {1})",
+    aten.sub.Tensor: "({0} - {1})",
+    aten.mul.Tensor: "({0} * {1})",
+    aten.div.Tensor: "({0} / {1})",
+    aten.maximum.default: "({0} > {1} ? {0} : {1})",
+    aten.minimum.default: "({0} < {1} ? {0} : {1})",
+    aten.gt.Tensor: "({0} > {1})",
+    aten.ge.Tensor: "({0} >= {1})",
+    aten.lt.Tensor: "({0} < {1})",
+    aten.le.Tensor: "({0} <= {1})",
+    aten.eq.Tensor: "({0} == {1})",
+    aten.ne.Tensor: "({0} != {1})",
+    aten.logical_and.default: "({0} && {1})",
+    aten.logical_or.default: "({0} || {1})",
+    aten.pow.Tensor_Tensor: "POW({0}, {1})",
+}
+for _s, _t in (
+    (aten.add.Scalar, aten.add.Tensor),
+    (aten.sub.Scalar, aten.sub.Tensor),
+    (aten.mul.Scalar, aten.mul.Tensor),
+    (aten.div.Scalar, aten.div.Tensor),
+    (aten.gt.Scalar, aten.gt.Tensor),
+    (aten.ge.Scalar, aten.ge.Tensor),
+    (aten.lt.Scalar, aten.lt.Tensor),
+    (aten.le.Scalar, aten.le.Tensor),
+    (aten.eq.Scalar, aten.eq.Tensor),
+    (aten.ne.Scalar, aten.ne.Tensor),
+):
+    _BINARY[_s] = _BINARY[_t]
+# shape-only operations: the value of a cell is unchanged (broadcasting views and copies)
+_SAME = {
+    aten.expand.default,
+    aten.unsqueeze.default,
+    aten.view.default,
+    aten.reshape.default,
+    aten._unsafe_view.default,
+    aten.squeeze.dim,
+    aten.squeeze.default,
+    aten.alias.default,
+    aten.clone.default,
+    aten.detach.default,
+    aten.lift_fresh_copy.default,
+    aten.contiguous.default,
+}
+
+
+def fused_column(model: Any, state: Mapping) -> FusedColumn | None:
+    """The model's :class:`FusedColumn` if this call may use it (see the module doc), else ``None``."""
+    if not _ENABLED or not getattr(model, "fused", True):
+        return None
+    fc = model.__dict__.get("_fused_obj")
+    if fc is None:
+        fc = model.__dict__["_fused_obj"] = FusedColumn(model)
+    reason = fc.refuse(state)
+    model.__dict__["_fused_reason"] = reason
+    return None if reason else fc
+
+
+def _effective_raw(model: Any) -> dict[str, torch.Tensor]:
+    """Every parameter's unconstrained value in use now (the override where one is installed)."""
+    out = {}
+    for path, store in model._stores().items():
+        ov = store.active_overrides or {}
+        pre = f"{path}." if path else ""
+        for n, p in store.raw.items():
+            out[pre + n] = ov.get(n, p)
+    return out
+
+
+def _tensors(x: Any) -> list[torch.Tensor]:
+    if isinstance(x, Mapping):
+        return [t for v in x.values() for t in _tensors(v)]
+    if isinstance(x, list | tuple):
+        return [t for v in x for t in _tensors(v)]
+    return [x] if torch.is_tensor(x) else []
+
+
+class _UnsupportedError(Exception):
+    pass
+
+
+class FusedColumn:
+    """The fused kernel of one :class:`~pelagos.column.model.ColumnModel` (see the module doc)."""
+
+    max_steps = 240  # steps per kernel call (the per-step rows of a call are kept in memory)
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+        self._plans: dict[tuple, Any] = {}  # traced and compiled, per layout
+        self._static = self._static_reason()
+
+    # -- when -----------------------------------------------------------------------------------------
+    def _static_reason(self) -> str | None:
+        m = self.model
+        if m.cnpar != 1.0:
+            return "cnpar != 1"
+        if m.ode_method != "euler" or m.split_factor != 1:
+            return "sources not Euler without splitting"
+        if m.means:
+            return "running means (temporal means of the environment)"
+        if m.bottom or m.surface or m._has_surface or m._has_bottom:
+            return "surface or bottom fluxes / variables"
+        if getattr(m.bgc, "light_model", None) is not None:
+            return "a FABM light instance"
+        from .advection import _method_name
+
+        if _method_name(m.sinking_method) not in _LIMITERS:
+            return f"sinking method {m.sinking_method} (fused: {', '.join(_LIMITERS)})"
+        if m.nz < 2:
+            return "a single layer"
+        return None
+
+    def refuse(self, state: Mapping) -> str | None:
+        """Why this call cannot use the kernel (``None``: it can)."""
+        if self._static:
+            return self._static
+        m = self.model
+        leaves = [state[n] for n in m.interior]
+        x = leaves[0]
+        if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64):
+            return "not a CPU float32/float64 state"
+        if any(t.shape != x.shape or t.dtype != x.dtype for t in leaves) or x.ndim != 2:
+            return "state variables of different shapes"
+        if torch.is_grad_enabled():
+            from torch._C._functorch import is_functorch_wrapped_tensor
+
+            params = [v for s in m._stores().values() for v in (*s.raw.values(), *s.overrides.values())]
+            for t in [*leaves, *params]:
+                if t.requires_grad or is_functorch_wrapped_tensor(t):
+                    return "a gradient is recorded"
+                if torch.autograd.forward_ad.unpack_dual(t).tangent is not None:
+                    return "forward-mode AD"
+        return None
+
+    # -- tracing ----------------------------------------------------------------------------------------
+    def _plan(self, B: int, nz: int, dtype: torch.dtype, env: Mapping, prm: Mapping) -> Any:
+        key = (B, nz, dtype, tuple((k, tuple(v.shape)) for k, v in env.items()),
+               tuple((k, tuple(v.shape), v.dtype) for k, v in prm.items()))  # fmt: skip
+        plan = self._plans.get(key)
+        if plan is None:
+            try:
+                plan = _Plan(self.model, B, nz, dtype, env, prm)
+            except _UnsupportedError as err:
+                plan = str(err)
+            self._plans[key] = plan
+        return plan
+
+    # -- running ----------------------------------------------------------------------------------------
+    def steps(
+        self, state: dict, raws: Mapping[str, torch.Tensor], means: Sequence[str] = ()
+    ) -> tuple[dict, dict[str, torch.Tensor]] | str:
+        """The steps whose forcing is stacked in ``raws`` (:meth:`ColumnModel._raw_block`; ``"nuh_out"``
+        unused) from ``state``: ``(new state, {name: float64 sum over the steps of the field after each
+        step})`` for ``means`` (state variables, diagnostics, ``PAR``), or a reason string when the kernel
+        cannot take this call (the caller then runs the compiled step)."""
+        m = self.model
+        with torch.no_grad():
+            x = state[m.interior[0]]
+            B, nz = x.shape
+            n = raws["h"].shape[0]
+            phys = m._scale_physics({k: v for k, v in raws.items() if k != "nuh_out"})
+            for k in ("h", "nuh"):
+                if phys[k].ndim != 3 or phys[k].shape[1] != 1:
+                    return "physics that differs between columns"
+            env0 = m._base_env({k: v[0] for k, v in phys.items()})
+            prm = _effective_raw(m)
+            plan = self._plan(B, nz, x.dtype, env0, prm)
+            if isinstance(plan, str):
+                return plan
+            missing = [q for q in means if q not in plan.mean_sources]
+            if missing:
+                return f"interval means of {missing}"
+            return plan.run(state, phys, prm, tuple(means), n)
+
+
+class _Plan:
+    """One traced, generated and compiled kernel for a layout (batch, layers, dtype, input shapes)."""
+
+    def __init__(self, model: Any, B: int, nz: int, dtype: torch.dtype, env: Mapping, prm: Mapping) -> None:
+        from torch._subclasses.fake_tensor import FakeTensorMode
+        from torch.fx.experimental.proxy_tensor import make_fx
+
+        self.model, self.B, self.nz, self.dtype = model, B, nz, dtype
+        m = model
+        names = list(m.interior)
+        self.env_names = [k for k, v in env.items() if torch.is_tensor(v)]
+        self.env_shapes = {k: tuple(env[k].shape) for k in self.env_names}
+        self.env_consts = {k: v for k, v in env.items() if not torch.is_tensor(v)}
+        self.prm_names = list(prm)
+        nv, ne = len(names), len(self.env_names)
+
+        def f(*flat: torch.Tensor) -> list:
+            sv = dict(zip(names, flat[:nv], strict=True))
+            light = dict(zip(_LIGHT, flat[nv : nv + 3], strict=True))
+            e = dict(zip(self.env_names, flat[nv + 3 : nv + 3 + ne], strict=True)) | self.env_consts
+            p = dict(zip(self.prm_names, flat[nv + 3 + ne :], strict=True))
+            with m.using_only(p), torch.enable_grad():  # parameters read through the graph, not a cache
+                k = m.bgc.light_extinction(sv, e)
+                ws = m.bgc.vertical_velocities(sv, e)
+                rates, diag = m.bgc.interior_sources(sv, e | light)
+            self.moving = [q for q in names if q in ws]
+            self.diag_names = list(diag)
+            self.rate_names = [q for q in names if q in rates]
+            zero = torch.zeros_like(sv[names[0]])
+            return [zero if k is None else k, *(ws[q] for q in self.moving),
+                    *(rates[q] for q in self.rate_names), *(diag[d] for d in self.diag_names)]  # fmt: skip
+
+        cells = [torch.empty(B, nz, dtype=dtype) for _ in range(nv + 3)]
+        args = [*cells, *(env[k] for k in self.env_names), *(v.detach() for v in prm.values())]
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                gm = make_fx(f, tracing_mode="fake")(*args)
+        except Exception as err:  # data-dependent Python branches, unsupported tensor code
+            raise _UnsupportedError(f"the model could not be traced ({type(err).__name__}: {err})") from err
+        del FakeTensorMode
+        self.gm = gm
+        self.still = [q for q in names if q not in self.moving]
+        self.order = self.moving + self.still  # tracers in the kernel (moving first, as _transport stacks)
+        self._classify(nv)
+        self._libs: dict[tuple, ctypes.CDLL] = {}  # per kinds of the boundary values
+        self.kinds: list[str] = []
+        self._p_key: tuple | None = None
+        self.mean_sources = {q: ("state", self.order.index(q)) for q in names}
+        self.mean_sources |= {d: ("diag", i) for i, d in enumerate(self.diag_names)}
+        self.mean_sources["PAR"] = ("par", 0)
+
+    # ---------------------------------------------------------------------------------------------------
+    def _classify(self, nv: int) -> None:
+        """Each node of the trace as 'C' (depends on the cells), 'F' (on the forcing) or 'P' (parameters and
+        constants); the C part is what the kernel computes, the others feed it as inputs ("boundaries")."""
+        g = self.gm.graph
+        ph = [n for n in g.nodes if n.op == "placeholder"]
+        ne = len(self.env_names)
+        cls: dict[Any, str] = {}
+        for i, n in enumerate(ph):
+            cls[n] = "C" if i < nv + 3 else ("F" if i < nv + 3 + ne else "P")
+        self.cell_inputs = {n: i for i, n in enumerate(ph[: nv + 3])}
+        self.env_inputs = {n: self.env_names[i] for i, n in enumerate(ph[nv + 3 : nv + 3 + ne])}
+        self.prm_inputs = {n: self.prm_names[i] for i, n in enumerate(ph[nv + 3 + ne :])}
+        for n in g.nodes:
+            if n.op == "get_attr" or (n.op == "call_function" and n.target in _CONSTS):
+                cls[n] = "P"
+            elif n.op == "call_function":
+                deps = [cls[a] for a in n.all_input_nodes]
+                cls[n] = "C" if "C" in deps else ("F" if "F" in deps else "P")
+        out = next(n for n in g.nodes if n.op == "output")
+        outs = list(out.args[0])
+        self.cls = cls
+        self.out_nodes = outs
+        nm, nr = len(self.moving), len(self.rate_names)
+        self.k_node = outs[0]
+        self.w_nodes = outs[1 : 1 + nm]
+        self.rate_nodes = outs[1 + nm : 1 + nm + nr]
+        self.diag_nodes = outs[1 + nm + nr :]
+        for w in self.w_nodes:
+            if cls[w] == "C":
+                raise _UnsupportedError("sinking velocities that depend on the state")
+        for n in g.nodes:
+            if n.op == "call_function" and cls[n] == "C":
+                t = n.target
+                if t not in _UNARY and t not in _BINARY and t not in _SAME and t not in _CONSTS and t not in (
+                    aten.where.self, aten.rsub.Scalar, aten.clamp.default, aten.clamp_min.default,
+                    aten.clamp_max.default, aten.pow.Tensor_Scalar, aten._to_copy.default,
+                ):  # fmt: skip
+                    raise _UnsupportedError(f"operation {t} on the state")
+                if t is aten._to_copy.default and n.kwargs.get("dtype") not in (None, self.dtype):
+                    raise _UnsupportedError("a dtype change on the state")
+        # boundaries: non-C values used by C nodes (and C-free outputs the kernel needs)
+        self.bounds: list[Any] = []
+        for n in g.nodes:
+            if n.op == "call_function" and cls[n] == "C":
+                for a in n.all_input_nodes:
+                    if cls[a] != "C" and a not in self.bounds:
+                        self.bounds.append(a)
+        for o in [self.k_node, *self.rate_nodes, *self.diag_nodes]:
+            if cls[o] != "C" and o not in self.bounds:
+                self.bounds.append(o)
+        # the F nodes to evaluate per step, the P nodes once per call: only those that feed the kernel
+        need = set()
+        stack = [*self.bounds, *self.w_nodes]
+        while stack:
+            n = stack.pop()
+            if n in need or cls[n] == "C":
+                continue
+            need.add(n)
+            stack.extend(n.all_input_nodes)
+        order = [n for n in g.nodes if n in need]
+        self.p_nodes = [n for n in order if cls[n] == "P" and n.op != "placeholder"]
+        self.f_nodes = [n for n in order if cls[n] == "F" and n.op != "placeholder"]
+
+    # ---------------------------------------------------------------------------------------------------
+    def _eval(self, nodes: list, vals: dict) -> None:
+        for n in nodes:
+            if n.op == "get_attr":
+                vals[n] = getattr(self.gm, n.target)
+                continue
+            if n.target in _CONSTS:  # zeros_like(cells) etc.: the value, broadcast where it is used
+                vals[n] = torch.tensor(float(_CONSTS[n.target](n)), dtype=self.dtype)
+                continue
+
+            def get(a: Any) -> Any:
+                return vals[a] if isinstance(a, torch.fx.Node) else a
+
+            args = torch.fx.node.map_aggregate(n.args, get)
+            kwargs = torch.fx.node.map_aggregate(n.kwargs, get)
+            vals[n] = n.target(*args, **kwargs)
+
+    def _p_values(self, prm: Mapping) -> dict:
+        """The parameter-only values (and the compact kernel inputs among them), kept while the parameter
+        tensors are the same objects, unmodified (a run's blocks; an optimiser's step replaces or modifies
+        them)."""
+        key = tuple((id(t), t._version) for t in prm.values())
+        if key != self._p_key:
+            vals: dict = {p: prm[k].detach() for p, k in self.prm_inputs.items()}
+            self._eval(self.p_nodes, vals)
+            for b in self.bounds:
+                if self.cls[b] == "P":
+                    vals[("compact", b)] = self._bound_kind(vals[b])
+            self._p_key, self._p_vals, self._p_refs = key, vals, list(prm.values())  # refs: ids stay valid
+        return self._p_vals
+
+    def _f_values(self, vals: dict, env: Mapping, n: int) -> dict:
+        """The forcing-dependent values the kernel needs, for the ``n`` steps of ``env`` (fields stacked on a
+        leading step dim) at once (``torch.vmap`` over the steps; a loop over them if vmap refuses), each
+        as an (n, B, nz) view."""
+        wanted = [b for b in self.bounds if self.cls[b] == "F"] + list(self.w_nodes)
+        names = list(self.env_inputs.items())
+        xs = [torch.as_tensor(env[k]) for _, k in names]
+        dims = tuple(0 if x.shape == (n, *self.env_shapes[k]) else None for x, (_, k) in zip(xs, names))
+
+        def one(*e: torch.Tensor) -> tuple:
+            v = dict(vals)
+            v.update({p: x for (p, _), x in zip(names, e, strict=True)})
+            self._eval(self.f_nodes, v)
+            return tuple(torch.as_tensor(v[w], dtype=self.dtype) for w in wanted)
+
+        try:
+            outs = torch.vmap(one, in_dims=dims)(*xs)
+        except Exception:  # an operation vmap has no rule for: step by step
+            steps = [one(*(x if d is None else x[s] for x, d in zip(xs, dims))) for s in range(n)]
+            outs = tuple(torch.stack([torch.broadcast_to(o[i], (self.B, self.nz)) for o in steps])
+                         for i in range(len(wanted)))  # fmt: skip
+        out = {}
+        for w, o in zip(wanted, outs, strict=True):
+            each = o.shape[1:]  # one step's shape, right-aligned against (B, nz)
+            if len(each) > 2:
+                raise _UnsupportedError("an input with more than 2 dims")
+            out[w] = torch.broadcast_to(o.reshape(n, *([1] * (2 - len(each))), *each), (n, self.B, self.nz))
+        return out
+
+    def _bound_kind(self, t: torch.Tensor) -> tuple[str, torch.Tensor]:
+        """A boundary value as (kind, compact values): 's' scalar, 'r' per layer, 'c' per column, 'f' both."""
+        B, nz = self.B, self.nz
+        t = torch.as_tensor(t, dtype=self.dtype)
+        if t.ndim > 2:
+            raise _UnsupportedError("an input with more than 2 dims")
+        x = torch.broadcast_to(t, (B, nz))
+        sb, sk = x.stride()
+        per_col = sb != 0 and B > 1
+        per_layer = sk != 0 and nz > 1
+        kind = "f" if per_col and per_layer else "c" if per_col else "r" if per_layer else "s"
+        return kind, self._compact(t, kind)
+
+    def _compact(self, t: torch.Tensor, kind: str) -> torch.Tensor:
+        x = torch.broadcast_to(torch.as_tensor(t, dtype=self.dtype), (self.B, self.nz))
+        comp = {"s": lambda: x[0, 0], "r": lambda: x[0], "c": lambda: x[:, 0], "f": lambda: x}[kind]()
+        return comp.contiguous().reshape(-1)
+
+    def _c_expr(self, n: Any, name: dict) -> str:
+        """The C expression of the C node ``n`` (its arguments already named)."""
+        t = n.target
+
+        def a(i: int) -> str:
+            x = n.args[i]
+            if isinstance(x, torch.fx.Node):
+                return name[x]
+            if isinstance(x, bool):
+                return "1" if x else "0"
+            if isinstance(x, int | float):
+                return f"((real){float(x)!r})"
+            raise _UnsupportedError(f"argument {x!r} of {t}")
+
+        if t in _SAME or t is aten._to_copy.default:
+            return a(0)
+        if t in _CONSTS:
+            return f"((real){float(_CONSTS[t](n))!r})"
+        if t in _UNARY:
+            return _UNARY[t].format(a(0))
+        if t in (aten.add.Tensor, aten.sub.Tensor) and n.kwargs.get("alpha", 1) != 1:
+            op = "+" if t is aten.add.Tensor else "-"
+            return f"({a(0)} {op} ((real){float(n.kwargs['alpha'])!r}) * {a(1)})"
+        if t in _BINARY:
+            return _BINARY[t].format(a(0), a(1))
+        if t is aten.rsub.Scalar:
+            alpha = float(n.kwargs.get("alpha", 1))
+            return f"({a(1)} - {a(0)})" if alpha == 1 else f"({a(1)} - ((real){alpha!r}) * {a(0)})"
+        if t is aten.where.self:
+            return f"({a(0)} ? {a(1)} : {a(2)})"
+        if t is aten.pow.Tensor_Scalar:
+            e = n.args[1]
+            if e == 2:
+                return f"({a(0)} * {a(0)})"
+            if e == 1:
+                return a(0)
+            if e == 0.5:
+                return f"SQRT({a(0)})"
+            return f"POW({a(0)}, ((real){float(e)!r}))"
+        if t in (aten.clamp.default, aten.clamp_min.default, aten.clamp_max.default):
+            x = a(0)
+            lo = n.args[1] if len(n.args) > 1 else n.kwargs.get("min")
+            hi = n.args[2] if len(n.args) > 2 else n.kwargs.get("max")
+            if t is aten.clamp_max.default:
+                lo, hi = None, n.args[1]
+            for v, op in ((lo, "<"), (hi, ">")):
+                if v is not None:
+                    lit = name[v] if isinstance(v, torch.fx.Node) else f"((real){float(v)!r})"
+                    x = f"({x} {op} {lit} ? {lit} : {x})"
+            return x
+        raise _UnsupportedError(f"operation {t} on the state")
+
+    def emit(self, outs: list, targets: list[str], indent: str) -> str:
+        """Straight-line C for one cell computing ``outs`` (nodes) into the lvalues ``targets``."""
+        need: set = set()
+        stack = [o for o in outs if self.cls[o] == "C"]
+        while stack:
+            n = stack.pop()
+            if n in need or self.cls[n] != "C":
+                continue
+            need.add(n)
+            stack.extend(n.all_input_nodes)
+        name: dict = {}
+        lines = []
+        for i, (b, kind) in enumerate(zip(self.bounds, self.kinds, strict=True)):
+            name[b] = {"s": f"bs{i}", "r": f"br{i}[k]", "c": f"bc{i}[j]", "f": f"bf{i}[kj]"}[kind[0]]
+        cell_names = [f"Y[{self.order.index(q)}]" for q in self.model.interior] + [
+            "PAR",
+            "SWR",
+            "KPAR",
+        ]
+        for n, i in self.cell_inputs.items():
+            name[n] = f"{cell_names[i]}[kj]"
+        for n in self.gm.graph.nodes:
+            if n in need and n.op == "call_function":
+                v = f"v{len(lines)}"
+                lines.append(
+                    f"{indent}const {'int' if _is_bool(n) else 'real'} {v} = {self._c_expr(n, name)};"
+                )
+                name[n] = v
+        for o, tgt in zip(outs, targets, strict=True):
+            lines.append(f"{indent}{tgt} = {name[o]};")
+        return "\n".join(lines)
+
+    def _build(self) -> ctypes.CDLL:
+        from ._fused_c import kernel_source
+
+        self.src = kernel_source(self)
+        flags = [*_cbuild.FLAGS, "-fopenmp-simd", "-ffp-contract=fast"]  # fused multiply-adds
+        try:
+            lib = _cbuild.build_library(
+                "column_fused", self.src, [*flags, "-DPELAGOS_MVEC"], ["-lmvec", "-lm"]
+            )
+        except Exception:  # no glibc vector maths (not glibc, not x86-64): the scalar exp, slower
+            lib = _cbuild.build_library("column_fused", self.src, flags, ["-lm"])
+        f = lib.pelagos_fused_column
+        f.restype = None
+        i, p, d = ctypes.c_int, ctypes.c_void_p, ctypes.c_double
+        f.argtypes = [i, i, i, d, p, p, p, p, p, p, p, i, p, p, i, i]
+        return lib
+
+    # ---------------------------------------------------------------------------------------------------
+    def run(self, state: dict, phys: Mapping, prm: Mapping, means: tuple, n: int) -> tuple[dict, dict] | str:
+        from .advection import ITMAX, _limiter_coeffs, courant_substeps, face_velocities
+        from .diffusion import diffusion_matrix
+        from .grid import centre_depth
+
+        m, B, nz, dt = self.model, self.B, self.nz, self.model.dt
+        dtype = self.dtype
+        vals = self._p_values(prm)
+        # forcing-dependent values of every step, (n, B, nz) views
+        fvals = self._f_values(vals, m._base_env(phys), n)
+        kinds, arrays = [], []
+        for b in self.bounds:
+            if self.cls[b] == "P":
+                kind, x = vals[("compact", b)]
+                kinds.append(kind + "P")
+            else:
+                x = fvals[b]
+                sb, sk = x.stride()[1:]
+                per_col, per_layer = sb != 0 and B > 1, sk != 0 and nz > 1
+                kind = "f" if per_col and per_layer else "c" if per_col else "r" if per_layer else "s"
+                x = {"s": lambda x=x: x[:, 0, 0], "r": lambda x=x: x[:, 0], "c": lambda x=x: x[:, :, 0],
+                     "f": lambda x=x: x}[kind]()  # fmt: skip
+                kinds.append(kind + "F")
+            arrays.append(x.contiguous())
+        lib = self._libs.get(tuple(kinds))
+        if lib is None:
+            self.kinds = kinds
+            lib = self._libs[tuple(kinds)] = self._build()
+        # physics rows of every step, (n, ·)
+        h = phys["h"][:, 0].to(dtype)  # (n, nz)
+        a, c = diffusion_matrix(h, phys["nuh"][:, 0].to(dtype), dt)
+        rows = [h, -a, 1.0 + a + c, -c]
+        I0 = phys["I_0"].to(dtype).reshape(n, -1)
+        if I0.shape[1] != 1:
+            return "surface light that differs between columns"
+        z = centre_depth(h)
+        rows.append(-z / m.g2)
+        pre = (I0 * (1 - m.A)).reshape(n).contiguous()  # GOTM: I_0 (1 - A) exp(-z/g2 - bio), per step
+        swr = (I0 * m.A * torch.exp(-z / m.g1)).contiguous()  # the non-PAR part of the shortwave, (n, nz)
+        nsub = torch.ones(n, max(len(self.moving), 1), dtype=torch.int32)
+        for i, w in enumerate(self.w_nodes):
+            x = fvals[w]
+            if B > 1 and x.stride(1) != 0 and not torch.equal(x, x[:, :1].expand_as(x)):
+                return "sinking velocities that differ between columns"
+            wc = x[:, 0]
+            ww = face_velocities(wc, h)  # (n, nz+1)
+            it = courant_substeps(ww, h, dt)  # (n,)
+            if int(it.max()) >= ITMAX:
+                warnings.warn(
+                    f"advect_center: sub-steps clipped to max_substeps={ITMAX} (Courant number per sub-step "
+                    "exceeds 1; results are not stable). Reduce dt or raise max_substeps.",
+                    RuntimeWarning,
+                    stacklevel=5,
+                )
+            nsub[:, i] = it.to(torch.int32)
+            itb = it.to(dtype)[:, None]
+            w_int = ww[:, 1:-1]
+            cour = w_int.abs() / itb * dt / (0.5 * (h[:, :-1] + h[:, 1:]))
+            k = _limiter_coeffs(cour)
+            fac = 1.0 / itb * dt
+            # reciprocals: the kernel multiplies (2 r / (c + eps), fac (F_up - F_down) / h)
+            rows += [w_int, k["1-c"], k["x+"], k["x-"], k["2/(1-c)"], 2.0 / k["c+eps"], fac / h]
+        self.last_substeps = int(nsub.max())
+        rowbuf = torch.stack([r.to(dtype).reshape(n, -1) for r in _pad_rows(rows, nz)], 1).contiguous()
+        Y = torch.stack([state[q] for q in self.order]).contiguous()
+        out = torch.empty_like(Y)
+        sums = torch.zeros(max(len(means), 1), B, nz, dtype=torch.float64)
+        msel = torch.tensor([self._mean_code(q) for q in means] or [0], dtype=torch.int32)
+        ptrs = (ctypes.c_void_p * max(len(arrays), 1))(*[x.data_ptr() for x in arrays])
+        nthreads = max(1, min(torch.get_num_threads(), B // _W[dtype]))
+        step = -(-B // nthreads)
+        step = -(-step // _W[dtype]) * _W[dtype]
+        keep = (arrays, rowbuf, pre, swr, nsub, Y, out, sums, msel)
+        fn = lib.pelagos_fused_column
+
+        def call(lo: int, hi: int) -> None:
+            fn(B, nz, n, ctypes.c_double(dt), Y.data_ptr(), out.data_ptr(), ptrs, rowbuf.data_ptr(),
+               pre.data_ptr(), swr.data_ptr(), nsub.data_ptr(), len(means), msel.data_ptr(),
+               sums.data_ptr(), lo, hi)  # fmt: skip
+
+        _cbuild.run_calls([lambda lo=lo: call(lo, min(lo + step, B)) for lo in range(0, B, step)])
+        del keep
+        new = dict(state)
+        new.update(zip(self.order, out.unbind(0), strict=True))
+        return new, {q: sums[i] for i, q in enumerate(means)}
+
+    def _mean_code(self, q: str) -> int:
+        kind, i = self.mean_sources[q]
+        return {"state": 0, "diag": 1000, "par": 2000}[kind] + i
+
+
+_W = {torch.float64: 8, torch.float32: 16}
+
+
+def _pad_rows(rows: list[torch.Tensor], nz: int) -> list[torch.Tensor]:
+    """Rows of nz - 1 (faces) padded to nz, so that every row of the packed buffer has nz entries."""
+    out = []
+    for r in rows:
+        if r.shape[-1] == nz - 1:
+            r = torch.nn.functional.pad(r, (0, 1))
+        out.append(r)
+    return out
+
+
+def _is_bool(n: Any) -> bool:
+    v = n.meta.get("val")
+    return v is not None and getattr(v, "dtype", None) is torch.bool
+
+
+def _const_like(value: float):
+    def f(n: Any) -> float:
+        return value
+
+    return f
+
+
+_CONSTS = {
+    aten.zeros_like.default: _const_like(0.0),
+    aten.ones_like.default: _const_like(1.0),
+    aten.full_like.default: lambda n: n.args[1],
+}

@@ -1,0 +1,207 @@
+"""The fused column kernel (pelagos.column.fused): its generated C step against the plain step.
+
+Every comparison runs the same model twice, ``compile=False`` (the plain step, the reference) and
+``compile=True`` with enough columns for the fused kernel, and checks first that the kernel did run (its
+reason is ``None`` and its plan was built), so a silent fall-back to the compiled step fails the test.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pelagos.bgc import BGCModel, BGCSystem
+from pelagos.bgc.npzd import NPZD
+from pelagos.column import fused as fused_mod
+from pelagos.column.compiled import cxx_available
+from pelagos.column.forcing import ColumnForcing, compact_forcing_path
+from pelagos.column.model import ColumnModel
+from pelagos.core.rollout import rollout
+from pelagos.core.simulation import MemoryWriter, Simulation
+
+pytestmark = pytest.mark.skipif(not cxx_available(), reason="no C/C++ compiler")
+
+F64 = torch.float64
+PAR = "downwelling_photosynthetic_radiative_flux"
+START = 120 * 86400.0  # 1 May: light, a bloom under way
+B = fused_mod.MIN_COLUMNS
+
+
+@pytest.fixture(scope="module")
+def forcing():
+    return ColumnForcing.from_gotm(
+        compact_forcing_path(), start=START - 7200, stop=START + 12 * 86400, dtype=F64
+    )
+
+
+class Plankton(BGCModel):
+    """A made-up model the kernel has never seen: a sinking and a rising tracer, temperature and light
+    limitation through sigmoid/tanh, a clamp, a where, a power, a registered constant velocity (full_like)."""
+
+    fabm_name = "test/plankton"
+
+    def __init__(self, w_sink: float = -5.0, w_rise: float = 2.0):
+        super().__init__()
+        rp = self.register_parameter
+        rp("mu", 1.5, "d-1", scale_factor=1 / 86400, minimum=0.0, maximum=10.0)
+        rp("ks", 0.5, "mmol m-3", minimum=0.0, maximum=10.0)
+        rp("m2", 0.2, "d-1", scale_factor=1 / 86400, minimum=0.0, maximum=10.0)
+        rs = self.register_state_variable
+        rs("n", "mmol m-3", initial_value=5.0, conserved={"total_n": 1.0})
+        rs("p", "mmol m-3", initial_value=0.5, vertical_movement=w_sink / 86400,
+           specific_light_extinction=0.05, conserved={"total_n": 1.0})  # fmt: skip
+        rs("b", "mmol m-3", initial_value=0.2, vertical_movement=w_rise / 86400, conserved={"total_n": 1.0})
+        self.register_dependency("par", PAR, "W m-2")
+        self.register_dependency("temp", "temperature")
+
+    def do(self, s, env):
+        n, p, b = s["n"], s["p"], s["b"]
+        P = lambda q: self.p(q, n.ndim)  # noqa: E731
+        f_t = torch.sigmoid((env["temperature"] - 10.0) / 2.0)
+        f_i = torch.tanh(env[PAR] / 50.0)
+        f_n = torch.clamp(n / (P("ks") + n), max=0.9)
+        growth = P("mu") * f_t * f_i * f_n * p
+        loss = P("m2") * torch.where(p > 1.0, p**2, torch.sqrt(p + 1e-3) * p)
+        rise = 0.05 / 86400 * torch.exp(-b) * b
+        return {"n": -growth + loss + rise, "p": growth - loss, "b": -rise}, {"growth": growth * 86400}
+
+
+def _pair(bgc, forcing, **kw):
+    plain = ColumnModel(bgc, forcing, dt=3600.0, **kw)
+    fast = ColumnModel(bgc, forcing, dt=3600.0, compile=True, **kw)
+    return plain, fast
+
+
+def _perturbed(model, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    s = model.initial_state(B, t0=START)
+    return {k: v * (1 + 0.2 * torch.rand(v.shape, generator=g, dtype=v.dtype)) for k, v in s.items()}
+
+
+def _ran_fused(model):
+    fc = model.__dict__.get("_fused_obj")
+    return model.__dict__.get("_fused_reason", "not asked") is None and fc is not None and fc._plans
+
+
+def _assert_fields_close(a, b, names, tol):
+    for q in names:
+        scale = float(a[q].abs().max())
+        err = float((a[q] - b[q]).abs().max())
+        assert err <= tol * scale, f"{q}: {err:.3e} > {tol:g} x {scale:.3e}"
+
+
+def test_npzd_fused_equals_the_plain_step_with_per_column_parameters(forcing):
+    bgc = BGCSystem({"npzd": NPZD()}).double()
+    plain, fast = _pair(bgc, forcing)
+    s0 = _perturbed(plain)
+    g = torch.Generator().manual_seed(1)
+    raw = {}
+    for q in ("npzd.rmax", "npzd.gmax"):  # a parameter per column, as an ensemble has
+        v = plain.get_parameter_value(q) * torch.exp(0.3 * torch.randn(B, generator=g, dtype=F64))
+        raw[q] = plain.parameter_spec(q).transform.inverse(v)
+    n = 48
+    with torch.no_grad():
+        with plain.using(raw):
+            ref = rollout(plain, s0, n, t0=START, save_every=n, include_initial=False).final
+        with fast.using(raw):
+            got = rollout(fast, s0, n, t0=START, save_every=n, include_initial=False).final
+    assert _ran_fused(fast)
+    _assert_fields_close(ref, got, plain.interior, 1e-12)
+    # the per-column parameters mattered: the columns differ
+    assert float((got["npzd_phy"][0] - got["npzd_phy"][1]).abs().max()) > 1e-6
+
+
+@pytest.mark.parametrize("method", ["P2_PDM", "UPSTREAM", "SUPERBEE", "MUSCL"])
+def test_a_model_the_kernel_has_never_seen_sinking_and_rising(forcing, method):
+    bgc = BGCSystem({"pl": Plankton()}).double()
+    plain, fast = _pair(bgc, forcing, sinking_method=method)
+    s0 = _perturbed(plain, seed=2)
+    n = 30
+    with torch.no_grad():
+        ref = rollout(plain, s0, n, t0=START, save_every=n, include_initial=False).final
+        got = rollout(fast, s0, n, t0=START, save_every=n, include_initial=False).final
+    assert _ran_fused(fast)
+    _assert_fields_close(ref, got, plain.interior, 1e-12)
+    moved = float((ref["pl_b"] - s0["pl_b"]).abs().max())
+    assert moved > 1e-3  # the tracers did move
+
+
+def test_several_sinking_substeps_per_step(forcing):
+    """100 m/d through 5 m layers in an hour: Courant number > 1, GOTM's sub-steps (counted per step)."""
+    bgc = BGCSystem({"pl": Plankton(w_sink=-300.0)}).double()
+    plain, fast = _pair(bgc, forcing)
+    s0 = _perturbed(plain, seed=3)
+    n = 12
+    with torch.no_grad():
+        ref = rollout(plain, s0, n, t0=START, save_every=n, include_initial=False).final
+        got = rollout(fast, s0, n, t0=START, save_every=n, include_initial=False).final
+    assert _ran_fused(fast)
+    plan = next(iter(fast._fused_obj._plans.values()))
+    assert plan.last_substeps > 1
+    _assert_fields_close(ref, got, plain.interior, 1e-12)
+
+
+def test_float32_fused_is_as_close_to_float64_as_the_plain_float32_step(forcing):
+    f32 = ColumnForcing.from_gotm(
+        compact_forcing_path(), start=START - 7200, stop=START + 3 * 86400, dtype=torch.float32
+    )
+    plain32, fast32 = (m.float() for m in _pair(BGCSystem({"npzd": NPZD()}), f32))
+    ref_model = ColumnModel(BGCSystem({"npzd": NPZD()}).double(), forcing, dt=3600.0)
+    s64 = _perturbed(ref_model, seed=4)
+    s32 = {k: v.float() for k, v in s64.items()}
+    n = 24
+
+    def final(model, s):
+        return rollout(model, s, n, t0=START, save_every=n, include_initial=False).final
+
+    with torch.no_grad():
+        ref, plain, got = final(ref_model, s64), final(plain32, s32), final(fast32, s32)
+    assert _ran_fused(fast32) and got["npzd_phy"].dtype == plain["npzd_phy"].dtype == torch.float32
+    for q in ref_model.interior:
+        scale = float(ref[q].abs().max())
+        e_plain = float((plain[q].double() - ref[q]).abs().max())
+        e_fused = float((got[q].double() - ref[q]).abs().max())
+        assert e_fused <= 3 * e_plain + 1e-6 * scale, (q, e_fused, e_plain)
+
+
+def test_interval_means_through_simulation_equal_the_plain_step(forcing):
+    """``Simulation`` (``pelagos run``'s loop) with daily means of a diagnostic, PAR and a state variable."""
+    bgc = BGCSystem({"npzd": NPZD()}).double()
+    ref_model = ColumnModel(bgc, forcing, dt=3600.0)
+    fast = ColumnModel(bgc, forcing, dt=3600.0, compile=True)
+    s0 = _perturbed(ref_model, seed=5)
+    names = ["npzd_PPR", "npzd_NPR", "PAR", "npzd_phy", "total_nitrogen"]
+
+    def run(model):
+        mem = MemoryWriter(names)
+        Simulation(model, s0, start=START, n_steps=48, output_every=24, writers=[mem], progress=False).run()
+        return mem.stacked()
+
+    with torch.no_grad():
+        ref, got = run(ref_model), run(fast)
+    assert _ran_fused(fast)
+    means = [v.name for v in fast.output_variables() if v.mean]
+    assert {"npzd_PPR", "PAR"} <= set(means)  # interval means, summed inside the kernel
+    for q in names:
+        a, b = ref[q], got[q]
+        assert a.shape == b.shape and a.shape[0] == 3  # the initial record and two days
+        torch.testing.assert_close(
+            b, a, rtol=1e-11, atol=1e-12 * float(a.nan_to_num().abs().max()), equal_nan=True
+        )
+
+
+def test_what_the_kernel_does_not_take(forcing):
+    bgc = BGCSystem({"npzd": NPZD()}).double()
+    model = ColumnModel(bgc, forcing, dt=3600.0, compile=True)
+    s0 = model.initial_state(B, t0=START)
+    assert fused_mod.fused_column(model, s0) is not None
+    x = {k: v.clone().requires_grad_(True) for k, v in s0.items()}  # a gradient recorded: compiled step
+    assert fused_mod.fused_column(model, x) is None
+    assert model._fused_reason == "a gradient is recorded"
+    with torch.no_grad():
+        assert fused_mod.fused_column(model, x) is not None  # ... unless none is
+    split = ColumnModel(bgc, forcing, dt=3600.0, compile=True, split_factor=2)
+    assert fused_mod.fused_column(split, s0) is None and "splitting" in split._fused_reason
+    few = model.initial_state(B - 1, t0=START)  # too few columns: not asked
+    model.__dict__.pop("_fused_reason")
+    assert model._fused_steps(few, [START, START + 3600.0], ()) == (few, None, 0)
