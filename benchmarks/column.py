@@ -136,6 +136,16 @@ def record_stamps() -> Iterator[list[float]]:
         netcdf_writer.ModelNetCDFWriter.write = write
 
 
+def _path_taken(model: Any, compile: bool) -> str:
+    """Which step ran: "plain", "fused" (the generated C kernel, :mod:`pelagos.column.fused`) or "inductor"
+    (the torch.compile program)."""
+    if not compile:
+        return "plain"
+    fc = model.__dict__.get("_fused_obj")
+    ran = fc is not None and fc._plans and model.__dict__.get("_fused_reason", "not asked") is None
+    return "fused" if ran else "inductor"
+
+
 def run_path(columns: int, compile: bool, days: int, dtype_name: str = "float64") -> dict:
     """``pelagos run`` of examples/nns_annual_npzd.yaml on the 110-layer physics through
     :func:`pelagos.io.build.run`: two 1-day runs (the first with imports and compilation), then a
@@ -172,10 +182,21 @@ def run_path(columns: int, compile: bool, days: int, dtype_name: str = "float64"
         run(EXAMPLE, overrides=[*base, stop], fresh=True, progress=False)
         return time.process_time() - c, time.perf_counter() - w
 
+    from pelagos.column.model import ColumnModel
+
+    models: list = []
+    init = ColumnModel.__init__
+
+    def keep(self: Any, *args: Any, **kw: Any) -> None:  # the run's model, to ask which step it took
+        init(self, *args, **kw)
+        models.append(self)
+
+    ColumnModel.__init__ = keep
     first = once(1)  # imports, first compilation
     short = once(1)
     with record_stamps() as stamps:
         long = once(1 + days)
+    ColumnModel.__init__ = init
     if len(stamps) < 3:
         raise SystemExit(f"run_path: {len(stamps)} daily records stamped; give at least 2 days")
     per_step = (stamps[-1] - stamps[1]) / (24 * (len(stamps) - 2))  # one record a day
@@ -183,6 +204,7 @@ def run_path(columns: int, compile: bool, days: int, dtype_name: str = "float64"
     return {
         "columns": columns,
         "compile": compile,
+        "path": _path_taken(models[-1], compile),
         "dtype": dtype_name,
         "days_timed": days,
         "cpu_s_first_1day_run": first[0],
@@ -247,6 +269,7 @@ def run_one(
         "dtype": dtype_name,
         "mode": mode,
         "compile": bool(compile),
+        "path": _path_taken(model, compile),
         "bgc": bgc_name,
         "first_window_wall_s": compile_wall,
         "first_window_cpu_s_with_compiler": compile_cpu,
@@ -542,15 +565,16 @@ def _sub(args: list[str], env: dict) -> dict:
 
 def table(results: list[dict], gotm_s: float) -> str:
     lines = [
-        "| model | batch | dtype | mode | compiled | CPU ms / step | column-years / s (per core) "
-        "| x GOTM+FABM | first window (compile) wall s | peak RSS MB |",
-        "|---|---:|---|---|---|---:|---:|---:|---:|---:|",
+        "| model | batch | dtype | mode | compiled | step taken | CPU ms / step "
+        "| column-years / s (per core) | x GOTM+FABM | first window (compile) wall s | peak RSS MB |",
+        "|---|---:|---|---|---|---|---:|---:|---:|---:|---:|",
     ]
     for r in results:
         cw = r.get("first_window_wall_s")
         lines.append(
             f"| {r.get('bgc', 'npzd')} | {r['batch']} | {r['dtype']} | {r['mode']} | "
-            f"{'yes' if r.get('compile') else 'no'} | {1e3 * r['seconds_per_step_min']:.3f} | "
+            f"{'yes' if r.get('compile') else 'no'} | {r.get('path', '-')} | "
+            f"{1e3 * r['seconds_per_step_min']:.3f} | "
             f"{r['column_years_per_second']:.3g} | {r['column_years_per_second'] * gotm_s:.3g} | "
             f"{cw:.1f} | {r['peak_rss_mb']:.0f} |"
         )
@@ -569,8 +593,12 @@ def summary(results: list[dict], runs: list[dict], gotm_s: float) -> list[dict]:
     rows = []
     gotm_step = gotm_s / STEPS_PER_YEAR
 
-    def both(**kw: Any) -> tuple[dict | None, dict | None]:
-        return _find(results, compile=False, **kw), _find(results, compile=True, **kw)
+    def both(**kw: Any) -> tuple[dict | None, dict | None]:  # plain, and what `compile: true` runs
+        return _find(results, compile=False, **kw), _find(results, compile=True, inductor_only=None, **kw)
+
+    def inductor(**kw: Any) -> float | None:  # the same with the fused kernel off
+        r = _find(results, compile=True, inductor_only=True, **kw)
+        return None if r is None else r["column_years_per_second"] * gotm_s
 
     p, c = both(batch=1, dtype="float64", mode="forward", bgc="npzd")
     if p and c:
@@ -603,11 +631,13 @@ def summary(results: list[dict], runs: list[dict], gotm_s: float) -> list[dict]:
                     "case": f"{B} columns, {dtype}, forward, per core: x GOTM+FABM (benchmark)",
                     "gotm": f"{gotm_s:.2f} s/column-year",
                     "plain": pf["column_years_per_second"] * gotm_s, "compiled": x,
+                    "inductor": inductor(batch=B, dtype=dtype, mode="forward", bgc="npzd"),
                     "target": f">= {target:g}", "ok": x >= target,
                 })  # fmt: skip
     for cols in sorted({r["columns"] for r in runs}):
         rp = _find(runs, columns=cols, compile=False)
-        rc = _find(runs, columns=cols, compile=True)
+        rc = _find(runs, columns=cols, compile=True, inductor_only=None)
+        ri = _find(runs, columns=cols, compile=True, inductor_only=True)
         if rp and rc:
             x = rc["column_years_per_second"] * gotm_s
             target = "<= 1 (time per column-year)" if cols == 1 else ">= 100"
@@ -617,7 +647,8 @@ def summary(results: list[dict], runs: list[dict], gotm_s: float) -> list[dict]:
                 "case": f"`pelagos run` nns_annual_npzd.yaml, 110 layers, columns {cols}, float64"
                 + (": time per column-year / GOTM+FABM's" if cols == 1 else ": x GOTM+FABM per core"),
                 "gotm": f"{gotm_s:.2f} s/column-year",
-                "plain": val(rp), "compiled": val(rc), "target": target,
+                "plain": val(rp), "compiled": val(rc), "inductor": None if ri is None else val(ri),
+                "target": target,
                 "ok": (val(rc) <= 1.0) if cols == 1 else (x >= 100.0),
             })  # fmt: skip
     for comp in (False, True):
@@ -639,13 +670,13 @@ def summary_table(rows: list[dict]) -> str:
         return "-" if x is None else (f"{x:.3g}" if isinstance(x, float) else str(x))
 
     lines = [
-        "| case | GOTM+FABM | ours, plain | ours, compiled | target | met |",
-        "|---|---|---:|---:|---|---|",
+        "| case | GOTM+FABM | ours, plain | ours, compiled | compiled, Inductor only | target | met |",
+        "|---|---|---:|---:|---:|---|---|",
     ]
     for r in rows:
         lines.append(
-            f"| {r['case']} | {r['gotm']} | {f(r.get('plain'))} | {f(r.get('compiled'))} | {r['target']} | "
-            f"{'yes' if r['ok'] else 'no'} |"
+            f"| {r['case']} | {r['gotm']} | {f(r.get('plain'))} | {f(r.get('compiled'))} | "
+            f"{f(r.get('inductor'))} | {r['target']} | {'yes' if r['ok'] else 'no'} |"
         )
     return "\n".join(lines)
 
@@ -735,18 +766,24 @@ def main(argv: list[str] | None = None) -> None:
     if a.grad_only:  # the fwd+bwd rows and their forward denominators anew, the other rows of the last run
         configs = [(B, "float64", m, "npzd") for B in a.grad_batches for m in ("forward", "fwd+bwd")]
         results = last["results"]
+    off = {**env, "PELAGOS_COLUMN_FUSED": "0"}  # the compiled step with the fused kernel off
     for B, dtype, mode, bgc in configs:
-        for comp in (False, True):
+        variants = [(False, env), (True, env)]
+        if mode == "forward" and B >= 1000:
+            variants.append((True, off))
+        for comp, e in variants:
             steps = a.grad_steps if mode == "fwd+bwd" else a.steps
             r = _sub(["--one", str(B), dtype, mode, "1" if comp else "0", bgc, "--steps", str(steps),
-                      "--repeat", str(a.repeat), "--chunk", str(a.chunk)], env)  # fmt: skip
+                      "--repeat", str(a.repeat), "--chunk", str(a.chunk)], e)  # fmt: skip
+            if e is off:
+                r["inductor_only"] = True
             same = [i for i, x in enumerate(results) if _key(x) == _key(r)]
             if same:  # --grad-only: a row of the last run, replaced in its place
                 results[same[0]] = r
             else:
                 results.append(r)
             print(
-                f"{bgc:6s} B={B:5d} {dtype} {mode:8s} compiled={comp!s:5s} "
+                f"{bgc:6s} B={B:5d} {dtype} {mode:8s} compiled={comp!s:5s} {r['path']:8s} "
                 f"{1e3 * r['seconds_per_step_min']:8.3f} ms/step "
                 f"{r['column_years_per_second']:9.3g} col-yr/s x{r['column_years_per_second'] * gotm_s:.3g} "
                 f"GOTM  first window {r['first_window_wall_s']:.1f} s",
@@ -754,11 +791,14 @@ def main(argv: list[str] | None = None) -> None:
             )
     runs = last["run_path"] if a.grad_only else []
     for cols, days in () if a.grad_only else ((1, a.run_days[0]), (1024, a.run_days[1])):
-        for comp in (False, True):
-            r = _sub(["--run-path", str(cols), "1" if comp else "0", str(days)], env)
+        for comp, e in [(False, env), (True, env)] + ([(True, off)] if cols >= 1000 else []):
+            r = _sub(["--run-path", str(cols), "1" if comp else "0", str(days)], e)
+            if e is off:
+                r["inductor_only"] = True
             runs.append(r)
             print(
-                f"pelagos run columns={cols} compiled={comp}: {1e3 * r['seconds_per_step']:.3f} ms/step, "
+                f"pelagos run columns={cols} compiled={comp} {r['path']}: "
+                f"{1e3 * r['seconds_per_step']:.3f} ms/step, "
                 f"x{r['column_years_per_second'] * gotm_s:.3g} GOTM, start-up+compile "
                 f"{r['startup_and_compile_cpu_s']:.1f} s CPU "
                 f"(first run {r['wall_s_first_1day_run']:.1f} s wall)",
@@ -794,7 +834,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _key(r: dict) -> tuple:
-    return r["batch"], r["dtype"], r["mode"], r["bgc"], r["compile"]
+    return r["batch"], r["dtype"], r["mode"], r["bgc"], r["compile"], r.get("inductor_only")
 
 
 def write_doc(
