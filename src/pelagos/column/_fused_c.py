@@ -35,9 +35,9 @@ extern {real} {exp}({real});
 """
 
 _BODY = """
-MV void pelagos_fused_column(int B, int nz, int nsteps, double dt_, const real *state, real *out,
+MV void pelagos_fused_column(int B, int nz, int nsteps, double dt_, void **state, real *out,
                              void **bp, const real *rowbuf, const real *pre, const real *swr,
-                             const int *nsub, int nmeans, const int *msel, double *sums, int lo, int hi)
+                             const int *nsub, int nmeans, double *sums, int lo, int hi)
 {{
     const real dt = (real)dt_;
     /* the tridiagonal factorisation of every step (one matrix for all columns and tracers) */
@@ -59,7 +59,7 @@ MV void pelagos_fused_column(int B, int nz, int nsteps, double dt_, const real *
         const int nb = hi - b0 < W ? hi - b0 : W;
         for (int v = 0; v < NV; v++)
             for (int j = 0; j < W; j++) {{
-                const real *src = state + ((size_t)v * B + b0 + (j < nb ? j : nb - 1)) * nz;
+                const real *src = (const real *)state[v] + ((size_t)b0 + (j < nb ? j : nb - 1)) * nz;
                 for (int k = 0; k < nz; k++) Y[v][k * W + j] = src[k];
             }}
         for (int q = 0; q < nmeans; q++)
@@ -162,11 +162,6 @@ MV void pelagos_fused_column(int B, int nz, int nsteps, double dt_, const real *
                         SIMD for (int j = 0; j < W; j++) {{
                             const int kj = k * W + j;
 {diag}
-                            for (int q = 0; q < nmeans; q++) {{
-                                const int c = msel[q];
-                                const real x = c >= 2000 ? PAR[kj] : c >= 1000 ? DG[c - 1000] : Y[c][kj];
-                                SUM[q][kj] += (double)x;
-                            }}
                         }}
                     }}
                 }}
@@ -276,13 +271,14 @@ def kernel_source(plan: Any) -> str:
         f"{pad}    Y[{order.index(q)}][kj] = Y[{order.index(q)}][kj] + dt * R{i};"
         for i, q in enumerate(plan.rate_names)
     ]
-    nd = len(plan.diag_nodes)
-    dg = [f"DG[{i}]" for i in range(nd)]
-    diag = (
-        (f"{pad}    real DG[{max(nd, 1)}];\n" + plan.emit(plan.diag_nodes, dg, pad + "    "))
-        if nd
-        else (f"{pad}    real DG[1] = {{0}};")
-    )
+    # the interval means asked for (generated for this selection: straight-line, vectorised)
+    sel = [plan.mean_sources[q] for q in plan.means]
+    dnodes = [plan.diag_nodes[i] for kind, i in sel if kind == "diag"]
+    dnames = [f"const real DG{i}" for kind, i in sel if kind == "diag"]
+    diag = [plan.emit(dnodes, dnames, pad + "    ")] if dnodes else []
+    for q, (kind, i) in enumerate(sel):
+        x = {"state": f"Y[{i}][kj]", "par": "PAR[kj]", "diag": f"DG{i}"}[kind]
+        diag.append(f"{pad}    SUM[{q}][kj] += (double){x};")
     rep = []
     if plan.model.repair:
         for q in order:
@@ -302,7 +298,7 @@ def kernel_source(plan: Any) -> str:
         repair="\n".join(rep),
         ext=ext,
         src=src + "\n" + "\n".join(upd),
-        diag=diag,
+        diag="\n".join(diag),
         inv_g2=repr(1.0 / plan.model.g2),
     )
     return head + body

@@ -316,6 +316,17 @@ class _Plan:
             elif n.op == "call_function":
                 deps = [cls[a] for a in n.all_input_nodes]
                 cls[n] = "C" if "C" in deps else ("F" if "F" in deps else "P")
+        # a cell divided by a value that is not a cell (NPZD's PAR / iopt): times its reciprocal, computed
+        # once outside (one rounding more, a division less per cell)
+        for n in list(g.nodes):
+            d = n.args[1] if n.op == "call_function" and n.target is aten.div.Tensor else None
+            if isinstance(d, torch.fx.Node) and cls[n] == "C" and cls[d] != "C" and not n.kwargs:
+                with g.inserting_after(d):
+                    r = g.call_function(aten.reciprocal.default, (d,))
+                r.meta["val"] = d.meta.get("val")
+                cls[r] = cls[d]
+                n.target = aten.mul.Tensor
+                n.args = (n.args[0], r)
         out = next(n for n in g.nodes if n.op == "output")
         outs = list(out.args[0])
         self.cls = cls
@@ -537,7 +548,7 @@ class _Plan:
         f = lib.pelagos_fused_column
         f.restype = None
         i, p, d = ctypes.c_int, ctypes.c_void_p, ctypes.c_double
-        f.argtypes = [i, i, i, d, p, p, p, p, p, p, p, i, p, p, i, i]
+        f.argtypes = [i, i, i, d, p, p, p, p, p, p, p, i, p, i, i]
         return lib
 
     # ---------------------------------------------------------------------------------------------------
@@ -565,10 +576,10 @@ class _Plan:
                      "f": lambda x=x: x}[kind]()  # fmt: skip
                 kinds.append(kind + "F")
             arrays.append(x.contiguous())
-        lib = self._libs.get(tuple(kinds))
-        if lib is None:
-            self.kinds = kinds
-            lib = self._libs[tuple(kinds)] = self._build()
+        lib = self._libs.get((tuple(kinds), means))
+        if lib is None:  # a kernel per kinds of inputs and selection of means (a run has one of each)
+            self.kinds, self.means = kinds, means
+            lib = self._libs[(tuple(kinds), means)] = self._build()
         # physics rows of every step, (n, ·)
         h = phys["h"][:, 0].to(dtype)  # (n, nz)
         a, c = diffusion_matrix(h, phys["nuh"][:, 0].to(dtype), dt)
@@ -605,20 +616,20 @@ class _Plan:
             rows += [w_int, k["1-c"], k["x+"], k["x-"], k["2/(1-c)"], 2.0 / k["c+eps"], fac / h]
         self.last_substeps = int(nsub.max())
         rowbuf = torch.stack([r.to(dtype).reshape(n, -1) for r in _pad_rows(rows, nz)], 1).contiguous()
-        Y = torch.stack([state[q] for q in self.order]).contiguous()
-        out = torch.empty_like(Y)
-        sums = torch.zeros(max(len(means), 1), B, nz, dtype=torch.float64)
-        msel = torch.tensor([self._mean_code(q) for q in means] or [0], dtype=torch.int32)
+        Y = [state[q].contiguous() for q in self.order]  # read in place: the kernel takes one pointer each
+        out = torch.empty(len(Y), B, nz, dtype=dtype)
+        sums = torch.empty(max(len(means), 1), B, nz, dtype=torch.float64)  # the kernel writes every entry
         ptrs = (ctypes.c_void_p * max(len(arrays), 1))(*[x.data_ptr() for x in arrays])
+        yptrs = (ctypes.c_void_p * len(Y))(*[y.data_ptr() for y in Y])
         nthreads = max(1, min(torch.get_num_threads(), B // _W[dtype]))
         step = -(-B // nthreads)
         step = -(-step // _W[dtype]) * _W[dtype]
-        keep = (arrays, rowbuf, pre, swr, nsub, Y, out, sums, msel)
+        keep = (arrays, rowbuf, pre, swr, nsub, Y, out, sums)
         fn = lib.pelagos_fused_column
 
         def call(lo: int, hi: int) -> None:
-            fn(B, nz, n, ctypes.c_double(dt), Y.data_ptr(), out.data_ptr(), ptrs, rowbuf.data_ptr(),
-               pre.data_ptr(), swr.data_ptr(), nsub.data_ptr(), len(means), msel.data_ptr(),
+            fn(B, nz, n, ctypes.c_double(dt), yptrs, out.data_ptr(), ptrs, rowbuf.data_ptr(),
+               pre.data_ptr(), swr.data_ptr(), nsub.data_ptr(), len(means),
                sums.data_ptr(), lo, hi)  # fmt: skip
 
         _cbuild.run_calls([lambda lo=lo: call(lo, min(lo + step, B)) for lo in range(0, B, step)])
@@ -626,10 +637,6 @@ class _Plan:
         new = dict(state)
         new.update(zip(self.order, out.unbind(0), strict=True))
         return new, {q: sums[i] for i, q in enumerate(means)}
-
-    def _mean_code(self, q: str) -> int:
-        kind, i = self.mean_sources[q]
-        return {"state": 0, "diag": 1000, "par": 2000}[kind] + i
 
 
 _W = {torch.float64: 8, torch.float32: 16}
