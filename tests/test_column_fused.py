@@ -16,6 +16,7 @@ from pelagos.column import fused as fused_mod
 from pelagos.column.compiled import cxx_available
 from pelagos.column.forcing import ColumnForcing, compact_forcing_path
 from pelagos.column.model import ColumnModel
+from pelagos.core.errors import SolverError
 from pelagos.core.rollout import rollout
 from pelagos.core.simulation import MemoryWriter, Simulation
 
@@ -229,3 +230,43 @@ def test_a_model_year_fused_equals_the_plain_step():
         got = rollout(fast, s, n, t0=t0, save_every=24, include_initial=False).final
     assert _ran_fused(fast)
     _assert_fields_close(ref, got, plain.interior, 1e-12)
+
+
+@pytest.mark.slow  # compiles the Inductor step's backward: minutes with a cold cache
+def test_checkpointed_gradient_with_a_fused_forward_sweep(forcing):
+    """A checkpointed gradient's forward sweep records no graph: it takes the fused kernel, the segments are
+    recomputed by the compiled step with a graph. The gradient equals the plain step's."""
+    bgc = BGCSystem({"npzd": NPZD()}).double()
+    plain, fast = _pair(bgc, forcing)
+    s0 = _perturbed(plain, seed=7)
+
+    def grad(model):
+        u = {"npzd.rmax": torch.zeros((), dtype=F64, requires_grad=True)}
+        with model.using(u):
+            fin = rollout(model, s0, 24, t0=START, save_every=24, include_initial=False, checkpoint=12).final
+        (fin["npzd_phy"].sum() + fin["npzd_nut"].square().sum()).backward()
+        return u["npzd.rmax"].grad
+
+    ref = grad(plain)
+    got = grad(fast)
+    assert fast._fused_obj._plans  # the forward sweep ran the kernel
+    torch.testing.assert_close(got, ref, rtol=1e-10, atol=0)
+
+
+def test_a_non_finite_state_is_an_error_naming_the_variable(forcing):
+    bgc = BGCSystem({"npzd": NPZD()}).double()
+    model = ColumnModel(bgc, forcing, dt=3600.0, compile=True)
+    s0 = model.initial_state(B, t0=START)
+    s0["npzd_det"][3, 5] = float("nan")
+    with torch.no_grad(), pytest.raises(SolverError, match="npzd_det"):
+        rollout(model, s0, 4, t0=START, save_every=4, include_initial=False)
+    assert model._fused_reason is None  # raised by the kernel's check, not by a fall-back
+
+
+def test_a_state_of_another_dtype_than_the_forcing_keeps_the_compiled_step(forcing):
+    """The plain step promotes a float32 state on float64 forcing to float64; the kernel would not."""
+    model = ColumnModel(BGCSystem({"npzd": NPZD()}).double(), forcing, dt=3600.0, compile=True)
+    s32 = {k: v.float() for k, v in model.initial_state(B, t0=START).items()}
+    with torch.no_grad():
+        assert model._fused_steps(s32, [START, START + 3600.0], ())[2] == 0
+    assert "dtype" in model._fused_reason

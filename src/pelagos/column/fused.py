@@ -22,7 +22,9 @@ Same operations as the plain step in the same order, except where C evaluates ``
 ``exp`` under 4 ulp, or the scalar one) and the Thomas sweep multiplies by a reciprocal: float64 agreement
 with the plain step is ~1e-15 per step (tested over a model year ≤ 1e-12 in tests/test_column_fused.py).
 
-When it is used: ``compile`` on (``numerics.compile``), CPU, float32/float64, no gradient recorded
+When it is used (:meth:`ColumnModel.step_block <pelagos.column.model.ColumnModel.step_block>`, the run
+loops' multi-step hook): ``compile`` on (``numerics.compile``), :data:`MIN_COLUMNS` columns or more, CPU,
+float32/float64 (state, forcing and parameters of one dtype), no gradient recorded
 (``torch.no_grad`` or nothing requires grad: ``pelagos run``, ensembles, the benchmark), physics shared by
 the columns (``h``, ``nuh`` one row), ``cnpar = 1``, Euler sources without splitting, no running means, no
 surface or bottom fluxes, GOTM's light, and a model whose state-dependent arithmetic is elementwise from the
@@ -41,13 +43,14 @@ from typing import Any
 import torch
 
 from ..core import _cbuild
+from ..core.errors import SolverError
 
 __all__ = ["FusedColumn", "fused_column"]
 
 _ENABLED = os.environ.get("PELAGOS_COLUMN_FUSED", "1") == "1"
 # Below this many columns the compiled step is as fast: the kernel's per-call cost in Python (the forcing's
 # values of each step, the physics rows) is then not paid back (docs/bench_column.md, "The fused kernel").
-MIN_COLUMNS = int(os.environ.get("PELAGOS_COLUMN_FUSED_MIN", "64"))
+MIN_COLUMNS = int(os.environ.get("PELAGOS_COLUMN_FUSED_MIN", "16"))
 _PAR = "downwelling_photosynthetic_radiative_flux"
 _SWR = "downwelling_shortwave_flux"
 _KPAR = "attenuation_coefficient_of_photosynthetic_radiative_flux"
@@ -139,14 +142,6 @@ def _effective_raw(model: Any) -> dict[str, torch.Tensor]:
     return out
 
 
-def _tensors(x: Any) -> list[torch.Tensor]:
-    if isinstance(x, Mapping):
-        return [t for v in x.values() for t in _tensors(v)]
-    if isinstance(x, list | tuple):
-        return [t for v in x for t in _tensors(v)]
-    return [x] if torch.is_tensor(x) else []
-
-
 class _UnsupportedError(Exception):
     pass
 
@@ -236,6 +231,9 @@ class FusedColumn:
                     return "physics that differs between columns"
             env0 = m._base_env({k: v[0] for k, v in phys.items()})
             prm = _effective_raw(m)
+            # the plain step promotes to a dimensioned input's wider dtype (0-dim parameters do not count)
+            if phys["h"].dtype != x.dtype or any(v.ndim and v.dtype != x.dtype for v in prm.values()):
+                return "forcing or per-column parameters of another dtype than the state"
             plan = self._plan(B, nz, x.dtype, env0, prm)
             if isinstance(plan, str):
                 return plan
@@ -249,7 +247,6 @@ class _Plan:
     """One traced, generated and compiled kernel for a layout (batch, layers, dtype, input shapes)."""
 
     def __init__(self, model: Any, B: int, nz: int, dtype: torch.dtype, env: Mapping, prm: Mapping) -> None:
-        from torch._subclasses.fake_tensor import FakeTensorMode
         from torch.fx.experimental.proxy_tensor import make_fx
 
         self.model, self.B, self.nz, self.dtype = model, B, nz, dtype
@@ -285,7 +282,6 @@ class _Plan:
                 gm = make_fx(f, tracing_mode="fake")(*args)
         except Exception as err:  # data-dependent Python branches, unsupported tensor code
             raise _UnsupportedError(f"the model could not be traced ({type(err).__name__}: {err})") from err
-        del FakeTensorMode
         self.gm = gm
         self.still = [q for q in names if q not in self.moving]
         self.order = self.moving + self.still  # tracers in the kernel (moving first, as _transport stacks)
@@ -634,6 +630,17 @@ class _Plan:
 
         _cbuild.run_calls([lambda lo=lo: call(lo, min(lo + step, B)) for lo in range(0, B, step)])
         del keep
+        if not bool(torch.isfinite(out).all()):  # as the plain step's solve, never a silent NaN
+            bad = [
+                q for q, x in zip(self.order, out.unbind(0), strict=True) if not bool(torch.isfinite(x).all())
+            ]
+            day = float(phys["doy"][0])
+            raise SolverError(
+                f"pelagos column (fused kernel): a non-finite state ({', '.join(bad)}) in the {n} steps from "
+                f"day of year {day:.2f}: NaN or Inf in the state, the forcing or a parameter, or a step that "
+                "blew up. Run the same steps with numerics.compile: false (ColumnModel(compile=False)) for "
+                "the message that names the input."
+            )
         new = dict(state)
         new.update(zip(self.order, out.unbind(0), strict=True))
         return new, {q: sums[i] for i, q in enumerate(means)}
