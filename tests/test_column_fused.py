@@ -73,10 +73,10 @@ def _pair(bgc, forcing, **kw):
     return plain, fast
 
 
-def _perturbed(model, seed=0, t0=START):
+def _perturbed(model, seed=0, t0=START, columns=B):
     """The model's initial state, every column and layer made different (zero fields made positive)."""
     g = torch.Generator().manual_seed(seed)
-    s = model.initial_state(B, t0=t0)
+    s = model.initial_state(columns, t0=t0)
 
     def rand(v):
         return torch.rand(v.shape, generator=g, dtype=v.dtype)
@@ -121,7 +121,7 @@ def test_npzd_fused_equals_the_plain_step_with_per_column_parameters(forcing):
 def test_a_model_the_kernel_has_never_seen_sinking_and_rising(forcing, method):
     bgc = BGCSystem({"pl": Plankton()}).double()
     plain, fast = _pair(bgc, forcing, sinking_method=method)
-    s0 = _perturbed(plain, seed=2)
+    s0 = _perturbed(plain, seed=2, columns=B + 5)  # a last block of 5 of the 8 SIMD columns
     n = 30
     with torch.no_grad():
         ref = rollout(plain, s0, n, t0=START, save_every=n, include_initial=False).final
@@ -270,3 +270,23 @@ def test_a_state_of_another_dtype_than_the_forcing_keeps_the_compiled_step(forci
     with torch.no_grad():
         assert model._fused_steps(s32, [START, START + 3600.0], ())[2] == 0
     assert "dtype" in model._fused_reason
+
+
+def test_an_ensemble_of_parameters_through_stacked_column(forcing):
+    """ES-MDA's forecast: one initial column stepped through ``StackedColumn`` with ``Ne`` parameter values
+    runs as ``Ne`` columns (the stacked view repeats the column); the kernel takes them."""
+    from pelagos.column.stacked import StackedColumn
+
+    bgc = BGCSystem({"npzd": NPZD()}).double()
+    plain, fast = (StackedColumn(m) for m in _pair(bgc, forcing))
+    x0 = plain.stack(_perturbed(plain.model, seed=8, columns=1))  # (1, V, nz)
+    v = plain.get_parameter_value("npzd.gmax") * torch.linspace(0.5, 2.0, B, dtype=F64)
+    raw = {"npzd.gmax": plain.parameter_spec("npzd.gmax").transform.inverse(v)}
+
+    def final(model):
+        with torch.no_grad(), model.using(raw):
+            return rollout(model, x0, 24, t0=START, save_every=24, include_initial=False).final
+
+    ref, got = final(plain), final(fast)
+    assert _ran_fused(fast.model) and got.shape == ref.shape == (B, *x0.shape[1:])
+    _assert_fields_close(plain.unstack(ref), fast.unstack(got), plain.variables, 1e-12)
