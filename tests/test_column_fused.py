@@ -290,3 +290,32 @@ def test_an_ensemble_of_parameters_through_stacked_column(forcing):
     ref, got = final(plain), final(fast)
     assert _ran_fused(fast.model) and got.shape == ref.shape == (B, *x0.shape[1:])
     _assert_fields_close(plain.unstack(ref), fast.unstack(got), plain.variables, 1e-12)
+
+
+def test_physics_per_column(forcing):
+    """Many sites: each column with its own layers, mixing, temperature and surface light (and so its own
+    sinking Courant number, sub-steps and factorisation) — ``ColumnForcing`` of shape ``(B, T, nz)``."""
+    fl = {k: v.reshape(-1, *v.shape[-2:])[0] if k != "I_0" else v.reshape(-1, v.shape[-1])[0]
+          for k, v in forcing.fields.items()}  # fmt: skip
+    a = torch.linspace(0.3, 1.6, B + 3, dtype=F64)  # 19 columns: a partial last block
+    h = torch.stack([fl["h"] * x for x in a])  # thin layers: several sinking sub-steps in some columns
+    f = ColumnForcing(
+        forcing.time, h, torch.stack([fl["temp"] + 2 * x for x in a]), torch.stack([fl["salt"]] * len(a)),
+        torch.stack([fl["nuh"] * (2 - x) for x in a]), torch.stack([fl["I_0"] * (1.6 - x / 2) for x in a]),
+        epoch=forcing.epoch,
+    )  # fmt: skip
+    bgc = BGCSystem({"pl": Plankton(w_sink=-60.0)}).double()
+    plain, fast = _pair(bgc, f)
+    s0 = _perturbed(plain, seed=9, columns=len(a))
+    n = 24
+    with torch.no_grad():
+        ref = rollout(plain, s0, n, t0=START, save_every=n, include_initial=False).final
+        got = rollout(fast, s0, n, t0=START, save_every=n, include_initial=False).final
+    assert _ran_fused(fast)
+    assert next(iter(fast._fused_obj._plans.values())).per_column
+    from pelagos.column.advection import courant_substeps, face_velocities
+
+    w = torch.full_like(h[:, 0], -60.0 / 86400)
+    it = courant_substeps(face_velocities(w, h[:, 0]), h[:, 0], 3600.0)
+    assert int(it.max()) > 1 and int(it.min()) == 1  # sub-steps differ between the columns
+    _assert_fields_close(ref, got, plain.interior, 1e-12)

@@ -21,6 +21,9 @@ typedef {real} real;
 #define NV {NV}
 #define NM {NM}
 #define NR {NR}
+#define PC {PC}
+#define USE_SWR {USE_SWR}
+#define ITMAX {ITMAX}
 #ifdef PELAGOS_MVEC
 #pragma omp declare simd notinbranch
 extern {real} {exp}({real});
@@ -36,10 +39,21 @@ extern {real} {exp}({real});
 
 _BODY = """
 MV void pelagos_fused_column(int B, int nz, int nsteps, double dt_, void **state, real *out,
-                             void **bp, const real *rowbuf, const real *pre, const real *swr,
-                             const int *nsub, int nmeans, double *sums, int lo, int hi)
+                             void **bp, const real *rowbuf, const real *pre,
+                             const int *nsub, int nmeans, double *sums, int lo, int hi,
+                             void **cphys, const long *cstride)
 {{
     const real dt = (real)dt_;
+#if PC
+    /* physics per column: each step's rows of the block's columns, layer-major like the state, and their
+       factorisation per column */
+    real RL[NR][nz * W], MI[nz * W], CP[nz * W], PRE_[W];
+    int NSUB[NM > 0 ? NM : 1][W];
+#define HK(k) RL[0][(k) * W + j]
+#define MZK(k) RL[4][(k) * W + j]
+#define SWRK(k) RL[5][(k) * W + j]
+#define PRE PRE_[j]
+#else
     /* the tridiagonal factorisation of every step (one matrix for all columns and tracers) */
     real cp[nsteps][nz], mi[nsteps][nz];
     for (int s = 0; s < nsteps; s++) {{
@@ -52,6 +66,11 @@ MV void pelagos_fused_column(int B, int nz, int nsteps, double dt_, void **state
             cp[s][k] = u[k] * mi[s][k];
         }}
     }}
+#define HK(k) h[k]
+#define MZK(k) mz[k]
+#define SWRK(k) swr_s[k]
+#define PRE pre_s
+#endif
 {bdecl}
     real Y[NV][nz * W], KB[nz * W], PAR[nz * W], SWR[nz * W], KPAR[nz * W], FL[nz * W];
     double SUM[nmeans > 0 ? nmeans : 1][nz * W];
@@ -66,14 +85,158 @@ MV void pelagos_fused_column(int B, int nz, int nsteps, double dt_, void **state
             for (int kj = 0; kj < nz * W; kj++) SUM[q][kj] = 0.0;
 {bblock}
         for (int s = 0; s < nsteps; s++) {{
-            const real *R = rowbuf + (size_t)s * NR * nz;
-            const real *h = R, *lw = R + nz, *mz = R + 4 * nz;
-            const real *swr_s = swr + (size_t)s * nz;
-            const real pre_s = pre[s];
 {bstep}
+#if PC
+            /* this step's physics of the block's columns (GOTM's formulas, per lane): layers h, diffusivity
+               nuh, surface I_0 and the moving tracers' velocities -> the rows the shared case precomputes */
+            {{
+                const real *Hs = (const real *)cphys[0] + (size_t)s * cstride[0];
+                const real *Ns = (const real *)cphys[1] + (size_t)s * cstride[1];
+                const real *Is = (const real *)cphys[2] + (size_t)s * cstride[2];
+                const long hc = cstride[3], nc = cstride[4], ic = cstride[5];
+                for (int j = 0; j < W; j++) {{
+                    const size_t c = (size_t)b0 + (j < nb ? j : nb - 1);
+                    for (int k = 0; k < nz; k++) RL[0][k * W + j] = Hs[c * hc + k];
+                    for (int k = 0; k < nz; k++) FL[k * W + j] = Ns[c * nc + k];  /* nuh at interface k */
+                    PRE_[j] = Is[c * ic];
+                }}
+                /* layer by layer, each a vector over the block's columns */
+                real zc[W], i0[W];
+                SIMD for (int j = 0; j < W; j++) {{
+                    i0[j] = PRE_[j];
+                    PRE_[j] = i0[j] * ((real)1 - (real){A});
+                    zc[j] = (real)0.5 * RL[0][(nz - 1) * W + j];
+                }}
+                for (int k = nz - 1; k >= 0; k--)
+                    SIMD for (int j = 0; j < W; j++) {{
+                        const int kj = k * W + j;
+                        if (k < nz - 1) zc[j] = zc[j] + (real)0.5 * (RL[0][kj] + RL[0][kj + W]);
+                        RL[4][kj] = -zc[j] / (real){g2};
+                        RL[5][kj] = USE_SWR ? i0[j] * (real){A} * EXP(-zc[j] / (real){g1}) : (real)0;
+                    }}
+                for (int k = 0; k < nz; k++)
+                    SIMD for (int j = 0; j < W; j++) {{
+                        const int kj = k * W + j;
+                        const real gu =
+                            k < nz - 1 ? (real)2 * dt * FL[kj + W] / (RL[0][kj] + RL[0][kj + W]) : 0;
+                        const real gd = k > 0 ? (real)2 * dt * FL[kj] / (RL[0][kj - W] + RL[0][kj]) : 0;
+                        const real cc = gu / RL[0][kj], aa = gd / RL[0][kj];
+                        RL[1][kj] = -aa;
+                        RL[2][kj] = (real)1 + aa + cc;
+                        RL[3][kj] = -cc;
+                    }}
+                for (int m = 0; m < NM; m++) {{
+                    const int bw = 6 + 7 * m;
+                    const real *Ws = (const real *)cphys[3 + m] + (size_t)s * cstride[6 + m];
+                    const long wc = cstride[6 + NM + m];
+                    for (int j = 0; j < W; j++) {{
+                        const size_t c = (size_t)b0 + (j < nb ? j : nb - 1);
+                        for (int k = 0; k < nz; k++) FL[k * W + j] = Ws[c * wc + k];  /* centre velocity */
+                    }}
+                    double cmax[W];
+                    real fac[W], itr[W];
+                    for (int j = 0; j < W; j++) cmax[j] = 0.0;
+                    for (int i = 0; i < nz - 1; i++)
+                        SIMD for (int j = 0; j < W; j++) {{
+                            const int ij = i * W + j;
+                            const real om = RL[0][ij + W] / (RL[0][ij] + RL[0][ij + W]);
+                            const real wi = om * FL[ij] + ((real)1 - om) * FL[ij + W];
+                            RL[bw][ij] = wi;
+                            const double cr = fabs((double)wi) * (double)dt_ /
+                                              (0.5 * ((double)RL[0][ij] + (double)RL[0][ij + W]));
+                            cmax[j] = cr > cmax[j] ? cr : cmax[j];
+                        }}
+                    for (int j = 0; j < W; j++) {{
+                        int it = (int)floor(cmax[j]) + 1;
+                        it = it < ITMAX ? it : ITMAX;
+                        NSUB[m][j] = it;
+                        itr[j] = (real)it;
+                        fac[j] = (real)1 / itr[j] * dt;
+                    }}
+                    for (int i = 0; i < nz - 1; i++)
+                        SIMD for (int j = 0; j < W; j++) {{
+                            const int ij = i * W + j;
+                            const real hs = (real)0.5 * (RL[0][ij] + RL[0][ij + W]);
+                            const real cr = FABS(RL[bw][ij]) / itr[j] * dt / hs;
+                            const real x = ((real)1 - (real)2 * cr) / (real)6;
+                            RL[bw + 1][ij] = (real)1 - cr;
+                            RL[bw + 2][ij] = (real)0.5 + x;
+                            RL[bw + 3][ij] = (real)0.5 - x;
+                            RL[bw + 4][ij] = (real)2 / ((real)1 - cr);
+                            RL[bw + 5][ij] = (real)2 / (cr + (real)1e-10);
+                        }}
+                    for (int k = 0; k < nz; k++)
+                        SIMD for (int j = 0; j < W; j++) RL[bw + 6][k * W + j] = fac[j] / RL[0][k * W + j];
+                }}
+            }}
+            SIMD for (int j = 0; j < W; j++) {{
+                MI[j] = (real)1 / RL[2][j];
+                CP[j] = RL[3][j] * MI[j];
+            }}
+            for (int k = 1; k < nz; k++)
+                SIMD for (int j = 0; j < W; j++) {{
+                    const int kj = k * W + j;
+                    MI[kj] = (real)1 / (RL[2][kj] - RL[1][kj] * CP[kj - W]);
+                    CP[kj] = RL[3][kj] * MI[kj];
+                }}
+            /* 2. sinking / rising, per column: direction, Courant number and sub-steps per lane */
+            for (int m = 0; m < NM; m++) {{
+                const int bw = 6 + 7 * m;
+                real *y = Y[m];
+                int itmax = 0;
+                for (int j = 0; j < W; j++) itmax = NSUB[m][j] > itmax ? NSUB[m][j] : itmax;
+                for (int it = 0; it < itmax; it++) {{
+                    for (int i = 0; i < nz - 1; i++) {{
+                        const int iup = i > 0 ? i - 1 : 0, idn = i + 2 < nz ? i + 2 : nz - 1;
+                        SIMD for (int j = 0; j < W; j++) {{
+                            const int ij = i * W + j;
+                            const real wi = RL[bw][ij];
+                            const int up = wi > 0;
+                            const real ylo = y[ij], yhi = y[ij + W];
+                            const real ycv = up ? ylo : yhi, ydv = up ? yhi : ylo;
+                            const real yuv = up ? y[iup * W + j] : y[idn * W + j];
+                            const real c1 = RL[bw + 1][ij], a1 = RL[bw + 2][ij], a2 = RL[bw + 3][ij];
+                            const real t1 = RL[bw + 4][ij], ce = RL[bw + 5][ij];
+                            (void)c1; (void)a1; (void)a2; (void)t1; (void)ce; (void)ydv; (void)yuv;
+{face_pc}
+                            FL[ij] = wi * face;
+                        }}
+                    }}
+                    for (int k = 0; k < nz; k++) {{
+                        SIMD for (int j = 0; j < W; j++) {{
+                            const real upper = k < nz - 1 ? FL[k * W + j] + (real)0 : (real)0;
+                            const real lower = k > 0 ? FL[(k - 1) * W + j] + (real)0 : (real)0;
+                            const real yn = y[k * W + j] - RL[bw + 6][k * W + j] * (upper - lower);
+                            y[k * W + j] = it < NSUB[m][j] ? yn : y[k * W + j];
+                        }}
+                    }}
+                }}
+            }}
+            /* 3. implicit diffusion with each column's factorisation, the tracers' sweeps interleaved */
+            for (int v = 0; v < NV; v++) SIMD for (int j = 0; j < W; j++) Y[v][j] = Y[v][j] * MI[j];
+            for (int k = 1; k < nz; k++)
+                for (int v = 0; v < NV; v++) {{
+                    real *y = Y[v];
+                    SIMD for (int j = 0; j < W; j++) {{
+                        const int kj = k * W + j;
+                        y[kj] = (y[kj] - RL[1][kj] * y[kj - W]) * MI[kj];
+                    }}
+                }}
+            for (int k = nz - 2; k >= 0; k--)
+                for (int v = 0; v < NV; v++) {{
+                    real *y = Y[v];
+                    SIMD for (int j = 0; j < W; j++) {{
+                        const int kj = k * W + j;
+                        y[kj] = y[kj] - CP[kj] * y[kj + W];
+                    }}
+                }}
+#else
+            const real *R = rowbuf + (size_t)s * NR * nz;
+            const real *h = R, *lw = R + nz, *mz = R + 4 * nz, *swr_s = R + 5 * nz;
+            const real pre_s = pre[s];
             /* 2. sinking / rising of the moving tracers (GOTM adv_center, flux boundaries closed) */
             for (int m = 0; m < NM; m++) {{
-                const real *w = R + (5 + 7 * m) * nz, *omc = w + nz, *xp = w + 2 * nz, *xm = w + 3 * nz;
+                const real *w = R + (6 + 7 * m) * nz, *omc = w + nz, *xp = w + 2 * nz, *xm = w + 3 * nz;
                 const real *two_omc = w + 4 * nz, *ceps = w + 5 * nz, *fih = w + 6 * nz;
                 real *y = Y[m];
                 for (int it = 0; it < nsub[s * NM + m]; it++) {{
@@ -120,6 +283,7 @@ MV void pelagos_fused_column(int B, int nz, int nsteps, double dt_, void **state
                     }}
                 }}
             }}
+#endif
 {repair}
             for (int pass = 0; pass < (nmeans > 0 ? 2 : 1); pass++) {{
                 /* light: GOTM's sum of half-layer extinctions from the surface down */
@@ -136,12 +300,12 @@ MV void pelagos_fused_column(int B, int nz, int nsteps, double dt_, void **state
                     for (int k = nz - 1; k >= 0; k--) {{
                         SIMD for (int j = 0; j < W; j++) {{
                             const int kj = k * W + j;
-                            const real half = KB[kj] * h[k] / (real)2;
+                            const real half = KB[kj] * HK(k) / (real)2;
                             acc[j] += half;
                             const real at = (real)acc[j];
                             acc[j] += half;
-                            PAR[kj] = pre_s * EXP(mz[k] - at);
-                            SWR[kj] = PAR[kj] + swr_s[k];
+                            PAR[kj] = PRE * EXP(MZK(k) - at);
+                            SWR[kj] = PAR[kj] + SWRK(k);
                             KPAR[kj] = (real){inv_g2} + KB[kj];
                         }}
                     }}
@@ -182,7 +346,6 @@ MV void pelagos_fused_column(int B, int nz, int nsteps, double dt_, void **state
 """
 
 _FACES = {
-    "UPSTREAM": "const real face = yc[j];",
     "P2_PDM": ("const real r2 = r * ce, m2 = phi < t1 ? phi : t1; const real lim = r2 < m2 ? r2 : m2;"),
     "SUPERBEE": (
         "const real m1 = (real)2 * r < (real)1 ? (real)2 * r : (real)1, m2 = r < (real)2 ? r : (real)2;"
@@ -195,17 +358,17 @@ _FACES = {
 }
 
 
-def _face(method: str) -> str:
+def _face(method: str, yc: str = "yc[j]", yd: str = "yd[j]", yu: str = "yu[j]") -> str:
     pad = " " * 28
     if method == "UPSTREAM":
-        return pad + _FACES["UPSTREAM"]
+        return pad + f"const real face = {yc};"
     lines = [
-        "const real df = yd[j] - yc[j], dfu = yc[j] - yu[j];",
+        f"const real df = {yd} - {yc}, dfu = {yc} - {yu};",
         "const int mono = df * dfu > 0;",
         "const real r = dfu / (mono ? df : (real)1);",
         "const real phi = a1 + a2 * r;",
         _FACES[method],
-        "const real face = mono ? yc[j] + (real)0.5 * lim * c1 * df : yc[j];",
+        f"const real face = mono ? {yc} + (real)0.5 * lim * c1 * df : {yc};",
     ]
     return "\n".join(pad + x for x in lines)
 
@@ -214,7 +377,7 @@ def kernel_source(plan: Any) -> str:
     """The whole C file for ``plan`` (a :class:`pelagos.column.fused._Plan` with its boundary kinds)."""
     import torch
 
-    from .advection import _method_name
+    from .advection import ITMAX, _method_name
 
     f32 = plan.dtype == torch.float32
     suffix = "f" if f32 else ""
@@ -225,7 +388,10 @@ def kernel_source(plan: Any) -> str:
         W=16 if f32 else 8,
         NV=len(plan.order),
         NM=nm,
-        NR=5 + 7 * nm,
+        NR=6 + 7 * nm,
+        PC=1 if plan.per_column else 0,
+        USE_SWR=1 if plan.uses_swr else 0,
+        ITMAX=ITMAX,
         exp="exp" + suffix,
         log="log" + suffix,
         sqrt="sqrt" + suffix,
@@ -295,10 +461,14 @@ def kernel_source(plan: Any) -> str:
         bstep="\n".join(bstep),
         bk="",
         face=_face(_method_name(plan.model.sinking_method)),
+        face_pc=_face(_method_name(plan.model.sinking_method), "ycv", "ydv", "yuv"),
         repair="\n".join(rep),
         ext=ext,
         src=src + "\n" + "\n".join(upd),
         diag="\n".join(diag),
         inv_g2=repr(1.0 / plan.model.g2),
+        A=repr(plan.model.A),
+        g1=repr(plan.model.g1),
+        g2=repr(plan.model.g2),
     )
     return head + body

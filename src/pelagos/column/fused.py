@@ -227,8 +227,8 @@ class FusedColumn:
             n = raws["h"].shape[0]
             phys = m._scale_physics({k: v for k, v in raws.items() if k != "nuh_out"})
             for k in ("h", "nuh"):
-                if phys[k].ndim != 3 or phys[k].shape[1] != 1:
-                    return "physics that differs between columns"
+                if phys[k].ndim != 3 or phys[k].shape[1] not in (1, B):
+                    return f"forcing {k} of shape {tuple(phys[k].shape[1:])} for {B} columns"
             env0 = m._base_env({k: v[0] for k, v in phys.items()})
             prm = _effective_raw(m)
             # the plain step promotes to a dimensioned input's wider dtype (0-dim parameters do not count)
@@ -288,6 +288,7 @@ class _Plan:
         self._classify(nv)
         self._libs: dict[tuple, ctypes.CDLL] = {}  # per kinds of the boundary values
         self.kinds: list[str] = []
+        self.per_column = False
         self._p_key: tuple | None = None
         self.mean_sources = {q: ("state", self.order.index(q)) for q in names}
         self.mean_sources |= {d: ("diag", i) for i, d in enumerate(self.diag_names)}
@@ -327,6 +328,8 @@ class _Plan:
         outs = list(out.args[0])
         self.cls = cls
         self.out_nodes = outs
+        swr_in = next(n for n, i in self.cell_inputs.items() if i == nv + 1)  # the SWR placeholder
+        self.uses_swr = any(u.op != "output" for u in swr_in.users)
         nm, nr = len(self.moving), len(self.rate_names)
         self.k_node = outs[0]
         self.w_nodes = outs[1 : 1 + nm]
@@ -427,6 +430,43 @@ class _Plan:
                 raise _UnsupportedError("an input with more than 2 dims")
             out[w] = torch.broadcast_to(o.reshape(n, *([1] * (2 - len(each))), *each), (n, self.B, self.nz))
         return out
+
+    def _rows(self, h: torch.Tensor, nuh: torch.Tensor, I0: torch.Tensor, wcs: list) -> tuple:
+        """The physics rows the columns share, for the ``n`` steps of a call: ``(rows (n, NR, nz), I_0 (1 - A)
+        (n,), sinking sub-steps (n, moving))``. ``h`` (n, nz), ``nuh`` (n, nz+1), ``I0`` (n, 1), ``wcs``: the
+        moving tracers' centre velocities (n, nz)."""
+        from .advection import ITMAX, _limiter_coeffs, courant_substeps, face_velocities
+        from .diffusion import diffusion_matrix
+        from .grid import centre_depth
+
+        m, dt, n = self.model, self.model.dt, h.shape[0]
+        a, c = diffusion_matrix(h, nuh, dt)
+        z = centre_depth(h)
+        # GOTM's light: PAR = I_0 (1 - A) exp(-z/g2 - bio); the shortwave adds I_0 A exp(-z/g1)
+        rows = [h, -a, 1.0 + a + c, -c, -z / m.g2, I0 * m.A * torch.exp(-z / m.g1)]
+        nsub = torch.ones(n, max(len(wcs), 1), dtype=torch.int32)
+        for i, wc in enumerate(wcs):
+            ww = face_velocities(wc, h)  # (n, nz+1)
+            it = courant_substeps(ww, h, dt)  # (n,)
+            if int(it.max()) >= ITMAX:
+                warnings.warn(
+                    f"advect_center: sub-steps clipped to max_substeps={ITMAX} (Courant number per sub-step "
+                    "exceeds 1; results are not stable). Reduce dt or raise max_substeps.",
+                    RuntimeWarning,
+                    stacklevel=6,
+                )
+            nsub[:, i] = it.to(torch.int32)
+            itb = it.to(h.dtype)[:, None]
+            w_int = ww[:, 1:-1]
+            cour = w_int.abs() / itb * dt / (0.5 * (h[:, :-1] + h[:, 1:]))
+            k = _limiter_coeffs(cour)
+            fac = 1.0 / itb * dt
+            # reciprocals: the kernel multiplies (2 r / (c + eps), fac (F_up - F_down) / h)
+            rows += [w_int, k["1-c"], k["x+"], k["x-"], k["2/(1-c)"], 2.0 / k["c+eps"], fac / h]
+        self.last_substeps = int(nsub.max())
+        nz = h.shape[1]
+        rowbuf = torch.stack([r.to(h.dtype).expand(n, -1) for r in _pad_rows(rows, nz)], 1).contiguous()
+        return rowbuf, (I0 * (1 - m.A)).reshape(n).contiguous(), nsub
 
     def _bound_kind(self, t: torch.Tensor) -> tuple[str, torch.Tensor]:
         """A boundary value as (kind, compact values): 's' scalar, 'r' per layer, 'c' per column, 'f' both."""
@@ -544,15 +584,11 @@ class _Plan:
         f = lib.pelagos_fused_column
         f.restype = None
         i, p, d = ctypes.c_int, ctypes.c_void_p, ctypes.c_double
-        f.argtypes = [i, i, i, d, p, p, p, p, p, p, p, i, p, i, i]
+        f.argtypes = [i, i, i, d, p, p, p, p, p, p, i, p, i, i, p, p]
         return lib
 
     # ---------------------------------------------------------------------------------------------------
     def run(self, state: dict, phys: Mapping, prm: Mapping, means: tuple, n: int) -> tuple[dict, dict] | str:
-        from .advection import ITMAX, _limiter_coeffs, courant_substeps, face_velocities
-        from .diffusion import diffusion_matrix
-        from .grid import centre_depth
-
         m, B, nz, dt = self.model, self.B, self.nz, self.model.dt
         dtype = self.dtype
         vals = self._p_values(prm)
@@ -572,46 +608,30 @@ class _Plan:
                      "f": lambda x=x: x}[kind]()  # fmt: skip
                 kinds.append(kind + "F")
             arrays.append(x.contiguous())
-        lib = self._libs.get((tuple(kinds), means))
-        if lib is None:  # a kernel per kinds of inputs and selection of means (a run has one of each)
-            self.kinds, self.means = kinds, means
-            lib = self._libs[(tuple(kinds), means)] = self._build()
-        # physics rows of every step, (n, ·)
-        h = phys["h"][:, 0].to(dtype)  # (n, nz)
-        a, c = diffusion_matrix(h, phys["nuh"][:, 0].to(dtype), dt)
-        rows = [h, -a, 1.0 + a + c, -c]
-        I0 = phys["I_0"].to(dtype).reshape(n, -1)
-        if I0.shape[1] != 1:
-            return "surface light that differs between columns"
-        z = centre_depth(h)
-        rows.append(-z / m.g2)
-        pre = (I0 * (1 - m.A)).reshape(n).contiguous()  # GOTM: I_0 (1 - A) exp(-z/g2 - bio), per step
-        swr = (I0 * m.A * torch.exp(-z / m.g1)).contiguous()  # the non-PAR part of the shortwave, (n, nz)
-        nsub = torch.ones(n, max(len(self.moving), 1), dtype=torch.int32)
-        for i, w in enumerate(self.w_nodes):
-            x = fvals[w]
-            if B > 1 and x.stride(1) != 0 and not torch.equal(x, x[:, :1].expand_as(x)):
-                return "sinking velocities that differ between columns"
-            wc = x[:, 0]
-            ww = face_velocities(wc, h)  # (n, nz+1)
-            it = courant_substeps(ww, h, dt)  # (n,)
-            if int(it.max()) >= ITMAX:
-                warnings.warn(
-                    f"advect_center: sub-steps clipped to max_substeps={ITMAX} (Courant number per sub-step "
-                    "exceeds 1; results are not stable). Reduce dt or raise max_substeps.",
-                    RuntimeWarning,
-                    stacklevel=5,
-                )
-            nsub[:, i] = it.to(torch.int32)
-            itb = it.to(dtype)[:, None]
-            w_int = ww[:, 1:-1]
-            cour = w_int.abs() / itb * dt / (0.5 * (h[:, :-1] + h[:, 1:]))
-            k = _limiter_coeffs(cour)
-            fac = 1.0 / itb * dt
-            # reciprocals: the kernel multiplies (2 r / (c + eps), fac (F_up - F_down) / h)
-            rows += [w_int, k["1-c"], k["x+"], k["x-"], k["2/(1-c)"], 2.0 / k["c+eps"], fac / h]
-        self.last_substeps = int(nsub.max())
-        rowbuf = torch.stack([r.to(dtype).reshape(n, -1) for r in _pad_rows(rows, nz)], 1).contiguous()
+        h, nuh, I0 = phys["h"].to(dtype), phys["nuh"].to(dtype), phys["I_0"].to(dtype).reshape(n, -1)
+        wcs = [fvals[w] for w in self.w_nodes]  # (n, B, nz) views
+        per_col = max(h.shape[1], nuh.shape[1], I0.shape[1]) > 1 or any(
+            B > 1 and x.stride(1) != 0 and not torch.equal(x, x[:, :1].expand_as(x)) for x in wcs
+        )
+        key = (tuple(kinds), means, per_col)
+        lib = self._libs.get(key)
+        if lib is None:  # a kernel per kinds of inputs, selection of means, shared or per-column physics
+            self.kinds, self.means, self.per_column = kinds, means, per_col
+            lib = self._libs[key] = self._build()
+        if per_col:  # the kernel computes each column's rows from its h, nuh, I_0 and velocities
+            cols = [h, nuh, I0[..., None]] + [x if x.stride(1) != 0 else x[:, :1] for x in wcs]
+            cols = [x.contiguous() for x in cols]  # (n, 1 or B, ·)
+            cstride = [x.shape[1] * x.shape[2] for x in cols[:3]] + [x.shape[2] if x.shape[1] > 1 else 0
+                                                                     for x in cols[:3]]  # fmt: skip
+            cstride += [x.shape[1] * x.shape[2] for x in cols[3:]] + [x.shape[2] if x.shape[1] > 1 else 0
+                                                                      for x in cols[3:]]  # fmt: skip
+            rowbuf = pre = nsub = torch.zeros(1, dtype=dtype)
+            self.last_substeps = None
+        else:
+            rowbuf, pre, nsub = self._rows(h[:, 0], nuh[:, 0], I0, [x[:, 0] for x in wcs])
+            cols, cstride = [], [0]
+        cptrs = (ctypes.c_void_p * max(len(cols), 1))(*[x.data_ptr() for x in cols])
+        cstr = (ctypes.c_long * len(cstride))(*cstride)
         Y = [state[q].contiguous() for q in self.order]  # read in place: the kernel takes one pointer each
         out = torch.empty(len(Y), B, nz, dtype=dtype)
         sums = torch.empty(max(len(means), 1), B, nz, dtype=torch.float64)  # the kernel writes every entry
@@ -620,13 +640,13 @@ class _Plan:
         nthreads = max(1, min(torch.get_num_threads(), B // _W[dtype]))
         step = -(-B // nthreads)
         step = -(-step // _W[dtype]) * _W[dtype]
-        keep = (arrays, rowbuf, pre, swr, nsub, Y, out, sums)
+        keep = (arrays, rowbuf, pre, nsub, Y, out, sums, cols)
         fn = lib.pelagos_fused_column
 
         def call(lo: int, hi: int) -> None:
             fn(B, nz, n, ctypes.c_double(dt), yptrs, out.data_ptr(), ptrs, rowbuf.data_ptr(),
-               pre.data_ptr(), swr.data_ptr(), nsub.data_ptr(), len(means),
-               sums.data_ptr(), lo, hi)  # fmt: skip
+               pre.data_ptr(), nsub.data_ptr(), len(means),
+               sums.data_ptr(), lo, hi, cptrs, cstr)  # fmt: skip
 
         _cbuild.run_calls([lambda lo=lo: call(lo, min(lo + step, B)) for lo in range(0, B, step)])
         del keep
