@@ -38,12 +38,13 @@ extern {real} {exp}({real});
 """
 
 _BODY = """
-MV void pelagos_fused_column(int B, int nz, int nsteps, double dt_, void **state, real *out,
+MV int pelagos_fused_column(int B, int nz, int nsteps, double dt_, void **state, real *out,
                              void **bp, const real *rowbuf, const real *pre,
                              const int *nsub, int nmeans, double *sums, int lo, int hi,
                              void **cphys, const long *cstride)
 {{
     const real dt = (real)dt_;
+    int bad = 0;
 #if PC
     /* physics per column: each step's rows of the block's columns, layer-major like the state, and their
        factorisation per column */
@@ -334,7 +335,11 @@ MV void pelagos_fused_column(int B, int nz, int nsteps, double dt_, void **state
         for (int v = 0; v < NV; v++)
             for (int j = 0; j < nb; j++) {{
                 real *dst = out + ((size_t)v * B + b0 + j) * nz;
-                for (int k = 0; k < nz; k++) dst[k] = Y[v][k * W + j];
+                for (int k = 0; k < nz; k++) {{
+                    const real x = Y[v][k * W + j];
+                    bad |= x - x != (real)0;  /* NaN or Inf: the caller raises, naming the variable */
+                    dst[k] = x;
+                }}
             }}
         for (int q = 0; q < nmeans; q++)
             for (int j = 0; j < nb; j++) {{
@@ -342,6 +347,7 @@ MV void pelagos_fused_column(int B, int nz, int nsteps, double dt_, void **state
                 for (int k = 0; k < nz; k++) dst[k] = SUM[q][k * W + j];
             }}
     }}
+    return bad;
 }}
 """
 

@@ -582,7 +582,7 @@ class _Plan:
         except Exception:  # no glibc vector maths (not glibc, not x86-64): the scalar exp, slower
             lib = _cbuild.build_library("column_fused", self.src, flags, ["-lm"])
         f = lib.pelagos_fused_column
-        f.restype = None
+        f.restype = ctypes.c_int  # non-zero: a non-finite value in the new state
         i, p, d = ctypes.c_int, ctypes.c_void_p, ctypes.c_double
         f.argtypes = [i, i, i, d, p, p, p, p, p, p, i, p, i, i, p, p]
         return lib
@@ -643,14 +643,16 @@ class _Plan:
         keep = (arrays, rowbuf, pre, nsub, Y, out, sums, cols)
         fn = lib.pelagos_fused_column
 
+        flags: list[int] = []
+
         def call(lo: int, hi: int) -> None:
-            fn(B, nz, n, ctypes.c_double(dt), yptrs, out.data_ptr(), ptrs, rowbuf.data_ptr(),
+            flags.append(fn(B, nz, n, ctypes.c_double(dt), yptrs, out.data_ptr(), ptrs, rowbuf.data_ptr(),
                pre.data_ptr(), nsub.data_ptr(), len(means),
-               sums.data_ptr(), lo, hi, cptrs, cstr)  # fmt: skip
+               sums.data_ptr(), lo, hi, cptrs, cstr))  # fmt: skip
 
         _cbuild.run_calls([lambda lo=lo: call(lo, min(lo + step, B)) for lo in range(0, B, step)])
         del keep
-        if not bool(torch.isfinite(out).all()):  # as the plain step's solve, never a silent NaN
+        if any(flags):  # as the plain step's solve, never a silent NaN
             bad = [
                 q for q, x in zip(self.order, out.unbind(0), strict=True) if not bool(torch.isfinite(x).all())
             ]
