@@ -407,7 +407,7 @@ class _Plan:
         leading step dim) at once (``torch.vmap`` over the steps; a loop over them if vmap refuses), each
         as an (n, B, nz) view."""
         wanted = [b for b in self.bounds if self.cls[b] == "F"] + list(self.w_nodes)
-        names = list(self.env_inputs.items())
+        names = [(p, k) for p, k in self.env_inputs.items() if p.users]  # the forcing fields the model reads
         xs = [torch.as_tensor(env[k]) for _, k in names]
         dims = tuple(0 if x.shape == (n, *self.env_shapes[k]) else None for x, (_, k) in zip(xs, names))
 
@@ -593,7 +593,8 @@ class _Plan:
         dtype = self.dtype
         vals = self._p_values(prm)
         # forcing-dependent values of every step, (n, B, nz) views
-        fvals = self._f_values(vals, m._base_env(phys), n)
+        used = {k for p, k in self.env_inputs.items() if p.users}
+        fvals = self._f_values(vals, m._base_env(phys, names=used), n)
         kinds, arrays = [], []
         for b in self.bounds:
             if self.cls[b] == "P":

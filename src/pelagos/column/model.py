@@ -236,19 +236,22 @@ class ColumnModel(Model):
         _, _, light = _numerics()
         return light.gotm_light(phys["I_0"], phys["h"], k_bio, A=self.A, g1=self.g1, g2=self.g2)
 
-    def _base_env(self, phys: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def _base_env(self, phys: Mapping[str, torch.Tensor], names: Any = None) -> dict[str, torch.Tensor]:
+        """The biology's environment from the (scaled) physics; ``names``: a collection of the entries
+        wanted, the depth sums skipped when none of them needs them (the fused kernel's forcing values)."""
         from .grid import centre_depth
 
         h = phys["h"]
-        depth = centre_depth(h)
+        deep = names is None or bool({"depth", "pressure", "bottom_depth"} & set(names))
+        depth = centre_depth(h) if deep else h
         env = {
             "temperature": phys["temp"],
             "practical_salinity": phys["salt"],
             "cell_thickness": h,
             "depth": depth,
             # hydrostatic estimate with rho0 = 1027 kg m-3, g = 9.81 m s-2 (GOTM integrates rho instead)
-            "pressure": depth * (1027.0 * 9.81 / 1e4),
-            "bottom_depth": h.sum(-1),
+            "pressure": depth * (1027.0 * 9.81 / 1e4) if deep else h,
+            "bottom_depth": h.sum(-1) if deep else h[..., 0],
             _PAR0: phys["I_0"],  # GOTM links surface PAR to I_0 (total shortwave), see watercolumn.md §2.7
             _SWR0: phys["I_0"],
             "number_of_days_since_start_of_the_year": phys["doy"],
