@@ -18,18 +18,22 @@ The biology is not hand-written: the model's own ``light_extinction``, ``vertica
 - the cells (the state after transport, the light): emitted as straight-line C, one statement an
   operation, compiled once per model and batch layout (cached on disk by the source's hash).
 
+Physics shared by the columns (one ``h``, ``nuh``, surface light: an ensemble, the benchmark) is turned into
+rows once per step in torch; physics per column (many sites) is turned into rows inside the kernel, per
+lane, with the same formulas.
+
 Same operations as the plain step in the same order, except where C evaluates ``exp`` (glibc's vector
 ``exp`` under 4 ulp, or the scalar one) and the Thomas sweep multiplies by a reciprocal: float64 agreement
 with the plain step is ~1e-15 per step (tested over a model year ≤ 1e-12 in tests/test_column_fused.py).
 
 When it is used (:meth:`ColumnModel.step_block <pelagos.column.model.ColumnModel.step_block>`, the run
 loops' multi-step hook): ``compile`` on (``numerics.compile``), :data:`MIN_COLUMNS` columns or more, CPU,
-float32/float64 (state, forcing and parameters of one dtype), no gradient recorded
-(``torch.no_grad`` or nothing requires grad: ``pelagos run``, ensembles, the benchmark), physics shared by
-the columns (``h``, ``nuh`` one row), ``cnpar = 1``, Euler sources without splitting, no running means, no
-surface or bottom fluxes, GOTM's light, and a model whose state-dependent arithmetic is elementwise from the
-operations of :data:`_UNARY`/:data:`_BINARY`. Anything else runs the compiled step, unchanged; the reason is
-kept in ``model._fused_reason`` (``None`` when the kernel runs). ``PELAGOS_COLUMN_FUSED=0`` turns it off.
+float32/float64 (state and forcing of one dtype), no gradient recorded (``torch.no_grad`` or nothing
+requires grad: ``pelagos run``, ensembles, the benchmark), ``cnpar = 1``, Euler sources without splitting,
+no running means, no surface or bottom fluxes, GOTM's light, and a model whose state-dependent arithmetic is
+elementwise from the operations of :data:`_UNARY`/:data:`_BINARY`. Anything else runs the compiled step,
+unchanged; the reason is kept in ``model._fused_reason`` (``None`` when the kernel runs).
+``PELAGOS_COLUMN_FUSED=0`` turns it off.
 """
 
 from __future__ import annotations
