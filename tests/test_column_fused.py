@@ -7,6 +7,8 @@ reason is ``None`` and its plan was built), so a silent fall-back to the compile
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 
@@ -319,3 +321,21 @@ def test_physics_per_column(forcing):
     it = courant_substeps(face_velocities(w, h[:, 0]), h[:, 0], 3600.0)
     assert int(it.max()) > 1 and int(it.min()) == 1  # sub-steps differ between the columns
     _assert_fields_close(ref, got, plain.interior, 1e-12)
+
+
+def test_clipped_sinking_substeps_warn_with_physics_per_column(forcing):
+    """A column whose sinking needs more than GOTM's 100 sub-steps warns, as the plain step does."""
+    fl = {k: v.reshape(-1, *v.shape[-2:])[0] if k != "I_0" else v.reshape(-1, v.shape[-1])[0]
+          for k, v in forcing.fields.items()}  # fmt: skip
+    a = torch.linspace(0.05, 1.0, B, dtype=F64)  # 0.25 m layers in the first column
+    f = ColumnForcing(
+        forcing.time, torch.stack([fl["h"] * x for x in a]), torch.stack([fl["temp"]] * B),
+        torch.stack([fl["salt"]] * B), torch.stack([fl["nuh"]] * B), torch.stack([fl["I_0"]] * B),
+        epoch=forcing.epoch,
+    )  # fmt: skip
+    fast = ColumnModel(BGCSystem({"pl": Plankton(w_sink=-1000.0)}).double(), f, dt=3600.0, compile=True)
+    s0 = _perturbed(fast, seed=10)
+    with torch.no_grad(), pytest.warns(RuntimeWarning, match="sub-steps clipped"):
+        with contextlib.suppress(SolverError):  # the clipped, unstable sinking may blow up: the error says so
+            rollout(fast, s0, 2, t0=START, save_every=2, include_initial=False)
+    assert fast._fused_reason is None and next(iter(fast._fused_obj._plans.values())).per_column

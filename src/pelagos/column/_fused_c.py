@@ -150,6 +150,7 @@ MV int pelagos_fused_column(int B, int nz, int nsteps, double dt_, void **state,
                     for (int j = 0; j < W; j++) {{
                         int it = (int)floor(cmax[j]) + 1;
                         it = it < ITMAX ? it : ITMAX;
+                        bad |= (it == ITMAX) << 1;  /* sub-steps clipped: the caller warns, as GOTM */
                         NSUB[m][j] = it;
                         itr[j] = (real)it;
                         fac[j] = (real)1 / itr[j] * dt;
@@ -337,7 +338,7 @@ MV int pelagos_fused_column(int B, int nz, int nsteps, double dt_, void **state,
                 real *dst = out + ((size_t)v * B + b0 + j) * nz;
                 for (int k = 0; k < nz; k++) {{
                     const real x = Y[v][k * W + j];
-                    bad |= x - x != (real)0;  /* NaN or Inf: the caller raises, naming the variable */
+                    bad |= x - x != (real)0;  /* NaN or Inf (bit 0): the caller raises, naming the variable */
                     dst[k] = x;
                 }}
             }}

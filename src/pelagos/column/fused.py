@@ -453,12 +453,7 @@ class _Plan:
             ww = face_velocities(wc, h)  # (n, nz+1)
             it = courant_substeps(ww, h, dt)  # (n,)
             if int(it.max()) >= ITMAX:
-                warnings.warn(
-                    f"advect_center: sub-steps clipped to max_substeps={ITMAX} (Courant number per sub-step "
-                    "exceeds 1; results are not stable). Reduce dt or raise max_substeps.",
-                    RuntimeWarning,
-                    stacklevel=6,
-                )
+                _warn_clipped()
             nsub[:, i] = it.to(torch.int32)
             itb = it.to(h.dtype)[:, None]
             w_int = ww[:, 1:-1]
@@ -586,7 +581,7 @@ class _Plan:
         except Exception:  # no glibc vector maths (not glibc, not x86-64): the scalar exp, slower
             lib = _cbuild.build_library("column_fused", self.src, flags, ["-lm"])
         f = lib.pelagos_fused_column
-        f.restype = ctypes.c_int  # non-zero: a non-finite value in the new state
+        f.restype = ctypes.c_int  # bit 0: a non-finite value in the new state; bit 1: sub-steps clipped
         i, p, d = ctypes.c_int, ctypes.c_void_p, ctypes.c_double
         f.argtypes = [i, i, i, d, p, p, p, p, p, p, i, p, i, i, p, p]
         return lib
@@ -657,7 +652,9 @@ class _Plan:
 
         _cbuild.run_calls([lambda lo=lo: call(lo, min(lo + step, B)) for lo in range(0, B, step)])
         del keep
-        if any(flags):  # as the plain step's solve, never a silent NaN
+        if any(f & 2 for f in flags):  # physics per column: a column's sub-steps reached GOTM's cap
+            _warn_clipped()
+        if any(f & 1 for f in flags):  # as the plain step's solve, never a silent NaN
             bad = [
                 q for q, x in zip(self.order, out.unbind(0), strict=True) if not bool(torch.isfinite(x).all())
             ]
@@ -674,6 +671,17 @@ class _Plan:
 
 
 _W = {torch.float64: 8, torch.float32: 16}
+
+
+def _warn_clipped() -> None:
+    from .advection import ITMAX
+
+    warnings.warn(
+        f"advect_center: sub-steps clipped to max_substeps={ITMAX} (Courant number per sub-step exceeds 1; "
+        "results are not stable). Reduce dt or raise max_substeps.",
+        RuntimeWarning,
+        stacklevel=7,
+    )
 
 
 def _pad_rows(rows: list[torch.Tensor], nz: int) -> list[torch.Tensor]:
