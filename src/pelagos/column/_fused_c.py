@@ -290,7 +290,6 @@ MV int pelagos_fused_column(int B, int nz, int nsteps, double dt_, void **state,
             for (int pass = 0; pass < (nmeans > 0 ? 2 : 1); pass++) {{
                 /* light: GOTM's sum of half-layer extinctions from the surface down */
                 for (int k = 0; k < nz; k++) {{
-{bk}
                     SIMD for (int j = 0; j < W; j++) {{
                         const int kj = k * W + j;
 {ext}
@@ -315,7 +314,6 @@ MV int pelagos_fused_column(int B, int nz, int nsteps, double dt_, void **state,
                 if (pass == 0) {{
                     /* sources and the Euler update, cell by cell */
                     for (int k = 0; k < nz; k++) {{
-{bk}
                         SIMD for (int j = 0; j < W; j++) {{
                             const int kj = k * W + j;
 {src}
@@ -324,7 +322,6 @@ MV int pelagos_fused_column(int B, int nz, int nsteps, double dt_, void **state,
                 }} else {{
                     /* the interval means: fields after the step, summed in float64 */
                     for (int k = 0; k < nz; k++) {{
-{bk}
                         SIMD for (int j = 0; j < W; j++) {{
                             const int kj = k * W + j;
 {diag}
@@ -406,7 +403,7 @@ def kernel_source(plan: Any) -> str:
         tanh="tanh" + suffix,
         pow="pow" + suffix,
     )
-    bdecl, bblock, bstep, bk = [], [], [], []
+    bdecl, bblock, bstep = [], [], []
     col = "(j < nb ? j : nb - 1)"
     for i, kind in enumerate(plan.kinds):
         shape, when = kind[0], kind[1]
@@ -434,7 +431,6 @@ def kernel_source(plan: Any) -> str:
                 f"{ind}for (int j = 0; j < W; j++) for (int k = 0; k < nz; k++) "
                 f"bf{i}[k * W + j] = bp{i}[{off}((size_t)b0 + {col}) * nz + k];"
             )
-    del bk
     pad = " " * 24
     order = plan.order
     ext = plan.emit([plan.k_node], ["KB[kj]"], pad)
@@ -466,7 +462,6 @@ def kernel_source(plan: Any) -> str:
         bdecl="\n".join(bdecl),
         bblock="\n".join(bblock),
         bstep="\n".join(bstep),
-        bk="",
         face=_face(_method_name(plan.model.sinking_method)),
         face_pc=_face(_method_name(plan.model.sinking_method), "ycv", "ydv", "yuv"),
         repair="\n".join(rep),

@@ -147,6 +147,17 @@ def courant_substeps(ww: torch.Tensor, h: torch.Tensor, dt: float | torch.Tensor
         return torch.clamp(cmax.floor().to(torch.int64) + 1, max=max_substeps)
 
 
+def warn_substeps_clipped(max_substeps: int = ITMAX, stacklevel: int = 3) -> None:
+    """GOTM's warning when a column needs more sinking sub-steps than ``max_substeps`` (shared by the plain,
+    compiled and fused steps)."""
+    warnings.warn(
+        f"advect_center: sub-steps clipped to max_substeps={max_substeps} (Courant number per sub-step "
+        "exceeds 1; results are not stable). Reduce dt or raise max_substeps.",
+        RuntimeWarning,
+        stacklevel=stacklevel,
+    )
+
+
 def _boundary_fluxes(kind_up, v_up, kind_dw, v_dw, F_int, ww, Y):
     """GOTM's boundary fluxes at the surface (F_N) and bed (F_0); flux values are into-domain positive."""
     w_top, w_bot = ww[..., -1], ww[..., 0]
@@ -256,12 +267,7 @@ def advect_center(
                 "pass substeps=<int> (e.g. the value of courant_substeps(ww, h, dt).max() outside vmap)."
             ) from err
         if n_loop >= max_substeps and concrete(it_col):
-            warnings.warn(
-                f"advect_center: sub-steps clipped to max_substeps={max_substeps} (Courant number per "
-                "sub-step exceeds 1; results are not stable). Reduce dt or raise max_substeps.",
-                RuntimeWarning,
-                stacklevel=2,
-            )
+            warn_substeps_clipped(max_substeps, stacklevel=3)
         if uniform:
             it_col = None
     its = float(n_loop) if it_col is None else it_col.to(Y.dtype)  # per-column count as float

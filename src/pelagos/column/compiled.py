@@ -377,17 +377,12 @@ class CompiledStep:
 
     def _grow(self, n: int) -> bool:
         """Whether a step that needed ``n`` sinking sub-steps is done (else the loop grows: redo it)."""
-        from .advection import ITMAX
+        from .advection import ITMAX, warn_substeps_clipped
 
         if n <= self.loop:
             return True
         if n >= ITMAX:
-            warnings.warn(
-                f"advect_center: sub-steps clipped to max_substeps={ITMAX} (Courant number per sub-step "
-                "exceeds 1; results are not stable). Reduce dt or raise max_substeps.",
-                RuntimeWarning,
-                stacklevel=4,
-            )
+            warn_substeps_clipped(stacklevel=5)
         self.loop = n
         return False
 

@@ -287,8 +287,8 @@ class _Plan:
         except Exception as err:  # data-dependent Python branches, unsupported tensor code
             raise _UnsupportedError(f"the model could not be traced ({type(err).__name__}: {err})") from err
         self.gm = gm
-        self.still = [q for q in names if q not in self.moving]
-        self.order = self.moving + self.still  # tracers in the kernel (moving first, as _transport stacks)
+        # tracers in the kernel: moving first, as _transport stacks them
+        self.order = self.moving + [q for q in names if q not in self.moving]
         self._classify(nv)
         self._libs: dict[tuple, ctypes.CDLL] = {}  # per kinds of the boundary values
         self.kinds: list[str] = []
@@ -331,7 +331,6 @@ class _Plan:
         out = next(n for n in g.nodes if n.op == "output")
         outs = list(out.args[0])
         self.cls = cls
-        self.out_nodes = outs
         swr_in = next(n for n, i in self.cell_inputs.items() if i == nv + 1)  # the SWR placeholder
         self.uses_swr = any(u.op != "output" for u in swr_in.users)
         nm, nr = len(self.moving), len(self.rate_names)
@@ -406,12 +405,13 @@ class _Plan:
             self._p_key, self._p_vals, self._p_refs = key, vals, list(prm.values())  # refs: ids stay valid
         return self._p_vals
 
-    def _f_values(self, vals: dict, env: Mapping, n: int) -> dict:
-        """The forcing-dependent values the kernel needs, for the ``n`` steps of ``env`` (fields stacked on a
-        leading step dim) at once (``torch.vmap`` over the steps; a loop over them if vmap refuses), each
-        as an (n, B, nz) view."""
+    def _f_values(self, vals: dict, phys: Mapping, n: int) -> dict:
+        """The forcing-dependent values the kernel needs, for the ``n`` steps of ``phys`` (scaled physics
+        stacked on a leading step dim) at once (``torch.vmap`` over the steps; a loop over them if vmap
+        refuses), each as an (n, B, nz) view."""
         wanted = [b for b in self.bounds if self.cls[b] == "F"] + list(self.w_nodes)
         names = [(p, k) for p, k in self.env_inputs.items() if p.users]  # the forcing fields the model reads
+        env = self.model._base_env(phys, names={k for _, k in names})
         xs = [torch.as_tensor(env[k]) for _, k in names]
         dims = tuple(0 if x.shape == (n, *self.env_shapes[k]) else None for x, (_, k) in zip(xs, names))
 
@@ -439,7 +439,13 @@ class _Plan:
         """The physics rows the columns share, for the ``n`` steps of a call: ``(rows (n, NR, nz), I_0 (1 - A)
         (n,), sinking sub-steps (n, moving))``. ``h`` (n, nz), ``nuh`` (n, nz+1), ``I0`` (n, 1), ``wcs``: the
         moving tracers' centre velocities (n, nz)."""
-        from .advection import ITMAX, _limiter_coeffs, courant_substeps, face_velocities
+        from .advection import (
+            ITMAX,
+            _limiter_coeffs,
+            courant_substeps,
+            face_velocities,
+            warn_substeps_clipped,
+        )
         from .diffusion import diffusion_matrix
         from .grid import centre_depth
 
@@ -453,7 +459,7 @@ class _Plan:
             ww = face_velocities(wc, h)  # (n, nz+1)
             it = courant_substeps(ww, h, dt)  # (n,)
             if int(it.max()) >= ITMAX:
-                _warn_clipped()
+                warn_substeps_clipped(stacklevel=8)
             nsub[:, i] = it.to(torch.int32)
             itb = it.to(h.dtype)[:, None]
             w_int = ww[:, 1:-1]
@@ -473,12 +479,13 @@ class _Plan:
         t = torch.as_tensor(t, dtype=self.dtype)
         if t.ndim > 2:
             raise _UnsupportedError("an input with more than 2 dims")
-        x = torch.broadcast_to(t, (B, nz))
-        sb, sk = x.stride()
-        per_col = sb != 0 and B > 1
-        per_layer = sk != 0 and nz > 1
-        kind = "f" if per_col and per_layer else "c" if per_col else "r" if per_layer else "s"
+        kind = self._kind(*torch.broadcast_to(t, (B, nz)).stride())
         return kind, self._compact(t, kind)
+
+    def _kind(self, sb: int, sk: int) -> str:
+        """'s' scalar, 'r' per layer, 'c' per column, 'f' both, from a (B, nz) view's strides."""
+        per_col, per_layer = sb != 0 and self.B > 1, sk != 0 and self.nz > 1
+        return "f" if per_col and per_layer else "c" if per_col else "r" if per_layer else "s"
 
     def _compact(self, t: torch.Tensor, kind: str) -> torch.Tensor:
         x = torch.broadcast_to(torch.as_tensor(t, dtype=self.dtype), (self.B, self.nz))
@@ -588,12 +595,11 @@ class _Plan:
 
     # ---------------------------------------------------------------------------------------------------
     def run(self, state: dict, phys: Mapping, prm: Mapping, means: tuple, n: int) -> tuple[dict, dict] | str:
-        m, B, nz, dt = self.model, self.B, self.nz, self.model.dt
+        B, nz, dt = self.B, self.nz, self.model.dt
         dtype = self.dtype
         vals = self._p_values(prm)
         # forcing-dependent values of every step, (n, B, nz) views
-        used = {k for p, k in self.env_inputs.items() if p.users}
-        fvals = self._f_values(vals, m._base_env(phys, names=used), n)
+        fvals = self._f_values(vals, phys, n)
         kinds, arrays = [], []
         for b in self.bounds:
             if self.cls[b] == "P":
@@ -601,9 +607,7 @@ class _Plan:
                 kinds.append(kind + "P")
             else:
                 x = fvals[b]
-                sb, sk = x.stride()[1:]
-                per_col, per_layer = sb != 0 and B > 1, sk != 0 and nz > 1
-                kind = "f" if per_col and per_layer else "c" if per_col else "r" if per_layer else "s"
+                kind = self._kind(*x.stride()[1:])
                 x = {"s": lambda x=x: x[:, 0, 0], "r": lambda x=x: x[:, 0], "c": lambda x=x: x[:, :, 0],
                      "f": lambda x=x: x}[kind]()  # fmt: skip
                 kinds.append(kind + "F")
@@ -653,7 +657,9 @@ class _Plan:
         _cbuild.run_calls([lambda lo=lo: call(lo, min(lo + step, B)) for lo in range(0, B, step)])
         del keep
         if any(f & 2 for f in flags):  # physics per column: a column's sub-steps reached GOTM's cap
-            _warn_clipped()
+            from .advection import warn_substeps_clipped
+
+            warn_substeps_clipped(stacklevel=7)
         if any(f & 1 for f in flags):  # as the plain step's solve, never a silent NaN
             bad = [
                 q for q, x in zip(self.order, out.unbind(0), strict=True) if not bool(torch.isfinite(x).all())
@@ -671,17 +677,6 @@ class _Plan:
 
 
 _W = {torch.float64: 8, torch.float32: 16}
-
-
-def _warn_clipped() -> None:
-    from .advection import ITMAX
-
-    warnings.warn(
-        f"advect_center: sub-steps clipped to max_substeps={ITMAX} (Courant number per sub-step exceeds 1; "
-        "results are not stable). Reduce dt or raise max_substeps.",
-        RuntimeWarning,
-        stacklevel=7,
-    )
 
 
 def _pad_rows(rows: list[torch.Tensor], nz: int) -> list[torch.Tensor]:

@@ -242,20 +242,20 @@ class ColumnModel(Model):
         from .grid import centre_depth
 
         h = phys["h"]
-        deep = names is None or bool({"depth", "pressure", "bottom_depth"} & set(names))
-        depth = centre_depth(h) if deep else h
         env = {
             "temperature": phys["temp"],
             "practical_salinity": phys["salt"],
             "cell_thickness": h,
-            "depth": depth,
-            # hydrostatic estimate with rho0 = 1027 kg m-3, g = 9.81 m s-2 (GOTM integrates rho instead)
-            "pressure": depth * (1027.0 * 9.81 / 1e4) if deep else h,
-            "bottom_depth": h.sum(-1) if deep else h[..., 0],
-            _PAR0: phys["I_0"],  # GOTM links surface PAR to I_0 (total shortwave), see watercolumn.md §2.7
-            _SWR0: phys["I_0"],
-            "number_of_days_since_start_of_the_year": phys["doy"],
         }
+        if names is None or {"depth", "pressure", "bottom_depth"} & set(names):
+            depth = centre_depth(h)
+            env["depth"] = depth
+            # hydrostatic estimate with rho0 = 1027 kg m-3, g = 9.81 m s-2 (GOTM integrates rho instead)
+            env["pressure"] = depth * (1027.0 * 9.81 / 1e4)
+            env["bottom_depth"] = h.sum(-1)
+        env[_PAR0] = phys["I_0"]  # GOTM links surface PAR to I_0 (total shortwave), see watercolumn.md §2.7
+        env[_SWR0] = phys["I_0"]
+        env["number_of_days_since_start_of_the_year"] = phys["doy"]
         if "bottom_stress" in phys:
             env["bottom_stress"] = phys["bottom_stress"]
         f = self.forcing
