@@ -473,4 +473,390 @@ def kernel_source(plan: Any) -> str:
         g1=repr(plan.model.g1),
         g2=repr(plan.model.g2),
     )
+    if plan.adjoint:
+        body += _adjoint_source(plan, bdecl, bblock, bstep, rep, ext, src + "\n" + "\n".join(upd))
     return head + body
+
+
+def _adjoint_source(
+    plan: Any, bdecl: list, bblock: list, bstep: list, rep: list, ext: str, src: str
+) -> str:
+    """The C of ``pelagos_fused_column_adj`` (shared physics): see :data:`_ADJ_BODY`."""
+    from .advection import _method_name
+
+    pad = " " * 24
+    order = plan.order
+    method = _method_name(plan.model.sinking_method)
+    cells = [f"G[{order.index(q)}][kj]" for q in plan.model.interior] + ["GPAR[kj]", "GSWR[kj]", "GKPAR[kj]"]
+    seeds = [f"dt * G[{order.index(q)}][kj]" for q in plan.rate_names]
+    src_vjp = plan.emit_vjp(plan.rate_nodes, seeds, cells, pad)
+    ext_vjp = plan.emit_vjp([plan.k_node], ["GKB[kj]"], cells, pad)
+    nb = len(plan.bounds)
+    gdecl = [f"    double *gb{i} = (double *)gbp[{i}];" for i in range(nb)]
+    gdecl += [f"    double GB{i}[nz * W];" for i in range(nb)]
+    gdecl += [f"    for (int kj = 0; kj < nz * W; kj++) GB{i}[kj] = 0.0;" for i in range(nb)]
+    flush = []
+    ind = " " * 12
+    for i, kind in enumerate(plan.kinds):
+        shape, when = kind[0], kind[1]
+        t = "(size_t)s" if when == "F" else "(size_t)0"
+        if shape == "s":
+            flush.append(f"{ind}{{ double t = 0.0; for (int kj = 0; kj < nz * W; kj++) t += GB{i}[kj];"
+                         f" gb{i}[{t} * nslots + slot] += t; }}")  # fmt: skip
+        elif shape == "r":
+            flush.append(f"{ind}for (int k = 0; k < nz; k++) {{ double t = 0.0;"
+                         f" for (int j = 0; j < W; j++) t += GB{i}[k * W + j];"
+                         f" gb{i}[({t} * nslots + slot) * nz + k] += t; }}")  # fmt: skip
+        elif shape == "c":
+            flush.append(f"{ind}for (int j = 0; j < nb; j++) {{ double t = 0.0;"
+                         f" for (int k = 0; k < nz; k++) t += GB{i}[k * W + j];"
+                         f" gb{i}[{t} * B + b0 + j] += t; }}")  # fmt: skip
+        else:
+            flush.append(f"{ind}for (int j = 0; j < nb; j++) for (int k = 0; k < nz; k++)"
+                         f" gb{i}[({t} * B + b0 + j) * nz + k] += GB{i}[k * W + j];")  # fmt: skip
+        flush.append(f"{ind}for (int kj = 0; kj < nz * W; kj++) GB{i}[kj] = 0.0;")
+    rep_adj = []
+    if plan.model.repair:
+        for q in order:
+            lo = plan.model._minimum.get(q)
+            if lo is not None:
+                v = order.index(q)
+                rep_adj.append(
+                    f"            for (int kj = 0; kj < nz * W; kj++) "
+                    f"G[{v}][kj] = YD[{v}][kj] >= (real){float(lo)!r} ? G[{v}][kj] : (real)0;"
+                )
+    face_adj, face_back = _face_adj(method)
+    step = _ADJ_STEP.format(
+        bstep="\n".join(bstep),
+        face=_face(method),
+        repair="\n".join(rep),
+        ext=ext,
+        inv_g2=repr(1.0 / plan.model.g2),
+    )
+    return "#include <stdlib.h>\n" + _ADJ_BODY.format(
+        bdecl="\n".join(bdecl),
+        gdecl="\n".join(gdecl),
+        bblock="\n".join(bblock),
+        step=step,
+        src=src,
+        src_vjp=src_vjp,
+        ext_vjp=ext_vjp,
+        repair_adj="\n".join(rep_adj),
+        face_adj=face_adj,
+        face_back=face_back,
+        flush="\n".join(flush),
+    )
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The adjoint (reverse mode) of the shared-physics kernel: per block of W columns, a forward sweep that keeps the
+# state at the start of every step, then the steps in reverse, each recomputed from its start (keeping the
+# sinking sub-steps' inputs and the state before repair) and run backwards: the Euler update and the biology
+# (the generated vector-Jacobian product), GOTM's light sum, the light extinction, repair, the implicit
+# diffusion (the transposed solve with the same factorisation) and the sinking sub-steps.
+_ADJ_STEP = """
+            {bstep}
+            const real *R = rowbuf + (size_t)s * NR * nz;
+            const real *h = R, *lw = R + nz, *mz = R + 4 * nz, *swr_s = R + 5 * nz;
+            const real pre_s = pre[s];
+            (void)mz; (void)swr_s; (void)pre_s; (void)h;
+            for (int m = 0; m < NM; m++) {{
+                const real *w = R + (6 + 7 * m) * nz, *omc = w + nz, *xp = w + 2 * nz, *xm = w + 3 * nz;
+                const real *two_omc = w + 4 * nz, *ceps = w + 5 * nz, *fih = w + 6 * nz;
+                real *y = Y[m];
+                for (int it = 0; it < nsub[s * NM + m]; it++) {{
+                    if (save) for (int kj = 0; kj < nz * W; kj++) SK[((size_t)m * maxsub + it) * nz * W + kj] = y[kj];
+                    for (int i = 0; i < nz - 1; i++) {{
+                        const int up = w[i] > 0;
+                        const real *yc = y + (up ? i : i + 1) * W, *yd = y + (up ? i + 1 : i) * W;
+                        const int iu = up ? (i > 0 ? i - 1 : 0) : (i + 2 < nz ? i + 2 : nz - 1);
+                        const real *yu = y + iu * W;
+                        const real wi = w[i], c1 = omc[i], a1 = xp[i], a2 = xm[i];
+                        const real t1 = two_omc[i], ce = ceps[i];
+                        (void)c1; (void)a1; (void)a2; (void)t1; (void)ce;
+                        SIMD for (int j = 0; j < W; j++) {{
+{face}
+                            FL[i * W + j] = wi * face;
+                        }}
+                    }}
+                    for (int k = 0; k < nz; k++) {{
+                        SIMD for (int j = 0; j < W; j++) {{
+                            const real upper = k < nz - 1 ? FL[k * W + j] + (real)0 : (real)0;
+                            const real lower = k > 0 ? FL[(k - 1) * W + j] + (real)0 : (real)0;
+                            y[k * W + j] = y[k * W + j] - fih[k] * (upper - lower);
+                        }}
+                    }}
+                }}
+            }}
+            {{
+                const real m0 = mi[(size_t)s * nz];
+                for (int v = 0; v < NV; v++) SIMD for (int j = 0; j < W; j++) Y[v][j] = Y[v][j] * m0;
+                for (int k = 1; k < nz; k++) {{
+                    const real l = lw[k], mk = mi[(size_t)s * nz + k];
+                    for (int v = 0; v < NV; v++) {{
+                        real *y = Y[v];
+                        SIMD for (int j = 0; j < W; j++)
+                            y[k * W + j] = (y[k * W + j] - l * y[(k - 1) * W + j]) * mk;
+                    }}
+                }}
+                for (int k = nz - 2; k >= 0; k--) {{
+                    const real ck = cp[(size_t)s * nz + k];
+                    for (int v = 0; v < NV; v++) {{
+                        real *y = Y[v];
+                        SIMD for (int j = 0; j < W; j++)
+                            y[k * W + j] = y[k * W + j] - ck * y[(k + 1) * W + j];
+                    }}
+                }}
+            }}
+            if (save) for (int v = 0; v < NV; v++) for (int kj = 0; kj < nz * W; kj++) YD[v][kj] = Y[v][kj];
+{repair}
+            for (int k = 0; k < nz; k++) {{
+                SIMD for (int j = 0; j < W; j++) {{
+                    const int kj = k * W + j;
+{ext}
+                }}
+            }}
+            {{
+                double acc[W];
+                for (int j = 0; j < W; j++) acc[j] = 0.0;
+                for (int k = nz - 1; k >= 0; k--) {{
+                    SIMD for (int j = 0; j < W; j++) {{
+                        const int kj = k * W + j;
+                        const real half = KB[kj] * h[k] / (real)2;
+                        acc[j] += half;
+                        const real at = (real)acc[j];
+                        acc[j] += half;
+                        PAR[kj] = pre_s * EXP(mz[k] - at);
+                        SWR[kj] = PAR[kj] + swr_s[k];
+                        KPAR[kj] = (real){inv_g2} + KB[kj];
+                    }}
+                }}
+            }}
+"""
+
+_ADJ_BODY = """
+MV int pelagos_fused_column_adj(int B, int nz, int nsteps, double dt_, void **state, const real *gout,
+                                 void **bp, const real *rowbuf, const real *pre, const int *nsub,
+                                 real *gstate, void **gbp, double *grow, int lo, int hi, int slot, int nslots)
+{{
+    const real dt = (real)dt_;
+    int maxsub = 1;
+    for (int q = 0; q < nsteps * NM; q++) maxsub = nsub[q] > maxsub ? nsub[q] : maxsub;
+    real *cp = (real *)malloc(sizeof(real) * (size_t)nsteps * nz);
+    real *mi = (real *)malloc(sizeof(real) * (size_t)nsteps * nz);
+    real *YS = (real *)malloc(sizeof(real) * (size_t)nsteps * NV * nz * W);
+    real *SK = (real *)malloc(sizeof(real) * (size_t)(NM > 0 ? NM : 1) * maxsub * nz * W);
+    if (!cp || !mi || !YS || !SK) {{ free(cp); free(mi); free(YS); free(SK); return 4; }}
+    for (int s = 0; s < nsteps; s++) {{
+        const real *R = rowbuf + (size_t)s * NR * nz;
+        const real *l = R + nz, *d = R + 2 * nz, *u = R + 3 * nz;
+        real *c_ = cp + (size_t)s * nz, *m_ = mi + (size_t)s * nz;
+        m_[0] = (real)1 / d[0];
+        c_[0] = u[0] * m_[0];
+        for (int k = 1; k < nz; k++) {{
+            m_[k] = (real)1 / (d[k] - l[k] * c_[k - 1]);
+            c_[k] = u[k] * m_[k];
+        }}
+    }}
+{bdecl}
+    real Y[NV][nz * W], G[NV][nz * W], YD[NV][nz * W], GN[nz * W];
+    real KB[nz * W], PAR[nz * W], SWR[nz * W], KPAR[nz * W], FL[nz * W];
+    real GPAR[nz * W], GSWR[nz * W], GKPAR[nz * W], GKB[nz * W];
+    double GRW[NM > 0 ? 7 * NM : 1][nz * W];
+{gdecl}
+    for (int b0 = lo; b0 < hi; b0 += W) {{
+        const int nb = hi - b0 < W ? hi - b0 : W;
+        for (int v = 0; v < NV; v++)
+            for (int j = 0; j < W; j++) {{
+                const real *src = (const real *)state[v] + ((size_t)b0 + (j < nb ? j : nb - 1)) * nz;
+                for (int k = 0; k < nz; k++) Y[v][k * W + j] = src[k];
+            }}
+{bblock}
+        /* forward sweep: the state at the start of every step */
+        for (int s = 0; s < nsteps; s++) {{
+            const int save = 0;
+            for (int v = 0; v < NV; v++)
+                for (int kj = 0; kj < nz * W; kj++) YS[(((size_t)s * NV) + v) * nz * W + kj] = Y[v][kj];
+{step}
+            for (int k = 0; k < nz; k++) {{
+                SIMD for (int j = 0; j < W; j++) {{
+                    const int kj = k * W + j;
+{src}
+                }}
+            }}
+        }}
+        /* the adjoint of the final state (zero in the lanes that repeat the last column) */
+        for (int v = 0; v < NV; v++)
+            for (int j = 0; j < W; j++)
+                for (int k = 0; k < nz; k++)
+                    G[v][k * W + j] = j < nb ? gout[((size_t)v * B + b0 + j) * nz + k] : (real)0;
+        for (int s = nsteps - 1; s >= 0; s--) {{
+            const int save = 1;
+            for (int v = 0; v < NV; v++)
+                for (int kj = 0; kj < nz * W; kj++) Y[v][kj] = YS[(((size_t)s * NV) + v) * nz * W + kj];
+{step}
+            for (int kj = 0; kj < nz * W; kj++) GPAR[kj] = GSWR[kj] = GKPAR[kj] = (real)0;
+            /* 5. back through the Euler update and the biology */
+            for (int k = 0; k < nz; k++) {{
+                SIMD for (int j = 0; j < W; j++) {{
+                    const int kj = k * W + j;
+{src_vjp}
+                }}
+            }}
+            /* 4. back through GOTM's light sum: PAR_k = I exp(-z_k/g2 - at_k), at_k = sum above + half */
+            {{
+                double racc[W];
+                for (int j = 0; j < W; j++) racc[j] = 0.0;
+                for (int k = 0; k < nz; k++) {{
+                    SIMD for (int j = 0; j < W; j++) {{
+                        const int kj = k * W + j;
+                        const double gat = -(double)PAR[kj] * ((double)GPAR[kj] + (double)GSWR[kj]);
+                        GKB[kj] = GKPAR[kj] + (real)((double)h[k] * (racc[j] + 0.5 * gat));
+                        racc[j] += gat;
+                    }}
+                }}
+            }}
+            for (int k = 0; k < nz; k++) {{
+                SIMD for (int j = 0; j < W; j++) {{
+                    const int kj = k * W + j;
+{ext_vjp}
+                }}
+            }}
+            /* 3. repair: no gradient where the value was clipped to the minimum */
+{repair_adj}
+            /* 2. the implicit diffusion: the transposed solve, A^T = U^T L^T with A = L U from the sweep */
+            for (int k = 1; k < nz; k++) {{
+                const real ck = cp[(size_t)s * nz + k - 1];
+                for (int v = 0; v < NV; v++) {{
+                    real *g = G[v];
+                    SIMD for (int j = 0; j < W; j++) g[k * W + j] = g[k * W + j] - ck * g[(k - 1) * W + j];
+                }}
+            }}
+            {{
+                const real mt = mi[(size_t)s * nz + nz - 1];
+                for (int v = 0; v < NV; v++) SIMD for (int j = 0; j < W; j++) G[v][(nz - 1) * W + j] *= mt;
+            }}
+            for (int k = nz - 2; k >= 0; k--) {{
+                const real l = lw[k + 1], mk = mi[(size_t)s * nz + k];
+                for (int v = 0; v < NV; v++) {{
+                    real *g = G[v];
+                    SIMD for (int j = 0; j < W; j++)
+                        g[k * W + j] = (g[k * W + j] - l * g[(k + 1) * W + j]) * mk;
+                }}
+            }}
+            /* 1. the sinking sub-steps, last first */
+            for (int q = 0; q < 7 * NM; q++) for (int kj = 0; kj < nz * W; kj++) GRW[q][kj] = 0.0;
+            for (int m = 0; m < NM; m++) {{
+                const real *w = R + (6 + 7 * m) * nz, *omc = w + nz, *xp = w + 2 * nz, *xm = w + 3 * nz;
+                const real *two_omc = w + 4 * nz, *ceps = w + 5 * nz, *fih = w + 6 * nz;
+                real *gy = G[m];
+                double *gw = GRW[7 * m], *gc1 = GRW[7 * m + 1], *ga1 = GRW[7 * m + 2], *ga2 = GRW[7 * m + 3];
+                double *gt1 = GRW[7 * m + 4], *gce = GRW[7 * m + 5], *gfih = GRW[7 * m + 6];
+                for (int it = nsub[s * NM + m] - 1; it >= 0; it--) {{
+                    const real *y = SK + ((size_t)m * maxsub + it) * nz * W;
+                    for (int kj = 0; kj < nz * W; kj++) GN[kj] = gy[kj];
+                    for (int i = 0; i < nz - 1; i++) {{
+                        const int up = w[i] > 0;
+                        const int ic = up ? i : i + 1, id = up ? i + 1 : i;
+                        const int iu = up ? (i > 0 ? i - 1 : 0) : (i + 2 < nz ? i + 2 : nz - 1);
+                        const real *yc = y + ic * W, *yd = y + id * W, *yu = y + iu * W;
+                        const real wi = w[i], c1 = omc[i], a1 = xp[i], a2 = xm[i];
+                        const real t1 = two_omc[i], ce = ceps[i], fa = fih[i], fb = fih[i + 1];
+                        (void)c1; (void)a1; (void)a2; (void)t1; (void)ce;
+                        SIMD for (int j = 0; j < W; j++) {{
+                            const int ij = i * W + j;
+{face_adj}
+                            FL[ij] = wi * face;
+                            const real gF = fb * gy[ij + W] - fa * gy[ij];
+                            const real gface = wi * gF;
+                            gw[ij] += (double)(face * gF);
+{face_back}
+                            GN[ic * W + j] += gyc;
+                            GN[id * W + j] += gyd;
+                            GN[iu * W + j] += gyu;
+                        }}
+                    }}
+                    for (int k = 0; k < nz; k++) {{
+                        SIMD for (int j = 0; j < W; j++) {{
+                            const real upper = k < nz - 1 ? FL[k * W + j] + (real)0 : (real)0;
+                            const real lower = k > 0 ? FL[(k - 1) * W + j] + (real)0 : (real)0;
+                            gfih[k * W + j] -= (double)((upper - lower) * gy[k * W + j]);
+                        }}
+                    }}
+                    for (int kj = 0; kj < nz * W; kj++) gy[kj] = GN[kj];
+                }}
+            }}
+            /* this step's adjoints of the physics rows and of the boundary values, summed over the lanes */
+            for (int q = 0; q < 7 * NM; q++) {{
+                double *dst = grow + (((size_t)slot * nsteps + s) * NR + 6 + q) * nz;
+                for (int k = 0; k < nz; k++) {{
+                    double t = 0.0;
+                    for (int j = 0; j < W; j++) t += GRW[q][k * W + j];
+                    dst[k] += t;
+                }}
+            }}
+{flush}
+        }}
+        for (int v = 0; v < NV; v++)
+            for (int j = 0; j < nb; j++)
+                for (int k = 0; k < nz; k++) gstate[((size_t)v * B + b0 + j) * nz + k] = G[v][k * W + j];
+    }}
+    free(cp); free(mi); free(YS); free(SK);
+    return 0;
+}}
+"""
+
+
+def _face_adj(method: str) -> tuple[str, str]:
+    """(the face value with the partial derivatives of the limiter, the adjoints gyc/gyd/gyu of the three
+    values and of the rows c1, a1, a2, t1, ce from ``gface``), for the sinking's adjoint."""
+    pad = " " * 28
+    if method == "UPSTREAM":
+        fwd = ["const real face = yc[j];"]
+        back = ["const real gyc = gface, gyd = (real)0, gyu = (real)0;"]
+        return "\n".join(pad + x for x in fwd), "\n".join(pad + x for x in back)
+    tie = "({a} < {b} ? (real)1 : ({a} == {b} ? (real)0.5 : (real)0))"
+    if method == "P2_PDM":
+        lim = [
+            "const real r2 = r * ce, m2 = phi < t1 ? phi : t1;",
+            "const real lim = r2 < m2 ? r2 : m2;",
+            f"const real wa = {tie.format(a='r2', b='m2')}, wb = (real)1 - wa;",
+            f"const real wp = {tie.format(a='phi', b='t1')};",
+            "const real Lr = wa * ce + wb * wp * a2, La1 = wb * wp, La2 = wb * wp * r;",
+            "const real Lt1 = wb * ((real)1 - wp), Lce = wa * r;",
+        ]
+    elif method == "SUPERBEE":
+        lim = [
+            "const real m1 = (real)2 * r < (real)1 ? (real)2 * r : (real)1, m2 = r < (real)2 ? r : (real)2;",
+            "const real lim = m1 > m2 ? m1 : m2;",
+            f"const real w1 = {tie.format(a='m2', b='m1')};",
+            f"const real d1 = (real)2 * {tie.format(a='(real)2 * r', b='(real)1')};",
+            f"const real d2 = {tie.format(a='r', b='(real)2')};",
+            "const real Lr = w1 * d1 + ((real)1 - w1) * d2, La1 = 0, La2 = 0, Lt1 = 0, Lce = 0;",
+        ]
+    else:  # MUSCL
+        lim = [
+            "const real h1 = (real)0.5 * ((real)1 + r), m2 = h1 < (real)2 ? h1 : (real)2;",
+            "const real lim = (real)2 * r < m2 ? (real)2 * r : m2;",
+            f"const real w1 = {tie.format(a='(real)2 * r', b='m2')};",
+            f"const real dm = (real)0.5 * {tie.format(a='h1', b='(real)2')};",
+            "const real Lr = w1 * (real)2 + ((real)1 - w1) * dm, La1 = 0, La2 = 0, Lt1 = 0, Lce = 0;",
+        ]
+    fwd = [
+        "const real df = yd[j] - yc[j], dfu = yc[j] - yu[j];",
+        "const int mono = df * dfu > 0;",
+        "const real dfs = mono ? df : (real)1;",
+        "const real r = dfu / dfs;",
+        "const real phi = a1 + a2 * r;",
+        *lim,
+        "const real face = mono ? yc[j] + (real)0.5 * lim * c1 * df : yc[j];",
+    ]
+    back = [
+        "const real q = (real)0.5 * c1, gl = mono ? gface * q * df : (real)0, gr = gl * Lr;",
+        "const real gdf = mono ? gface * q * lim - gr * r / dfs : (real)0, gdfu = gr / dfs;",
+        "const real gyc = gface - gdf + gdfu, gyd = gdf, gyu = -gdfu;",
+        "gc1[ij] += mono ? (double)(gface * (real)0.5 * lim * df) : 0.0;",
+        "ga1[ij] += (double)(gl * La1); ga2[ij] += (double)(gl * La2);",
+        "gt1[ij] += (double)(gl * Lt1); gce[ij] += (double)(gl * Lce);",
+    ]
+    return "\n".join(pad + x for x in fwd), "\n".join(pad + x for x in back)

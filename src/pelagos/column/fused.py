@@ -52,6 +52,8 @@ from ..core.errors import SolverError
 __all__ = ["FusedColumn", "fused_column"]
 
 _ENABLED = os.environ.get("PELAGOS_COLUMN_FUSED", "1") == "1"
+# a gradient through the kernel (its generated adjoint); 0: the compiled step records gradients, as before
+_ADJOINT = os.environ.get("PELAGOS_COLUMN_FUSED_ADJOINT", "1") == "1"
 # Below this many columns the compiled step is as fast: the kernel's per-call cost in Python (the forcing's
 # values of each step, the physics rows) is then not paid back (docs/bench_column.md, "The fused kernel").
 MIN_COLUMNS = int(os.environ.get("PELAGOS_COLUMN_FUSED_MIN", "16"))
@@ -159,6 +161,7 @@ class FusedColumn:
         self.model = model
         self._plans: dict[tuple, Any] = {}  # traced and compiled, per layout
         self._static = self._static_reason()
+        self.grad = False  # this call records a gradient (set by refuse)
 
     # -- when -----------------------------------------------------------------------------------------
     def _static_reason(self) -> str | None:
@@ -192,15 +195,19 @@ class FusedColumn:
             return "not a CPU float32/float64 state"
         if any(t.shape != x.shape or t.dtype != x.dtype for t in leaves) or x.ndim != 2:
             return "state variables of different shapes"
+        self.grad = False
         if torch.is_grad_enabled():
             from torch._C._functorch import is_functorch_wrapped_tensor
 
             params = [v for s in m._stores().values() for v in (*s.raw.values(), *s.overrides.values())]
             for t in [*leaves, *params]:
-                if t.requires_grad or is_functorch_wrapped_tensor(t):
-                    return "a gradient is recorded"
+                if is_functorch_wrapped_tensor(t):
+                    return "a torch.func transform"
                 if torch.autograd.forward_ad.unpack_dual(t).tangent is not None:
                     return "forward-mode AD"
+                self.grad = self.grad or t.requires_grad
+            if self.grad and not _ADJOINT:
+                return "a gradient is recorded (PELAGOS_COLUMN_FUSED_ADJOINT=0)"
         return None
 
     # -- tracing ----------------------------------------------------------------------------------------
@@ -225,7 +232,8 @@ class FusedColumn:
         step})`` for ``means`` (state variables, diagnostics, ``PAR``), or a reason string when the kernel
         cannot take this call (the caller then runs the compiled step)."""
         m = self.model
-        with torch.no_grad():
+        grad = self.grad  # set by refuse: a gradient is recorded through these steps
+        with torch.enable_grad() if grad else torch.no_grad():
             x = state[m.interior[0]]
             B, nz = x.shape
             n = raws["h"].shape[0]
@@ -244,6 +252,13 @@ class FusedColumn:
             missing = [q for q in means if q not in plan.mean_sources]
             if missing:
                 return f"interval means of {missing}"
+            if grad:
+                if means:
+                    return "interval means with a gradient"
+                try:
+                    return plan.run_grad(state, phys, prm, n), {}
+                except _UnsupportedError as err:
+                    return str(err)
             return plan.run(state, phys, prm, tuple(means), n)
 
 
@@ -293,6 +308,7 @@ class _Plan:
         self._libs: dict[tuple, ctypes.CDLL] = {}  # per kinds of the boundary values
         self.kinds: list[str] = []
         self.per_column = False
+        self.adjoint = False  # building the kernel with its adjoint (pelagos_fused_column_adj)
         self._p_key: tuple | None = None
         self.mean_sources = {q: ("state", self.order.index(q)) for q in names}
         self.mean_sources |= {d: ("diag", i) for i, d in enumerate(self.diag_names)}
@@ -544,8 +560,9 @@ class _Plan:
             return x
         raise _UnsupportedError(f"operation {t} on the state")
 
-    def emit(self, outs: list, targets: list[str], indent: str) -> str:
-        """Straight-line C for one cell computing ``outs`` (nodes) into the lvalues ``targets``."""
+    def _straight(self, outs: list, indent: str) -> tuple[list[str], dict, list]:
+        """Straight-line C for one cell computing the C nodes ``outs`` need: (lines, C name of every node
+        used, the call nodes in graph order)."""
         need: set = set()
         stack = [o for o in outs if self.cls[o] == "C"]
         while stack:
@@ -555,7 +572,7 @@ class _Plan:
             need.add(n)
             stack.extend(n.all_input_nodes)
         name: dict = {}
-        lines = []
+        lines: list[str] = []
         for i, (b, kind) in enumerate(zip(self.bounds, self.kinds, strict=True)):
             name[b] = {"s": f"bs{i}", "r": f"br{i}[k]", "c": f"bc{i}[j]", "f": f"bf{i}[kj]"}[kind[0]]
         cell_names = [f"Y[{self.order.index(q)}]" for q in self.model.interior] + [
@@ -565,6 +582,7 @@ class _Plan:
         ]
         for n, i in self.cell_inputs.items():
             name[n] = f"{cell_names[i]}[kj]"
+        nodes = []
         for n in self.gm.graph.nodes:
             if n in need and n.op == "call_function":
                 v = f"v{len(lines)}"
@@ -572,9 +590,115 @@ class _Plan:
                     f"{indent}const {'int' if _is_bool(n) else 'real'} {v} = {self._c_expr(n, name)};"
                 )
                 name[n] = v
+                nodes.append(n)
+        return lines, name, nodes
+
+    def emit(self, outs: list, targets: list[str], indent: str) -> str:
+        """Straight-line C for one cell computing ``outs`` (nodes) into the lvalues ``targets``."""
+        lines, name, _ = self._straight(outs, indent)
         for o, tgt in zip(outs, targets, strict=True):
             lines.append(f"{indent}{tgt} = {name[o]};")
         return "\n".join(lines)
+
+    def emit_vjp(self, outs: list, seeds: list[str], cell_grads: list[str], indent: str) -> str:
+        """Straight-line C for one cell: the forward of ``outs`` and then its vector-Jacobian product for the
+        output adjoints ``seeds`` (C expressions), reverse mode node by node (torch's derivative of each
+        operation, ties included): added to ``cell_grads[i]`` (lvalue of the adjoint of cell input ``i``:
+        the state variables in ``model.interior`` order, PAR, SWR, KPAR) and to ``GB<i>[kj]`` (double, the
+        adjoint of boundary value ``i``)."""
+        lines, name, nodes = self._straight(outs, indent)
+        terms: dict = {}
+        for o, sd in zip(outs, seeds, strict=True):
+            terms.setdefault(o, []).append(f"({sd})")
+        for n in reversed(nodes):
+            if n not in terms or _is_bool(n):
+                continue
+            g = "g" + name[n]
+            lines.append(f"{indent}const real {g} = {' + '.join(terms[n])};")
+            for a, e in self._vjp_terms(n, name, g):
+                terms.setdefault(a, []).append(e)
+        for n, i in self.cell_inputs.items():
+            if n in terms:
+                lines.append(f"{indent}{cell_grads[i]} += {' + '.join(terms[n])};")
+        for i, b in enumerate(self.bounds):
+            if b in terms:
+                lines.append(f"{indent}GB{i}[kj] += (double)({' + '.join(terms[b])});")
+        return "\n".join(lines)
+
+    def _vjp_terms(self, n: Any, name: dict, g: str) -> list[tuple[Any, str]]:
+        """(argument node, its adjoint contribution as C) for the C node ``n`` whose adjoint is ``g``."""
+        t, args, y = n.target, n.args, name[n]
+        x = [a if isinstance(a, torch.fx.Node) else None for a in args]
+
+        def v(i: int) -> str:  # the value of argument i
+            a = args[i]
+            return name[a] if isinstance(a, torch.fx.Node) else f"((real){float(a)!r})"
+
+        def on(i: int, e: str) -> list:
+            return [(x[i], e)] if i < len(x) and x[i] is not None and not _is_bool(x[i]) else []
+
+        if t in _SAME or t is aten._to_copy.default:
+            return on(0, g)
+        if t in _CONSTS or _is_bool(n):
+            return []
+        alpha = float(n.kwargs.get("alpha", 1))
+        al = "" if alpha == 1 else f"((real){alpha!r}) * "
+        if t in (aten.add.Tensor, aten.add.Scalar):
+            return on(0, g) + on(1, f"{al}{g}")
+        if t in (aten.sub.Tensor, aten.sub.Scalar):
+            return on(0, g) + on(1, f"-{al}{g}")
+        if t is aten.rsub.Scalar:
+            return on(0, f"-{al}{g}")
+        if t in (aten.mul.Tensor, aten.mul.Scalar):
+            return on(0, f"{g} * {v(1)}") + on(1, f"{g} * {v(0)}")
+        if t in (aten.div.Tensor, aten.div.Scalar):
+            return on(0, f"{g} / {v(1)}") + on(1, f"-{g} * {y} / {v(1)}")
+        if t in (aten.maximum.default, aten.minimum.default):
+            op = ">" if t is aten.maximum.default else "<"
+            a0, a1 = v(0), v(1)
+            w = f"({a0} {op} {a1} ? (real)1 : ({a0} == {a1} ? (real)0.5 : (real)0))"
+            return on(0, f"{g} * {w}") + on(1, f"{g} * ((real)1 - {w})")
+        if t is aten.where.self:
+            return on(1, f"({v(0)} ? {g} : (real)0)") + on(2, f"({v(0)} ? (real)0 : {g})")
+        if t is aten.pow.Tensor_Tensor:
+            return on(0, f"{g} * {v(1)} * POW({v(0)}, {v(1)} - (real)1)") + on(
+                1, f"(({v(0)} == 0 && {v(1)} >= 0) ? (real)0 : {g} * {y} * LOG({v(0)}))"
+            )
+        if t is aten.pow.Tensor_Scalar:
+            e = float(args[1])
+            if e == 0:
+                return []
+            if e == 1:
+                return on(0, g)
+            if e == 2:
+                return on(0, f"{g} * (real)2 * {v(0)}")
+            return on(0, f"{g} * ((real){e!r}) * POW({v(0)}, ((real){e - 1!r}))")
+        if t in (aten.clamp.default, aten.clamp_min.default, aten.clamp_max.default):
+            lo = args[1] if len(args) > 1 else n.kwargs.get("min")
+            hi = args[2] if len(args) > 2 else n.kwargs.get("max")
+            if t is aten.clamp_max.default:
+                lo, hi = None, args[1]
+            if isinstance(lo, torch.fx.Node) or isinstance(hi, torch.fx.Node):
+                raise _UnsupportedError("the gradient of a clamp to tensor bounds")
+            cond = [f"{v(0)} >= ((real){float(lo)!r})"] if lo is not None else []
+            cond += [f"{v(0)} <= ((real){float(hi)!r})"] if hi is not None else []
+            return on(0, f"(({' && '.join(cond) or '1'}) ? {g} : (real)0)")
+        a = v(0)
+        unary = {
+            aten.exp.default: f"{g} * {y}",
+            aten.log.default: f"{g} / {a}",
+            aten.sqrt.default: f"{g} / ((real)2 * {y})",
+            aten.rsqrt.default: f"(real)-0.5 * {g} * {y} * {y} * {y}",
+            aten.neg.default: f"-{g}",
+            aten.reciprocal.default: f"-{g} * {y} * {y}",
+            aten.abs.default: f"({a} > 0 ? {g} : ({a} < 0 ? -{g} : (real)0))",
+            aten.sigmoid.default: f"{g} * {y} * ((real)1 - {y})",
+            aten.tanh.default: f"{g} * ((real)1 - {y} * {y})",
+            aten.relu.default: f"({y} > 0 ? {g} : (real)0)",
+        }
+        if t in unary:
+            return on(0, unary[t])
+        raise _UnsupportedError(f"the gradient of {t}")
 
     def _build(self) -> ctypes.CDLL:
         from ._fused_c import kernel_source
@@ -591,19 +715,22 @@ class _Plan:
         f.restype = ctypes.c_int  # bit 0: a non-finite value in the new state; bit 1: sub-steps clipped
         i, p, d = ctypes.c_int, ctypes.c_void_p, ctypes.c_double
         f.argtypes = [i, i, i, d, p, p, p, p, p, p, i, p, i, i, p, p]
+        if self.adjoint:  # 0, or 4 when its work arrays could not be allocated
+            g = lib.pelagos_fused_column_adj
+            g.restype = ctypes.c_int
+            g.argtypes = [i, i, i, d, p, p, p, p, p, p, p, p, p, i, i, i, i]
         return lib
 
     # ---------------------------------------------------------------------------------------------------
-    def run(self, state: dict, phys: Mapping, prm: Mapping, means: tuple, n: int) -> tuple[dict, dict] | str:
-        B, nz, dt = self.B, self.nz, self.model.dt
-        dtype = self.dtype
-        vals = self._p_values(prm)
-        # forcing-dependent values of every step, (n, B, nz) views
-        fvals = self._f_values(vals, phys, n)
+    def _inputs(self, vals: dict, phys: Mapping, n: int) -> tuple[list[str], list, list, bool]:
+        """The kernel's inputs for ``n`` steps: (kinds of the boundary values, their compact arrays, the
+        moving tracers' centre velocities (n, B, nz), whether the physics differs between columns)."""
+        B = self.B
+        fvals = self._f_values(vals, phys, n)  # forcing-dependent values of every step, (n, B, nz) views
         kinds, arrays = [], []
         for b in self.bounds:
             if self.cls[b] == "P":
-                kind, x = vals[("compact", b)]
+                kind, x = vals[("compact", b)] if ("compact", b) in vals else self._bound_kind(vals[b])
                 kinds.append(kind + "P")
             else:
                 x = fvals[b]
@@ -612,16 +739,42 @@ class _Plan:
                      "f": lambda x=x: x}[kind]()  # fmt: skip
                 kinds.append(kind + "F")
             arrays.append(x.contiguous())
-        h, nuh, I0 = phys["h"].to(dtype), phys["nuh"].to(dtype), phys["I_0"].to(dtype).reshape(n, -1)
         wcs = [fvals[w] for w in self.w_nodes]  # (n, B, nz) views
+        h, nuh, I0 = phys["h"], phys["nuh"], phys["I_0"].reshape(n, -1)
         per_col = max(h.shape[1], nuh.shape[1], I0.shape[1]) > 1 or any(
             B > 1 and x.stride(1) != 0 and not torch.equal(x, x[:, :1].expand_as(x)) for x in wcs
         )
-        key = (tuple(kinds), means, per_col)
+        return kinds, arrays, wcs, per_col
+
+    def _lib(self, kinds: list[str], means: tuple, per_col: bool, adjoint: bool = False) -> ctypes.CDLL:
+        """The compiled kernel for these kinds of inputs, selection of means, shared or per-column physics
+        (and with its adjoint)."""
+        key = (tuple(kinds), means, per_col, adjoint)
         lib = self._libs.get(key)
-        if lib is None:  # a kernel per kinds of inputs, selection of means, shared or per-column physics
-            self.kinds, self.means, self.per_column = kinds, means, per_col
-            lib = self._libs[key] = self._build()
+        if lib is None:
+            self.kinds, self.means, self.per_column, self.adjoint = kinds, means, per_col, adjoint
+            try:
+                lib = self._libs[key] = self._build()
+            finally:
+                self.adjoint = False
+        self.kinds = kinds
+        return lib
+
+    def _ranges(self) -> list[tuple[int, int]]:
+        """The column ranges of the kernel's calls (one per thread, whole blocks)."""
+        B, w = self.B, _W[self.dtype]
+        nthreads = max(1, min(torch.get_num_threads(), B // w))
+        step = -(-B // nthreads)
+        step = -(-step // w) * w
+        return [(lo, min(lo + step, B)) for lo in range(0, B, step)]
+
+    def run(self, state: dict, phys: Mapping, prm: Mapping, means: tuple, n: int) -> tuple[dict, dict] | str:
+        B, nz = self.B, self.nz
+        dtype = self.dtype
+        phys = {k: (v.to(dtype) if k in ("h", "nuh", "I_0") else v) for k, v in phys.items()}
+        kinds, arrays, wcs, per_col = self._inputs(self._p_values(prm), phys, n)
+        h, nuh, I0 = phys["h"], phys["nuh"], phys["I_0"].reshape(n, -1)
+        lib = self._lib(kinds, means, per_col)
         if per_col:  # the kernel computes each column's rows from its h, nuh, I_0 and velocities
             cols = [h, nuh, I0[..., None]] + [x if x.stride(1) != 0 else x[:, :1] for x in wcs]
             cols = [x.contiguous() for x in cols]  # (n, 1 or B, ·)
@@ -634,19 +787,25 @@ class _Plan:
         else:
             rowbuf, pre, nsub = self._rows(h[:, 0], nuh[:, 0], I0, [x[:, 0] for x in wcs])
             cols, cstride = [], [0]
+        Y = [state[q].contiguous() for q in self.order]  # read in place: the kernel takes one pointer each
+        out, sums = self._forward(lib, n, Y, arrays, rowbuf, pre, nsub, means, cols, cstride, phys)
+        new = dict(state)
+        new.update(zip(self.order, out.unbind(0), strict=True))
+        return new, {q: sums[i] for i, q in enumerate(means)}
+
+    def _forward(
+        self, lib: ctypes.CDLL, n: int, Y: list, arrays: list, rowbuf: torch.Tensor, pre: torch.Tensor,
+        nsub: torch.Tensor, means: tuple, cols: list, cstride: list, phys: Mapping,
+    ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+        """One call of the forward kernel: (new state (NV, B, nz), float64 sums of the means (·, B, nz))."""
+        B, nz, dtype, dt = self.B, self.nz, self.dtype, self.model.dt
         cptrs = (ctypes.c_void_p * max(len(cols), 1))(*[x.data_ptr() for x in cols])
         cstr = (ctypes.c_long * len(cstride))(*cstride)
-        Y = [state[q].contiguous() for q in self.order]  # read in place: the kernel takes one pointer each
         out = torch.empty(len(Y), B, nz, dtype=dtype)
         sums = torch.empty(max(len(means), 1), B, nz, dtype=torch.float64)  # the kernel writes every entry
         ptrs = (ctypes.c_void_p * max(len(arrays), 1))(*[x.data_ptr() for x in arrays])
         yptrs = (ctypes.c_void_p * len(Y))(*[y.data_ptr() for y in Y])
-        nthreads = max(1, min(torch.get_num_threads(), B // _W[dtype]))
-        step = -(-B // nthreads)
-        step = -(-step // _W[dtype]) * _W[dtype]
-        keep = (arrays, rowbuf, pre, nsub, Y, out, sums, cols)
         fn = lib.pelagos_fused_column
-
         flags: list[int] = []
 
         def call(lo: int, hi: int) -> None:
@@ -654,12 +813,11 @@ class _Plan:
                pre.data_ptr(), nsub.data_ptr(), len(means),
                sums.data_ptr(), lo, hi, cptrs, cstr))  # fmt: skip
 
-        _cbuild.run_calls([lambda lo=lo: call(lo, min(lo + step, B)) for lo in range(0, B, step)])
-        del keep
+        _cbuild.run_calls([lambda r=r: call(*r) for r in self._ranges()])
         if any(f & 2 for f in flags):  # physics per column: a column's sub-steps reached GOTM's cap
             from .advection import warn_substeps_clipped
 
-            warn_substeps_clipped(stacklevel=7)
+            warn_substeps_clipped(stacklevel=8)
         if any(f & 1 for f in flags):  # as the plain step's solve, never a silent NaN
             bad = [
                 q for q, x in zip(self.order, out.unbind(0), strict=True) if not bool(torch.isfinite(x).all())
@@ -671,9 +829,92 @@ class _Plan:
                 "blew up. Run the same steps with numerics.compile: false (ColumnModel(compile=False)) for "
                 "the message that names the input."
             )
+        return out, sums
+
+    # -- the gradient ------------------------------------------------------------------------------------
+    def run_grad(self, state: dict, phys: Mapping, prm: Mapping, n: int) -> dict | str:
+        """``n`` steps recording a gradient: one autograd node (:class:`_FusedSteps`) whose backward is the
+        generated adjoint kernel, fed by the boundary values and physics rows computed in torch from the
+        parameters (their own graph carries the gradient on to the parameters)."""
+        dtype = self.dtype
+        phys = {k: (v.to(dtype) if k in ("h", "nuh", "I_0") else v) for k, v in phys.items()}
+        vals: dict = {p: prm[k] for p, k in self.prm_inputs.items()}
+        self._eval(self.p_nodes, vals)
+        kinds, arrays, wcs, per_col = self._inputs(vals, phys, n)
+        if per_col:
+            return "a gradient with physics per column (the fused adjoint takes physics shared by the columns)"
+        h, nuh, I0 = phys["h"], phys["nuh"], phys["I_0"].reshape(n, -1)
+        lib = self._lib(kinds, (), False, adjoint=True)
+        rowbuf, pre, nsub = self._rows(h[:, 0], nuh[:, 0], I0, [x[:, 0] for x in wcs])
+        Y = [state[q] for q in self.order]
+        outs = _FusedSteps.apply(self, lib, n, phys, pre, nsub, len(Y), *Y, rowbuf, *arrays)
         new = dict(state)
-        new.update(zip(self.order, out.unbind(0), strict=True))
-        return new, {q: sums[i] for i, q in enumerate(means)}
+        new.update(zip(self.order, outs, strict=True))
+        return new
+
+    def _adjoint(
+        self, lib: ctypes.CDLL, n: int, Y: list, rowbuf: torch.Tensor, arrays: list, pre: torch.Tensor,
+        nsub: torch.Tensor, gout: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:  # fmt: skip
+        """The adjoint kernel: given the adjoint of the state after the ``n`` steps (NV, B, nz), the adjoints
+        of the state before them (NV, B, nz), of the physics rows (n, NR, nz) and of the boundary arrays."""
+        B, nz, dtype, dt = self.B, self.nz, self.dtype, self.model.dt
+        ranges = self._ranges()
+        nslots = len(ranges)
+        gstate = torch.empty(len(Y), B, nz, dtype=dtype)
+        gbufs = []
+        for kind in self.kinds:
+            shape, when = kind[0], kind[1]
+            gbufs.append(torch.zeros(n if when == "F" else 1, B if shape in "cf" else nslots,
+                                     nz if shape in "rf" else 1, dtype=torch.float64))  # fmt: skip
+        grow = torch.zeros(nslots, *rowbuf.shape, dtype=torch.float64)
+        ptrs = (ctypes.c_void_p * max(len(arrays), 1))(*[x.data_ptr() for x in arrays])
+        gptrs = (ctypes.c_void_p * max(len(gbufs), 1))(*[x.data_ptr() for x in gbufs])
+        yptrs = (ctypes.c_void_p * len(Y))(*[y.data_ptr() for y in Y])
+        fn = lib.pelagos_fused_column_adj
+        flags: list[int] = []
+
+        def call(slot: int, lo: int, hi: int) -> None:
+            flags.append(fn(B, nz, n, ctypes.c_double(dt), yptrs, gout.data_ptr(), ptrs, rowbuf.data_ptr(),
+               pre.data_ptr(), nsub.data_ptr(), gstate.data_ptr(), gptrs, grow.data_ptr(), lo, hi, slot,
+               nslots))  # fmt: skip
+
+        _cbuild.run_calls([lambda i=i, r=r: call(i, *r) for i, r in enumerate(ranges)])
+        if any(flags):
+            raise MemoryError("pelagos column (fused adjoint): its work arrays could not be allocated")
+        garrays = []
+        for kind, g, a in zip(self.kinds, gbufs, arrays, strict=True):
+            if kind[0] in "sr":  # shared by the columns: the calls' partial sums
+                g = g.sum(1)
+            garrays.append(g.reshape(a.shape).to(dtype))
+        return gstate, grow.sum(0).to(dtype), garrays
+
+
+class _FusedSteps(torch.autograd.Function):
+    """The fused kernel's steps as one autograd node: forward = the kernel; backward = its generated adjoint
+    (which recomputes the steps from the saved start state: O(state) memory between forward and backward)."""
+
+    @staticmethod
+    def forward(ctx: Any, plan: _Plan, lib: ctypes.CDLL, n: int, phys: Mapping, pre: torch.Tensor,
+                nsub: torch.Tensor, nv: int, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:  # fmt: skip
+        Y = [t.detach().contiguous() for t in tensors[:nv]]
+        rowbuf = tensors[nv].detach().contiguous()
+        arrays = [t.detach().contiguous() for t in tensors[nv + 1 :]]
+        out, _ = plan._forward(lib, n, Y, arrays, rowbuf, pre, nsub, (), [], [0], phys)
+        ctx.save_for_backward(*Y, rowbuf, *arrays)
+        ctx.plan, ctx.lib, ctx.n, ctx.pre, ctx.nsub, ctx.nv = plan, lib, n, pre, nsub, nv
+        return tuple(out.unbind(0))
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, *gouts: torch.Tensor) -> tuple:
+        saved = ctx.saved_tensors
+        nv, plan = ctx.nv, ctx.plan
+        Y, rowbuf, arrays = list(saved[:nv]), saved[nv], list(saved[nv + 1 :])
+        g = torch.stack([torch.zeros_like(Y[0]) if x is None else x.to(Y[0].dtype) for x in gouts])
+        gstate, grow, garrays = plan._adjoint(ctx.lib, ctx.n, Y, rowbuf, arrays, ctx.pre, ctx.nsub,
+                                              g.contiguous())  # fmt: skip
+        return (None,) * 7 + (*gstate.unbind(0), grow, *garrays)
 
 
 _W = {torch.float64: 8, torch.float32: 16}

@@ -483,10 +483,13 @@ class ColumnModel(Model):
         from .fused import MIN_COLUMNS, fused_column
 
         x = state.get(self.interior[0]) if self.interior else None
-        if x is None or x.ndim != 2 or x.shape[0] < MIN_COLUMNS:
+        if x is None or x.ndim != 2:
             return state, None, 0
         fc = fused_column(self, state)
         if fc is None:
+            return state, None, 0
+        if x.shape[0] < MIN_COLUMNS and not fc.grad:  # a forward of few columns: as fast compiled
+            self.__dict__["_fused_reason"] = f"fewer than {MIN_COLUMNS} columns without a gradient"
             return state, None, 0
         sums = None
         done = 0
