@@ -203,16 +203,144 @@ def test_what_the_kernel_does_not_take(forcing):
     model = ColumnModel(bgc, forcing, dt=3600.0, compile=True)
     s0 = model.initial_state(B, t0=START)
     assert fused_mod.fused_column(model, s0) is not None
-    x = {k: v.clone().requires_grad_(True) for k, v in s0.items()}  # a gradient recorded: compiled step
-    assert fused_mod.fused_column(model, x) is None
-    assert model._fused_reason == "a gradient is recorded"
-    with torch.no_grad():
-        assert fused_mod.fused_column(model, x) is not None  # ... unless none is
+    x = {k: v.clone().requires_grad_(True) for k, v in s0.items()}  # a gradient: the adjoint kernel
+    fc = fused_mod.fused_column(model, x)
+    assert fc is not None and fc.grad and model._fused_reason is None
+    with torch.autograd.forward_ad.dual_level():  # forward mode: the compiled step
+        dual = {k: torch.autograd.forward_ad.make_dual(v, torch.ones_like(v)) for k, v in s0.items()}
+        assert fused_mod.fused_column(model, dual) is None and model._fused_reason == "forward-mode AD"
     split = ColumnModel(bgc, forcing, dt=3600.0, compile=True, split_factor=2)
     assert fused_mod.fused_column(split, s0) is None and "splitting" in split._fused_reason
-    few = model.initial_state(B - 1, t0=START)  # too few columns: not asked
-    model.__dict__.pop("_fused_reason")
+    few = model.initial_state(B - 1, t0=START)  # too few columns for a forward: the compiled step
     assert model._fused_steps(few, [START, START + 3600.0], ()) == (few, None, 0)
+    assert "fewer than" in model._fused_reason
+
+
+def _adjoint_calls(model):
+    return sum(p.adjoint_calls for p in model._fused_obj._plans.values() if not isinstance(p, str))
+
+
+def _loss_and_grads(model, s0, names, n, raw=None):
+    """A weighted sum of the final state after ``n`` steps and its gradient with respect to the initial
+    state and the unconstrained parameters ``names`` (``raw``: their values, default the model's)."""
+    raw = raw or {q: model.parameter_spec(q).transform.inverse(model.get_parameter_value(q)) for q in names}
+    raw = {q: v.detach().clone().requires_grad_(True) for q, v in raw.items()}
+    s = {k: v.detach().clone().requires_grad_(True) for k, v in s0.items()}
+    with model.using(raw):
+        fin = rollout(model, s, n, t0=START, save_every=n, include_initial=False).final
+    loss = sum((fin[q] * (1.0 + 0.3 * i)).sum() + 0.1 * fin[q].square().sum() for i, q in enumerate(model.interior))
+    grads = torch.autograd.grad(loss, [*s.values(), *raw.values()])
+    return loss.detach(), dict(zip([*s, *raw], grads, strict=True))
+
+
+def _assert_grads_close(ref, got, tol):
+    for k in ref:
+        scale = float(ref[k].abs().max())
+        err = float((ref[k] - got[k]).abs().max())
+        assert err <= tol * max(scale, 1e-30), f"d/d{k}: {err:.3e} > {tol:g} x {scale:.3e}"
+
+
+NPZD_FREE = ("npzd.rmax", "npzd.gmax", "npzd.w_p", "npzd.w_d", "npzd.kc", "npzd.iv", "npzd.alpha",
+             "npzd.i_min", "npzd.rpdu", "npzd.rzd")  # fmt: skip
+
+
+@pytest.mark.parametrize("columns", [1, B + 5])
+def test_gradient_through_the_adjoint_kernel_equals_the_plain_steps(forcing, columns):
+    """Reverse mode through the fused kernel (its generated adjoint) against autograd through the plain
+    step: the initial state and ten NPZD parameters (growth, grazing, sinking velocities, light), with repair;
+    one column (pelagos calibrate's case) and a last SIMD block of 5 of 8 columns."""
+    bgc = BGCSystem({"npzd": NPZD()}).double()
+    plain, fast = _pair(bgc, forcing, repair=True)
+    s0 = _perturbed(plain, seed=8, columns=columns)
+    n = 30
+    l_ref, g_ref = _loss_and_grads(plain, s0, NPZD_FREE, n)
+    l_got, g_got = _loss_and_grads(fast, s0, NPZD_FREE, n)
+    assert _ran_fused(fast) and _adjoint_calls(fast) == 1  # the backward was the adjoint kernel's
+    torch.testing.assert_close(l_got, l_ref, rtol=1e-13, atol=0)
+    _assert_grads_close(g_ref, g_got, 1e-10)
+    assert all(float(g.abs().max()) > 0 for g in g_ref.values())  # every input mattered
+
+
+@pytest.mark.parametrize("method", ["P2_PDM", "UPSTREAM", "SUPERBEE", "MUSCL", "substeps"])
+def test_adjoint_of_a_model_the_kernel_has_never_seen(forcing, method):
+    """The limiters' adjoints (and sinking sub-steps) with a made-up model (sigmoid, tanh, clamp, where,
+    power, sqrt, exp): gradients equal the plain step's."""
+    w_sink = -300.0 if method == "substeps" else -30.0
+    bgc = BGCSystem({"pl": Plankton(w_sink=w_sink)}).double()
+    plain, fast = _pair(bgc, forcing, sinking_method="P2_PDM" if method == "substeps" else method)
+    s0 = _perturbed(plain, seed=9, columns=B + 5)
+    names = ("pl.mu", "pl.ks", "pl.m2")
+    n = 20
+    _, g_ref = _loss_and_grads(plain, s0, names, n)
+    _, g_got = _loss_and_grads(fast, s0, names, n)
+    assert _ran_fused(fast) and _adjoint_calls(fast) == 1
+    if method == "substeps":
+        assert next(iter(fast._fused_obj._plans.values())).last_substeps > 1
+    _assert_grads_close(g_ref, g_got, 1e-10)
+
+
+def test_adjoint_with_a_parameter_per_column(forcing):
+    """Per-column parameters (an ensemble's, the benchmark's): each column's own gradient; a sinking
+    velocity shared by the columns, free too."""
+    bgc = BGCSystem({"npzd": NPZD()}).double()
+    plain, fast = _pair(bgc, forcing)
+    s0 = _perturbed(plain, seed=10, columns=B + 3)
+    g = torch.Generator().manual_seed(11)
+    raw = {}
+    for q in ("npzd.rmax", "npzd.gmax", "npzd.w_d"):
+        size = () if q == "npzd.w_d" else (B + 3,)  # a velocity per column is physics per column
+        v = plain.get_parameter_value(q) * torch.exp(0.3 * torch.randn(size, generator=g, dtype=F64))
+        raw[q] = plain.parameter_spec(q).transform.inverse(v)
+    _, g_ref = _loss_and_grads(plain, s0, raw, 24, raw=raw)
+    _, g_got = _loss_and_grads(fast, s0, raw, 24, raw=raw)
+    assert _ran_fused(fast) and _adjoint_calls(fast) == 1
+    assert g_got["npzd.rmax"].shape == (B + 3,)
+    _assert_grads_close(g_ref, g_got, 1e-10)
+
+
+def test_adjoint_against_central_differences_and_forward_mode(forcing):
+    """float64: the fused reverse-mode derivative along a random direction of (initial state, parameters)
+    against central finite differences of the fused forward, and against forward mode (torch.func.jvp,
+    which runs the compiled step: the kernel takes no forward-mode AD)."""
+    bgc = BGCSystem({"npzd": NPZD()}).double()
+    fast = ColumnModel(bgc, forcing, dt=3600.0, compile=True)
+    s0 = _perturbed(fast, seed=12, columns=B)
+    names = ("npzd.rmax", "npzd.gmax", "npzd.w_d", "npzd.kc")
+    raw0 = {q: fast.parameter_spec(q).transform.inverse(fast.get_parameter_value(q)) for q in names}
+    n = 24
+    _, grads = _loss_and_grads(fast, s0, names, n, raw=raw0)
+    assert _adjoint_calls(fast) == 1
+    g = torch.Generator().manual_seed(13)
+    d_s = {k: torch.randn(v.shape, generator=g, dtype=F64) * v for k, v in s0.items()}
+    d_p = {q: torch.randn((), generator=g, dtype=F64) for q in names}
+    reverse = sum(float((grads[k] * d).sum()) for k, d in (d_s | d_p).items())
+
+    def loss(s, raw):
+        with fast.using(raw):
+            fin = rollout(fast, s, n, t0=START, save_every=n, include_initial=False).final
+        return sum((fin[q] * (1.0 + 0.3 * i)).sum() + 0.1 * fin[q].square().sum()
+                   for i, q in enumerate(fast.interior))  # fmt: skip
+
+    eps = 1e-6
+    with torch.no_grad():
+        up = loss({k: v + eps * d_s[k] for k, v in s0.items()}, {q: v + eps * d_p[q] for q, v in raw0.items()})
+        dn = loss({k: v - eps * d_s[k] for k, v in s0.items()}, {q: v - eps * d_p[q] for q, v in raw0.items()})
+    fd = float(up - dn) / (2 * eps)
+    assert abs(reverse - fd) <= 1e-6 * abs(fd), (reverse, fd)
+    _, forward = torch.func.jvp(loss, (s0, raw0), (d_s, d_p))
+    assert abs(reverse - float(forward)) <= 1e-10 * abs(float(forward)), (reverse, float(forward))
+
+
+def test_adjoint_with_physics_per_column_keeps_the_compiled_gradient(forcing):
+    """Physics per column has no fused adjoint yet: that gradient runs the compiled step, and is right."""
+    a = torch.linspace(0.5, 1.5, 3, dtype=F64)
+    bgc = BGCSystem({"npzd": NPZD()}).double()
+    plain, fast = _pair(bgc, _per_column_forcing(forcing, a))
+    s0 = _perturbed(plain, seed=14, columns=len(a))
+    _, g_ref = _loss_and_grads(plain, s0, ("npzd.rmax",), 4)
+    _, g_got = _loss_and_grads(fast, s0, ("npzd.rmax",), 4)
+    assert "physics per column" in fast._fused_reason
+    _assert_grads_close(g_ref, g_got, 1e-10)
 
 
 @pytest.mark.slow
@@ -234,10 +362,10 @@ def test_a_model_year_fused_equals_the_plain_step():
     _assert_fields_close(ref, got, plain.interior, 1e-12)
 
 
-@pytest.mark.slow  # compiles the Inductor step's backward: minutes with a cold cache
 def test_checkpointed_gradient_with_a_fused_forward_sweep(forcing):
-    """A checkpointed gradient's forward sweep records no graph: it takes the fused kernel, the segments are
-    recomputed by the compiled step with a graph. The gradient equals the plain step's."""
+    """A checkpointed gradient: the forward sweep records no graph (the fused forward), each segment is
+    recomputed with a graph (the fused kernel's autograd node) and run backwards by the adjoint kernel. The
+    gradient equals the plain step's."""
     bgc = BGCSystem({"npzd": NPZD()}).double()
     plain, fast = _pair(bgc, forcing)
     s0 = _perturbed(plain, seed=7)
@@ -251,7 +379,7 @@ def test_checkpointed_gradient_with_a_fused_forward_sweep(forcing):
 
     ref = grad(plain)
     got = grad(fast)
-    assert fast._fused_obj._plans  # the forward sweep ran the kernel
+    assert fast._fused_obj._plans and _adjoint_calls(fast) == 2  # two segments of 12 steps
     torch.testing.assert_close(got, ref, rtol=1e-10, atol=0)
 
 
@@ -294,18 +422,24 @@ def test_an_ensemble_of_parameters_through_stacked_column(forcing):
     _assert_fields_close(plain.unstack(ref), fast.unstack(got), plain.variables, 1e-12)
 
 
+def _per_column_forcing(forcing, a):
+    """``forcing`` made into one site per factor in ``a``: layers scaled by it, warmer, more or less mixed
+    and lit (a ``ColumnForcing`` of shape ``(len(a), T, nz)``)."""
+    fl = {k: v.reshape(-1, *v.shape[-2:])[0] if k != "I_0" else v.reshape(-1, v.shape[-1])[0]
+          for k, v in forcing.fields.items()}  # fmt: skip
+    return ColumnForcing(
+        forcing.time, torch.stack([fl["h"] * x for x in a]), torch.stack([fl["temp"] + 2 * x for x in a]),
+        torch.stack([fl["salt"]] * len(a)), torch.stack([fl["nuh"] * (2 - x) for x in a]),
+        torch.stack([fl["I_0"] * (1.6 - x / 2) for x in a]), epoch=forcing.epoch,
+    )  # fmt: skip
+
+
 def test_physics_per_column(forcing):
     """Many sites: each column with its own layers, mixing, temperature and surface light (and so its own
     sinking Courant number, sub-steps and factorisation) — ``ColumnForcing`` of shape ``(B, T, nz)``."""
-    fl = {k: v.reshape(-1, *v.shape[-2:])[0] if k != "I_0" else v.reshape(-1, v.shape[-1])[0]
-          for k, v in forcing.fields.items()}  # fmt: skip
     a = torch.linspace(0.3, 1.6, B + 3, dtype=F64)  # 19 columns: a partial last block
-    h = torch.stack([fl["h"] * x for x in a])  # thin layers: several sinking sub-steps in some columns
-    f = ColumnForcing(
-        forcing.time, h, torch.stack([fl["temp"] + 2 * x for x in a]), torch.stack([fl["salt"]] * len(a)),
-        torch.stack([fl["nuh"] * (2 - x) for x in a]), torch.stack([fl["I_0"] * (1.6 - x / 2) for x in a]),
-        epoch=forcing.epoch,
-    )  # fmt: skip
+    f = _per_column_forcing(forcing, a)
+    h = f.fields["h"]  # thin layers: several sinking sub-steps in some columns
     bgc = BGCSystem({"pl": Plankton(w_sink=-60.0)}).double()
     plain, fast = _pair(bgc, f)
     s0 = _perturbed(plain, seed=9, columns=len(a))

@@ -256,9 +256,10 @@ class FusedColumn:
                 if means:
                     return "interval means with a gradient"
                 try:
-                    return plan.run_grad(state, phys, prm, n), {}
+                    new = plan.run_grad(state, phys, prm, n)
                 except _UnsupportedError as err:
                     return str(err)
+                return new if isinstance(new, str) else (new, {})
             return plan.run(state, phys, prm, tuple(means), n)
 
 
@@ -309,6 +310,7 @@ class _Plan:
         self.kinds: list[str] = []
         self.per_column = False
         self.adjoint = False  # building the kernel with its adjoint (pelagos_fused_column_adj)
+        self.adjoint_calls = 0  # backward passes through the adjoint kernel (tests, benchmarks)
         self._p_key: tuple | None = None
         self.mean_sources = {q: ("state", self.order.index(q)) for q in names}
         self.mean_sources |= {d: ("diag", i) for i, d in enumerate(self.diag_names)}
@@ -859,6 +861,7 @@ class _Plan:
         """The adjoint kernel: given the adjoint of the state after the ``n`` steps (NV, B, nz), the adjoints
         of the state before them (NV, B, nz), of the physics rows (n, NR, nz) and of the boundary arrays."""
         B, nz, dtype, dt = self.B, self.nz, self.dtype, self.model.dt
+        self.adjoint_calls += 1
         ranges = self._ranges()
         nslots = len(ranges)
         gstate = torch.empty(len(Y), B, nz, dtype=dtype)
