@@ -377,6 +377,43 @@ def _face(method: str, yc: str = "yc[j]", yd: str = "yd[j]", yu: str = "yu[j]") 
     return "\n".join(pad + x for x in lines)
 
 
+def _bound_loads(kinds: list[str], ptr: str = "bp", pre: str = "b", only: Any = None) -> tuple[list, list, list]:
+    """C declarations that read the boundary values of the kinds (``"sP"``, ``"fF"``, ...) from the pointer
+    array ``ptr`` into ``<pre>s<i>`` (scalar), ``<pre>r<i>[k]`` (per layer), ``<pre>c<i>[j]`` (per column of the
+    block), ``<pre>f<i>[kj]``: (once per call, once per block, once per step). ``only``: the indices to read."""
+    bdecl, bblock, bstep = [], [], []
+    col = "(j < nb ? j : nb - 1)"
+    for i, kind in enumerate(kinds):
+        if only is not None and i not in only:
+            continue
+        shape, when = kind[0], kind[1]
+        bdecl.append(f"    const real *{ptr}{i} = (const real *){ptr}[{i}];")
+        if shape == "s":
+            if when == "P":
+                bdecl.append(f"    const real {pre}s{i} = {ptr}{i}[0];")
+            else:
+                bstep.append(f"            const real {pre}s{i} = {ptr}{i}[s];")
+        elif shape == "r":
+            off = "0" if when == "P" else "(size_t)s * nz"
+            bstep.append(f"            const real *{pre}r{i} = {ptr}{i} + {off};")
+        elif shape == "c":
+            off = "" if when == "P" else "(size_t)s * B + "
+            tgt = bblock if when == "P" else bstep
+            ind = " " * (8 if when == "P" else 12)
+            tgt.append(f"{ind}real {pre}c{i}[W];")
+            tgt.append(f"{ind}for (int j = 0; j < W; j++) {pre}c{i}[j] = {ptr}{i}[{off}b0 + {col}];")
+        else:
+            off = "" if when == "P" else "(size_t)s * B * nz + "
+            tgt = bblock if when == "P" else bstep
+            ind = " " * (8 if when == "P" else 12)
+            tgt.append(f"{ind}real {pre}f{i}[nz * W];")
+            tgt.append(
+                f"{ind}for (int j = 0; j < W; j++) for (int k = 0; k < nz; k++) "
+                f"{pre}f{i}[k * W + j] = {ptr}{i}[{off}((size_t)b0 + {col}) * nz + k];"
+            )
+    return bdecl, bblock, bstep
+
+
 def kernel_source(plan: Any) -> str:
     """The whole C file for ``plan`` (a :class:`pelagos.column.fused._Plan` with its boundary kinds)."""
     import torch
@@ -403,34 +440,7 @@ def kernel_source(plan: Any) -> str:
         tanh="tanh" + suffix,
         pow="pow" + suffix,
     )
-    bdecl, bblock, bstep = [], [], []
-    col = "(j < nb ? j : nb - 1)"
-    for i, kind in enumerate(plan.kinds):
-        shape, when = kind[0], kind[1]
-        bdecl.append(f"    const real *bp{i} = (const real *)bp[{i}];")
-        if shape == "s":
-            if when == "P":
-                bdecl.append(f"    const real bs{i} = bp{i}[0];")
-            else:
-                bstep.append(f"            const real bs{i} = bp{i}[s];")
-        elif shape == "r":
-            off = "0" if when == "P" else "(size_t)s * nz"
-            bstep.append(f"            const real *br{i} = bp{i} + {off};")
-        elif shape == "c":
-            off = "" if when == "P" else "(size_t)s * B + "
-            tgt = bblock if when == "P" else bstep
-            ind = " " * (8 if when == "P" else 12)
-            tgt.append(f"{ind}real bc{i}[W];")
-            tgt.append(f"{ind}for (int j = 0; j < W; j++) bc{i}[j] = bp{i}[{off}b0 + {col}];")
-        else:
-            off = "" if when == "P" else "(size_t)s * B * nz + "
-            tgt = bblock if when == "P" else bstep
-            ind = " " * (8 if when == "P" else 12)
-            tgt.append(f"{ind}real bf{i}[nz * W];")
-            tgt.append(
-                f"{ind}for (int j = 0; j < W; j++) for (int k = 0; k < nz; k++) "
-                f"bf{i}[k * W + j] = bp{i}[{off}((size_t)b0 + {col}) * nz + k];"
-            )
+    bdecl, bblock, bstep = _bound_loads(plan.kinds)
     pad = " " * 24
     order = plan.order
     ext = plan.emit([plan.k_node], ["KB[kj]"], pad)
@@ -475,6 +485,8 @@ def kernel_source(plan: Any) -> str:
     )
     if plan.adjoint:
         body += _adjoint_source(plan, bdecl, bblock, bstep, rep, ext, src + "\n" + "\n".join(upd))
+    if plan.tangent_bounds is not None:
+        body += "#include <stdlib.h>\n" + _tangent_source(plan, bdecl, bblock, bstep, ext)
     return head + body
 
 
@@ -860,3 +872,232 @@ def _face_adj(method: str) -> tuple[str, str]:
         "gt1[ij] += (double)(gl * Lt1); gce[ij] += (double)(gl * Lce);",
     ]
     return "\n".join(pad + x for x in fwd), "\n".join(pad + x for x in back)
+
+
+def _face_tan(method: str) -> str:
+    """The face value and its tangent ``dface`` from the tangents ``dyc/dyd/dyu[j]`` of the three values and
+    ``dc1, da1, da2, dt1, dce`` of the rows, for the sinking's forward mode."""
+    pad = " " * 28
+    fwd, _ = _face_adj(method)
+    if method == "UPSTREAM":
+        return fwd + "\n" + pad + "const real dface = dyc[j];"
+    tan = [
+        "const real ddf = dyd[j] - dyc[j], ddfu = dyc[j] - dyu[j];",
+        "const real dr = mono ? (ddfu - r * ddf) / dfs : (real)0;",
+        "const real dlim = Lr * dr + La1 * da1 + La2 * da2 + Lt1 * dt1 + Lce * dce;",
+        "const real dface = mono ? dyc[j] + (real)0.5 * (dlim * c1 * df + lim * dc1 * df + lim * c1 * ddf)"
+        " : dyc[j];",
+    ]
+    return fwd + "\n" + "\n".join(pad + x for x in tan)
+
+
+# The tangent-linear (forward mode) kernel, shared physics: the state and its tangent stepped together, every
+# operation followed by its derivative (the generated JVP of the biology and light extinction, GOTM's light
+# sum, repair, the implicit diffusion, the TVD sinking sub-steps).
+_TAN_BODY = """
+MV int pelagos_fused_column_tan(int B, int nz, int nsteps, double dt_, void **state, void **dstate,
+                                 real *out, real *dout, void **bp, void **dbp, const real *rowbuf,
+                                 const real *drowbuf, const real *pre, const int *nsub, int lo, int hi)
+{{
+    const real dt = (real)dt_;
+    int bad = 0;
+    real *cp = (real *)malloc(sizeof(real) * (size_t)nsteps * nz);
+    real *mi = (real *)malloc(sizeof(real) * (size_t)nsteps * nz);
+    if (!cp || !mi) {{ free(cp); free(mi); return 4; }}
+    for (int s = 0; s < nsteps; s++) {{
+        const real *R = rowbuf + (size_t)s * NR * nz;
+        const real *l = R + nz, *d = R + 2 * nz, *u = R + 3 * nz;
+        real *c_ = cp + (size_t)s * nz, *m_ = mi + (size_t)s * nz;
+        m_[0] = (real)1 / d[0];
+        c_[0] = u[0] * m_[0];
+        for (int k = 1; k < nz; k++) {{
+            m_[k] = (real)1 / (d[k] - l[k] * c_[k - 1]);
+            c_[k] = u[k] * m_[k];
+        }}
+    }}
+{bdecl}
+{dbdecl}
+    real Y[2 * NV][nz * W];  /* the state, then its tangent */
+    real KB[nz * W], PAR[nz * W], SWR[nz * W], KPAR[nz * W], FL[nz * W];
+    real DKB[nz * W], DPAR[nz * W], DSWR[nz * W], DKPAR[nz * W], DFL[nz * W];
+    for (int b0 = lo; b0 < hi; b0 += W) {{
+        const int nb = hi - b0 < W ? hi - b0 : W;
+        for (int v = 0; v < NV; v++)
+            for (int j = 0; j < W; j++) {{
+                const size_t c = (size_t)b0 + (j < nb ? j : nb - 1);
+                const real *src = (const real *)state[v] + c * nz;
+                const real *dsrc = dstate[v] ? (const real *)dstate[v] + c * nz : NULL;
+                for (int k = 0; k < nz; k++) {{
+                    Y[v][k * W + j] = src[k];
+                    Y[NV + v][k * W + j] = dsrc ? dsrc[k] : (real)0;
+                }}
+            }}
+{bblock}
+{dbblock}
+        for (int s = 0; s < nsteps; s++) {{
+{bstep}
+{dbstep}
+            const real *R = rowbuf + (size_t)s * NR * nz, *DR = drowbuf + (size_t)s * NR * nz;
+            const real *h = R, *lw = R + nz, *mz = R + 4 * nz, *swr_s = R + 5 * nz;
+            const real pre_s = pre[s];
+            for (int m = 0; m < NM; m++) {{
+                const real *w = R + (6 + 7 * m) * nz, *omc = w + nz, *xp = w + 2 * nz, *xm = w + 3 * nz;
+                const real *two_omc = w + 4 * nz, *ceps = w + 5 * nz, *fih = w + 6 * nz;
+                const real *dw = DR + (6 + 7 * m) * nz, *domc = dw + nz, *dxp = dw + 2 * nz, *dxm = dw + 3 * nz;
+                const real *dtwo_omc = dw + 4 * nz, *dceps = dw + 5 * nz, *dfih = dw + 6 * nz;
+                real *y = Y[m], *dy = Y[NV + m];
+                for (int it = 0; it < nsub[s * NM + m]; it++) {{
+                    for (int i = 0; i < nz - 1; i++) {{
+                        const int up = w[i] > 0;
+                        const int ic = up ? i : i + 1, id = up ? i + 1 : i;
+                        const int iu = up ? (i > 0 ? i - 1 : 0) : (i + 2 < nz ? i + 2 : nz - 1);
+                        const real *yc = y + ic * W, *yd = y + id * W, *yu = y + iu * W;
+                        const real *dyc = dy + ic * W, *dyd = dy + id * W, *dyu = dy + iu * W;
+                        const real wi = w[i], c1 = omc[i], a1 = xp[i], a2 = xm[i];
+                        const real t1 = two_omc[i], ce = ceps[i];
+                        const real dwi = dw[i], dc1 = domc[i], da1 = dxp[i], da2 = dxm[i];
+                        const real dt1 = dtwo_omc[i], dce = dceps[i];
+                        (void)c1; (void)a1; (void)a2; (void)t1; (void)ce;
+                        (void)dc1; (void)da1; (void)da2; (void)dt1; (void)dce; (void)dyd; (void)dyu;
+                        SIMD for (int j = 0; j < W; j++) {{
+{face_tan}
+                            FL[i * W + j] = wi * face;
+                            DFL[i * W + j] = dwi * face + wi * dface;
+                        }}
+                    }}
+                    for (int k = 0; k < nz; k++) {{
+                        SIMD for (int j = 0; j < W; j++) {{
+                            const int kj = k * W + j;
+                            const real upper = k < nz - 1 ? FL[kj] + (real)0 : (real)0;
+                            const real lower = k > 0 ? FL[kj - W] + (real)0 : (real)0;
+                            const real dupper = k < nz - 1 ? DFL[kj] + (real)0 : (real)0;
+                            const real dlower = k > 0 ? DFL[kj - W] + (real)0 : (real)0;
+                            y[kj] = y[kj] - fih[k] * (upper - lower);
+                            dy[kj] = dy[kj] - dfih[k] * (upper - lower) - fih[k] * (dupper - dlower);
+                        }}
+                    }}
+                }}
+            }}
+            {{  /* the implicit diffusion of the state and of its tangent: one matrix, no tangent */
+                const real m0 = mi[(size_t)s * nz];
+                for (int v = 0; v < 2 * NV; v++) SIMD for (int j = 0; j < W; j++) Y[v][j] = Y[v][j] * m0;
+                for (int k = 1; k < nz; k++) {{
+                    const real l = lw[k], mk = mi[(size_t)s * nz + k];
+                    for (int v = 0; v < 2 * NV; v++) {{
+                        real *y = Y[v];
+                        SIMD for (int j = 0; j < W; j++)
+                            y[k * W + j] = (y[k * W + j] - l * y[(k - 1) * W + j]) * mk;
+                    }}
+                }}
+                for (int k = nz - 2; k >= 0; k--) {{
+                    const real ck = cp[(size_t)s * nz + k];
+                    for (int v = 0; v < 2 * NV; v++) {{
+                        real *y = Y[v];
+                        SIMD for (int j = 0; j < W; j++)
+                            y[k * W + j] = y[k * W + j] - ck * y[(k + 1) * W + j];
+                    }}
+                }}
+            }}
+{repair_tan}
+            for (int k = 0; k < nz; k++) {{
+                SIMD for (int j = 0; j < W; j++) {{
+                    const int kj = k * W + j;
+{ext_jvp}
+                }}
+            }}
+            {{
+                double acc[W], dacc[W];
+                for (int j = 0; j < W; j++) acc[j] = dacc[j] = 0.0;
+                for (int k = nz - 1; k >= 0; k--) {{
+                    SIMD for (int j = 0; j < W; j++) {{
+                        const int kj = k * W + j;
+                        const real half = KB[kj] * h[k] / (real)2, dhalf = DKB[kj] * h[k] / (real)2;
+                        acc[j] += half;
+                        dacc[j] += dhalf;
+                        const real at = (real)acc[j], dat = (real)dacc[j];
+                        acc[j] += half;
+                        dacc[j] += dhalf;
+                        PAR[kj] = pre_s * EXP(mz[k] - at);
+                        DPAR[kj] = -PAR[kj] * dat;
+                        SWR[kj] = PAR[kj] + swr_s[k];
+                        DSWR[kj] = DPAR[kj];
+                        KPAR[kj] = (real){inv_g2} + KB[kj];
+                        DKPAR[kj] = DKB[kj];
+                    }}
+                }}
+            }}
+            for (int k = 0; k < nz; k++) {{
+                SIMD for (int j = 0; j < W; j++) {{
+                    const int kj = k * W + j;
+{src_jvp}
+                }}
+            }}
+        }}
+        for (int v = 0; v < NV; v++)
+            for (int j = 0; j < nb; j++) {{
+                real *dst = out + ((size_t)v * B + b0 + j) * nz, *ddst = dout + ((size_t)v * B + b0 + j) * nz;
+                for (int k = 0; k < nz; k++) {{
+                    const real x = Y[v][k * W + j], dx = Y[NV + v][k * W + j];
+                    bad |= x - x != (real)0 || dx - dx != (real)0;
+                    dst[k] = x;
+                    ddst[k] = dx;
+                }}
+            }}
+    }}
+    free(cp); free(mi);
+    return bad;
+}}
+"""
+
+
+def _tangent_source(plan: Any, bdecl: list, bblock: list, bstep: list, ext: str) -> str:
+    """The C of ``pelagos_fused_column_tan`` (shared physics): see :data:`_TAN_BODY`."""
+    from .advection import _method_name
+
+    pad = " " * 24
+    order = plan.order
+    nv = len(order)
+    tanned = set(plan.tangent_bounds)
+    dbdecl, dbblock, dbstep = _bound_loads(plan.kinds, "dbp", "db", only=tanned)
+    cell_tan = [f"Y[{nv + order.index(q)}][kj]" for q in plan.model.interior] + ["DPAR[kj]", "DSWR[kj]",
+                                                                                "DKPAR[kj]"]  # fmt: skip
+    ext_jvp = plan.emit_jvp([plan.k_node], ["DKB[kj]"], cell_tan, tanned, pad)
+    ext_jvp = ext_jvp.replace(f"{pad}DKB[kj] =", f"{pad}KB[kj] = {{kb}};\n{pad}DKB[kj] =", 1)
+    # KB itself: the same straight line (its last value), written before its tangent
+    kb_lines, kb_name, _ = plan._straight([plan.k_node], pad)
+    kb = kb_name[plan.k_node]
+    ext_jvp = ext_jvp.replace("{kb}", kb)
+    nr = len(plan.rate_nodes)
+    rt = [f"const real dR{i}" for i in range(nr)]
+    src_jvp = plan.emit_jvp(plan.rate_nodes, rt, cell_tan, tanned, pad)
+    # the rates themselves: names of the forward values in that same straight line
+    _, rname, _ = plan._straight(plan.rate_nodes, pad)
+    upd = []
+    for i, q in enumerate(plan.rate_names):
+        v = order.index(q)
+        upd.append(f"{pad}Y[{v}][kj] = Y[{v}][kj] + dt * {rname[plan.rate_nodes[i]]};")
+        upd.append(f"{pad}Y[{nv + v}][kj] = Y[{nv + v}][kj] + dt * dR{i};")
+    rep = []
+    if plan.model.repair:
+        for q in order:
+            lo = plan.model._minimum.get(q)
+            if lo is not None:
+                v = order.index(q)
+                x = f"(real){float(lo)!r}"
+                rep.append(
+                    f"            for (int kj = 0; kj < nz * W; kj++) {{ Y[{nv + v}][kj] = Y[{v}][kj] >= {x} ? "
+                    f"Y[{nv + v}][kj] : (real)0; Y[{v}][kj] = Y[{v}][kj] < {x} ? {x} : Y[{v}][kj]; }}"
+                )
+    return _TAN_BODY.format(
+        bdecl="\n".join(bdecl),
+        dbdecl="\n".join(dbdecl),
+        bblock="\n".join(bblock),
+        dbblock="\n".join(dbblock),
+        bstep="\n".join(bstep),
+        dbstep="\n".join(dbstep),
+        face_tan=_face_tan(_method_name(plan.model.sinking_method)),
+        repair_tan="\n".join(rep),
+        ext_jvp=ext_jvp,
+        src_jvp=src_jvp + "\n" + "\n".join(upd),
+        inv_g2=repr(1.0 / plan.model.g2),
+    )

@@ -38,6 +38,7 @@ unchanged; the reason is kept in ``model._fused_reason`` (``None`` when the kern
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import warnings
@@ -162,6 +163,7 @@ class FusedColumn:
         self._plans: dict[tuple, Any] = {}  # traced and compiled, per layout
         self._static = self._static_reason()
         self.grad = False  # this call records a gradient (set by refuse)
+        self.tangent = False  # this call carries forward-mode tangents (set by refuse)
 
     # -- when -----------------------------------------------------------------------------------------
     def _static_reason(self) -> str | None:
@@ -195,19 +197,17 @@ class FusedColumn:
             return "not a CPU float32/float64 state"
         if any(t.shape != x.shape or t.dtype != x.dtype for t in leaves) or x.ndim != 2:
             return "state variables of different shapes"
-        self.grad = False
-        if torch.is_grad_enabled():
-            from torch._C._functorch import is_functorch_wrapped_tensor
+        from torch._C._functorch import is_functorch_wrapped_tensor
 
-            params = [v for s in m._stores().values() for v in (*s.raw.values(), *s.overrides.values())]
-            for t in [*leaves, *params]:
-                if is_functorch_wrapped_tensor(t):
-                    return "a torch.func transform"
-                if torch.autograd.forward_ad.unpack_dual(t).tangent is not None:
-                    return "forward-mode AD"
-                self.grad = self.grad or t.requires_grad
-            if self.grad and not _ADJOINT:
-                return "a gradient is recorded (PELAGOS_COLUMN_FUSED_ADJOINT=0)"
+        self.grad = self.tangent = False
+        params = [v for s in m._stores().values() for v in (*s.raw.values(), *s.overrides.values())]
+        for t in [*leaves, *params]:
+            if is_functorch_wrapped_tensor(t):
+                return "a torch.func transform"
+            self.tangent = self.tangent or torch.autograd.forward_ad.unpack_dual(t).tangent is not None
+            self.grad = self.grad or (t.requires_grad and torch.is_grad_enabled())
+        if (self.grad or self.tangent) and not _ADJOINT:
+            return "a gradient is recorded (PELAGOS_COLUMN_FUSED_ADJOINT=0)"
         return None
 
     # -- tracing ----------------------------------------------------------------------------------------
@@ -232,8 +232,9 @@ class FusedColumn:
         step})`` for ``means`` (state variables, diagnostics, ``PAR``), or a reason string when the kernel
         cannot take this call (the caller then runs the compiled step)."""
         m = self.model
-        grad = self.grad  # set by refuse: a gradient is recorded through these steps
-        with torch.enable_grad() if grad else torch.no_grad():
+        # set by refuse: a gradient is recorded through these steps, or tangents are carried (forward mode)
+        grad = self.grad or self.tangent
+        with torch.enable_grad() if self.grad else contextlib.nullcontext() if grad else torch.no_grad():
             x = state[m.interior[0]]
             B, nz = x.shape
             n = raws["h"].shape[0]
@@ -311,6 +312,8 @@ class _Plan:
         self.per_column = False
         self.adjoint = False  # building the kernel with its adjoint (pelagos_fused_column_adj)
         self.adjoint_calls = 0  # backward passes through the adjoint kernel (tests, benchmarks)
+        self.tangent_bounds: tuple | None = None  # building the tangent kernel: the inputs with a tangent
+        self.tangent_calls = 0  # forward-mode passes through the tangent kernel
         self._p_key: tuple | None = None
         self.mean_sources = {q: ("state", self.order.index(q)) for q in names}
         self.mean_sources |= {d: ("diag", i) for i, d in enumerate(self.diag_names)}
@@ -627,6 +630,39 @@ class _Plan:
                 lines.append(f"{indent}GB{i}[kj] += (double)({' + '.join(terms[b])});")
         return "\n".join(lines)
 
+    def emit_jvp(self, outs: list, targets: list[str], cell_tan: list[str], bound_tan: set, indent: str) -> str:
+        """Straight-line C for one cell: the forward of ``outs`` and their tangents (forward mode, torch's
+        derivative of each operation, ties included) into the lvalues ``targets`` (one per output), from the
+        tangents of the cell inputs (C values ``cell_tan``: state in ``model.interior`` order, PAR, SWR, KPAR)
+        and of the boundary values whose index is in ``bound_tan`` (``d<name>``: ``dbs<i>``, ``dbr<i>[k]``, ...;
+        the others have none)."""
+        lines, name, nodes = self._straight(outs, indent)
+        tan: dict = {}
+        for n, i in self.cell_inputs.items():
+            tan[n] = cell_tan[i]
+        for i, b in enumerate(self.bounds):
+            if i in bound_tan:
+                tan[b] = "d" + name[b]
+        for n in nodes:
+            if _is_bool(n):
+                continue
+            e = self._jvp_expr(n, name, tan)
+            if e is not None:
+                tan[n] = "t" + name[n]
+                lines.append(f"{indent}const real t{name[n]} = {e};")
+        for o, tgt in zip(outs, targets, strict=True):
+            lines.append(f"{indent}{tgt} = {tan.get(o, '(real)0')};")
+        return "\n".join(lines)
+
+    def _jvp_expr(self, n: Any, name: dict, tan: dict) -> str | None:
+        """The tangent of the C node ``n`` as C (``None``: zero), from its arguments' tangents ``tan``."""
+        adj = self._vjp_terms(n, name, "@G@")  # each argument's contribution per unit adjoint: d out / d arg
+        terms = []
+        for a, e in adj:
+            if a in tan:
+                terms.append(f"({tan[a]}) * ({e.replace('@G@', '(real)1')})")
+        return " + ".join(terms) if terms else None
+
     def _vjp_terms(self, n: Any, name: dict, g: str) -> list[tuple[Any, str]]:
         """(argument node, its adjoint contribution as C) for the C node ``n`` whose adjoint is ``g``."""
         t, args, y = n.target, n.args, name[n]
@@ -721,6 +757,10 @@ class _Plan:
             g = lib.pelagos_fused_column_adj
             g.restype = ctypes.c_int
             g.argtypes = [i, i, i, d, p, p, p, p, p, p, p, p, p, i, i, i, i]
+        if self.tangent_bounds is not None:  # bit 0: non-finite state or tangent; 4: no memory
+            g = lib.pelagos_fused_column_tan
+            g.restype = ctypes.c_int
+            g.argtypes = [i, i, i, d, p, p, p, p, p, p, p, p, p, p, i, i]
         return lib
 
     # ---------------------------------------------------------------------------------------------------
@@ -748,17 +788,20 @@ class _Plan:
         )
         return kinds, arrays, wcs, per_col
 
-    def _lib(self, kinds: list[str], means: tuple, per_col: bool, adjoint: bool = False) -> ctypes.CDLL:
+    def _lib(
+        self, kinds: list[str], means: tuple, per_col: bool, adjoint: bool = False, tangent: tuple | None = None
+    ) -> ctypes.CDLL:
         """The compiled kernel for these kinds of inputs, selection of means, shared or per-column physics
-        (and with its adjoint)."""
-        key = (tuple(kinds), means, per_col, adjoint)
+        (and with its adjoint, or its tangent for the boundary values numbered in ``tangent``)."""
+        key = (tuple(kinds), means, per_col, adjoint, tangent)
         lib = self._libs.get(key)
         if lib is None:
-            self.kinds, self.means, self.per_column, self.adjoint = kinds, means, per_col, adjoint
+            self.kinds, self.means, self.per_column = kinds, means, per_col
+            self.adjoint, self.tangent_bounds = adjoint, tangent
             try:
                 lib = self._libs[key] = self._build()
             finally:
-                self.adjoint = False
+                self.adjoint, self.tangent_bounds = False, None
         self.kinds = kinds
         return lib
 
@@ -893,6 +936,45 @@ class _Plan:
         return gstate, grow.sum(0).to(dtype), garrays
 
 
+    def _tangent(
+        self, n: int, Y: list, dY: list, rowbuf: torch.Tensor, drow: torch.Tensor | None, arrays: list,
+        darrays: list, pre: torch.Tensor, nsub: torch.Tensor, phys: Mapping,
+    ) -> torch.Tensor:  # fmt: skip
+        """The tangent kernel: the tangent of the state after the ``n`` steps (NV, B, nz), given the tangents
+        of the state before them, of the physics rows and of the boundary arrays (``None``: zero)."""
+        B, nz, dtype, dt = self.B, self.nz, self.dtype, self.model.dt
+        self.tangent_calls += 1
+        which = tuple(i for i, t in enumerate(darrays) if t is not None)
+        lib = self._lib(self.kinds, (), False, tangent=which)
+        dts = [None if t is None else t.detach().to(dtype).contiguous() for t in dY]
+        drow = torch.zeros_like(rowbuf) if drow is None else drow.detach().to(dtype).contiguous()
+        dar = [None if t is None else t.detach().to(dtype).contiguous() for t in darrays]
+        out = torch.empty(len(Y), B, nz, dtype=dtype)
+        dout = torch.empty(len(Y), B, nz, dtype=dtype)
+        keep = (dts, drow, dar)
+        ptrs = (ctypes.c_void_p * max(len(arrays), 1))(*[x.data_ptr() for x in arrays])
+        dptrs = (ctypes.c_void_p * max(len(arrays), 1))(*[0 if x is None else x.data_ptr() for x in dar])
+        yptrs = (ctypes.c_void_p * len(Y))(*[y.data_ptr() for y in Y])
+        dyptrs = (ctypes.c_void_p * len(Y))(*[0 if t is None else t.data_ptr() for t in dts])
+        fn = lib.pelagos_fused_column_tan
+        flags: list[int] = []
+
+        def call(lo: int, hi: int) -> None:
+            flags.append(fn(B, nz, n, ctypes.c_double(dt), yptrs, dyptrs, out.data_ptr(), dout.data_ptr(),
+               ptrs, dptrs, rowbuf.data_ptr(), drow.data_ptr(), pre.data_ptr(), nsub.data_ptr(), lo, hi))  # fmt: skip
+
+        _cbuild.run_calls([lambda r=r: call(*r) for r in self._ranges()])
+        del keep
+        if any(f & 4 for f in flags):
+            raise MemoryError("pelagos column (fused tangent): its work arrays could not be allocated")
+        if any(f & 1 for f in flags):
+            raise SolverError(
+                f"pelagos column (fused tangent kernel): a non-finite state or tangent in the {n} steps from "
+                f"day of year {float(phys['doy'][0]):.2f}"
+            )
+        return dout
+
+
 class _FusedSteps(torch.autograd.Function):
     """The fused kernel's steps as one autograd node: forward = the kernel; backward = its generated adjoint
     (which recomputes the steps from the saved start state: O(state) memory between forward and backward)."""
@@ -905,8 +987,18 @@ class _FusedSteps(torch.autograd.Function):
         arrays = [t.detach().contiguous() for t in tensors[nv + 1 :]]
         out, _ = plan._forward(lib, n, Y, arrays, rowbuf, pre, nsub, (), [], [0], phys)
         ctx.save_for_backward(*Y, rowbuf, *arrays)
-        ctx.plan, ctx.lib, ctx.n, ctx.pre, ctx.nsub, ctx.nv = plan, lib, n, pre, nsub, nv
+        ctx.plan, ctx.lib, ctx.n, ctx.pre, ctx.nsub, ctx.nv, ctx.phys = plan, lib, n, pre, nsub, nv, phys
+        ctx.fw = (Y, rowbuf, arrays)  # forward mode (jvp) reads the inputs without the saved-tensor checks
         return tuple(out.unbind(0))
+
+    @staticmethod
+    def jvp(ctx: Any, *tangents: Any) -> tuple[torch.Tensor, ...]:
+        nv = ctx.nv
+        Y, rowbuf, arrays = ctx.fw
+        ts = tangents[7:]
+        dout = ctx.plan._tangent(ctx.n, Y, list(ts[:nv]), rowbuf, ts[nv], arrays, list(ts[nv + 1 :]),
+                                 ctx.pre, ctx.nsub, ctx.phys)  # fmt: skip
+        return tuple(dout.unbind(0))
 
     @staticmethod
     @torch.autograd.function.once_differentiable

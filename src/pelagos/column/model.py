@@ -453,9 +453,18 @@ class ColumnModel(Model):
         if self.block_steps < 2 or n < 1 or (n < 2 and not means):
             return None
         fast = self._compiled_step(state)
-        if fast is None or not hasattr(fast, "block"):  # plain, or forward mode (the compiled jvp step)
+        if fast is None:  # plain
             return None
         means = tuple(means)
+        if not hasattr(fast, "block"):  # forward mode: the fused tangent kernel, else the compiled jvp step
+            if means:
+                return None
+            state, _, done = self._fused_steps(state, times, means)
+            if done == 0:
+                return None
+            for t in times[done:]:
+                state = self.step(state, t)
+            return state, {}, None
         # many columns without a gradient: the fused kernel, as far as it takes the steps; the rest compiled
         state, sums, done = self._fused_steps(state, times, means)
         out = None
@@ -488,7 +497,7 @@ class ColumnModel(Model):
         fc = fused_column(self, state)
         if fc is None:
             return state, None, 0
-        if x.shape[0] < MIN_COLUMNS and not fc.grad:  # a forward of few columns: as fast compiled
+        if x.shape[0] < MIN_COLUMNS and not (fc.grad or fc.tangent):  # a forward of few columns: as compiled
             self.__dict__["_fused_reason"] = f"fewer than {MIN_COLUMNS} columns without a gradient"
             return state, None, 0
         sums = None
