@@ -16,6 +16,7 @@ import torch
 from pelagos.bgc.system import BGCSystem
 from pelagos.column import ColumnForcing, ColumnModel, compact_forcing_path
 from pelagos.column import compiled as cc
+from pelagos.column import fused as fused_mod
 from pelagos.column.kind import example
 from pelagos.core.errors import ConfigError, SolverError
 from pelagos.core.rollout import rollout
@@ -38,6 +39,13 @@ def _start(model: ColumnModel, B: int = 3) -> dict:
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     """Largest difference relative to the field's magnitude (max abs), per variable."""
     return float((a - b).abs().max() / b.abs().max().clamp_min(1e-300))
+
+
+@pytest.fixture(autouse=True)
+def _inductor_program(monkeypatch):
+    """These tests are about the Inductor program: the fused kernel (which ``compile`` runs first where it
+    can, tests/test_column_fused.py) is off."""
+    monkeypatch.setattr(fused_mod, "_ENABLED", False)
 
 
 @pytest.fixture(scope="module")

@@ -27,7 +27,7 @@ pytestmark = pytest.mark.skipif(not cxx_available(), reason="no C/C++ compiler")
 F64 = torch.float64
 PAR = "downwelling_photosynthetic_radiative_flux"
 START = 120 * 86400.0  # 1 May: light, a bloom under way
-B = fused_mod.MIN_COLUMNS
+B = 16  # two SIMD blocks of float64 columns
 
 
 @pytest.fixture(scope="module")
@@ -198,7 +198,7 @@ def test_interval_means_through_simulation_equal_the_plain_step(forcing):
         )
 
 
-def test_what_the_kernel_does_not_take(forcing):
+def test_what_the_kernel_does_not_take(forcing, monkeypatch):
     bgc = BGCSystem({"npzd": NPZD()}).double()
     model = ColumnModel(bgc, forcing, dt=3600.0, compile=True)
     s0 = model.initial_state(B, t0=START)
@@ -206,11 +206,23 @@ def test_what_the_kernel_does_not_take(forcing):
     x = {k: v.clone().requires_grad_(True) for k, v in s0.items()}  # a gradient: the adjoint kernel
     fc = fused_mod.fused_column(model, x)
     assert fc is not None and fc.grad and model._fused_reason is None
-    with torch.autograd.forward_ad.dual_level():  # forward mode: the compiled step
+    with torch.autograd.forward_ad.dual_level():  # forward mode (dual tensors): the tangent kernel
         dual = {k: torch.autograd.forward_ad.make_dual(v, torch.ones_like(v)) for k, v in s0.items()}
-        assert fused_mod.fused_column(model, dual) is None and model._fused_reason == "forward-mode AD"
+        fc = fused_mod.fused_column(model, dual)
+        assert fc is not None and fc.tangent and not fc.grad
+
+    def refused(x):  # a torch.func transform: the compiled step
+        assert (
+            fused_mod.fused_column(model, {"npzd_nut": x, **{k: v for k, v in s0.items() if k != "npzd_nut"}})
+            is None
+        )
+        return x
+
+    torch.func.vmap(refused)(s0["npzd_nut"][None])
+    assert model._fused_reason == "a torch.func transform"
     split = ColumnModel(bgc, forcing, dt=3600.0, compile=True, split_factor=2)
     assert fused_mod.fused_column(split, s0) is None and "splitting" in split._fused_reason
+    monkeypatch.setattr(fused_mod, "MIN_COLUMNS", B)  # PELAGOS_COLUMN_FUSED_MIN=16
     few = model.initial_state(B - 1, t0=START)  # too few columns for a forward: the compiled step
     assert model._fused_steps(few, [START, START + 3600.0], ()) == (few, None, 0)
     assert "fewer than" in model._fused_reason
@@ -228,7 +240,9 @@ def _loss_and_grads(model, s0, names, n, raw=None):
     s = {k: v.detach().clone().requires_grad_(True) for k, v in s0.items()}
     with model.using(raw):
         fin = rollout(model, s, n, t0=START, save_every=n, include_initial=False).final
-    loss = sum((fin[q] * (1.0 + 0.3 * i)).sum() + 0.1 * fin[q].square().sum() for i, q in enumerate(model.interior))
+    loss = sum(
+        (fin[q] * (1.0 + 0.3 * i)).sum() + 0.1 * fin[q].square().sum() for i, q in enumerate(model.interior)
+    )
     grads = torch.autograd.grad(loss, [*s.values(), *raw.values()])
     return loss.detach(), dict(zip([*s, *raw], grads, strict=True))
 
@@ -323,12 +337,48 @@ def test_adjoint_against_central_differences_and_forward_mode(forcing):
 
     eps = 1e-6
     with torch.no_grad():
-        up = loss({k: v + eps * d_s[k] for k, v in s0.items()}, {q: v + eps * d_p[q] for q, v in raw0.items()})
-        dn = loss({k: v - eps * d_s[k] for k, v in s0.items()}, {q: v - eps * d_p[q] for q, v in raw0.items()})
+        up = loss(
+            {k: v + eps * d_s[k] for k, v in s0.items()}, {q: v + eps * d_p[q] for q, v in raw0.items()}
+        )
+        dn = loss(
+            {k: v - eps * d_s[k] for k, v in s0.items()}, {q: v - eps * d_p[q] for q, v in raw0.items()}
+        )
     fd = float(up - dn) / (2 * eps)
     assert abs(reverse - fd) <= 1e-6 * abs(fd), (reverse, fd)
     _, forward = torch.func.jvp(loss, (s0, raw0), (d_s, d_p))
     assert abs(reverse - float(forward)) <= 1e-10 * abs(float(forward)), (reverse, float(forward))
+
+
+@pytest.mark.parametrize("method", ["P2_PDM", "UPSTREAM", "SUPERBEE", "MUSCL", "substeps"])
+def test_forward_mode_through_the_tangent_kernel(forcing, method):
+    """Dual tensors (``torch.autograd.forward_ad``) in the state and in parameters: the tangent-linear kernel
+    gives the plain step's primal and tangent (the limiters' derivatives, sinking sub-steps, repair)."""
+    import torch.autograd.forward_ad as fwAD
+
+    w_sink = -300.0 if method == "substeps" else -30.0
+    bgc = BGCSystem({"pl": Plankton(w_sink=w_sink)}).double()
+    plain, fast = _pair(
+        bgc, forcing, repair=True, sinking_method="P2_PDM" if method == "substeps" else method
+    )
+    s0 = _perturbed(plain, seed=15, columns=B + 5)
+    g = torch.Generator().manual_seed(16)
+    d_s = {k: torch.randn(v.shape, generator=g, dtype=F64) * v for k, v in s0.items()}
+    d_p = {q: torch.randn((), generator=g, dtype=F64) for q in ("pl.mu", "pl.m2")}
+    n = 20
+    outs = []
+    for m in (plain, fast):
+        raw0 = {q: m.parameter_spec(q).transform.inverse(m.get_parameter_value(q)) for q in d_p}
+        with fwAD.dual_level():
+            s = {k: fwAD.make_dual(v, d_s[k]) for k, v in s0.items()}
+            with m.using({q: fwAD.make_dual(v, d_p[q]) for q, v in raw0.items()}):
+                fin = rollout(m, s, n, t0=START, save_every=n, include_initial=False).final
+            outs.append({k: tuple(x.clone() for x in fwAD.unpack_dual(v)) for k, v in fin.items()})
+    plan = next(iter(fast._fused_obj._plans.values()))
+    assert fast._fused_reason is None and plan.tangent_calls == 1
+    for k, (p_ref, t_ref) in outs[0].items():
+        p, t = outs[1][k]
+        assert float((p - p_ref).abs().max()) <= 1e-12 * float(p_ref.abs().max()), k
+        assert float((t - t_ref).abs().max()) <= 1e-10 * float(t_ref.abs().max()), k
 
 
 def test_adjoint_with_physics_per_column_keeps_the_compiled_gradient(forcing):

@@ -176,15 +176,25 @@ def test_solve_tangent_by_inverse_equals_forward_mode_of_the_solve():
 
 
 @pytest.mark.skipif(not cxx_available(), reason="needs a C++ compiler for torch.compile")
-def test_compiled_forward_mode_jacobian_equals_plain_and_fd():
-    """The batched Gauss–Newton Jacobian through the compiled jvp program equals the plain step's forward
-    mode (≤ 1e-10 relative) and central differences, and runs the compiled program (not the plain step)."""
+@pytest.mark.parametrize("path", ["fused", "inductor"])
+def test_compiled_forward_mode_jacobian_equals_plain_and_fd(path, monkeypatch):
+    """The batched Gauss–Newton Jacobian with ``compile`` on — through the fused kernel's tangent-linear
+    kernel (what runs by default), and through the Inductor jvp program (the fused kernel off) — equals the
+    plain step's forward mode (≤ 1e-10 relative) and central differences, and ran that path."""
+    from pelagos.column import fused as fused_mod
+
+    if path == "inductor":
+        monkeypatch.setattr(fused_mod, "_ENABLED", False)
     load_jvp_decompositions()
     model, _, _, _, P = _column_problem(days=1.0, compile=True)
     z = P.z0 + torch.tensor([0.15, -0.25], dtype=torch.float64)
     col = model.model
     J = P.jacobian(z)
-    assert col.__dict__.get("_compiled_jvp_obj") is not None  # the compiled forward mode was used
+    if path == "inductor":
+        assert col.__dict__.get("_compiled_jvp_obj") is not None  # the compiled forward mode was used
+    else:
+        plans = [p for p in col._fused_obj._plans.values() if not isinstance(p, str)]
+        assert sum(p.tangent_calls for p in plans) > 0 and col._fused_reason is None
     col.compile_mode = "off"
     P_plain = VariationalProblem(model, P.obs, P.xb, t0=P.t0)
     J_plain = P_plain.jacobian(z)

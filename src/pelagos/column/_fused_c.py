@@ -377,10 +377,12 @@ def _face(method: str, yc: str = "yc[j]", yd: str = "yd[j]", yu: str = "yu[j]") 
     return "\n".join(pad + x for x in lines)
 
 
-def _bound_loads(kinds: list[str], ptr: str = "bp", pre: str = "b", only: Any = None) -> tuple[list, list, list]:
+def _bound_loads(
+    kinds: list[str], ptr: str = "bp", pre: str = "b", only: Any = None
+) -> tuple[list, list, list]:
     """C declarations that read the boundary values of the kinds (``"sP"``, ``"fF"``, ...) from the pointer
-    array ``ptr`` into ``<pre>s<i>`` (scalar), ``<pre>r<i>[k]`` (per layer), ``<pre>c<i>[j]`` (per column of the
-    block), ``<pre>f<i>[kj]``: (once per call, once per block, once per step). ``only``: the indices to read."""
+    array ``ptr`` into ``<pre>s<i>`` (scalar), ``<pre>r<i>[k]`` (per layer), ``<pre>c<i>[j]`` (per column of
+    the block), ``<pre>f<i>[kj]``: once per call, per block or per step. ``only``: the indices to read."""
     bdecl, bblock, bstep = [], [], []
     col = "(j < nb ? j : nb - 1)"
     for i, kind in enumerate(kinds):
@@ -490,9 +492,7 @@ def kernel_source(plan: Any) -> str:
     return head + body
 
 
-def _adjoint_source(
-    plan: Any, bdecl: list, bblock: list, bstep: list, rep: list, ext: str, src: str
-) -> str:
+def _adjoint_source(plan: Any, bdecl: list, bblock: list, bstep: list, rep: list, ext: str, src: str) -> str:
     """The C of ``pelagos_fused_column_adj`` (shared physics): see :data:`_ADJ_BODY`."""
     from .advection import _method_name
 
@@ -561,8 +561,8 @@ def _adjoint_source(
 
 
 # ------------------------------------------------------------------------------------------------------------
-# The adjoint (reverse mode) of the shared-physics kernel: per block of W columns, a forward sweep that keeps the
-# state at the start of every step, then the steps in reverse, each recomputed from its start (keeping the
+# The adjoint (reverse mode) of the shared-physics kernel: per block of W columns, a forward sweep that keeps
+# the state at the start of every step, then the steps in reverse, each recomputed from its start (keeping the
 # sinking sub-steps' inputs and the state before repair) and run backwards: the Euler update and the biology
 # (the generated vector-Jacobian product), GOTM's light sum, the light extinction, repair, the implicit
 # diffusion (the transposed solve with the same factorisation) and the sinking sub-steps.
@@ -577,7 +577,10 @@ _ADJ_STEP = """
                 const real *two_omc = w + 4 * nz, *ceps = w + 5 * nz, *fih = w + 6 * nz;
                 real *y = Y[m];
                 for (int it = 0; it < nsub[s * NM + m]; it++) {{
-                    if (save) for (int kj = 0; kj < nz * W; kj++) SK[((size_t)m * maxsub + it) * nz * W + kj] = y[kj];
+                    if (save) {{
+                        real *sk = SK + ((size_t)m * maxsub + it) * nz * W;
+                        for (int kj = 0; kj < nz * W; kj++) sk[kj] = y[kj];
+                    }}
                     for (int i = 0; i < nz - 1; i++) {{
                         const int up = w[i] > 0;
                         const real *yc = y + (up ? i : i + 1) * W, *yd = y + (up ? i + 1 : i) * W;
@@ -943,7 +946,8 @@ MV int pelagos_fused_column_tan(int B, int nz, int nsteps, double dt_, void **st
             for (int m = 0; m < NM; m++) {{
                 const real *w = R + (6 + 7 * m) * nz, *omc = w + nz, *xp = w + 2 * nz, *xm = w + 3 * nz;
                 const real *two_omc = w + 4 * nz, *ceps = w + 5 * nz, *fih = w + 6 * nz;
-                const real *dw = DR + (6 + 7 * m) * nz, *domc = dw + nz, *dxp = dw + 2 * nz, *dxm = dw + 3 * nz;
+                const real *dw = DR + (6 + 7 * m) * nz, *domc = dw + nz, *dxp = dw + 2 * nz;
+                const real *dxm = dw + 3 * nz;
                 const real *dtwo_omc = dw + 4 * nz, *dceps = dw + 5 * nz, *dfih = dw + 6 * nz;
                 real *y = Y[m], *dy = Y[NV + m];
                 for (int it = 0; it < nsub[s * NM + m]; it++) {{
@@ -1064,7 +1068,7 @@ def _tangent_source(plan: Any, bdecl: list, bblock: list, bstep: list, ext: str)
     ext_jvp = plan.emit_jvp([plan.k_node], ["DKB[kj]"], cell_tan, tanned, pad)
     ext_jvp = ext_jvp.replace(f"{pad}DKB[kj] =", f"{pad}KB[kj] = {{kb}};\n{pad}DKB[kj] =", 1)
     # KB itself: the same straight line (its last value), written before its tangent
-    kb_lines, kb_name, _ = plan._straight([plan.k_node], pad)
+    _, kb_name, _ = plan._straight([plan.k_node], pad)
     kb = kb_name[plan.k_node]
     ext_jvp = ext_jvp.replace("{kb}", kb)
     nr = len(plan.rate_nodes)
@@ -1085,8 +1089,9 @@ def _tangent_source(plan: Any, bdecl: list, bblock: list, bstep: list, ext: str)
                 v = order.index(q)
                 x = f"(real){float(lo)!r}"
                 rep.append(
-                    f"            for (int kj = 0; kj < nz * W; kj++) {{ Y[{nv + v}][kj] = Y[{v}][kj] >= {x} ? "
-                    f"Y[{nv + v}][kj] : (real)0; Y[{v}][kj] = Y[{v}][kj] < {x} ? {x} : Y[{v}][kj]; }}"
+                    f"            for (int kj = 0; kj < nz * W; kj++) {{ "
+                    f"Y[{nv + v}][kj] = Y[{v}][kj] >= {x} ? Y[{nv + v}][kj] : (real)0; "
+                    f"Y[{v}][kj] = Y[{v}][kj] < {x} ? {x} : Y[{v}][kj]; }}"
                 )
     return _TAN_BODY.format(
         bdecl="\n".join(bdecl),

@@ -27,13 +27,24 @@ Same operations as the plain step in the same order, except where C evaluates ``
 with the plain step is ~1e-15 per step (tested over a model year ≤ 1e-12 in tests/test_column_fused.py).
 
 When it is used (:meth:`ColumnModel.step_block <pelagos.column.model.ColumnModel.step_block>`, the run
-loops' multi-step hook): ``compile`` on (``numerics.compile``), :data:`MIN_COLUMNS` columns or more, CPU,
-float32/float64 (state and forcing of one dtype), no gradient recorded (``torch.no_grad`` or nothing
-requires grad: ``pelagos run``, ensembles, the benchmark), ``cnpar = 1``, Euler sources without splitting,
-no running means, no surface or bottom fluxes, GOTM's light, and a model whose state-dependent arithmetic is
-elementwise from the operations of :data:`_UNARY`/:data:`_BINARY`. Anything else runs the compiled step,
-unchanged; the reason is kept in ``model._fused_reason`` (``None`` when the kernel runs).
-``PELAGOS_COLUMN_FUSED=0`` turns it off.
+loops' multi-step hook): ``compile`` on (``numerics.compile``), CPU, float32/float64 (state and forcing of one
+dtype), ``cnpar = 1``, Euler sources without splitting, no running means, no surface or bottom fluxes, GOTM's
+light, and a model whose state-dependent arithmetic is elementwise from the operations of
+:data:`_UNARY`/:data:`_BINARY`. Anything else runs the compiled step, unchanged; the reason is kept in
+``model._fused_reason`` (``None`` when the kernel runs). ``PELAGOS_COLUMN_FUSED=0`` turns it off.
+
+Gradients. With a gradient recorded (reverse mode) or tangents carried (forward mode, dual tensors of
+``torch.autograd.forward_ad``: the batched Gauss–Newton Jacobian), the steps of a call become one autograd
+node (:class:`_FusedSteps`) whose backward is a generated adjoint kernel and whose forward-mode rule is a
+generated tangent-linear kernel, both from the same trace: the reverse/forward derivative of every cell
+operation (torch's own derivative of each, ties of ``minimum``/``maximum`` split as torch splits them), and of
+the skeleton (GOTM's light sum, repair, the implicit solve — transposed for the adjoint, the same
+factorisation — and the TVD sinking sub-steps with their limiter). The adjoint recomputes the call's steps
+from the saved start state (O(state) memory between forward and backward; :func:`pelagos.core.rollout`'s
+checkpoint segments keep working above it). The gradient reaches the parameters through the torch values
+that feed the kernel (their own small graph). Not taken with a gradient: physics per column (the compiled
+step's gradient runs), ``torch.func`` transforms, interval means. ``PELAGOS_COLUMN_FUSED_ADJOINT=0`` keeps
+gradients on the compiled step.
 """
 
 from __future__ import annotations
@@ -55,9 +66,11 @@ __all__ = ["FusedColumn", "fused_column"]
 _ENABLED = os.environ.get("PELAGOS_COLUMN_FUSED", "1") == "1"
 # a gradient through the kernel (its generated adjoint); 0: the compiled step records gradients, as before
 _ADJOINT = os.environ.get("PELAGOS_COLUMN_FUSED_ADJOINT", "1") == "1"
-# Below this many columns the compiled step is as fast: the kernel's per-call cost in Python (the forcing's
-# values of each step, the physics rows) is then not paid back (docs/bench_column.md, "The fused kernel").
-MIN_COLUMNS = int(os.environ.get("PELAGOS_COLUMN_FUSED_MIN", "16"))
+# Forward runs of fewer columns take the compiled (Inductor) step instead. 1: every call the kernel supports
+# runs it. At one column in 24-step calls the kernel's per-call Python (the forcing's values of each step, the
+# physics rows) makes it ~1.2x the Inductor block's time per step, but it starts in ~2 s instead of 6 s (a
+# warm Inductor cache) or minutes (a cold one) (docs/column_fused.md, "Speed").
+MIN_COLUMNS = int(os.environ.get("PELAGOS_COLUMN_FUSED_MIN", "1"))
 _PAR = "downwelling_photosynthetic_radiative_flux"
 _SWR = "downwelling_shortwave_flux"
 _KPAR = "attenuation_coefficient_of_photosynthetic_radiative_flux"
@@ -630,12 +643,14 @@ class _Plan:
                 lines.append(f"{indent}GB{i}[kj] += (double)({' + '.join(terms[b])});")
         return "\n".join(lines)
 
-    def emit_jvp(self, outs: list, targets: list[str], cell_tan: list[str], bound_tan: set, indent: str) -> str:
+    def emit_jvp(
+        self, outs: list, targets: list[str], cell_tan: list[str], bound_tan: set, indent: str
+    ) -> str:
         """Straight-line C for one cell: the forward of ``outs`` and their tangents (forward mode, torch's
         derivative of each operation, ties included) into the lvalues ``targets`` (one per output), from the
-        tangents of the cell inputs (C values ``cell_tan``: state in ``model.interior`` order, PAR, SWR, KPAR)
-        and of the boundary values whose index is in ``bound_tan`` (``d<name>``: ``dbs<i>``, ``dbr<i>[k]``, ...;
-        the others have none)."""
+        tangents of the cell inputs (C values ``cell_tan``: state in ``model.interior`` order, PAR, SWR,
+        KPAR) and of the boundary values whose index is in ``bound_tan`` (``d<name>``: ``dbs<i>``,
+        ``dbr<i>[k]``, ...; the others have none)."""
         lines, name, nodes = self._straight(outs, indent)
         tan: dict = {}
         for n, i in self.cell_inputs.items():
@@ -789,7 +804,12 @@ class _Plan:
         return kinds, arrays, wcs, per_col
 
     def _lib(
-        self, kinds: list[str], means: tuple, per_col: bool, adjoint: bool = False, tangent: tuple | None = None
+        self,
+        kinds: list[str],
+        means: tuple,
+        per_col: bool,
+        adjoint: bool = False,
+        tangent: tuple | None = None,
     ) -> ctypes.CDLL:
         """The compiled kernel for these kinds of inputs, selection of means, shared or per-column physics
         (and with its adjoint, or its tangent for the boundary values numbered in ``tangent``)."""
@@ -814,7 +834,6 @@ class _Plan:
         return [(lo, min(lo + step, B)) for lo in range(0, B, step)]
 
     def run(self, state: dict, phys: Mapping, prm: Mapping, means: tuple, n: int) -> tuple[dict, dict] | str:
-        B, nz = self.B, self.nz
         dtype = self.dtype
         phys = {k: (v.to(dtype) if k in ("h", "nuh", "I_0") else v) for k, v in phys.items()}
         kinds, arrays, wcs, per_col = self._inputs(self._p_values(prm), phys, n)
@@ -887,7 +906,9 @@ class _Plan:
         self._eval(self.p_nodes, vals)
         kinds, arrays, wcs, per_col = self._inputs(vals, phys, n)
         if per_col:
-            return "a gradient with physics per column (the fused adjoint takes physics shared by the columns)"
+            return (
+                "a gradient with physics per column (the fused adjoint takes physics shared by the columns)"
+            )
         h, nuh, I0 = phys["h"], phys["nuh"], phys["I_0"].reshape(n, -1)
         lib = self._lib(kinds, (), False, adjoint=True)
         rowbuf, pre, nsub = self._rows(h[:, 0], nuh[:, 0], I0, [x[:, 0] for x in wcs])
@@ -935,7 +956,6 @@ class _Plan:
             garrays.append(g.reshape(a.shape).to(dtype))
         return gstate, grow.sum(0).to(dtype), garrays
 
-
     def _tangent(
         self, n: int, Y: list, dY: list, rowbuf: torch.Tensor, drow: torch.Tensor | None, arrays: list,
         darrays: list, pre: torch.Tensor, nsub: torch.Tensor, phys: Mapping,
@@ -961,7 +981,8 @@ class _Plan:
 
         def call(lo: int, hi: int) -> None:
             flags.append(fn(B, nz, n, ctypes.c_double(dt), yptrs, dyptrs, out.data_ptr(), dout.data_ptr(),
-               ptrs, dptrs, rowbuf.data_ptr(), drow.data_ptr(), pre.data_ptr(), nsub.data_ptr(), lo, hi))  # fmt: skip
+               ptrs, dptrs, rowbuf.data_ptr(), drow.data_ptr(), pre.data_ptr(), nsub.data_ptr(),
+               lo, hi))  # fmt: skip
 
         _cbuild.run_calls([lambda r=r: call(*r) for r in self._ranges()])
         del keep
