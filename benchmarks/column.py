@@ -605,6 +605,9 @@ def summary(results: list[dict], runs: list[dict], gotm_s: float) -> list[dict]:
             "gotm": f"{1e3 * gotm_step:.3f} ms/step",
             "plain": p["seconds_per_step_min"] / gotm_step,
             "compiled": c["seconds_per_step_min"] / gotm_step,
+            "inductor": (lambda r: None if r is None else r["seconds_per_step_min"] / gotm_step)(
+                _find(results, compile=True, inductor_only=True, batch=1, dtype="float64", mode="forward",
+                      bgc="npzd")),
             "target": "<= 1", "ok": c["seconds_per_step_min"] / gotm_step <= 1.0,
         })  # fmt: skip
     for B in (1, 1024):
@@ -784,7 +787,7 @@ def main(argv: list[str] | None = None) -> None:
     off = {**env, "PELAGOS_COLUMN_FUSED": "0"}  # the compiled step with the fused kernel off
     for B, dtype, mode, bgc in configs:
         variants = [(False, env), (True, env)]
-        if mode == "forward" and B >= 1000:
+        if mode == "forward" and (B >= 1000 or B == 1) and bgc == "npzd":
             variants.append((True, off))
         if mode == "fwd+bwd":  # the gradient of the compiled (Inductor) program, as before the fused adjoint
             variants.append((True, {**env, "PELAGOS_COLUMN_FUSED": "0"}))
@@ -808,7 +811,7 @@ def main(argv: list[str] | None = None) -> None:
             )
     runs = last["run_path"] if a.grad_only else []
     for cols, days in () if a.grad_only else ((1, a.run_days[0]), (1024, a.run_days[1])):
-        for comp, e in [(False, env), (True, env)] + ([(True, off)] if cols >= 1000 else []):
+        for comp, e in [(False, env), (True, env), (True, off)]:
             r = _sub(["--run-path", str(cols), "1" if comp else "0", str(days)], e)
             if e is off:
                 r["inductor_only"] = True
