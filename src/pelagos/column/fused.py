@@ -838,6 +838,9 @@ class _Plan:
         phys = {k: (v.to(dtype) if k in ("h", "nuh", "I_0") else v) for k, v in phys.items()}
         kinds, arrays, wcs, per_col = self._inputs(self._p_values(prm), phys, n)
         h, nuh, I0 = phys["h"], phys["nuh"], phys["I_0"].reshape(n, -1)
+        # one block of columns: the kernel computes the physics rows per lane in microseconds, where the
+        # shared rows cost ~1 ms of torch calls per call (a day of one column's run is ~2 ms in all)
+        per_col = per_col or self.B <= _W[dtype]
         lib = self._lib(kinds, means, per_col)
         if per_col:  # the kernel computes each column's rows from its h, nuh, I_0 and velocities
             cols = [h, nuh, I0[..., None]] + [x if x.stride(1) != 0 else x[:, :1] for x in wcs]

@@ -445,7 +445,7 @@ class ColumnModel(Model):
 
         Returns ``(state after the steps, {name: mean over the steps of output(state_j, t_j + dt)[name]},
         the outputs after the last step)`` for the names in ``means`` (the last outputs are ``None`` without
-        ``means``). Same results as :meth:`step` (and :meth:`output`) step by step: the forcing of all the
+        ``means``, and may leave out the fields in ``means``). Same results as :meth:`step` (and :meth:`output`) step by step: the forcing of all the
         steps is sampled in one call, the running-mean plans are precomputed, and the steps run inside one
         compiled program (see :mod:`pelagos.column.compiled`)."""
         times = [float(t) for t in times]
@@ -475,9 +475,12 @@ class ColumnModel(Model):
 
             state, part, out = self._by_chunks(one, state, raws, 1)
             sums = part if sums is None else {name: sums[name] + part[name] for name in means}
-        if means and out is None:  # every step fused: the outputs after the last one
-            out = self.output(state, times[-1] + self.dt)
-        mean_values = {name: (sums[name] / n).to(out[name].dtype) for name in means} if means else {}
+        if means and out is None:  # every step fused: the outputs after the last one but the means (the
+            # run loop writes the means there; leaving them out skips the light and biology here)
+            rest = [v.name for v in self.output_variables() if v.name not in means]
+            out = self.output(state, times[-1] + self.dt, names=rest)
+        dtype = state[self.interior[0]].dtype if self.interior else torch.float64
+        mean_values = {name: (sums[name] / n).to(out[name].dtype if name in out else dtype) for name in means}
         return state, mean_values, out
 
     def _compiling(self) -> bool:

@@ -463,16 +463,22 @@ class Simulation:
         return needed, means
 
     def _outputs(
-        self, state: Any, t: float, needed: set[str] | None, out: Mapping[str, Any] | None = None
+        self,
+        state: Any,
+        t: float,
+        needed: set[str] | None,
+        out: Mapping[str, Any] | None = None,
+        means: Sequence[str] = (),
     ) -> dict[str, torch.Tensor]:
-        """The ``needed`` outputs at ``(state, t)``; ``out``: ``model.output(state, t)`` if known already."""
+        """The ``needed`` outputs at ``(state, t)``; ``out``: ``model.output(state, t)`` if known already (it
+        may leave out the interval-mean fields ``means``, which the caller adds)."""
         if needed is not None and not needed:
             return {}
         if out is None:
             out = self.model.output(state, t)
         if needed is None:
             return dict(out)
-        missing = sorted(needed - set(out))
+        missing = sorted(needed - set(out) - set(means))
         if missing:
             raise ConfigError(
                 f"{type(self.model).__name__}.output() lacks {missing} (declared or asked for by a writer)"
@@ -617,7 +623,7 @@ class Simulation:
                     t = self.time_of(k)
                     self.step, self.t, self.state = k, t, state
                     if self.writers:
-                        values = self._outputs(state, t, needed, last_out)
+                        values = self._outputs(state, t, needed, last_out, mean_values)
                         values.update(mean_values)
                         for w in self.writers:
                             w.write(t, values)
