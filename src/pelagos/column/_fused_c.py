@@ -485,7 +485,7 @@ def kernel_source(plan: Any) -> str:
         g1=repr(plan.model.g1),
         g2=repr(plan.model.g2),
     )
-    if plan.adjoint:
+    if plan.adjoint is not None:
         body += _adjoint_source(plan, bdecl, bblock, bstep, rep, ext, src + "\n" + "\n".join(upd))
     if plan.tangent_bounds is not None:
         body += "#include <stdlib.h>\n" + _tangent_source(plan, bdecl, bblock, bstep, ext)
@@ -501,17 +501,20 @@ def _adjoint_source(plan: Any, bdecl: list, bblock: list, bstep: list, rep: list
     method = _method_name(plan.model.sinking_method)
     cells = [f"G[{order.index(q)}][kj]" for q in plan.model.interior] + ["GPAR[kj]", "GSWR[kj]", "GKPAR[kj]"]
     seeds = [f"dt * G[{order.index(q)}][kj]" for q in plan.rate_names]
-    src_vjp = plan.emit_vjp(plan.rate_nodes, seeds, cells, pad)
-    ext_vjp = plan.emit_vjp([plan.k_node], ["GKB[kj]"], cells, pad)
-    nb = len(plan.bounds)
-    gdecl = [f"    double *gb{i} = (double *)gbp[{i}];" for i in range(nb)]
-    gdecl += [f"    double GB{i}[nz * W];" for i in range(nb)]
-    gdecl += [f"    for (int kj = 0; kj < nz * W; kj++) GB{i}[kj] = 0.0;" for i in range(nb)]
-    flush = []
-    ind = " " * 12
+    need = set(plan.adjoint)  # the boundary values whose adjoint is passed on
+    src_vjp = plan.emit_vjp(plan.rate_nodes, seeds, cells, pad, need)
+    ext_vjp = plan.emit_vjp([plan.k_node], ["GKB[kj]"], cells, pad, need)
+    gdecl = [f"    double *gb{i} = (double *)gbp[{i}];" for i in sorted(need)]
+    gdecl += [f"    double GB{i}[nz * W];" for i in sorted(need)]
+    gdecl += [f"    for (int kj = 0; kj < nz * W; kj++) GB{i}[kj] = 0.0;" for i in sorted(need)]
+    flush, flush_p = [], []  # per step (forcing-dependent values), per block (parameter values)
     for i, kind in enumerate(plan.kinds):
+        if i not in need:
+            continue
         shape, when = kind[0], kind[1]
         t = "(size_t)s" if when == "F" else "(size_t)0"
+        flush, flush_p = (flush, flush_p) if when == "F" else (flush_p, flush)
+        ind = " " * (12 if when == "F" else 8)
         if shape == "s":
             flush.append(f"{ind}{{ double t = 0.0; for (int kj = 0; kj < nz * W; kj++) t += GB{i}[kj];"
                          f" gb{i}[{t} * nslots + slot] += t; }}")  # fmt: skip
@@ -527,6 +530,7 @@ def _adjoint_source(plan: Any, bdecl: list, bblock: list, bstep: list, rep: list
             flush.append(f"{ind}for (int j = 0; j < nb; j++) for (int k = 0; k < nz; k++)"
                          f" gb{i}[({t} * B + b0 + j) * nz + k] += GB{i}[k * W + j];")  # fmt: skip
         flush.append(f"{ind}for (int kj = 0; kj < nz * W; kj++) GB{i}[kj] = 0.0;")
+        flush, flush_p = (flush, flush_p) if when == "F" else (flush_p, flush)
     rep_adj = []
     if plan.model.repair:
         for q in order:
@@ -557,6 +561,7 @@ def _adjoint_source(plan: Any, bdecl: list, bblock: list, bstep: list, rep: list
         face_adj=face_adj,
         face_back=face_back,
         flush="\n".join(flush),
+        flush_p="\n".join(flush_p),
     )
 
 
@@ -812,6 +817,8 @@ MV int pelagos_fused_column_adj(int B, int nz, int nsteps, double dt_, void **st
             }}
 {flush}
         }}
+        /* the parameter values' adjoints, summed over the block's steps */
+{flush_p}
         for (int v = 0; v < NV; v++)
             for (int j = 0; j < nb; j++)
                 for (int k = 0; k < nz; k++) gstate[((size_t)v * B + b0 + j) * nz + k] = G[v][k * W + j];

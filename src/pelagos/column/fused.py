@@ -323,7 +323,9 @@ class _Plan:
         self._libs: dict[tuple, ctypes.CDLL] = {}  # per kinds of the boundary values
         self.kinds: list[str] = []
         self.per_column = False
-        self.adjoint = False  # building the kernel with its adjoint (pelagos_fused_column_adj)
+        # building the kernel with its adjoint (pelagos_fused_column_adj): the indices of the boundary values
+        # whose adjoint it accumulates (those with a gradient to pass on), else None
+        self.adjoint: tuple | None = None
         self.adjoint_calls = 0  # backward passes through the adjoint kernel (tests, benchmarks)
         self.tangent_bounds: tuple | None = None  # building the tangent kernel: the inputs with a tangent
         self.tangent_calls = 0  # forward-mode passes through the tangent kernel
@@ -618,12 +620,14 @@ class _Plan:
             lines.append(f"{indent}{tgt} = {name[o]};")
         return "\n".join(lines)
 
-    def emit_vjp(self, outs: list, seeds: list[str], cell_grads: list[str], indent: str) -> str:
+    def emit_vjp(
+        self, outs: list, seeds: list[str], cell_grads: list[str], indent: str, bounds: Any = None
+    ) -> str:
         """Straight-line C for one cell: the forward of ``outs`` and then its vector-Jacobian product for the
         output adjoints ``seeds`` (C expressions), reverse mode node by node (torch's derivative of each
         operation, ties included): added to ``cell_grads[i]`` (lvalue of the adjoint of cell input ``i``:
         the state variables in ``model.interior`` order, PAR, SWR, KPAR) and to ``GB<i>[kj]`` (double, the
-        adjoint of boundary value ``i``)."""
+        adjoint of boundary value ``i``, for ``i`` in ``bounds``; default all)."""
         lines, name, nodes = self._straight(outs, indent)
         terms: dict = {}
         for o, sd in zip(outs, seeds, strict=True):
@@ -639,7 +643,7 @@ class _Plan:
             if n in terms:
                 lines.append(f"{indent}{cell_grads[i]} += {' + '.join(terms[n])};")
         for i, b in enumerate(self.bounds):
-            if b in terms:
+            if b in terms and (bounds is None or i in bounds):
                 lines.append(f"{indent}GB{i}[kj] += (double)({' + '.join(terms[b])});")
         return "\n".join(lines)
 
@@ -768,7 +772,7 @@ class _Plan:
         f.restype = ctypes.c_int  # bit 0: a non-finite value in the new state; bit 1: sub-steps clipped
         i, p, d = ctypes.c_int, ctypes.c_void_p, ctypes.c_double
         f.argtypes = [i, i, i, d, p, p, p, p, p, p, i, p, i, i, p, p]
-        if self.adjoint:  # 0, or 4 when its work arrays could not be allocated
+        if self.adjoint is not None:  # 0, or 4 when its work arrays could not be allocated
             g = lib.pelagos_fused_column_adj
             g.restype = ctypes.c_int
             g.argtypes = [i, i, i, d, p, p, p, p, p, p, p, p, p, i, i, i, i]
@@ -808,11 +812,12 @@ class _Plan:
         kinds: list[str],
         means: tuple,
         per_col: bool,
-        adjoint: bool = False,
+        adjoint: tuple | None = None,
         tangent: tuple | None = None,
     ) -> ctypes.CDLL:
         """The compiled kernel for these kinds of inputs, selection of means, shared or per-column physics
-        (and with its adjoint, or its tangent for the boundary values numbered in ``tangent``)."""
+        (and with its adjoint for the boundary values numbered in ``adjoint``, or its tangent for those in
+        ``tangent``)."""
         key = (tuple(kinds), means, per_col, adjoint, tangent)
         lib = self._libs.get(key)
         if lib is None:
@@ -821,7 +826,7 @@ class _Plan:
             try:
                 lib = self._libs[key] = self._build()
             finally:
-                self.adjoint, self.tangent_bounds = False, None
+                self.adjoint, self.tangent_bounds = None, None
         self.kinds = kinds
         return lib
 
@@ -840,7 +845,8 @@ class _Plan:
         h, nuh, I0 = phys["h"], phys["nuh"], phys["I_0"].reshape(n, -1)
         # one block of columns: the kernel computes the physics rows per lane in microseconds, where the
         # shared rows cost ~1 ms of torch calls per call (a day of one column's run is ~2 ms in all)
-        per_col = per_col or self.B <= _W[dtype]
+        columns = self.B
+        per_col = per_col or columns <= _W[dtype]
         lib = self._lib(kinds, means, per_col)
         if per_col:  # the kernel computes each column's rows from its h, nuh, I_0 and velocities
             cols = [h, nuh, I0[..., None]] + [x if x.stride(1) != 0 else x[:, :1] for x in wcs]
@@ -913,33 +919,39 @@ class _Plan:
                 "a gradient with physics per column (the fused adjoint takes physics shared by the columns)"
             )
         h, nuh, I0 = phys["h"], phys["nuh"], phys["I_0"].reshape(n, -1)
-        lib = self._lib(kinds, (), False, adjoint=True)
+        # the adjoint accumulates only what has a gradient to pass on (often two of NPZD's sixteen values)
+        need = tuple(i for i, a in enumerate(arrays) if a.requires_grad)
+        lib = self._lib(kinds, (), False, adjoint=need)
         rowbuf, pre, nsub = self._rows(h[:, 0], nuh[:, 0], I0, [x[:, 0] for x in wcs])
         Y = [state[q] for q in self.order]
-        outs = _FusedSteps.apply(self, lib, n, phys, pre, nsub, len(Y), *Y, rowbuf, *arrays)
+        outs = _FusedSteps.apply(self, lib, n, phys, pre, nsub, need, len(Y), *Y, rowbuf, *arrays)
         new = dict(state)
         new.update(zip(self.order, outs, strict=True))
         return new
 
     def _adjoint(
         self, lib: ctypes.CDLL, n: int, Y: list, rowbuf: torch.Tensor, arrays: list, pre: torch.Tensor,
-        nsub: torch.Tensor, gout: torch.Tensor,
-    ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:  # fmt: skip
+        nsub: torch.Tensor, gout: torch.Tensor, need: tuple,
+    ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor | None]]:  # fmt: skip
         """The adjoint kernel: given the adjoint of the state after the ``n`` steps (NV, B, nz), the adjoints
-        of the state before them (NV, B, nz), of the physics rows (n, NR, nz) and of the boundary arrays."""
+        of the state before them (NV, B, nz), of the physics rows (n, NR, nz) and of the boundary arrays
+        numbered in ``need`` (``None`` for the others)."""
         B, nz, dtype, dt = self.B, self.nz, self.dtype, self.model.dt
         self.adjoint_calls += 1
         ranges = self._ranges()
         nslots = len(ranges)
         gstate = torch.empty(len(Y), B, nz, dtype=dtype)
         gbufs = []
-        for kind in self.kinds:
+        for i, kind in enumerate(self.kinds):
             shape, when = kind[0], kind[1]
+            if i not in need:
+                gbufs.append(None)
+                continue
             gbufs.append(torch.zeros(n if when == "F" else 1, B if shape in "cf" else nslots,
                                      nz if shape in "rf" else 1, dtype=torch.float64))  # fmt: skip
         grow = torch.zeros(nslots, *rowbuf.shape, dtype=torch.float64)
         ptrs = (ctypes.c_void_p * max(len(arrays), 1))(*[x.data_ptr() for x in arrays])
-        gptrs = (ctypes.c_void_p * max(len(gbufs), 1))(*[x.data_ptr() for x in gbufs])
+        gptrs = (ctypes.c_void_p * max(len(gbufs), 1))(*[0 if x is None else x.data_ptr() for x in gbufs])
         yptrs = (ctypes.c_void_p * len(Y))(*[y.data_ptr() for y in Y])
         fn = lib.pelagos_fused_column_adj
         flags: list[int] = []
@@ -954,9 +966,9 @@ class _Plan:
             raise MemoryError("pelagos column (fused adjoint): its work arrays could not be allocated")
         garrays = []
         for kind, g, a in zip(self.kinds, gbufs, arrays, strict=True):
-            if kind[0] in "sr":  # shared by the columns: the calls' partial sums
+            if g is not None and kind[0] in "sr":  # shared by the columns: the calls' partial sums
                 g = g.sum(1)
-            garrays.append(g.reshape(a.shape).to(dtype))
+            garrays.append(None if g is None else g.reshape(a.shape).to(dtype))
         return gstate, grow.sum(0).to(dtype), garrays
 
     def _tangent(
@@ -1005,13 +1017,15 @@ class _FusedSteps(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, plan: _Plan, lib: ctypes.CDLL, n: int, phys: Mapping, pre: torch.Tensor,
-                nsub: torch.Tensor, nv: int, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:  # fmt: skip
+                nsub: torch.Tensor, need: tuple, nv: int,
+                *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:  # fmt: skip
         Y = [t.detach().contiguous() for t in tensors[:nv]]
         rowbuf = tensors[nv].detach().contiguous()
         arrays = [t.detach().contiguous() for t in tensors[nv + 1 :]]
         out, _ = plan._forward(lib, n, Y, arrays, rowbuf, pre, nsub, (), [], [0], phys)
         ctx.save_for_backward(*Y, rowbuf, *arrays)
         ctx.plan, ctx.lib, ctx.n, ctx.pre, ctx.nsub, ctx.nv, ctx.phys = plan, lib, n, pre, nsub, nv, phys
+        ctx.need = need  # the boundary values with a gradient, as the adjoint was built for
         ctx.fw = (Y, rowbuf, arrays)  # forward mode (jvp) reads the inputs without the saved-tensor checks
         return tuple(out.unbind(0))
 
@@ -1019,7 +1033,7 @@ class _FusedSteps(torch.autograd.Function):
     def jvp(ctx: Any, *tangents: Any) -> tuple[torch.Tensor, ...]:
         nv = ctx.nv
         Y, rowbuf, arrays = ctx.fw
-        ts = tangents[7:]
+        ts = tangents[8:]
         dout = ctx.plan._tangent(ctx.n, Y, list(ts[:nv]), rowbuf, ts[nv], arrays, list(ts[nv + 1 :]),
                                  ctx.pre, ctx.nsub, ctx.phys)  # fmt: skip
         return tuple(dout.unbind(0))
@@ -1032,8 +1046,8 @@ class _FusedSteps(torch.autograd.Function):
         Y, rowbuf, arrays = list(saved[:nv]), saved[nv], list(saved[nv + 1 :])
         g = torch.stack([torch.zeros_like(Y[0]) if x is None else x.to(Y[0].dtype) for x in gouts])
         gstate, grow, garrays = plan._adjoint(ctx.lib, ctx.n, Y, rowbuf, arrays, ctx.pre, ctx.nsub,
-                                              g.contiguous())  # fmt: skip
-        return (None,) * 7 + (*gstate.unbind(0), grow, *garrays)
+                                              g.contiguous(), ctx.need)  # fmt: skip
+        return (None,) * 8 + (*gstate.unbind(0), grow, *garrays)
 
 
 _W = {torch.float64: 8, torch.float32: 16}

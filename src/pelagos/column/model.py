@@ -445,9 +445,11 @@ class ColumnModel(Model):
 
         Returns ``(state after the steps, {name: mean over the steps of output(state_j, t_j + dt)[name]},
         the outputs after the last step)`` for the names in ``means`` (the last outputs are ``None`` without
-        ``means``, and may leave out the fields in ``means``). Same results as :meth:`step` (and :meth:`output`) step by step: the forcing of all the
-        steps is sampled in one call, the running-mean plans are precomputed, and the steps run inside one
-        compiled program (see :mod:`pelagos.column.compiled`)."""
+        ``means``, and may leave out the fields in ``means``). Same results as :meth:`step` (and
+        :meth:`output`) step by step: the fused kernel (:mod:`pelagos.column.fused`) takes the steps where it
+        can, with a gradient or forward-mode tangents too; otherwise the forcing of all the steps is sampled
+        in one call, the running-mean plans are precomputed, and the steps run inside one compiled program
+        (see :mod:`pelagos.column.compiled`)."""
         times = [float(t) for t in times]
         n = len(times)
         if self.block_steps < 2 or n < 1 or (n < 2 and not means) or not self._compiling():
