@@ -28,6 +28,7 @@ F64 = torch.float64
 PAR = "downwelling_photosynthetic_radiative_flux"
 START = 120 * 86400.0  # 1 May: light, a bloom under way
 B = 16  # two SIMD blocks of float64 columns
+_LIMITERS = ("P2_PDM", "UPSTREAM", "SUPERBEE", "MUSCL")
 
 
 @pytest.fixture(scope="module")
@@ -275,21 +276,23 @@ def test_gradient_through_the_adjoint_kernel_equals_the_plain_steps(forcing, col
     assert all(float(g.abs().max()) > 0 for g in g_ref.values())  # every input mattered
 
 
-@pytest.mark.parametrize("method", ["P2_PDM", "UPSTREAM", "SUPERBEE", "MUSCL", "substeps"])
+@pytest.mark.parametrize("method", ["P2_PDM", "UPSTREAM", "SUPERBEE", "MUSCL", "substeps", "still"])
 def test_adjoint_of_a_model_the_kernel_has_never_seen(forcing, method):
-    """The limiters' adjoints (and sinking sub-steps) with a made-up model (sigmoid, tanh, clamp, where,
-    power, sqrt, exp): gradients equal the plain step's."""
-    w_sink = -300.0 if method == "substeps" else -30.0
-    bgc = BGCSystem({"pl": Plankton(w_sink=w_sink)}).double()
-    plain, fast = _pair(bgc, forcing, sinking_method="P2_PDM" if method == "substeps" else method)
+    """The limiters' adjoints (and sinking sub-steps; and no moving tracer at all) with a made-up model
+    (sigmoid, tanh, clamp, where, power, sqrt, exp): gradients equal the plain step's."""
+    w_sink = {"substeps": -300.0, "still": 0.0}.get(method, -30.0)
+    bgc = BGCSystem({"pl": Plankton(w_sink=w_sink, w_rise=0.0 if method == "still" else 2.0)}).double()
+    plain, fast = _pair(bgc, forcing, sinking_method=method if method in _LIMITERS else "P2_PDM")
     s0 = _perturbed(plain, seed=9, columns=B + 5)
     names = ("pl.mu", "pl.ks", "pl.m2")
     n = 20
     _, g_ref = _loss_and_grads(plain, s0, names, n)
     _, g_got = _loss_and_grads(fast, s0, names, n)
     assert _ran_fused(fast) and _adjoint_calls(fast) == 1
+    plan = next(iter(fast._fused_obj._plans.values()))
     if method == "substeps":
-        assert next(iter(fast._fused_obj._plans.values())).last_substeps > 1
+        assert plan.last_substeps > 1
+    assert (plan.moving == []) == (method == "still")
     _assert_grads_close(g_ref, g_got, 1e-10)
 
 
@@ -391,6 +394,39 @@ def test_adjoint_with_physics_per_column_keeps_the_compiled_gradient(forcing):
     _, g_got = _loss_and_grads(fast, s0, ("npzd.rmax",), 4)
     assert "physics per column" in fast._fused_reason
     _assert_grads_close(g_ref, g_got, 1e-10)
+
+
+def test_a_call_the_kernel_stops_taking_part_way_finishes_step_by_step(forcing, monkeypatch):
+    """If the kernel refuses a later chunk of a call and no compiled block is there to take it, step_block
+    finishes the steps one by one, the interval means continued from the kernel's sums: as the plain loop."""
+    bgc = BGCSystem({"npzd": NPZD()}).double()
+    ref_model = ColumnModel(bgc, forcing, dt=3600.0)
+    fast = ColumnModel(bgc, forcing, dt=3600.0, compile=True)
+    s0 = _perturbed(ref_model, seed=17, columns=3)
+    monkeypatch.setattr(fused_mod.FusedColumn, "max_steps", 5)
+    real = fused_mod.FusedColumn.steps
+    calls = []
+
+    def second_refused(self, state, raws, means=()):
+        calls.append(1)
+        return "refused for the test" if len(calls) == 2 else real(self, state, raws, means)
+
+    monkeypatch.setattr(fused_mod.FusedColumn, "steps", second_refused)
+    monkeypatch.setattr(ColumnModel, "_compiled_step", lambda self, state: None)
+    names = ("npzd_PPR", "PAR")
+    times = [START + 3600.0 * k for k in range(12)]
+    with torch.no_grad():
+        state, means, out = fast.step_block(s0, times, names)
+        ref, sums = s0, {q: 0.0 for q in names}
+        for t in times:
+            ref = ref_model.step(ref, t)
+            o = ref_model.output(ref, t + 3600.0)
+            sums = {q: sums[q] + o[q] for q in names}
+    assert len(calls) == 2  # five steps fused, then refused: seven one by one
+    _assert_fields_close(ref, state, ref_model.interior, 1e-12)
+    for q in names:
+        torch.testing.assert_close(means[q], sums[q] / len(times), rtol=1e-11, atol=0)
+    assert set(names) <= set(out)
 
 
 @pytest.mark.slow

@@ -931,7 +931,7 @@ class _Plan:
 
     def _adjoint(
         self, lib: ctypes.CDLL, n: int, Y: list, rowbuf: torch.Tensor, arrays: list, pre: torch.Tensor,
-        nsub: torch.Tensor, gout: torch.Tensor, need: tuple,
+        nsub: torch.Tensor, gout: torch.Tensor, need: tuple, kinds: list[str],
     ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor | None]]:  # fmt: skip
         """The adjoint kernel: given the adjoint of the state after the ``n`` steps (NV, B, nz), the adjoints
         of the state before them (NV, B, nz), of the physics rows (n, NR, nz) and of the boundary arrays
@@ -942,7 +942,7 @@ class _Plan:
         nslots = len(ranges)
         gstate = torch.empty(len(Y), B, nz, dtype=dtype)
         gbufs = []
-        for i, kind in enumerate(self.kinds):
+        for i, kind in enumerate(kinds):
             shape, when = kind[0], kind[1]
             if i not in need:
                 gbufs.append(None)
@@ -965,7 +965,7 @@ class _Plan:
         if any(flags):
             raise MemoryError("pelagos column (fused adjoint): its work arrays could not be allocated")
         garrays = []
-        for kind, g, a in zip(self.kinds, gbufs, arrays, strict=True):
+        for kind, g, a in zip(kinds, gbufs, arrays, strict=True):
             if g is not None and kind[0] in "sr":  # shared by the columns: the calls' partial sums
                 g = g.sum(1)
             garrays.append(None if g is None else g.reshape(a.shape).to(dtype))
@@ -973,14 +973,14 @@ class _Plan:
 
     def _tangent(
         self, n: int, Y: list, dY: list, rowbuf: torch.Tensor, drow: torch.Tensor | None, arrays: list,
-        darrays: list, pre: torch.Tensor, nsub: torch.Tensor, phys: Mapping,
+        darrays: list, pre: torch.Tensor, nsub: torch.Tensor, phys: Mapping, kinds: list[str],
     ) -> torch.Tensor:  # fmt: skip
         """The tangent kernel: the tangent of the state after the ``n`` steps (NV, B, nz), given the tangents
         of the state before them, of the physics rows and of the boundary arrays (``None``: zero)."""
         B, nz, dtype, dt = self.B, self.nz, self.dtype, self.model.dt
         self.tangent_calls += 1
         which = tuple(i for i, t in enumerate(darrays) if t is not None)
-        lib = self._lib(self.kinds, (), False, tangent=which)
+        lib = self._lib(kinds, (), False, tangent=which)
         dts = [None if t is None else t.detach().to(dtype).contiguous() for t in dY]
         drow = torch.zeros_like(rowbuf) if drow is None else drow.detach().to(dtype).contiguous()
         dar = [None if t is None else t.detach().to(dtype).contiguous() for t in darrays]
@@ -1026,6 +1026,7 @@ class _FusedSteps(torch.autograd.Function):
         ctx.save_for_backward(*Y, rowbuf, *arrays)
         ctx.plan, ctx.lib, ctx.n, ctx.pre, ctx.nsub, ctx.nv, ctx.phys = plan, lib, n, pre, nsub, nv, phys
         ctx.need = need  # the boundary values with a gradient, as the adjoint was built for
+        ctx.kinds = list(plan.kinds)  # the kinds of the boundary values of this call (the plan's change)
         ctx.fw = (Y, rowbuf, arrays)  # forward mode (jvp) reads the inputs without the saved-tensor checks
         return tuple(out.unbind(0))
 
@@ -1035,7 +1036,7 @@ class _FusedSteps(torch.autograd.Function):
         Y, rowbuf, arrays = ctx.fw
         ts = tangents[8:]
         dout = ctx.plan._tangent(ctx.n, Y, list(ts[:nv]), rowbuf, ts[nv], arrays, list(ts[nv + 1 :]),
-                                 ctx.pre, ctx.nsub, ctx.phys)  # fmt: skip
+                                 ctx.pre, ctx.nsub, ctx.phys, ctx.kinds)  # fmt: skip
         return tuple(dout.unbind(0))
 
     @staticmethod
@@ -1046,7 +1047,7 @@ class _FusedSteps(torch.autograd.Function):
         Y, rowbuf, arrays = list(saved[:nv]), saved[nv], list(saved[nv + 1 :])
         g = torch.stack([torch.zeros_like(Y[0]) if x is None else x.to(Y[0].dtype) for x in gouts])
         gstate, grow, garrays = plan._adjoint(ctx.lib, ctx.n, Y, rowbuf, arrays, ctx.pre, ctx.nsub,
-                                              g.contiguous(), ctx.need)  # fmt: skip
+                                              g.contiguous(), ctx.need, ctx.kinds)  # fmt: skip
         return (None,) * 8 + (*gstate.unbind(0), grow, *garrays)
 
 
