@@ -56,18 +56,7 @@ MV int pelagos_fused_column(int B, int nz, int nsteps, double dt_, void **state,
 #define PRE PRE_[j]
 #else
     /* the tridiagonal factorisation of every step (one matrix for all columns and tracers) */
-    real cp[nsteps][nz], mi[nsteps][nz];
-    for (int s = 0; s < nsteps; s++) {{
-        const real *R = rowbuf + (size_t)s * NR * nz;
-        const real *l = R + nz, *d = R + 2 * nz, *u = R + 3 * nz;
-        mi[s][0] = (real)1 / d[0];
-        cp[s][0] = u[0] * mi[s][0];
-        for (int k = 1; k < nz; k++) {{
-            mi[s][k] = (real)1 / (d[k] - l[k] * cp[s][k - 1]);
-            cp[s][k] = u[k] * mi[s][k];
-        }}
-    }}
-#define HK(k) h[k]
+{factor}#define HK(k) h[k]
 #define MZK(k) mz[k]
 #define SWRK(k) swr_s[k]
 #define PRE pre_s
@@ -236,82 +225,11 @@ MV int pelagos_fused_column(int B, int nz, int nsteps, double dt_, void **state,
             const real *R = rowbuf + (size_t)s * NR * nz;
             const real *h = R, *lw = R + nz, *mz = R + 4 * nz, *swr_s = R + 5 * nz;
             const real pre_s = pre[s];
-            /* 2. sinking / rising of the moving tracers (GOTM adv_center, flux boundaries closed) */
-            for (int m = 0; m < NM; m++) {{
-                const real *w = R + (6 + 7 * m) * nz, *omc = w + nz, *xp = w + 2 * nz, *xm = w + 3 * nz;
-                const real *two_omc = w + 4 * nz, *ceps = w + 5 * nz, *fih = w + 6 * nz;
-                real *y = Y[m];
-                for (int it = 0; it < nsub[s * NM + m]; it++) {{
-                    for (int i = 0; i < nz - 1; i++) {{
-                        const int up = w[i] > 0;
-                        const real *yc = y + (up ? i : i + 1) * W, *yd = y + (up ? i + 1 : i) * W;
-                        const int iu = up ? (i > 0 ? i - 1 : 0) : (i + 2 < nz ? i + 2 : nz - 1);
-                        const real *yu = y + iu * W;
-                        const real wi = w[i], c1 = omc[i], a1 = xp[i], a2 = xm[i];
-                        const real t1 = two_omc[i], ce = ceps[i];
-                        (void)c1; (void)a1; (void)a2; (void)t1; (void)ce;
-                        SIMD for (int j = 0; j < W; j++) {{
-{face}
-                            FL[i * W + j] = wi * face;
-                        }}
-                    }}
-                    for (int k = 0; k < nz; k++) {{
-                        SIMD for (int j = 0; j < W; j++) {{
-                            const real upper = k < nz - 1 ? FL[k * W + j] + (real)0 : (real)0;
-                            const real lower = k > 0 ? FL[(k - 1) * W + j] + (real)0 : (real)0;
-                            y[k * W + j] = y[k * W + j] - fih[k] * (upper - lower);
-                        }}
-                    }}
-                }}
-            }}
-            /* 3. implicit diffusion, the tracers' sweeps interleaved: their recurrences overlap */
-            {{
-                const real m0 = mi[s][0];
-                for (int v = 0; v < NV; v++) SIMD for (int j = 0; j < W; j++) Y[v][j] = Y[v][j] * m0;
-                for (int k = 1; k < nz; k++) {{
-                    const real l = lw[k], mk = mi[s][k];
-                    for (int v = 0; v < NV; v++) {{
-                        real *y = Y[v];
-                        SIMD for (int j = 0; j < W; j++)
-                            y[k * W + j] = (y[k * W + j] - l * y[(k - 1) * W + j]) * mk;
-                    }}
-                }}
-                for (int k = nz - 2; k >= 0; k--) {{
-                    const real ck = cp[s][k];
-                    for (int v = 0; v < NV; v++) {{
-                        real *y = Y[v];
-                        SIMD for (int j = 0; j < W; j++)
-                            y[k * W + j] = y[k * W + j] - ck * y[(k + 1) * W + j];
-                    }}
-                }}
-            }}
-#endif
+{transport}#endif
 {repair}
             for (int pass = 0; pass < (nmeans > 0 ? 2 : 1); pass++) {{
                 /* light: GOTM's sum of half-layer extinctions from the surface down */
-                for (int k = 0; k < nz; k++) {{
-                    SIMD for (int j = 0; j < W; j++) {{
-                        const int kj = k * W + j;
-{ext}
-                    }}
-                }}
-                {{
-                    double acc[W];
-                    for (int j = 0; j < W; j++) acc[j] = 0.0;
-                    for (int k = nz - 1; k >= 0; k--) {{
-                        SIMD for (int j = 0; j < W; j++) {{
-                            const int kj = k * W + j;
-                            const real half = KB[kj] * HK(k) / (real)2;
-                            acc[j] += half;
-                            const real at = (real)acc[j];
-                            acc[j] += half;
-                            PAR[kj] = PRE * EXP(MZK(k) - at);
-                            SWR[kj] = PAR[kj] + SWRK(k);
-                            KPAR[kj] = (real){inv_g2} + KB[kj];
-                        }}
-                    }}
-                }}
-                if (pass == 0) {{
+{light}                if (pass == 0) {{
                     /* sources and the Euler update, cell by cell */
                     for (int k = 0; k < nz; k++) {{
                         SIMD for (int j = 0; j < W; j++) {{
@@ -347,6 +265,113 @@ MV int pelagos_fused_column(int B, int nz, int nsteps, double dt_, void **state,
     }}
     return bad;
 }}
+"""
+
+# GOTM's sinking of the moving tracers with shared physics rows (forward, and the adjoint's recomputation,
+# which keeps each sub-step's input: {save_sk}), then the implicit diffusion of {nv} profiles with the step's
+# factorisation; the factorisation itself
+_SINKING = """\
+            /* 2. sinking / rising of the moving tracers (GOTM adv_center, flux boundaries closed) */
+            for (int m = 0; m < NM; m++) {{
+                const real *w = R + (6 + 7 * m) * nz, *omc = w + nz, *xp = w + 2 * nz, *xm = w + 3 * nz;
+                const real *two_omc = w + 4 * nz, *ceps = w + 5 * nz, *fih = w + 6 * nz;
+                real *y = Y[m];
+                for (int it = 0; it < nsub[s * NM + m]; it++) {{
+{save_sk}                    for (int i = 0; i < nz - 1; i++) {{
+                        const int up = w[i] > 0;
+                        const real *yc = y + (up ? i : i + 1) * W, *yd = y + (up ? i + 1 : i) * W;
+                        const int iu = up ? (i > 0 ? i - 1 : 0) : (i + 2 < nz ? i + 2 : nz - 1);
+                        const real *yu = y + iu * W;
+                        const real wi = w[i], c1 = omc[i], a1 = xp[i], a2 = xm[i];
+                        const real t1 = two_omc[i], ce = ceps[i];
+                        (void)c1; (void)a1; (void)a2; (void)t1; (void)ce;
+                        SIMD for (int j = 0; j < W; j++) {{
+{face}
+                            FL[i * W + j] = wi * face;
+                        }}
+                    }}
+                    for (int k = 0; k < nz; k++) {{
+                        SIMD for (int j = 0; j < W; j++) {{
+                            const real upper = k < nz - 1 ? FL[k * W + j] + (real)0 : (real)0;
+                            const real lower = k > 0 ? FL[(k - 1) * W + j] + (real)0 : (real)0;
+                            y[k * W + j] = y[k * W + j] - fih[k] * (upper - lower);
+                        }}
+                    }}
+                }}
+            }}
+"""
+_DIFFUSION = """\
+            /* 3. implicit diffusion, the tracers' sweeps interleaved: their recurrences overlap */
+            {{
+                const real m0 = mi[s][0];
+                for (int v = 0; v < {nv}; v++) SIMD for (int j = 0; j < W; j++) Y[v][j] = Y[v][j] * m0;
+                for (int k = 1; k < nz; k++) {{
+                    const real l = lw[k], mk = mi[s][k];
+                    for (int v = 0; v < {nv}; v++) {{
+                        real *y = Y[v];
+                        SIMD for (int j = 0; j < W; j++)
+                            y[k * W + j] = (y[k * W + j] - l * y[(k - 1) * W + j]) * mk;
+                    }}
+                }}
+                for (int k = nz - 2; k >= 0; k--) {{
+                    const real ck = cp[s][k];
+                    for (int v = 0; v < {nv}; v++) {{
+                        real *y = Y[v];
+                        SIMD for (int j = 0; j < W; j++)
+                            y[k * W + j] = y[k * W + j] - ck * y[(k + 1) * W + j];
+                    }}
+                }}
+            }}
+"""
+_FACTOR = """    real cp[nsteps][nz], mi[nsteps][nz];
+    for (int s = 0; s < nsteps; s++) {{
+        const real *R = rowbuf + (size_t)s * NR * nz;
+        const real *l = R + nz, *d = R + 2 * nz, *u = R + 3 * nz;
+        mi[s][0] = (real)1 / d[0];
+        cp[s][0] = u[0] * mi[s][0];
+        for (int k = 1; k < nz; k++) {{
+            mi[s][k] = (real)1 / (d[k] - l[k] * cp[s][k - 1]);
+            cp[s][k] = u[k] * mi[s][k];
+        }}
+    }}
+"""
+
+
+def _transport(face: str, nv: str = "NV", save_sk: str = "") -> str:
+    """The C of the shared-physics sinking (with the limiter's ``face``) and the diffusion of ``nv``
+    profiles."""
+    return _SINKING.format(face=face, save_sk=save_sk) + _DIFFUSION.format(nv=nv)
+
+
+# GOTM's light: the extinction of every cell, then the half-layer extinctions summed from the surface down
+_LIGHT = """            for (int k = 0; k < nz; k++) {{
+                SIMD for (int j = 0; j < W; j++) {{
+                    const int kj = k * W + j;
+{ext}
+                }}
+            }}
+            {{
+                double acc[W];
+                for (int j = 0; j < W; j++) acc[j] = 0.0;
+                for (int k = nz - 1; k >= 0; k--) {{
+                    SIMD for (int j = 0; j < W; j++) {{
+                        const int kj = k * W + j;
+                        const real half = KB[kj] * HK(k) / (real)2;
+                        acc[j] += half;
+                        const real at = (real)acc[j];
+                        acc[j] += half;
+                        PAR[kj] = PRE * EXP(MZK(k) - at);
+                        SWR[kj] = PAR[kj] + SWRK(k);
+                        KPAR[kj] = (real){inv_g2} + KB[kj];
+                    }}
+                }}
+            }}
+"""
+
+_SAVE_SK = """                    if (save) {
+                        real *sk = SK + ((size_t)m * maxsub + it) * nz * W;
+                        for (int kj = 0; kj < nz * W; kj++) sk[kj] = y[kj];
+                    }
 """
 
 _FACES = {
@@ -474,13 +499,13 @@ def kernel_source(plan: Any) -> str:
         bdecl="\n".join(bdecl),
         bblock="\n".join(bblock),
         bstep="\n".join(bstep),
-        face=_face(_method_name(plan.model.sinking_method)),
+        factor=_FACTOR.format(),
+        transport=_transport(_face(_method_name(plan.model.sinking_method))),
+        light=_LIGHT.format(ext=ext, inv_g2=repr(1.0 / plan.model.g2)),
         face_pc=_face(_method_name(plan.model.sinking_method), "ycv", "ydv", "yuv"),
         repair="\n".join(rep),
-        ext=ext,
         src=src + "\n" + "\n".join(upd),
         diag="\n".join(diag),
-        inv_g2=repr(1.0 / plan.model.g2),
         A=repr(plan.model.A),
         g1=repr(plan.model.g1),
         g2=repr(plan.model.g2),
@@ -544,12 +569,12 @@ def _adjoint_source(plan: Any, bdecl: list, bblock: list, bstep: list, rep: list
     face_adj, face_back = _face_adj(method)
     step = _ADJ_STEP.format(
         bstep="\n".join(bstep),
-        face=_face(method),
+        transport=_transport(_face(method), save_sk=_SAVE_SK),
         repair="\n".join(rep),
-        ext=ext,
-        inv_g2=repr(1.0 / plan.model.g2),
+        light=_LIGHT.format(ext=ext, inv_g2=repr(1.0 / plan.model.g2)),
     )
     return "#include <stdlib.h>\n" + _ADJ_BODY.format(
+        factor=_FACTOR.format(),
         bdecl="\n".join(bdecl),
         gdecl="\n".join(gdecl),
         bblock="\n".join(bblock),
@@ -577,82 +602,10 @@ _ADJ_STEP = """
             const real *h = R, *lw = R + nz, *mz = R + 4 * nz, *swr_s = R + 5 * nz;
             const real pre_s = pre[s];
             (void)mz; (void)swr_s; (void)pre_s; (void)h;
-            for (int m = 0; m < NM; m++) {{
-                const real *w = R + (6 + 7 * m) * nz, *omc = w + nz, *xp = w + 2 * nz, *xm = w + 3 * nz;
-                const real *two_omc = w + 4 * nz, *ceps = w + 5 * nz, *fih = w + 6 * nz;
-                real *y = Y[m];
-                for (int it = 0; it < nsub[s * NM + m]; it++) {{
-                    if (save) {{
-                        real *sk = SK + ((size_t)m * maxsub + it) * nz * W;
-                        for (int kj = 0; kj < nz * W; kj++) sk[kj] = y[kj];
-                    }}
-                    for (int i = 0; i < nz - 1; i++) {{
-                        const int up = w[i] > 0;
-                        const real *yc = y + (up ? i : i + 1) * W, *yd = y + (up ? i + 1 : i) * W;
-                        const int iu = up ? (i > 0 ? i - 1 : 0) : (i + 2 < nz ? i + 2 : nz - 1);
-                        const real *yu = y + iu * W;
-                        const real wi = w[i], c1 = omc[i], a1 = xp[i], a2 = xm[i];
-                        const real t1 = two_omc[i], ce = ceps[i];
-                        (void)c1; (void)a1; (void)a2; (void)t1; (void)ce;
-                        SIMD for (int j = 0; j < W; j++) {{
-{face}
-                            FL[i * W + j] = wi * face;
-                        }}
-                    }}
-                    for (int k = 0; k < nz; k++) {{
-                        SIMD for (int j = 0; j < W; j++) {{
-                            const real upper = k < nz - 1 ? FL[k * W + j] + (real)0 : (real)0;
-                            const real lower = k > 0 ? FL[(k - 1) * W + j] + (real)0 : (real)0;
-                            y[k * W + j] = y[k * W + j] - fih[k] * (upper - lower);
-                        }}
-                    }}
-                }}
-            }}
-            {{
-                const real m0 = mi[(size_t)s * nz];
-                for (int v = 0; v < NV; v++) SIMD for (int j = 0; j < W; j++) Y[v][j] = Y[v][j] * m0;
-                for (int k = 1; k < nz; k++) {{
-                    const real l = lw[k], mk = mi[(size_t)s * nz + k];
-                    for (int v = 0; v < NV; v++) {{
-                        real *y = Y[v];
-                        SIMD for (int j = 0; j < W; j++)
-                            y[k * W + j] = (y[k * W + j] - l * y[(k - 1) * W + j]) * mk;
-                    }}
-                }}
-                for (int k = nz - 2; k >= 0; k--) {{
-                    const real ck = cp[(size_t)s * nz + k];
-                    for (int v = 0; v < NV; v++) {{
-                        real *y = Y[v];
-                        SIMD for (int j = 0; j < W; j++)
-                            y[k * W + j] = y[k * W + j] - ck * y[(k + 1) * W + j];
-                    }}
-                }}
-            }}
-            if (save) for (int v = 0; v < NV; v++) for (int kj = 0; kj < nz * W; kj++) YD[v][kj] = Y[v][kj];
+{transport}            if (save)
+                for (int v = 0; v < NV; v++) for (int kj = 0; kj < nz * W; kj++) YD[v][kj] = Y[v][kj];
 {repair}
-            for (int k = 0; k < nz; k++) {{
-                SIMD for (int j = 0; j < W; j++) {{
-                    const int kj = k * W + j;
-{ext}
-                }}
-            }}
-            {{
-                double acc[W];
-                for (int j = 0; j < W; j++) acc[j] = 0.0;
-                for (int k = nz - 1; k >= 0; k--) {{
-                    SIMD for (int j = 0; j < W; j++) {{
-                        const int kj = k * W + j;
-                        const real half = KB[kj] * h[k] / (real)2;
-                        acc[j] += half;
-                        const real at = (real)acc[j];
-                        acc[j] += half;
-                        PAR[kj] = pre_s * EXP(mz[k] - at);
-                        SWR[kj] = PAR[kj] + swr_s[k];
-                        KPAR[kj] = (real){inv_g2} + KB[kj];
-                    }}
-                }}
-            }}
-"""
+{light}"""
 
 _ADJ_BODY = """
 MV int pelagos_fused_column_adj(int B, int nz, int nsteps, double dt_, void **state, const real *gout,
@@ -662,23 +615,10 @@ MV int pelagos_fused_column_adj(int B, int nz, int nsteps, double dt_, void **st
     const real dt = (real)dt_;
     int maxsub = 1;
     for (int q = 0; q < nsteps * NM; q++) maxsub = nsub[q] > maxsub ? nsub[q] : maxsub;
-    real *cp = (real *)malloc(sizeof(real) * (size_t)nsteps * nz);
-    real *mi = (real *)malloc(sizeof(real) * (size_t)nsteps * nz);
     real *YS = (real *)malloc(sizeof(real) * (size_t)nsteps * NV * nz * W);
     real *SK = (real *)malloc(sizeof(real) * (size_t)(NM > 0 ? NM : 1) * maxsub * nz * W);
-    if (!cp || !mi || !YS || !SK) {{ free(cp); free(mi); free(YS); free(SK); return 4; }}
-    for (int s = 0; s < nsteps; s++) {{
-        const real *R = rowbuf + (size_t)s * NR * nz;
-        const real *l = R + nz, *d = R + 2 * nz, *u = R + 3 * nz;
-        real *c_ = cp + (size_t)s * nz, *m_ = mi + (size_t)s * nz;
-        m_[0] = (real)1 / d[0];
-        c_[0] = u[0] * m_[0];
-        for (int k = 1; k < nz; k++) {{
-            m_[k] = (real)1 / (d[k] - l[k] * c_[k - 1]);
-            c_[k] = u[k] * m_[k];
-        }}
-    }}
-{bdecl}
+    if (!YS || !SK) {{ free(YS); free(SK); return 4; }}
+{factor}{bdecl}
     real Y[NV][nz * W], G[NV][nz * W], YD[NV][nz * W], GN[nz * W];
     real KB[nz * W], PAR[nz * W], SWR[nz * W], KPAR[nz * W], FL[nz * W];
     real GPAR[nz * W], GSWR[nz * W], GKPAR[nz * W], GKB[nz * W];
@@ -746,18 +686,18 @@ MV int pelagos_fused_column_adj(int B, int nz, int nsteps, double dt_, void **st
 {repair_adj}
             /* 2. the implicit diffusion: the transposed solve, A^T = U^T L^T with A = L U from the sweep */
             for (int k = 1; k < nz; k++) {{
-                const real ck = cp[(size_t)s * nz + k - 1];
+                const real ck = cp[s][k - 1];
                 for (int v = 0; v < NV; v++) {{
                     real *g = G[v];
                     SIMD for (int j = 0; j < W; j++) g[k * W + j] = g[k * W + j] - ck * g[(k - 1) * W + j];
                 }}
             }}
             {{
-                const real mt = mi[(size_t)s * nz + nz - 1];
+                const real mt = mi[s][nz - 1];
                 for (int v = 0; v < NV; v++) SIMD for (int j = 0; j < W; j++) G[v][(nz - 1) * W + j] *= mt;
             }}
             for (int k = nz - 2; k >= 0; k--) {{
-                const real l = lw[k + 1], mk = mi[(size_t)s * nz + k];
+                const real l = lw[k + 1], mk = mi[s][k];
                 for (int v = 0; v < NV; v++) {{
                     real *g = G[v];
                     SIMD for (int j = 0; j < W; j++)
@@ -823,7 +763,7 @@ MV int pelagos_fused_column_adj(int B, int nz, int nsteps, double dt_, void **st
             for (int j = 0; j < nb; j++)
                 for (int k = 0; k < nz; k++) gstate[((size_t)v * B + b0 + j) * nz + k] = G[v][k * W + j];
     }}
-    free(cp); free(mi); free(YS); free(SK);
+    free(YS); free(SK);
     return 0;
 }}
 """
@@ -911,21 +851,7 @@ MV int pelagos_fused_column_tan(int B, int nz, int nsteps, double dt_, void **st
 {{
     const real dt = (real)dt_;
     int bad = 0;
-    real *cp = (real *)malloc(sizeof(real) * (size_t)nsteps * nz);
-    real *mi = (real *)malloc(sizeof(real) * (size_t)nsteps * nz);
-    if (!cp || !mi) {{ free(cp); free(mi); return 4; }}
-    for (int s = 0; s < nsteps; s++) {{
-        const real *R = rowbuf + (size_t)s * NR * nz;
-        const real *l = R + nz, *d = R + 2 * nz, *u = R + 3 * nz;
-        real *c_ = cp + (size_t)s * nz, *m_ = mi + (size_t)s * nz;
-        m_[0] = (real)1 / d[0];
-        c_[0] = u[0] * m_[0];
-        for (int k = 1; k < nz; k++) {{
-            m_[k] = (real)1 / (d[k] - l[k] * c_[k - 1]);
-            c_[k] = u[k] * m_[k];
-        }}
-    }}
-{bdecl}
+{factor}{bdecl}
 {dbdecl}
     real Y[2 * NV][nz * W];  /* the state, then its tangent */
     real KB[nz * W], PAR[nz * W], SWR[nz * W], KPAR[nz * W], FL[nz * W];
@@ -989,26 +915,7 @@ MV int pelagos_fused_column_tan(int B, int nz, int nsteps, double dt_, void **st
                     }}
                 }}
             }}
-            {{  /* the implicit diffusion of the state and of its tangent: one matrix, no tangent */
-                const real m0 = mi[(size_t)s * nz];
-                for (int v = 0; v < 2 * NV; v++) SIMD for (int j = 0; j < W; j++) Y[v][j] = Y[v][j] * m0;
-                for (int k = 1; k < nz; k++) {{
-                    const real l = lw[k], mk = mi[(size_t)s * nz + k];
-                    for (int v = 0; v < 2 * NV; v++) {{
-                        real *y = Y[v];
-                        SIMD for (int j = 0; j < W; j++)
-                            y[k * W + j] = (y[k * W + j] - l * y[(k - 1) * W + j]) * mk;
-                    }}
-                }}
-                for (int k = nz - 2; k >= 0; k--) {{
-                    const real ck = cp[(size_t)s * nz + k];
-                    for (int v = 0; v < 2 * NV; v++) {{
-                        real *y = Y[v];
-                        SIMD for (int j = 0; j < W; j++)
-                            y[k * W + j] = y[k * W + j] - ck * y[(k + 1) * W + j];
-                    }}
-                }}
-            }}
+{diffusion}
 {repair_tan}
             for (int k = 0; k < nz; k++) {{
                 SIMD for (int j = 0; j < W; j++) {{
@@ -1055,7 +962,6 @@ MV int pelagos_fused_column_tan(int B, int nz, int nsteps, double dt_, void **st
                 }}
             }}
     }}
-    free(cp); free(mi);
     return bad;
 }}
 """
@@ -1101,6 +1007,8 @@ def _tangent_source(plan: Any, bdecl: list, bblock: list, bstep: list, ext: str)
                     f"Y[{v}][kj] = Y[{v}][kj] < {x} ? {x} : Y[{v}][kj]; }}"
                 )
     return _TAN_BODY.format(
+        factor=_FACTOR.format(),
+        diffusion=_DIFFUSION.format(nv="2 * NV"),
         bdecl="\n".join(bdecl),
         dbdecl="\n".join(dbdecl),
         bblock="\n".join(bblock),
