@@ -430,6 +430,38 @@ def test_a_call_the_kernel_stops_taking_part_way_finishes_step_by_step(forcing, 
 
 
 @pytest.mark.slow
+def test_a_model_year_gradient_through_the_adjoint_kernel():
+    """The NNS NPZD year (compact 22-layer physics, hourly, FABM's yaml), checkpointed (sqrt segments): the
+    gradient through the fused adjoint against central differences of the fused forward along a direction of
+    two per-column rmax values, and against autograd through the plain step."""
+    from pelagos.io.config import resolve_path
+
+    f = ColumnForcing.from_gotm(compact_forcing_path())
+    yaml = resolve_path("builtin:fabm/fabm-gotm-npzd.yaml", None)
+    plain = ColumnModel(BGCSystem.from_yaml(yaml), f).to(F64)
+    fast = ColumnModel(BGCSystem.from_yaml(yaml), f, compile=True).to(F64)
+    t0, n = f.t_start, 8760
+    s = plain.initial_state(2, t0=t0)
+
+    def loss(model, log_rmax):
+        with model.using({"npzd.rmax": log_rmax}):
+            fin = rollout(model, s, n, t0=t0, checkpoint="sqrt", save_every=n, include_initial=False).final
+        return fin["npzd_phy"].sum() + fin["npzd_nut"].sum()
+
+    grads = []
+    for model in (plain, fast):
+        x = torch.zeros(2, dtype=F64, requires_grad=True)
+        grads.append(torch.autograd.grad(loss(model, x), x)[0])
+    assert _adjoint_calls(fast) > 1
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-9, atol=0)
+    d = torch.tensor([0.6, -0.8], dtype=F64)
+    eps = 1e-5
+    with torch.no_grad():
+        fd = (float(loss(fast, eps * d)) - float(loss(fast, -eps * d))) / (2 * eps)
+    assert fd == pytest.approx(float((grads[1] * d).sum()), rel=1e-5)
+
+
+@pytest.mark.slow
 def test_a_model_year_fused_equals_the_plain_step():
     """The NNS NPZD year (compact 22-layer physics, hourly, FABM's yaml) with daily saves: fused vs plain
     <= 1e-12 of each field's magnitude at the end of the year, as the compiled step is held to."""
