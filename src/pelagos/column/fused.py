@@ -911,6 +911,10 @@ class _Plan:
         parameters (their own graph carries the gradient on to the parameters)."""
         dtype = self.dtype
         phys = {k: (v.to(dtype) if k in ("h", "nuh", "I_0") else v) for k, v in phys.items()}
+        for k in ("h", "nuh", "I_0"):  # nuh_scale, I0_scale free: the matrix and surface light carry one
+            x = phys[k]
+            if x.requires_grad or torch.autograd.forward_ad.unpack_dual(x).tangent is not None:
+                return f"a derivative with respect to the physics ({k}: e.g. nuh_scale or I0_scale free)"
         vals: dict = {p: prm[k] for p, k in self.prm_inputs.items()}
         self._eval(self.p_nodes, vals)
         kinds, arrays, wcs, per_col = self._inputs(vals, phys, n)
