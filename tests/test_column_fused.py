@@ -385,26 +385,27 @@ def test_forward_mode_through_the_tangent_kernel(forcing, method):
 
 
 @pytest.mark.parametrize("name", ["nuh_scale", "I0_scale"])
-def test_derivatives_with_respect_to_the_physics_are_right(forcing, name, monkeypatch):
-    """A free physics scale (the diffusion matrix, the surface light): gradient and forward mode equal the
-    plain step's — the fused kernels do not differentiate the physics rows, so these calls refuse the kernel
-    (and say why) and take the compiled step (here the plain step stands in for it: the Inductor program's
-    derivatives are tested in tests/test_column_compiled.py, and compiling them would take minutes)."""
+def test_derivatives_with_respect_to_the_physics(forcing, name, monkeypatch):
+    """A free physics scale (the diffusion matrix, the surface light). Reverse mode: the adjoint kernel
+    differentiates the matrix (-λ yᵀ on its diagonals) and the surface light too, equal to the plain step.
+    Forward mode: the tangent kernel does not, so the call refuses the kernel and says why (the plain step
+    stands in for the compiled one here: the Inductor program's derivatives are tested in
+    tests/test_column_compiled.py, and compiling them would take minutes)."""
     import torch.autograd.forward_ad as fwAD
 
     monkeypatch.setattr(ColumnModel, "_compiled_step", lambda self, state: None)
     bgc = BGCSystem({"npzd": NPZD()}).double()
     plain, fast = _pair(bgc, forcing)
     s0 = _perturbed(plain, seed=18, columns=3)
-    _, g_ref = _loss_and_grads(plain, s0, (name,), 8)
-    _, g_got = _loss_and_grads(fast, s0, (name,), 8)
-    assert "physics" in fast._fused_reason
+    raw = {name: plain.parameter_spec(name).transform.inverse(plain.get_parameter_value(name)).double() + 0.1}
+    _, g_ref = _loss_and_grads(plain, s0, raw, 12, raw=raw)
+    _, g_got = _loss_and_grads(fast, s0, raw, 12, raw=raw)
+    assert fast._fused_reason is None and _adjoint_calls(fast) == 1
     _assert_grads_close(g_ref, g_got, 1e-10)
     assert float(g_ref[name].abs()) > 0
     tangents = []
     for m in (plain, fast):
-        raw0 = m.parameter_spec(name).transform.inverse(m.get_parameter_value(name))
-        with fwAD.dual_level(), m.using({name: fwAD.make_dual(raw0, torch.ones_like(raw0))}):
+        with fwAD.dual_level(), m.using({name: fwAD.make_dual(raw[name], torch.ones_like(raw[name]))}):
             fin = rollout(m, s0, 8, t0=START, save_every=8, include_initial=False).final
             tangents.append(fwAD.unpack_dual(fin["npzd_phy"]).tangent.clone())
     assert "physics" in fast._fused_reason

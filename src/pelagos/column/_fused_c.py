@@ -526,7 +526,7 @@ def _adjoint_source(plan: Any, bdecl: list, bblock: list, bstep: list, rep: list
     method = _method_name(plan.model.sinking_method)
     cells = [f"G[{order.index(q)}][kj]" for q in plan.model.interior] + ["GPAR[kj]", "GSWR[kj]", "GKPAR[kj]"]
     seeds = [f"dt * G[{order.index(q)}][kj]" for q in plan.rate_names]
-    need = set(plan.adjoint)  # the boundary values whose adjoint is passed on
+    need, phys = set(plan.adjoint[0]), plan.adjoint[1]  # the boundary values whose adjoint is passed on
     src_vjp = plan.emit_vjp(plan.rate_nodes, seeds, cells, pad, need)
     ext_vjp = plan.emit_vjp([plan.k_node], ["GKB[kj]"], cells, pad, need)
     gdecl = [f"    double *gb{i} = (double *)gbp[{i}];" for i in sorted(need)]
@@ -574,6 +574,7 @@ def _adjoint_source(plan: Any, bdecl: list, bblock: list, bstep: list, rep: list
         light=_LIGHT.format(ext=ext, inv_g2=repr(1.0 / plan.model.g2)),
     )
     return "#include <stdlib.h>\n" + _ADJ_BODY.format(
+        phys="1" if phys else "0",
         factor=_FACTOR.format(),
         bdecl="\n".join(bdecl),
         gdecl="\n".join(gdecl),
@@ -610,8 +611,10 @@ _ADJ_STEP = """
 _ADJ_BODY = """
 MV int pelagos_fused_column_adj(int B, int nz, int nsteps, double dt_, void **state, const real *gout,
                                  void **bp, const real *rowbuf, const real *pre, const int *nsub,
-                                 real *gstate, void **gbp, double *grow, int lo, int hi, int slot, int nslots)
+                                 real *gstate, void **gbp, double *grow, double *gpre, int lo, int hi,
+                                 int slot, int nslots)
 {{
+#define PHYS_GRAD {phys}  /* the adjoints of the diffusion matrix and of the surface light too */
     const real dt = (real)dt_;
     int maxsub = 1;
     for (int q = 0; q < nsteps * NM; q++) maxsub = nsub[q] > maxsub ? nsub[q] : maxsub;
@@ -676,6 +679,26 @@ MV int pelagos_fused_column_adj(int B, int nz, int nsteps, double dt_, void **st
                     }}
                 }}
             }}
+#if PHYS_GRAD
+            {{  /* the surface light's adjoints: the shortwave row, and I_0 (1 - A) of this step */
+                double gp = 0.0, acc[W];
+                for (int j = 0; j < W; j++) acc[j] = 0.0;
+                for (int k = nz - 1; k >= 0; k--) {{
+                    double t = 0.0;
+                    for (int j = 0; j < W; j++) {{
+                        const int kj = k * W + j;
+                        const real half = KB[kj] * h[k] / (real)2;
+                        acc[j] += half;
+                        const real at = (real)acc[j];
+                        acc[j] += half;
+                        gp += (double)EXP(mz[k] - at) * ((double)GPAR[kj] + (double)GSWR[kj]);
+                        t += (double)GSWR[kj];
+                    }}
+                    grow[(((size_t)slot * nsteps + s) * NR + 5) * nz + k] += t;
+                }}
+                gpre[(size_t)slot * nsteps + s] += gp;
+            }}
+#endif
             for (int k = 0; k < nz; k++) {{
                 SIMD for (int j = 0; j < W; j++) {{
                     const int kj = k * W + j;
@@ -704,6 +727,22 @@ MV int pelagos_fused_column_adj(int B, int nz, int nsteps, double dt_, void **st
                         g[k * W + j] = (g[k * W + j] - l * g[(k + 1) * W + j]) * mk;
                 }}
             }}
+#if PHYS_GRAD
+            for (int k = 0; k < nz; k++) {{  /* the matrix's adjoints, -lambda y^T on its three diagonals */
+                double tl = 0.0, td = 0.0, tu = 0.0;
+                for (int v = 0; v < NV; v++)
+                    for (int j = 0; j < W; j++) {{
+                        const double lam = (double)G[v][k * W + j];
+                        if (k > 0) tl -= lam * (double)YD[v][(k - 1) * W + j];
+                        td -= lam * (double)YD[v][k * W + j];
+                        if (k < nz - 1) tu -= lam * (double)YD[v][(k + 1) * W + j];
+                    }}
+                double *gr = grow + ((size_t)slot * nsteps + s) * NR * nz;
+                gr[nz + k] += tl;
+                gr[2 * nz + k] += td;
+                gr[3 * nz + k] += tu;
+            }}
+#endif
             /* 1. the sinking sub-steps, last first */
             for (int q = 0; q < 7 * NM; q++) for (int kj = 0; kj < nz * W; kj++) GRW[q][kj] = 0.0;
             for (int m = 0; m < NM; m++) {{
@@ -765,6 +804,7 @@ MV int pelagos_fused_column_adj(int B, int nz, int nsteps, double dt_, void **st
     }}
     free(YS); free(SK);
     return 0;
+#undef PHYS_GRAD
 }}
 """
 

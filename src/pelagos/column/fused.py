@@ -775,7 +775,7 @@ class _Plan:
         if self.adjoint is not None:  # 0, or 4 when its work arrays could not be allocated
             g = lib.pelagos_fused_column_adj
             g.restype = ctypes.c_int
-            g.argtypes = [i, i, i, d, p, p, p, p, p, p, p, p, p, i, i, i, i]
+            g.argtypes = [i, i, i, d, p, p, p, p, p, p, p, p, p, p, i, i, i, i]
         if self.tangent_bounds is not None:  # bit 0: non-finite state or tangent; 4: no memory
             g = lib.pelagos_fused_column_tan
             g.restype = ctypes.c_int
@@ -913,8 +913,10 @@ class _Plan:
         phys = {k: (v.to(dtype) if k in ("h", "nuh", "I_0") else v) for k, v in phys.items()}
         for k in ("h", "nuh", "I_0"):  # nuh_scale, I0_scale free: the matrix and surface light carry one
             x = phys[k]
-            if x.requires_grad or torch.autograd.forward_ad.unpack_dual(x).tangent is not None:
+            if torch.autograd.forward_ad.unpack_dual(x).tangent is not None or (k == "h" and x.requires_grad):
                 return f"a derivative with respect to the physics ({k}: e.g. nuh_scale or I0_scale free)"
+        # the adjoint differentiates the diffusion matrix and the surface light too (nuh_scale, I0_scale)
+        phys_grad = phys["nuh"].requires_grad or phys["I_0"].requires_grad
         vals: dict = {p: prm[k] for p, k in self.prm_inputs.items()}
         self._eval(self.p_nodes, vals)
         kinds, arrays, wcs, per_col = self._inputs(vals, phys, n)
@@ -925,10 +927,10 @@ class _Plan:
         h, nuh, I0 = phys["h"], phys["nuh"], phys["I_0"].reshape(n, -1)
         # the adjoint accumulates only what has a gradient to pass on (often two of NPZD's sixteen values)
         need = tuple(i for i, a in enumerate(arrays) if a.requires_grad)
-        lib = self._lib(kinds, (), False, adjoint=need)
+        lib = self._lib(kinds, (), False, adjoint=(need, phys_grad))
         rowbuf, pre, nsub = self._rows(h[:, 0], nuh[:, 0], I0, [x[:, 0] for x in wcs])
         Y = [state[q] for q in self.order]
-        outs = _FusedSteps.apply(self, lib, n, phys, pre, nsub, need, len(Y), *Y, rowbuf, *arrays)
+        outs = _FusedSteps.apply(self, lib, n, phys, nsub, need, len(Y), *Y, rowbuf, pre, *arrays)
         new = dict(state)
         new.update(zip(self.order, outs, strict=True))
         return new
@@ -936,10 +938,10 @@ class _Plan:
     def _adjoint(
         self, lib: ctypes.CDLL, n: int, Y: list, rowbuf: torch.Tensor, arrays: list, pre: torch.Tensor,
         nsub: torch.Tensor, gout: torch.Tensor, need: tuple, kinds: list[str],
-    ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor | None]]:  # fmt: skip
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[torch.Tensor | None]]:  # fmt: skip
         """The adjoint kernel: given the adjoint of the state after the ``n`` steps (NV, B, nz), the adjoints
-        of the state before them (NV, B, nz), of the physics rows (n, NR, nz) and of the boundary arrays
-        numbered in ``need`` (``None`` for the others)."""
+        of the state before them (NV, B, nz), of the physics rows (n, NR, nz), of the surface light
+        ``I_0 (1 - A)`` (n,) and of the boundary arrays numbered in ``need`` (``None`` for the others)."""
         B, nz, dtype, dt = self.B, self.nz, self.dtype, self.model.dt
         self.adjoint_calls += 1
         ranges = self._ranges()
@@ -954,6 +956,7 @@ class _Plan:
             gbufs.append(torch.zeros(n if when == "F" else 1, B if shape in "cf" else nslots,
                                      nz if shape in "rf" else 1, dtype=torch.float64))  # fmt: skip
         grow = torch.zeros(nslots, *rowbuf.shape, dtype=torch.float64)
+        gpre = torch.zeros(nslots, n, dtype=torch.float64)
         ptrs = (ctypes.c_void_p * max(len(arrays), 1))(*[x.data_ptr() for x in arrays])
         gptrs = (ctypes.c_void_p * max(len(gbufs), 1))(*[0 if x is None else x.data_ptr() for x in gbufs])
         yptrs = (ctypes.c_void_p * len(Y))(*[y.data_ptr() for y in Y])
@@ -962,8 +965,8 @@ class _Plan:
 
         def call(slot: int, lo: int, hi: int) -> None:
             flags.append(fn(B, nz, n, ctypes.c_double(dt), yptrs, gout.data_ptr(), ptrs, rowbuf.data_ptr(),
-               pre.data_ptr(), nsub.data_ptr(), gstate.data_ptr(), gptrs, grow.data_ptr(), lo, hi, slot,
-               nslots))  # fmt: skip
+               pre.data_ptr(), nsub.data_ptr(), gstate.data_ptr(), gptrs, grow.data_ptr(), gpre.data_ptr(),
+               lo, hi, slot, nslots))  # fmt: skip
 
         _cbuild.run_calls([lambda i=i, r=r: call(i, *r) for i, r in enumerate(ranges)])
         if any(flags):
@@ -973,7 +976,7 @@ class _Plan:
             if g is not None and kind[0] in "sr":  # shared by the columns: the calls' partial sums
                 g = g.sum(1)
             garrays.append(None if g is None else g.reshape(a.shape).to(dtype))
-        return gstate, grow.sum(0).to(dtype), garrays
+        return gstate, grow.sum(0).to(dtype), gpre.sum(0).to(dtype), garrays
 
     def _tangent(
         self, n: int, Y: list, dY: list, rowbuf: torch.Tensor, drow: torch.Tensor | None, arrays: list,
@@ -1017,30 +1020,31 @@ class _Plan:
 
 class _FusedSteps(torch.autograd.Function):
     """The fused kernel's steps as one autograd node: forward = the kernel; backward = its generated adjoint
-    (which recomputes the steps from the saved start state: O(state) memory between forward and backward)."""
+    (which recomputes the steps from the saved start state: O(state) memory between forward and backward);
+    forward mode = its generated tangent-linear kernel. Differentiable inputs: the state before the steps,
+    the physics rows, the surface light ``I_0 (1 - A)`` of each step and the boundary arrays."""
 
     @staticmethod
-    def forward(ctx: Any, plan: _Plan, lib: ctypes.CDLL, n: int, phys: Mapping, pre: torch.Tensor,
-                nsub: torch.Tensor, need: tuple, nv: int,
-                *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:  # fmt: skip
+    def forward(ctx: Any, plan: _Plan, lib: ctypes.CDLL, n: int, phys: Mapping, nsub: torch.Tensor,
+                need: tuple, nv: int, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:  # fmt: skip
         Y = [t.detach().contiguous() for t in tensors[:nv]]
-        rowbuf = tensors[nv].detach().contiguous()
-        arrays = [t.detach().contiguous() for t in tensors[nv + 1 :]]
+        rowbuf, pre = tensors[nv].detach().contiguous(), tensors[nv + 1].detach().contiguous()
+        arrays = [t.detach().contiguous() for t in tensors[nv + 2 :]]
         out, _ = plan._forward(lib, n, Y, arrays, rowbuf, pre, nsub, (), [], [0], phys)
-        ctx.save_for_backward(*Y, rowbuf, *arrays)
-        ctx.plan, ctx.lib, ctx.n, ctx.pre, ctx.nsub, ctx.nv, ctx.phys = plan, lib, n, pre, nsub, nv, phys
+        ctx.save_for_backward(*Y, rowbuf, pre, *arrays)
+        ctx.plan, ctx.lib, ctx.n, ctx.nsub, ctx.nv, ctx.phys = plan, lib, n, nsub, nv, phys
         ctx.need = need  # the boundary values with a gradient, as the adjoint was built for
         ctx.kinds = list(plan.kinds)  # the kinds of the boundary values of this call (the plan's change)
-        ctx.fw = (Y, rowbuf, arrays)  # forward mode (jvp) reads the inputs without the saved-tensor checks
+        ctx.fw = (Y, rowbuf, pre, arrays)  # forward mode reads the inputs without the saved-tensor checks
         return tuple(out.unbind(0))
 
     @staticmethod
     def jvp(ctx: Any, *tangents: Any) -> tuple[torch.Tensor, ...]:
         nv = ctx.nv
-        Y, rowbuf, arrays = ctx.fw
-        ts = tangents[8:]
-        dout = ctx.plan._tangent(ctx.n, Y, list(ts[:nv]), rowbuf, ts[nv], arrays, list(ts[nv + 1 :]),
-                                 ctx.pre, ctx.nsub, ctx.phys, ctx.kinds)  # fmt: skip
+        Y, rowbuf, pre, arrays = ctx.fw
+        ts = tangents[7:]  # the physics (rows of the matrix and light, pre) carry no tangent here: run_grad
+        dout = ctx.plan._tangent(ctx.n, Y, list(ts[:nv]), rowbuf, ts[nv], arrays, list(ts[nv + 2 :]),
+                                 pre, ctx.nsub, ctx.phys, ctx.kinds)  # fmt: skip
         return tuple(dout.unbind(0))
 
     @staticmethod
@@ -1048,11 +1052,11 @@ class _FusedSteps(torch.autograd.Function):
     def backward(ctx: Any, *gouts: torch.Tensor) -> tuple:
         saved = ctx.saved_tensors
         nv, plan = ctx.nv, ctx.plan
-        Y, rowbuf, arrays = list(saved[:nv]), saved[nv], list(saved[nv + 1 :])
+        Y, rowbuf, pre, arrays = list(saved[:nv]), saved[nv], saved[nv + 1], list(saved[nv + 2 :])
         g = torch.stack([torch.zeros_like(Y[0]) if x is None else x.to(Y[0].dtype) for x in gouts])
-        gstate, grow, garrays = plan._adjoint(ctx.lib, ctx.n, Y, rowbuf, arrays, ctx.pre, ctx.nsub,
-                                              g.contiguous(), ctx.need, ctx.kinds)  # fmt: skip
-        return (None,) * 8 + (*gstate.unbind(0), grow, *garrays)
+        gstate, grow, gpre, garrays = plan._adjoint(ctx.lib, ctx.n, Y, rowbuf, arrays, pre, ctx.nsub,
+                                                    g.contiguous(), ctx.need, ctx.kinds)  # fmt: skip
+        return (None,) * 7 + (*gstate.unbind(0), grow, gpre, *garrays)
 
 
 _W = {torch.float64: 8, torch.float32: 16}
