@@ -304,10 +304,10 @@ _DIFFUSION = """\
             /* 3. implicit diffusion, the tracers' sweeps interleaved: their recurrences overlap */
             {{
                 const real m0 = mi[s][0];
-                for (int v = 0; v < {nv}; v++) SIMD for (int j = 0; j < W; j++) Y[v][j] = Y[v][j] * m0;
+                for (int v = {v0}; v < {nv}; v++) SIMD for (int j = 0; j < W; j++) Y[v][j] = Y[v][j] * m0;
                 for (int k = 1; k < nz; k++) {{
                     const real l = lw[k], mk = mi[s][k];
-                    for (int v = 0; v < {nv}; v++) {{
+                    for (int v = {v0}; v < {nv}; v++) {{
                         real *y = Y[v];
                         SIMD for (int j = 0; j < W; j++)
                             y[k * W + j] = (y[k * W + j] - l * y[(k - 1) * W + j]) * mk;
@@ -315,7 +315,7 @@ _DIFFUSION = """\
                 }}
                 for (int k = nz - 2; k >= 0; k--) {{
                     const real ck = cp[s][k];
-                    for (int v = 0; v < {nv}; v++) {{
+                    for (int v = {v0}; v < {nv}; v++) {{
                         real *y = Y[v];
                         SIMD for (int j = 0; j < W; j++)
                             y[k * W + j] = y[k * W + j] - ck * y[(k + 1) * W + j];
@@ -340,7 +340,7 @@ _FACTOR = """    real cp[nsteps][nz], mi[nsteps][nz];
 def _transport(face: str, nv: str = "NV", save_sk: str = "") -> str:
     """The C of the shared-physics sinking (with the limiter's ``face``) and the diffusion of ``nv``
     profiles."""
-    return _SINKING.format(face=face, save_sk=save_sk) + _DIFFUSION.format(nv=nv)
+    return _SINKING.format(face=face, save_sk=save_sk) + _DIFFUSION.format(v0=0, nv=nv)
 
 
 # GOTM's light: the extinction of every cell, then the half-layer extinctions summed from the surface down
@@ -887,8 +887,10 @@ def _face_tan(method: str) -> str:
 _TAN_BODY = """
 MV int pelagos_fused_column_tan(int B, int nz, int nsteps, double dt_, void **state, void **dstate,
                                  real *out, real *dout, void **bp, void **dbp, const real *rowbuf,
-                                 const real *drowbuf, const real *pre, const int *nsub, int lo, int hi)
+                                 const real *drowbuf, const real *pre, const real *dpre, const int *nsub,
+                                 int lo, int hi)
 {{
+#define PHYS_TAN {phys}  /* tangents of the diffusion matrix and of the surface light too */
     const real dt = (real)dt_;
     int bad = 0;
 {factor}{bdecl}
@@ -955,7 +957,21 @@ MV int pelagos_fused_column_tan(int B, int nz, int nsteps, double dt_, void **st
                     }}
                 }}
             }}
+#if PHYS_TAN
+{diffusion_state}
+            for (int k = 0; k < nz; k++) {{  /* the tangent's right-hand side: dY - dA y, y after the solve */
+                const real dl = k > 0 ? DR[nz + k] : (real)0, dd = DR[2 * nz + k];
+                const real du = k < nz - 1 ? DR[3 * nz + k] : (real)0;
+                const int km = k > 0 ? k - 1 : 0, kp = k < nz - 1 ? k + 1 : k;
+                for (int v = 0; v < NV; v++)
+                    SIMD for (int j = 0; j < W; j++)
+                        Y[NV + v][k * W + j] -= dl * Y[v][km * W + j] + dd * Y[v][k * W + j]
+                                                + du * Y[v][kp * W + j];
+            }}
+{diffusion_tangent}
+#else
 {diffusion}
+#endif
 {repair_tan}
             for (int k = 0; k < nz; k++) {{
                 SIMD for (int j = 0; j < W; j++) {{
@@ -975,10 +991,11 @@ MV int pelagos_fused_column_tan(int B, int nz, int nsteps, double dt_, void **st
                         const real at = (real)acc[j], dat = (real)dacc[j];
                         acc[j] += half;
                         dacc[j] += dhalf;
-                        PAR[kj] = pre_s * EXP(mz[k] - at);
-                        DPAR[kj] = -PAR[kj] * dat;
+                        const real ex = EXP(mz[k] - at);
+                        PAR[kj] = pre_s * ex;
+                        DPAR[kj] = -PAR[kj] * dat + (PHYS_TAN ? dpre[s] * ex : (real)0);
                         SWR[kj] = PAR[kj] + swr_s[k];
-                        DSWR[kj] = DPAR[kj];
+                        DSWR[kj] = DPAR[kj] + (PHYS_TAN ? DR[5 * nz + k] : (real)0);
                         KPAR[kj] = (real){inv_g2} + KB[kj];
                         DKPAR[kj] = DKB[kj];
                     }}
@@ -1003,6 +1020,7 @@ MV int pelagos_fused_column_tan(int B, int nz, int nsteps, double dt_, void **st
             }}
     }}
     return bad;
+#undef PHYS_TAN
 }}
 """
 
@@ -1048,7 +1066,10 @@ def _tangent_source(plan: Any, bdecl: list, bblock: list, bstep: list, ext: str)
                 )
     return _TAN_BODY.format(
         factor=_FACTOR.format(),
-        diffusion=_DIFFUSION.format(nv="2 * NV"),
+        phys="1" if plan.tangent_phys else "0",
+        diffusion=_DIFFUSION.format(v0=0, nv="2 * NV"),
+        diffusion_state=_DIFFUSION.format(v0=0, nv="NV"),
+        diffusion_tangent=_DIFFUSION.format(v0="NV", nv="2 * NV"),
         bdecl="\n".join(bdecl),
         dbdecl="\n".join(dbdecl),
         bblock="\n".join(bblock),

@@ -328,6 +328,7 @@ class _Plan:
         self.adjoint: tuple | None = None
         self.adjoint_calls = 0  # backward passes through the adjoint kernel (tests, benchmarks)
         self.tangent_bounds: tuple | None = None  # building the tangent kernel: the inputs with a tangent
+        self.tangent_phys = False  # ... and tangents of the diffusion matrix and surface light
         self.tangent_calls = 0  # forward-mode passes through the tangent kernel
         self._p_key: tuple | None = None
         self.mean_sources = {q: ("state", self.order.index(q)) for q in names}
@@ -779,7 +780,7 @@ class _Plan:
         if self.tangent_bounds is not None:  # bit 0: non-finite state or tangent; 4: no memory
             g = lib.pelagos_fused_column_tan
             g.restype = ctypes.c_int
-            g.argtypes = [i, i, i, d, p, p, p, p, p, p, p, p, p, p, i, i]
+            g.argtypes = [i, i, i, d, p, p, p, p, p, p, p, p, p, p, p, i, i]
         return lib
 
     # ---------------------------------------------------------------------------------------------------
@@ -822,7 +823,8 @@ class _Plan:
         lib = self._libs.get(key)
         if lib is None:
             self.kinds, self.means, self.per_column = kinds, means, per_col
-            self.adjoint, self.tangent_bounds = adjoint, tangent
+            self.adjoint = adjoint
+            self.tangent_bounds, self.tangent_phys = tangent if tangent is not None else (None, False)
             try:
                 lib = self._libs[key] = self._build()
             finally:
@@ -911,11 +913,10 @@ class _Plan:
         parameters (their own graph carries the gradient on to the parameters)."""
         dtype = self.dtype
         phys = {k: (v.to(dtype) if k in ("h", "nuh", "I_0") else v) for k, v in phys.items()}
-        for k in ("h", "nuh", "I_0"):  # nuh_scale, I0_scale free: the matrix and surface light carry one
-            x = phys[k]
-            if torch.autograd.forward_ad.unpack_dual(x).tangent is not None or (k == "h" and x.requires_grad):
-                return f"a derivative with respect to the physics ({k}: e.g. nuh_scale or I0_scale free)"
-        # the adjoint differentiates the diffusion matrix and the surface light too (nuh_scale, I0_scale)
+        h = phys["h"]
+        if h.requires_grad or torch.autograd.forward_ad.unpack_dual(h).tangent is not None:
+            return "a derivative with respect to the layer thicknesses h (every physics row moves with them)"
+        # nuh_scale, I0_scale free: the kernels differentiate the diffusion matrix and the surface light too
         phys_grad = phys["nuh"].requires_grad or phys["I_0"].requires_grad
         vals: dict = {p: prm[k] for p, k in self.prm_inputs.items()}
         self._eval(self.p_nodes, vals)
@@ -980,20 +981,25 @@ class _Plan:
 
     def _tangent(
         self, n: int, Y: list, dY: list, rowbuf: torch.Tensor, drow: torch.Tensor | None, arrays: list,
-        darrays: list, pre: torch.Tensor, nsub: torch.Tensor, phys: Mapping, kinds: list[str],
+        darrays: list, pre: torch.Tensor, dpre: torch.Tensor | None, nsub: torch.Tensor, phys: Mapping,
+        kinds: list[str],
     ) -> torch.Tensor:  # fmt: skip
         """The tangent kernel: the tangent of the state after the ``n`` steps (NV, B, nz), given the tangents
-        of the state before them, of the physics rows and of the boundary arrays (``None``: zero)."""
+        of the state before them, of the physics rows, of the surface light ``I_0 (1 - A)`` and of the
+        boundary arrays (``None``: zero)."""
         B, nz, dtype, dt = self.B, self.nz, self.dtype, self.model.dt
         self.tangent_calls += 1
         which = tuple(i for i, t in enumerate(darrays) if t is not None)
-        lib = self._lib(kinds, (), False, tangent=which)
+        # the matrix and surface light's tangents (nuh_scale, I0_scale), compiled in only when they have one
+        phys_tan = dpre is not None or (drow is not None and bool(drow[:, 1:6].any()))
+        lib = self._lib(kinds, (), False, tangent=(which, phys_tan))
+        dpre = torch.zeros_like(pre) if dpre is None else dpre.detach().to(dtype).contiguous()
         dts = [None if t is None else t.detach().to(dtype).contiguous() for t in dY]
         drow = torch.zeros_like(rowbuf) if drow is None else drow.detach().to(dtype).contiguous()
         dar = [None if t is None else t.detach().to(dtype).contiguous() for t in darrays]
         out = torch.empty(len(Y), B, nz, dtype=dtype)
         dout = torch.empty(len(Y), B, nz, dtype=dtype)
-        keep = (dts, drow, dar)
+        keep = (dts, drow, dar, dpre)
         ptrs = (ctypes.c_void_p * max(len(arrays), 1))(*[x.data_ptr() for x in arrays])
         dptrs = (ctypes.c_void_p * max(len(arrays), 1))(*[0 if x is None else x.data_ptr() for x in dar])
         yptrs = (ctypes.c_void_p * len(Y))(*[y.data_ptr() for y in Y])
@@ -1003,8 +1009,8 @@ class _Plan:
 
         def call(lo: int, hi: int) -> None:
             flags.append(fn(B, nz, n, ctypes.c_double(dt), yptrs, dyptrs, out.data_ptr(), dout.data_ptr(),
-               ptrs, dptrs, rowbuf.data_ptr(), drow.data_ptr(), pre.data_ptr(), nsub.data_ptr(),
-               lo, hi))  # fmt: skip
+               ptrs, dptrs, rowbuf.data_ptr(), drow.data_ptr(), pre.data_ptr(), dpre.data_ptr(),
+               nsub.data_ptr(), lo, hi))  # fmt: skip
 
         _cbuild.run_calls([lambda r=r: call(*r) for r in self._ranges()])
         del keep
@@ -1042,9 +1048,9 @@ class _FusedSteps(torch.autograd.Function):
     def jvp(ctx: Any, *tangents: Any) -> tuple[torch.Tensor, ...]:
         nv = ctx.nv
         Y, rowbuf, pre, arrays = ctx.fw
-        ts = tangents[7:]  # the physics (rows of the matrix and light, pre) carry no tangent here: run_grad
+        ts = tangents[7:]
         dout = ctx.plan._tangent(ctx.n, Y, list(ts[:nv]), rowbuf, ts[nv], arrays, list(ts[nv + 2 :]),
-                                 pre, ctx.nsub, ctx.phys, ctx.kinds)  # fmt: skip
+                                 pre, ts[nv + 1], ctx.nsub, ctx.phys, ctx.kinds)  # fmt: skip
         return tuple(dout.unbind(0))
 
     @staticmethod
