@@ -296,6 +296,29 @@ def test_adjoint_of_a_model_the_kernel_has_never_seen(forcing, method):
     _assert_grads_close(g_ref, g_got, 1e-10)
 
 
+def test_float32_gradient_is_as_close_to_float64_as_the_plain_float32_gradient():
+    """The adjoint in float32 (16 lanes, float64 accumulators for the parameters): its gradient is as close
+    to the float64 plain gradient as the plain float32 step's."""
+    f64, f32 = (
+        ColumnForcing.from_gotm(compact_forcing_path(), start=START - 7200, stop=START + 3 * 86400, dtype=d)
+        for d in (F64, torch.float32)
+    )
+    ref = ColumnModel(BGCSystem({"npzd": NPZD()}).double(), f64, dt=3600.0)
+    plain32, fast32 = (m.float() for m in _pair(BGCSystem({"npzd": NPZD()}), f32))
+    s64 = _perturbed(ref, seed=19, columns=19)  # a partial second block of 16 float32 lanes
+    s32 = {k: v.float() for k, v in s64.items()}
+    names = ("npzd.rmax", "npzd.w_d")
+    _, g64 = _loss_and_grads(ref, s64, names, 24)
+    _, g_plain = _loss_and_grads(plain32, s32, names, 24)
+    _, g_fused = _loss_and_grads(fast32, s32, names, 24)
+    assert _adjoint_calls(fast32) == 1 and g_fused["npzd.rmax"].dtype == torch.float32
+    for k in g64:
+        scale = float(g64[k].abs().max())
+        e_plain = float((g_plain[k].double() - g64[k]).abs().max())
+        e_fused = float((g_fused[k].double() - g64[k]).abs().max())
+        assert e_fused <= 3 * e_plain + 1e-6 * scale, (k, e_fused, e_plain)
+
+
 def test_adjoint_with_a_parameter_per_column(forcing):
     """Per-column parameters (an ensemble's, the benchmark's): each column's own gradient; a sinking
     velocity shared by the columns, free too."""
