@@ -39,12 +39,13 @@ node (:class:`_FusedSteps`) whose backward is a generated adjoint kernel and who
 generated tangent-linear kernel, both from the same trace: the reverse/forward derivative of every cell
 operation (torch's own derivative of each, ties of ``minimum``/``maximum`` split as torch splits them), and of
 the skeleton (GOTM's light sum, repair, the implicit solve — transposed for the adjoint, the same
-factorisation — and the TVD sinking sub-steps with their limiter). The adjoint recomputes the call's steps
+factorisation — and the TVD sinking sub-steps with their limiter; with ``nuh_scale`` or ``I0_scale`` free, the
+diffusion matrix and the surface light too). The adjoint recomputes the call's steps
 from the saved start state (O(state) memory between forward and backward; :func:`pelagos.core.rollout`'s
 checkpoint segments keep working above it). The gradient reaches the parameters through the torch values
 that feed the kernel (their own small graph). Not taken with a gradient: physics per column (the compiled
-step's gradient runs), ``torch.func`` transforms, interval means. ``PELAGOS_COLUMN_FUSED_ADJOINT=0`` keeps
-gradients on the compiled step.
+step's gradient runs), a derivative with respect to the layer thicknesses, ``torch.func`` transforms,
+interval means. ``PELAGOS_COLUMN_FUSED_ADJOINT=0`` keeps gradients on the compiled step.
 """
 
 from __future__ import annotations
