@@ -441,6 +441,21 @@ def _bound_loads(
     return bdecl, bblock, bstep
 
 
+def _repair(plan: Any, stmt: str) -> list[str]:
+    """One C loop over the cells per repaired variable (``repair: true``, a declared minimum): ``stmt`` with
+    ``{v}`` its index in the kernel's order, ``{t}`` its tangent's (``v + NV``), ``{lo}`` the minimum."""
+    if not plan.model.repair:
+        return []
+    order, nv, out = plan.order, len(plan.order), []
+    for q in order:
+        lo = plan.model._minimum.get(q)
+        if lo is not None:
+            v = order.index(q)
+            body = stmt.format(v=v, t=nv + v, lo=f"(real){float(lo)!r}")
+            out.append(f"            for (int kj = 0; kj < nz * W; kj++) {body}")
+    return out
+
+
 def kernel_source(plan: Any) -> str:
     """The whole C file for ``plan`` (a :class:`pelagos.column.fused._Plan` with its boundary kinds)."""
     import torch
@@ -485,16 +500,7 @@ def kernel_source(plan: Any) -> str:
     for q, (kind, i) in enumerate(sel):
         x = {"state": f"Y[{i}][kj]", "par": "PAR[kj]", "diag": f"DG{i}"}[kind]
         diag.append(f"{pad}    SUM[{q}][kj] += (double){x};")
-    rep = []
-    if plan.model.repair:
-        for q in order:
-            lo = plan.model._minimum.get(q)
-            if lo is not None:
-                v = order.index(q)
-                rep.append(
-                    f"            for (int kj = 0; kj < nz * W; kj++) "
-                    f"Y[{v}][kj] = Y[{v}][kj] < (real){float(lo)!r} ? (real){float(lo)!r} : Y[{v}][kj];"
-                )
+    rep = _repair(plan, "Y[{v}][kj] = Y[{v}][kj] < {lo} ? {lo} : Y[{v}][kj];")
     body = _BODY.format(
         bdecl="\n".join(bdecl),
         bblock="\n".join(bblock),
@@ -538,34 +544,23 @@ def _adjoint_source(plan: Any, bdecl: list, bblock: list, bstep: list, rep: list
             continue
         shape, when = kind[0], kind[1]
         t = "(size_t)s" if when == "F" else "(size_t)0"
-        flush, flush_p = (flush, flush_p) if when == "F" else (flush_p, flush)
-        ind = " " * (12 if when == "F" else 8)
+        out, ind = (flush, " " * 12) if when == "F" else (flush_p, " " * 8)
         if shape == "s":
-            flush.append(f"{ind}{{ double t = 0.0; for (int kj = 0; kj < nz * W; kj++) t += GB{i}[kj];"
+            out.append(f"{ind}{{ double t = 0.0; for (int kj = 0; kj < nz * W; kj++) t += GB{i}[kj];"
                          f" gb{i}[{t} * nslots + slot] += t; }}")  # fmt: skip
         elif shape == "r":
-            flush.append(f"{ind}for (int k = 0; k < nz; k++) {{ double t = 0.0;"
+            out.append(f"{ind}for (int k = 0; k < nz; k++) {{ double t = 0.0;"
                          f" for (int j = 0; j < W; j++) t += GB{i}[k * W + j];"
                          f" gb{i}[({t} * nslots + slot) * nz + k] += t; }}")  # fmt: skip
         elif shape == "c":
-            flush.append(f"{ind}for (int j = 0; j < nb; j++) {{ double t = 0.0;"
+            out.append(f"{ind}for (int j = 0; j < nb; j++) {{ double t = 0.0;"
                          f" for (int k = 0; k < nz; k++) t += GB{i}[k * W + j];"
                          f" gb{i}[{t} * B + b0 + j] += t; }}")  # fmt: skip
         else:
-            flush.append(f"{ind}for (int j = 0; j < nb; j++) for (int k = 0; k < nz; k++)"
+            out.append(f"{ind}for (int j = 0; j < nb; j++) for (int k = 0; k < nz; k++)"
                          f" gb{i}[({t} * B + b0 + j) * nz + k] += GB{i}[k * W + j];")  # fmt: skip
-        flush.append(f"{ind}for (int kj = 0; kj < nz * W; kj++) GB{i}[kj] = 0.0;")
-        flush, flush_p = (flush, flush_p) if when == "F" else (flush_p, flush)
-    rep_adj = []
-    if plan.model.repair:
-        for q in order:
-            lo = plan.model._minimum.get(q)
-            if lo is not None:
-                v = order.index(q)
-                rep_adj.append(
-                    f"            for (int kj = 0; kj < nz * W; kj++) "
-                    f"G[{v}][kj] = YD[{v}][kj] >= (real){float(lo)!r} ? G[{v}][kj] : (real)0;"
-                )
+        out.append(f"{ind}for (int kj = 0; kj < nz * W; kj++) GB{i}[kj] = 0.0;")
+    rep_adj = _repair(plan, "G[{v}][kj] = YD[{v}][kj] >= {lo} ? G[{v}][kj] : (real)0;")
     face_adj, face_back = _face_adj(method)
     step = _ADJ_STEP.format(
         bstep="\n".join(bstep),
@@ -1052,18 +1047,11 @@ def _tangent_source(plan: Any, bdecl: list, bblock: list, bstep: list, ext: str)
         v = order.index(q)
         upd.append(f"{pad}Y[{v}][kj] = Y[{v}][kj] + dt * {rname[plan.rate_nodes[i]]};")
         upd.append(f"{pad}Y[{nv + v}][kj] = Y[{nv + v}][kj] + dt * dR{i};")
-    rep = []
-    if plan.model.repair:
-        for q in order:
-            lo = plan.model._minimum.get(q)
-            if lo is not None:
-                v = order.index(q)
-                x = f"(real){float(lo)!r}"
-                rep.append(
-                    f"            for (int kj = 0; kj < nz * W; kj++) {{ "
-                    f"Y[{nv + v}][kj] = Y[{v}][kj] >= {x} ? Y[{nv + v}][kj] : (real)0; "
-                    f"Y[{v}][kj] = Y[{v}][kj] < {x} ? {x} : Y[{v}][kj]; }}"
-                )
+    rep = _repair(
+        plan,
+        "{{ Y[{t}][kj] = Y[{v}][kj] >= {lo} ? Y[{t}][kj] : (real)0; "
+        "Y[{v}][kj] = Y[{v}][kj] < {lo} ? {lo} : Y[{v}][kj]; }}",
+    )
     return _TAN_BODY.format(
         factor=_FACTOR.format(),
         phys="1" if plan.tangent_phys else "0",
